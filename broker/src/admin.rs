@@ -1,0 +1,44 @@
+//! HTTP admin API: Prometheus `/metrics`, liveness `/healthz`, readiness
+//! `/readyz` (200 once logs are recovered and the Kafka listener is up).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(broker)
+}
+
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(broker)).await
+}
+
+async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        b.metrics.render(&b.topics),
+    )
+}
+
+async fn readyz(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    if b.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}

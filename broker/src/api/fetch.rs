@@ -1,0 +1,169 @@
+//! Fetch: whole stored batches from each requested offset, within the
+//! request's byte budgets (but at least one batch, KIP-74), long-polling up
+//! to `max_wait_ms` until `min_bytes` are available.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::select_all;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::messages::fetch_response::{
+    FetchResponse, FetchableTopicResponse, PartitionData,
+};
+use tokio::time::Instant;
+
+use super::error_code;
+use crate::broker::Broker;
+use crate::log::{LogError, PartitionLog, batch};
+
+/// Longest long-poll we honour, whatever the client asks.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
+    let deadline =
+        Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let targets: Vec<(String, Vec<(i32, i64, i32, Option<Arc<PartitionLog>>)>)> = req
+        .topics
+        .iter()
+        .map(|t| {
+            let name = t.topic.0.to_string();
+            let topic = b.topics.get(&name);
+            let parts = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let log = topic
+                        .as_ref()
+                        .and_then(|tp| tp.partition(p.partition))
+                        .cloned();
+                    (p.partition, p.fetch_offset, p.partition_max_bytes, log)
+                })
+                .collect();
+            (name, parts)
+        })
+        .collect();
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
+    loop {
+        // Register interest before reading so an append in between still wakes us.
+        let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = targets
+            .iter()
+            .flat_map(|(_, parts)| parts.iter())
+            .filter_map(|(_, _, _, log)| log.as_ref())
+            .map(|log| {
+                let mut n = Box::pin(log.appended.notified());
+                n.as_mut().enable();
+                n
+            })
+            .collect();
+        let (resp, bytes, any_error) = read_all(b, &targets, max_bytes);
+        let now = Instant::now();
+        if bytes >= min_bytes.max(1)
+            || any_error
+            || now >= deadline
+            || waits.is_empty()
+            || min_bytes == 0
+        {
+            record_out(b, &resp);
+            return resp;
+        }
+        let woken = tokio::time::timeout(deadline - now, select_all(waits.drain(..))).await;
+        if woken.is_err() {
+            let (resp, _, _) = read_all(b, &targets, max_bytes);
+            record_out(b, &resp);
+            return resp;
+        }
+    }
+}
+
+type Targets = [(String, Vec<(i32, i64, i32, Option<Arc<PartitionLog>>)>)];
+
+fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, usize, bool) {
+    let mut resp = FetchResponse::default();
+    let mut total = 0usize;
+    let mut any_error = false;
+    for (name, parts) in targets {
+        let mut tr = FetchableTopicResponse::default();
+        tr.topic = kafka_protocol::messages::TopicName(super::str_bytes(name.clone()));
+        for (partition, offset, partition_max, log) in parts {
+            let mut pd = PartitionData::default();
+            pd.partition_index = *partition;
+            let Some(log) = log else {
+                pd.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
+                pd.high_watermark = -1;
+                any_error = true;
+                tr.partitions.push(pd);
+                continue;
+            };
+            let budget = (*partition_max).max(0) as usize;
+            let budget = budget.min(max_bytes.saturating_sub(total));
+            match log.read(*offset, budget) {
+                Ok(read) => {
+                    // KIP-74: only the first data in the response may exceed
+                    // its budget; later partitions wait for the next fetch.
+                    let records = if total > 0 && read.records.len() > budget {
+                        bytes::Bytes::new()
+                    } else {
+                        read.records
+                    };
+                    total += records.len();
+                    pd.high_watermark = read.high_watermark;
+                    pd.last_stable_offset = read.high_watermark;
+                    pd.log_start_offset = read.log_start_offset;
+                    pd.records = Some(records);
+                }
+                Err(LogError::OffsetOutOfRange { start, end, .. }) => {
+                    pd.error_code = error_code(b, ResponseError::OffsetOutOfRange);
+                    pd.high_watermark = end;
+                    pd.last_stable_offset = end;
+                    pd.log_start_offset = start;
+                    any_error = true;
+                }
+                Err(e) => {
+                    tracing::error!(partition = %log.name(), error = %e, "fetch read failed");
+                    pd.error_code = error_code(b, ResponseError::KafkaStorageError);
+                    any_error = true;
+                }
+            }
+            tr.partitions.push(pd);
+        }
+        resp.responses.push(tr);
+    }
+    (resp, total, any_error)
+}
+
+fn record_out(b: &Broker, resp: &FetchResponse) {
+    for t in &resp.responses {
+        let mut bytes = 0u64;
+        let mut records = 0u64;
+        for p in &t.partitions {
+            let Some(data) = &p.records else { continue };
+            bytes += data.len() as u64;
+            let mut pos = 0;
+            while let Ok(h) = batch::parse_header_fields(&data[pos..]) {
+                records += h.records_count.max(0) as u64;
+                pos += h.len;
+                if pos >= data.len() {
+                    break;
+                }
+            }
+        }
+        if bytes > 0 {
+            let topic = t.topic.0.as_str();
+            b.metrics
+                .bytes_out
+                .with_label_values(&[topic])
+                .inc_by(bytes);
+            b.metrics
+                .records_out
+                .with_label_values(&[topic])
+                .inc_by(records);
+        }
+    }
+}

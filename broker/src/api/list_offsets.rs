@@ -1,0 +1,66 @@
+//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), and the
+//! first offset whose timestamp is >= a given time.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+
+use super::error_code;
+use crate::broker::Broker;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let mut resp = ListOffsetsResponse::default();
+    for t in req.topics {
+        let topic = b.topics.get(t.name.0.as_str());
+        let mut tr = ListOffsetsTopicResponse::default();
+        tr.name = t.name.clone();
+        for p in t.partitions {
+            let mut pr = ListOffsetsPartitionResponse::default();
+            pr.partition_index = p.partition_index;
+            pr.timestamp = -1;
+            pr.offset = -1;
+            let Some(log) = topic.as_ref().and_then(|x| x.partition(p.partition_index)) else {
+                pr.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
+                tr.partitions.push(pr);
+                continue;
+            };
+            let found = match p.timestamp {
+                LATEST => Ok(Some((log.high_watermark(), -1))),
+                EARLIEST => Ok(Some((log.log_start_offset(), -1))),
+                MAX_TIMESTAMP => log.max_timestamp_offset(),
+                ts if ts >= 0 => log.offset_for_timestamp(ts),
+                other => {
+                    tracing::debug!(timestamp = other, "unsupported ListOffsets timestamp");
+                    pr.error_code = error_code(b, ResponseError::InvalidRequest);
+                    tr.partitions.push(pr);
+                    continue;
+                }
+            };
+            match found {
+                Ok(Some((offset, ts))) => {
+                    pr.offset = offset;
+                    pr.timestamp = ts;
+                    // The field exists from v4; the codec refuses it earlier.
+                    if version >= 4 {
+                        pr.leader_epoch = 0;
+                    }
+                }
+                // No record at or after the timestamp: Kafka answers -1/-1.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(partition = %log.name(), error = %e, "offset lookup failed");
+                    pr.error_code = error_code(b, ResponseError::KafkaStorageError);
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    resp
+}

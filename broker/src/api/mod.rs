@@ -1,0 +1,75 @@
+//! Request handlers, one module per Kafka API family. `handle` routes a
+//! decoded request to its handler and returns the response body (or `None`
+//! where Kafka sends nothing back, i.e. Produce with acks=0).
+
+mod configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod topics;
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::broker::Broker;
+use crate::protocol::DecodedRequest;
+
+pub async fn handle(broker: &Arc<Broker>, req: DecodedRequest) -> Option<ResponseKind> {
+    let v = req.version;
+    let b = broker.as_ref();
+    Some(match req.body {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(metadata::api_versions()),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(b, r, v).await),
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(b, r))
+        }
+        RequestKind::Produce(r) => {
+            return produce::produce(b, r, v).await.map(ResponseKind::Produce);
+        }
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(b, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(list_offsets::list_offsets(b, r, v))
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(topics::create_topics(b, r, v).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(topics::delete_topics(b, r).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(topics::create_partitions(b, r).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(configs::describe_configs(b, r))
+        }
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(configs::alter_configs(b, r).await)
+        }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(b, r).await)
+        }
+        other => {
+            // The decoder only lets through APIs listed in protocol::versions,
+            // and each of those has an arm above.
+            tracing::error!(request = ?std::mem::discriminant(&other), "no handler for an advertised API");
+            return None;
+        }
+    })
+}
+
+/// Returns the wire code of `e`, counting it in the error metric.
+pub(crate) fn error_code(b: &Broker, e: ResponseError) -> i16 {
+    b.metrics
+        .errors
+        .with_label_values(&[&format!("{e:?}")])
+        .inc();
+    e.code()
+}
+
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}

@@ -1,0 +1,4 @@
+//! Cluster metadata: topics, their partitions, placement and configs.
+
+pub mod topic_config;
+pub mod topics;

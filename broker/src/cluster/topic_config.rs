@@ -1,0 +1,246 @@
+//! Topic-level configuration: the keys Sluice understands, their defaults,
+//! validation, and resolution into the storage settings of a partition.
+//! One table drives CreateTopics, (Incremental)AlterConfigs and
+//! DescribeConfigs so the three can never disagree.
+
+use std::collections::BTreeMap;
+
+use crate::log::LogConfig;
+
+/// Kafka's DescribeConfigs `config_type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Long = 5,
+}
+
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: ConfigType,
+    pub doc: &'static str,
+    validate: fn(&str) -> Result<(), String>,
+}
+
+fn long_at_least(min: i64) -> impl Fn(&str) -> Result<(), String> {
+    move |v: &str| match v.trim().parse::<i64>() {
+        Ok(n) if n >= min => Ok(()),
+        Ok(n) => Err(format!("{n} is below the minimum {min}")),
+        Err(_) => Err(format!("'{v}' is not a whole number")),
+    }
+}
+
+fn int_at_least(min: i64) -> impl Fn(&str) -> Result<(), String> {
+    move |v: &str| {
+        long_at_least(min)(v)?;
+        match v.trim().parse::<i32>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("'{v}' does not fit a 32-bit integer")),
+        }
+    }
+}
+
+fn one_of(allowed: &'static [&'static str]) -> impl Fn(&str) -> Result<(), String> {
+    move |v: &str| {
+        if allowed.contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("'{v}' is not one of {allowed:?}"))
+        }
+    }
+}
+
+macro_rules! def {
+    ($name:expr, $default:expr, $kind:expr, $doc:expr, $check:expr) => {
+        ConfigDef {
+            name: $name,
+            default: $default,
+            kind: $kind,
+            doc: $doc,
+            validate: |v| ($check)(v),
+        }
+    };
+}
+
+/// Every topic config Sluice accepts. Anything else is INVALID_CONFIG.
+pub static TOPIC_CONFIGS: &[ConfigDef] = &[
+    def!(
+        "cleanup.policy",
+        "delete",
+        ConfigType::String,
+        "Only 'delete' (time/size retention) is supported; compaction is not.",
+        one_of(&["delete"])
+    ),
+    def!(
+        "retention.ms",
+        "604800000",
+        ConfigType::Long,
+        "Delete sealed segments whose newest record is older than this (-1: forever).",
+        long_at_least(-1)
+    ),
+    def!(
+        "retention.bytes",
+        "-1",
+        ConfigType::Long,
+        "Delete the oldest sealed segments while the partition is larger than this (-1: no limit).",
+        long_at_least(-1)
+    ),
+    def!(
+        "segment.bytes",
+        "1073741824",
+        ConfigType::Int,
+        "Roll to a new segment file when the active one would exceed this size.",
+        int_at_least(1024)
+    ),
+    def!(
+        "segment.ms",
+        "604800000",
+        ConfigType::Long,
+        "Roll to a new segment file when the active one is older than this.",
+        long_at_least(1)
+    ),
+    def!(
+        "max.message.bytes",
+        "1048588",
+        ConfigType::Int,
+        "Largest record batch (after compression) the topic accepts.",
+        int_at_least(0)
+    ),
+    def!(
+        "min.insync.replicas",
+        "1",
+        ConfigType::Int,
+        "With acks=all, the fewest in-sync replicas that must have a write (used once replication lands).",
+        int_at_least(1)
+    ),
+    def!(
+        "flush.messages",
+        "9223372036854775807",
+        ConfigType::Long,
+        "Force an fsync after this many records.",
+        long_at_least(1)
+    ),
+    def!(
+        "flush.ms",
+        "1000",
+        ConfigType::Long,
+        "Fsync dirty data at least this often. acks=all writes are always fsynced before the ack.",
+        long_at_least(0)
+    ),
+    def!(
+        "index.interval.bytes",
+        "4096",
+        ConfigType::Int,
+        "Bytes of log between two sparse index entries.",
+        int_at_least(0)
+    ),
+    def!(
+        "message.timestamp.type",
+        "CreateTime",
+        ConfigType::String,
+        "CreateTime keeps the producer's timestamps; LogAppendTime stamps the broker's clock.",
+        one_of(&["CreateTime", "LogAppendTime"])
+    ),
+    def!(
+        "compression.type",
+        "producer",
+        ConfigType::String,
+        "Batches are stored as the producer compressed them.",
+        one_of(&["producer"])
+    ),
+    def!(
+        "unclean.leader.election.enable",
+        "false",
+        ConfigType::Boolean,
+        "Allow an out-of-sync replica to become leader (possible data loss).",
+        one_of(&["true", "false"])
+    ),
+];
+
+pub fn lookup(name: &str) -> Option<&'static ConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Validates one key/value, with a message fit for the client.
+pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    let def = lookup(name).ok_or_else(|| format!("unknown topic config '{name}'"))?;
+    (def.validate)(value).map_err(|e| format!("invalid value for {name}: {e}"))
+}
+
+pub fn validate_all(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    configs.iter().try_for_each(|(k, v)| validate(k, v))
+}
+
+/// The effective value of `name` for a topic with these overrides.
+pub fn effective<'a>(overrides: &'a BTreeMap<String, String>, def: &'a ConfigDef) -> &'a str {
+    overrides.get(def.name).map_or(def.default, String::as_str)
+}
+
+fn get_i64(overrides: &BTreeMap<String, String>, name: &str) -> i64 {
+    let def_value = lookup(name).map_or("0", |d| d.default);
+    overrides
+        .get(name)
+        .map_or(def_value, String::as_str)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Storage settings for a topic. Inputs were validated on the way in.
+pub fn log_config(overrides: &BTreeMap<String, String>) -> LogConfig {
+    LogConfig {
+        segment_bytes: get_i64(overrides, "segment.bytes").max(1024) as u64,
+        segment_ms: get_i64(overrides, "segment.ms").max(1),
+        retention_ms: get_i64(overrides, "retention.ms"),
+        retention_bytes: get_i64(overrides, "retention.bytes"),
+        max_message_bytes: get_i64(overrides, "max.message.bytes").max(0) as usize,
+        flush_messages: get_i64(overrides, "flush.messages").max(1),
+        flush_ms: get_i64(overrides, "flush.ms").max(0),
+        index_interval_bytes: get_i64(overrides, "index.interval.bytes").max(0) as usize,
+        log_append_time: overrides
+            .get("message.timestamp.type")
+            .is_some_and(|v| v == "LogAppendTime"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve_to_log_defaults() {
+        assert_eq!(log_config(&BTreeMap::new()), LogConfig::default());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(validate("retention.ms", "-1").is_ok());
+        assert!(
+            validate("retention.ms", "-2")
+                .unwrap_err()
+                .contains("minimum")
+        );
+        assert!(validate("segment.bytes", "99999999999").is_err());
+        assert!(validate("cleanup.policy", "compact").is_err());
+        assert!(
+            validate("no.such.key", "1")
+                .unwrap_err()
+                .contains("unknown")
+        );
+    }
+
+    #[test]
+    fn overrides_change_the_log_config() {
+        let mut o = BTreeMap::new();
+        o.insert("segment.bytes".to_string(), "2048".to_string());
+        o.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
+        let c = log_config(&o);
+        assert_eq!(c.segment_bytes, 2048);
+        assert!(c.log_append_time);
+    }
+}

@@ -1,0 +1,205 @@
+//! Broker configuration: one definition, three sources. Every setting is a
+//! `serve` flag (`--data-dir`), an env var (`SLUICE_DATA_DIR`) and a key of a
+//! YAML config file (`data-dir:`). Precedence: flag, then env, then file, then
+//! the documented default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// YAML file whose keys are these flags' long names (e.g. `data-dir: /var/lib/sluice`).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for partition logs and metadata.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
+    pub data_dir: PathBuf,
+    /// Kafka listener address (port 0 picks a free port).
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+    /// HTTP admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9644")]
+    pub admin_listen: SocketAddr,
+    /// host:port clients are told to connect to (default: the bound listen address).
+    #[arg(long, env = "SLUICE_ADVERTISED_LISTEN")]
+    pub advertised_listen: Option<String>,
+    /// This broker's id.
+    #[arg(long, env = "SLUICE_NODE_ID", default_value_t = 0)]
+    pub node_id: i32,
+    /// Other brokers (`id@host:port,...`). Multi-broker clusters arrive with replication.
+    #[arg(long, env = "SLUICE_PEERS", default_value = "")]
+    pub peers: String,
+    /// Largest request frame accepted; bigger frames close the connection.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Create unknown topics when a client asks for their metadata (Kafka's default).
+    #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics requests that leave it to the broker.
+    #[arg(long, env = "SLUICE_DEFAULT_PARTITIONS", default_value_t = 1)]
+    pub default_partitions: i32,
+    /// How often retention is enforced, in milliseconds.
+    #[arg(
+        long,
+        env = "SLUICE_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 30_000
+    )]
+    pub retention_check_interval_ms: u64,
+}
+
+/// The flags as clap matched them, with config-file values filled in where
+/// neither a flag nor an env var was given.
+pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
+    let mut args = ServeArgs::from_arg_matches(matches)?;
+    let Some(path) = args.config.clone() else {
+        return validate(args);
+    };
+    let file = read_file(&path)?;
+    let from_default = |id: &str| matches.value_source(id) == Some(ValueSource::DefaultValue);
+    for (key, value) in file {
+        let id = key.replace('-', "_");
+        let known = [
+            "data_dir",
+            "listen",
+            "admin_listen",
+            "advertised_listen",
+            "node_id",
+            "peers",
+            "max_request_bytes",
+            "auto_create_topics",
+            "default_partitions",
+            "retention_check_interval_ms",
+        ];
+        if !known.contains(&id.as_str()) {
+            bail!("{}: unknown key '{key}'", path.display());
+        }
+        if !(from_default(&id) || matches.value_source(&id).is_none()) {
+            continue;
+        }
+        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {key}: {e}", path.display());
+        match id.as_str() {
+            "data_dir" => args.data_dir = PathBuf::from(value),
+            "listen" => args.listen = value.parse().map_err(|e| bad(&e))?,
+            "admin_listen" => args.admin_listen = value.parse().map_err(|e| bad(&e))?,
+            "advertised_listen" => args.advertised_listen = Some(value),
+            "node_id" => args.node_id = value.parse().map_err(|e| bad(&e))?,
+            "peers" => args.peers = value,
+            "max_request_bytes" => args.max_request_bytes = value.parse().map_err(|e| bad(&e))?,
+            "auto_create_topics" => args.auto_create_topics = value.parse().map_err(|e| bad(&e))?,
+            "default_partitions" => args.default_partitions = value.parse().map_err(|e| bad(&e))?,
+            _ => args.retention_check_interval_ms = value.parse().map_err(|e| bad(&e))?,
+        }
+    }
+    validate(args)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("parsing config file {} as YAML", path.display()))?;
+    let serde_yaml::Value::Mapping(map) = value else {
+        bail!(
+            "{}: expected a mapping of setting names to values",
+            path.display()
+        );
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let key = k
+            .as_str()
+            .with_context(|| format!("{}: keys must be strings", path.display()))?
+            .to_string();
+        let value = match v {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            other => bail!("{}: {key}: unsupported value {other:?}", path.display()),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
+    if args.node_id < 0 {
+        bail!("node-id must be >= 0, got {}", args.node_id);
+    }
+    if !args.peers.trim().is_empty() {
+        bail!(
+            "peers '{}' given, but this build runs single-node only (replication is not implemented yet)",
+            args.peers
+        );
+    }
+    if args.max_request_bytes < 1024 {
+        bail!(
+            "max-request-bytes must be at least 1024, got {}",
+            args.max_request_bytes
+        );
+    }
+    if args.default_partitions < 1 {
+        bail!(
+            "default-partitions must be >= 1, got {}",
+            args.default_partitions
+        );
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<ServeArgs> {
+        let m = Cli::command().try_get_matches_from(args)?;
+        resolve(&m)
+    }
+
+    #[test]
+    fn defaults_need_no_config() {
+        let a = parse(&["x"]).expect("defaults");
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(a.admin_listen.to_string(), "127.0.0.1:9644");
+        assert!(a.auto_create_topics);
+    }
+
+    #[test]
+    fn file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "data-dir: /tmp/x\nnode-id: 3\nauto-create-topics: false\nlisten: 127.0.0.1:1234\n",
+        )
+        .expect("write");
+        let fs = f.to_str().expect("utf8");
+        let a = parse(&["x", "--config", fs, "--listen", "127.0.0.1:5555"]).expect("parse");
+        assert_eq!(a.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(a.node_id, 3);
+        assert!(!a.auto_create_topics);
+        assert_eq!(a.listen.to_string(), "127.0.0.1:5555");
+    }
+
+    #[test]
+    fn bad_file_keys_and_values_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, "data-dirr: /tmp/x\n").expect("write");
+        let err = parse(&["x", "--config", f.to_str().expect("utf8")]).expect_err("unknown key");
+        assert!(err.to_string().contains("unknown key 'data-dirr'"));
+        std::fs::write(&f, "node-id: abc\n").expect("write");
+        assert!(parse(&["x", "--config", f.to_str().expect("utf8")]).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! Sluice broker library: a Kafka-compatible broker on a durable segmented
+//! log. The `sluice-broker` binary wires these modules together.
+
+pub mod admin;
+pub mod api;
+pub mod broker;
+pub mod cluster;
+pub mod config;
+pub mod log;
+pub mod maintenance;
+pub mod metrics;
+pub mod protocol;
+pub mod server;

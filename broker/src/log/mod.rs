@@ -1,0 +1,605 @@
+//! The durable log of one partition: an ordered list of segments in one
+//! directory. Appends go to the last (active) segment; reads copy whole
+//! batches straight from the files; recovery on open cuts a torn tail.
+//!
+//! Locking: one short `std::sync::Mutex` per partition guards the segment
+//! list and offsets. File reads happen outside it on a shared `Arc<File>`
+//! (positional reads), and fsyncs run on the blocking pool, so a slow disk
+//! never blocks the async workers that serve other partitions.
+
+pub mod batch;
+pub mod index;
+pub mod segment;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+
+use batch::{BatchError, BatchHeader};
+use segment::{Segment, read_exact_at};
+
+/// Storage settings of one partition, resolved from topic config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    /// -1: keep forever.
+    pub retention_ms: i64,
+    /// -1: no size limit.
+    pub retention_bytes: i64,
+    pub max_message_bytes: usize,
+    /// Force an fsync after this many records (i64::MAX: never by count).
+    pub flush_messages: i64,
+    /// Background fsync interval for dirty data (i64::MAX: leave it to the OS).
+    pub flush_ms: i64,
+    pub index_interval_bytes: usize,
+    pub log_append_time: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            flush_messages: i64::MAX,
+            flush_ms: 1000,
+            index_interval_bytes: 4096,
+            log_append_time: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("offset {offset} is out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("batch of {size} bytes exceeds max.message.bytes {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("storage error: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Result of an append: the offsets the broker assigned.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// -1 unless the topic uses LogAppendTime.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    pub records: i64,
+    /// True when `flush.messages` asks the caller to fsync now.
+    pub flush_due: bool,
+}
+
+/// Whole batches read for a fetch.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+/// A batch validated on the way in, with its parsed header.
+pub struct ValidatedBatches {
+    pub bytes: BytesMut,
+    pub headers: Vec<BatchHeader>,
+    pub records: i64,
+}
+
+/// Checks every batch in a produce payload (framing, magic, CRC, structure,
+/// size) before anything is written, so a bad batch never half-lands.
+pub fn validate_batches(
+    payload: Bytes,
+    max_message_bytes: usize,
+) -> Result<ValidatedBatches, LogError> {
+    let mut headers = Vec::new();
+    let mut pos = 0usize;
+    let mut records = 0i64;
+    if payload.is_empty() {
+        return Err(BatchError::Invalid("empty record set".into()).into());
+    }
+    while pos < payload.len() {
+        let rest = &payload[pos..];
+        let h = batch::parse_and_verify(rest)?;
+        if h.len > max_message_bytes {
+            return Err(LogError::TooLarge {
+                size: h.len,
+                max: max_message_bytes,
+            });
+        }
+        batch::validate_structure(&rest[..h.len], &h)?;
+        records += i64::from(h.records_count);
+        headers.push(h);
+        pos += h.len;
+    }
+    Ok(ValidatedBatches {
+        bytes: BytesMut::from(&payload[..]),
+        headers,
+        records,
+    })
+}
+
+struct LogState {
+    segments: Vec<Segment>,
+    config: LogConfig,
+    records_since_flush: i64,
+    last_flush_ms: i64,
+}
+
+impl LogState {
+    fn active(&self) -> &Segment {
+        // Invariant: a log always has at least one segment.
+        &self.segments[self.segments.len() - 1]
+    }
+    fn active_mut(&mut self) -> &mut Segment {
+        let n = self.segments.len();
+        &mut self.segments[n - 1]
+    }
+    fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+    fn log_start_offset(&self) -> i64 {
+        self.segments[0].base_offset
+    }
+    fn size(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+}
+
+pub struct PartitionLog {
+    name: String,
+    dir: PathBuf,
+    state: Mutex<LogState>,
+    /// Highest offset (exclusive) known to be on disk.
+    flushed_offset: AtomicI64,
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Woken on every append, for long-polling fetches.
+    pub appended: Notify,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering the active segment.
+    /// `name` is the `topic-partition` used in log lines.
+    pub fn open(name: String, dir: PathBuf, config: LogConfig) -> io::Result<PartitionLog> {
+        fs::create_dir_all(&dir)?;
+        let mut bases: Vec<i64> = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if let Some(stem) = file_name.strip_suffix(".log") {
+                if let Ok(base) = stem.parse::<i64>() {
+                    bases.push(base);
+                }
+            } else if file_name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        bases.sort_unstable();
+        let now = now_ms();
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        let count = bases.len();
+        for (i, base) in bases.into_iter().enumerate() {
+            let sealed = i + 1 < count;
+            let path = Segment::log_path(&dir, base);
+            let (seg, truncation, rebuilt) =
+                Segment::open(path, base, sealed, config.index_interval_bytes, now)?;
+            if let Some(t) = truncation {
+                tracing::warn!(
+                    partition = %name,
+                    segment = base,
+                    position = t.position,
+                    bytes_cut = t.bytes_cut,
+                    next_offset = t.next_offset,
+                    reason = %t.reason,
+                    "truncated corrupt or torn tail of {name} segment {base}: cut {} bytes at position {}, log now ends at offset {}",
+                    t.bytes_cut, t.position, t.next_offset
+                );
+            }
+            if rebuilt {
+                tracing::info!(partition = %name, segment = base, "rebuilt missing or corrupt index");
+                seg.seal()?;
+            }
+            segments.push(seg);
+        }
+        // Sealed segments that a truncation left empty-handed would break the
+        // offset chain; drop empty segments except the last.
+        if segments.is_empty() {
+            segments.push(Segment::create(&dir, 0, now)?);
+            sync_dir(&dir)?;
+        }
+        let leo = segments[segments.len() - 1].next_offset;
+        Ok(PartitionLog {
+            name,
+            dir,
+            state: Mutex::new(LogState {
+                segments,
+                config,
+                records_since_flush: 0,
+                last_flush_ms: now,
+            }),
+            flushed_offset: AtomicI64::new(leo),
+            flush_lock: tokio::sync::Mutex::new(()),
+            appended: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        // A poisoned lock means a panic mid-update elsewhere; the state is
+        // still the last consistent one we wrote, so keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config(&self) -> LogConfig {
+        self.lock().config.clone()
+    }
+    pub fn set_config(&self, config: LogConfig) {
+        self.lock().config = config;
+    }
+    pub fn log_end_offset(&self) -> i64 {
+        self.lock().log_end_offset()
+    }
+    pub fn log_start_offset(&self) -> i64 {
+        self.lock().log_start_offset()
+    }
+    /// Single-node: everything appended is committed.
+    pub fn high_watermark(&self) -> i64 {
+        self.log_end_offset()
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.lock().size()
+    }
+
+    /// Appends validated batches, assigning offsets. The bytes reach the
+    /// page cache before this returns, so a process crash cannot lose them.
+    pub fn append(
+        &self,
+        mut batches: ValidatedBatches,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, LogError> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let total = batches.bytes.len() as u64;
+        let roll = {
+            let a = st.active();
+            a.size > 0
+                && (a.size + total > st.config.segment_bytes
+                    || now - a.created_ms >= st.config.segment_ms
+                    // Index positions are 32-bit.
+                    || a.size + total > u64::from(u32::MAX))
+        };
+        if roll {
+            self.roll(&mut st, now)?;
+        }
+        let base_offset = st.log_end_offset();
+        let mut next = base_offset;
+        let mut pos = 0usize;
+        let log_append_time = st.config.log_append_time;
+        for h in batches.headers.iter_mut() {
+            let this = &mut batches.bytes[pos..pos + h.len];
+            batch::set_base_offset(this, next);
+            batch::set_partition_leader_epoch(this, leader_epoch);
+            if log_append_time {
+                batch::set_log_append_time(this, now);
+                h.max_timestamp = now;
+            }
+            h.base_offset = next;
+            next = h.next_offset();
+            pos += h.len;
+        }
+        let active = st.active_mut();
+        let start_pos = active.size;
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = active.file.write_all_at(&batches.bytes, start_pos) {
+            // Leave no partial batch behind: cut back to the last good end.
+            let _ = active.file.set_len(start_pos);
+            return Err(LogError::Io(e));
+        }
+        let interval = st.config.index_interval_bytes;
+        let active = st.active_mut();
+        let mut p = start_pos;
+        for h in &batches.headers {
+            active.track_batch(h, p, interval);
+            p += h.len as u64;
+        }
+        active.size = p;
+        st.records_since_flush += batches.records;
+        let flush_due = st.records_since_flush >= st.config.flush_messages;
+        let info = AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time: if log_append_time { now } else { -1 },
+            log_start_offset: st.log_start_offset(),
+            records: batches.records,
+            flush_due,
+        };
+        drop(st);
+        self.appended.notify_waiters();
+        Ok(info)
+    }
+
+    fn roll(&self, st: &mut LogState, now: i64) -> io::Result<()> {
+        st.active().seal()?;
+        let base = st.log_end_offset();
+        let seg = Segment::create(&self.dir, base, now)?;
+        sync_dir(&self.dir)?;
+        st.segments.push(seg);
+        // The sealed segment is fully on disk now.
+        self.flushed_offset.fetch_max(base, Ordering::AcqRel);
+        tracing::debug!(partition = %self.name, base, "rolled segment");
+        Ok(())
+    }
+
+    /// Makes every record below `offset` durable (fsync). Concurrent callers
+    /// share one fsync: whoever holds the lock flushes for all.
+    pub async fn flush_up_to(&self, offset: i64) -> io::Result<()> {
+        if self.flushed_offset.load(Ordering::Acquire) >= offset {
+            return Ok(());
+        }
+        let _guard = self.flush_lock.lock().await;
+        if self.flushed_offset.load(Ordering::Acquire) >= offset {
+            return Ok(());
+        }
+        let (file, end) = {
+            let mut st = self.lock();
+            st.records_since_flush = 0;
+            st.last_flush_ms = now_ms();
+            (st.active().file.clone(), st.log_end_offset())
+        };
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(io::Error::other)??;
+        self.flushed_offset.fetch_max(end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Flushes if `flush.ms` has passed since the last flush and data is dirty.
+    pub async fn flush_if_due(&self, now: i64) -> io::Result<bool> {
+        let (due, leo) = {
+            let st = self.lock();
+            (
+                now.saturating_sub(st.last_flush_ms) >= st.config.flush_ms,
+                st.log_end_offset(),
+            )
+        };
+        if due && self.flushed_offset.load(Ordering::Acquire) < leo {
+            self.flush_up_to(leo).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to
+    /// `max_bytes` — but always at least one whole batch (KIP-74), so a big
+    /// record never stalls a consumer. Batches are never split.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        let (file, base, hint, seg_end, hw, start) = {
+            let st = self.lock();
+            let start = st.log_start_offset();
+            let end = st.log_end_offset();
+            if offset < start || offset > end {
+                return Err(LogError::OffsetOutOfRange { offset, start, end });
+            }
+            if offset == end {
+                return Ok(ReadResult {
+                    records: Bytes::new(),
+                    high_watermark: end,
+                    log_start_offset: start,
+                });
+            }
+            let i = st.segments.partition_point(|s| s.base_offset <= offset) - 1;
+            let seg = &st.segments[i];
+            let relative = (offset - seg.base_offset) as u32;
+            (
+                seg.file.clone(),
+                seg.base_offset,
+                u64::from(seg.index.position_for(relative)),
+                seg.size,
+                end,
+                start,
+            )
+        };
+        let _ = base;
+        // Walk batch headers from the index hint to the batch holding `offset`.
+        let mut pos = hint;
+        let mut header_buf = [0u8; batch::HEADER_LEN];
+        let first = loop {
+            if pos >= seg_end {
+                return Ok(ReadResult {
+                    records: Bytes::new(),
+                    high_watermark: hw,
+                    log_start_offset: start,
+                });
+            }
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut header_buf, pos)?;
+            let h = batch::parse_header_fields(&header_buf)?;
+            if h.last_offset() >= offset {
+                break h;
+            }
+            pos += h.len as u64;
+        };
+        let available = (seg_end - pos) as usize;
+        let want = max_bytes.max(first.len).min(available);
+        let data = read_exact_at(&file, pos, want)?;
+        // Trim a trailing partial batch.
+        let mut end = 0usize;
+        while end < data.len() {
+            match batch::parse_header_fields(&data[end..]) {
+                Ok(h) if end + h.len <= data.len() => end += h.len,
+                _ => break,
+            }
+        }
+        let mut data = data;
+        data.truncate(end);
+        Ok(ReadResult {
+            records: Bytes::from(data),
+            high_watermark: hw,
+            log_start_offset: start,
+        })
+    }
+
+    /// First offset whose record timestamp is >= `target`, with that
+    /// timestamp; `None` if every record is older.
+    pub fn offset_for_timestamp(&self, target: i64) -> io::Result<Option<(i64, i64)>> {
+        let st = self.lock();
+        for seg in &st.segments {
+            if seg.max_timestamp < target || seg.size == 0 {
+                continue;
+            }
+            let rel = seg.index.scan_start_for_timestamp(target);
+            let mut pos = u64::from(seg.index.position_for(rel));
+            while pos < seg.size {
+                let h = seg.read_header(pos)?;
+                if h.max_timestamp >= target {
+                    let bytes = read_exact_at(&seg.file, pos, h.len)?;
+                    return Ok(Some(first_record_at_or_after(&bytes, &h, target)));
+                }
+                pos += h.len as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset and timestamp of the record with the largest timestamp.
+    pub fn max_timestamp_offset(&self) -> io::Result<Option<(i64, i64)>> {
+        let st = self.lock();
+        let Some(seg) = st
+            .segments
+            .iter()
+            .filter(|s| s.size > 0)
+            .max_by_key(|s| s.max_timestamp)
+        else {
+            return Ok(None);
+        };
+        let target = seg.max_timestamp;
+        let rel = (seg.max_timestamp_batch - seg.base_offset) as u32;
+        let mut pos = u64::from(seg.index.position_for(rel));
+        while pos < seg.size {
+            let h = seg.read_header(pos)?;
+            if h.base_offset == seg.max_timestamp_batch {
+                let bytes = read_exact_at(&seg.file, pos, h.len)?;
+                let (offset, ts) = last_record_with_timestamp(&bytes, &h, target);
+                return Ok(Some((offset, ts)));
+            }
+            pos += h.len as u64;
+        }
+        Ok(None)
+    }
+
+    /// Deletes sealed segments past `retention.ms` (by their newest record)
+    /// or beyond `retention.bytes`. The active segment is never deleted.
+    pub fn apply_retention(&self, now: i64) -> io::Result<usize> {
+        let mut st = self.lock();
+        let mut deleted = 0;
+        let mut total = st.size() as i64;
+        while st.segments.len() > 1 {
+            let oldest = &st.segments[0];
+            let expired = st.config.retention_ms >= 0
+                && oldest.max_timestamp >= 0
+                && now - oldest.max_timestamp > st.config.retention_ms;
+            let expired_empty = st.config.retention_ms >= 0
+                && oldest.max_timestamp < 0
+                && now - oldest.created_ms > st.config.retention_ms;
+            let over_size = st.config.retention_bytes >= 0
+                && total - oldest.size as i64 >= st.config.retention_bytes;
+            if !(expired || expired_empty || over_size) {
+                break;
+            }
+            let seg = st.segments.remove(0);
+            total -= seg.size as i64;
+            seg.delete_files()?;
+            deleted += 1;
+            tracing::info!(
+                partition = %self.name,
+                segment = seg.base_offset,
+                reason = if over_size { "retention.bytes" } else { "retention.ms" },
+                "deleted segment"
+            );
+        }
+        Ok(deleted)
+    }
+
+    /// Seals the active segment's indexes so a clean restart skips the scan.
+    pub fn close(&self) -> io::Result<()> {
+        let st = self.lock();
+        st.active().file.sync_data()
+    }
+}
+
+fn first_record_at_or_after(bytes: &[u8], h: &BatchHeader, target: i64) -> (i64, i64) {
+    if h.is_log_append_time() {
+        return (h.base_offset, h.max_timestamp);
+    }
+    record_times(bytes, h)
+        .into_iter()
+        .find(|(ts, _)| *ts >= target)
+        .map(|(ts, off)| (off, ts))
+        .unwrap_or((h.base_offset, h.max_timestamp))
+}
+
+fn last_record_with_timestamp(bytes: &[u8], h: &BatchHeader, target: i64) -> (i64, i64) {
+    if h.is_log_append_time() {
+        return (h.last_offset(), h.max_timestamp);
+    }
+    record_times(bytes, h)
+        .into_iter()
+        .rev()
+        .find(|(ts, _)| *ts == target)
+        .map(|(ts, off)| (off, ts))
+        .unwrap_or((h.last_offset(), h.max_timestamp))
+}
+
+/// (timestamp, offset) of every record in a batch; compressed batches are
+/// decoded (a cold path: timestamp lookups only).
+fn record_times(bytes: &[u8], h: &BatchHeader) -> Vec<(i64, i64)> {
+    if h.compression() == 0 {
+        return batch::record_timestamps(bytes, h).unwrap_or_default();
+    }
+    let mut buf = Bytes::copy_from_slice(bytes);
+    match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
+        Ok(set) => set
+            .records
+            .iter()
+            .map(|r| (r.timestamp, r.offset))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not decode batch for timestamp lookup");
+            Vec::new()
+        }
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Shared handle used across the broker.
+pub type SharedLog = Arc<PartitionLog>;

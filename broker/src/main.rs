@@ -1,0 +1,126 @@
+//! `sluice-broker`: runs the broker (`serve`).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use sluice_broker::broker::Broker;
+use sluice_broker::config::{self, ServeArgs};
+use sluice_broker::{admin, maintenance, server};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-broker",
+    version,
+    about = "Kafka-compatible broker with WebAssembly plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker. With no flags: single node, 127.0.0.1:9092, data in ./sluice-data.
+    Serve(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.command {
+        Command::Serve(_) => {
+            let sub = matches
+                .subcommand_matches("serve")
+                .context("serve arguments missing")?;
+            let args = config::resolve(sub)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(args))
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let kafka = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding Kafka listener {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding admin listener {}", args.admin_listen))?;
+    let kafka_addr = kafka.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (host, port) = match &args.advertised_listen {
+        Some(a) => {
+            let (h, p) = a
+                .rsplit_once(':')
+                .with_context(|| format!("advertised-listen '{a}' must be host:port"))?;
+            let port: u16 = p
+                .parse()
+                .with_context(|| format!("advertised-listen port '{p}'"))?;
+            (h.to_string(), i32::from(port))
+        }
+        None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
+    };
+    let data_dir = args.data_dir.clone();
+    let broker =
+        Arc::new(tokio::task::spawn_blocking(move || Broker::open(args, host, port)).await??);
+    tokio::spawn(admin_serve(broker.clone(), admin_listener));
+    tokio::spawn(maintenance::flusher(broker.clone()));
+    tokio::spawn(maintenance::retention(broker.clone()));
+    tokio::spawn(server::serve(broker.clone(), kafka));
+    broker.ready.store(true, Ordering::Release);
+    tracing::info!(kafka = %kafka_addr, admin = %admin_addr, data_dir = %data_dir.display(), node_id = broker.node_id, "broker started");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "sluice-broker ready kafka={kafka_addr} admin={admin_addr}"
+        )?;
+        out.flush()?;
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: flushing logs");
+    broker.ready.store(false, Ordering::Release);
+    for t in broker.topics.all() {
+        for p in &t.partitions {
+            if let Err(e) = p.close() {
+                tracing::error!(partition = %p.name(), error = %e, "flush on shutdown failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn admin_serve(broker: Arc<Broker>, listener: TcpListener) {
+    if let Err(e) = admin::serve(broker, listener).await {
+        tracing::error!(error = %e, "admin server stopped");
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Background upkeep of the logs: time-based flushing (`flush.ms`) and
+//! retention (`retention.ms`, `retention.bytes`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::Broker;
+use crate::log::now_ms;
+
+/// Fsyncs partitions whose `flush.ms` has elapsed. Ticks at 100 ms so a
+/// short flush.ms is honoured closely without a timer per partition.
+pub async fn flusher(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        for t in broker.topics.all() {
+            for p in &t.partitions {
+                if let Err(e) = p.flush_if_due(now).await {
+                    tracing::error!(partition = %p.name(), error = %e, "periodic fsync failed");
+                }
+            }
+        }
+    }
+}
+
+pub async fn retention(broker: Arc<Broker>) {
+    let period = Duration::from_millis(broker.args.retention_check_interval_ms.max(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let b = broker.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            for t in b.topics.all() {
+                for p in &t.partitions {
+                    if let Err(e) = p.apply_retention(now) {
+                        tracing::error!(partition = %p.name(), error = %e, "retention failed");
+                    }
+                }
+            }
+        });
+        if let Err(e) = run.await {
+            tracing::error!(error = %e, "retention task failed");
+        }
+    }
+}

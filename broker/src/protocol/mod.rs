@@ -1,0 +1,189 @@
+//! Kafka framing and request decoding, free of I/O: a frame's bytes go in, a
+//! decoded request (or a precise reason to refuse it) comes out, and
+//! responses are encoded with the header version their API and version need.
+//! The `kafka-protocol` crate does the message codec.
+
+pub mod versions;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Encodable, decode_request_header_from_buffer};
+
+/// A request ready for a handler.
+#[derive(Debug)]
+pub struct DecodedRequest {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: RequestKind,
+}
+
+/// What to do with a frame that cannot be handled normally.
+#[derive(Debug)]
+pub enum FrameError {
+    /// Answer with this (already encoded) response, then keep going.
+    Respond(Bytes),
+    /// Close the connection; the reason is logged and counted.
+    Close {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// Decodes one frame (without its length prefix).
+pub fn decode_request(mut frame: Bytes) -> Result<DecodedRequest, FrameError> {
+    if frame.len() < 8 {
+        return Err(FrameError::Close {
+            reason: "truncated_header",
+            detail: format!(
+                "frame of {} bytes is shorter than a request header",
+                frame.len()
+            ),
+        });
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(api_key) = ApiKey::try_from(key) else {
+        return Err(FrameError::Close {
+            reason: "unknown_api_key",
+            detail: format!("unknown API key {key} (correlation id {correlation_id})"),
+        });
+    };
+    let Some(range) = versions::supported(api_key) else {
+        return Err(FrameError::Close {
+            reason: "unsupported_api",
+            detail: format!(
+                "API {api_key:?} is not supported by this broker and was not advertised in ApiVersions"
+            ),
+        });
+    };
+    if version < range.0 || version > range.1 {
+        if api_key == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 so the client can learn our range and retry.
+            return Err(FrameError::Respond(unsupported_api_versions(
+                correlation_id,
+            )));
+        }
+        return Err(FrameError::Close {
+            reason: "unsupported_version",
+            detail: format!(
+                "{api_key:?} v{version} is not supported (this broker speaks v{}..=v{})",
+                range.0, range.1
+            ),
+        });
+    }
+    let header = decode_request_header_from_buffer(&mut frame).map_err(|e| FrameError::Close {
+        reason: "malformed_header",
+        detail: format!("{api_key:?} v{version}: {e}"),
+    })?;
+    let body =
+        RequestKind::decode(api_key, &mut frame, version).map_err(|e| FrameError::Close {
+            reason: "malformed_request",
+            detail: format!("{api_key:?} v{version} (correlation id {correlation_id}): {e}"),
+        })?;
+    Ok(DecodedRequest {
+        api_key,
+        version,
+        header,
+        body,
+    })
+}
+
+/// Encodes a response frame including its 4-byte length prefix.
+pub fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header.encode(&mut buf, api_key.response_header_version(version))?;
+    body.encode(&mut buf, version)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// ApiVersions v0 response with UNSUPPORTED_VERSION and our ranges.
+fn unsupported_api_versions(correlation_id: i32) -> Bytes {
+    let mut body = versions::api_versions_response();
+    body.error_code = kafka_protocol::ResponseError::UnsupportedVersion.code();
+    let encoded = encode_response(
+        ApiKey::ApiVersions,
+        0,
+        correlation_id,
+        &ResponseKind::ApiVersions(body),
+    );
+    // ApiVersions v0 encoding of our own response cannot fail; if it ever
+    // did, an empty frame still tells the client to give up on us.
+    encoded.unwrap_or_else(|_| Bytes::from_static(&[0, 0, 0, 0]))
+}
+
+pub fn empty_api_versions() -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
+    use kafka_protocol::protocol::{Decodable, StrBytes, encode_request_header_into_buffer};
+
+    fn frame(key: ApiKey, version: i16, body: &impl Encodable) -> Bytes {
+        let mut h = RequestHeader::default();
+        h.request_api_key = key as i16;
+        h.request_api_version = version;
+        h.correlation_id = 7;
+        h.client_id = Some(StrBytes::from_static_str("test"));
+        let mut buf = BytesMut::new();
+        encode_request_header_into_buffer(&mut buf, &h).expect("header");
+        body.encode(&mut buf, version).expect("body");
+        buf.freeze()
+    }
+
+    #[test]
+    fn decodes_a_flexible_request() {
+        let req = decode_request(frame(ApiKey::Metadata, 12, &MetadataRequest::default()))
+            .expect("decodes");
+        assert_eq!(req.api_key, ApiKey::Metadata);
+        assert_eq!(req.header.correlation_id, 7);
+    }
+
+    #[test]
+    fn unknown_api_versions_version_gets_v0_error_with_ranges() {
+        let f = frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        let mut patched = BytesMut::from(&f[..]);
+        patched[2..4].copy_from_slice(&99i16.to_be_bytes());
+        let Err(FrameError::Respond(resp)) = decode_request(patched.freeze()) else {
+            panic!("expected a v0 error response");
+        };
+        let mut body = resp.slice(4 + 4..);
+        let decoded = ApiVersionsResponse::decode(&mut body, 0).expect("v0 body");
+        assert_eq!(decoded.error_code, 35);
+        assert!(
+            decoded
+                .api_keys
+                .iter()
+                .any(|k| k.api_key == ApiKey::Produce as i16)
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        for bytes in [
+            vec![],
+            vec![0xff; 3],
+            vec![0x27, 0x0f, 0, 0, 0, 0, 0, 1],
+            vec![0, 3, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0xff],
+            vec![0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0x7f, 0xff, 0xff, 0xff],
+        ] {
+            assert!(decode_request(Bytes::from(bytes)).is_err());
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The API versions this broker implements. ApiVersions advertises exactly
+//! this table (intersected with what the codec crate can decode), and the
+//! frame decoder refuses anything outside it.
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+
+/// (api, min, max) that the handlers in `api/` implement.
+const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// Our version range for `key`, if we implement it at all.
+pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    let &(_, min, max) = IMPLEMENTED.iter().find(|(k, _, _)| *k == key)?;
+    let codec = key.valid_versions();
+    let (min, max) = (min.max(codec.min), max.min(codec.max));
+    (min <= max).then_some((min, max))
+}
+
+pub fn api_versions_response() -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.api_keys = IMPLEMENTED
+        .iter()
+        .filter_map(|(k, _, _)| {
+            let (min, max) = supported(*k)?;
+            let mut v = ApiVersion::default();
+            v.api_key = *k as i16;
+            v.min_version = min;
+            v.max_version = max;
+            Some(v)
+        })
+        .collect();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_implemented_range_is_decodable_by_the_codec() {
+        for (k, min, max) in IMPLEMENTED {
+            assert_eq!(supported(*k), Some((*min, *max)), "{k:?}");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The Kafka listener: one task per connection, frames read with a bounded
+//! size, requests answered strictly in order. Anything unusable a client
+//! sends closes that connection with a logged reason; other clients never
+//! notice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::api;
+use crate::broker::Broker;
+use crate::protocol::{self, FrameError};
+
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    broker.metrics.connections_active.inc();
+                    broker.metrics.connections_total.inc();
+                    if let Err(e) = connection(&broker, stream, peer).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
+                    }
+                    broker.metrics.connections_active.dec();
+                });
+            }
+            Err(e) => {
+                // Typically EMFILE; back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    broker: &Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    let mut writer = BufWriter::with_capacity(64 * 1024, wr);
+    let max = broker.args.max_request_bytes;
+    loop {
+        let len = match reader.read_i32().await {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if len < 0 || len as usize > max {
+            return close(
+                broker,
+                peer,
+                "bad_frame_length",
+                format!("frame length {len} is outside 0..={max} (max-request-bytes)"),
+            );
+        }
+        // Grow the buffer as bytes arrive rather than trusting the prefix
+        // with an up-front allocation.
+        let mut frame = BytesMut::new();
+        let got = (&mut reader)
+            .take(len as u64)
+            .read_buf_exact(&mut frame, len as usize)
+            .await?;
+        if got < len as usize {
+            return close(
+                broker,
+                peer,
+                "truncated_frame",
+                format!("connection closed after {got} of {len} frame bytes"),
+            );
+        }
+        let frame: Bytes = frame.freeze();
+        let request = match protocol::decode_request(frame) {
+            Ok(r) => r,
+            Err(FrameError::Respond(bytes)) => {
+                writer.write_all(&bytes).await?;
+                writer.flush().await?;
+                continue;
+            }
+            Err(FrameError::Close { reason, detail }) => {
+                return close(broker, peer, reason, detail);
+            }
+        };
+        let api_key = request.api_key;
+        let version = request.version;
+        let correlation_id = request.header.correlation_id;
+        let api_name = format!("{api_key:?}");
+        let started = Instant::now();
+        let response = api::handle(broker, request).await;
+        broker
+            .metrics
+            .requests
+            .with_label_values(&[&api_name])
+            .inc();
+        broker
+            .metrics
+            .request_seconds
+            .with_label_values(&[&api_name])
+            .observe(started.elapsed().as_secs_f64());
+        let Some(body) = response else { continue };
+        match protocol::encode_response(api_key, version, correlation_id, &body) {
+            Ok(bytes) => writer.write_all(&bytes).await?,
+            Err(e) => {
+                return close(
+                    broker,
+                    peer,
+                    "encode_failed",
+                    format!("could not encode {api_name} v{version} response: {e}"),
+                );
+            }
+        }
+        // Pipelined requests already buffered get answered before one flush.
+        if reader.buffer().is_empty() {
+            writer.flush().await?;
+        }
+    }
+}
+
+fn close(
+    broker: &Broker,
+    peer: SocketAddr,
+    reason: &'static str,
+    detail: String,
+) -> std::io::Result<()> {
+    broker
+        .metrics
+        .connections_closed_bad_input
+        .with_label_values(&[reason])
+        .inc();
+    tracing::warn!(%peer, reason, "closing connection: {detail}");
+    Ok(())
+}
+
+/// `AsyncReadExt::take` + read until `len` bytes or EOF.
+trait ReadBufExact {
+    async fn read_buf_exact(&mut self, buf: &mut BytesMut, len: usize) -> std::io::Result<usize>;
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> ReadBufExact for tokio::io::Take<R> {
+    async fn read_buf_exact(&mut self, buf: &mut BytesMut, len: usize) -> std::io::Result<usize> {
+        while buf.len() < len {
+            buf.reserve((len - buf.len()).min(1 << 20));
+            if self.read_buf(buf).await? == 0 {
+                break;
+            }
+        }
+        Ok(buf.len())
+    }
+}
