@@ -187,3 +187,23 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile_counts {
+    use super::*;
+
+    /// An array count of 2^31-1 in a tiny frame must fail to decode, not
+    /// make the codec reserve gigabytes up front (an allocation failure
+    /// aborts the process).
+    #[test]
+    fn huge_array_count_in_small_frame_is_an_error() {
+        // Metadata v1 header: key 3, version 1, correlation 1, client id null.
+        let mut f = vec![0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff];
+        f.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert!(decode_request(Bytes::from(f)).is_err());
+        // Flexible (v12) version: compact array with a huge unsigned varint.
+        let mut f = vec![0, 3, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0];
+        f.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decode_request(Bytes::from(f)).is_err());
+    }
+}
