@@ -603,3 +603,257 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Shared handle used across the broker.
 pub type SharedLog = Arc<PartitionLog>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::batch::tests::encoded_batch;
+    use kafka_protocol::records::Compression;
+
+    fn small_segments() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: 100,
+            ..LogConfig::default()
+        }
+    }
+
+    fn append_n(log: &PartitionLog, batches: usize, per_batch: usize, ts: i64) {
+        for i in 0..batches {
+            let b = encoded_batch(per_batch, Compression::None, ts + (i * per_batch) as i64);
+            let v = validate_batches(b.freeze(), 1 << 20).expect("valid");
+            log.append(v, 0).expect("append");
+        }
+    }
+
+    fn offsets_in(bytes: &[u8]) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let h = batch::parse_and_verify(&bytes[pos..]).expect("whole valid batch");
+            out.push((h.base_offset, h.last_offset()));
+            pos += h.len;
+        }
+        out
+    }
+
+    #[test]
+    fn fetch_from_middle_of_batch_returns_whole_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = PartitionLog::open("t-0".into(), dir.path().join("t-0"), LogConfig::default())
+            .expect("open");
+        append_n(&log, 3, 10, 1000);
+        let r = log.read(15, 1).expect("read");
+        // max_bytes 1 still yields one whole batch (KIP-74), the one holding 15.
+        assert_eq!(offsets_in(&r.records), vec![(10, 19)]);
+        assert_eq!(r.high_watermark, 30);
+        let r = log.read(0, 1 << 20).expect("read");
+        assert_eq!(offsets_in(&r.records), vec![(0, 9), (10, 19), (20, 29)]);
+        assert!(log.read(30, 100).expect("at end").records.is_empty());
+        assert!(matches!(
+            log.read(31, 100),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn rolls_segments_and_reopens_with_every_offset_intact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        {
+            let log =
+                PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("open");
+            append_n(&log, 40, 5, 0);
+            assert_eq!(log.log_end_offset(), 200);
+        }
+        let logs: Vec<_> = fs::read_dir(&path)
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        assert!(logs.len() > 3, "expected several segments, got {logs:?}");
+        assert!(
+            logs.iter().all(|n| n.len() == 24),
+            "20-digit names: {logs:?}"
+        );
+        let log = PartitionLog::open("t-0".into(), path, small_segments()).expect("reopen");
+        assert_eq!(log.log_end_offset(), 200);
+        let mut next = 0;
+        while next < 200 {
+            let r = log.read(next, 1 << 20).expect("read");
+            let got = offsets_in(&r.records);
+            assert_eq!(got[0].0, next);
+            next = got[got.len() - 1].1 + 1;
+        }
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        let seg_file = path.join(format!("{}.log", segment::file_stem(0)));
+        {
+            let log =
+                PartitionLog::open("t-0".into(), path.clone(), LogConfig::default()).expect("open");
+            append_n(&log, 5, 4, 0);
+        }
+        let good_len = fs::metadata(&seg_file).expect("meta").len();
+        // Half a batch, as a crash mid-write would leave.
+        let extra = encoded_batch(4, Compression::None, 0);
+        let mut data = fs::read(&seg_file).expect("read");
+        data.extend_from_slice(&extra[..extra.len() / 2]);
+        fs::write(&seg_file, &data).expect("write");
+        let log =
+            PartitionLog::open("t-0".into(), path.clone(), LogConfig::default()).expect("reopen");
+        assert_eq!(log.log_end_offset(), 20);
+        assert_eq!(fs::metadata(&seg_file).expect("meta").len(), good_len);
+        // A flipped byte inside the last batch: that batch goes, the rest stays.
+        let mut data = fs::read(&seg_file).expect("read");
+        let n = data.len();
+        data[n - 5] ^= 0x55;
+        fs::write(&seg_file, &data).expect("write");
+        drop(log);
+        let log = PartitionLog::open("t-0".into(), path, LogConfig::default()).expect("reopen");
+        assert_eq!(log.log_end_offset(), 16);
+        append_n(&log, 1, 4, 0);
+        assert_eq!(log.log_end_offset(), 20);
+    }
+
+    #[test]
+    fn corrupt_sealed_index_is_rebuilt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        {
+            let log =
+                PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("open");
+            append_n(&log, 20, 5, 0);
+        }
+        let index = path.join(format!("{}.index", segment::file_stem(0)));
+        fs::write(&index, b"garbage").expect("write");
+        fs::remove_file(path.join(format!("{}.timeindex", segment::file_stem(0)))).expect("rm");
+        let log = PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("reopen");
+        assert_eq!(log.log_end_offset(), 100);
+        assert_eq!(
+            offsets_in(&log.read(3, 1).expect("read").records),
+            vec![(0, 4)]
+        );
+        assert!(
+            index::load(
+                &index,
+                &path.join(format!("{}.timeindex", segment::file_stem(0))),
+                fs::metadata(path.join(format!("{}.log", segment::file_stem(0))))
+                    .expect("meta")
+                    .len()
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn timestamp_lookups_find_first_record_at_or_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = PartitionLog::open("t-0".into(), dir.path().join("t-0"), small_segments())
+            .expect("open");
+        // Offsets 0..50 with timestamps 1000..1050 in batches of 5.
+        append_n(&log, 10, 5, 1000);
+        let gz = encoded_batch(5, Compression::Gzip, 2000);
+        log.append(validate_batches(gz.freeze(), 1 << 20).expect("valid"), 0)
+            .expect("append");
+        assert_eq!(log.offset_for_timestamp(0).expect("io"), Some((0, 1000)));
+        assert_eq!(
+            log.offset_for_timestamp(1023).expect("io"),
+            Some((23, 1023))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1050).expect("io"),
+            Some((50, 2000))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(2003).expect("io"),
+            Some((53, 2003))
+        );
+        assert_eq!(log.offset_for_timestamp(5000).expect("io"), None);
+        assert_eq!(log.max_timestamp_offset().expect("io"), Some((54, 2004)));
+    }
+
+    #[test]
+    fn retention_by_bytes_drops_oldest_sealed_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = LogConfig {
+            retention_bytes: 2048,
+            ..small_segments()
+        };
+        let log = PartitionLog::open("t-0".into(), dir.path().join("t-0"), cfg).expect("open");
+        append_n(&log, 40, 5, now_ms());
+        let before = log.size_bytes();
+        let deleted = log.apply_retention(now_ms()).expect("retention");
+        assert!(deleted > 0);
+        assert!(log.size_bytes() < before && log.size_bytes() as i64 <= 2048 + 1024);
+        let start = log.log_start_offset();
+        assert!(start > 0);
+        assert!(matches!(
+            log.read(0, 100),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            offsets_in(&log.read(start, 1).expect("read").records)[0].0,
+            start
+        );
+    }
+
+    #[test]
+    fn retention_by_time_uses_newest_record_of_a_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = LogConfig {
+            retention_ms: 60_000,
+            ..small_segments()
+        };
+        let log = PartitionLog::open("t-0".into(), dir.path().join("t-0"), cfg).expect("open");
+        let old = now_ms() - 3_600_000;
+        append_n(&log, 20, 5, old);
+        append_n(&log, 20, 5, now_ms());
+        log.apply_retention(now_ms()).expect("retention");
+        let start = log.log_start_offset();
+        assert!(
+            start > 0 && start <= 100,
+            "old segments gone, new kept: start {start}"
+        );
+    }
+
+    #[test]
+    fn log_append_time_overrides_producer_timestamps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = LogConfig {
+            log_append_time: true,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open("t-0".into(), dir.path().join("t-0"), cfg).expect("open");
+        let before = now_ms();
+        let b = encoded_batch(3, Compression::None, 5);
+        let info = log
+            .append(validate_batches(b.freeze(), 1 << 20).expect("valid"), 0)
+            .expect("append");
+        assert!(info.log_append_time >= before);
+        let r = log.read(0, 1 << 20).expect("read");
+        let h = batch::parse_and_verify(&r.records).expect("crc recomputed");
+        assert!(h.is_log_append_time());
+        assert_eq!(h.max_timestamp, info.log_append_time);
+    }
+
+    #[test]
+    fn oversize_and_corrupt_batches_are_refused_whole() {
+        let b = encoded_batch(3, Compression::None, 0);
+        assert!(matches!(
+            validate_batches(b.clone().freeze(), 10),
+            Err(LogError::TooLarge { .. })
+        ));
+        let mut two = b.clone();
+        two.extend_from_slice(&b);
+        let n = two.len();
+        two[n - 1] ^= 1;
+        assert!(matches!(
+            validate_batches(two.freeze(), 1 << 20),
+            Err(LogError::Batch(_))
+        ));
+    }
+}
