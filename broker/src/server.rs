@@ -15,6 +15,10 @@ use crate::api;
 use crate::broker::Broker;
 use crate::protocol::{self, FrameError};
 
+/// Once a length prefix has arrived, the rest of the frame must follow within
+/// this time; a client that stalls mid-frame holds buffers and a task.
+const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
@@ -65,10 +69,20 @@ async fn connection(
         // Grow the buffer as bytes arrive rather than trusting the prefix
         // with an up-front allocation.
         let mut frame = BytesMut::new();
-        let got = (&mut reader)
-            .take(len as u64)
-            .read_buf_exact(&mut frame, len as usize)
-            .await?;
+        let mut limited = (&mut reader).take(len as u64);
+        let body = limited.read_buf_exact(&mut frame, len as usize);
+        let Ok(got) = tokio::time::timeout(FRAME_BODY_TIMEOUT, body).await else {
+            return close(
+                broker,
+                peer,
+                "slow_frame",
+                format!(
+                    "a {len}-byte frame did not arrive within {}s",
+                    FRAME_BODY_TIMEOUT.as_secs()
+                ),
+            );
+        };
+        let got = got?;
         if got < len as usize {
             return close(
                 broker,

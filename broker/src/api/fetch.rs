@@ -103,11 +103,13 @@ fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, 
             };
             let budget = (*partition_max).max(0) as usize;
             let budget = budget.min(max_bytes.saturating_sub(total));
-            match log.read(*offset, budget) {
+            // Response budget spent: report offsets only, read nothing.
+            let budget_spent = total > 0 && budget == 0;
+            match log.read(*offset, if budget_spent { 0 } else { budget }) {
                 Ok(read) => {
                     // KIP-74: only the first data in the response may exceed
                     // its budget; later partitions wait for the next fetch.
-                    let records = if total > 0 && read.records.len() > budget {
+                    let records = if budget_spent || (total > 0 && read.records.len() > budget) {
                         bytes::Bytes::new()
                     } else {
                         read.records
