@@ -18,6 +18,7 @@ pub struct Metrics {
     pub records_in: IntCounterVec,
     pub bytes_out: IntCounterVec,
     pub records_out: IntCounterVec,
+    pub duplicate_batches: IntCounterVec,
     pub connections_active: IntGauge,
     pub connections_total: IntCounter,
     pub connections_closed_bad_input: IntCounterVec,
@@ -90,6 +91,11 @@ impl Metrics {
             "Records sent to consumers (whole batches), by topic.",
             &["topic"],
         );
+        let duplicate_batches = counter(
+            "sluice_duplicate_batches_total",
+            "Retried idempotent batches answered from producer state instead of written again, by topic.",
+            &["topic"],
+        );
         let connections_active = must(IntGauge::new(
             "sluice_connections_active",
             "Open Kafka client connections.",
@@ -129,6 +135,7 @@ impl Metrics {
             records_in,
             bytes_out,
             records_out,
+            duplicate_batches,
             connections_active,
             connections_total,
             connections_closed_bad_input,

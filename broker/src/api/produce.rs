@@ -11,6 +11,7 @@ use kafka_protocol::messages::produce_response::{
 
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
+use crate::log::producer_state::SequenceError;
 use crate::log::{self, LogError};
 
 pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
@@ -52,20 +53,27 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
             let payload = pd.records.unwrap_or_default();
             let config = log.config();
             let appended = log::validate_batches(payload.clone(), config.max_message_bytes)
-                .and_then(|batches| log.append(batches, 0));
+                .and_then(|batch| log.append(batch, 0));
             match appended {
                 Ok(info) => {
                     pr.base_offset = info.base_offset;
                     pr.log_append_time_ms = info.log_append_time;
                     pr.log_start_offset = info.log_start_offset;
-                    b.metrics
-                        .bytes_in
-                        .with_label_values(&[&name])
-                        .inc_by(payload.len() as u64);
-                    b.metrics
-                        .records_in
-                        .with_label_values(&[&name])
-                        .inc_by(info.records as u64);
+                    if info.duplicate {
+                        b.metrics
+                            .duplicate_batches
+                            .with_label_values(&[&name])
+                            .inc();
+                    } else {
+                        b.metrics
+                            .bytes_in
+                            .with_label_values(&[&name])
+                            .inc_by(payload.len() as u64);
+                        b.metrics
+                            .records_in
+                            .with_label_values(&[&name])
+                            .inc_by(info.records as u64);
+                    }
                     if acks == -1 || info.flush_due {
                         to_flush.push((
                             resp.responses.len(),
@@ -82,6 +90,15 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                             ResponseError::InvalidRecord
                         }
                         LogError::Batch(_) => ResponseError::CorruptMessage,
+                        LogError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
+                            ResponseError::InvalidProducerEpoch
+                        }
+                        LogError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
+                            ResponseError::OutOfOrderSequenceNumber
+                        }
+                        LogError::Sequence(SequenceError::UnknownProducerId { .. }) => {
+                            ResponseError::UnknownProducerId
+                        }
                         LogError::OffsetOutOfRange { .. } | LogError::Io(_) => {
                             ResponseError::KafkaStorageError
                         }

@@ -298,16 +298,28 @@ pub(crate) mod tests {
 
     /// A real v2 batch built by the kafka-protocol encoder, as a client would send.
     pub(crate) fn encoded_batch(n: usize, compression: Compression, ts: i64) -> BytesMut {
+        producer_batch(n, compression, ts, -1, -1, 0)
+    }
+
+    /// Like `encoded_batch`, from an idempotent producer.
+    pub(crate) fn producer_batch(
+        n: usize,
+        compression: Compression,
+        ts: i64,
+        producer_id: i64,
+        producer_epoch: i16,
+        first_seq: i32,
+    ) -> BytesMut {
         let records: Vec<Record> = (0..n)
             .map(|i| Record {
                 transactional: false,
                 control: false,
                 partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id,
+                producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: i as i32,
+                sequence: first_seq + i as i32,
                 timestamp: ts + i as i64,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(format!("value-{i}"))),

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod index;
+pub mod producer_state;
 pub mod segment;
 
 use std::fs;
@@ -22,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use batch::{BatchError, BatchHeader};
+use producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use segment::{Segment, read_exact_at};
 
 /// Storage settings of one partition, resolved from topic config.
@@ -66,6 +68,8 @@ pub enum LogError {
     Batch(#[from] BatchError),
     #[error("batch of {size} bytes exceeds max.message.bytes {max}")]
     TooLarge { size: usize, max: usize },
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
     #[error("storage error: {0}")]
     Io(#[from] io::Error),
 }
@@ -88,6 +92,8 @@ pub struct AppendInfo {
     pub records: i64,
     /// True when `flush.messages` asks the caller to fsync now.
     pub flush_due: bool,
+    /// A retried idempotent batch: nothing was written.
+    pub duplicate: bool,
 }
 
 /// Whole batches read for a fetch.
@@ -99,47 +105,54 @@ pub struct ReadResult {
 }
 
 /// A batch validated on the way in, with its parsed header.
-pub struct ValidatedBatches {
+pub struct ValidatedBatch {
     pub bytes: BytesMut,
-    pub headers: Vec<BatchHeader>,
-    pub records: i64,
+    pub header: BatchHeader,
 }
 
-/// Checks every batch in a produce payload (framing, magic, CRC, structure,
-/// size) before anything is written, so a bad batch never half-lands.
+impl ValidatedBatch {
+    pub fn records(&self) -> i64 {
+        i64::from(self.header.records_count)
+    }
+}
+
+/// Checks a partition's produce payload (framing, magic, CRC, structure,
+/// size) before anything is written. Like Kafka, Produce v3+ carries exactly
+/// one batch per partition; that is also what makes idempotent dedup exact.
 pub fn validate_batches(
     payload: Bytes,
     max_message_bytes: usize,
-) -> Result<ValidatedBatches, LogError> {
-    let mut headers = Vec::new();
-    let mut pos = 0usize;
-    let mut records = 0i64;
+) -> Result<ValidatedBatch, LogError> {
     if payload.is_empty() {
         return Err(BatchError::Invalid("empty record set".into()).into());
     }
-    while pos < payload.len() {
-        let rest = &payload[pos..];
-        let h = batch::parse_and_verify(rest)?;
-        if h.len > max_message_bytes {
-            return Err(LogError::TooLarge {
-                size: h.len,
-                max: max_message_bytes,
-            });
-        }
-        batch::validate_structure(&rest[..h.len], &h)?;
-        records += i64::from(h.records_count);
-        headers.push(h);
-        pos += h.len;
+    let h = batch::parse_and_verify(&payload)?;
+    if h.len > max_message_bytes {
+        return Err(LogError::TooLarge {
+            size: h.len,
+            max: max_message_bytes,
+        });
     }
-    Ok(ValidatedBatches {
+    if h.len != payload.len() {
+        return Err(BatchError::Invalid(format!(
+            "a produce request must carry exactly one record batch per partition ({} trailing bytes after the first)",
+            payload.len() - h.len
+        ))
+        .into());
+    }
+    batch::validate_structure(&payload, &h)?;
+    if h.is_control() {
+        return Err(BatchError::Invalid("clients may not write control batches".into()).into());
+    }
+    Ok(ValidatedBatch {
         bytes: BytesMut::from(&payload[..]),
-        headers,
-        records,
+        header: h,
     })
 }
 
 struct LogState {
     segments: Vec<Segment>,
+    producers: ProducerStates,
     config: LogConfig,
     records_since_flush: i64,
     last_flush_ms: i64,
@@ -230,11 +243,13 @@ impl PartitionLog {
             sync_dir(&dir)?;
         }
         let leo = segments[segments.len() - 1].next_offset;
+        let producers = load_producer_state(&name, &dir, &segments)?;
         Ok(PartitionLog {
             name,
             dir,
             state: Mutex::new(LogState {
                 segments,
+                producers,
                 config,
                 records_since_flush: 0,
                 last_flush_ms: now,
@@ -277,16 +292,36 @@ impl PartitionLog {
         self.lock().size()
     }
 
-    /// Appends validated batches, assigning offsets. The bytes reach the
+    /// Appends a validated batch, assigning offsets. The bytes reach the
     /// page cache before this returns, so a process crash cannot lose them.
+    /// A retried idempotent batch is not written again: the offsets it got
+    /// the first time come back instead.
     pub fn append(
         &self,
-        mut batches: ValidatedBatches,
+        mut batch: ValidatedBatch,
         leader_epoch: i32,
     ) -> Result<AppendInfo, LogError> {
         let now = now_ms();
         let mut st = self.lock();
-        let total = batches.bytes.len() as u64;
+        match st.producers.check(&batch.header)? {
+            SequenceCheck::Append => {}
+            SequenceCheck::Duplicate(original) => {
+                return Ok(AppendInfo {
+                    base_offset: original.first_offset,
+                    last_offset: original.last_offset,
+                    log_append_time: if st.config.log_append_time {
+                        original.timestamp
+                    } else {
+                        -1
+                    },
+                    log_start_offset: st.log_start_offset(),
+                    records: 0,
+                    flush_due: false,
+                    duplicate: true,
+                });
+            }
+        }
+        let total = batch.bytes.len() as u64;
         let roll = {
             let a = st.active();
             a.size > 0
@@ -299,46 +334,39 @@ impl PartitionLog {
             self.roll(&mut st, now)?;
         }
         let base_offset = st.log_end_offset();
-        let mut next = base_offset;
-        let mut pos = 0usize;
         let log_append_time = st.config.log_append_time;
-        for h in batches.headers.iter_mut() {
-            let this = &mut batches.bytes[pos..pos + h.len];
-            batch::set_base_offset(this, next);
-            batch::set_partition_leader_epoch(this, leader_epoch);
-            if log_append_time {
-                batch::set_log_append_time(this, now);
-                h.max_timestamp = now;
-            }
-            h.base_offset = next;
-            next = h.next_offset();
-            pos += h.len;
+        let h = &mut batch.header;
+        batch::set_base_offset(&mut batch.bytes, base_offset);
+        batch::set_partition_leader_epoch(&mut batch.bytes, leader_epoch);
+        if log_append_time {
+            batch::set_log_append_time(&mut batch.bytes, now);
+            h.max_timestamp = now;
         }
+        h.base_offset = base_offset;
+        let h = *h;
         let active = st.active_mut();
         let start_pos = active.size;
         use std::os::unix::fs::FileExt;
-        if let Err(e) = active.file.write_all_at(&batches.bytes, start_pos) {
+        if let Err(e) = active.file.write_all_at(&batch.bytes, start_pos) {
             // Leave no partial batch behind: cut back to the last good end.
             let _ = active.file.set_len(start_pos);
             return Err(LogError::Io(e));
         }
         let interval = st.config.index_interval_bytes;
         let active = st.active_mut();
-        let mut p = start_pos;
-        for h in &batches.headers {
-            active.track_batch(h, p, interval);
-            p += h.len as u64;
-        }
-        active.size = p;
-        st.records_since_flush += batches.records;
+        active.track_batch(&h, start_pos, interval);
+        active.size = start_pos + h.len as u64;
+        st.producers.record(&h, now);
+        st.records_since_flush += i64::from(h.records_count);
         let flush_due = st.records_since_flush >= st.config.flush_messages;
         let info = AppendInfo {
             base_offset,
-            last_offset: next - 1,
+            last_offset: h.last_offset(),
             log_append_time: if log_append_time { now } else { -1 },
             log_start_offset: st.log_start_offset(),
-            records: batches.records,
+            records: i64::from(h.records_count),
             flush_due,
+            duplicate: false,
         };
         drop(st);
         self.appended.notify_waiters();
@@ -348,6 +376,11 @@ impl PartitionLog {
     fn roll(&self, st: &mut LogState, now: i64) -> io::Result<()> {
         st.active().seal()?;
         let base = st.log_end_offset();
+        // Producer state as of the new segment's base, so a restart replays
+        // only the active segment's headers.
+        st.producers
+            .save_snapshot(&snapshot_path(&self.dir, base))?;
+        prune_snapshots(&self.dir, base);
         let seg = Segment::create(&self.dir, base, now)?;
         sync_dir(&self.dir)?;
         st.segments.push(seg);
@@ -378,6 +411,11 @@ impl PartitionLog {
             .map_err(io::Error::other)??;
         self.flushed_offset.fetch_max(end, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Forgets idempotent producers idle longer than `expiration_ms`.
+    pub fn expire_producers(&self, now: i64, expiration_ms: i64) -> usize {
+        self.lock().producers.expire(now, expiration_ms)
     }
 
     /// Flushes if `flush.ms` has passed since the last flush and data is dirty.
@@ -547,11 +585,92 @@ impl PartitionLog {
         Ok(deleted)
     }
 
-    /// Seals the active segment's indexes so a clean restart skips the scan.
+    /// Clean shutdown: data on disk and a producer-state snapshot at the
+    /// end of the log, so the restart replays nothing.
     pub fn close(&self) -> io::Result<()> {
         let st = self.lock();
-        st.active().file.sync_data()
+        st.active().file.sync_data()?;
+        let leo = st.log_end_offset();
+        st.producers.save_snapshot(&snapshot_path(&self.dir, leo))?;
+        prune_snapshots(&self.dir, leo);
+        Ok(())
     }
+}
+
+fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{}.snapshot", segment::file_stem(offset)))
+}
+
+/// Snapshot offsets in `dir`, ascending.
+fn snapshot_offsets(dir: &Path) -> Vec<i64> {
+    let mut out: Vec<i64> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".snapshot")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+/// Keeps the two newest snapshots at or below `upto`.
+fn prune_snapshots(dir: &Path, upto: i64) {
+    let offsets = snapshot_offsets(dir);
+    let keep: Vec<i64> = offsets
+        .iter()
+        .copied()
+        .filter(|&o| o <= upto)
+        .rev()
+        .take(2)
+        .collect();
+    for o in offsets {
+        if !keep.contains(&o) {
+            let _ = fs::remove_file(snapshot_path(dir, o));
+        }
+    }
+}
+
+/// Newest valid snapshot at or below the log end, then every batch header
+/// after it. Snapshots beyond the end (the tail was truncated) are dropped.
+fn load_producer_state(name: &str, dir: &Path, segments: &[Segment]) -> io::Result<ProducerStates> {
+    let leo = segments[segments.len() - 1].next_offset;
+    let start = segments[0].base_offset;
+    let mut state = ProducerStates::default();
+    let mut from = start;
+    for o in snapshot_offsets(dir).into_iter().rev() {
+        if o > leo || o < start {
+            let _ = fs::remove_file(snapshot_path(dir, o));
+            continue;
+        }
+        if let Some(s) = ProducerStates::load_snapshot(&snapshot_path(dir, o)) {
+            state = s;
+            from = o;
+            break;
+        }
+        tracing::warn!(partition = %name, offset = o, "ignoring corrupt producer-state snapshot");
+    }
+    let now = now_ms();
+    for seg in segments.iter().filter(|s| s.next_offset > from) {
+        let mut pos = u64::from(
+            seg.index
+                .position_for(from.saturating_sub(seg.base_offset).max(0) as u32),
+        );
+        while pos < seg.size {
+            let h = seg.read_header(pos)?;
+            if h.base_offset >= from {
+                state.record(&h, now);
+            }
+            pos += h.len as u64;
+        }
+    }
+    Ok(state)
 }
 
 fn first_record_at_or_after(bytes: &[u8], h: &BatchHeader, target: i64) -> (i64, i64) {
@@ -607,7 +726,7 @@ pub type SharedLog = Arc<PartitionLog>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::batch::tests::encoded_batch;
+    use crate::log::batch::tests::{encoded_batch, producer_batch};
     use kafka_protocol::records::Compression;
 
     fn small_segments() -> LogConfig {
@@ -838,6 +957,73 @@ mod tests {
         let h = batch::parse_and_verify(&r.records).expect("crc recomputed");
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, info.log_append_time);
+    }
+
+    fn append_idempotent(
+        log: &PartitionLog,
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+        n: usize,
+    ) -> Result<AppendInfo, LogError> {
+        let b = producer_batch(n, Compression::None, 0, pid, epoch, seq);
+        log.append(validate_batches(b.freeze(), 1 << 20)?, 0)
+    }
+
+    #[test]
+    fn idempotent_retries_get_original_offsets_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        {
+            let log =
+                PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("open");
+            // Enough batches to roll segments (and write snapshots) on the way.
+            for i in 0..30 {
+                let info = append_idempotent(&log, 42, 0, i * 3, 3).expect("append");
+                assert!(!info.duplicate);
+            }
+            let retry = append_idempotent(&log, 42, 0, 87, 3).expect("retry");
+            assert!(retry.duplicate);
+            assert_eq!((retry.base_offset, retry.last_offset), (87, 89));
+            assert_eq!(log.log_end_offset(), 90);
+        }
+        // Crash-style reopen (no clean close): snapshot from the last roll
+        // plus the active segment's headers.
+        let log = PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("reopen");
+        let retry = append_idempotent(&log, 42, 0, 84, 3).expect("retry after restart");
+        assert!(retry.duplicate);
+        assert_eq!(retry.base_offset, 84);
+        assert!(matches!(
+            append_idempotent(&log, 42, 0, 99, 1),
+            Err(LogError::Sequence(SequenceError::OutOfOrderSequence {
+                expected: 90,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            append_idempotent(&log, 7, 0, 5, 1),
+            Err(LogError::Sequence(SequenceError::UnknownProducerId { .. }))
+        ));
+        log.close().expect("close");
+        drop(log);
+        // All snapshots gone: state is rebuilt from every segment.
+        for e in fs::read_dir(&path).expect("dir").flatten() {
+            if e.file_name().to_string_lossy().ends_with(".snapshot") {
+                fs::remove_file(e.path()).expect("rm");
+            }
+        }
+        let log = PartitionLog::open("t-0".into(), path, small_segments()).expect("reopen");
+        assert!(
+            append_idempotent(&log, 42, 0, 87, 3)
+                .expect("dup")
+                .duplicate
+        );
+        assert!(
+            !append_idempotent(&log, 42, 0, 90, 3)
+                .expect("next")
+                .duplicate
+        );
+        assert_eq!(log.log_end_offset(), 93);
     }
 
     #[test]
