@@ -6,8 +6,11 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 
-use crate::cluster::topics::{META_DIR, TopicRegistry};
+use crate::cluster::producer_ids::ProducerIdAllocator;
+use crate::cluster::topics::{META_DIR, NewTopic, TopicError, TopicRegistry};
 use crate::config::ServeArgs;
+use crate::groups::store::OffsetStore;
+use crate::groups::{GroupConfig, GroupCoordinator, OFFSETS_TOPIC};
 use crate::metrics::Metrics;
 
 pub struct Broker {
@@ -17,6 +20,8 @@ pub struct Broker {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub topics: TopicRegistry,
+    pub groups: GroupCoordinator,
+    pub producer_ids: ProducerIdAllocator,
     pub metrics: Metrics,
     /// Set once logs are recovered and both listeners are bound.
     pub ready: AtomicBool,
@@ -25,7 +30,7 @@ pub struct Broker {
 impl Broker {
     /// Opens the data directory (recovering every partition) and fixes the
     /// address advertised to clients.
-    pub fn open(
+    pub async fn open(
         args: ServeArgs,
         advertised_host: String,
         advertised_port: i32,
@@ -33,9 +38,27 @@ impl Broker {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
         let cluster_id = load_or_create_cluster_id(&args.data_dir)?;
-        let topics = TopicRegistry::open(&args.data_dir, args.node_id)
+        let dir = args.data_dir.clone();
+        let node_id = args.node_id;
+        let topics = tokio::task::spawn_blocking(move || TopicRegistry::open(&dir, node_id))
+            .await?
             .with_context(|| format!("opening topics in {}", args.data_dir.display()))?;
+        let offsets =
+            ensure_offsets_topic(&topics, args.offsets_topic_partitions, args.node_id).await?;
+        let group_config = GroupConfig {
+            initial_rebalance_delay: std::time::Duration::from_millis(
+                args.group_initial_rebalance_delay_ms,
+            ),
+            ..GroupConfig::default()
+        };
+        let groups =
+            tokio::task::spawn_blocking(move || GroupCoordinator::open(offsets, group_config))
+                .await?
+                .context("loading consumer groups")?;
+        let producer_ids = ProducerIdAllocator::open(&args.data_dir.join(META_DIR))?;
         Ok(Broker {
+            groups,
+            producer_ids,
             node_id: args.node_id,
             cluster_id,
             advertised_host,
@@ -51,6 +74,48 @@ impl Broker {
     pub fn broker_ids(&self) -> Vec<i32> {
         vec![self.node_id]
     }
+}
+
+/// The internal topic holding committed offsets, created on first start.
+/// Never deleted by retention: offsets must outlive the data they point at.
+async fn ensure_offsets_topic(
+    topics: &TopicRegistry,
+    partitions: i32,
+    node_id: i32,
+) -> anyhow::Result<OffsetStore> {
+    let topic = match topics.get(OFFSETS_TOPIC) {
+        Some(t) => t,
+        None => {
+            let mut configs = std::collections::BTreeMap::new();
+            configs.insert("retention.ms".to_string(), "-1".to_string());
+            configs.insert("segment.bytes".to_string(), "104857600".to_string());
+            let created = topics
+                .create(
+                    NewTopic {
+                        name: OFFSETS_TOPIC.to_string(),
+                        partitions,
+                        replication_factor: 1,
+                        assignment: vec![],
+                        configs,
+                    },
+                    &[node_id],
+                )
+                .await;
+            match created {
+                Ok(t) => t,
+                Err(TopicError::AlreadyExists(_)) => topics
+                    .get(OFFSETS_TOPIC)
+                    .context("offsets topic vanished")?,
+                Err(e) => return Err(e).context("creating the internal offsets topic"),
+            }
+        }
+    };
+    Ok(OffsetStore::new(topic.partitions.clone()))
+}
+
+/// Topics clients may not write to or delete.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC
 }
 
 /// The cluster id is minted once per data directory, like Kafka's

@@ -50,6 +50,24 @@ pub struct ServeArgs {
         default_value_t = 30_000
     )]
     pub retention_check_interval_ms: u64,
+    /// Delay before the first rebalance of an empty group, so members that
+    /// start together share one rebalance (Kafka's group.initial.rebalance.delay.ms).
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 3000
+    )]
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Partitions of the internal `__consumer_offsets` topic (fixed once created).
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS", default_value_t = 16)]
+    pub offsets_topic_partitions: i32,
+    /// Forget an idempotent producer's sequence state after this much idleness.
+    #[arg(
+        long,
+        env = "SLUICE_PRODUCER_ID_EXPIRATION_MS",
+        default_value_t = 86_400_000
+    )]
+    pub producer_id_expiration_ms: i64,
 }
 
 /// The flags as clap matched them, with config-file values filled in where
@@ -74,6 +92,9 @@ pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
             "auto_create_topics",
             "default_partitions",
             "retention_check_interval_ms",
+            "group_initial_rebalance_delay_ms",
+            "offsets_topic_partitions",
+            "producer_id_expiration_ms",
         ];
         if !known.contains(&id.as_str()) {
             bail!("{}: unknown key '{key}'", path.display());
@@ -92,7 +113,16 @@ pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
             "max_request_bytes" => args.max_request_bytes = value.parse().map_err(|e| bad(&e))?,
             "auto_create_topics" => args.auto_create_topics = value.parse().map_err(|e| bad(&e))?,
             "default_partitions" => args.default_partitions = value.parse().map_err(|e| bad(&e))?,
-            _ => args.retention_check_interval_ms = value.parse().map_err(|e| bad(&e))?,
+            "retention_check_interval_ms" => {
+                args.retention_check_interval_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "group_initial_rebalance_delay_ms" => {
+                args.group_initial_rebalance_delay_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "offsets_topic_partitions" => {
+                args.offsets_topic_partitions = value.parse().map_err(|e| bad(&e))?
+            }
+            _ => args.producer_id_expiration_ms = value.parse().map_err(|e| bad(&e))?,
         }
     }
     validate(args)
@@ -140,6 +170,12 @@ fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!(
             "max-request-bytes must be at least 1024, got {}",
             args.max_request_bytes
+        );
+    }
+    if args.offsets_topic_partitions < 1 {
+        bail!(
+            "offsets-topic-partitions must be >= 1, got {}",
+            args.offsets_topic_partitions
         );
     }
     if args.default_partitions < 1 {

@@ -74,11 +74,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
     };
     let data_dir = args.data_dir.clone();
-    let broker =
-        Arc::new(tokio::task::spawn_blocking(move || Broker::open(args, host, port)).await??);
+    let broker = Arc::new(Broker::open(args, host, port).await?);
     tokio::spawn(admin_serve(broker.clone(), admin_listener));
     tokio::spawn(maintenance::flusher(broker.clone()));
     tokio::spawn(maintenance::retention(broker.clone()));
+    tokio::spawn(maintenance::group_timers(broker.clone()));
+    tokio::spawn(maintenance::group_timers(broker.clone()));
     tokio::spawn(server::serve(broker.clone(), kafka));
     broker.ready.store(true, Ordering::Release);
     tracing::info!(kafka = %kafka_addr, admin = %admin_addr, data_dir = %data_dir.display(), node_id = broker.node_id, "broker started");

@@ -39,11 +39,26 @@ pub async fn retention(broker: Arc<Broker>) {
                     if let Err(e) = p.apply_retention(now) {
                         tracing::error!(partition = %p.name(), error = %e, "retention failed");
                     }
+                    let expired = p.expire_producers(now, b.args.producer_id_expiration_ms);
+                    if expired > 0 {
+                        tracing::info!(partition = %p.name(), expired, "expired idle producer ids");
+                    }
                 }
             }
         });
         if let Err(e) = run.await {
             tracing::error!(error = %e, "retention task failed");
         }
+    }
+}
+
+/// Session timeouts, initial rebalance delays and rebalance timeouts of
+/// consumer groups.
+pub async fn group_timers(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        broker.groups.tick();
     }
 }

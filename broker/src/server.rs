@@ -108,7 +108,7 @@ async fn connection(
         let correlation_id = request.header.correlation_id;
         let api_name = format!("{api_key:?}");
         let started = Instant::now();
-        let response = api::handle(broker, request).await;
+        let response = api::handle(broker, peer, request).await;
         broker
             .metrics
             .requests

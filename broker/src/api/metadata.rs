@@ -124,6 +124,7 @@ fn describe(t: &Topic) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(TopicName(str_bytes(t.meta.name.clone())));
     r.topic_id = t.meta.id;
+    r.is_internal = crate::broker::is_internal_topic(&t.meta.name);
     r.partitions = t
         .meta
         .replicas

@@ -4,9 +4,11 @@
 
 mod configs;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
+mod producer;
 mod topics;
 
 use std::sync::Arc;
@@ -18,9 +20,28 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::Broker;
 use crate::protocol::DecodedRequest;
 
-pub async fn handle(broker: &Arc<Broker>, req: DecodedRequest) -> Option<ResponseKind> {
+/// Who sent a request, for the handlers that record it (group members).
+pub struct RequestContext {
+    pub peer: std::net::SocketAddr,
+    pub client_id: String,
+}
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    peer: std::net::SocketAddr,
+    req: DecodedRequest,
+) -> Option<ResponseKind> {
     let v = req.version;
     let b = broker.as_ref();
+    let ctx = RequestContext {
+        peer,
+        client_id: req
+            .header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+    };
     Some(match req.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(metadata::api_versions()),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(b, r, v).await),
@@ -51,6 +72,32 @@ pub async fn handle(broker: &Arc<Broker>, req: DecodedRequest) -> Option<Respons
         }
         RequestKind::IncrementalAlterConfigs(r) => {
             ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(b, r).await)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v))
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(groups::join_group(b, &ctx, r, v).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(b, r, v).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(b, r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave_group(b, r, v)),
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(b, r, v).await)
+        }
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(b, r, v)),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(b, r, v)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(b, r, v))
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(b, r).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(b, r).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(producer::init_producer_id(b, r))
         }
         other => {
             // The decoder only lets through APIs listed in protocol::versions,

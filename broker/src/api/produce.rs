@@ -50,6 +50,15 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                 topic_resp.partition_responses.push(pr);
                 continue;
             };
+            if crate::broker::is_internal_topic(&name) {
+                fail(
+                    &mut pr,
+                    ResponseError::InvalidTopicException,
+                    format!("{name} is an internal topic; clients cannot produce to it"),
+                );
+                topic_resp.partition_responses.push(pr);
+                continue;
+            }
             let payload = pd.records.unwrap_or_default();
             let config = log.config();
             let appended = log::validate_batches(payload.clone(), config.max_message_bytes)

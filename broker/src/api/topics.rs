@@ -190,6 +190,14 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
             continue;
         };
         r.name = Some(TopicName(str_bytes(name.clone())));
+        if crate::broker::is_internal_topic(&name) {
+            r.error_code = error_code(b, ResponseError::InvalidRequest);
+            r.error_message = Some(str_bytes(format!(
+                "{name} is an internal topic and cannot be deleted"
+            )));
+            resp.responses.push(r);
+            continue;
+        }
         match b.topics.delete(&name).await {
             Ok(deleted_id) => {
                 r.topic_id = deleted_id;
@@ -220,6 +228,14 @@ pub async fn create_partitions(
                 .map(|x| x.broker_ids.into_iter().map(|id| id.0).collect())
                 .collect()
         });
+        if crate::broker::is_internal_topic(&name) {
+            r.error_code = error_code(b, ResponseError::InvalidRequest);
+            r.error_message = Some(str_bytes(format!(
+                "{name} is an internal topic; its partition count is fixed"
+            )));
+            resp.results.push(r);
+            continue;
+        }
         match b
             .topics
             .add_partitions(&name, t.count, assignment, &brokers, req.validate_only)

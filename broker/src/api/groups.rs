@@ -1,0 +1,477 @@
+//! Consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
+//! DeleteGroups, OffsetDelete. Wire types in, coordinator calls, wire types
+//! out; the semantics live in `crate::groups`.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName, delete_groups_response,
+};
+
+use super::{RequestContext, error_code, str_bytes};
+use crate::broker::Broker;
+use crate::groups::{CommittedOffset, JoinRequest, MAX_METADATA_BYTES};
+use crate::log::now_ms;
+
+fn code(b: &Broker, e: Option<ResponseError>) -> i16 {
+    e.map_or(0, |e| error_code(b, e))
+}
+
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+pub fn find_coordinator(
+    b: &Broker,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let mut resp = FindCoordinatorResponse::default();
+    // Single node: this broker coordinates every group. Transactions are
+    // not implemented, so no transaction coordinator exists.
+    let answer = |key: &str| -> (i16, Option<String>) {
+        if req.key_type == KEY_TYPE_TRANSACTION {
+            (
+                error_code(b, ResponseError::CoordinatorNotAvailable),
+                Some(format!(
+                    "transactions are not supported by this broker (transactional id '{key}')"
+                )),
+            )
+        } else {
+            (0, None)
+        }
+    };
+    if version >= 4 {
+        resp.coordinators = req
+            .coordinator_keys
+            .iter()
+            .map(|k| {
+                let (err, msg) = answer(k.as_str());
+                let mut c = Coordinator::default();
+                c.key = k.clone();
+                c.error_code = err;
+                c.error_message = msg.map(str_bytes);
+                if err == 0 {
+                    c.node_id = BrokerId(b.node_id);
+                    c.host = str_bytes(b.advertised_host.clone());
+                    c.port = b.advertised_port;
+                } else {
+                    c.node_id = BrokerId(-1);
+                    c.port = -1;
+                }
+                c
+            })
+            .collect();
+    } else {
+        let (err, msg) = answer(req.key.as_str());
+        resp.error_code = err;
+        if version >= 1 {
+            resp.error_message = msg.map(str_bytes);
+        }
+        if err == 0 {
+            resp.node_id = BrokerId(b.node_id);
+            resp.host = str_bytes(b.advertised_host.clone());
+            resp.port = b.advertised_port;
+        } else {
+            resp.node_id = BrokerId(-1);
+            resp.port = -1;
+        }
+    }
+    resp
+}
+
+pub async fn join_group(
+    b: &Broker,
+    ctx: &RequestContext,
+    req: JoinGroupRequest,
+    version: i16,
+) -> JoinGroupResponse {
+    let outcome = b
+        .groups
+        .join(JoinRequest {
+            group_id: req.group_id.0.to_string(),
+            member_id: req.member_id.to_string(),
+            instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
+            client_id: ctx.client_id.clone(),
+            client_host: ctx.peer.ip().to_string(),
+            session_timeout_ms: req.session_timeout_ms,
+            // v0 has no rebalance timeout: it equals the session timeout.
+            rebalance_timeout_ms: if version >= 1 {
+                req.rebalance_timeout_ms
+            } else {
+                req.session_timeout_ms
+            },
+            protocol_type: req.protocol_type.to_string(),
+            protocols: req
+                .protocols
+                .iter()
+                .map(|p| (p.name.to_string(), p.metadata.clone()))
+                .collect(),
+            require_known_member_id: version >= 4,
+        })
+        .await;
+    let mut r = JoinGroupResponse::default();
+    r.error_code = code(b, outcome.error);
+    r.generation_id = outcome.generation;
+    if version >= 7 {
+        r.protocol_type = outcome.protocol_type.map(str_bytes);
+    }
+    r.protocol_name = outcome.protocol_name.map(str_bytes);
+    if version < 7 && r.protocol_name.is_none() {
+        // Non-nullable before v7.
+        r.protocol_name = Some(str_bytes(""));
+    }
+    r.leader = str_bytes(outcome.leader);
+    r.member_id = str_bytes(outcome.member_id);
+    r.members = outcome
+        .members
+        .into_iter()
+        .map(|(id, instance, metadata)| {
+            let mut m = JoinGroupResponseMember::default();
+            m.member_id = str_bytes(id);
+            if version >= 5 {
+                m.group_instance_id = instance.map(str_bytes);
+            }
+            m.metadata = metadata;
+            m
+        })
+        .collect();
+    r
+}
+
+pub async fn sync_group(b: &Broker, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+    let outcome = b
+        .groups
+        .sync(
+            req.group_id.0.as_str(),
+            req.generation_id,
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|s| s.as_str()),
+            req.assignments
+                .iter()
+                .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                .collect(),
+        )
+        .await;
+    let mut r = SyncGroupResponse::default();
+    r.error_code = code(b, outcome.error);
+    r.assignment = outcome.assignment;
+    if version >= 5 {
+        r.protocol_type = outcome.protocol_type.map(str_bytes);
+        r.protocol_name = outcome.protocol_name.map(str_bytes);
+    }
+    r
+}
+
+pub fn heartbeat(b: &Broker, req: HeartbeatRequest) -> HeartbeatResponse {
+    let mut r = HeartbeatResponse::default();
+    r.error_code = code(
+        b,
+        b.groups.heartbeat(
+            req.group_id.0.as_str(),
+            req.generation_id,
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|s| s.as_str()),
+        ),
+    );
+    r
+}
+
+pub fn leave_group(b: &Broker, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(req.member_id.to_string(), None)]
+    };
+    let mut r = LeaveGroupResponse::default();
+    match b.groups.leave(req.group_id.0.as_str(), &members) {
+        Err(e) => r.error_code = error_code(b, e),
+        Ok(results) if version >= 3 => {
+            r.members = members
+                .into_iter()
+                .zip(results)
+                .map(|((id, instance), err)| {
+                    let mut m = MemberResponse::default();
+                    m.member_id = str_bytes(id);
+                    m.group_instance_id = instance.map(str_bytes);
+                    m.error_code = code(b, err);
+                    m
+                })
+                .collect();
+        }
+        Ok(results) => r.error_code = code(b, results.into_iter().next().flatten()),
+    }
+    r
+}
+
+pub async fn offset_commit(
+    b: &Broker,
+    req: OffsetCommitRequest,
+    version: i16,
+) -> OffsetCommitResponse {
+    let now = now_ms();
+    let mut resp = OffsetCommitResponse::default();
+    let mut accepted = Vec::new();
+    // (topic index, partition index) of accepted entries, to fill in errors.
+    let mut accepted_at = Vec::new();
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let topic = b.topics.get(&name);
+        let mut tr = OffsetCommitResponseTopic::default();
+        tr.name = t.name.clone();
+        for p in &t.partitions {
+            let mut pr = OffsetCommitResponsePartition::default();
+            pr.partition_index = p.partition_index;
+            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+            if topic
+                .as_ref()
+                .and_then(|x| x.partition(p.partition_index))
+                .is_none()
+            {
+                pr.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
+            } else if metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+            {
+                pr.error_code = error_code(b, ResponseError::OffsetMetadataTooLarge);
+            } else {
+                accepted.push((
+                    name.clone(),
+                    p.partition_index,
+                    CommittedOffset {
+                        offset: p.committed_offset,
+                        leader_epoch: if version >= 6 {
+                            p.committed_leader_epoch
+                        } else {
+                            -1
+                        },
+                        metadata,
+                        commit_ms: now,
+                    },
+                ));
+                accepted_at.push((resp.topics.len(), tr.partitions.len()));
+            }
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    if accepted.is_empty() {
+        return resp;
+    }
+    let result = b
+        .groups
+        .commit(
+            req.group_id.0.as_str(),
+            req.generation_id_or_member_epoch,
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|s| s.as_str()),
+            accepted,
+        )
+        .await;
+    if let Err(e) = result {
+        let c = error_code(b, e);
+        for (ti, pi) in accepted_at {
+            resp.topics[ti].partitions[pi].error_code = c;
+        }
+    }
+    resp
+}
+
+type Wanted = Option<Vec<(String, Vec<i32>)>>;
+
+pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    let mut resp = OffsetFetchResponse::default();
+    if version >= 8 {
+        for g in req.groups {
+            let wanted: Wanted = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .collect()
+            });
+            let mut gr = OffsetFetchResponseGroup::default();
+            gr.group_id = g.group_id.clone();
+            for (topic, parts) in b.groups.fetch_offsets(g.group_id.0.as_str(), wanted) {
+                let mut tr = OffsetFetchResponseTopics::default();
+                tr.name = TopicName(str_bytes(topic));
+                tr.partitions = parts
+                    .into_iter()
+                    .map(|(p, v)| {
+                        let mut pr = OffsetFetchResponsePartitions::default();
+                        pr.partition_index = p;
+                        pr.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
+                        pr.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
+                        pr.metadata =
+                            Some(str_bytes(v.and_then(|v| v.metadata).unwrap_or_default()));
+                        pr
+                    })
+                    .collect();
+                gr.topics.push(tr);
+            }
+            resp.groups.push(gr);
+        }
+        return resp;
+    }
+    let wanted: Wanted = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect()
+    });
+    for (topic, parts) in b.groups.fetch_offsets(req.group_id.0.as_str(), wanted) {
+        let mut tr = OffsetFetchResponseTopic::default();
+        tr.name = TopicName(str_bytes(topic));
+        tr.partitions = parts
+            .into_iter()
+            .map(|(p, v)| {
+                let mut pr = OffsetFetchResponsePartition::default();
+                pr.partition_index = p;
+                pr.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
+                if version >= 5 {
+                    pr.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
+                }
+                pr.metadata = Some(str_bytes(v.and_then(|v| v.metadata).unwrap_or_default()));
+                pr
+            })
+            .collect();
+        resp.topics.push(tr);
+    }
+    resp
+}
+
+pub fn list_groups(b: &Broker, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let filter: Vec<String> = req
+        .states_filter
+        .iter()
+        .map(|s| s.to_string().to_lowercase())
+        .collect();
+    let mut resp = ListGroupsResponse::default();
+    resp.groups = b
+        .groups
+        .list()
+        .into_iter()
+        .filter(|(_, _, state)| filter.is_empty() || filter.contains(&state.name().to_lowercase()))
+        .map(|(id, protocol_type, state)| {
+            let mut g = ListedGroup::default();
+            g.group_id = GroupId(str_bytes(id));
+            g.protocol_type = str_bytes(protocol_type);
+            if version >= 4 {
+                g.group_state = str_bytes(state.name());
+            }
+            if version >= 5 {
+                g.group_type = str_bytes("classic");
+            }
+            g
+        })
+        .collect();
+    resp
+}
+
+pub fn describe_groups(
+    b: &Broker,
+    req: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let mut resp = DescribeGroupsResponse::default();
+    for id in req.groups {
+        let mut g = DescribedGroup::default();
+        g.group_id = id.clone();
+        match b.groups.describe(id.0.as_str()) {
+            // Kafka describes an unknown group as Dead with no error.
+            None => g.group_state = str_bytes("Dead"),
+            Some(s) => {
+                g.group_state = str_bytes(s.state.name());
+                g.protocol_type = str_bytes(s.protocol_type);
+                g.protocol_data = str_bytes(s.protocol);
+                g.members = s
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        let mut d = DescribedGroupMember::default();
+                        d.member_id = str_bytes(m.member_id);
+                        if version >= 4 {
+                            d.group_instance_id = m.instance_id.map(str_bytes);
+                        }
+                        d.client_id = str_bytes(m.client_id);
+                        d.client_host = str_bytes(m.client_host);
+                        d.member_metadata = m.metadata;
+                        d.member_assignment = m.assignment;
+                        d
+                    })
+                    .collect();
+            }
+        }
+        resp.groups.push(g);
+    }
+    resp
+}
+
+pub async fn delete_groups(b: &Broker, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut resp = DeleteGroupsResponse::default();
+    for id in req.groups_names {
+        let mut r = delete_groups_response::DeletableGroupResult::default();
+        r.error_code = code(b, b.groups.delete_group(id.0.as_str()).await.err());
+        r.group_id = id;
+        resp.results.push(r);
+    }
+    resp
+}
+
+pub async fn offset_delete(b: &Broker, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let mut resp = OffsetDeleteResponse::default();
+    let partitions: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.to_string(), p.partition_index))
+        })
+        .collect();
+    match b
+        .groups
+        .delete_offsets(req.group_id.0.as_str(), partitions)
+        .await
+    {
+        Err(e) => resp.error_code = error_code(b, e),
+        Ok(results) => {
+            let mut results = results.into_iter();
+            for t in req.topics {
+                let mut tr = OffsetDeleteResponseTopic::default();
+                tr.name = t.name.clone();
+                for p in t.partitions {
+                    let mut pr = OffsetDeleteResponsePartition::default();
+                    pr.partition_index = p.partition_index;
+                    pr.error_code = code(b, results.next().flatten());
+                    tr.partitions.push(pr);
+                }
+                resp.topics.push(tr);
+            }
+        }
+    }
+    resp
+}

@@ -1,0 +1,32 @@
+//! InitProducerId for idempotent producers. Transactions are not
+//! implemented: a transactional id gets NOT_COORDINATOR (FindCoordinator
+//! already told the client no transaction coordinator exists).
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+
+use super::error_code;
+use crate::broker::Broker;
+
+pub fn init_producer_id(b: &Broker, req: InitProducerIdRequest) -> InitProducerIdResponse {
+    let mut r = InitProducerIdResponse::default();
+    r.producer_id = ProducerId(-1);
+    r.producer_epoch = -1;
+    if req.transactional_id.is_some() {
+        r.error_code = error_code(b, ResponseError::NotCoordinator);
+        return r;
+    }
+    // Like Kafka, an idempotent producer (even one asking for an epoch bump)
+    // gets a fresh id at epoch 0: sequences restart cleanly.
+    match b.producer_ids.allocate() {
+        Ok(id) => {
+            r.producer_id = ProducerId(id);
+            r.producer_epoch = 0;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "producer id allocation failed");
+            r.error_code = error_code(b, ResponseError::KafkaStorageError);
+        }
+    }
+    r
+}

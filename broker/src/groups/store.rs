@@ -1,0 +1,336 @@
+//! Durable group state: committed offsets and group existence, written as
+//! ordinary record batches to the internal `__consumer_offsets` topic (like
+//! Kafka) and replayed on startup. A group's records live in partition
+//! `abs(javaHashCode(group)) % partitions`, so many brokers can later share
+//! the coordinators by partition leadership.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::log::{LogError, PartitionLog, now_ms, validate_batches};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Key {
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
+    Group {
+        group: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupValue {
+    protocol_type: String,
+}
+
+/// One change to persist.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Commit {
+        topic: String,
+        partition: i32,
+        value: CommittedOffset,
+    },
+    DeleteOffset {
+        topic: String,
+        partition: i32,
+    },
+    GroupCreated {
+        protocol_type: String,
+    },
+    GroupDeleted,
+}
+
+/// What replay found for one group.
+#[derive(Debug, Default, Clone)]
+pub struct LoadedGroup {
+    pub protocol_type: Option<String>,
+    pub offsets: HashMap<(String, i32), CommittedOffset>,
+}
+
+/// Java's `String.hashCode`, so the group → partition mapping matches Kafka's.
+pub fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+pub fn partition_for(group: &str, partitions: usize) -> usize {
+    (java_hash(group).unsigned_abs() as usize) % partitions.max(1)
+}
+
+pub struct OffsetStore {
+    partitions: Vec<Arc<PartitionLog>>,
+}
+
+impl OffsetStore {
+    pub fn new(partitions: Vec<Arc<PartitionLog>>) -> OffsetStore {
+        OffsetStore { partitions }
+    }
+
+    fn log_for(&self, group: &str) -> &Arc<PartitionLog> {
+        &self.partitions[partition_for(group, self.partitions.len())]
+    }
+
+    /// Appends `changes` as one batch and waits until it is on disk.
+    pub async fn persist(&self, group: &str, changes: &[Change]) -> Result<(), LogError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let records: Vec<Record> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (key, value) = encode_change(group, c);
+                Record {
+                    transactional: false,
+                    control: false,
+                    partition_leader_epoch: 0,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i as i64,
+                    sequence: i as i32,
+                    timestamp: now,
+                    key: Some(key),
+                    value,
+                    headers: Default::default(),
+                    delete_horizon: false,
+                }
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))?;
+        let log = self.log_for(group);
+        let batch = validate_batches(buf.freeze(), usize::MAX)?;
+        let info = log.append(batch, 0)?;
+        log.flush_up_to(info.last_offset + 1).await?;
+        Ok(())
+    }
+
+    /// Replays every partition of the offsets topic into per-group state.
+    pub fn load(&self) -> Result<HashMap<String, LoadedGroup>, LogError> {
+        let mut groups: HashMap<String, LoadedGroup> = HashMap::new();
+        for log in &self.partitions {
+            let mut offset = log.log_start_offset();
+            let end = log.log_end_offset();
+            while offset < end {
+                let read = log.read(offset, 1 << 20)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                let mut buf = read.records.clone();
+                let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| {
+                    LogError::Io(std::io::Error::other(format!("{}: {e}", log.name())))
+                })?;
+                for set in sets {
+                    for r in set.records {
+                        offset = offset.max(r.offset + 1);
+                        apply_record(&mut groups, r.key.as_ref(), r.value.as_ref());
+                    }
+                }
+            }
+        }
+        Ok(groups)
+    }
+}
+
+fn encode_change(group: &str, c: &Change) -> (Bytes, Option<Bytes>) {
+    let g = group.to_string();
+    let (key, value) = match c {
+        Change::Commit {
+            topic,
+            partition,
+            value,
+        } => (
+            Key::Offset {
+                group: g,
+                topic: topic.clone(),
+                partition: *partition,
+            },
+            serde_json::to_vec(value).ok(),
+        ),
+        Change::DeleteOffset { topic, partition } => (
+            Key::Offset {
+                group: g,
+                topic: topic.clone(),
+                partition: *partition,
+            },
+            None,
+        ),
+        Change::GroupCreated { protocol_type } => (
+            Key::Group { group: g },
+            serde_json::to_vec(&GroupValue {
+                protocol_type: protocol_type.clone(),
+            })
+            .ok(),
+        ),
+        Change::GroupDeleted => (Key::Group { group: g }, None),
+    };
+    (
+        Bytes::from(serde_json::to_vec(&key).unwrap_or_default()),
+        value.map(Bytes::from),
+    )
+}
+
+fn apply_record(
+    groups: &mut HashMap<String, LoadedGroup>,
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+) {
+    let Some(key) = key.and_then(|k| serde_json::from_slice::<Key>(k).ok()) else {
+        tracing::warn!("skipping unreadable record in {OFFSETS_TOPIC}");
+        return;
+    };
+    match key {
+        Key::Offset {
+            group,
+            topic,
+            partition,
+        } => {
+            let entry = groups.entry(group).or_default();
+            match value.and_then(|v| serde_json::from_slice::<CommittedOffset>(v).ok()) {
+                Some(v) => {
+                    entry.offsets.insert((topic, partition), v);
+                }
+                None => {
+                    entry.offsets.remove(&(topic, partition));
+                }
+            }
+        }
+        Key::Group { group } => {
+            match value.and_then(|v| serde_json::from_slice::<GroupValue>(v).ok()) {
+                Some(v) => groups.entry(group).or_default().protocol_type = Some(v.protocol_type),
+                None => {
+                    groups.remove(&group);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogConfig;
+
+    #[test]
+    fn java_hash_matches_kafka() {
+        // Values from java.lang.String#hashCode.
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("a"), 97);
+        assert_eq!(java_hash("my-group"), -1_906_497_762);
+        assert!(partition_for("my-group", 50) < 50);
+    }
+
+    #[tokio::test]
+    async fn commits_and_deletes_replay_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs: Vec<Arc<PartitionLog>> = (0..3)
+            .map(|p| {
+                Arc::new(
+                    PartitionLog::open(
+                        format!("o-{p}"),
+                        dir.path().join(format!("o-{p}")),
+                        LogConfig::default(),
+                    )
+                    .expect("open"),
+                )
+            })
+            .collect();
+        let store = OffsetStore::new(logs.clone());
+        let v = |o| CommittedOffset {
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: 1,
+        };
+        store
+            .persist(
+                "g1",
+                &[
+                    Change::GroupCreated {
+                        protocol_type: "consumer".into(),
+                    },
+                    Change::Commit {
+                        topic: "t".into(),
+                        partition: 0,
+                        value: v(5),
+                    },
+                    Change::Commit {
+                        topic: "t".into(),
+                        partition: 1,
+                        value: v(7),
+                    },
+                ],
+            )
+            .await
+            .expect("persist");
+        store
+            .persist(
+                "g1",
+                &[
+                    Change::Commit {
+                        topic: "t".into(),
+                        partition: 0,
+                        value: v(9),
+                    },
+                    Change::DeleteOffset {
+                        topic: "t".into(),
+                        partition: 1,
+                    },
+                ],
+            )
+            .await
+            .expect("persist");
+        store
+            .persist(
+                "g2",
+                &[Change::Commit {
+                    topic: "t".into(),
+                    partition: 0,
+                    value: v(1),
+                }],
+            )
+            .await
+            .expect("p");
+        store
+            .persist("g2", &[Change::GroupDeleted])
+            .await
+            .expect("p");
+        let loaded = OffsetStore::new(logs).load().expect("load");
+        let g1 = &loaded["g1"];
+        assert_eq!(g1.protocol_type.as_deref(), Some("consumer"));
+        assert_eq!(g1.offsets.len(), 1);
+        assert_eq!(g1.offsets[&("t".to_string(), 0)].offset, 9);
+        assert!(!loaded.contains_key("g2"));
+    }
+}
