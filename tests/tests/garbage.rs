@@ -1,0 +1,181 @@
+//! Hostile bytes on the Kafka port must not take the broker down: after each
+//! kind of garbage the broker still serves a normal librdkafka round trip.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use sluice_tests::{Broker, create_topic, pseudo_random_bytes, roundtrip_once, unique_name};
+
+/// What the broker did with the connection after the garbage was sent.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The broker closed (EOF or reset) the connection.
+    Closed,
+    /// The broker replied with some bytes.
+    Replied(usize),
+    /// Nothing happened within the wait.
+    Open,
+}
+
+fn send_garbage(broker: &Broker, bytes: &[u8], half_close: bool, wait: Duration) -> Outcome {
+    let mut s = TcpStream::connect_timeout(&broker.kafka_addr(), Duration::from_secs(5))
+        .expect("connect to the Kafka port");
+    // The broker may close early and reset the connection; that is fine.
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("set read timeout");
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    let mut replied = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                return if replied > 0 {
+                    Outcome::Replied(replied)
+                } else {
+                    Outcome::Closed
+                };
+            }
+            Ok(n) => replied += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Outcome::Closed,
+        }
+        if Instant::now() > deadline {
+            return if replied > 0 {
+                Outcome::Replied(replied)
+            } else {
+                Outcome::Open
+            };
+        }
+    }
+}
+
+async fn assert_still_serving(broker: &mut Broker, topic: &str, case: &str) {
+    assert!(
+        broker.is_running(),
+        "broker exited after {case}: {:?}",
+        broker.exit_status()
+    );
+    roundtrip_once(
+        &broker.bootstrap(),
+        topic,
+        format!("after {case}").as_bytes(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("broker no longer serves after {case}: {e:#}"));
+}
+
+async fn setup() -> (Broker, String) {
+    let broker = Broker::start().expect("broker should start");
+    let topic = unique_name("garbage");
+    create_topic(&broker.bootstrap(), &topic, 1, &[])
+        .await
+        .expect("create topic");
+    roundtrip_once(&broker.bootstrap(), &topic, b"before garbage")
+        .await
+        .expect("baseline round trip");
+    (broker, topic)
+}
+
+#[tokio::test]
+async fn random_bytes_do_not_break_the_broker() {
+    let (mut broker, topic) = setup().await;
+    for seed in 0..5 {
+        let mut bytes = pseudo_random_bytes(seed, 4096);
+        // Make the length prefix plausible so the body gets parsed too.
+        bytes[..4].copy_from_slice(&4092i32.to_be_bytes());
+        let outcome = send_garbage(&broker, &bytes, true, Duration::from_secs(2));
+        eprintln!("random bytes #{seed} (length-prefixed): {outcome:?}");
+        let raw = pseudo_random_bytes(seed + 100, 4096);
+        let outcome = send_garbage(&broker, &raw, true, Duration::from_secs(2));
+        eprintln!("random bytes #{seed} (raw): {outcome:?}");
+    }
+    assert_still_serving(&mut broker, &topic, "random bytes").await;
+}
+
+#[tokio::test]
+async fn negative_length_prefix_closes_connection_and_broker_survives() {
+    let (mut broker, topic) = setup().await;
+    let mut bytes = (-2i32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 64]);
+    let outcome = send_garbage(&broker, &bytes, false, Duration::from_secs(5));
+    assert_eq!(
+        outcome,
+        Outcome::Closed,
+        "a negative request size must close the connection"
+    );
+    assert_still_serving(&mut broker, &topic, "negative length prefix").await;
+}
+
+#[tokio::test]
+async fn huge_length_prefix_closes_connection_and_broker_survives() {
+    let (mut broker, topic) = setup().await;
+    let mut bytes = 0x7fff_ffffi32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&pseudo_random_bytes(5, 100));
+    let outcome = send_garbage(&broker, &bytes, false, Duration::from_secs(5));
+    assert_eq!(
+        outcome,
+        Outcome::Closed,
+        "a 2 GiB request size must be refused by closing the connection"
+    );
+    assert_still_serving(&mut broker, &topic, "huge length prefix").await;
+}
+
+#[tokio::test]
+async fn truncated_request_then_close_does_not_break_the_broker() {
+    let (mut broker, topic) = setup().await;
+    let mut bytes = 100i32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
+    // Send 10 of the promised 100 bytes, then close entirely.
+    {
+        let mut s = TcpStream::connect_timeout(&broker.kafka_addr(), Duration::from_secs(5))
+            .expect("connect");
+        s.write_all(&bytes).expect("write truncated request");
+    }
+    // And once more with only a write half-close, waiting for the broker.
+    let outcome = send_garbage(&broker, &bytes, true, Duration::from_secs(3));
+    eprintln!("truncated request with half-close: {outcome:?}");
+    assert_still_serving(&mut broker, &topic, "truncated request").await;
+}
+
+#[tokio::test]
+async fn unknown_api_key_does_not_break_the_broker() {
+    let (mut broker, topic) = setup().await;
+    // Request header v1: api_key, api_version, correlation_id, client_id.
+    let mut body = Vec::new();
+    body.extend_from_slice(&9999i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&42i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    body.extend_from_slice(&[0u8; 8]);
+    let mut bytes = (body.len() as i32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    let outcome = send_garbage(&broker, &bytes, false, Duration::from_secs(3));
+    eprintln!("unknown api key 9999: {outcome:?}");
+    assert_still_serving(&mut broker, &topic, "unknown api key").await;
+}
+
+#[tokio::test]
+async fn idle_and_half_open_connections_do_not_block_other_clients() {
+    let (mut broker, topic) = setup().await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(
+            TcpStream::connect_timeout(&broker.kafka_addr(), Duration::from_secs(5))
+                .expect("connect idle"),
+        );
+    }
+    // A connection stuck mid-request (length says 1000, 4 bytes sent).
+    let mut stuck = TcpStream::connect_timeout(&broker.kafka_addr(), Duration::from_secs(5))
+        .expect("connect stuck");
+    stuck
+        .write_all(&[0, 0, 3, 232, 0, 18, 0, 3])
+        .expect("write partial request");
+    assert_still_serving(&mut broker, &topic, "idle and stuck connections").await;
+    drop(idle);
+    drop(stuck);
+}
