@@ -1157,3 +1157,268 @@ fn subscribed_topics(g: &Group) -> HashSet<String> {
 }
 
 pub type SharedCoordinator = Arc<GroupCoordinator>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogConfig, PartitionLog};
+
+    fn coordinator(dir: &std::path::Path, delay_ms: u64) -> Arc<GroupCoordinator> {
+        let logs = (0..2)
+            .map(|p| {
+                Arc::new(
+                    PartitionLog::open(
+                        format!("o-{p}"),
+                        dir.join(format!("o-{p}")),
+                        LogConfig::default(),
+                    )
+                    .expect("open"),
+                )
+            })
+            .collect();
+        Arc::new(
+            GroupCoordinator::open(
+                OffsetStore::new(logs),
+                GroupConfig {
+                    initial_rebalance_delay: Duration::from_millis(delay_ms),
+                    ..GroupConfig::default()
+                },
+            )
+            .expect("coordinator"),
+        )
+    }
+
+    fn join_req(member: &str, instance: Option<&str>, session_ms: i32) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: member.into(),
+            instance_id: instance.map(String::from),
+            client_id: "c".into(),
+            client_host: "127.0.0.1".into(),
+            session_timeout_ms: session_ms,
+            rebalance_timeout_ms: session_ms,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"sub"))],
+            require_known_member_id: true,
+        }
+    }
+
+    /// Full v4+ join: MEMBER_ID_REQUIRED round trip, then the real join.
+    async fn join_new(
+        c: &Arc<GroupCoordinator>,
+        instance: Option<&str>,
+        session_ms: i32,
+    ) -> JoinOutcome {
+        let first = c.join(join_req("", instance, session_ms)).await;
+        if instance.is_some() {
+            return first;
+        }
+        assert_eq!(first.error, Some(ResponseError::MemberIdRequired));
+        c.join(join_req(&first.member_id, None, session_ms)).await
+    }
+
+    #[tokio::test]
+    async fn two_members_share_one_generation_and_get_assignments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = coordinator(dir.path(), 0);
+        let a = join_new(&c, None, 10_000).await;
+        assert_eq!(a.error, None);
+        assert_eq!(a.generation, 1);
+        assert_eq!(a.leader, a.member_id);
+        assert_eq!(a.members.len(), 1);
+        // Sync as leader: stable with one member.
+        let s = c
+            .sync(
+                "g",
+                1,
+                &a.member_id,
+                None,
+                vec![(a.member_id.clone(), Bytes::from_static(b"p0"))],
+            )
+            .await;
+        assert_eq!(s.assignment, Bytes::from_static(b"p0"));
+        // A second member triggers a rebalance; the first learns via heartbeat and rejoins.
+        let c2 = c.clone();
+        let b_task = tokio::spawn(async move { join_new(&c2, None, 10_000).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            c.heartbeat("g", 1, &a.member_id, None),
+            Some(ResponseError::RebalanceInProgress)
+        );
+        let a2 = c.join(join_req(&a.member_id, None, 10_000)).await;
+        let b = b_task.await.expect("join task");
+        assert_eq!((a2.generation, b.generation), (2, 2));
+        assert_eq!(
+            a2.leader, a.member_id,
+            "the leader is kept across rebalances"
+        );
+        assert_eq!(a2.members.len(), 2);
+        assert!(b.members.is_empty(), "followers do not get member metadata");
+        let c3 = c.clone();
+        let bid = b.member_id.clone();
+        let follower = tokio::spawn(async move { c3.sync("g", 2, &bid, None, vec![]).await });
+        let leader = c
+            .sync(
+                "g",
+                2,
+                &a.member_id,
+                None,
+                vec![
+                    (a.member_id.clone(), Bytes::from_static(b"A")),
+                    (b.member_id.clone(), Bytes::from_static(b"B")),
+                ],
+            )
+            .await;
+        assert_eq!(leader.assignment, Bytes::from_static(b"A"));
+        assert_eq!(
+            follower.await.expect("sync").assignment,
+            Bytes::from_static(b"B")
+        );
+        assert_eq!(c.heartbeat("g", 2, &b.member_id, None), None);
+        assert_eq!(
+            c.heartbeat("g", 1, &b.member_id, None),
+            Some(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(
+            c.heartbeat("g", 2, "nobody", None),
+            Some(ResponseError::UnknownMemberId)
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_session_removes_member_and_rebalances() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = coordinator(dir.path(), 0);
+        let a = join_new(&c, None, 1000).await;
+        c.sync("g", a.generation, &a.member_id, None, vec![]).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        c.tick();
+        let d = c.describe("g").expect("group");
+        assert_eq!(d.state, GroupState::Empty);
+        assert!(d.members.is_empty());
+        assert_eq!(
+            c.heartbeat("g", a.generation, &a.member_id, None),
+            Some(ResponseError::UnknownMemberId)
+        );
+    }
+
+    #[tokio::test]
+    async fn static_member_restart_keeps_assignment_without_rebalance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = coordinator(dir.path(), 0);
+        let a = join_new(&c, Some("i1"), 10_000).await;
+        assert_eq!(a.error, None);
+        c.sync(
+            "g",
+            a.generation,
+            &a.member_id,
+            None,
+            vec![(a.member_id.clone(), Bytes::from_static(b"mine"))],
+        )
+        .await;
+        let rebalances = c
+            .stats
+            .rebalances
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Restart: same instance id, no member id.
+        let again = c.join(join_req("", Some("i1"), 10_000)).await;
+        assert_eq!(again.error, None);
+        assert_eq!(again.generation, a.generation, "no new generation");
+        assert_ne!(again.member_id, a.member_id);
+        let s = c
+            .sync("g", again.generation, &again.member_id, Some("i1"), vec![])
+            .await;
+        assert_eq!(s.assignment, Bytes::from_static(b"mine"));
+        assert_eq!(
+            c.stats
+                .rebalances
+                .load(std::sync::atomic::Ordering::Relaxed),
+            rebalances
+        );
+        // The old incarnation is fenced.
+        assert_eq!(
+            c.heartbeat("g", a.generation, &a.member_id, None),
+            Some(ResponseError::UnknownMemberId)
+        );
+    }
+
+    #[tokio::test]
+    async fn commits_are_checked_persisted_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let off = |o| CommittedOffset {
+            offset: o,
+            leader_epoch: -1,
+            metadata: Some("m".into()),
+            commit_ms: 0,
+        };
+        {
+            let c = coordinator(dir.path(), 0);
+            // Standalone commit (no generation) into an empty group.
+            c.commit("g", -1, "", None, vec![("t".into(), 0, off(5))])
+                .await
+                .expect("commit");
+            let a = join_new(&c, None, 10_000).await;
+            assert_eq!(
+                c.commit("g", -1, "", None, vec![("t".into(), 0, off(6))])
+                    .await,
+                Err(ResponseError::IllegalGeneration),
+                "a group with members refuses commits from outside"
+            );
+            assert_eq!(
+                c.commit(
+                    "g",
+                    a.generation,
+                    &a.member_id,
+                    None,
+                    vec![("t".into(), 0, off(6))]
+                )
+                .await,
+                Err(ResponseError::RebalanceInProgress),
+                "awaiting SyncGroup"
+            );
+            c.sync("g", a.generation, &a.member_id, None, vec![]).await;
+            c.commit(
+                "g",
+                a.generation,
+                &a.member_id,
+                None,
+                vec![("t".into(), 0, off(7))],
+            )
+            .await
+            .expect("commit");
+            assert_eq!(c.delete_group("g").await, Err(ResponseError::NonEmptyGroup));
+        }
+        let c = coordinator(dir.path(), 0);
+        let got = c.fetch_offsets("g", None);
+        assert_eq!(got[0].1[0].1.as_ref().map(|v| v.offset), Some(7));
+        assert_eq!(c.list().len(), 1);
+        c.delete_group("g").await.expect("delete empty group");
+        assert_eq!(
+            c.delete_group("g").await,
+            Err(ResponseError::GroupIdNotFound)
+        );
+        let c = coordinator(dir.path(), 0);
+        assert!(c.list().is_empty(), "deletion is persisted");
+    }
+
+    #[tokio::test]
+    async fn initial_delay_lets_simultaneous_members_share_the_first_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = coordinator(dir.path(), 300);
+        let c1 = c.clone();
+        let c2 = c.clone();
+        let ticker = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    c.tick();
+                }
+            })
+        };
+        let (a, b) = tokio::join!(join_new(&c1, None, 10_000), join_new(&c2, None, 10_000));
+        ticker.abort();
+        assert_eq!((a.generation, b.generation), (1, 1));
+        assert_eq!(a.leader, b.leader);
+    }
+}
