@@ -2,7 +2,8 @@
 # Install what the client-compatibility tests (tests/python) need:
 #   Debian: kcat (CLI client), cmake + libcurl4-openssl-dev (build deps for
 #           crates that compile librdkafka, e.g. rdkafka's cmake-build feature)
-#   PyPI:   kafka-python, confluent-kafka (bundles librdkafka), pytest
+#   PyPI:   kafka-python, confluent-kafka (bundles librdkafka), pytest, and the
+#           codec libraries kafka-python needs for lz4, zstd and snappy
 #
 # Idempotent and quiet when everything is already present. Meant to run as
 # root on a fresh Debian 12 machine (CI); uses sudo for apt when not root.
@@ -12,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(kcat cmake libcurl4-openssl-dev)
 # "pip-name:import-name"
-PIP_PACKAGES=(kafka-python:kafka confluent-kafka:confluent_kafka pytest:pytest)
+PIP_PACKAGES=(kafka-python:kafka confluent-kafka:confluent_kafka pytest:pytest lz4:lz4.frame zstandard:zstandard python-snappy:snappy)
 
 PYTHON="${PYTHON:-python3}"
 

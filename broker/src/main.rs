@@ -79,8 +79,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(maintenance::flusher(broker.clone()));
     tokio::spawn(maintenance::retention(broker.clone()));
     tokio::spawn(maintenance::group_timers(broker.clone()));
-    tokio::spawn(maintenance::group_timers(broker.clone()));
     tokio::spawn(server::serve(broker.clone(), kafka));
+    let stop = shutdown_signal();
     broker.ready.store(true, Ordering::Release);
     tracing::info!(kafka = %kafka_addr, admin = %admin_addr, data_dir = %data_dir.display(), node_id = broker.node_id, "broker started");
     {
@@ -91,7 +91,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down: flushing logs");
     broker.ready.store(false, Ordering::Release);
     for t in broker.topics.all() {
@@ -110,18 +110,25 @@ async fn admin_serve(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, so call it before announcing readiness: a SIGTERM right after the
+/// ready line must still take the clean-shutdown path.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
