@@ -7,7 +7,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::sync::atomic::Ordering;
+
 use crate::cluster::topics::TopicRegistry;
+use crate::groups::{GroupCoordinator, GroupState};
 
 pub struct Metrics {
     registry: Registry,
@@ -25,6 +28,11 @@ pub struct Metrics {
     log_end_offset: IntGaugeVec,
     log_start_offset: IntGaugeVec,
     log_size_bytes: IntGaugeVec,
+    groups_by_state: IntGaugeVec,
+    group_members: IntGaugeVec,
+    group_rebalances: IntCounter,
+    group_commits: IntCounter,
+    consumer_lag: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -126,7 +134,33 @@ impl Metrics {
             "Bytes of segment files.",
             &["topic", "partition"],
         );
+        let groups_by_state = gauge("sluice_groups", "Consumer groups, by state.", &["state"]);
+        let group_members = gauge(
+            "sluice_group_members",
+            "Members of each consumer group.",
+            &["group"],
+        );
+        let group_rebalances = must(IntCounter::new(
+            "sluice_group_rebalances_total",
+            "Rebalances started (member joined, left or expired).",
+        ));
+        must(registry.register(Box::new(group_rebalances.clone())));
+        let group_commits = must(IntCounter::new(
+            "sluice_group_commits_total",
+            "OffsetCommit requests persisted.",
+        ));
+        must(registry.register(Box::new(group_commits.clone())));
+        let consumer_lag = gauge(
+            "sluice_consumer_lag",
+            "High watermark minus committed offset, per group and partition.",
+            &["group", "topic", "partition"],
+        );
         Metrics {
+            groups_by_state,
+            group_members,
+            group_rebalances,
+            group_commits,
+            consumer_lag,
             registry,
             requests,
             request_seconds,
@@ -146,7 +180,8 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, with partition gauges read fresh.
-    pub fn render(&self, topics: &TopicRegistry) -> String {
+    pub fn render(&self, topics: &TopicRegistry, groups: &GroupCoordinator) -> String {
+        self.render_groups(topics, groups);
         self.log_end_offset.reset();
         self.log_start_offset.reset();
         self.log_size_bytes.reset();
@@ -172,6 +207,52 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    fn render_groups(&self, topics: &TopicRegistry, groups: &GroupCoordinator) {
+        self.groups_by_state.reset();
+        self.group_members.reset();
+        self.consumer_lag.reset();
+        for state in [
+            GroupState::Empty,
+            GroupState::PreparingRebalance,
+            GroupState::CompletingRebalance,
+            GroupState::Stable,
+        ] {
+            self.groups_by_state
+                .with_label_values(&[state.name()])
+                .set(0);
+        }
+        for (group, state, members) in groups.states() {
+            self.groups_by_state
+                .with_label_values(&[state.name()])
+                .inc();
+            self.group_members
+                .with_label_values(&[&group])
+                .set(members as i64);
+        }
+        for (group, topic, partition, committed) in groups.all_offsets() {
+            let hw = topics
+                .get(&topic)
+                .and_then(|t| t.partition(partition).map(|p| p.high_watermark()));
+            if let Some(hw) = hw {
+                self.consumer_lag
+                    .with_label_values(&[&group, &topic, &partition.to_string()])
+                    .set((hw - committed).max(0));
+            }
+        }
+        // The coordinator counts in atomics; mirror them into the counters.
+        let sync = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        sync(
+            &self.group_rebalances,
+            groups.stats.rebalances.load(Ordering::Relaxed),
+        );
+        sync(
+            &self.group_commits,
+            groups.stats.commits.load(Ordering::Relaxed),
+        );
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -186,9 +267,13 @@ mod tests {
         m.requests.with_label_values(&["Produce"]).inc();
         let dir = tempfile::tempdir().expect("tempdir");
         let reg = crate::cluster::topics::TopicRegistry::open(dir.path(), 0).expect("registry");
-        assert!(
-            m.render(&reg)
-                .contains("sluice_requests_total{api=\"Produce\"} 1")
-        );
+        let groups = crate::groups::GroupCoordinator::open(
+            crate::groups::store::OffsetStore::new(vec![]),
+            crate::groups::GroupConfig::default(),
+        )
+        .expect("groups");
+        let text = m.render(&reg, &groups);
+        assert!(text.contains("sluice_requests_total{api=\"Produce\"} 1"));
+        assert!(text.contains("sluice_groups{state=\"Stable\"} 0"));
     }
 }
