@@ -60,5 +60,8 @@ pub async fn group_timers(broker: Arc<Broker>) {
     loop {
         tick.tick().await;
         broker.groups.tick();
+        for (group, change) in broker.groups.drain_snapshots() {
+            broker.groups.persist_change(&group, change).await;
+        }
     }
 }

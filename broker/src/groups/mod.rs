@@ -19,7 +19,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use tokio::sync::oneshot;
 
-use store::{Change, OffsetStore};
+use store::{Change, GroupValue, OffsetStore, PersistedMember};
 pub use store::{CommittedOffset, OFFSETS_TOPIC};
 
 /// Kafka's offset.metadata.max.bytes.
@@ -167,6 +167,9 @@ struct Group {
     offsets: HashMap<(String, i32), CommittedOffset>,
     /// Persisted as existing (has a group record in the offsets topic).
     persisted: bool,
+    /// Emptied since its last persisted Stable snapshot; the timer task
+    /// writes the empty state so a restart does not resurrect members.
+    needs_snapshot: bool,
 }
 
 impl Group {
@@ -185,6 +188,7 @@ impl Group {
             delay_deadline: None,
             offsets: HashMap::new(),
             persisted: false,
+            needs_snapshot: false,
         }
     }
 
@@ -355,7 +359,69 @@ impl Group {
         true
     }
 
+    /// What to persist when the group becomes Stable.
+    fn snapshot(&self) -> GroupValue {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        GroupValue {
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone(),
+            members: self
+                .members
+                .values()
+                .map(|m| PersistedMember {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u64,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+                    metadata: m.metadata_for(&protocol).to_vec(),
+                    assignment: m.assignment.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reinstates a Stable group from its snapshot after a restart. Members
+    /// get a fresh session timeout to show up; those that do not expire.
+    fn restore(&mut self, v: GroupValue) {
+        let now = Instant::now();
+        let protocol = v.protocol.clone().unwrap_or_default();
+        self.generation = v.generation;
+        self.protocol = v.protocol;
+        self.leader = v.leader;
+        self.state = GroupState::Stable;
+        for (seq, m) in v.members.into_iter().enumerate() {
+            if let Some(i) = &m.instance_id {
+                self.static_members.insert(i.clone(), m.id.clone());
+            }
+            let session = Duration::from_millis(m.session_timeout_ms);
+            self.members.insert(
+                m.id.clone(),
+                Member {
+                    id: m.id,
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout: session,
+                    rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
+                    protocols: vec![(protocol.clone(), Bytes::from(m.metadata))],
+                    assignment: Bytes::from(m.assignment),
+                    join_waiter: None,
+                    sync_waiter: None,
+                    heartbeat_deadline: now + session,
+                    joined_seq: seq as u64,
+                },
+            );
+        }
+    }
+
     fn to_empty(&mut self) {
+        if self.persisted && self.state != GroupState::Empty {
+            self.needs_snapshot = true;
+        }
         self.state = GroupState::Empty;
         self.protocol = None;
         self.leader = None;
@@ -419,6 +485,9 @@ impl GroupCoordinator {
             group.protocol_type = g.protocol_type;
             group.persisted = group.protocol_type.is_some();
             group.offsets = g.offsets;
+            if let Some(meta) = g.metadata.filter(|m| !m.members.is_empty()) {
+                group.restore(meta);
+            }
             groups.insert(id, group);
         }
         tracing::info!(groups = groups.len(), "loaded consumer groups");
@@ -436,18 +505,13 @@ impl GroupCoordinator {
     }
 
     pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
+        let group = req.group_id.clone();
         let (rx, persist) = match self.join_locked(req) {
             Ok(x) => x,
             Err(outcome) => return outcome,
         };
-        if let Some((group, protocol_type)) = persist {
-            if let Err(e) = self
-                .store
-                .persist(&group, &[Change::GroupCreated { protocol_type }])
-                .await
-            {
-                tracing::error!(group = %group, error = %e, "persisting new group failed");
-            }
+        if let Err(e) = self.store.persist(&group, &persist).await {
+            tracing::error!(group = %group, error = %e, "persisting group change failed");
         }
         match rx.await {
             Ok(outcome) => outcome,
@@ -460,7 +524,7 @@ impl GroupCoordinator {
     fn join_locked(
         &self,
         req: JoinRequest,
-    ) -> Result<(oneshot::Receiver<JoinOutcome>, Option<(String, String)>), JoinOutcome> {
+    ) -> Result<(oneshot::Receiver<JoinOutcome>, Vec<Change>), JoinOutcome> {
         let fail = |e| Err(JoinOutcome::error(e, req.member_id.clone()));
         if req.group_id.is_empty() {
             return fail(ResponseError::InvalidGroupId);
@@ -481,10 +545,12 @@ impl GroupCoordinator {
         if !group.supports_protocols(&req.protocol_type, &req.protocols) {
             return fail(ResponseError::InconsistentGroupProtocol);
         }
-        let mut persist = None;
+        let mut persist = Vec::new();
         if !group.persisted {
             group.persisted = true;
-            persist = Some((group.id.clone(), req.protocol_type.clone()));
+            persist.push(Change::GroupCreated {
+                protocol_type: req.protocol_type.clone(),
+            });
         }
         if group.members.is_empty() {
             group.protocol_type = Some(req.protocol_type.clone());
@@ -550,6 +616,7 @@ impl GroupCoordinator {
                             Vec::new()
                         };
                         tracing::info!(group = %group.id, instance = %instance, member = %new_id, "static member rejoined without rebalance");
+                        persist.push(Change::GroupMetadata(group.snapshot()));
                         let _ = tx.send(JoinOutcome {
                             error: None,
                             generation: group.generation,
@@ -661,6 +728,7 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncOutcome {
+        let mut snapshot = None;
         let rx = {
             let mut groups = self.lock();
             let Some(group) = groups.get_mut(group_id) else {
@@ -717,9 +785,19 @@ impl GroupCoordinator {
                     }
                 }
                 tracing::info!(group = %group.id, generation = group.generation, "group stable");
+                snapshot = Some(group.snapshot());
             }
             rx
         };
+        if let Some(v) = snapshot {
+            if let Err(e) = self
+                .store
+                .persist(group_id, &[Change::GroupMetadata(v)])
+                .await
+            {
+                tracing::error!(group = %group_id, error = %e, "persisting group metadata failed");
+            }
+        }
         rx.await
             .unwrap_or_else(|_| SyncOutcome::error(ResponseError::RebalanceInProgress))
     }
@@ -850,6 +928,24 @@ impl GroupCoordinator {
             {
                 // completed by delay or timeout
             }
+        }
+    }
+
+    /// Groups that became Empty since their last snapshot, to persist.
+    pub fn drain_snapshots(&self) -> Vec<(String, Change)> {
+        let mut groups = self.lock();
+        groups
+            .values_mut()
+            .filter_map(|g| {
+                std::mem::take(&mut g.needs_snapshot)
+                    .then(|| (g.id.clone(), Change::GroupMetadata(g.snapshot())))
+            })
+            .collect()
+    }
+
+    pub async fn persist_change(&self, group: &str, change: Change) {
+        if let Err(e) = self.store.persist(group, &[change]).await {
+            tracing::error!(group = %group, error = %e, "persisting group state failed");
         }
     }
 
@@ -1128,7 +1224,7 @@ impl GroupCoordinator {
 fn fail_with_id(
     e: ResponseError,
     id: String,
-) -> Result<(oneshot::Receiver<JoinOutcome>, Option<(String, String)>), JoinOutcome> {
+) -> Result<(oneshot::Receiver<JoinOutcome>, Vec<Change>), JoinOutcome> {
     Err(JoinOutcome::error(e, id))
 }
 
@@ -1387,6 +1483,10 @@ mod tests {
             .await
             .expect("commit");
             assert_eq!(c.delete_group("g").await, Err(ResponseError::NonEmptyGroup));
+            c.leave("g", &[(a.member_id.clone(), None)]).expect("leave");
+            for (g, change) in c.drain_snapshots() {
+                c.persist_change(&g, change).await;
+            }
         }
         let c = coordinator(dir.path(), 0);
         let got = c.fetch_offsets("g", None);
@@ -1420,5 +1520,36 @@ mod tests {
         ticker.abort();
         assert_eq!((a.generation, b.generation), (1, 1));
         assert_eq!(a.leader, b.leader);
+    }
+
+    #[tokio::test]
+    async fn stable_group_survives_coordinator_restart_without_rebalance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, generation) = {
+            let c = coordinator(dir.path(), 0);
+            let a = join_new(&c, Some("i1"), 10_000).await;
+            c.sync(
+                "g",
+                a.generation,
+                &a.member_id,
+                None,
+                vec![(a.member_id.clone(), Bytes::from_static(b"mine"))],
+            )
+            .await;
+            (a.member_id, 1)
+        };
+        let c = coordinator(dir.path(), 0);
+        let d = c.describe("g").expect("restored");
+        assert_eq!(d.state, GroupState::Stable);
+        assert_eq!(
+            c.heartbeat("g", generation, &a, None),
+            None,
+            "same member, same generation"
+        );
+        let s = c.sync("g", generation, &a, None, vec![]).await;
+        assert_eq!(s.assignment, Bytes::from_static(b"mine"));
+        // The restored static mapping still lets the instance take over.
+        let again = c.join(join_req("", Some("i1"), 10_000)).await;
+        assert_eq!(again.generation, generation);
     }
 }

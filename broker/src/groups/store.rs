@@ -38,9 +38,34 @@ enum Key {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct GroupValue {
-    protocol_type: String,
+/// A group's persisted description. Written when a group is created
+/// (protocol type only) and each time it becomes Stable (the generation and
+/// every member's assignment), so a restarted coordinator carries on with
+/// the same generation instead of forcing a rebalance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupValue {
+    pub protocol_type: String,
+    #[serde(default)]
+    pub generation: i32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub members: Vec<PersistedMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedMember {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: u64,
+    pub rebalance_timeout_ms: u64,
+    /// Subscription metadata for the group's protocol.
+    pub metadata: Vec<u8>,
+    pub assignment: Vec<u8>,
 }
 
 /// One change to persist.
@@ -58,6 +83,7 @@ pub enum Change {
     GroupCreated {
         protocol_type: String,
     },
+    GroupMetadata(GroupValue),
     GroupDeleted,
 }
 
@@ -65,6 +91,7 @@ pub enum Change {
 #[derive(Debug, Default, Clone)]
 pub struct LoadedGroup {
     pub protocol_type: Option<String>,
+    pub metadata: Option<GroupValue>,
     pub offsets: HashMap<(String, i32), CommittedOffset>,
 }
 
@@ -190,9 +217,11 @@ fn encode_change(group: &str, c: &Change) -> (Bytes, Option<Bytes>) {
             Key::Group { group: g },
             serde_json::to_vec(&GroupValue {
                 protocol_type: protocol_type.clone(),
+                ..GroupValue::default()
             })
             .ok(),
         ),
+        Change::GroupMetadata(v) => (Key::Group { group: g }, serde_json::to_vec(v).ok()),
         Change::GroupDeleted => (Key::Group { group: g }, None),
     };
     (
@@ -228,7 +257,11 @@ fn apply_record(
         }
         Key::Group { group } => {
             match value.and_then(|v| serde_json::from_slice::<GroupValue>(v).ok()) {
-                Some(v) => groups.entry(group).or_default().protocol_type = Some(v.protocol_type),
+                Some(v) => {
+                    let entry = groups.entry(group).or_default();
+                    entry.protocol_type = Some(v.protocol_type.clone());
+                    entry.metadata = Some(v);
+                }
                 None => {
                     groups.remove(&group);
                 }
