@@ -24,7 +24,7 @@ const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
     let deadline =
         Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
-    let targets: Vec<(String, Vec<(i32, i64, i32, Option<Arc<PartitionLog>>)>)> = req
+    let targets: Vec<(String, Vec<Target>)> = req
         .topics
         .iter()
         .map(|t| {
@@ -82,7 +82,9 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
     }
 }
 
-type Targets = [(String, Vec<(i32, i64, i32, Option<Arc<PartitionLog>>)>)];
+/// (partition, fetch offset, partition max bytes, log if it exists)
+type Target = (i32, i64, i32, Option<Arc<PartitionLog>>);
+type Targets = [(String, Vec<Target>)];
 
 fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, usize, bool) {
     let mut resp = FetchResponse::default();

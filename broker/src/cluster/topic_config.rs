@@ -219,14 +219,14 @@ mod tests {
         assert!(validate("retention.ms", "-1").is_ok());
         assert!(
             validate("retention.ms", "-2")
-                .unwrap_err()
+                .expect_err("invalid")
                 .contains("minimum")
         );
         assert!(validate("segment.bytes", "99999999999").is_err());
         assert!(validate("cleanup.policy", "compact").is_err());
         assert!(
             validate("no.such.key", "1")
-                .unwrap_err()
+                .expect_err("invalid")
                 .contains("unknown")
         );
     }

@@ -461,10 +461,9 @@ fn remove_deleted_dirs(data_dir: &Path) {
             .file_name()
             .to_string_lossy()
             .ends_with(DELETED_SUFFIX)
+            && let Err(e) = fs::remove_dir_all(entry.path())
         {
-            if let Err(e) = fs::remove_dir_all(entry.path()) {
-                tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove deleted partition");
-            }
+            tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove deleted partition");
         }
     }
 }

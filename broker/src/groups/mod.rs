@@ -22,6 +22,9 @@ use tokio::sync::oneshot;
 use store::{Change, GroupValue, OffsetStore, PersistedMember};
 pub use store::{CommittedOffset, OFFSETS_TOPIC};
 
+/// A topic's partitions with their committed offsets, if any.
+pub type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
+
 /// Kafka's offset.metadata.max.bytes.
 pub const MAX_METADATA_BYTES: usize = 4096;
 
@@ -272,10 +275,10 @@ impl Group {
 
     fn remove_member(&mut self, id: &str) -> Option<Member> {
         let m = self.members.remove(id)?;
-        if let Some(i) = &m.instance_id {
-            if self.static_members.get(i).is_some_and(|x| x == id) {
-                self.static_members.remove(i);
-            }
+        if let Some(i) = &m.instance_id
+            && self.static_members.get(i).is_some_and(|x| x == id)
+        {
+            self.static_members.remove(i);
         }
         if self.leader.as_deref() == Some(id) {
             self.leader = None;
@@ -294,7 +297,7 @@ impl Group {
         let delay_over = self.delay_deadline.is_none_or(|d| now >= d);
         if !(timed_out || (self.all_joined() && delay_over && !self.members.is_empty())) {
             if self.members.is_empty() {
-                self.to_empty();
+                self.reset_to_empty();
             }
             return false;
         }
@@ -310,7 +313,7 @@ impl Group {
         }
         self.generation += 1;
         if self.members.is_empty() {
-            self.to_empty();
+            self.reset_to_empty();
             return true;
         }
         self.protocol = self.select_protocol();
@@ -418,7 +421,7 @@ impl Group {
         }
     }
 
-    fn to_empty(&mut self) {
+    fn reset_to_empty(&mut self) {
         if self.persisted && self.state != GroupState::Empty {
             self.needs_snapshot = true;
         }
@@ -508,7 +511,7 @@ impl GroupCoordinator {
         let group = req.group_id.clone();
         let (rx, persist) = match self.join_locked(req) {
             Ok(x) => x,
-            Err(outcome) => return outcome,
+            Err(outcome) => return *outcome,
         };
         if let Err(e) = self.store.persist(&group, &persist).await {
             tracing::error!(group = %group, error = %e, "persisting group change failed");
@@ -524,8 +527,8 @@ impl GroupCoordinator {
     fn join_locked(
         &self,
         req: JoinRequest,
-    ) -> Result<(oneshot::Receiver<JoinOutcome>, Vec<Change>), JoinOutcome> {
-        let fail = |e| Err(JoinOutcome::error(e, req.member_id.clone()));
+    ) -> Result<(oneshot::Receiver<JoinOutcome>, Vec<Change>), Box<JoinOutcome>> {
+        let fail = |e| Err(Box::new(JoinOutcome::error(e, req.member_id.clone())));
         if req.group_id.is_empty() {
             return fail(ResponseError::InvalidGroupId);
         }
@@ -790,13 +793,8 @@ impl GroupCoordinator {
             rx
         };
         if let Some(v) = snapshot {
-            if let Err(e) = self
-                .store
-                .persist(group_id, &[Change::GroupMetadata(v)])
-                .await
-            {
-                tracing::error!(group = %group_id, error = %e, "persisting group metadata failed");
-            }
+            self.persist_change(group_id, Change::GroupMetadata(v))
+                .await;
         }
         rx.await
             .unwrap_or_else(|_| SyncOutcome::error(ResponseError::RebalanceInProgress))
@@ -857,11 +855,11 @@ impl GroupCoordinator {
                 results.push(Some(ResponseError::UnknownMemberId));
                 continue;
             };
-            if let (Some(i), Some(m)) = (instance_id, group.members.get(&id)) {
-                if m.instance_id.as_ref() != Some(i) {
-                    results.push(Some(ResponseError::FencedInstanceId));
-                    continue;
-                }
+            if let (Some(i), Some(m)) = (instance_id, group.members.get(&id))
+                && m.instance_id.as_ref() != Some(i)
+            {
+                results.push(Some(ResponseError::FencedInstanceId));
+                continue;
             }
             if let Some(mut m) = group.remove_member(&id) {
                 if let Some(w) = m.join_waiter.take() {
@@ -896,7 +894,7 @@ impl GroupCoordinator {
             GroupState::Empty => {}
         }
         if group.members.is_empty() && group.state != GroupState::PreparingRebalance {
-            group.to_empty();
+            group.reset_to_empty();
         }
     }
 
@@ -1045,7 +1043,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+    ) -> Vec<TopicOffsets> {
         let groups = self.lock();
         let offsets = groups.get(group_id).map(|g| &g.offsets);
         match wanted {
@@ -1224,8 +1222,8 @@ impl GroupCoordinator {
 fn fail_with_id(
     e: ResponseError,
     id: String,
-) -> Result<(oneshot::Receiver<JoinOutcome>, Vec<Change>), JoinOutcome> {
-    Err(JoinOutcome::error(e, id))
+) -> Result<(oneshot::Receiver<JoinOutcome>, Vec<Change>), Box<JoinOutcome>> {
+    Err(Box::new(JoinOutcome::error(e, id)))
 }
 
 /// Topics the members' consumer-protocol subscriptions name.
