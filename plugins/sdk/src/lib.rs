@@ -1,0 +1,378 @@
+//! SDK for Sluice plugins. A plugin is a WebAssembly module the broker runs
+//! on a topic's produce (and fetch) path; with this crate it is one
+//! annotated function:
+//!
+//! ```ignore
+//! use sluice_plugin::{partitioner, Record};
+//!
+//! #[partitioner]
+//! fn route(record: &Record, partitions: u32) -> u32 {
+//!     record.header("tenant").map_or(0, |t| t.len() as u32 % partitions)
+//! }
+//! ```
+//!
+//! The macros generate the exports of the core-module ABI described in
+//! `plugins/ABI.md` (one call per record batch). This crate also holds the
+//! batch wire format, which the broker's host side uses too, so both ends
+//! share one encoder and decoder.
+
+pub use sluice_plugin_macros::{filter, interceptor, partitioner};
+
+/// ABI version implemented by this SDK and expected by the broker.
+pub const ABI_VERSION: i32 = 1;
+
+/// One record as a plugin sees it. Header order and duplicate keys are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Record {
+    /// Value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Replaces every header named `name` with one of this value.
+    pub fn set_header(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        self.headers.retain(|(k, _)| k != name);
+        self.headers.push((name.to_string(), Some(value.into())));
+    }
+
+    pub fn value_str(&self) -> Option<&str> {
+        self.value.as_deref().and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// What an interceptor decided for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Keep(Record),
+    Reject(String),
+}
+
+/// The batch wire format between host and guest (little-endian):
+///
+/// ```text
+/// batch  := u32 count, record*
+/// record := i64 timestamp, bytes? key, bytes? value, u32 header_count, header*
+/// header := u32 len, utf8 name, bytes? value
+/// bytes? := i32 len (-1 = null), len bytes
+/// ```
+pub mod wire {
+    use super::{Record, Verdict};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct WireError(pub String);
+
+    impl std::fmt::Display for WireError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "malformed plugin data: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for WireError {}
+
+    fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+        match b {
+            None => out.extend_from_slice(&(-1i32).to_le_bytes()),
+            Some(b) => {
+                out.extend_from_slice(&(b.len() as i32).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+
+    pub fn encode_record(out: &mut Vec<u8>, r: &Record) {
+        out.extend_from_slice(&r.timestamp.to_le_bytes());
+        put_bytes(out, r.key.as_deref());
+        put_bytes(out, r.value.as_deref());
+        out.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+        for (k, v) in &r.headers {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+            put_bytes(out, v.as_deref());
+        }
+    }
+
+    pub fn encode_batch<'a>(records: impl ExactSizeIterator<Item = &'a Record>) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        for r in records {
+            encode_record(&mut out, r);
+        }
+        out
+    }
+
+    /// A cursor over untrusted bytes: every read is bounds-checked.
+    pub struct Reader<'a> {
+        buf: &'a [u8],
+    }
+
+    impl<'a> Reader<'a> {
+        pub fn new(buf: &'a [u8]) -> Self {
+            Reader { buf }
+        }
+        pub fn is_empty(&self) -> bool {
+            self.buf.is_empty()
+        }
+        fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+            if self.buf.len() < n {
+                return Err(WireError(format!("needed {n} bytes, {} left", self.buf.len())));
+            }
+            let (a, b) = self.buf.split_at(n);
+            self.buf = b;
+            Ok(a)
+        }
+        pub fn u8(&mut self) -> Result<u8, WireError> {
+            Ok(self.take(1)?[0])
+        }
+        pub fn u32(&mut self) -> Result<u32, WireError> {
+            let b = self.take(4)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        pub fn i32(&mut self) -> Result<i32, WireError> {
+            Ok(self.u32()? as i32)
+        }
+        pub fn i64(&mut self) -> Result<i64, WireError> {
+            let b = self.take(8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Ok(i64::from_le_bytes(a))
+        }
+        fn bytes(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+            match self.i32()? {
+                -1 => Ok(None),
+                n if n >= 0 => Ok(Some(self.take(n as usize)?.to_vec())),
+                n => Err(WireError(format!("negative length {n}"))),
+            }
+        }
+        pub fn string(&mut self) -> Result<String, WireError> {
+            let n = self.u32()? as usize;
+            String::from_utf8(self.take(n)?.to_vec()).map_err(|_| WireError("string is not UTF-8".into()))
+        }
+        /// A count of items that each take at least `min_size` bytes; a
+        /// count the remaining bytes cannot hold is an error, not an
+        /// allocation.
+        pub fn count(&mut self, min_size: usize) -> Result<usize, WireError> {
+            let n = self.u32()? as usize;
+            if n.saturating_mul(min_size.max(1)) > self.buf.len() {
+                return Err(WireError(format!("count {n} exceeds the data")));
+            }
+            Ok(n)
+        }
+        pub fn record(&mut self) -> Result<Record, WireError> {
+            let timestamp = self.i64()?;
+            let key = self.bytes()?;
+            let value = self.bytes()?;
+            let n = self.count(8)?;
+            let mut headers = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = self.string()?;
+                headers.push((k, self.bytes()?));
+            }
+            Ok(Record {
+                timestamp,
+                key,
+                value,
+                headers,
+            })
+        }
+    }
+
+    pub fn decode_batch(buf: &[u8]) -> Result<Vec<Record>, WireError> {
+        let mut r = Reader::new(buf);
+        let n = r.count(20)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(r.record()?);
+        }
+        Ok(out)
+    }
+
+    pub fn encode_partitions(p: &[u32]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + p.len() * 4);
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        for x in p {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode_partitions(buf: &[u8]) -> Result<Vec<u32>, WireError> {
+        let mut r = Reader::new(buf);
+        let n = r.count(4)?;
+        (0..n).map(|_| r.u32()).collect()
+    }
+
+    pub fn encode_keep(k: &[bool]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + k.len());
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend(k.iter().map(|&b| u8::from(b)));
+        out
+    }
+
+    pub fn decode_keep(buf: &[u8]) -> Result<Vec<bool>, WireError> {
+        let mut r = Reader::new(buf);
+        let n = r.count(1)?;
+        (0..n).map(|_| r.u8().map(|b| b != 0)).collect()
+    }
+
+    pub fn encode_verdicts(v: &[Verdict]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        for x in v {
+            match x {
+                Verdict::Keep(r) => {
+                    out.push(0);
+                    encode_record(&mut out, r);
+                }
+                Verdict::Reject(reason) => {
+                    out.push(1);
+                    out.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+                    out.extend_from_slice(reason.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode_verdicts(buf: &[u8]) -> Result<Vec<Verdict>, WireError> {
+        let mut r = Reader::new(buf);
+        let n = r.count(5)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(match r.u8()? {
+                0 => Verdict::Keep(r.record()?),
+                1 => Verdict::Reject(r.string()?),
+                t => return Err(WireError(format!("unknown verdict tag {t}"))),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Guest-side runtime used by the macro-generated exports. Input and output
+/// live in buffers the guest owns, so no raw pointers are dereferenced.
+#[doc(hidden)]
+pub mod __rt {
+    use super::{Record, Verdict, wire};
+    use std::cell::RefCell;
+
+    thread_local! {
+        static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// `sluice_alloc`: a buffer of `len` bytes for the host to fill.
+    pub fn alloc(len: u32) -> u32 {
+        INPUT.with(|b| {
+            let mut b = b.borrow_mut();
+            b.clear();
+            b.resize(len as usize, 0);
+            b.as_mut_ptr() as usize as u32
+        })
+    }
+
+    fn with_input<T>(f: impl FnOnce(&[u8]) -> T) -> T {
+        INPUT.with(|b| f(&b.borrow()))
+    }
+
+    /// Keeps `out` alive until the next call and returns (ptr << 32 | len).
+    fn publish(out: Vec<u8>) -> i64 {
+        OUTPUT.with(|o| {
+            let mut o = o.borrow_mut();
+            *o = out;
+            ((o.as_ptr() as usize as i64) << 32) | (o.len() as i64 & 0xffff_ffff)
+        })
+    }
+
+    fn records() -> Result<Vec<Record>, i64> {
+        with_input(wire::decode_batch).map_err(|_| -1)
+    }
+
+    pub fn partition(partitions: u32, f: impl Fn(&Record, u32) -> u32) -> i64 {
+        match records() {
+            Ok(rs) => publish(wire::encode_partitions(
+                &rs.iter().map(|r| f(r, partitions)).collect::<Vec<_>>(),
+            )),
+            Err(e) => e,
+        }
+    }
+
+    pub fn intercept(f: impl Fn(Record) -> Result<Record, String>) -> i64 {
+        match records() {
+            Ok(rs) => publish(wire::encode_verdicts(
+                &rs.into_iter()
+                    .map(|r| match f(r) {
+                        Ok(r) => Verdict::Keep(r),
+                        Err(reason) => Verdict::Reject(reason),
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            Err(e) => e,
+        }
+    }
+
+    pub fn filter(f: impl Fn(&Record) -> bool) -> i64 {
+        match records() {
+            Ok(rs) => publish(wire::encode_keep(&rs.iter().map(f).collect::<Vec<_>>())),
+            Err(e) => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire::*;
+    use super::*;
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record {
+                timestamp: 7,
+                key: Some(b"k".to_vec()),
+                value: None,
+                headers: vec![("a".into(), Some(b"1".to_vec())), ("a".into(), None)],
+            },
+            Record::default(),
+        ]
+    }
+
+    #[test]
+    fn batch_round_trip_keeps_nulls_and_duplicate_headers() {
+        let rs = sample();
+        assert_eq!(decode_batch(&encode_batch(rs.iter())).expect("decode"), rs);
+    }
+
+    #[test]
+    fn results_round_trip() {
+        assert_eq!(decode_partitions(&encode_partitions(&[3, 1])).expect("p"), vec![3, 1]);
+        assert_eq!(decode_keep(&encode_keep(&[true, false])).expect("k"), vec![true, false]);
+        let v = vec![Verdict::Keep(sample()[0].clone()), Verdict::Reject("no".into())];
+        assert_eq!(decode_verdicts(&encode_verdicts(&v)).expect("v"), v);
+    }
+
+    #[test]
+    fn hostile_counts_and_lengths_are_errors() {
+        assert!(decode_batch(&[0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode_partitions(&[10, 0, 0, 0, 1]).is_err());
+        let mut b = encode_batch(sample().iter());
+        b.truncate(b.len() - 1);
+        assert!(decode_batch(&b).is_err());
+    }
+
+    #[test]
+    fn header_helpers() {
+        let mut r = sample().remove(0);
+        assert_eq!(r.header("a"), Some(&b"1"[..]));
+        r.set_header("a", "2");
+        assert_eq!(r.headers, vec![("a".to_string(), Some(b"2".to_vec()))]);
+    }
+}
