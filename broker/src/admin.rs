@@ -31,7 +31,11 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        b.metrics.render(&b.topics, &b.groups),
+        {
+            b.metrics
+                .set_plugin_memory(&b.plugins.registry.memory_by_plugin());
+            b.metrics.render(&b.topics, &b.groups)
+        },
     )
 }
 

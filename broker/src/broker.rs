@@ -12,6 +12,7 @@ use crate::config::ServeArgs;
 use crate::groups::store::OffsetStore;
 use crate::groups::{GroupConfig, GroupCoordinator, OFFSETS_TOPIC};
 use crate::metrics::Metrics;
+use crate::plugins::{PluginEngine, PluginHost, PluginRegistry};
 
 pub struct Broker {
     pub args: ServeArgs,
@@ -22,6 +23,7 @@ pub struct Broker {
     pub topics: TopicRegistry,
     pub groups: GroupCoordinator,
     pub producer_ids: ProducerIdAllocator,
+    pub plugins: PluginHost,
     pub metrics: Metrics,
     /// Set once logs are recovered and both listeners are bound.
     pub ready: AtomicBool,
@@ -56,9 +58,17 @@ impl Broker {
                 .await?
                 .context("loading consumer groups")?;
         let producer_ids = ProducerIdAllocator::open(&args.data_dir.join(META_DIR))?;
+        let plugin_dir = args.data_dir.join(META_DIR).join("plugins");
+        let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginHost> {
+            let engine = PluginEngine::new()?;
+            Ok(PluginHost::new(PluginRegistry::open(&plugin_dir, engine)?))
+        })
+        .await?
+        .context("loading plugins")?;
         Ok(Broker {
             groups,
             producer_ids,
+            plugins,
             node_id: args.node_id,
             cluster_id,
             advertised_host,

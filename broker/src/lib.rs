@@ -10,5 +10,6 @@ pub mod groups;
 pub mod log;
 pub mod maintenance;
 pub mod metrics;
+pub mod plugins;
 pub mod protocol;
 pub mod server;

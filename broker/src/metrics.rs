@@ -33,6 +33,11 @@ pub struct Metrics {
     group_rebalances: IntCounter,
     group_commits: IntCounter,
     consumer_lag: IntGaugeVec,
+    plugin_calls: IntCounterVec,
+    plugin_errors: IntCounterVec,
+    plugin_records: IntCounterVec,
+    plugin_seconds: HistogramVec,
+    plugin_memory: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -155,7 +160,44 @@ impl Metrics {
             "High watermark minus committed offset, per group and partition.",
             &["group", "topic", "partition"],
         );
+        let plugin_calls = counter(
+            "sluice_plugin_calls_total",
+            "Plugin calls that returned (one per record batch).",
+            &["plugin"],
+        );
+        let plugin_errors = counter(
+            "sluice_plugin_errors_total",
+            "Plugin failures, by kind (trap, timeout, oom, bad_output, ...).",
+            &["plugin", "kind"],
+        );
+        let plugin_records = counter(
+            "sluice_plugin_records_total",
+            "Records through plugins, by outcome (in, dropped, rejected).",
+            &["plugin", "outcome"],
+        );
+        let plugin_seconds = must(HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_plugin_call_duration_seconds",
+                "Time of one plugin call.",
+            )
+            .buckets(vec![
+                0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 1.0,
+            ]),
+            &["plugin"],
+        ));
+        must(registry.register(Box::new(plugin_seconds.clone())));
+        let plugin_memory = gauge(
+            "sluice_plugin_memory_bytes",
+            "Linear memory held by a plugin's idle instances.",
+            &["plugin"],
+        );
         Metrics {
+            plugin_calls,
+            plugin_errors,
+            plugin_records,
+            plugin_seconds,
+            plugin_memory,
             groups_by_state,
             group_members,
             group_rebalances,
@@ -208,6 +250,35 @@ impl Metrics {
 }
 
 impl Metrics {
+    pub fn plugin_call(&self, plugin: &str, took: std::time::Duration) {
+        self.plugin_calls.with_label_values(&[plugin]).inc();
+        self.plugin_seconds
+            .with_label_values(&[plugin])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn plugin_error(&self, plugin: &str, kind: &str) {
+        self.plugin_errors.with_label_values(&[plugin, kind]).inc();
+    }
+
+    pub fn plugin_records(&self, plugin: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            self.plugin_records
+                .with_label_values(&[plugin, outcome])
+                .inc_by(n);
+        }
+    }
+
+    /// Refreshed at scrape time from the registry.
+    pub fn set_plugin_memory(&self, by_plugin: &[(String, usize)]) {
+        self.plugin_memory.reset();
+        for (p, bytes) in by_plugin {
+            self.plugin_memory
+                .with_label_values(&[p])
+                .set(*bytes as i64);
+        }
+    }
+
     fn render_groups(&self, topics: &TopicRegistry, groups: &GroupCoordinator) {
         self.groups_by_state.reset();
         self.group_members.reset();

@@ -157,6 +157,59 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         "Allow an out-of-sync replica to become leader (possible data loss).",
         one_of(&["true", "false"])
     ),
+    def!(
+        "sluice.partitioner",
+        "",
+        ConfigType::String,
+        "Plugin (kind partitioner) that picks the partition of every record produced to the topic.",
+        |v: &str| crate::plugins::validate_config("sluice.partitioner", v)
+    ),
+    def!(
+        "sluice.interceptors",
+        "",
+        ConfigType::String,
+        "Comma-separated interceptor plugins, applied in order on produce; any may rewrite or reject records.",
+        |v: &str| crate::plugins::validate_config("sluice.interceptors", v)
+    ),
+    def!(
+        "sluice.filters",
+        "",
+        ConfigType::String,
+        "Comma-separated filter plugins applied on produce; dropped records are never stored.",
+        |v: &str| crate::plugins::validate_config("sluice.filters", v)
+    ),
+    def!(
+        "sluice.plugin.failure.policy",
+        "reject",
+        ConfigType::String,
+        "When a bound plugin fails: reject (fail the produce), pass (skip the plugin), dead-letter (store the batch in sluice.plugin.dead.letter.topic).",
+        |v: &str| crate::plugins::validate_config("sluice.plugin.failure.policy", v)
+    ),
+    def!(
+        "sluice.plugin.dead.letter.topic",
+        "",
+        ConfigType::String,
+        "Topic that receives batches a failed plugin could not process, under the dead-letter policy.",
+        |v: &str| if v.is_empty() {
+            Ok(())
+        } else {
+            crate::cluster::topics::validate_topic_name(v).map_err(|e| e.to_string())
+        }
+    ),
+    def!(
+        "sluice.plugin.timeout.ms",
+        "100",
+        ConfigType::Long,
+        "Execution deadline of one plugin call (one record batch).",
+        |v: &str| crate::plugins::validate_config("sluice.plugin.timeout.ms", v)
+    ),
+    def!(
+        "sluice.plugin.memory.bytes",
+        "33554432",
+        ConfigType::Long,
+        "Linear-memory cap of each plugin instance.",
+        |v: &str| crate::plugins::validate_config("sluice.plugin.memory.bytes", v)
+    ),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static ConfigDef> {

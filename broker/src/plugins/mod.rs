@@ -1,0 +1,410 @@
+//! WebAssembly plugins on the produce path: partitioners, interceptors and
+//! filters bound to topics through topic configs. `host` runs modules under
+//! limits, `registry` stores and versions them, `records` converts between
+//! stored batches and plugin records, and this module applies a topic's
+//! bindings to one produced batch.
+//!
+//! Topics without bindings never reach this code: their batches are stored
+//! exactly as received.
+
+pub mod host;
+pub mod records;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_plugin::{Record, Verdict, wire};
+
+pub use host::{CallError, PluginEngine, Sandbox};
+pub use registry::{PluginRegistry, RegistryError, VersionInfo};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    Partitioner,
+    Interceptor,
+    Filter,
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PluginKind::Partitioner => "partitioner",
+            PluginKind::Interceptor => "interceptor",
+            PluginKind::Filter => "filter",
+        })
+    }
+}
+
+impl FromStr for PluginKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "partitioner" => Ok(PluginKind::Partitioner),
+            "interceptor" => Ok(PluginKind::Interceptor),
+            "filter" => Ok(PluginKind::Filter),
+            other => Err(format!(
+                "unknown plugin kind '{other}' (partitioner, interceptor or filter)"
+            )),
+        }
+    }
+}
+
+/// Topic config keys that bind plugins (documented in the README).
+pub mod keys {
+    pub const PARTITIONER: &str = "sluice.partitioner";
+    pub const INTERCEPTORS: &str = "sluice.interceptors";
+    pub const FILTERS: &str = "sluice.filters";
+    pub const FAILURE_POLICY: &str = "sluice.plugin.failure.policy";
+    pub const DEAD_LETTER_TOPIC: &str = "sluice.plugin.dead.letter.topic";
+    pub const TIMEOUT_MS: &str = "sluice.plugin.timeout.ms";
+    pub const MEMORY_BYTES: &str = "sluice.plugin.memory.bytes";
+}
+
+/// What happens to a batch when a bound plugin fails (trap, deadline,
+/// memory cap, malformed output). An interceptor's deliberate rejection is
+/// not a failure: it always fails the produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Fail the produce with POLICY_VIOLATION and the plugin's error (default).
+    Reject,
+    /// Skip the failed plugin: records continue unchanged.
+    Pass,
+    /// Store the original batch in the dead-letter topic and acknowledge.
+    DeadLetter,
+}
+
+/// A topic's plugin bindings, parsed from its configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bindings {
+    pub partitioner: Option<String>,
+    pub interceptors: Vec<String>,
+    pub filters: Vec<String>,
+    pub failure: FailurePolicy,
+    pub dead_letter_topic: Option<String>,
+    pub sandbox: Sandbox,
+}
+
+fn list(v: Option<&String>) -> Vec<String> {
+    v.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+impl Bindings {
+    pub fn from_configs(c: &BTreeMap<String, String>) -> Bindings {
+        let defaults = Sandbox::default();
+        Bindings {
+            partitioner: c
+                .get(keys::PARTITIONER)
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().to_string()),
+            interceptors: list(c.get(keys::INTERCEPTORS)),
+            filters: list(c.get(keys::FILTERS)),
+            failure: match c.get(keys::FAILURE_POLICY).map(String::as_str) {
+                Some("pass") => FailurePolicy::Pass,
+                Some("dead-letter") => FailurePolicy::DeadLetter,
+                _ => FailurePolicy::Reject,
+            },
+            dead_letter_topic: c
+                .get(keys::DEAD_LETTER_TOPIC)
+                .filter(|s| !s.is_empty())
+                .cloned(),
+            sandbox: Sandbox {
+                deadline: c
+                    .get(keys::TIMEOUT_MS)
+                    .and_then(|v| v.parse().ok())
+                    .map_or(defaults.deadline, Duration::from_millis),
+                memory_bytes: c
+                    .get(keys::MEMORY_BYTES)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(defaults.memory_bytes),
+                max_output_bytes: defaults.max_output_bytes,
+            },
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partitioner.is_none() && self.interceptors.is_empty() && self.filters.is_empty()
+    }
+
+    /// (plugin, kind it must be) for every binding.
+    pub fn named(&self) -> Vec<(&str, PluginKind)> {
+        let mut out: Vec<(&str, PluginKind)> = Vec::new();
+        if let Some(p) = &self.partitioner {
+            out.push((p, PluginKind::Partitioner));
+        }
+        out.extend(
+            self.interceptors
+                .iter()
+                .map(|n| (n.as_str(), PluginKind::Interceptor)),
+        );
+        out.extend(
+            self.filters
+                .iter()
+                .map(|n| (n.as_str(), PluginKind::Filter)),
+        );
+        out
+    }
+}
+
+/// Syntax checks for the binding configs (existence and kinds are checked
+/// against the registry by the admin handlers).
+pub fn validate_config(name: &str, value: &str) -> Result<(), String> {
+    match name {
+        keys::FAILURE_POLICY => match value {
+            "reject" | "pass" | "dead-letter" => Ok(()),
+            _ => Err(format!("'{value}' is not one of reject, pass, dead-letter")),
+        },
+        keys::TIMEOUT_MS => match value.parse::<u64>() {
+            Ok(1..=10_000) => Ok(()),
+            _ => Err(format!("'{value}' must be 1..=10000 milliseconds")),
+        },
+        keys::MEMORY_BYTES => match value.parse::<usize>() {
+            Ok(n) if (1 << 16..=256 << 20).contains(&n) => Ok(()),
+            _ => Err(format!(
+                "'{value}' must be between 65536 and 268435456 bytes"
+            )),
+        },
+        _ => {
+            for p in list(Some(&value.to_string())) {
+                registry::validate_name(&p).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The result of running a topic's bindings over one batch.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Records to append, grouped by target partition, in order.
+    Routed(Vec<(i32, Vec<Record>)>),
+    /// An interceptor rejected a record: nothing is appended.
+    Rejected {
+        plugin: String,
+        index: usize,
+        reason: String,
+    },
+    /// A plugin failed under the `reject` policy.
+    Failed { plugin: String, error: String },
+    /// A plugin failed under the `dead-letter` policy: store the original.
+    DeadLetter { plugin: String, error: String },
+}
+
+pub struct PluginHost {
+    pub registry: PluginRegistry,
+}
+
+impl PluginHost {
+    pub fn new(registry: PluginRegistry) -> PluginHost {
+        PluginHost { registry }
+    }
+
+    /// Runs interceptors (in order), filters, then the partitioner.
+    /// `client_partition` is where the client sent the batch; it stays the
+    /// target when there is no partitioner.
+    pub fn apply(
+        &self,
+        b: &Bindings,
+        records: Vec<Record>,
+        partitions: i32,
+        client_partition: i32,
+        metrics: &Metrics,
+    ) -> Outcome {
+        let mut records = records;
+        let fail = |plugin: &str, error: String| match b.failure {
+            FailurePolicy::DeadLetter => Outcome::DeadLetter {
+                plugin: plugin.to_string(),
+                error,
+            },
+            _ => Outcome::Failed {
+                plugin: plugin.to_string(),
+                error,
+            },
+        };
+        for name in &b.interceptors {
+            match self.call(
+                name,
+                PluginKind::Interceptor,
+                &records,
+                0,
+                &b.sandbox,
+                metrics,
+                |out| wire::decode_verdicts(out).map_err(|e| e.to_string()),
+            ) {
+                Ok(verdicts) if verdicts.len() == records.len() => {
+                    let mut kept = Vec::with_capacity(verdicts.len());
+                    for (index, v) in verdicts.into_iter().enumerate() {
+                        match v {
+                            Verdict::Keep(r) => kept.push(r),
+                            Verdict::Reject(reason) => {
+                                metrics.plugin_records(name, "rejected", 1);
+                                return Outcome::Rejected {
+                                    plugin: name.clone(),
+                                    index,
+                                    reason,
+                                };
+                            }
+                        }
+                    }
+                    records = kept;
+                }
+                Ok(v) => {
+                    let e = format!(
+                        "returned {} verdicts for {} records",
+                        v.len(),
+                        records.len()
+                    );
+                    metrics.plugin_error(name, "bad_output");
+                    if b.failure != FailurePolicy::Pass {
+                        return fail(name, e);
+                    }
+                }
+                Err(e) if b.failure == FailurePolicy::Pass => {
+                    tracing::warn!(plugin = %name, error = %e, "interceptor failed; passing records through");
+                }
+                Err(e) => return fail(name, e),
+            }
+        }
+        for name in &b.filters {
+            match self.call(
+                name,
+                PluginKind::Filter,
+                &records,
+                0,
+                &b.sandbox,
+                metrics,
+                |out| wire::decode_keep(out).map_err(|e| e.to_string()),
+            ) {
+                Ok(keep) if keep.len() == records.len() => {
+                    let before = records.len();
+                    records = records
+                        .into_iter()
+                        .zip(keep)
+                        .filter(|(_, k)| *k)
+                        .map(|(r, _)| r)
+                        .collect();
+                    metrics.plugin_records(name, "dropped", (before - records.len()) as u64);
+                }
+                Ok(k) => {
+                    metrics.plugin_error(name, "bad_output");
+                    if b.failure != FailurePolicy::Pass {
+                        return fail(
+                            name,
+                            format!(
+                                "returned {} decisions for {} records",
+                                k.len(),
+                                records.len()
+                            ),
+                        );
+                    }
+                }
+                Err(e) if b.failure == FailurePolicy::Pass => {
+                    tracing::warn!(plugin = %name, error = %e, "filter failed; keeping records");
+                }
+                Err(e) => return fail(name, e),
+            }
+        }
+        if records.is_empty() {
+            return Outcome::Routed(Vec::new());
+        }
+        let targets: Vec<i32> = match &b.partitioner {
+            None => vec![client_partition; records.len()],
+            Some(name) => {
+                match self.call(
+                    name,
+                    PluginKind::Partitioner,
+                    &records,
+                    partitions as u32,
+                    &b.sandbox,
+                    metrics,
+                    |out| wire::decode_partitions(out).map_err(|e| e.to_string()),
+                ) {
+                    Ok(p) if p.len() == records.len() => p
+                        .into_iter()
+                        .map(|x| (x % partitions.max(1) as u32) as i32)
+                        .collect(),
+                    Ok(p) => {
+                        metrics.plugin_error(name, "bad_output");
+                        if b.failure != FailurePolicy::Pass {
+                            return fail(
+                                name,
+                                format!(
+                                    "returned {} partitions for {} records",
+                                    p.len(),
+                                    records.len()
+                                ),
+                            );
+                        }
+                        vec![client_partition; records.len()]
+                    }
+                    Err(e) if b.failure == FailurePolicy::Pass => {
+                        tracing::warn!(plugin = %name, error = %e, "partitioner failed; keeping the client's partition");
+                        vec![client_partition; records.len()]
+                    }
+                    Err(e) => return fail(name, e),
+                }
+            }
+        };
+        let mut grouped: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+        for (r, p) in records.into_iter().zip(targets) {
+            grouped.entry(p).or_default().push(r);
+        }
+        Outcome::Routed(grouped.into_iter().collect())
+    }
+
+    /// One guarded call: missing plugins, wrong kinds, call failures and
+    /// unparseable outputs all come back as an error string.
+    #[allow(clippy::too_many_arguments)]
+    fn call<T>(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        records: &[Record],
+        partitions: u32,
+        sandbox: &Sandbox,
+        metrics: &Metrics,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let Some(plugin) = self.registry.get(name) else {
+            metrics.plugin_error(name, "missing");
+            return Err(format!("plugin '{name}' is not uploaded"));
+        };
+        if plugin.kind != kind {
+            metrics.plugin_error(name, "wrong_kind");
+            return Err(format!(
+                "plugin '{name}' is a {}, bound as a {kind}",
+                plugin.kind
+            ));
+        }
+        let input = wire::encode_batch(records.iter());
+        metrics.plugin_records(name, "in", records.len() as u64);
+        let plugin: Arc<host::CompiledPlugin> = plugin;
+        match plugin.call(&input, partitions, sandbox) {
+            Ok((out, took)) => {
+                metrics.plugin_call(name, took);
+                parse(&out).inspect_err(|_| metrics.plugin_error(name, "bad_output"))
+            }
+            Err(e) => {
+                metrics.plugin_error(name, e.kind());
+                Err(format!("plugin '{name}' {e}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! Uploaded plugins: validated, versioned, persisted under
+//! `<data>/__sluice_meta/plugins/<name>/`, compiled once per version and
+//! hot-swapped on upload (calls in flight keep the version they started
+//! with; the next call uses the new one).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::PluginKind;
+use super::host::{CompiledPlugin, PluginEngine};
+use crate::log::now_ms;
+
+/// Largest module accepted.
+pub const MAX_MODULE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: u32,
+    pub kind: PluginKind,
+    pub sha256: String,
+    pub size: usize,
+    pub uploaded_ms: i64,
+    pub abi_version: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("plugin '{0}' does not exist")]
+    NotFound(String),
+    #[error("plugin '{name}' is a {existing}; a new version cannot be a {requested}")]
+    KindChange {
+        name: String,
+        existing: PluginKind,
+        requested: PluginKind,
+    },
+    #[error("storage error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Entry {
+    versions: Vec<VersionInfo>,
+    current: Arc<CompiledPlugin>,
+}
+
+pub struct PluginRegistry {
+    dir: PathBuf,
+    engine: Arc<PluginEngine>,
+    plugins: RwLock<BTreeMap<String, Entry>>,
+}
+
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "plugin name '{name}' must be 1-128 characters of a-z, 0-9, '-', '_', '.'"
+        )))
+    }
+}
+
+impl PluginRegistry {
+    /// Loads and compiles the latest version of every stored plugin.
+    pub fn open(dir: &Path, engine: Arc<PluginEngine>) -> anyhow::Result<PluginRegistry> {
+        fs::create_dir_all(dir)?;
+        let mut plugins = BTreeMap::new();
+        for entry in fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let path = entry.path();
+            let meta_path = path.join("versions.json");
+            let Ok(text) = fs::read_to_string(&meta_path) else {
+                continue;
+            };
+            let versions: Vec<VersionInfo> = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", meta_path.display()))?;
+            let Some(latest) = versions.last().cloned() else {
+                continue;
+            };
+            let wasm = fs::read(path.join(format!("{}.wasm", latest.version)))?;
+            let compiled = engine
+                .compile(&name, latest.kind, &wasm)
+                .map_err(|e| anyhow::anyhow!("plugin {name} v{}: {e}", latest.version))?;
+            tracing::info!(plugin = %name, version = latest.version, kind = %latest.kind, "loaded plugin");
+            plugins.insert(
+                name,
+                Entry {
+                    versions,
+                    current: Arc::new(compiled),
+                },
+            );
+        }
+        Ok(PluginRegistry {
+            dir: dir.to_path_buf(),
+            engine,
+            plugins: RwLock::new(plugins),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.plugins.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Validates, stores and activates a new version. Nothing changes if
+    /// any check fails.
+    pub fn upload(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        wasm: &[u8],
+    ) -> Result<VersionInfo, RegistryError> {
+        validate_name(name)?;
+        if wasm.len() > MAX_MODULE_BYTES {
+            return Err(RegistryError::Invalid(format!(
+                "module is {} bytes; the limit is {MAX_MODULE_BYTES}",
+                wasm.len()
+            )));
+        }
+        if let Some(e) = self.read().get(name)
+            && let Some(existing) = e.versions.last().map(|v| v.kind)
+            && existing != kind
+        {
+            return Err(RegistryError::KindChange {
+                name: name.to_string(),
+                existing,
+                requested: kind,
+            });
+        }
+        let compiled = self
+            .engine
+            .compile(name, kind, wasm)
+            .map_err(RegistryError::Invalid)?;
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        let mut versions = plugins
+            .get(name)
+            .map(|e| e.versions.clone())
+            .unwrap_or_default();
+        let info = VersionInfo {
+            version: versions.last().map_or(1, |v| v.version + 1),
+            kind,
+            sha256: format!("{:x}", Sha256::digest(wasm)),
+            size: wasm.len(),
+            uploaded_ms: now_ms(),
+            abi_version: sluice_plugin::ABI_VERSION,
+        };
+        versions.push(info.clone());
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join(format!("{}.wasm", info.version)), wasm)?;
+        let meta = serde_json::to_vec_pretty(&versions).map_err(std::io::Error::other)?;
+        write_atomic(&dir.join("versions.json"), &meta)?;
+        plugins.insert(
+            name.to_string(),
+            Entry {
+                versions,
+                current: Arc::new(compiled),
+            },
+        );
+        tracing::info!(plugin = %name, version = info.version, kind = %kind, sha256 = %info.sha256, "plugin uploaded");
+        Ok(info)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<CompiledPlugin>> {
+        self.read().get(name).map(|e| e.current.clone())
+    }
+
+    pub fn kind(&self, name: &str) -> Option<PluginKind> {
+        self.read()
+            .get(name)
+            .and_then(|e| e.versions.last().map(|v| v.kind))
+    }
+
+    /// (name, versions) of every plugin.
+    pub fn list(&self) -> Vec<(String, Vec<VersionInfo>)> {
+        self.read()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.versions.clone()))
+            .collect()
+    }
+
+    pub fn versions(&self, name: &str) -> Option<Vec<VersionInfo>> {
+        self.read().get(name).map(|e| e.versions.clone())
+    }
+
+    /// Removes every version. The caller checks bindings first.
+    pub fn delete(&self, name: &str) -> Result<(), RegistryError> {
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        if plugins.remove(name).is_none() {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        let dir = self.dir.join(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        tracing::info!(plugin = %name, "plugin deleted");
+        Ok(())
+    }
+
+    /// Memory held by idle instances, per plugin (for metrics).
+    pub fn memory_by_plugin(&self) -> Vec<(String, usize)> {
+        self.read()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.current.pooled_memory_bytes()))
+            .collect()
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data)?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path)
+}
