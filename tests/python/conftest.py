@@ -18,8 +18,11 @@ Environment:
     SLUICE_TEST_TIMEOUT     per-test watchdog in seconds (default 90)
     SLUICE_STARTUP_TIMEOUT  seconds to wait for the broker's ready line (default 30)
 
-Consumer groups are not implemented by the broker yet, so every consumer
-here uses manual assignment with explicit offsets and never commits.
+The original client modules use manual assignment with explicit offsets;
+consumer groups, committed offsets and idempotent producers are covered by
+test_groups_confluent.py and test_groups_kafka_python.py (their module broker
+gets extra `serve` flags through a module-level SLUICE_BROKER_ARGS, and
+consumers that must be SIGKILLed run as consumer_proc.py subprocesses).
 When a test fails, the broker's stderr log is attached to the report.
 """
 
@@ -77,10 +80,12 @@ def broker_factory(broker_bin, tmp_path_factory, request):
 
 
 @pytest.fixture(scope="module")
-def broker(broker_bin, tmp_path_factory):
+def broker(broker_bin, tmp_path_factory, request):
     """A broker shared by the tests of one module (tests use unique topics)."""
     base = tmp_path_factory.mktemp("module-broker")
-    b = Broker(broker_bin, data_dir=base / "data", log_path=base / "broker.log")
+    # A module may set SLUICE_BROKER_ARGS = (...) for extra `serve` flags.
+    extra = tuple(getattr(request.module, "SLUICE_BROKER_ARGS", ()))
+    b = Broker(broker_bin, data_dir=base / "data", log_path=base / "broker.log", extra_args=extra)
     try:
         b.start()
     except BrokerError as e:

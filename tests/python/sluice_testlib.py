@@ -398,3 +398,61 @@ def parse_prometheus(text: str):
             raise AssertionError(f"not a Prometheus text-format sample line: {line!r}")
         samples.append((m.group("name"), m.group("labels") or "", float(m.group("value"))))
     return samples
+
+
+# --------------------------------------------------------------------------
+# consumer groups
+# --------------------------------------------------------------------------
+# `serve` flags for group tests: a short initial rebalance delay (Kafka's
+# default of 3 s would dominate every test).
+GROUP_BROKER_ARGS = ("--group-initial-rebalance-delay-ms", "200")
+
+# Fast group timings for librdkafka consumers (session >= the broker's 1 s minimum).
+CK_GROUP_CONF = {
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 300,
+    "max.poll.interval.ms": 30000,
+    "topic.metadata.refresh.interval.ms": 2000,
+    "coordinator.query.interval.ms": 2000,
+}
+
+
+def ck_group_consumer(bootstrap: str, group: str, **extra):
+    """A subscribe()-style confluent-kafka consumer in `group` with manual
+    commits (offsets are never stored or committed implicitly)."""
+    conf = {"group.id": group, **CK_GROUP_CONF}
+    conf.update(extra)
+    return ck_consumer(bootstrap, **conf)
+
+
+def metrics(broker) -> list:
+    status, _, body = broker.http_get("/metrics")
+    assert status == 200, f"/metrics returned {status}: {body[:500]}"
+    return parse_prometheus(body)
+
+
+def parse_labels(labels: str) -> dict:
+    """'{a="x",b="y"}' -> {'a': 'x', 'b': 'y'} (handles \\" and \\\\ escapes)."""
+    out = {}
+    for m in re.finditer(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels or ""):
+        out[m.group(1)] = re.sub(r"\\(.)", lambda e: {"n": "\n"}.get(e.group(1), e.group(1)), m.group(2))
+    return out
+
+
+def metric_values(broker, name: str, **labels) -> list:
+    """Values of every `name` sample whose labels include `labels`."""
+    want = {k: str(v) for k, v in labels.items()}
+    return [
+        v
+        for n, l, v in metrics(broker)
+        if n == name and all(parse_labels(l).get(k) == val for k, val in want.items())
+    ]
+
+
+def metric_value(broker, name: str, default=None, **labels):
+    """The single matching sample's value (`default` if none matches)."""
+    vals = metric_values(broker, name, **labels)
+    if not vals:
+        return default
+    assert len(vals) == 1, f"{len(vals)} samples of {name} match {labels}: {vals}"
+    return vals[0]
