@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_broker::broker::Broker;
+use sluice_broker::cli::{self, PluginCommand};
 use sluice_broker::config::{self, ServeArgs};
 use sluice_broker::{admin, maintenance, server};
 use tokio::net::TcpListener;
@@ -26,6 +27,19 @@ struct Cli {
 enum Command {
     /// Run a broker. With no flags: single node, 127.0.0.1:9092, data in ./sluice-data.
     Serve(ServeArgs),
+    /// Manage WebAssembly plugins on a running broker (via its admin API).
+    Plugin {
+        /// The broker's admin address.
+        #[arg(
+            long,
+            env = "SLUICE_ADMIN",
+            default_value = "127.0.0.1:9644",
+            global = true
+        )]
+        admin: String,
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
+        Command::Plugin { admin, command } => cli::run(&admin, command),
         Command::Serve(_) => {
             let sub = matches
                 .subcommand_matches("serve")

@@ -1,5 +1,8 @@
 //! HTTP admin API: Prometheus `/metrics`, liveness `/healthz`, readiness
-//! `/readyz` (200 once logs are recovered and the Kafka listener is up).
+//! `/readyz` (200 once logs are recovered and the Kafka listener is up), and
+//! the plugin registry under `/v1/plugins` (see `plugins`).
+
+mod plugins;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +21,17 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/v1/plugins", get(plugins::list))
+        .route(
+            "/v1/plugins/{name}",
+            get(plugins::describe)
+                .post(plugins::upload)
+                .put(plugins::upload)
+                .delete(plugins::delete),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::plugins::registry::MAX_MODULE_BYTES + 1024,
+        ))
         .with_state(broker)
 }
 

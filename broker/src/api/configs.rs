@@ -164,6 +164,7 @@ async fn alter_topic(
     let mut configs = topic.meta.configs.clone();
     change(&mut configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
     topic_config::validate_all(&configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
+    super::check_plugin_bindings(b, &configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
     if validate_only {
         return Ok(());
     }

@@ -108,6 +108,33 @@ pub async fn handle(
     })
 }
 
+/// Bound plugins must be uploaded and of the kind they are bound as.
+pub(crate) fn check_plugin_bindings(
+    b: &Broker,
+    configs: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let bindings = crate::plugins::Bindings::from_configs(configs);
+    for (name, kind) in bindings.named() {
+        match b.plugins.registry.kind(name) {
+            None => {
+                return Err(format!(
+                    "plugin '{name}' is not uploaded; upload it before binding it"
+                ));
+            }
+            Some(k) if k != kind => return Err(format!("plugin '{name}' is a {k}, not a {kind}")),
+            Some(_) => {}
+        }
+    }
+    if bindings.failure == crate::plugins::FailurePolicy::DeadLetter
+        && bindings.dead_letter_topic.is_none()
+    {
+        return Err(
+            "sluice.plugin.failure.policy=dead-letter needs sluice.plugin.dead.letter.topic".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Returns the wire code of `e`, counting it in the error metric.
 pub(crate) fn error_code(b: &Broker, e: ResponseError) -> i16 {
     b.metrics

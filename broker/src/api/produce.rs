@@ -9,10 +9,15 @@ use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 
+use std::sync::Arc;
+
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
-use crate::log::producer_state::SequenceError;
-use crate::log::{self, LogError};
+use crate::cluster::topics::Topic;
+use crate::log::producer_state::{SequenceCheck, SequenceError};
+use crate::log::{self, LogError, PartitionLog};
+use crate::plugins::records::{self as plugin_records, Producer};
+use crate::plugins::{Bindings, Outcome};
 
 pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
     let acks = req.acks;
@@ -60,6 +65,34 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                 continue;
             }
             let payload = pd.records.unwrap_or_default();
+            if let Some(bindings) = topic.as_ref().and_then(|t| t.bindings.clone())
+                && let Some(topic) = topic.as_ref()
+            {
+                match produce_through_plugins(b, topic, &bindings, pd.index, payload).await {
+                    Ok(done) => {
+                        pr.base_offset = done.base_offset;
+                        pr.log_append_time_ms = done.log_append_time;
+                        pr.log_start_offset = log.log_start_offset();
+                        pr.error_message = done.message.map(str_bytes);
+                        for (target, upto) in done.flush {
+                            if acks == -1 || target.config().flush_messages == 1 {
+                                to_flush.push((
+                                    resp.responses.len(),
+                                    topic_resp.partition_responses.len(),
+                                    target,
+                                    upto,
+                                ));
+                            }
+                        }
+                    }
+                    Err((code, msg)) => {
+                        tracing::info!(topic = %name, partition = pd.index, "produce refused by plugins: {msg}");
+                        fail(&mut pr, code, msg);
+                    }
+                }
+                topic_resp.partition_responses.push(pr);
+                continue;
+            }
             let config = log.config();
             let appended = log::validate_batches(payload.clone(), config.max_message_bytes)
                 .and_then(|batch| log.append(batch, 0));
@@ -93,25 +126,7 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                     }
                 }
                 Err(e) => {
-                    let code = match &e {
-                        LogError::TooLarge { .. } => ResponseError::MessageTooLarge,
-                        LogError::Batch(log::batch::BatchError::Invalid(_)) => {
-                            ResponseError::InvalidRecord
-                        }
-                        LogError::Batch(_) => ResponseError::CorruptMessage,
-                        LogError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
-                            ResponseError::InvalidProducerEpoch
-                        }
-                        LogError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
-                            ResponseError::OutOfOrderSequenceNumber
-                        }
-                        LogError::Sequence(SequenceError::UnknownProducerId { .. }) => {
-                            ResponseError::UnknownProducerId
-                        }
-                        LogError::OffsetOutOfRange { .. } | LogError::Io(_) => {
-                            ResponseError::KafkaStorageError
-                        }
-                    };
+                    let code = log_error_code(&e);
                     tracing::warn!(partition = %log.name(), error = %e, "produce refused");
                     fail(&mut pr, code, e.to_string());
                 }
@@ -139,4 +154,168 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
         }
     }
     (acks != 0).then_some(resp)
+}
+
+fn log_error_code(e: &LogError) -> ResponseError {
+    match e {
+        LogError::TooLarge { .. } => ResponseError::MessageTooLarge,
+        LogError::Batch(log::batch::BatchError::Invalid(_)) => ResponseError::InvalidRecord,
+        LogError::Batch(_) => ResponseError::CorruptMessage,
+        LogError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
+            ResponseError::InvalidProducerEpoch
+        }
+        LogError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
+            ResponseError::OutOfOrderSequenceNumber
+        }
+        LogError::Sequence(SequenceError::UnknownProducerId { .. }) => {
+            ResponseError::UnknownProducerId
+        }
+        LogError::OffsetOutOfRange { .. } | LogError::Io(_) => ResponseError::KafkaStorageError,
+    }
+}
+
+/// What a plugin-processed produce did, for the client's partition.
+struct PluginAppend {
+    base_offset: i64,
+    log_append_time: i64,
+    message: Option<String>,
+    /// Every partition written, with the offset to fsync up to for acks=all.
+    flush: Vec<(Arc<PartitionLog>, i64)>,
+}
+
+type Refusal = (ResponseError, String);
+
+/// The produce path of a topic with plugin bindings: validate, dedup an
+/// idempotent retry against the partition the client addressed, decode,
+/// run interceptors → filters → partitioner, and append the re-encoded
+/// records to the partitions the partitioner chose. Nothing is appended
+/// unless every plugin accepted the batch (or the failure policy says so).
+async fn produce_through_plugins(
+    b: &Broker,
+    topic: &Arc<Topic>,
+    bindings: &Arc<Bindings>,
+    client_partition: i32,
+    payload: bytes::Bytes,
+) -> Result<PluginAppend, Refusal> {
+    let refuse = |e: LogError| (log_error_code(&e), e.to_string());
+    let client_log = topic.partition(client_partition).ok_or_else(|| {
+        (
+            ResponseError::UnknownTopicOrPartition,
+            "no such partition".to_string(),
+        )
+    })?;
+    let config = client_log.config();
+    let batch = log::validate_batches(payload, config.max_message_bytes).map_err(refuse)?;
+    let header = batch.header;
+    if let SequenceCheck::Duplicate(original) =
+        client_log.check_sequence(&header).map_err(refuse)?
+    {
+        b.metrics
+            .duplicate_batches
+            .with_label_values(&[&topic.meta.name])
+            .inc();
+        return Ok(PluginAppend {
+            base_offset: original.first_offset,
+            log_append_time: -1,
+            message: None,
+            flush: Vec::new(),
+        });
+    }
+    let (_, records) = plugin_records::decode(&batch.bytes)
+        .map_err(|e| (ResponseError::InvalidRecord, e.to_string()))?;
+    let partitions = topic.partitions.len() as i32;
+    // Plugin calls are CPU work bounded by their deadlines; keep them off
+    // the async workers' cooperative scheduling.
+    let outcome = tokio::task::block_in_place(|| {
+        b.plugins
+            .apply(bindings, records, partitions, client_partition, &b.metrics)
+    });
+    let done = match outcome {
+        Outcome::Rejected {
+            plugin,
+            index,
+            reason,
+        } => {
+            return Err((
+                ResponseError::PolicyViolation,
+                format!("record {index} rejected by plugin '{plugin}': {reason}"),
+            ));
+        }
+        Outcome::Failed { plugin, error } => {
+            return Err((
+                ResponseError::PolicyViolation,
+                format!(
+                    "{error}; the topic's plugin failure policy is 'reject' (plugin '{plugin}')"
+                ),
+            ));
+        }
+        Outcome::DeadLetter { plugin, error } => {
+            let dlt_name = bindings.dead_letter_topic.clone().unwrap_or_default();
+            let Some(dlt) = b.topics.get(&dlt_name) else {
+                return Err((
+                    ResponseError::PolicyViolation,
+                    format!(
+                        "{error} (plugin '{plugin}'); dead-letter topic '{dlt_name}' does not exist"
+                    ),
+                ));
+            };
+            let target =
+                dlt.partitions[(client_partition.max(0) as usize) % dlt.partitions.len()].clone();
+            // Stored as a plain batch: its producer sequence belongs to the
+            // topic the client addressed, not to the dead-letter topic.
+            let mut bytes = batch.bytes;
+            log::batch::clear_producer(&mut bytes);
+            let vb = log::validate_batches(bytes.freeze(), usize::MAX).map_err(refuse)?;
+            let info = target.append(vb, 0).map_err(refuse)?;
+            b.metrics
+                .plugin_records(&plugin, "dead_lettered", info.records as u64);
+            PluginAppend {
+                base_offset: -1,
+                log_append_time: -1,
+                message: Some(format!(
+                    "{error}; batch stored in dead-letter topic '{dlt_name}'"
+                )),
+                flush: vec![(target, info.last_offset + 1)],
+            }
+        }
+        Outcome::Routed(groups) => {
+            let mut out = PluginAppend {
+                base_offset: -1,
+                log_append_time: -1,
+                message: None,
+                flush: Vec::new(),
+            };
+            for (p, recs) in groups {
+                let Some(target) = topic.partition(p) else {
+                    continue;
+                };
+                let bytes =
+                    plugin_records::encode(&recs, header.compression(), false, Producer::NONE)
+                        .map_err(|e| (ResponseError::InvalidRecord, e.to_string()))?;
+                let size = bytes.len();
+                let vb = log::validate_batches(bytes.freeze(), usize::MAX).map_err(refuse)?;
+                let info = target.append(vb, 0).map_err(refuse)?;
+                b.metrics
+                    .bytes_in
+                    .with_label_values(&[&topic.meta.name])
+                    .inc_by(size as u64);
+                b.metrics
+                    .records_in
+                    .with_label_values(&[&topic.meta.name])
+                    .inc_by(info.records as u64);
+                if p == client_partition {
+                    out.base_offset = info.base_offset;
+                    out.log_append_time = info.log_append_time;
+                }
+                out.flush.push((target.clone(), info.last_offset + 1));
+            }
+            out
+        }
+    };
+    if header.producer_id >= 0 {
+        let mut h = header;
+        h.base_offset = done.base_offset;
+        client_log.record_sequence(&h);
+    }
+    Ok(done)
 }

@@ -111,6 +111,11 @@ pub async fn create_topics(
             assignment: assignment.into_iter().map(|(_, r)| r).collect(),
             configs: configs.clone(),
         };
+        if let Err(msg) = super::check_plugin_bindings(b, &configs) {
+            fail(&mut r, ResponseError::InvalidConfig, msg);
+            resp.topics.push(r);
+            continue;
+        }
         let outcome = if req.validate_only {
             b.topics
                 .check_new(&new, &brokers)

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::topic_config;
 use crate::log::{self, PartitionLog};
+use crate::plugins::Bindings;
 
 pub const META_DIR: &str = "__sluice_meta";
 const TOPICS_FILE: &str = "topics.json";
@@ -54,9 +55,21 @@ pub struct TopicMeta {
 pub struct Topic {
     pub meta: TopicMeta,
     pub partitions: Vec<Arc<PartitionLog>>,
+    /// Plugin bindings parsed from the configs; `None` keeps the produce
+    /// path free of any plugin work.
+    pub bindings: Option<Arc<Bindings>>,
 }
 
 impl Topic {
+    pub fn new(meta: TopicMeta, partitions: Vec<Arc<PartitionLog>>) -> Topic {
+        let bindings = Bindings::from_configs(&meta.configs);
+        Topic {
+            bindings: (!bindings.is_empty()).then(|| Arc::new(bindings)),
+            meta,
+            partitions,
+        }
+    }
+
     pub fn partition(&self, index: i32) -> Option<&Arc<PartitionLog>> {
         usize::try_from(index)
             .ok()
@@ -131,7 +144,7 @@ impl TopicRegistry {
                     .map_err(|e| anyhow::anyhow!("opening partition {name}: {e}"))?;
                 partitions.push(Arc::new(log));
             }
-            topics.insert(meta.name.clone(), Arc::new(Topic { meta, partitions }));
+            topics.insert(meta.name.clone(), Arc::new(Topic::new(meta, partitions)));
         }
         Ok(TopicRegistry {
             data_dir: data_dir.to_path_buf(),
@@ -223,7 +236,7 @@ impl TopicRegistry {
                 config.clone(),
             )?));
         }
-        let topic = Arc::new(Topic { meta, partitions });
+        let topic = Arc::new(Topic::new(meta, partitions));
         let mut metas = self.metas();
         metas.push(topic.meta.clone());
         self.persist(&metas)?;
@@ -328,7 +341,7 @@ impl TopicRegistry {
         }
         let mut meta = topic.meta.clone();
         meta.replicas.extend(new_replicas);
-        self.replace(Topic { meta, partitions })
+        self.replace(Topic::new(meta, partitions))
     }
 
     /// Replaces a topic's config overrides (already validated).
@@ -348,10 +361,7 @@ impl TopicRegistry {
         }
         let mut meta = topic.meta.clone();
         meta.configs = configs;
-        self.replace(Topic {
-            meta,
-            partitions: topic.partitions.clone(),
-        })
+        self.replace(Topic::new(meta, topic.partitions.clone()))
     }
 
     fn replace(&self, topic: Topic) -> Result<(), TopicError> {

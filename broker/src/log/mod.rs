@@ -413,6 +413,19 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Sequence check of an idempotent batch that will not be written here
+    /// as-is (plugins re-route or rewrite it): dedup still happens against
+    /// the partition the client addressed.
+    pub fn check_sequence(&self, h: &BatchHeader) -> Result<SequenceCheck, LogError> {
+        Ok(self.lock().producers.check(h)?)
+    }
+
+    /// Records such a batch once its (re-routed) records are stored; `h`
+    /// carries the offsets to answer a retry with.
+    pub fn record_sequence(&self, h: &BatchHeader) {
+        self.lock().producers.record(h, now_ms());
+    }
+
     /// Forgets idempotent producers idle longer than `expiration_ms`.
     pub fn expire_producers(&self, now: i64, expiration_ms: i64) -> usize {
         self.lock().producers.expire(now, expiration_ms)

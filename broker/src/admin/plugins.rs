@@ -1,0 +1,146 @@
+//! `/v1/plugins`: upload (POST/PUT the module bytes, `?kind=`), list,
+//! describe, delete (409 while bound to a topic unless `?force=true`).
+//! Errors are JSON `{"error": "..."}` with a status that says whose fault.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::broker::Broker;
+use crate::plugins::{PluginKind, RegistryError, VersionInfo};
+
+#[derive(Serialize)]
+struct PluginView {
+    name: String,
+    kind: Option<PluginKind>,
+    version: u32,
+    sha256: String,
+    size: usize,
+    abi_version: i32,
+    bound_topics: Vec<String>,
+    versions: Vec<VersionInfo>,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// Topics whose configs bind `name`.
+pub fn bound_topics(b: &Broker, name: &str) -> Vec<String> {
+    b.topics
+        .all()
+        .iter()
+        .filter(|t| {
+            t.bindings
+                .as_ref()
+                .is_some_and(|x| x.named().iter().any(|(n, _)| *n == name))
+        })
+        .map(|t| t.meta.name.clone())
+        .collect()
+}
+
+fn view(b: &Broker, name: &str, versions: Vec<VersionInfo>) -> PluginView {
+    let latest = versions.last().cloned();
+    PluginView {
+        name: name.to_string(),
+        kind: latest.as_ref().map(|v| v.kind),
+        version: latest.as_ref().map_or(0, |v| v.version),
+        sha256: latest
+            .as_ref()
+            .map(|v| v.sha256.clone())
+            .unwrap_or_default(),
+        size: latest.as_ref().map_or(0, |v| v.size),
+        abi_version: latest.as_ref().map_or(0, |v| v.abi_version),
+        bound_topics: bound_topics(b, name),
+        versions,
+    }
+}
+
+pub async fn list(State(b): State<Arc<Broker>>) -> Response {
+    let all: Vec<PluginView> = b
+        .plugins
+        .registry
+        .list()
+        .into_iter()
+        .map(|(n, v)| view(&b, &n, v))
+        .collect();
+    Json(all).into_response()
+}
+
+pub async fn describe(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+    match b.plugins.registry.versions(&name) {
+        Some(v) => Json(view(&b, &name, v)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("plugin '{name}' does not exist"),
+        ),
+    }
+}
+
+pub async fn upload(
+    State(b): State<Arc<Broker>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let kind = match q.get("kind").map(|k| k.parse::<PluginKind>()) {
+        Some(Ok(k)) => k,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        None => match b.plugins.registry.kind(&name) {
+            Some(k) => k,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "?kind=partitioner|interceptor|filter is required for a new plugin",
+                );
+            }
+        },
+    };
+    let broker = b.clone();
+    let uploaded =
+        tokio::task::spawn_blocking(move || broker.plugins.registry.upload(&name, kind, &body))
+            .await;
+    match uploaded {
+        Ok(Ok(info)) => (StatusCode::CREATED, Json(info)).into_response(),
+        Ok(Err(RegistryError::Io(e))) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing the plugin: {e}"),
+        ),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("upload task failed: {e}"),
+        ),
+    }
+}
+
+pub async fn delete(
+    State(b): State<Arc<Broker>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let force = q.get("force").is_some_and(|v| v == "true" || v == "1");
+    let bound = bound_topics(&b, &name);
+    if !bound.is_empty() && !force {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "plugin '{name}' is bound to topics {bound:?}; unbind it first or delete with ?force=true"
+            ),
+        );
+    }
+    match b.plugins.registry.delete(&name) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(RegistryError::NotFound(_)) => error(
+            StatusCode::NOT_FOUND,
+            format!("plugin '{name}' does not exist"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

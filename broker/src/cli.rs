@@ -1,0 +1,118 @@
+//! `sluice-broker plugin ...`: the plugin commands of the CLI, talking to a
+//! running broker's HTTP admin API. A minimal HTTP/1.1 client over a plain
+//! TCP stream is enough for these few local calls.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Upload a module as a new plugin or a new version of one.
+    Upload {
+        #[arg(long)]
+        name: String,
+        /// partitioner, interceptor or filter (only needed for a new plugin).
+        #[arg(long)]
+        kind: Option<String>,
+        /// The compiled `.wasm` file.
+        file: PathBuf,
+    },
+    /// List plugins with their latest version and bound topics.
+    List,
+    /// Show one plugin: kind, digest, size, ABI version, versions, bound topics.
+    Describe { name: String },
+    /// Delete a plugin (refused while bound to a topic unless --force).
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a plugin command against the admin API at `admin` (host:port).
+pub fn run(admin: &str, cmd: PluginCommand) -> anyhow::Result<()> {
+    let (status, body) = match cmd {
+        PluginCommand::Upload { name, kind, file } => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let query = kind.map(|k| format!("?kind={k}")).unwrap_or_default();
+            request(admin, "POST", &format!("/v1/plugins/{name}{query}"), &wasm)?
+        }
+        PluginCommand::List => request(admin, "GET", "/v1/plugins", &[])?,
+        PluginCommand::Describe { name } => {
+            request(admin, "GET", &format!("/v1/plugins/{name}"), &[])?
+        }
+        PluginCommand::Delete { name, force } => request(
+            admin,
+            "DELETE",
+            &format!(
+                "/v1/plugins/{name}{}",
+                if force { "?force=true" } else { "" }
+            ),
+            &[],
+        )?,
+    };
+    let text = String::from_utf8_lossy(&body);
+    // Pretty-print JSON answers; show anything else as it came.
+    let shown = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_string());
+    if (200..300).contains(&status) {
+        if !shown.is_empty() {
+            println!("{shown}");
+        }
+        Ok(())
+    } else {
+        bail!("broker answered {status}: {shown}")
+    }
+}
+
+fn request(admin: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(admin)
+        .with_context(|| format!("connecting to the broker's admin API at {admin}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("malformed HTTP response from the broker")?;
+    let status_line = String::from_utf8_lossy(&response[..split]);
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP status line from the broker")?;
+    let headers = status_line.to_ascii_lowercase();
+    let mut payload = response[split + 4..].to_vec();
+    if headers.contains("transfer-encoding: chunked") {
+        payload = dechunk(&payload);
+    }
+    Ok((status, payload))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(nl) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..nl]).trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < nl + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&data[nl + 2..nl + 2 + size]);
+        data = &data[(nl + 4 + size).min(data.len())..];
+    }
+    out
+}
