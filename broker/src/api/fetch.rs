@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::error_code;
 use crate::broker::Broker;
 use crate::log::{LogError, PartitionLog, batch};
+use crate::plugins::Bindings;
 
 /// Longest long-poll we honour, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
@@ -24,7 +25,7 @@ const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
     let deadline =
         Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
-    let targets: Vec<(String, Vec<Target>)> = req
+    let targets: Vec<(String, Option<Arc<Bindings>>, Vec<Target>)> = req
         .topics
         .iter()
         .map(|t| {
@@ -41,7 +42,11 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
                     (p.partition, p.fetch_offset, p.partition_max_bytes, log)
                 })
                 .collect();
-            (name, parts)
+            let filters = topic
+                .as_ref()
+                .and_then(|t| t.bindings.clone())
+                .filter(|b| !b.fetch_filters.is_empty());
+            (name, filters, parts)
         })
         .collect();
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -54,7 +59,7 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
         // Register interest before reading so an append in between still wakes us.
         let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = targets
             .iter()
-            .flat_map(|(_, parts)| parts.iter())
+            .flat_map(|(_, _, parts)| parts.iter())
             .filter_map(|(_, _, _, log)| log.as_ref())
             .map(|log| {
                 let mut n = Box::pin(log.appended.notified());
@@ -84,13 +89,13 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
 
 /// (partition, fetch offset, partition max bytes, log if it exists)
 type Target = (i32, i64, i32, Option<Arc<PartitionLog>>);
-type Targets = [(String, Vec<Target>)];
+type Targets = [(String, Option<Arc<Bindings>>, Vec<Target>)];
 
 fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, usize, bool) {
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
     let mut any_error = false;
-    for (name, parts) in targets {
+    for (name, filters, parts) in targets {
         let mut tr = FetchableTopicResponse::default();
         tr.topic = kafka_protocol::messages::TopicName(super::str_bytes(name.clone()));
         for (partition, offset, partition_max, log) in parts {
@@ -111,11 +116,24 @@ fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, 
                 Ok(read) => {
                     // KIP-74: only the first data in the response may exceed
                     // its budget; later partitions wait for the next fetch.
-                    let records = if budget_spent || (total > 0 && read.records.len() > budget) {
+                    let mut records = if budget_spent || (total > 0 && read.records.len() > budget)
+                    {
                         bytes::Bytes::new()
                     } else {
                         read.records
                     };
+                    if let Some(f) = filters.as_ref().filter(|_| !records.is_empty()) {
+                        match tokio::task::block_in_place(|| {
+                            b.plugins.filter_fetched(f, &records, &b.metrics)
+                        }) {
+                            Ok(filtered) => records = filtered,
+                            Err(e) => {
+                                // Fail closed: never deliver records a filter did not pass.
+                                tracing::warn!(topic = %name, error = %e, "fetch filter failed; withholding records");
+                                records = bytes::Bytes::new();
+                            }
+                        }
+                    }
                     total += records.len();
                     pd.high_watermark = read.high_watermark;
                     pd.last_stable_offset = read.high_watermark;

@@ -65,7 +65,22 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                 continue;
             }
             let payload = pd.records.unwrap_or_default();
-            if let Some(bindings) = topic.as_ref().and_then(|t| t.bindings.clone())
+            if let Some(source) = topic
+                .as_ref()
+                .and_then(|t| t.meta.view_of().map(String::from))
+            {
+                fail(
+                    &mut pr,
+                    ResponseError::InvalidTopicException,
+                    format!("{name} is a read-only view of {source}; produce to {source}"),
+                );
+                topic_resp.partition_responses.push(pr);
+                continue;
+            }
+            if let Some(bindings) = topic
+                .as_ref()
+                .and_then(|t| t.bindings.clone())
+                .filter(|b| b.on_produce())
                 && let Some(topic) = topic.as_ref()
             {
                 match produce_through_plugins(b, topic, &bindings, pd.index, payload).await {

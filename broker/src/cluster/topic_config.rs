@@ -179,6 +179,24 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         |v: &str| crate::plugins::validate_config("sluice.filters", v)
     ),
     def!(
+        "sluice.view.of",
+        "",
+        ConfigType::String,
+        "Makes this topic a read-only view of the named topic: same partitions and offsets, records filtered by sluice.fetch.filters.",
+        |v: &str| if v.is_empty() {
+            Ok(())
+        } else {
+            crate::cluster::topics::validate_topic_name(v).map_err(|e| e.to_string())
+        }
+    ),
+    def!(
+        "sluice.fetch.filters",
+        "",
+        ConfigType::String,
+        "Comma-separated filter plugins applied when consumers fetch from this view; dropped records are skipped, offsets stay the stored ones.",
+        |v: &str| crate::plugins::validate_config("sluice.fetch.filters", v)
+    ),
+    def!(
         "sluice.plugin.failure.policy",
         "reject",
         ConfigType::String,

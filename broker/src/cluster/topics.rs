@@ -60,6 +60,21 @@ pub struct Topic {
     pub bindings: Option<Arc<Bindings>>,
 }
 
+/// Config naming the topic a view reads (see `TopicMeta::view_of`).
+pub const VIEW_OF: &str = "sluice.view.of";
+
+impl TopicMeta {
+    /// A view is a read-only topic sharing another topic's partitions, read
+    /// through its `sluice.fetch.filters`: consumers that subscribe to it get
+    /// the filtered records with their stored offsets, with no client change.
+    pub fn view_of(&self) -> Option<&str> {
+        self.configs
+            .get(VIEW_OF)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+}
+
 impl Topic {
     pub fn new(meta: TopicMeta, partitions: Vec<Arc<PartitionLog>>) -> Topic {
         let bindings = Bindings::from_configs(&meta.configs);
@@ -135,6 +150,8 @@ impl TopicRegistry {
         remove_deleted_dirs(data_dir);
         let metas = read_topics_file(&meta_dir.join(TOPICS_FILE))?;
         let mut topics = BTreeMap::new();
+        let (views, metas): (Vec<TopicMeta>, Vec<TopicMeta>) =
+            metas.into_iter().partition(|m| m.view_of().is_some());
         for meta in metas {
             let config = topic_config::log_config(&meta.configs);
             let mut partitions = Vec::with_capacity(meta.replicas.len());
@@ -145,6 +162,20 @@ impl TopicRegistry {
                 partitions.push(Arc::new(log));
             }
             topics.insert(meta.name.clone(), Arc::new(Topic::new(meta, partitions)));
+        }
+        for view in views {
+            let source = view.view_of().unwrap_or_default().to_string();
+            match topics
+                .get(&source)
+                .map(|t: &Arc<Topic>| t.partitions.clone())
+            {
+                Some(partitions) => {
+                    topics.insert(view.name.clone(), Arc::new(Topic::new(view, partitions)));
+                }
+                None => {
+                    tracing::warn!(view = %view.name, source = %source, "view of a missing topic skipped")
+                }
+            }
         }
         Ok(TopicRegistry {
             data_dir: data_dir.to_path_buf(),
@@ -220,6 +251,9 @@ impl TopicRegistry {
 
     pub async fn create(&self, t: NewTopic, brokers: &[i32]) -> Result<Arc<Topic>, TopicError> {
         let _w = self.write_lock.lock().await;
+        if let Some(source) = t.configs.get(VIEW_OF).filter(|s| !s.is_empty()).cloned() {
+            return self.create_view(t, &source, brokers);
+        }
         let replicas = self.check_new(&t, brokers)?;
         let meta = TopicMeta {
             name: t.name.clone(),
@@ -244,6 +278,52 @@ impl TopicRegistry {
         Ok(topic)
     }
 
+    /// A view shares the source's partitions (and placement); it owns no
+    /// data of its own.
+    fn create_view(
+        &self,
+        t: NewTopic,
+        source: &str,
+        brokers: &[i32],
+    ) -> Result<Arc<Topic>, TopicError> {
+        let src = self.get(source).ok_or_else(|| {
+            TopicError::InvalidConfig(format!("{VIEW_OF}: topic '{source}' does not exist"))
+        })?;
+        if src.meta.view_of().is_some() {
+            return Err(TopicError::InvalidConfig(format!(
+                "{VIEW_OF}: '{source}' is itself a view"
+            )));
+        }
+        let probe = NewTopic {
+            partitions: src.partitions.len() as i32,
+            replication_factor: 1,
+            assignment: vec![],
+            ..t
+        };
+        self.check_new(&probe, brokers)?;
+        let meta = TopicMeta {
+            name: probe.name.clone(),
+            id: Uuid::new_v4(),
+            replicas: src.meta.replicas.clone(),
+            configs: probe.configs,
+        };
+        let topic = Arc::new(Topic::new(meta, src.partitions.clone()));
+        let mut metas = self.metas();
+        metas.push(topic.meta.clone());
+        self.persist(&metas)?;
+        self.write().insert(probe.name, topic.clone());
+        Ok(topic)
+    }
+
+    /// Views reading `source`.
+    pub fn views_of(&self, source: &str) -> Vec<Arc<Topic>> {
+        self.read()
+            .values()
+            .filter(|t| t.meta.view_of() == Some(source))
+            .cloned()
+            .collect()
+    }
+
     fn open_partition(
         &self,
         topic: &str,
@@ -264,6 +344,16 @@ impl TopicRegistry {
         let topic = self
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        let views: Vec<String> = self
+            .views_of(name)
+            .iter()
+            .map(|v| v.meta.name.clone())
+            .collect();
+        if !views.is_empty() {
+            return Err(TopicError::InvalidConfig(format!(
+                "topic '{name}' has views {views:?}; delete them first"
+            )));
+        }
         let metas: Vec<TopicMeta> = self
             .metas()
             .into_iter()
@@ -271,6 +361,10 @@ impl TopicRegistry {
             .collect();
         self.persist(&metas)?;
         self.write().remove(name);
+        if topic.meta.view_of().is_some() {
+            // The partitions belong to the source topic.
+            return Ok(topic.meta.id);
+        }
         // Rename first (atomic, so a crash never resurrects half a topic),
         // then remove in the background.
         let mut doomed = Vec::new();
@@ -310,6 +404,11 @@ impl TopicRegistry {
         let topic = self
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
+        if let Some(source) = topic.meta.view_of() {
+            return Err(TopicError::InvalidPartitions(format!(
+                "'{name}' is a view of '{source}'; add partitions to '{source}'"
+            )));
+        }
         let current = topic.partitions.len();
         if count <= 0 || (count as usize) <= current {
             return Err(TopicError::InvalidPartitions(format!(
@@ -341,6 +440,11 @@ impl TopicRegistry {
         }
         let mut meta = topic.meta.clone();
         meta.replicas.extend(new_replicas);
+        for view in self.views_of(name) {
+            let mut vmeta = view.meta.clone();
+            vmeta.replicas = meta.replicas.clone();
+            self.replace(Topic::new(vmeta, partitions.clone()))?;
+        }
         self.replace(Topic::new(meta, partitions))
     }
 
@@ -355,9 +459,17 @@ impl TopicRegistry {
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         topic_config::validate_all(&configs).map_err(TopicError::InvalidConfig)?;
-        let config = topic_config::log_config(&configs);
-        for p in &topic.partitions {
-            p.set_config(config.clone());
+        if configs.get(VIEW_OF) != topic.meta.configs.get(VIEW_OF) {
+            return Err(TopicError::InvalidConfig(format!(
+                "{VIEW_OF} is fixed when a topic is created"
+            )));
+        }
+        // A view's storage settings are its source's; it only has filters.
+        if topic.meta.view_of().is_none() {
+            let config = topic_config::log_config(&configs);
+            for p in &topic.partitions {
+                p.set_config(config.clone());
+            }
         }
         let mut meta = topic.meta.clone();
         meta.configs = configs;

@@ -62,6 +62,7 @@ pub mod keys {
     pub const PARTITIONER: &str = "sluice.partitioner";
     pub const INTERCEPTORS: &str = "sluice.interceptors";
     pub const FILTERS: &str = "sluice.filters";
+    pub const FETCH_FILTERS: &str = "sluice.fetch.filters";
     pub const FAILURE_POLICY: &str = "sluice.plugin.failure.policy";
     pub const DEAD_LETTER_TOPIC: &str = "sluice.plugin.dead.letter.topic";
     pub const TIMEOUT_MS: &str = "sluice.plugin.timeout.ms";
@@ -87,6 +88,8 @@ pub struct Bindings {
     pub partitioner: Option<String>,
     pub interceptors: Vec<String>,
     pub filters: Vec<String>,
+    /// Applied when consumers fetch (views only).
+    pub fetch_filters: Vec<String>,
     pub failure: FailurePolicy,
     pub dead_letter_topic: Option<String>,
     pub sandbox: Sandbox,
@@ -113,6 +116,7 @@ impl Bindings {
                 .map(|s| s.trim().to_string()),
             interceptors: list(c.get(keys::INTERCEPTORS)),
             filters: list(c.get(keys::FILTERS)),
+            fetch_filters: list(c.get(keys::FETCH_FILTERS)),
             failure: match c.get(keys::FAILURE_POLICY).map(String::as_str) {
                 Some("pass") => FailurePolicy::Pass,
                 Some("dead-letter") => FailurePolicy::DeadLetter,
@@ -137,7 +141,15 @@ impl Bindings {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.partitioner.is_none() && self.interceptors.is_empty() && self.filters.is_empty()
+        self.partitioner.is_none()
+            && self.interceptors.is_empty()
+            && self.filters.is_empty()
+            && self.fetch_filters.is_empty()
+    }
+
+    /// Whether produced batches go through plugins.
+    pub fn on_produce(&self) -> bool {
+        self.partitioner.is_some() || !self.interceptors.is_empty() || !self.filters.is_empty()
     }
 
     /// (plugin, kind it must be) for every binding.
@@ -153,6 +165,11 @@ impl Bindings {
         );
         out.extend(
             self.filters
+                .iter()
+                .map(|n| (n.as_str(), PluginKind::Filter)),
+        );
+        out.extend(
+            self.fetch_filters
                 .iter()
                 .map(|n| (n.as_str(), PluginKind::Filter)),
         );
@@ -364,6 +381,78 @@ impl PluginHost {
             grouped.entry(p).or_default().push(r);
         }
         Outcome::Routed(grouped.into_iter().collect())
+    }
+
+    /// Fetch-side filtering of whole stored batches for a view. Batches whose
+    /// records all pass are returned byte for byte; others are re-encoded with
+    /// the survivors at their stored offsets. A failing filter withholds the
+    /// records (fails closed) unless the policy is `pass`.
+    pub fn filter_fetched(
+        &self,
+        b: &Bindings,
+        data: &bytes::Bytes,
+        metrics: &Metrics,
+    ) -> Result<bytes::Bytes, String> {
+        use crate::log::batch;
+        let mut out = bytes::BytesMut::with_capacity(data.len());
+        let mut pos = 0;
+        while pos < data.len() {
+            let h = batch::parse_header(&data[pos..]).map_err(|e| e.to_string())?;
+            let raw = &data[pos..pos + h.len];
+            pos += h.len;
+            if h.is_control() || h.records_count == 0 {
+                out.extend_from_slice(raw);
+                continue;
+            }
+            let (h, entries) = records::decode_entries(raw).map_err(|e| e.to_string())?;
+            let mut keep = vec![true; entries.len()];
+            let recs: Vec<Record> = entries.iter().map(|(_, r)| r.clone()).collect();
+            for name in &b.fetch_filters {
+                match self.call(
+                    name,
+                    PluginKind::Filter,
+                    &recs,
+                    0,
+                    &b.sandbox,
+                    metrics,
+                    |o| wire::decode_keep(o).map_err(|e| e.to_string()),
+                ) {
+                    Ok(k) if k.len() == keep.len() => {
+                        for (a, b) in keep.iter_mut().zip(k) {
+                            *a &= b;
+                        }
+                    }
+                    Ok(_) if b.failure == FailurePolicy::Pass => {}
+                    Err(e) if b.failure == FailurePolicy::Pass => {
+                        tracing::warn!(plugin = %name, error = %e, "fetch filter failed; delivering unfiltered");
+                    }
+                    Ok(k) => {
+                        return Err(format!(
+                            "filter '{name}' returned {} decisions for {} records",
+                            k.len(),
+                            keep.len()
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if keep.iter().all(|k| *k) {
+                out.extend_from_slice(raw);
+                continue;
+            }
+            let dropped = keep.iter().filter(|k| !**k).count();
+            for name in &b.fetch_filters {
+                metrics.plugin_records(name, "dropped", dropped as u64);
+            }
+            let kept: Vec<(i32, Record)> = entries
+                .into_iter()
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|(e, _)| e)
+                .collect();
+            out.extend_from_slice(&records::encode_filtered(&h, &kept).map_err(|e| e.to_string())?);
+        }
+        Ok(out.freeze())
     }
 
     /// One guarded call: missing plugins, wrong kinds, call failures and

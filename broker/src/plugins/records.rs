@@ -61,6 +61,12 @@ fn decompress(codec: i16, data: &[u8]) -> Result<Bytes, BatchError> {
 
 /// The records of one batch, in order. `bytes` must hold exactly one batch.
 pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>), BatchError> {
+    let (h, entries) = decode_entries(bytes)?;
+    Ok((h, entries.into_iter().map(|(_, r)| r).collect()))
+}
+
+/// Like `decode`, with each record's offset delta within the batch.
+pub fn decode_entries(bytes: &[u8]) -> Result<(BatchHeader, Vec<(i32, Record)>), BatchError> {
     let h = batch::parse_header(bytes)?;
     let raw = decompress(h.compression(), &bytes[HEADER_LEN..h.len])?;
     let mut buf: &[u8] = &raw;
@@ -75,7 +81,7 @@ pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>), BatchError> {
         let _attributes = rec.first().ok_or_else(|| invalid("empty record"))?;
         rec = &rec[1..];
         let ts_delta = read_varlong(&mut rec)?;
-        let _offset_delta = read_varint(&mut rec)?;
+        let offset_delta = read_varint(&mut rec)?;
         let key = read_nullable(&mut rec)?;
         let value = read_nullable(&mut rec)?;
         let n = read_varint(&mut rec)?;
@@ -93,12 +99,15 @@ pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>), BatchError> {
         } else {
             h.base_timestamp.saturating_add(ts_delta)
         };
-        out.push(Record {
-            timestamp,
-            key,
-            value,
-            headers,
-        });
+        out.push((
+            offset_delta,
+            Record {
+                timestamp,
+                key,
+                value,
+                headers,
+            },
+        ));
     }
     if out.len() != h.records_count.max(0) as usize {
         return Err(invalid(format!(
@@ -162,13 +171,69 @@ pub fn encode(
     }
     let base_ts = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+    let entries: Vec<(i32, &Record)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as i32, r))
+        .collect();
+    let shape = Shape {
+        base_offset: 0,
+        last_offset_delta: records.len() as i32 - 1,
+        base_timestamp: base_ts,
+        max_timestamp: max_ts,
+        codec,
+        log_append_time,
+        producer,
+        partition_leader_epoch: -1,
+    };
+    encode_entries(&entries, &shape)
+}
+
+/// A stored batch with some records filtered out, as compaction would leave
+/// it: same base offset, last offset delta, timestamps and producer fields,
+/// the surviving records keeping their offsets. With no survivors the batch
+/// is kept as an empty header so consumers still advance past its offsets.
+pub fn encode_filtered(h: &BatchHeader, kept: &[(i32, Record)]) -> Result<BytesMut, BatchError> {
+    let entries: Vec<(i32, &Record)> = kept.iter().map(|(d, r)| (*d, r)).collect();
+    let shape = Shape {
+        base_offset: h.base_offset,
+        last_offset_delta: h.last_offset_delta,
+        base_timestamp: h.base_timestamp,
+        max_timestamp: h.max_timestamp,
+        codec: if kept.is_empty() { 0 } else { h.compression() },
+        log_append_time: h.is_log_append_time(),
+        producer: Producer {
+            id: h.producer_id,
+            epoch: h.producer_epoch,
+            base_sequence: h.base_sequence,
+        },
+        partition_leader_epoch: h.partition_leader_epoch,
+    };
+    encode_entries(&entries, &shape)
+}
+
+/// Batch-level fields of an encoded batch.
+struct Shape {
+    base_offset: i64,
+    last_offset_delta: i32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    codec: i16,
+    log_append_time: bool,
+    producer: Producer,
+    partition_leader_epoch: i32,
+}
+
+fn encode_entries(entries: &[(i32, &Record)], shape: &Shape) -> Result<BytesMut, BatchError> {
+    let codec = shape.codec;
+    let base_ts = shape.base_timestamp;
     let mut raw = Vec::new();
     let mut rec = Vec::new();
-    for (i, r) in records.iter().enumerate() {
+    for (delta, r) in entries {
         rec.clear();
         rec.push(0);
         put_varint(&mut rec, r.timestamp - base_ts);
-        put_varint(&mut rec, i as i64);
+        put_varint(&mut rec, i64::from(*delta));
         put_nullable(&mut rec, r.key.as_deref());
         put_nullable(&mut rec, r.value.as_deref());
         put_varint(&mut rec, r.headers.len() as i64);
@@ -204,21 +269,21 @@ pub fn encode(
         other => return Err(invalid(format!("unknown compression codec {other}"))),
     };
     compressed.map_err(|e| invalid(format!("compressing records: {e}")))?;
-    let attributes = codec | if log_append_time { 0x08 } else { 0 };
+    let attributes = codec | if shape.log_append_time { 0x08 } else { 0 };
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-    out.put_i64(0);
+    out.put_i64(shape.base_offset);
     out.put_i32((HEADER_LEN - batch::LOG_OVERHEAD + body.len()) as i32);
-    out.put_i32(-1);
+    out.put_i32(shape.partition_leader_epoch);
     out.put_i8(2);
     out.put_u32(0);
     out.put_i16(attributes);
-    out.put_i32(records.len() as i32 - 1);
+    out.put_i32(shape.last_offset_delta);
     out.put_i64(base_ts);
-    out.put_i64(max_ts);
-    out.put_i64(producer.id);
-    out.put_i16(producer.epoch);
-    out.put_i32(producer.base_sequence);
-    out.put_i32(records.len() as i32);
+    out.put_i64(shape.max_timestamp);
+    out.put_i64(shape.producer.id);
+    out.put_i16(shape.producer.epoch);
+    out.put_i32(shape.producer.base_sequence);
+    out.put_i32(entries.len() as i32);
     out.put_slice(&body);
     let crc = batch::compute_crc(&out);
     out[17..21].copy_from_slice(&crc.to_be_bytes());
@@ -270,6 +335,28 @@ mod tests {
             assert_eq!(records[1].value.as_deref(), Some(&b"value-1"[..]));
             assert_eq!(h.records_count, 4);
         }
+    }
+
+    #[test]
+    fn filtered_batches_keep_stored_offsets() {
+        let mut b = encode(&sample(), 2, false, Producer::NONE).expect("encode");
+        crate::log::batch::set_base_offset(&mut b, 100);
+        let (h, entries) = decode_entries(&b).expect("decode");
+        let kept: Vec<(i32, Record)> = entries.into_iter().filter(|(d, _)| d % 2 == 1).collect();
+        let f = encode_filtered(&h, &kept).expect("encode");
+        let fh = batch::parse_and_verify(&f).expect("valid");
+        assert_eq!(
+            (fh.base_offset, fh.last_offset(), fh.records_count),
+            (100, 104, 2)
+        );
+        let (_, again) = decode_entries(&f).expect("decode");
+        assert_eq!(
+            again.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        let empty = encode_filtered(&h, &[]).expect("empty");
+        let eh = batch::parse_and_verify(&empty).expect("valid");
+        assert_eq!((eh.records_count, eh.last_offset()), (0, 104));
     }
 
     #[test]

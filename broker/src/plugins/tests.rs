@@ -203,6 +203,7 @@ fn failure_policies_decide_what_happens_to_the_batch() {
         partitioner: Some("boom".into()),
         interceptors: vec![],
         filters: vec![],
+        fetch_filters: vec![],
         failure: FailurePolicy::Reject,
         dead_letter_topic: None,
         sandbox: Sandbox::default(),
