@@ -31,6 +31,7 @@ pub(crate) fn topic_error(e: &TopicError) -> ResponseError {
         TopicError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
         TopicError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        TopicError::InUse(_) => ResponseError::PolicyViolation,
         TopicError::Io(_) => ResponseError::KafkaStorageError,
     }
 }

@@ -36,6 +36,8 @@ pub enum TopicError {
     InvalidReplicaAssignment(String),
     #[error("{0}")]
     InvalidConfig(String),
+    #[error("{0}")]
+    InUse(String),
     #[error("storage error: {0}")]
     Io(#[from] io::Error),
 }
@@ -350,7 +352,7 @@ impl TopicRegistry {
             .map(|v| v.meta.name.clone())
             .collect();
         if !views.is_empty() {
-            return Err(TopicError::InvalidConfig(format!(
+            return Err(TopicError::InUse(format!(
                 "topic '{name}' has views {views:?}; delete them first"
             )));
         }
