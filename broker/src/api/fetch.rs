@@ -124,7 +124,7 @@ fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, 
                     };
                     if let Some(f) = filters.as_ref().filter(|_| !records.is_empty()) {
                         match tokio::task::block_in_place(|| {
-                            b.plugins.filter_fetched(f, &records, &b.metrics)
+                            b.plugins.filter_fetched(f, name, &records, &b.metrics)
                         }) {
                             Ok(filtered) => records = filtered,
                             Err(e) => {

@@ -242,8 +242,14 @@ async fn produce_through_plugins(
     // Plugin calls are CPU work bounded by their deadlines; keep them off
     // the async workers' cooperative scheduling.
     let outcome = tokio::task::block_in_place(|| {
-        b.plugins
-            .apply(bindings, records, partitions, client_partition, &b.metrics)
+        b.plugins.apply(
+            bindings,
+            &topic.meta.name,
+            records,
+            partitions,
+            client_partition,
+            &b.metrics,
+        )
     });
     let done = match outcome {
         Outcome::Rejected {

@@ -4,6 +4,7 @@
 //! instances under a memory cap, a deadline, a bounded stack and an output
 //! cap. An instance that failed in any way is discarded, never reused.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -208,7 +209,7 @@ impl PluginEngine {
             name: Arc::from(name),
             kind,
             pre,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(HashMap::new()),
         };
         let mut slot = plugin
             .instantiate(&Sandbox::default())
@@ -270,13 +271,15 @@ struct Slot {
     memory_cap: usize,
 }
 
-/// A compiled, validated plugin version with its pool of instances.
+/// A compiled, validated plugin version with its pools of instances, one
+/// pool per binding (topic), so no instance's guest state is ever shared
+/// between topics, and one instance per concurrent caller.
 pub struct CompiledPlugin {
     engine: Engine,
     name: Arc<str>,
     pub kind: PluginKind,
     pre: InstancePre<HostState>,
-    pool: Mutex<Vec<Slot>>,
+    pool: Mutex<HashMap<String, Vec<Slot>>>,
 }
 
 impl CompiledPlugin {
@@ -322,6 +325,7 @@ impl CompiledPlugin {
     /// Runs the kind function on one encoded batch; returns its output bytes.
     pub fn call(
         &self,
+        binding: &str,
         input: &[u8],
         partitions: u32,
         sandbox: &Sandbox,
@@ -330,7 +334,9 @@ impl CompiledPlugin {
         let pooled = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             // A pooled instance made under another memory cap is not reused.
-            pool.pop().filter(|s| s.memory_cap == sandbox.memory_bytes)
+            pool.get_mut(binding)
+                .and_then(Vec::pop)
+                .filter(|s| s.memory_cap == sandbox.memory_bytes)
         };
         let mut slot = match pooled {
             Some(s) => s,
@@ -342,8 +348,9 @@ impl CompiledPlugin {
         match result {
             Ok(out) => {
                 let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-                if pool.len() < POOL_SIZE {
-                    pool.push(slot);
+                let idle = pool.entry(binding.to_string()).or_default();
+                if idle.len() < POOL_SIZE {
+                    idle.push(slot);
                 }
                 Ok((out, started.elapsed()))
             }
@@ -354,7 +361,10 @@ impl CompiledPlugin {
     /// Bytes of linear memory held by idle pooled instances.
     pub fn pooled_memory_bytes(&self) -> usize {
         let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.iter().map(|s| s.memory.data_size(&s.store)).sum()
+        pool.values()
+            .flatten()
+            .map(|s| s.memory.data_size(&s.store))
+            .sum()
     }
 }
 

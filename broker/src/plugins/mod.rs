@@ -236,6 +236,7 @@ impl PluginHost {
     pub fn apply(
         &self,
         b: &Bindings,
+        binding: &str,
         records: Vec<Record>,
         partitions: i32,
         client_partition: i32,
@@ -254,6 +255,7 @@ impl PluginHost {
         };
         for name in &b.interceptors {
             match self.call(
+                binding,
                 name,
                 PluginKind::Interceptor,
                 &records,
@@ -298,6 +300,7 @@ impl PluginHost {
         }
         for name in &b.filters {
             match self.call(
+                binding,
                 name,
                 PluginKind::Filter,
                 &records,
@@ -342,6 +345,7 @@ impl PluginHost {
             None => vec![client_partition; records.len()],
             Some(name) => {
                 match self.call(
+                    binding,
                     name,
                     PluginKind::Partitioner,
                     &records,
@@ -390,6 +394,7 @@ impl PluginHost {
     pub fn filter_fetched(
         &self,
         b: &Bindings,
+        binding: &str,
         data: &bytes::Bytes,
         metrics: &Metrics,
     ) -> Result<bytes::Bytes, String> {
@@ -409,6 +414,7 @@ impl PluginHost {
             let recs: Vec<Record> = entries.iter().map(|(_, r)| r.clone()).collect();
             for name in &b.fetch_filters {
                 match self.call(
+                    binding,
                     name,
                     PluginKind::Filter,
                     &recs,
@@ -460,6 +466,7 @@ impl PluginHost {
     #[allow(clippy::too_many_arguments)]
     fn call<T>(
         &self,
+        binding: &str,
         name: &str,
         kind: PluginKind,
         records: &[Record],
@@ -482,7 +489,7 @@ impl PluginHost {
         let input = wire::encode_batch(records.iter());
         metrics.plugin_records(name, "in", records.len() as u64);
         let plugin: Arc<host::CompiledPlugin> = plugin;
-        match plugin.call(&input, partitions, sandbox) {
+        match plugin.call(binding, &input, partitions, sandbox) {
             Ok((out, took)) => {
                 metrics.plugin_call(name, took);
                 parse(&out).inspect_err(|_| metrics.plugin_error(name, "bad_output"))

@@ -39,7 +39,7 @@ fn call(wat: &str, sandbox: &Sandbox) -> Result<Vec<u8>, CallError> {
         .compile("t", PluginKind::Partitioner, wat.as_bytes())
         .expect("compiles");
     let input = wire::encode_batch(records(3).iter());
-    p.call(&input, 4, sandbox).map(|(out, _)| out)
+    p.call("t", &input, 4, sandbox).map(|(out, _)| out)
 }
 
 #[test]
@@ -136,8 +136,8 @@ fn a_failed_instance_is_replaced_and_the_engine_keeps_serving() {
         .expect("compiles");
     let input = wire::encode_batch(records(2).iter());
     for _ in 0..3 {
-        assert!(bad.call(&input, 2, &Sandbox::default()).is_err());
-        assert!(good.call(&input, 2, &Sandbox::default()).is_ok());
+        assert!(bad.call("t", &input, 2, &Sandbox::default()).is_err());
+        assert!(good.call("t", &input, 2, &Sandbox::default()).is_ok());
     }
 }
 
@@ -209,11 +209,11 @@ fn failure_policies_decide_what_happens_to_the_batch() {
         sandbox: Sandbox::default(),
     };
     assert!(matches!(
-        host.apply(&b, records(2), 3, 2, &metrics),
+        host.apply(&b, "t", records(2), 3, 2, &metrics),
         Outcome::Failed { .. }
     ));
     b.failure = FailurePolicy::Pass;
-    match host.apply(&b, records(2), 3, 2, &metrics) {
+    match host.apply(&b, "t", records(2), 3, 2, &metrics) {
         Outcome::Routed(parts) => assert_eq!(
             parts.iter().map(|(p, r)| (*p, r.len())).collect::<Vec<_>>(),
             vec![(2, 2)]
@@ -222,13 +222,13 @@ fn failure_policies_decide_what_happens_to_the_batch() {
     }
     b.failure = FailurePolicy::DeadLetter;
     assert!(matches!(
-        host.apply(&b, records(2), 3, 2, &metrics),
+        host.apply(&b, "t", records(2), 3, 2, &metrics),
         Outcome::DeadLetter { .. }
     ));
     b.partitioner = Some("missing".into());
     b.failure = FailurePolicy::Reject;
     assert!(matches!(
-        host.apply(&b, records(1), 3, 0, &metrics),
+        host.apply(&b, "t", records(1), 3, 0, &metrics),
         Outcome::Failed { .. }
     ));
 }
