@@ -32,6 +32,8 @@ use tempfile::TempDir;
 
 pub use rdkafka;
 
+pub mod proxy;
+
 /// Environment variable that overrides where the broker binary is found.
 pub const BROKER_BIN_ENV: &str = "SLUICE_BROKER_BIN";
 
@@ -136,6 +138,14 @@ impl Broker {
         fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create data dir {}", dir.display()))?;
         Self::spawn_new(DataDir::External(dir), &[])
+    }
+
+    /// [`Broker::start_in`] with extra `serve` arguments.
+    pub fn start_in_with_args(dir: impl AsRef<Path>, extra_args: &[&str]) -> Result<Broker> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        Self::spawn_new(DataDir::External(dir), extra_args)
     }
 
     fn spawn_new(data: DataDir, extra_args: &[&str]) -> Result<Broker> {

@@ -5,6 +5,11 @@
 //! Without `--bootstrap` it spawns its own `sluice-broker` with a data dir
 //! under `--data-dir` (default: a temporary directory in the current
 //! working directory, so the baseline measures the same filesystem).
+//!
+//! `--mode groups` measures consumer groups instead: how long a 3-member
+//! group takes to rebalance when its third member subscribes, and how many
+//! offset commits (synchronous, and asynchronous with a bounded number in
+//! flight) one consumer gets through per second.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -14,17 +19,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
-use sluice_tests::{Broker, base_config, create_topic, pseudo_random_bytes};
+use sluice_tests::{Broker, base_config, create_topic, http_get, pseudo_random_bytes};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Produce/consume throughput and produce latency (the default).
+    ProduceConsume,
+    /// Consumer-group rebalance time and offset-commit throughput.
+    Groups,
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +45,26 @@ use sluice_tests::{Broker, base_config, create_topic, pseudo_random_bytes};
     about = "Produce/consume throughput and latency benchmark for Sluice"
 )]
 struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::ProduceConsume)]
+    mode: Mode,
+    /// Groups mode: partitions of the group's topic.
+    #[arg(long, default_value_t = 12)]
+    group_partitions: i32,
+    /// Groups mode: rebalance measurements (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    rebalance_rounds: usize,
+    /// Groups mode: heartbeat.interval.ms of the members (existing members
+    /// learn about a rebalance from a heartbeat response).
+    #[arg(long, default_value_t = 500)]
+    heartbeat_interval_ms: u32,
+    /// Groups mode: seconds spent in each commit loop.
+    #[arg(long, default_value_t = 3)]
+    commit_seconds: u64,
+    /// Groups mode: asynchronous commits per burst (each burst ends with a
+    /// synchronous commit as a barrier).
+    #[arg(long, default_value_t = 100)]
+    async_burst: u64,
     /// Broker to benchmark; if absent, a sluice-broker is spawned.
     #[arg(long)]
     bootstrap: Option<String>,
@@ -271,6 +304,9 @@ fn rate(amount: f64, d: Duration) -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.mode == Mode::Groups {
+        return groups_main(&args);
+    }
     if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
         bail!("--partitions, --records and --record-size must be positive");
     }
@@ -396,6 +432,325 @@ fn main() -> Result<()> {
     println!(
         "Latency is open-loop: records are enqueued as fast as librdkafka accepts them, \
          so it includes time queued in the client behind earlier records."
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// --mode groups
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct GroupStats {
+    assigns: AtomicU64,
+}
+
+struct GroupContext(Arc<GroupStats>);
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_)) {
+            self.0.assigns.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+type GroupConsumer = BaseConsumer<GroupContext>;
+
+fn group_member(
+    args: &Args,
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> Result<(GroupConsumer, Arc<GroupStats>)> {
+    let stats = Arc::new(GroupStats::default());
+    let mut cfg = base_config(bootstrap);
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set(
+            "heartbeat.interval.ms",
+            args.heartbeat_interval_ms.to_string(),
+        );
+    let consumer: GroupConsumer = cfg
+        .create_with_context(GroupContext(stats.clone()))
+        .context("cannot create a group consumer")?;
+    consumer
+        .subscribe(&[topic])
+        .with_context(|| format!("cannot subscribe to {topic}"))?;
+    Ok((consumer, stats))
+}
+
+fn assigned(c: &GroupConsumer) -> usize {
+    c.assignment().map(|a| a.count()).unwrap_or(0)
+}
+
+/// Polls every member until `done` holds or `timeout` passes.
+fn poll_until(
+    members: &[&GroupConsumer],
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        for m in members {
+            let _ = m.poll(Duration::from_millis(2));
+        }
+    }
+    Ok(())
+}
+
+/// One measurement: two members settle, the third subscribes; time until
+/// all three own partitions of the new generation.
+fn rebalance_round(args: &Args, bootstrap: &str, topic: &str, round: usize) -> Result<Duration> {
+    let group = format!("sluice-bench-rebalance-{}-{round}", std::process::id());
+    let (c1, s1) = group_member(args, bootstrap, &group, topic)?;
+    let (c2, s2) = group_member(args, bootstrap, &group, topic)?;
+    poll_until(
+        &[&c1, &c2],
+        Duration::from_secs(60),
+        "two members to share the topic",
+        || {
+            let (a, b) = (assigned(&c1), assigned(&c2));
+            a > 0 && b > 0 && (a + b) as i32 == args.group_partitions
+        },
+    )?;
+    let (before1, before2) = (
+        s1.assigns.load(Ordering::SeqCst),
+        s2.assigns.load(Ordering::SeqCst),
+    );
+    let start = Instant::now();
+    let (c3, _s3) = group_member(args, bootstrap, &group, topic)?;
+    poll_until(
+        &[&c1, &c2, &c3],
+        Duration::from_secs(60),
+        "three members to share the topic",
+        || {
+            let (a, b, c) = (assigned(&c1), assigned(&c2), assigned(&c3));
+            s1.assigns.load(Ordering::SeqCst) > before1
+                && s2.assigns.load(Ordering::SeqCst) > before2
+                && a > 0
+                && b > 0
+                && c > 0
+                && (a + b + c) as i32 == args.group_partitions
+        },
+    )?;
+    let elapsed = start.elapsed();
+    drop((c1, c2, c3));
+    Ok(elapsed)
+}
+
+struct CommitResult {
+    ok: u64,
+    failed: u64,
+    elapsed: Duration,
+}
+
+fn commit_list(topic: &str, partitions: i32, i: u64) -> Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Offset((i % 1000) as i64))
+            .context("commit list")?;
+    }
+    Ok(tpl)
+}
+
+fn commit_bench(args: &Args, bootstrap: &str, topic: &str) -> Result<(CommitResult, CommitResult)> {
+    let group = format!("sluice-bench-commits-{}", std::process::id());
+    let (c, _stats) = group_member(args, bootstrap, &group, topic)?;
+    poll_until(&[&c], Duration::from_secs(60), "the assignment", || {
+        assigned(&c) as i32 == args.group_partitions
+    })?;
+    let window = Duration::from_secs(args.commit_seconds);
+
+    // Synchronous: one OffsetCommit round trip at a time.
+    let (mut ok, mut failed, mut i) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < window {
+        i += 1;
+        match c.commit(
+            &commit_list(topic, args.group_partitions, i)?,
+            CommitMode::Sync,
+        ) {
+            Ok(()) => ok += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    let sync = CommitResult {
+        ok,
+        failed,
+        elapsed: start.elapsed(),
+    };
+    // Asynchronous: rust-rdkafka's BaseConsumer gets no per-commit result
+    // for async commits (librdkafka only reports them to an
+    // offset_commit_cb, which rdkafka 0.38 does not install), so commits go
+    // out in bursts of `async_burst` followed by one synchronous commit as a
+    // barrier: librdkafka sends them in order on the coordinator
+    // connection, so the barrier completes after the whole burst.
+    let (mut ok, mut failed, mut issued) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < window {
+        for _ in 0..args.async_burst {
+            i += 1;
+            c.commit(
+                &commit_list(topic, args.group_partitions, i)?,
+                CommitMode::Async,
+            )
+            .context("cannot enqueue an async commit")?;
+            issued += 1;
+        }
+        i += 1;
+        match c.commit(
+            &commit_list(topic, args.group_partitions, i)?,
+            CommitMode::Sync,
+        ) {
+            Ok(()) => ok += 1,
+            Err(_) => failed += 1,
+        }
+        let _ = c.poll(Duration::ZERO);
+    }
+    let asyncr = CommitResult {
+        ok: issued + ok,
+        failed,
+        elapsed: start.elapsed(),
+    };
+    Ok((sync, asyncr))
+}
+
+fn groups_main(args: &Args) -> Result<()> {
+    if args.group_partitions < 3 || args.rebalance_rounds == 0 || args.commit_seconds == 0 {
+        bail!("--group-partitions must be >= 3, --rebalance-rounds and --commit-seconds positive");
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    println!("command: {}", argv.join(" "));
+    println!(
+        "settings: mode=groups group_partitions={} rebalance_rounds={} heartbeat_interval_ms={} \
+         commit_seconds={} async_burst={} bootstrap={}",
+        args.group_partitions,
+        args.rebalance_rounds,
+        args.heartbeat_interval_ms,
+        args.commit_seconds,
+        args.async_burst,
+        args.bootstrap
+            .as_deref()
+            .unwrap_or("<spawned sluice-broker --group-initial-rebalance-delay-ms 0>")
+    );
+    let _temp_guard;
+    let mut broker = match &args.bootstrap {
+        Some(_) => None,
+        None => {
+            let dir = match &args.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let cwd =
+                        std::env::current_dir().context("cannot read the current directory")?;
+                    let t = tempfile::Builder::new()
+                        .prefix("sluice-bench-")
+                        .tempdir_in(&cwd)
+                        .context("cannot create a temp dir in the current directory")?;
+                    let p = t.path().to_path_buf();
+                    _temp_guard = t;
+                    p
+                }
+            };
+            Some(
+                Broker::start_in_with_args(&dir, &["--group-initial-rebalance-delay-ms", "0"])
+                    .context("cannot start sluice-broker")?,
+            )
+        }
+    };
+    let bootstrap = match (&args.bootstrap, &broker) {
+        (Some(b), _) => b.clone(),
+        (None, Some(b)) => b.bootstrap(),
+        (None, None) => unreachable!("a broker is spawned when --bootstrap is absent"),
+    };
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("sluice-bench-groups-{}", std::process::id()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?
+        .block_on(create_topic(&bootstrap, &topic, args.group_partitions, &[]))
+        .with_context(|| format!("cannot create topic {topic}"))?;
+
+    let mut rounds = Vec::new();
+    for round in 0..args.rebalance_rounds {
+        let d = rebalance_round(args, &bootstrap, &topic, round)?;
+        println!(
+            "rebalance round {}: {:.1} ms",
+            round + 1,
+            d.as_secs_f64() * 1000.0
+        );
+        rounds.push(d);
+    }
+    rounds.sort();
+    let median = rounds[rounds.len() / 2];
+    let (sync, asyncr) = commit_bench(args, &bootstrap, &topic)?;
+    // Cross-check against the broker's own request counter.
+    let broker_commits = broker.as_ref().and_then(|b| {
+        let m = http_get(b.admin_addr(), "/metrics").ok()?;
+        m.body
+            .lines()
+            .find(|l| l.starts_with("sluice_requests_total{api=\"OffsetCommit\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    });
+    if let Some(b) = broker.as_mut() {
+        b.kill();
+    }
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!();
+    println!("| measurement | result |");
+    println!("|---|---:|");
+    println!(
+        "| rebalance, 3rd member subscribes → all 3 assigned (median of {}) | {:.1} ms (min {:.1}, max {:.1}) |",
+        rounds.len(),
+        ms(median),
+        ms(rounds[0]),
+        ms(rounds[rounds.len() - 1])
+    );
+    println!(
+        "| sync commits/s ({} partitions each) | {:.0} ({} ok, {} failed in {:.2} s) |",
+        args.group_partitions,
+        rate(sync.ok as f64, sync.elapsed),
+        sync.ok,
+        sync.failed,
+        sync.elapsed.as_secs_f64()
+    );
+    println!(
+        "| async commits/s (bursts of {} + 1 sync barrier, {} partitions each) | {:.0} ({} sent, {} barrier failures in {:.2} s) |",
+        args.async_burst,
+        args.group_partitions,
+        rate(asyncr.ok as f64, asyncr.elapsed),
+        asyncr.ok,
+        asyncr.failed,
+        asyncr.elapsed.as_secs_f64()
+    );
+    if let Some(n) = broker_commits {
+        println!();
+        println!(
+            "broker counted {n} OffsetCommit requests (client: {} sync + {} async/barrier)",
+            sync.ok + sync.failed,
+            asyncr.ok + asyncr.failed
+        );
+    }
+    println!();
+    println!(
+        "Rebalance time includes up to one heartbeat.interval.ms ({} ms) for the existing \
+         members to learn of the rebalance.",
+        args.heartbeat_interval_ms
     );
     Ok(())
 }
