@@ -757,8 +757,17 @@ pub struct HttpResponse {
     pub body: String,
 }
 
+/// HTTP/1.1 POST of `body` with `Connection: close` over a raw socket.
+pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> Result<HttpResponse> {
+    http_request(addr, "POST", path, body)
+}
+
 /// HTTP/1.1 GET with `Connection: close` over a raw socket.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
+    http_request(addr, "GET", path, &[])
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot connect to admin listener {addr}"))?;
     stream
@@ -766,9 +775,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
         .context("cannot set read timeout")?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )
     .context("cannot send HTTP request")?;
+    stream.write_all(body).context("cannot send HTTP body")?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)

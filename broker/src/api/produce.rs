@@ -306,13 +306,28 @@ async fn produce_through_plugins(
                 message: None,
                 flush: Vec::new(),
             };
+            // Records unchanged (no interceptor or filter) and all routed to
+            // one partition: store the client's batch as is, no re-encode.
+            let untouched = bindings.interceptors.is_empty() && bindings.filters.is_empty();
+            let single = groups.len() == 1;
+            let mut original = Some(batch.bytes);
             for (p, recs) in groups {
                 let Some(target) = topic.partition(p) else {
                     continue;
                 };
-                let bytes =
-                    plugin_records::encode(&recs, header.compression(), false, Producer::NONE)
-                        .map_err(|e| (ResponseError::InvalidRecord, e.to_string()))?;
+                let bytes = match original.take().filter(|_| untouched && single) {
+                    Some(mut bytes) => {
+                        // Its producer sequence belongs to the client's partition.
+                        if header.producer_id >= 0 {
+                            log::batch::clear_producer(&mut bytes);
+                        }
+                        bytes
+                    }
+                    None => {
+                        plugin_records::encode(&recs, header.compression(), false, Producer::NONE)
+                            .map_err(|e| (ResponseError::InvalidRecord, e.to_string()))?
+                    }
+                };
                 let size = bytes.len();
                 let vb = log::validate_batches(bytes.freeze(), usize::MAX).map_err(refuse)?;
                 let info = target.append(vb, 0).map_err(refuse)?;

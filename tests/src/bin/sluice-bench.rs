@@ -29,7 +29,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
-use sluice_tests::{Broker, base_config, create_topic, http_get, pseudo_random_bytes};
+use sluice_tests::{Broker, base_config, create_topic, http_get, http_post, pseudo_random_bytes};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -37,6 +37,9 @@ enum Mode {
     ProduceConsume,
     /// Consumer-group rebalance time and offset-commit throughput.
     Groups,
+    /// Produce throughput and latency with no plugin, a trivial partitioner,
+    /// an interceptor rewriting one header, and a filter keeping half.
+    Plugins,
 }
 
 #[derive(Parser, Debug)]
@@ -65,6 +68,10 @@ struct Args {
     /// synchronous commit as a barrier).
     #[arg(long, default_value_t = 100)]
     async_burst: u64,
+    /// Plugins mode: directory holding the example plugins' .wasm files
+    /// (built by scripts/build-plugins).
+    #[arg(long)]
+    plugins_dir: Option<PathBuf>,
     /// Broker to benchmark; if absent, a sluice-broker is spawned.
     #[arg(long)]
     bootstrap: Option<String>,
@@ -185,10 +192,16 @@ fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
     for seq in 0..args.records {
         let value = &pool[(seq % pool.len() as u64) as usize];
         let partition = (seq % args.partitions as u64) as i32;
+        // Plugins mode keys records by sequence number (the keep-half filter
+        // reads the key's last digit); otherwise records are unkeyed.
+        let key = (args.mode == Mode::Plugins).then(|| seq.to_string());
         let mut record =
             BaseRecord::<[u8], [u8], Box<Instant>>::with_opaque_to(topic, Box::new(Instant::now()))
                 .partition(partition)
                 .payload(value.as_slice());
+        if let Some(k) = &key {
+            record = record.key(k.as_bytes());
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -306,6 +319,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.mode == Mode::Groups {
         return groups_main(&args);
+    }
+    if args.mode == Mode::Plugins {
+        return plugins_main(&args);
     }
     if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
         bail!("--partitions, --records and --record-size must be positive");
@@ -752,5 +768,106 @@ fn groups_main(args: &Args) -> Result<()> {
          members to learn of the rebalance.",
         args.heartbeat_interval_ms
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// --mode plugins
+
+/// Produce throughput and p99 latency with each kind of plugin bound, as
+/// ratios to the same workload with no plugin, against one spawned broker.
+fn plugins_main(args: &Args) -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    println!("command: {}", argv.join(" "));
+    println!(
+        "settings: mode=plugins records={} record_size={} partitions={} acks={} compression={} linger_ms={}",
+        args.records,
+        args.record_size,
+        args.partitions,
+        args.acks,
+        args.compression,
+        args.linger_ms
+    );
+    let dir = args.plugins_dir.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/examples/target/wasm32-unknown-unknown/release")
+    });
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let temp = tempfile::Builder::new()
+        .prefix("sluice-bench-")
+        .tempdir_in(&cwd)
+        .context("cannot create a temp dir in the current directory")?;
+    let broker = Broker::start_in(temp.path()).context("cannot start sluice-broker")?;
+    let bootstrap = broker.bootstrap();
+    for (name, kind, file) in [
+        ("trivial", "partitioner", "trivial_partitioner.wasm"),
+        ("stamp", "interceptor", "stamp_header.wasm"),
+        ("half", "filter", "keep_half.wasm"),
+    ] {
+        let path = dir.join(file);
+        let wasm = fs::read(&path).with_context(|| {
+            format!("cannot read {} (run scripts/build-plugins)", path.display())
+        })?;
+        let resp = http_post(
+            broker.admin_addr(),
+            &format!("/v1/plugins/{name}?kind={kind}"),
+            &wasm,
+        )?;
+        if resp.status != 201 {
+            bail!("uploading {name}: {} {}", resp.status, resp.body);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let scenarios: [(&str, Vec<(&str, &str)>); 4] = [
+        ("no plugin", vec![]),
+        (
+            "trivial partitioner",
+            vec![("sluice.partitioner", "trivial")],
+        ),
+        (
+            "interceptor: rewrite one header",
+            vec![("sluice.interceptors", "stamp")],
+        ),
+        ("filter: keep half", vec![("sluice.filters", "half")]),
+    ];
+    let mut rows = Vec::new();
+    for (i, (label, configs)) in scenarios.iter().enumerate() {
+        let topic = format!("sluice-bench-plugins-{}-{i}", std::process::id());
+        runtime
+            .block_on(create_topic(&bootstrap, &topic, args.partitions, configs))
+            .with_context(|| format!("cannot create topic {topic}"))?;
+        let r = produce(args, &bootstrap, &topic)?;
+        if r.failed > 0 {
+            eprintln!("warning: {label}: {} records failed delivery", r.failed);
+        }
+        let rps = rate(r.acked as f64, r.elapsed);
+        let mbs = rate((r.acked * args.record_size as u64) as f64 / MB, r.elapsed);
+        let p99 = r.latency.value_at_quantile(0.99) as f64 / 1000.0;
+        println!(
+            "{label}: {} acked in {:.3} s",
+            r.acked,
+            r.elapsed.as_secs_f64()
+        );
+        rows.push((label.to_string(), rps, mbs, p99));
+    }
+    let (_, base_rps, _, base_p99) = rows[0].clone();
+    println!();
+    println!(
+        "| plugin | produce rec/s | MB/s | p99 latency ms | throughput vs no plugin | p99 vs no plugin |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, rps, mbs, p99) in &rows {
+        println!(
+            "| {label} | {rps:.0} | {mbs:.1} | {p99:.1} | {:.2} | {:.2} |",
+            rps / base_rps,
+            p99 / base_p99.max(1e-9)
+        );
+    }
+    println!();
+    println!("Throughput counts acknowledged records (the filter's dropped half included).");
+    println!("Latency is open-loop (see the default mode).");
     Ok(())
 }
