@@ -163,17 +163,17 @@ impl Metrics {
         let plugin_calls = counter(
             "sluice_plugin_calls_total",
             "Plugin calls that returned (one per record batch).",
-            &["plugin"],
+            &["plugin", "topic"],
         );
         let plugin_errors = counter(
             "sluice_plugin_errors_total",
             "Plugin failures, by kind (trap, timeout, oom, bad_output, ...).",
-            &["plugin", "kind"],
+            &["plugin", "topic", "kind"],
         );
         let plugin_records = counter(
             "sluice_plugin_records_total",
             "Records through plugins, by outcome (in, dropped, rejected).",
-            &["plugin", "outcome"],
+            &["plugin", "topic", "outcome"],
         );
         let plugin_seconds = must(HistogramVec::new(
             HistogramOpts::new(
@@ -184,7 +184,7 @@ impl Metrics {
                 0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                 0.1, 0.25, 1.0,
             ]),
-            &["plugin"],
+            &["plugin", "topic"],
         ));
         must(registry.register(Box::new(plugin_seconds.clone())));
         let plugin_memory = gauge(
@@ -250,21 +250,23 @@ impl Metrics {
 }
 
 impl Metrics {
-    pub fn plugin_call(&self, plugin: &str, took: std::time::Duration) {
-        self.plugin_calls.with_label_values(&[plugin]).inc();
+    pub fn plugin_call(&self, plugin: &str, topic: &str, took: std::time::Duration) {
+        self.plugin_calls.with_label_values(&[plugin, topic]).inc();
         self.plugin_seconds
-            .with_label_values(&[plugin])
+            .with_label_values(&[plugin, topic])
             .observe(took.as_secs_f64());
     }
 
-    pub fn plugin_error(&self, plugin: &str, kind: &str) {
-        self.plugin_errors.with_label_values(&[plugin, kind]).inc();
+    pub fn plugin_error(&self, plugin: &str, topic: &str, kind: &str) {
+        self.plugin_errors
+            .with_label_values(&[plugin, topic, kind])
+            .inc();
     }
 
-    pub fn plugin_records(&self, plugin: &str, outcome: &str, n: u64) {
+    pub fn plugin_records(&self, plugin: &str, topic: &str, outcome: &str, n: u64) {
         if n > 0 {
             self.plugin_records
-                .with_label_values(&[plugin, outcome])
+                .with_label_values(&[plugin, topic, outcome])
                 .inc_by(n);
         }
     }

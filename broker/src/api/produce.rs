@@ -288,8 +288,12 @@ async fn produce_through_plugins(
             log::batch::clear_producer(&mut bytes);
             let vb = log::validate_batches(bytes.freeze(), usize::MAX).map_err(refuse)?;
             let info = target.append(vb, 0).map_err(refuse)?;
-            b.metrics
-                .plugin_records(&plugin, "dead_lettered", info.records as u64);
+            b.metrics.plugin_records(
+                &plugin,
+                &topic.meta.name,
+                "dead_lettered",
+                info.records as u64,
+            );
             PluginAppend {
                 base_offset: -1,
                 log_append_time: -1,

@@ -270,7 +270,7 @@ impl PluginHost {
                         match v {
                             Verdict::Keep(r) => kept.push(r),
                             Verdict::Reject(reason) => {
-                                metrics.plugin_records(name, "rejected", 1);
+                                metrics.plugin_records(name, binding, "rejected", 1);
                                 return Outcome::Rejected {
                                     plugin: name.clone(),
                                     index,
@@ -287,7 +287,7 @@ impl PluginHost {
                         v.len(),
                         records.len()
                     );
-                    metrics.plugin_error(name, "bad_output");
+                    metrics.plugin_error(name, binding, "bad_output");
                     if b.failure != FailurePolicy::Pass {
                         return fail(name, e);
                     }
@@ -317,10 +317,15 @@ impl PluginHost {
                         .filter(|(_, k)| *k)
                         .map(|(r, _)| r)
                         .collect();
-                    metrics.plugin_records(name, "dropped", (before - records.len()) as u64);
+                    metrics.plugin_records(
+                        name,
+                        binding,
+                        "dropped",
+                        (before - records.len()) as u64,
+                    );
                 }
                 Ok(k) => {
-                    metrics.plugin_error(name, "bad_output");
+                    metrics.plugin_error(name, binding, "bad_output");
                     if b.failure != FailurePolicy::Pass {
                         return fail(
                             name,
@@ -359,7 +364,7 @@ impl PluginHost {
                         .map(|x| (x % partitions.max(1) as u32) as i32)
                         .collect(),
                     Ok(p) => {
-                        metrics.plugin_error(name, "bad_output");
+                        metrics.plugin_error(name, binding, "bad_output");
                         if b.failure != FailurePolicy::Pass {
                             return fail(
                                 name,
@@ -448,7 +453,7 @@ impl PluginHost {
             }
             let dropped = keep.iter().filter(|k| !**k).count();
             for name in &b.fetch_filters {
-                metrics.plugin_records(name, "dropped", dropped as u64);
+                metrics.plugin_records(name, binding, "dropped", dropped as u64);
             }
             let kept: Vec<(i32, Record)> = entries
                 .into_iter()
@@ -476,26 +481,26 @@ impl PluginHost {
         parse: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<T, String> {
         let Some(plugin) = self.registry.get(name) else {
-            metrics.plugin_error(name, "missing");
+            metrics.plugin_error(name, binding, "missing");
             return Err(format!("plugin '{name}' is not uploaded"));
         };
         if plugin.kind != kind {
-            metrics.plugin_error(name, "wrong_kind");
+            metrics.plugin_error(name, binding, "wrong_kind");
             return Err(format!(
                 "plugin '{name}' is a {}, bound as a {kind}",
                 plugin.kind
             ));
         }
         let input = wire::encode_batch(records.iter());
-        metrics.plugin_records(name, "in", records.len() as u64);
+        metrics.plugin_records(name, binding, "in", records.len() as u64);
         let plugin: Arc<host::CompiledPlugin> = plugin;
         match plugin.call(binding, &input, partitions, sandbox) {
             Ok((out, took)) => {
-                metrics.plugin_call(name, took);
-                parse(&out).inspect_err(|_| metrics.plugin_error(name, "bad_output"))
+                metrics.plugin_call(name, binding, took);
+                parse(&out).inspect_err(|_| metrics.plugin_error(name, binding, "bad_output"))
             }
             Err(e) => {
-                metrics.plugin_error(name, e.kind());
+                metrics.plugin_error(name, binding, e.kind());
                 Err(format!("plugin '{name}' {e}"))
             }
         }
