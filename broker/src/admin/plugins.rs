@@ -126,6 +126,12 @@ pub async fn delete(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let force = q.get("force").is_some_and(|v| v == "true" || v == "1");
+    if b.plugins.registry.versions(&name).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("plugin '{name}' does not exist"),
+        );
+    }
     let bound = bound_topics(&b, &name);
     if !bound.is_empty() && !force {
         return error(
