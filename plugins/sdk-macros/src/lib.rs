@@ -24,7 +24,11 @@ fn function_name(item: &TokenStream) -> Result<String, String> {
 fn expand(item: TokenStream, export: &str) -> TokenStream {
     let name = match function_name(&item) {
         Ok(n) => n,
-        Err(e) => return format!("compile_error!({e:?});").parse().unwrap_or_default(),
+        Err(e) => {
+            return format!("compile_error!({e:?});")
+                .parse()
+                .unwrap_or_default();
+        }
     };
     let common = r#"
         #[unsafe(no_mangle)]

@@ -46,7 +46,9 @@ impl Record {
     }
 
     pub fn value_str(&self) -> Option<&str> {
-        self.value.as_deref().and_then(|v| std::str::from_utf8(v).ok())
+        self.value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 }
 
@@ -124,7 +126,10 @@ pub mod wire {
         }
         fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
             if self.buf.len() < n {
-                return Err(WireError(format!("needed {n} bytes, {} left", self.buf.len())));
+                return Err(WireError(format!(
+                    "needed {n} bytes, {} left",
+                    self.buf.len()
+                )));
             }
             let (a, b) = self.buf.split_at(n);
             self.buf = b;
@@ -155,7 +160,8 @@ pub mod wire {
         }
         pub fn string(&mut self) -> Result<String, WireError> {
             let n = self.u32()? as usize;
-            String::from_utf8(self.take(n)?.to_vec()).map_err(|_| WireError("string is not UTF-8".into()))
+            String::from_utf8(self.take(n)?.to_vec())
+                .map_err(|_| WireError("string is not UTF-8".into()))
         }
         /// A count of items that each take at least `min_size` bytes; a
         /// count the remaining bytes cannot hold is an error, not an
@@ -353,9 +359,18 @@ mod tests {
 
     #[test]
     fn results_round_trip() {
-        assert_eq!(decode_partitions(&encode_partitions(&[3, 1])).expect("p"), vec![3, 1]);
-        assert_eq!(decode_keep(&encode_keep(&[true, false])).expect("k"), vec![true, false]);
-        let v = vec![Verdict::Keep(sample()[0].clone()), Verdict::Reject("no".into())];
+        assert_eq!(
+            decode_partitions(&encode_partitions(&[3, 1])).expect("p"),
+            vec![3, 1]
+        );
+        assert_eq!(
+            decode_keep(&encode_keep(&[true, false])).expect("k"),
+            vec![true, false]
+        );
+        let v = vec![
+            Verdict::Keep(sample()[0].clone()),
+            Verdict::Reject("no".into()),
+        ];
         assert_eq!(decode_verdicts(&encode_verdicts(&v)).expect("v"), v);
     }
 
