@@ -155,6 +155,12 @@ async fn alter_topic(
             ),
         ));
     }
+    if crate::broker::is_internal_topic(name.as_str()) {
+        return Err((
+            ResponseError::InvalidRequest,
+            format!("{name} is an internal topic; its configs are managed by the broker"),
+        ));
+    }
     let topic = b.topics.get(name.as_str()).ok_or_else(|| {
         (
             ResponseError::UnknownTopicOrPartition,

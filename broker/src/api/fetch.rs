@@ -19,6 +19,9 @@ use crate::broker::Broker;
 use crate::log::{LogError, PartitionLog, batch};
 use crate::plugins::Bindings;
 
+/// Most record bytes one Fetch response carries (Kafka's fetch.max.bytes).
+const MAX_FETCH_BYTES: usize = 55 * 1024 * 1024;
+
 /// Longest long-poll we honour, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
@@ -50,10 +53,13 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
         })
         .collect();
     let min_bytes = req.min_bytes.max(0) as usize;
+    // Kafka's fetch.max.bytes: the broker bounds what one request can make
+    // it read into memory, whatever the client asks (one batch may still
+    // exceed it, KIP-74; batches are bounded by max.message.bytes).
     let max_bytes = if req.max_bytes <= 0 {
-        usize::MAX
+        MAX_FETCH_BYTES
     } else {
-        req.max_bytes as usize
+        (req.max_bytes as usize).min(MAX_FETCH_BYTES)
     };
     loop {
         // Register interest before reading so an append in between still wakes us.

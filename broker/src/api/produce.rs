@@ -222,6 +222,11 @@ async fn produce_through_plugins(
     let config = client_log.config();
     let batch = log::validate_batches(payload, config.max_message_bytes).map_err(refuse)?;
     let header = batch.header;
+    let _sequence_guard = if header.producer_id >= 0 {
+        Some(client_log.plugin_produce.lock().await)
+    } else {
+        None
+    };
     if let SequenceCheck::Duplicate(original) =
         client_log.check_sequence(&header).map_err(refuse)?
     {

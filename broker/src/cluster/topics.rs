@@ -17,6 +17,8 @@ use crate::log::{self, PartitionLog};
 use crate::plugins::Bindings;
 
 pub const META_DIR: &str = "__sluice_meta";
+/// Most partitions one topic may have (each is a directory and open files).
+pub const MAX_PARTITIONS: usize = 100_000;
 const TOPICS_FILE: &str = "topics.json";
 const DELETED_SUFFIX: &str = ".deleted";
 
@@ -220,6 +222,12 @@ impl TopicRegistry {
         }
         drop(existing);
         topic_config::validate_all(&t.configs).map_err(TopicError::InvalidConfig)?;
+        if t.assignment.len() > MAX_PARTITIONS {
+            return Err(TopicError::InvalidPartitions(format!(
+                "{} partitions is more than the {MAX_PARTITIONS} this broker allows per topic",
+                t.assignment.len()
+            )));
+        }
         if !t.assignment.is_empty() {
             validate_assignment(&t.assignment, brokers)?;
             return Ok(t.assignment.clone());
@@ -230,9 +238,9 @@ impl TopicRegistry {
                 t.partitions
             )));
         }
-        if t.partitions > 100_000 {
+        if t.partitions as usize > MAX_PARTITIONS {
             return Err(TopicError::InvalidPartitions(format!(
-                "{} partitions is more than the 100000 this broker allows per topic",
+                "{} partitions is more than the {MAX_PARTITIONS} this broker allows per topic",
                 t.partitions
             )));
         }
@@ -415,6 +423,11 @@ impl TopicRegistry {
         if count <= 0 || (count as usize) <= current {
             return Err(TopicError::InvalidPartitions(format!(
                 "topic '{name}' has {current} partitions; the new count {count} must be larger"
+            )));
+        }
+        if count as usize > MAX_PARTITIONS {
+            return Err(TopicError::InvalidPartitions(format!(
+                "{count} partitions is more than the {MAX_PARTITIONS} this broker allows per topic"
             )));
         }
         let added = count as usize - current;
@@ -650,6 +663,13 @@ mod tests {
             ));
         }
         let reg = TopicRegistry::open(dir.path(), 0).expect("reopen");
+        assert!(
+            matches!(
+                reg.add_partitions("t", i32::MAX, None, &[0], true).await,
+                Err(TopicError::InvalidPartitions(_))
+            ),
+            "a huge partition count is refused before anything is built"
+        );
         let t = reg.get("t").expect("persisted");
         assert_eq!(t.partitions.len(), 3);
         assert_eq!(

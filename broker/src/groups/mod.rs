@@ -325,7 +325,9 @@ impl Group {
                 .map(|m| m.id.clone());
         }
         self.state = GroupState::CompletingRebalance;
-        self.rebalance_deadline = None;
+        // Members (above all the leader) must sync within the rebalance
+        // timeout, or the group would wait for an assignment forever.
+        self.rebalance_deadline = Some(now + self.rebalance_timeout());
         self.delay_deadline = None;
         let protocol = self.protocol.clone().unwrap_or_default();
         let leader = self.leader.clone().unwrap_or_default();
@@ -774,6 +776,7 @@ impl GroupCoordinator {
                     m.assignment = given.remove(&m.id).unwrap_or_default();
                 }
                 group.state = GroupState::Stable;
+                group.rebalance_deadline = None;
                 let now = Instant::now();
                 let (pt, pn) = (group.protocol_type.clone(), group.protocol.clone());
                 for m in group.members.values_mut() {
@@ -925,6 +928,22 @@ impl GroupCoordinator {
                 && group.maybe_complete_join(now)
             {
                 // completed by delay or timeout
+            } else if group.state == GroupState::CompletingRebalance
+                && group.rebalance_deadline.is_some_and(|d| now >= d)
+            {
+                // Whoever did not send SyncGroup in time (the leader, since
+                // the group is not Stable) is removed; the rest rebalance.
+                let unsynced: Vec<String> = group
+                    .members
+                    .values()
+                    .filter(|m| m.sync_waiter.is_none())
+                    .map(|m| m.id.clone())
+                    .collect();
+                for id in &unsynced {
+                    tracing::info!(group = %group.id, member = %id, "no SyncGroup within the rebalance timeout; member removed");
+                    group.remove_member(id);
+                }
+                self.after_removal(group);
             }
         }
     }

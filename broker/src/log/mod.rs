@@ -8,6 +8,7 @@
 //! never blocks the async workers that serve other partitions.
 
 pub mod batch;
+pub mod compression;
 pub mod index;
 pub mod producer_state;
 pub mod segment;
@@ -187,6 +188,10 @@ pub struct PartitionLog {
     flush_lock: tokio::sync::Mutex<()>,
     /// Woken on every append, for long-polling fetches.
     pub appended: Notify,
+    /// Held by the plugin produce path from its sequence check to its
+    /// sequence record, so a retried idempotent batch cannot slip past the
+    /// check while the first copy is still in the plugins.
+    pub plugin_produce: tokio::sync::Mutex<()>,
 }
 
 impl PartitionLog {
@@ -257,6 +262,7 @@ impl PartitionLog {
             flushed_offset: AtomicI64::new(leo),
             flush_lock: tokio::sync::Mutex::new(()),
             appended: Notify::new(),
+            plugin_produce: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -328,7 +334,11 @@ impl PartitionLog {
                 && (a.size + total > st.config.segment_bytes
                     || now - a.created_ms >= st.config.segment_ms
                     // Index positions are 32-bit.
-                    || a.size + total > u64::from(u32::MAX))
+                    || a.size + total > u64::from(u32::MAX)
+                    // So are offsets relative to the segment base (Kafka's
+                    // rule: a segment spans at most i32::MAX offsets).
+                    || a.next_offset + i64::from(batch.header.last_offset_delta) - a.base_offset
+                        > i64::from(i32::MAX))
         };
         if roll {
             self.roll(&mut st, now)?;
@@ -465,9 +475,15 @@ impl PartitionLog {
                     log_start_offset: start,
                 });
             }
-            let i = st.segments.partition_point(|s| s.base_offset <= offset) - 1;
+            let mut i = st.segments.partition_point(|s| s.base_offset <= offset) - 1;
+            // An offset in a gap between segments (a sealed segment whose
+            // corrupt tail recovery cut) is served from the next segment, as
+            // a consumer would after compaction, rather than stalling on it.
+            if offset >= st.segments[i].next_offset && i + 1 < st.segments.len() {
+                i += 1;
+            }
             let seg = &st.segments[i];
-            let relative = (offset - seg.base_offset) as u32;
+            let relative = (offset - seg.base_offset).max(0) as u32;
             (
                 seg.file.clone(),
                 seg.base_offset,
@@ -715,12 +731,12 @@ fn record_times(bytes: &[u8], h: &BatchHeader) -> Vec<(i64, i64)> {
     if h.compression() == 0 {
         return batch::record_timestamps(bytes, h).unwrap_or_default();
     }
-    let mut buf = Bytes::copy_from_slice(bytes);
-    match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
-        Ok(set) => set
-            .records
+    // Bounded decompression: a batch that inflates past the limit is
+    // treated as having no usable timestamps rather than exhausting memory.
+    match crate::plugins::records::decode_entries(bytes) {
+        Ok((h, entries)) => entries
             .iter()
-            .map(|r| (r.timestamp, r.offset))
+            .map(|(delta, r)| (r.timestamp, h.base_offset + i64::from(*delta)))
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "could not decode batch for timestamp lookup");
@@ -1037,6 +1053,74 @@ mod tests {
                 .duplicate
         );
         assert_eq!(log.log_end_offset(), 93);
+    }
+
+    /// A compressed batch may claim any record count; the broker does not
+    /// inflate it on produce. Offsets relative to a segment must still fit.
+    fn claiming_batch(claimed: i32) -> BytesMut {
+        let mut b = encoded_batch(2, Compression::Gzip, 0);
+        b[23..27].copy_from_slice(&(claimed - 1).to_be_bytes());
+        b[57..61].copy_from_slice(&claimed.to_be_bytes());
+        let crc = batch::compute_crc(&b);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn segments_roll_before_relative_offsets_overflow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = PartitionLog::open("t-0".into(), dir.path().join("t-0"), LogConfig::default())
+            .expect("open");
+        for _ in 0..3 {
+            let v =
+                validate_batches(claiming_batch(1_500_000_000).freeze(), 1 << 20).expect("valid");
+            log.append(v, 0).expect("append");
+        }
+        assert_eq!(log.log_end_offset(), 4_500_000_000);
+        let segs = fs::read_dir(dir.path().join("t-0"))
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count();
+        assert_eq!(segs, 3, "each batch needed its own segment");
+        let r = log.read(3_000_000_001, 1).expect("read");
+        assert_eq!(offsets_in(&r.records), vec![(3_000_000_000, 4_499_999_999)]);
+    }
+
+    #[test]
+    fn a_gap_between_segments_is_skipped_not_stalled_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        {
+            let log =
+                PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("open");
+            append_n(&log, 20, 5, 0);
+        }
+        // Corrupt the middle of the first (sealed) segment and drop its
+        // index so recovery scans it and cuts it short.
+        let seg0 = path.join(format!("{}.log", segment::file_stem(0)));
+        let mut data = fs::read(&seg0).expect("read");
+        let mid = data.len() / 2;
+        data[mid] ^= 0xff;
+        fs::write(&seg0, &data).expect("write");
+        fs::remove_file(path.join(format!("{}.index", segment::file_stem(0)))).expect("rm");
+        let log = PartitionLog::open("t-0".into(), path, small_segments()).expect("reopen");
+        let cut_at = {
+            let st = log.lock();
+            st.segments[0].next_offset
+        };
+        let second_base = {
+            let st = log.lock();
+            st.segments[1].base_offset
+        };
+        assert!(
+            cut_at < second_base,
+            "recovery left a gap [{cut_at}, {second_base})"
+        );
+        let r = log.read(cut_at, 1).expect("read in the gap");
+        assert_eq!(offsets_in(&r.records)[0].0, second_base);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! of records into a fresh batch with the same codec and timestamp type.
 //! Only topics with plugin bindings ever come through here.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use sluice_plugin::Record;
 
 use crate::log::batch::{self, BatchError, BatchHeader, HEADER_LEN};
@@ -40,23 +40,8 @@ fn read_nullable(buf: &mut &[u8]) -> Result<Option<Vec<u8>>, BatchError> {
     Ok(Some(a.to_vec()))
 }
 
-fn decompress(codec: i16, data: &[u8]) -> Result<Bytes, BatchError> {
-    let mut input = Bytes::copy_from_slice(data);
-    let take = |b: &mut Bytes| -> anyhow::Result<Bytes> {
-        if b.remaining() > MAX_DECOMPRESSED {
-            anyhow::bail!("decompressed records exceed {MAX_DECOMPRESSED} bytes");
-        }
-        Ok(b.copy_to_bytes(b.remaining()))
-    };
-    let out = match codec {
-        0 => Ok(input),
-        1 => Gzip::decompress(&mut input, |b: &mut Bytes| take(b)),
-        2 => Snappy::decompress(&mut input, |b: &mut Bytes| take(b)),
-        3 => Lz4::decompress(&mut input, |b: &mut Bytes| take(b)),
-        4 => Zstd::decompress(&mut input, |b: &mut Bytes| take(b)),
-        other => return Err(invalid(format!("unknown compression codec {other}"))),
-    };
-    out.map_err(|e| invalid(format!("decompressing records: {e}")))
+fn decompress(codec: i16, data: &[u8]) -> Result<Vec<u8>, BatchError> {
+    crate::log::compression::decompress(codec, data, MAX_DECOMPRESSED).map_err(invalid)
 }
 
 /// The records of one batch, in order. `bytes` must hold exactly one batch.
