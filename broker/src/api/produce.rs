@@ -15,8 +15,8 @@ use super::{error_code, str_bytes};
 use crate::broker::Broker;
 use crate::cluster::topics::Topic;
 use crate::log::producer_state::{SequenceCheck, SequenceError};
+use crate::log::records::{self as plugin_records, Producer};
 use crate::log::{self, LogError, PartitionLog};
-use crate::plugins::records::{self as plugin_records, Producer};
 use crate::plugins::{Bindings, Outcome};
 
 pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {

@@ -7,13 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use sluice_plugin::Record;
 
-use crate::log::{LogError, PartitionLog, now_ms, validate_batches};
+use crate::log::records::{self, Producer};
+use crate::log::{LogError, PartitionLog, batch, now_ms, validate_batches};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -126,36 +125,17 @@ impl OffsetStore {
         let now = now_ms();
         let records: Vec<Record> = changes
             .iter()
-            .enumerate()
-            .map(|(i, c)| {
+            .map(|c| {
                 let (key, value) = encode_change(group, c);
                 Record {
-                    transactional: false,
-                    control: false,
-                    partition_leader_epoch: 0,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i as i64,
-                    sequence: i as i32,
                     timestamp: now,
-                    key: Some(key),
-                    value,
-                    headers: Default::default(),
-                    delete_horizon: false,
+                    key: Some(key.to_vec()),
+                    value: value.map(|v| v.to_vec()),
+                    headers: Vec::new(),
                 }
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            records.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(|e| LogError::Io(std::io::Error::other(e.to_string())))?;
+        let buf = records::encode(&records, 0, false, Producer::NONE)?;
         let log = self.log_for(group);
         let batch = validate_batches(buf.freeze(), usize::MAX)?;
         let info = log.append(batch, 0)?;
@@ -174,15 +154,17 @@ impl OffsetStore {
                 if read.records.is_empty() {
                     break;
                 }
-                let mut buf = read.records.clone();
-                let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| {
-                    LogError::Io(std::io::Error::other(format!("{}: {e}", log.name())))
-                })?;
-                for set in sets {
-                    for r in set.records {
-                        offset = offset.max(r.offset + 1);
-                        apply_record(&mut groups, r.key.as_ref(), r.value.as_ref());
+                let data = &read.records;
+                let mut pos = 0;
+                while pos < data.len() {
+                    let (h, entries) = records::decode_entries(
+                        &data[pos..pos + batch::parse_header(&data[pos..])?.len],
+                    )?;
+                    for (_, r) in entries {
+                        apply_record(&mut groups, r.key.as_deref(), r.value.as_deref());
                     }
+                    pos += h.len;
+                    offset = h.next_offset();
                 }
             }
         }
@@ -232,8 +214,8 @@ fn encode_change(group: &str, c: &Change) -> (Bytes, Option<Bytes>) {
 
 fn apply_record(
     groups: &mut HashMap<String, LoadedGroup>,
-    key: Option<&Bytes>,
-    value: Option<&Bytes>,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
 ) {
     let Some(key) = key.and_then(|k| serde_json::from_slice::<Key>(k).ok()) else {
         tracing::warn!("skipping unreadable record in {OFFSETS_TOPIC}");

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod compression;
 pub mod index;
 pub mod producer_state;
+pub mod records;
 pub mod segment;
 
 use std::fs;
@@ -733,7 +734,7 @@ fn record_times(bytes: &[u8], h: &BatchHeader) -> Vec<(i64, i64)> {
     }
     // Bounded decompression: a batch that inflates past the limit is
     // treated as having no usable timestamps rather than exhausting memory.
-    match crate::plugins::records::decode_entries(bytes) {
+    match records::decode_entries(bytes) {
         Ok((h, entries)) => entries
             .iter()
             .map(|(delta, r)| (r.timestamp, h.base_offset + i64::from(*delta)))

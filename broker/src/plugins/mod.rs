@@ -1,14 +1,13 @@
 //! WebAssembly plugins on the produce path: partitioners, interceptors and
 //! filters bound to topics through topic configs. `host` runs modules under
-//! limits, `registry` stores and versions them, `records` converts between
-//! stored batches and plugin records, and this module applies a topic's
-//! bindings to one produced batch.
+//! limits, `registry` stores and versions them, `crate::log::records`
+//! converts between stored batches and plugin records, and this module
+//! applies a topic's bindings to one produced batch.
 //!
 //! Topics without bindings never reach this code: their batches are stored
 //! exactly as received.
 
 pub mod host;
-pub mod records;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -414,7 +413,8 @@ impl PluginHost {
                 out.extend_from_slice(raw);
                 continue;
             }
-            let (h, entries) = records::decode_entries(raw).map_err(|e| e.to_string())?;
+            let (h, entries) =
+                crate::log::records::decode_entries(raw).map_err(|e| e.to_string())?;
             let mut keep = vec![true; entries.len()];
             let recs: Vec<Record> = entries.iter().map(|(_, r)| r.clone()).collect();
             for name in &b.fetch_filters {
@@ -461,7 +461,9 @@ impl PluginHost {
                 .filter(|(_, k)| *k)
                 .map(|(e, _)| e)
                 .collect();
-            out.extend_from_slice(&records::encode_filtered(&h, &kept).map_err(|e| e.to_string())?);
+            out.extend_from_slice(
+                &crate::log::records::encode_filtered(&h, &kept).map_err(|e| e.to_string())?,
+            );
         }
         Ok(out.freeze())
     }

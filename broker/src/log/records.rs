@@ -1,8 +1,8 @@
-//! Record-level view of a v2 batch for plugins: decode (decompressing as
-//! needed) into records that keep header order and duplicate header keys —
-//! which the kafka-protocol crate's decoder collapses — and re-encode a list
-//! of records into a fresh batch with the same codec and timestamp type.
-//! Only topics with plugin bindings ever come through here.
+//! Record-level view of a v2 batch: decode (decompressing, bounded) into
+//! records that keep header order and duplicate header keys — which the
+//! kafka-protocol crate's decoder collapses — and encode records into a
+//! fresh batch. Used by plugins, timestamp lookups and the broker's own
+//! internal topics; client batches on plugin-free topics never come here.
 
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
