@@ -24,9 +24,12 @@ use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::ToBytes;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::future_producer::{Delivery, DeliveryFuture};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseRecord, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
+};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tempfile::TempDir;
 
@@ -562,6 +565,34 @@ pub async fn enqueue<'a>(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err((e, _)) => bail!("cannot enqueue record: {e}"),
+        }
+    }
+}
+
+/// Enqueues `record` on a threaded producer, waiting while librdkafka's
+/// local queue is full; any other error is returned.
+pub fn send_blocking<'a, K, P, C>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> Result<(), rdkafka::error::KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+    C: ProducerContext,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
         }
     }
 }

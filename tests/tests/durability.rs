@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::Offset;
-use rdkafka::types::RDKafkaErrorCode;
 use sluice_tests::{
     Broker, OP_TIMEOUT, assign, await_deliveries, consume_n, create_topic, enqueue,
     future_producer, producer_config, pseudo_random_bytes, read_batches, segment_files,
-    stream_consumer, unique_name,
+    send_blocking, stream_consumer, unique_name,
 };
 
 /// Delivery-report bookkeeping shared with the producer's callback thread.
@@ -99,19 +97,12 @@ async fn sigkill_mid_stream_keeps_every_acknowledged_record() {
             for seq in 0..TOTAL {
                 let key = crash_key(seq);
                 let value = crash_value(seq);
-                let mut record = BaseRecord::with_opaque_to(&topic, Box::new(seq))
+                let record = BaseRecord::with_opaque_to(&topic, Box::new(seq))
                     .partition(0)
                     .key(&key)
                     .payload(&value);
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                            record = r;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err((e, _)) => panic!("cannot enqueue record {seq}: {e}"),
-                    }
+                if let Err(e) = send_blocking(&producer, record) {
+                    panic!("cannot enqueue record {seq}: {e}");
                 }
                 sent.fetch_add(1, Ordering::SeqCst);
                 if seq % CHUNK == CHUNK - 1 {

@@ -22,7 +22,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_tests::{
     Broker, OP_TIMEOUT, admin_client, admin_opts, base_config, create_topic, producer_config,
-    unique_name,
+    send_blocking, unique_name,
 };
 
 /// Broker flags for group tests: a short initial rebalance delay.
@@ -96,22 +96,12 @@ fn counting_producer(bootstrap: &str) -> (ThreadedProducer<CountingContext>, Arc
 }
 
 fn send(producer: &ThreadedProducer<CountingContext>, topic: &str, partition: i32, value: &str) {
-    let mut record = BaseRecord::to(topic)
+    let record = BaseRecord::to(topic)
         .partition(partition)
         .key(value)
         .payload(value);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                r,
-            )) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err((e, _)) => panic!("cannot enqueue {value}: {e}"),
-        }
+    if let Err(e) = send_blocking(producer, record) {
+        panic!("cannot enqueue {value}: {e}");
     }
 }
 

@@ -13,9 +13,10 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 use sluice_tests::proxy::{FaultConfig, start_broker_behind_proxy};
-use sluice_tests::{Broker, base_config, consumer_config, create_topic, http_get, unique_name};
+use sluice_tests::{
+    Broker, base_config, consumer_config, create_topic, http_get, send_blocking, unique_name,
+};
 
 /// Delivery reports: sequence number → (partition, offset), plus failures.
 #[derive(Default)]
@@ -67,22 +68,12 @@ fn idempotent_producer(bootstrap: &str) -> (ThreadedProducer<DeliveryLog>, Arc<D
 
 fn send_seq(producer: &ThreadedProducer<DeliveryLog>, topic: &str, partitions: i32, seq: u64) {
     let value = seq.to_string();
-    let mut record = BaseRecord::with_opaque_to(topic, Box::new(seq))
+    let record = BaseRecord::with_opaque_to(topic, Box::new(seq))
         .partition((seq % partitions as u64) as i32)
         .key(&value)
         .payload(&value);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                r,
-            )) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err((e, _)) => panic!("cannot enqueue record {seq}: {e}"),
-        }
+    if let Err(e) = send_blocking(producer, record) {
+        panic!("cannot enqueue record {seq}: {e}");
     }
 }
 
