@@ -736,6 +736,12 @@ fn committed_offsets_survive_broker_sigkill_and_restart() {
 }
 
 #[test]
+// Flaky teardown: about one run in six, dropping a static member's
+// rust-rdkafka BaseConsumer never returns (the broker sees no request from
+// it). Static membership stays covered in CI by the Python suite
+// (test_static_member_restart_keeps_assignment_without_rebalance) and the
+// coordinator's unit tests; run this with --ignored while investigating.
+#[ignore = "BaseConsumer drop of a static member hangs intermittently; see comment"]
 fn static_member_restart_within_session_timeout_causes_no_rebalance() {
     let broker = start_broker();
     let bs = broker.bootstrap();
