@@ -289,7 +289,7 @@ async fn produce_through_plugins(
                 dlt.partitions[(client_partition.max(0) as usize) % dlt.partitions.len()].clone();
             // Stored as a plain batch: its producer sequence belongs to the
             // topic the client addressed, not to the dead-letter topic.
-            let mut bytes = batch.bytes;
+            let mut bytes = bytes::BytesMut::from(&batch.bytes[..]);
             log::batch::clear_producer(&mut bytes);
             let vb = log::validate_batches(bytes.freeze(), usize::MAX).map_err(refuse)?;
             let info = target.append(vb, 0).map_err(refuse)?;
@@ -325,20 +325,21 @@ async fn produce_through_plugins(
                     continue;
                 };
                 let bytes = match original.take().filter(|_| untouched && single) {
-                    Some(mut bytes) => {
-                        // Its producer sequence belongs to the client's partition.
-                        if header.producer_id >= 0 {
-                            log::batch::clear_producer(&mut bytes);
-                        }
-                        bytes
+                    // Its producer sequence belongs to the client's partition.
+                    Some(original) if header.producer_id >= 0 => {
+                        let mut bytes = bytes::BytesMut::from(&original[..]);
+                        log::batch::clear_producer(&mut bytes);
+                        bytes.freeze()
                     }
+                    Some(original) => original,
                     None => {
                         plugin_records::encode(&recs, header.compression(), false, Producer::NONE)
                             .map_err(|e| (ResponseError::InvalidRecord, e.to_string()))?
+                            .freeze()
                     }
                 };
                 let size = bytes.len();
-                let vb = log::validate_batches(bytes.freeze(), usize::MAX).map_err(refuse)?;
+                let vb = log::validate_batches(bytes, usize::MAX).map_err(refuse)?;
                 let info = target.append(vb, 0).map_err(refuse)?;
                 b.metrics
                     .bytes_in

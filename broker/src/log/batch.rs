@@ -256,12 +256,14 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
 
 /// Stamps LogAppendTime: sets the timestamp-type bit and the max timestamp,
 /// then recomputes the CRC because both are covered by it.
-pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let attributes = be_i16(batch, ATTRIBUTES) | TIMESTAMP_TYPE_BIT;
-    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = compute_crc(batch);
-    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+/// `head` is the batch's 61-byte header and `rest` everything after it, so
+/// the caller can stamp a copy of the header without copying the records.
+pub fn set_log_append_time(head: &mut [u8; HEADER_LEN], rest: &[u8], now_ms: i64) {
+    let attributes = be_i16(head, ATTRIBUTES) | TIMESTAMP_TYPE_BIT;
+    head[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    head[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[ATTRIBUTES..]), rest);
+    head[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Turns an idempotent batch into a plain one (producer id, epoch and base
@@ -385,7 +387,10 @@ pub(crate) mod tests {
     #[test]
     fn log_append_time_recomputes_crc() {
         let mut b = encoded_batch(2, Compression::None, 0);
-        set_log_append_time(&mut b, 777);
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&b[..HEADER_LEN]);
+        set_log_append_time(&mut head, &b[HEADER_LEN..], 777);
+        b[..HEADER_LEN].copy_from_slice(&head);
         let h = parse_and_verify(&b).expect("valid after stamping");
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 777);

@@ -97,7 +97,7 @@ pub fn encode_response(
     correlation_id: i32,
     body: &ResponseKind,
 ) -> anyhow::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(256);
+    let mut buf = BytesMut::with_capacity(capacity_hint(body));
     buf.put_i32(0);
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
@@ -106,6 +106,25 @@ pub fn encode_response(
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
+}
+
+/// Room for the whole encoded response, so a fetch carrying megabytes of
+/// records is copied into its buffer once instead of through a chain of
+/// doubling reallocations.
+fn capacity_hint(body: &ResponseKind) -> usize {
+    const FRAMING: usize = 256;
+    match body {
+        ResponseKind::Fetch(f) => {
+            let records: usize = f
+                .responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.records.as_ref().map_or(0, |r| r.len()) + 64)
+                .sum();
+            FRAMING + records
+        }
+        _ => FRAMING,
+    }
 }
 
 /// ApiVersions v0 response with UNSUPPORTED_VERSION and our ranges.
