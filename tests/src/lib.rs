@@ -36,6 +36,7 @@ use tempfile::TempDir;
 pub use rdkafka;
 
 pub mod proxy;
+pub mod raw_client;
 
 /// Environment variable that overrides where the broker binary is found.
 pub const BROKER_BIN_ENV: &str = "SLUICE_BROKER_BIN";

@@ -42,6 +42,16 @@ enum Mode {
     Plugins,
 }
 
+/// Which producer drives the produce phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Client {
+    /// librdkafka (rdkafka crate): what applications see, client costs included.
+    Rdkafka,
+    /// A pipelined producer resending one pre-encoded batch: the broker's
+    /// own capacity, with the client's per-record cost taken out.
+    Raw,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sluice-bench",
@@ -100,6 +110,13 @@ struct Args {
     /// Producer batch.size in bytes (librdkafka default if absent).
     #[arg(long)]
     batch_size: Option<u64>,
+    /// Client for both phases.
+    #[arg(long, value_enum, default_value_t = Client::Rdkafka)]
+    client: Client,
+    /// Raw client: produce requests in flight at once (its consumer keeps
+    /// one fetch in flight, like librdkafka).
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
     /// Topic name (default: a fresh unique name).
     #[arg(long)]
     topic: Option<String>,
@@ -107,11 +124,24 @@ struct Args {
 
 const MB: f64 = 1_000_000.0;
 
+/// Producer-side bookkeeping. Per-record costs here are paid by the client
+/// thread that competes with the broker for the same cores, so there is no
+/// allocation and no shared lock per record: the delivery opaque is the send
+/// time itself (microseconds since `origin`), and only the client's single
+/// delivery thread touches the histogram.
 struct Stats {
+    origin: Instant,
     latency_us: Mutex<Histogram<u64>>,
     acked: AtomicU64,
     failed: AtomicU64,
-    last_ack: Mutex<Option<Instant>>,
+    /// Microseconds since `origin` of the latest delivery report.
+    last_ack_us: AtomicU64,
+}
+
+impl Stats {
+    fn micros_now(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
 }
 
 struct BenchContext(Arc<Stats>);
@@ -119,13 +149,13 @@ struct BenchContext(Arc<Stats>);
 impl ClientContext for BenchContext {}
 
 impl ProducerContext for BenchContext {
-    type DeliveryOpaque = Box<Instant>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, sent_at: Box<Instant>) {
-        let now = Instant::now();
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_at_us: usize) {
+        let now = self.0.micros_now();
         match result {
             Ok(_) => {
-                let us = now.duration_since(*sent_at).as_micros() as u64;
+                let us = now.saturating_sub(sent_at_us as u64);
                 if let Ok(mut h) = self.0.latency_us.lock() {
                     h.saturating_record(us.max(1));
                 }
@@ -135,9 +165,7 @@ impl ProducerContext for BenchContext {
                 self.0.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if let Ok(mut last) = self.0.last_ack.lock() {
-            *last = Some(now);
-        }
+        self.0.last_ack_us.fetch_max(now, Ordering::Relaxed);
     }
 }
 
@@ -166,12 +194,13 @@ struct ProduceResult {
 
 fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
     let stats = Arc::new(Stats {
+        origin: Instant::now(),
         latency_us: Mutex::new(
             Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?,
         ),
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
-        last_ack: Mutex::new(None),
+        last_ack_us: AtomicU64::new(0),
     });
     let mut cfg: ClientConfig = base_config(bootstrap);
     cfg.set("acks", &args.acks)
@@ -188,19 +217,25 @@ fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
         .context("cannot create producer")?;
 
     let pool = payload_pool(args.record_size);
-    let start = Instant::now();
+    let start_us = stats.micros_now();
+    let mut key = String::new();
     for seq in 0..args.records {
         let value = &pool[(seq % pool.len() as u64) as usize];
         let partition = (seq % args.partitions as u64) as i32;
         // Plugins mode keys records by sequence number (the keep-half filter
         // reads the key's last digit); otherwise records are unkeyed.
-        let key = (args.mode == Mode::Plugins).then(|| seq.to_string());
+        let keyed = args.mode == Mode::Plugins;
+        if keyed {
+            use std::fmt::Write;
+            key.clear();
+            let _ = write!(key, "{seq}");
+        }
         let mut record =
-            BaseRecord::<[u8], [u8], Box<Instant>>::with_opaque_to(topic, Box::new(Instant::now()))
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, stats.micros_now() as usize)
                 .partition(partition)
                 .payload(value.as_slice());
-        if let Some(k) = &key {
-            record = record.key(k.as_bytes());
+        if keyed {
+            record = record.key(key.as_bytes());
         }
         loop {
             match producer.send(record) {
@@ -208,7 +243,7 @@ fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), mut r)) => {
                     std::thread::sleep(Duration::from_micros(200));
                     // Latency is measured from the successful enqueue.
-                    r.delivery_opaque = Box::new(Instant::now());
+                    r.delivery_opaque = stats.micros_now() as usize;
                     record = r;
                 }
                 Err((e, _)) => bail!("cannot enqueue record {seq}: {e}"),
@@ -218,12 +253,10 @@ fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
     producer
         .flush(Duration::from_secs(300))
         .context("producer flush timed out")?;
-    let end = stats
-        .last_ack
-        .lock()
-        .ok()
-        .and_then(|l| *l)
-        .unwrap_or_else(Instant::now);
+    let end_us = match stats.last_ack_us.load(Ordering::Relaxed) {
+        0 => stats.micros_now(),
+        us => us,
+    };
     let latency = stats
         .latency_us
         .lock()
@@ -232,8 +265,39 @@ fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
     Ok(ProduceResult {
         acked: stats.acked.load(Ordering::Relaxed),
         failed: stats.failed.load(Ordering::Relaxed),
-        elapsed: end.duration_since(start),
+        elapsed: Duration::from_micros(end_us.saturating_sub(start_us)),
         latency,
+    })
+}
+
+/// The produce phase through the raw pipelined client; librdkafka's
+/// `batch.size` default (1,000,000 bytes) sets the batch unless given.
+fn produce_raw(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
+    if args.compression != "none" {
+        bail!("--client raw sends uncompressed batches; drop --compression");
+    }
+    let acks = match args.acks.as_str() {
+        "all" | "-1" => -1,
+        other => other
+            .parse::<i16>()
+            .with_context(|| format!("--acks {other}: expected 0, 1 or all"))?,
+    };
+    let pool = payload_pool(args.record_size);
+    let r = sluice_tests::raw_client::produce(&sluice_tests::raw_client::RawProduceSettings {
+        bootstrap,
+        topic,
+        partitions: args.partitions,
+        values: &pool,
+        records: args.records,
+        batch_bytes: args.batch_size.unwrap_or(1_000_000) as usize,
+        acks,
+        max_in_flight: args.max_in_flight.max(1),
+    })?;
+    Ok(ProduceResult {
+        acked: r.records,
+        failed: 0,
+        elapsed: r.elapsed,
+        latency: r.latency_us,
     })
 }
 
@@ -329,7 +393,8 @@ fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
     println!("command: {}", argv.join(" "));
     println!(
-        "settings: records={} record_size={} partitions={} acks={} compression={} linger_ms={} batch_size={} bootstrap={}",
+        "settings: client={:?} records={} record_size={} partitions={} acks={} compression={} linger_ms={} batch_size={} bootstrap={}",
+        args.client,
         args.records,
         args.record_size,
         args.partitions,
@@ -387,17 +452,35 @@ fn main() -> Result<()> {
         .block_on(create_topic(&bootstrap, &topic, args.partitions, &[]))
         .with_context(|| format!("cannot create topic {topic}"))?;
 
-    let produced = produce(&args, &bootstrap, &topic)?;
+    let produced = match args.client {
+        Client::Rdkafka => produce(&args, &bootstrap, &topic)?,
+        Client::Raw => produce_raw(&args, &bootstrap, &topic)?,
+    };
     if produced.failed > 0 {
         eprintln!("warning: {} records failed delivery", produced.failed);
     }
     let produced_bytes = produced.acked * args.record_size as u64;
-    let consumed = consume(&args, &bootstrap, &topic)?;
+    let consumed = match args.client {
+        Client::Rdkafka => consume(&args, &bootstrap, &topic)?,
+        Client::Raw => {
+            let r = sluice_tests::raw_client::consume(
+                &bootstrap,
+                &topic,
+                args.partitions,
+                produced.acked,
+            )?;
+            ConsumeResult {
+                records: r.records,
+                bytes: r.bytes,
+                elapsed: r.elapsed,
+            }
+        }
+    };
 
     if let Some(b) = broker.as_mut() {
         b.kill();
     }
-    let volume = args.records * args.record_size as u64;
+    let volume = produced_bytes;
     let base = baseline(&data_dir, volume)?;
 
     let produce_rps = rate(produced.acked as f64, produced.elapsed);
@@ -445,10 +528,17 @@ fn main() -> Result<()> {
     println!("| max | {:.3} |", ms(h.max()));
     println!();
     println!("MB = 10^6 bytes; record payload bytes only (no framing).");
-    println!(
-        "Latency is open-loop: records are enqueued as fast as librdkafka accepts them, \
-         so it includes time queued in the client behind earlier records."
-    );
+    match args.client {
+        Client::Rdkafka => println!(
+            "Latency is open-loop: records are enqueued as fast as librdkafka accepts them, \
+             so it includes time queued in the client behind earlier records."
+        ),
+        Client::Raw => println!(
+            "Latency is the round trip of the produce request that carried the record, \
+             with up to {} requests in flight.",
+            args.max_in_flight
+        ),
+    }
     Ok(())
 }
 

@@ -1,0 +1,382 @@
+//! A minimal pipelined Kafka producer and fetcher, for measuring the broker
+//! rather than the client. librdkafka spends about a microsecond of CPU per
+//! record (allocation, locking, copying into its own batches); on a 2-core
+//! box shared with the broker, that caps throughput before the broker does.
+//! The producer encodes one real record batch (v2, CRC-32C, kafka-protocol's
+//! encoder) once and sends it over and over with a bounded number of Produce
+//! requests in flight; the broker validates, restamps and stores every copy
+//! as it would any client's batch. The fetcher walks every record's framing
+//! (as a client must to hand records out) but allocates nothing per record.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes, encode_request_header_into_buffer};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+/// Produce v8: the newest non-flexible version, which every broker in the
+/// range this project targets accepts.
+const PRODUCE_VERSION: i16 = 8;
+
+pub struct RawProduceSettings<'a> {
+    pub bootstrap: &'a str,
+    pub topic: &'a str,
+    pub partitions: i32,
+    /// Record values, used round-robin.
+    pub values: &'a [Vec<u8>],
+    pub records: u64,
+    /// Target batch size in bytes (records per batch = this / record size).
+    pub batch_bytes: usize,
+    pub acks: i16,
+    pub max_in_flight: usize,
+}
+
+pub struct RawProduceResult {
+    pub records: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Request round trip, recorded once per record it carried.
+    pub latency_us: Histogram<u64>,
+}
+
+/// One v2 batch of `n` records taken from `values`.
+fn encode_batch(values: &[Vec<u8>], n: usize) -> Result<Bytes> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch wherever offset - sequence
+            // changes; this keeps one batch with base sequence -1 (none).
+            sequence: i as i32 - 1,
+            timestamp: now,
+            key: None,
+            value: Some(Bytes::copy_from_slice(&values[i % values.len()])),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .context("encoding the benchmark batch")?;
+    Ok(buf.freeze())
+}
+
+fn encode_produce(
+    correlation_id: i32,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    batch: &Bytes,
+) -> Result<Bytes> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = ApiKey::Produce as i16;
+    header.request_api_version = PRODUCE_VERSION;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("sluice-bench-raw"));
+    let mut part = PartitionProduceData::default();
+    part.index = partition;
+    part.records = Some(batch.clone());
+    let mut td = TopicProduceData::default();
+    td.name = TopicName(StrBytes::from_string(topic.to_string()));
+    td.partition_data = vec![part];
+    let mut req = ProduceRequest::default();
+    req.acks = acks;
+    req.timeout_ms = 30_000;
+    req.topic_data = vec![td];
+    let mut buf = BytesMut::with_capacity(batch.len() + 256);
+    buf.extend_from_slice(&[0; 4]);
+    encode_request_header_into_buffer(&mut buf, &header)?;
+    req.encode(&mut buf, PRODUCE_VERSION)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+fn read_response(stream: &mut TcpStream, expected_correlation: i32) -> Result<()> {
+    let mut len = [0u8; 4];
+    stream
+        .read_exact(&mut len)
+        .context("reading a response length")?;
+    let len = i32::from_be_bytes(len);
+    if !(0..=64 << 20).contains(&len) {
+        bail!("response length {len} out of range");
+    }
+    let mut body = vec![0u8; len as usize];
+    stream.read_exact(&mut body).context("reading a response")?;
+    let mut buf = Bytes::from(body);
+    let header = ResponseHeader::decode(
+        &mut buf,
+        ApiKey::Produce.response_header_version(PRODUCE_VERSION),
+    )?;
+    if header.correlation_id != expected_correlation {
+        bail!(
+            "response for correlation id {} while waiting for {expected_correlation}",
+            header.correlation_id
+        );
+    }
+    let resp = ProduceResponse::decode(&mut buf, PRODUCE_VERSION)?;
+    for t in &resp.responses {
+        for p in &t.partition_responses {
+            if p.error_code != 0 {
+                bail!(
+                    "partition {} refused a batch: error {} {:?}",
+                    p.index,
+                    p.error_code,
+                    p.error_message
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Produces `settings.records` (rounded up to whole batches) and waits for
+/// every acknowledgement.
+pub fn produce(s: &RawProduceSettings<'_>) -> Result<RawProduceResult> {
+    if s.acks == 0 {
+        bail!("the raw client measures acknowledged writes: use acks 1 or all");
+    }
+    let record_size = s.values.first().map_or(0, Vec::len).max(1);
+    let per_batch = (s.batch_bytes / record_size).max(1);
+    let batch = encode_batch(s.values, per_batch)?;
+    let requests = s.records.div_ceil(per_batch as u64);
+    let mut stream = TcpStream::connect(s.bootstrap)
+        .with_context(|| format!("cannot connect to {}", s.bootstrap))?;
+    stream.set_nodelay(true)?;
+    let mut latency_us = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+    let mut in_flight: VecDeque<(i32, Instant)> = VecDeque::new();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    while acked < requests {
+        if sent < requests && in_flight.len() < s.max_in_flight {
+            let correlation = sent as i32;
+            let partition = (sent % s.partitions as u64) as i32;
+            let frame = encode_produce(correlation, s.topic, partition, s.acks, &batch)?;
+            stream
+                .write_all(&frame)
+                .context("sending a produce request")?;
+            in_flight.push_back((correlation, Instant::now()));
+            sent += 1;
+            continue;
+        }
+        let Some((correlation, at)) = in_flight.pop_front() else {
+            bail!("nothing in flight and nothing left to send");
+        };
+        read_response(&mut stream, correlation)?;
+        let us = (at.elapsed().as_micros() as u64).max(1);
+        latency_us.saturating_record_n(us, per_batch as u64);
+        acked += 1;
+    }
+    let elapsed = start.elapsed();
+    let records = requests * per_batch as u64;
+    Ok(RawProduceResult {
+        records,
+        bytes: records * record_size as u64,
+        elapsed,
+        latency_us,
+    })
+}
+
+/// Fetch v11: the newest version that names topics rather than topic ids.
+const FETCH_VERSION: i16 = 11;
+
+pub struct RawConsumeResult {
+    pub records: u64,
+    /// Key + value bytes, as the librdkafka consumer phase counts them.
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+fn encode_fetch(correlation_id: i32, topic: &str, offsets: &[i64]) -> Result<Bytes> {
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let mut header = RequestHeader::default();
+    header.request_api_key = ApiKey::Fetch as i16;
+    header.request_api_version = FETCH_VERSION;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("sluice-bench-raw"));
+    let mut t = FetchTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partitions = offsets
+        .iter()
+        .enumerate()
+        .map(|(p, &offset)| {
+            let mut fp = FetchPartition::default();
+            fp.partition = p as i32;
+            fp.fetch_offset = offset;
+            // librdkafka's fetch.message.max.bytes default.
+            fp.partition_max_bytes = 1 << 20;
+            fp
+        })
+        .collect();
+    let mut req = FetchRequest::default();
+    req.replica_id = kafka_protocol::messages::BrokerId(-1);
+    req.max_wait_ms = 100;
+    req.min_bytes = 1;
+    req.max_bytes = 52_428_800;
+    req.topics = vec![t];
+    let mut buf = BytesMut::with_capacity(256);
+    buf.extend_from_slice(&[0; 4]);
+    encode_request_header_into_buffer(&mut buf, &header)?;
+    req.encode(&mut buf, FETCH_VERSION)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+fn varint(buf: &mut &[u8]) -> Result<i64> {
+    let mut raw = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some((&b, rest)) = buf.split_first() else {
+            bail!("truncated varint");
+        };
+        *buf = rest;
+        raw |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
+        }
+    }
+    bail!("varint too long")
+}
+
+/// Records and key+value bytes of the uncompressed batches in `records`,
+/// and the offset after the last whole batch.
+fn walk_batches(mut records: &[u8], mut next: i64) -> Result<(u64, u64, i64)> {
+    let (mut count, mut bytes) = (0u64, 0u64);
+    while records.len() >= 61 {
+        let be_i32 = |at: usize| {
+            i32::from_be_bytes([
+                records[at],
+                records[at + 1],
+                records[at + 2],
+                records[at + 3],
+            ])
+        };
+        let base = i64::from_be_bytes(records[..8].try_into()?);
+        let len = 12 + be_i32(8).max(0) as usize;
+        if len > records.len() {
+            break; // a partial batch at the end of a fetch
+        }
+        if i16::from_be_bytes([records[21], records[22]]) & 0x7 != 0 {
+            bail!("the raw consumer reads uncompressed batches only");
+        }
+        let mut body = &records[61..len];
+        while !body.is_empty() {
+            let rec_len = varint(&mut body)? as usize;
+            let Some((mut rec, rest)) = body.split_at_checked(rec_len) else {
+                bail!("record overruns its batch");
+            };
+            body = rest;
+            rec = &rec[1..]; // attributes
+            varint(&mut rec)?; // timestamp delta
+            let delta = varint(&mut rec)?;
+            let key = varint(&mut rec)?.max(0) as usize;
+            rec = rec.get(key..).context("key overruns its record")?;
+            let value = varint(&mut rec)?.max(0) as usize;
+            if base + delta >= next {
+                count += 1;
+                bytes += (key + value) as u64;
+            }
+        }
+        next = next.max(base + i64::from(be_i32(23)) + 1);
+        records = &records[len..];
+    }
+    Ok((count, bytes, next))
+}
+
+/// Reads `expected` records from offset 0 of every partition, one fetch at
+/// a time, parsing each record's framing the way a client must.
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: u64,
+) -> Result<RawConsumeResult> {
+    use kafka_protocol::messages::FetchResponse;
+    let mut stream =
+        TcpStream::connect(bootstrap).with_context(|| format!("cannot connect to {bootstrap}"))?;
+    stream.set_nodelay(true)?;
+    let mut offsets = vec![0i64; partitions.max(1) as usize];
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    let mut correlation = 0i32;
+    let mut idle_since = Instant::now();
+    while records < expected {
+        correlation = correlation.wrapping_add(1);
+        stream.write_all(&encode_fetch(correlation, topic, &offsets)?)?;
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len)?;
+        let len = i32::from_be_bytes(len);
+        if !(0..=128 << 20).contains(&len) {
+            bail!("fetch response length {len} out of range");
+        }
+        let mut body = vec![0u8; len as usize];
+        stream.read_exact(&mut body)?;
+        let mut buf = Bytes::from(body);
+        let header = ResponseHeader::decode(
+            &mut buf,
+            ApiKey::Fetch.response_header_version(FETCH_VERSION),
+        )?;
+        if header.correlation_id != correlation {
+            bail!("fetch response out of order");
+        }
+        let resp = FetchResponse::decode(&mut buf, FETCH_VERSION)?;
+        let before = records;
+        for p in resp.responses.iter().flat_map(|t| &t.partitions) {
+            if p.error_code != 0 {
+                bail!(
+                    "fetch of partition {} failed: error {}",
+                    p.partition_index,
+                    p.error_code
+                );
+            }
+            let Some(slot) = offsets.get_mut(p.partition_index as usize) else {
+                continue;
+            };
+            if let Some(data) = &p.records {
+                let (n, b, next) = walk_batches(data, *slot)?;
+                records += n;
+                bytes += b;
+                *slot = next;
+            }
+        }
+        if records > before {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() > Duration::from_secs(30) {
+            bail!("consume stalled at {records} of {expected} records");
+        }
+    }
+    Ok(RawConsumeResult {
+        records,
+        bytes,
+        elapsed: start.elapsed(),
+    })
+}
