@@ -696,6 +696,52 @@ def test_redact_masks_fields_and_stamps_header(bootstrap, interceptors):
     assert stored[3].value() == recs[3]["value"] and not stored[3].headers()
 
 
+def test_binding_config_reaches_the_plugin_and_changes_apply_live(bootstrap, interceptors):
+    """`sluice.plugin.config.redact` is read by the plugin through the
+    `config` host import: per topic, and from the next batch on after an
+    IncrementalAlterConfigs (no re-upload)."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    phone_only = unique_topic("redact-cfg")
+    default = unique_topic("redact-default")
+    ck_create_topic(bootstrap, phone_only, config={
+        "sluice.interceptors": "redact", "sluice.plugin.config.redact": "phone"})
+    ck_create_topic(bootstrap, default, config={"sluice.interceptors": "redact"})
+    assert topic_configs(bootstrap, phone_only)["sluice.plugin.config.redact"] == "phone"
+    value = json.dumps({"email": "ann@example.com", "phone": "555-0100"}).encode()
+    for t in (phone_only, default):
+        ck_produce_all(ck_producer(bootstrap), t, [{"partition": 0, "value": value}])
+    [p] = read_partitions(bootstrap, phone_only, 1)[0]
+    assert json.loads(p.value()) == {"email": "ann@example.com", "phone": "***"}
+    assert p.headers() == [("redacted", b"phone")]
+    [d] = read_partitions(bootstrap, default, 1)[0]
+    assert json.loads(d.value()) == {"email": "***", "phone": "555-0100"}
+
+    bind(bootstrap, phone_only, {"sluice.plugin.config.redact": "email, phone"})
+    ck_produce_all(ck_producer(bootstrap), phone_only, [{"partition": 0, "value": value}])
+    stored = read_partitions(bootstrap, phone_only, 1)[0]
+    assert json.loads(stored[1].value()) == {"email": "***", "phone": "***"}
+
+    # Deleting the key falls back to the plugin's default.
+    res = ConfigResource(ConfigResource.Type.TOPIC, phone_only, incremental_configs=[
+        ConfigEntry("sluice.plugin.config.redact", "", incremental_operation=AlterConfigOpType.DELETE)])
+    admin = ck_admin(bootstrap)
+    admin.incremental_alter_configs([res])[res].result(timeout=15)
+    assert "sluice.plugin.config.redact" not in topic_configs(bootstrap, phone_only)
+    ck_produce_all(ck_producer(bootstrap), phone_only, [{"partition": 0, "value": value}])
+    stored = read_partitions(bootstrap, phone_only, 1)[0]
+    assert json.loads(stored[2].value()) == {"email": "***", "phone": "555-0100"}
+
+
+def test_binding_config_keys_are_validated(bootstrap, interceptors):
+    from confluent_kafka import KafkaException
+
+    topic = unique_topic("redact-badcfg")
+    with pytest.raises(KafkaException) as e:
+        ck_create_topic(bootstrap, topic, config={"sluice.plugin.config.Not A Name": "x"})
+    assert "does not name a plugin" in str(e.value)
+
+
 def test_interceptor_chain_applies_in_order(bootstrap, interceptors):
     topic = unique_topic("chain")
     ck_create_topic(bootstrap, topic, config={"sluice.interceptors": "redact,stamp-header"})

@@ -11,7 +11,9 @@ async fn pipelined_produce_then_fetch_everything() {
     let broker = Broker::start().expect("broker should start");
     let bs = broker.bootstrap();
     let topic = unique_name("raw");
-    create_topic(&bs, &topic, 3, &[]).await.expect("create topic");
+    create_topic(&bs, &topic, 3, &[])
+        .await
+        .expect("create topic");
     let values: Vec<Vec<u8>> = (0..8).map(|i| pseudo_random_bytes(i, 700)).collect();
     let (bs2, topic2) = (bs.clone(), topic.clone());
     let (produced, consumed) = tokio::task::spawn_blocking(move || {

@@ -19,7 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::topics::topic_error;
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
-use crate::cluster::topic_config::{self, ConfigType, TOPIC_CONFIGS};
+use crate::cluster::topic_config::{self, ConfigType};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -49,25 +49,27 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConf
                     resp.results.push(r);
                     continue;
                 };
-                for d in TOPIC_CONFIGS.iter().filter(|d| wanted(d.name)) {
-                    let overridden = topic.meta.configs.get(d.name);
+                for e in topic_config::entries(&topic.meta.configs).filter(|e| wanted(e.name)) {
                     let mut c = DescribeConfigsResourceResult::default();
-                    c.name = str_bytes(d.name);
-                    c.value = Some(str_bytes(topic_config::effective(&topic.meta.configs, d)));
-                    c.config_source = if overridden.is_some() {
+                    c.name = str_bytes(e.name);
+                    c.value = Some(str_bytes(e.value));
+                    c.config_source = if e.overridden {
                         SOURCE_DYNAMIC_TOPIC
                     } else {
                         SOURCE_DEFAULT
                     };
-                    c.config_type = d.kind as i8;
+                    c.config_type = e.kind as i8;
                     if req.include_documentation {
-                        c.documentation = Some(str_bytes(d.doc));
+                        c.documentation = Some(str_bytes(e.doc));
                     }
                     if req.include_synonyms {
-                        if let Some(v) = overridden {
-                            c.synonyms.push(synonym(d.name, v, SOURCE_DYNAMIC_TOPIC));
+                        if e.overridden {
+                            c.synonyms
+                                .push(synonym(e.name, e.value, SOURCE_DYNAMIC_TOPIC));
                         }
-                        c.synonyms.push(synonym(d.name, d.default, SOURCE_DEFAULT));
+                        if let Some(d) = e.default {
+                            c.synonyms.push(synonym(e.name, d, SOURCE_DEFAULT));
+                        }
                     }
                     r.configs.push(c);
                 }

@@ -19,7 +19,7 @@ use kafka_protocol::messages::{
 
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
-use crate::cluster::topic_config::{self, TOPIC_CONFIGS};
+use crate::cluster::topic_config;
 use crate::cluster::topics::{NewTopic, TopicError};
 
 pub(crate) fn topic_error(e: &TopicError) -> ResponseError {
@@ -137,13 +137,12 @@ pub async fn create_topics(
                 r.replication_factor = replicas.first().map_or(0, Vec::len) as i16;
                 if version >= 5 {
                     r.configs = Some(
-                        TOPIC_CONFIGS
-                            .iter()
-                            .map(|d| {
+                        topic_config::entries(&configs)
+                            .map(|e| {
                                 let mut c = CreatableTopicConfigs::default();
-                                c.name = str_bytes(d.name);
-                                c.value = Some(str_bytes(topic_config::effective(&configs, d)));
-                                c.config_source = if configs.contains_key(d.name) { 1 } else { 5 };
+                                c.name = str_bytes(e.name);
+                                c.value = Some(str_bytes(e.value));
+                                c.config_source = if e.overridden { 1 } else { 5 };
                                 c
                             })
                             .collect(),

@@ -234,10 +234,73 @@ pub fn lookup(name: &str) -> Option<&'static ConfigDef> {
     TOPIC_CONFIGS.iter().find(|d| d.name == name)
 }
 
+/// A family of keys, one per bound plugin: `sluice.plugin.config.<plugin>`
+/// holds that plugin's configuration on this topic. The broker does not
+/// interpret the value; the plugin reads it through the `config` host import.
+pub const PLUGIN_CONFIG_PREFIX: &str = "sluice.plugin.config.";
+const PLUGIN_CONFIG_DOC: &str =
+    "Configuration handed to the named plugin when it runs for this topic (opaque to the broker).";
+/// Plugin configs are small settings, not data; this is also the most a
+/// config value can hold in the non-flexible versions of CreateTopics and
+/// AlterConfigs (an INT16-prefixed string).
+pub const MAX_PLUGIN_CONFIG_BYTES: usize = i16::MAX as usize;
+
+fn validate_plugin_config(name: &str, value: &str) -> Result<(), String> {
+    let plugin = &name[PLUGIN_CONFIG_PREFIX.len()..];
+    crate::plugins::registry::validate_name(plugin)
+        .map_err(|e| format!("config '{name}' does not name a plugin: {e}"))?;
+    if value.len() > MAX_PLUGIN_CONFIG_BYTES {
+        return Err(format!(
+            "invalid value for {name}: {} bytes, over the {MAX_PLUGIN_CONFIG_BYTES}-byte limit",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Validates one key/value, with a message fit for the client.
 pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    if name.starts_with(PLUGIN_CONFIG_PREFIX) {
+        return validate_plugin_config(name, value);
+    }
     let def = lookup(name).ok_or_else(|| format!("unknown topic config '{name}'"))?;
     (def.validate)(value).map_err(|e| format!("invalid value for {name}: {e}"))
+}
+
+/// One config as DescribeConfigs and CreateTopics report it.
+pub struct Entry<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+    /// The default, for keys that have one (not the plugin-config family).
+    pub default: Option<&'a str>,
+    pub overridden: bool,
+    pub kind: ConfigType,
+    pub doc: &'a str,
+}
+
+/// Every key of the table with its effective value, then the topic's
+/// plugin configs: the full set a describe shows.
+pub fn entries(overrides: &BTreeMap<String, String>) -> impl Iterator<Item = Entry<'_>> {
+    let table = TOPIC_CONFIGS.iter().map(|d| Entry {
+        name: d.name,
+        value: effective(overrides, d),
+        default: Some(d.default),
+        overridden: overrides.contains_key(d.name),
+        kind: d.kind,
+        doc: d.doc,
+    });
+    let plugins = overrides
+        .range(PLUGIN_CONFIG_PREFIX.to_string()..)
+        .take_while(|(k, _)| k.starts_with(PLUGIN_CONFIG_PREFIX))
+        .map(|(k, v)| Entry {
+            name: k,
+            value: v,
+            default: None,
+            overridden: true,
+            kind: ConfigType::String,
+            doc: PLUGIN_CONFIG_DOC,
+        });
+    table.chain(plugins)
 }
 
 pub fn validate_all(configs: &BTreeMap<String, String>) -> Result<(), String> {
@@ -300,6 +363,31 @@ mod tests {
                 .expect_err("invalid")
                 .contains("unknown")
         );
+    }
+
+    #[test]
+    fn plugin_configs_are_a_validated_family() {
+        assert!(validate("sluice.plugin.config.redact", "phone,email").is_ok());
+        assert!(validate("sluice.plugin.config.", "x").is_err());
+        assert!(validate("sluice.plugin.config.Bad Name", "x").is_err());
+        let huge = "x".repeat(MAX_PLUGIN_CONFIG_BYTES + 1);
+        assert!(validate("sluice.plugin.config.redact", &huge).is_err());
+        let mut o = BTreeMap::new();
+        o.insert(
+            "sluice.plugin.config.redact".to_string(),
+            "phone".to_string(),
+        );
+        o.insert(
+            "sluice.plugin.failure.policy".to_string(),
+            "pass".to_string(),
+        );
+        let listed: Vec<(&str, &str, bool)> = entries(&o)
+            .filter(|e| e.name.starts_with("sluice.plugin."))
+            .map(|e| (e.name, e.value, e.overridden))
+            .collect();
+        assert!(listed.contains(&("sluice.plugin.config.redact", "phone", true)));
+        assert!(listed.contains(&("sluice.plugin.failure.policy", "pass", true)));
+        assert!(listed.contains(&("sluice.plugin.timeout.ms", "100", false)));
     }
 
     #[test]

@@ -78,7 +78,15 @@ pub struct HostState {
     max_memory: usize,
     denied_growth: bool,
     plugin: Arc<str>,
+    /// The calling binding's `sluice.plugin.config.<plugin>`, set per call.
+    config: Arc<str>,
+    /// Log lines written during the current call (capped per call, so a
+    /// plugin logging per record cannot flood the broker's log).
+    logged: u32,
 }
+
+/// Log lines one call may write; the rest are dropped.
+const MAX_LOG_LINES_PER_CALL: u32 = 8;
 
 impl ResourceLimiter for HostState {
     fn memory_growing(
@@ -124,6 +132,7 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap("sluice", "log", host_log)
+            .and_then(|l| l.func_wrap("sluice", "config", host_config))
             .map_err(|e| anyhow::anyhow!("defining host imports: {e}"))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -150,13 +159,23 @@ impl PluginEngine {
         let module = Module::new(&self.engine, wasm)
             .map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
         for import in module.imports() {
+            let i32_params = |f: &wasmtime::FuncType, n: usize| {
+                f.params().len() == n && f.params().all(|p| matches!(p, ValType::I32))
+            };
             let ok = import.module() == "sluice"
-                && import.name() == "log"
-                && matches!(import.ty(), ExternType::Func(f)
-                    if f.params().map(|p| matches!(p, ValType::I32)).eq([true; 3]) && f.results().len() == 0);
+                && match (import.name(), import.ty()) {
+                    ("log", ExternType::Func(f)) => i32_params(&f, 3) && f.results().len() == 0,
+                    ("config", ExternType::Func(f)) => {
+                        i32_params(&f, 2)
+                            && f.results().len() == 1
+                            && f.results().all(|r| matches!(r, ValType::I32))
+                    }
+                    _ => false,
+                };
             if !ok {
                 return Err(format!(
-                    "imports {}::{} ({:?}); plugins may only import sluice::log (i32, i32, i32)",
+                    "imports {}::{} ({:?}); plugins may only import sluice::log (i32, i32, i32) \
+                     and sluice::config (i32, i32) -> i32",
                     import.module(),
                     import.name(),
                     import.ty()
@@ -231,6 +250,11 @@ impl PluginEngine {
 }
 
 fn host_log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) {
+    let state = caller.data_mut();
+    state.logged += 1;
+    if state.logged > MAX_LOG_LINES_PER_CALL {
+        return;
+    }
     let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
         return;
     };
@@ -247,6 +271,26 @@ fn host_log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) {
         2 => tracing::info!(plugin = %plugin, "{msg}"),
         _ => tracing::debug!(plugin = %plugin, "{msg}"),
     }
+}
+
+/// `config(ptr, cap) -> len`: copies up to `cap` bytes of the binding's
+/// configuration to `ptr` and returns its full length, so a guest with too
+/// small a buffer can grow it and ask again. -1 if the buffer is not in the
+/// guest's memory.
+fn host_config(mut caller: Caller<'_, HostState>, ptr: i32, cap: i32) -> i32 {
+    let config = caller.data().config.clone();
+    let Some(Extern::Memory(mem)) = caller.get_export("memory") else {
+        return -1;
+    };
+    let n = config.len().min(cap.max(0) as usize);
+    if mem
+        .write(&mut caller, ptr as u32 as usize, &config.as_bytes()[..n])
+        .is_err()
+    {
+        return -1;
+    }
+    // Configs are validated to at most 32 KiB, far below i32::MAX.
+    config.len() as i32
 }
 
 fn ticks(d: Duration) -> u64 {
@@ -290,6 +334,8 @@ impl CompiledPlugin {
                 max_memory: sandbox.memory_bytes,
                 denied_growth: false,
                 plugin: self.name.clone(),
+                config: Arc::from(""),
+                logged: 0,
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
@@ -329,6 +375,7 @@ impl CompiledPlugin {
         input: &[u8],
         partitions: u32,
         sandbox: &Sandbox,
+        config: Arc<str>,
     ) -> Result<(Vec<u8>, Duration), CallError> {
         let started = Instant::now();
         let pooled = {
@@ -344,6 +391,7 @@ impl CompiledPlugin {
                 .instantiate(sandbox)
                 .map_err(|e| classify(e, None, sandbox))?,
         };
+        slot.store.data_mut().config = config;
         let result = run(&mut slot, input, partitions, sandbox);
         match result {
             Ok(out) => {
@@ -375,6 +423,7 @@ fn run(
     sandbox: &Sandbox,
 ) -> Result<Vec<u8>, CallError> {
     slot.store.data_mut().denied_growth = false;
+    slot.store.data_mut().logged = 0;
     slot.store.set_epoch_deadline(ticks(sandbox.deadline));
     let len =
         i32::try_from(input.len()).map_err(|_| CallError::BadOutput("input too large".into()))?;

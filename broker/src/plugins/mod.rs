@@ -92,6 +92,8 @@ pub struct Bindings {
     pub failure: FailurePolicy,
     pub dead_letter_topic: Option<String>,
     pub sandbox: Sandbox,
+    /// `sluice.plugin.config.<plugin>` values, by plugin name.
+    pub plugin_configs: BTreeMap<String, Arc<str>>,
 }
 
 fn list(v: Option<&String>) -> Vec<String> {
@@ -136,7 +138,23 @@ impl Bindings {
                     .unwrap_or(defaults.memory_bytes),
                 max_output_bytes: defaults.max_output_bytes,
             },
+            plugin_configs: c
+                .iter()
+                .filter_map(|(k, v)| {
+                    let plugin =
+                        k.strip_prefix(crate::cluster::topic_config::PLUGIN_CONFIG_PREFIX)?;
+                    Some((plugin.to_string(), Arc::from(v.as_str())))
+                })
+                .collect(),
         }
+    }
+
+    /// The configuration `plugin` reads through the `config` host import.
+    pub fn config_of(&self, plugin: &str) -> Arc<str> {
+        self.plugin_configs
+            .get(plugin)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -259,7 +277,7 @@ impl PluginHost {
                 PluginKind::Interceptor,
                 &records,
                 0,
-                &b.sandbox,
+                b,
                 metrics,
                 |out| wire::decode_verdicts(out).map_err(|e| e.to_string()),
             ) {
@@ -304,7 +322,7 @@ impl PluginHost {
                 PluginKind::Filter,
                 &records,
                 0,
-                &b.sandbox,
+                b,
                 metrics,
                 |out| wire::decode_keep(out).map_err(|e| e.to_string()),
             ) {
@@ -354,7 +372,7 @@ impl PluginHost {
                     PluginKind::Partitioner,
                     &records,
                     partitions as u32,
-                    &b.sandbox,
+                    b,
                     metrics,
                     |out| wire::decode_partitions(out).map_err(|e| e.to_string()),
                 ) {
@@ -424,7 +442,7 @@ impl PluginHost {
                     PluginKind::Filter,
                     &recs,
                     0,
-                    &b.sandbox,
+                    b,
                     metrics,
                     |o| wire::decode_keep(o).map_err(|e| e.to_string()),
                 ) {
@@ -478,7 +496,7 @@ impl PluginHost {
         kind: PluginKind,
         records: &[Record],
         partitions: u32,
-        sandbox: &Sandbox,
+        bindings: &Bindings,
         metrics: &Metrics,
         parse: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<T, String> {
@@ -496,7 +514,8 @@ impl PluginHost {
         let input = wire::encode_batch(records.iter());
         metrics.plugin_records(name, binding, "in", records.len() as u64);
         let plugin: Arc<host::CompiledPlugin> = plugin;
-        match plugin.call(binding, &input, partitions, sandbox) {
+        let config = bindings.config_of(name);
+        match plugin.call(binding, &input, partitions, &bindings.sandbox, config) {
             Ok((out, took)) => {
                 metrics.plugin_call(name, binding, took);
                 parse(&out).inspect_err(|_| metrics.plugin_error(name, binding, "bad_output"))

@@ -39,7 +39,8 @@ fn call(wat: &str, sandbox: &Sandbox) -> Result<Vec<u8>, CallError> {
         .compile("t", PluginKind::Partitioner, wat.as_bytes())
         .expect("compiles");
     let input = wire::encode_batch(records(3).iter());
-    p.call("t", &input, 4, sandbox).map(|(out, _)| out)
+    p.call("t", &input, 4, sandbox, Arc::from(""))
+        .map(|(out, _)| out)
 }
 
 #[test]
@@ -136,9 +137,44 @@ fn a_failed_instance_is_replaced_and_the_engine_keeps_serving() {
         .expect("compiles");
     let input = wire::encode_batch(records(2).iter());
     for _ in 0..3 {
-        assert!(bad.call("t", &input, 2, &Sandbox::default()).is_err());
-        assert!(good.call("t", &input, 2, &Sandbox::default()).is_ok());
+        assert!(
+            bad.call("t", &input, 2, &Sandbox::default(), Arc::from(""))
+                .is_err()
+        );
+        assert!(
+            good.call("t", &input, 2, &Sandbox::default(), Arc::from(""))
+                .is_ok()
+        );
     }
+}
+
+/// The `config` import hands each call its own binding's configuration:
+/// two topics bound to one plugin see different values, and a changed
+/// config applies from the next call on (no re-upload, no restart).
+#[test]
+fn each_binding_reads_its_own_config() {
+    let e = engine();
+    let p = e
+        .compile(
+            "cfg",
+            PluginKind::Partitioner,
+            fixture!("config-length.wat").as_bytes(),
+        )
+        .expect("compiles");
+    let input = wire::encode_batch(records(2).iter());
+    let route = |binding: &str, config: &str| {
+        let out = p
+            .call(binding, &input, 100, &Sandbox::default(), Arc::from(config))
+            .expect("call")
+            .0;
+        wire::decode_partitions(&out).expect("decode")
+    };
+    assert_eq!(route("a", ""), vec![0, 0]);
+    assert_eq!(route("b", "abc"), vec![3, 3]);
+    assert_eq!(route("a", "abcdef"), vec![6, 6]);
+    // Longer than the guest's 16-byte buffer: the full length comes back.
+    assert_eq!(route("a", &"x".repeat(40)), vec![40, 40]);
+    assert_eq!(route("b", "abc"), vec![3, 3]);
 }
 
 #[test]
@@ -207,6 +243,7 @@ fn failure_policies_decide_what_happens_to_the_batch() {
         failure: FailurePolicy::Reject,
         dead_letter_topic: None,
         sandbox: Sandbox::default(),
+        plugin_configs: Default::default(),
     };
     assert!(matches!(
         host.apply(&b, "t", records(2), 3, 2, &metrics),

@@ -52,6 +52,77 @@ impl Record {
     }
 }
 
+/// The configuration of the binding this call runs for: the value of the
+/// topic config `sluice.plugin.config.<plugin name>` (empty if unset). It is
+/// read from the host once per batch (on first use), so changing the topic
+/// config changes the plugin's behaviour from the next batch on, without a
+/// re-upload.
+pub fn config() -> String {
+    __rt::CONFIG.with(|c| c.borrow_mut().get_or_insert_with(host::config).clone())
+}
+
+/// Severity of a message sent to the broker's log with [`log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error = 0,
+    Warn = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+/// Writes a message into the broker's log, tagged with the plugin's name
+/// (the broker truncates it at 4 KiB).
+pub fn log(level: Level, message: &str) {
+    host::log(level as i32, message);
+}
+
+/// The ABI's host imports (module `sluice`). Calling an import is the one
+/// unsafe operation a guest needs; both wrappers hand the host only a
+/// pointer and length of a live Rust buffer. Outside wasm (the broker links
+/// this crate for the wire format, and unit tests run natively) there is no
+/// host: `config` is empty and `log` prints nothing.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+mod host {
+    #[link(wasm_import_module = "sluice")]
+    unsafe extern "C" {
+        #[link_name = "log"]
+        fn sluice_log(level: i32, ptr: *const u8, len: usize);
+        #[link_name = "config"]
+        fn sluice_config(ptr: *mut u8, cap: usize) -> i32;
+    }
+
+    pub fn log(level: i32, message: &str) {
+        // SAFETY: the host reads `len` bytes at `ptr`, all inside `message`.
+        unsafe { sluice_log(level, message.as_ptr(), message.len()) }
+    }
+
+    pub fn config() -> String {
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: the host writes at most `cap` bytes at `ptr`, and
+            // `buf` owns that many initialized bytes.
+            let len = unsafe { sluice_config(buf.as_mut_ptr(), buf.len()) };
+            let Ok(len) = usize::try_from(len) else {
+                return String::new();
+            };
+            if len <= buf.len() {
+                buf.truncate(len);
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+            buf.resize(len, 0);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod host {
+    pub fn log(_level: i32, _message: &str) {}
+    pub fn config() -> String {
+        String::new()
+    }
+}
+
 /// What an interceptor decided for one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -274,6 +345,8 @@ pub mod __rt {
     thread_local! {
         static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        /// This batch's binding config, fetched on first use.
+        pub(crate) static CONFIG: RefCell<Option<String>> = const { RefCell::new(None) };
     }
 
     /// `sluice_alloc`: a buffer of `len` bytes for the host to fill.
@@ -299,7 +372,10 @@ pub mod __rt {
         })
     }
 
+    /// Decodes the batch; every entry point starts here, so this is also
+    /// where the previous batch's cached config is dropped.
     fn records() -> Result<Vec<Record>, i64> {
+        CONFIG.with(|c| c.borrow_mut().take());
         with_input(wire::decode_batch).map_err(|_| -1)
     }
 

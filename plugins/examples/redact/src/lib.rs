@@ -1,7 +1,11 @@
-//! Interceptor: masks the values of the JSON fields `email` and `ssn` and
-//! stamps a `redacted` header on every record it changed.
+//! Interceptor: masks the values of JSON string fields and stamps a
+//! `redacted` header (the field list) on every record it changed. The
+//! fields come from the binding's config, `sluice.plugin.config.redact`,
+//! as a comma-separated list; `email,ssn` when unset.
 
 use sluice_plugin::{Record, interceptor};
+
+const DEFAULT_FIELDS: &str = "email,ssn";
 
 fn mask(json: &str, field: &str) -> Option<String> {
     let pat = format!("\"{field}\"");
@@ -18,8 +22,13 @@ fn redact(mut record: Record) -> Result<Record, String> {
     let Some(mut text) = record.value_str().map(str::to_string) else {
         return Ok(record);
     };
+    let config = sluice_plugin::config();
+    let fields = match config.trim() {
+        "" => DEFAULT_FIELDS,
+        list => list,
+    };
     let mut changed = false;
-    for field in ["email", "ssn"] {
+    for field in fields.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         if let Some(masked) = mask(&text, field) {
             text = masked;
             changed = true;
@@ -27,7 +36,7 @@ fn redact(mut record: Record) -> Result<Record, String> {
     }
     if changed {
         record.value = Some(text.into_bytes());
-        record.set_header("redacted", "email,ssn");
+        record.set_header("redacted", fields);
     }
     Ok(record)
 }
