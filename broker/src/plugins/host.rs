@@ -158,6 +158,22 @@ impl PluginEngine {
     ) -> Result<CompiledPlugin, String> {
         let module = Module::new(&self.engine, wasm)
             .map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
+        self.prepare(name, kind, module)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The checks of `compile` on an already compiled module (from the
+    /// on-disk artifact cache): ABI exports and imports, linking, one
+    /// sandboxed `sluice_abi_version` call.
+    pub fn prepare(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        module: Module,
+    ) -> Result<CompiledPlugin, String> {
         for import in module.imports() {
             let i32_params = |f: &wasmtime::FuncType, n: usize| {
                 f.params().len() == n && f.params().all(|p| matches!(p, ValType::I32))
@@ -404,6 +420,10 @@ impl CompiledPlugin {
             }
             Err(e) => Err(e),
         }
+    }
+
+    pub fn module(&self) -> &Module {
+        self.pre.module()
     }
 
     /// Bytes of linear memory held by idle pooled instances.

@@ -7,6 +7,7 @@
 //! Topics without bindings never reach this code: their batches are stored
 //! exactly as received.
 
+mod artifacts;
 pub mod host;
 pub mod registry;
 

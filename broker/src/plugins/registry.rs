@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::PluginKind;
+use super::artifacts;
 use super::host::{CompiledPlugin, PluginEngine};
 use crate::log::now_ms;
 
@@ -53,6 +54,8 @@ pub struct PluginRegistry {
     dir: PathBuf,
     engine: Arc<PluginEngine>,
     plugins: RwLock<BTreeMap<String, Entry>>,
+    /// Plugins `open` loaded from compiled artifacts instead of compiling.
+    artifact_hits: usize,
 }
 
 pub fn validate_name(name: &str) -> Result<(), RegistryError> {
@@ -76,6 +79,7 @@ impl PluginRegistry {
     pub fn open(dir: &Path, engine: Arc<PluginEngine>) -> anyhow::Result<PluginRegistry> {
         fs::create_dir_all(dir)?;
         let mut plugins = BTreeMap::new();
+        let mut artifact_hits = 0;
         for entry in fs::read_dir(dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             let path = entry.path();
@@ -88,11 +92,8 @@ impl PluginRegistry {
             let Some(latest) = versions.last().cloned() else {
                 continue;
             };
-            let wasm = fs::read(path.join(format!("{}.wasm", latest.version)))?;
-            let compiled = engine
-                .compile(&name, latest.kind, &wasm)
-                .map_err(|e| anyhow::anyhow!("plugin {name} v{}: {e}", latest.version))?;
-            tracing::info!(plugin = %name, version = latest.version, kind = %latest.kind, "loaded plugin");
+            let (compiled, from_artifact) = load_version(&engine, &path, &name, &latest)?;
+            artifact_hits += usize::from(from_artifact);
             plugins.insert(
                 name,
                 Entry {
@@ -105,7 +106,12 @@ impl PluginRegistry {
             dir: dir.to_path_buf(),
             engine,
             plugins: RwLock::new(plugins),
+            artifact_hits,
         })
+    }
+
+    pub fn artifact_hits(&self) -> usize {
+        self.artifact_hits
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
@@ -158,6 +164,10 @@ impl PluginRegistry {
         let dir = self.dir.join(name);
         fs::create_dir_all(&dir)?;
         write_atomic(&dir.join(format!("{}.wasm", info.version)), wasm)?;
+        let artifact = dir.join(format!("{}.cwasm", info.version));
+        if let Err(e) = artifacts::store(&artifact, compiled.module(), &info.sha256, write_atomic) {
+            tracing::warn!(plugin = %name, error = %e, "cannot cache compiled code; the next start compiles again");
+        }
         let meta = serde_json::to_vec_pretty(&versions).map_err(std::io::Error::other)?;
         write_atomic(&dir.join("versions.json"), &meta)?;
         plugins.insert(
@@ -216,8 +226,58 @@ impl PluginRegistry {
     }
 }
 
+/// The current version of a stored plugin: from its compiled artifact when
+/// that is intact and fits this engine (then `true`), else compiled from the
+/// wasm and the artifact rewritten. The wasm's digest must match what upload
+/// recorded.
+fn load_version(
+    engine: &PluginEngine,
+    dir: &Path,
+    name: &str,
+    v: &VersionInfo,
+) -> anyhow::Result<(CompiledPlugin, bool)> {
+    let wasm_path = dir.join(format!("{}.wasm", v.version));
+    let artifact = dir.join(format!("{}.cwasm", v.version));
+    let wasm = fs::read(&wasm_path)?;
+    let digest = format!("{:x}", Sha256::digest(&wasm));
+    if digest != v.sha256 {
+        anyhow::bail!(
+            "plugin {name} v{}: {} has sha256 {digest}, but {} was uploaded",
+            v.version,
+            wasm_path.display(),
+            v.sha256
+        );
+    }
+    let started = std::time::Instant::now();
+    match artifacts::load(engine.engine(), &artifact, &v.sha256) {
+        Ok(module) => {
+            let compiled = engine
+                .prepare(name, v.kind, module)
+                .map_err(|e| anyhow::anyhow!("plugin {name} v{}: {e}", v.version))?;
+            tracing::info!(plugin = %name, version = v.version, kind = %v.kind,
+                ms = started.elapsed().as_millis() as u64, "loaded plugin from its compiled artifact");
+            return Ok((compiled, true));
+        }
+        Err(artifacts::Miss::Absent) => {}
+        Err(miss) => {
+            tracing::warn!(plugin = %name, version = v.version, reason = %miss, "compiled artifact not used; compiling the wasm")
+        }
+    }
+    let compiled = engine
+        .compile(name, v.kind, &wasm)
+        .map_err(|e| anyhow::anyhow!("plugin {name} v{}: {e}", v.version))?;
+    if let Err(e) = artifacts::store(&artifact, compiled.module(), &v.sha256, write_atomic) {
+        tracing::warn!(plugin = %name, error = %e, "cannot cache compiled code");
+    }
+    tracing::info!(plugin = %name, version = v.version, kind = %v.kind,
+        ms = started.elapsed().as_millis() as u64, "compiled plugin");
+    Ok((compiled, false))
+}
+
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     fs::write(&tmp, data)?;
     fs::File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, path)

@@ -177,6 +177,56 @@ fn each_binding_reads_its_own_config() {
     assert_eq!(route("b", "abc"), vec![3, 3]);
 }
 
+/// A restart loads plugins from the compiled artifacts written at upload;
+/// a corrupt artifact or a wasm that no longer matches its recorded digest
+/// is noticed: the first is recompiled (and rewritten), the second refused.
+#[test]
+fn compiled_artifacts_are_reused_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = wire::encode_batch(records(2).iter());
+    let works = |reg: &PluginRegistry| {
+        let p = reg.get("router").expect("loaded");
+        let out = p
+            .call("t", &input, 4, &Sandbox::default(), Arc::from(""))
+            .expect("call")
+            .0;
+        assert_eq!(wire::decode_partitions(&out).expect("decode"), vec![1, 1]);
+    };
+    {
+        let reg = PluginRegistry::open(dir.path(), engine()).expect("open");
+        reg.upload(
+            "router",
+            PluginKind::Partitioner,
+            fixture!("constant.wat").as_bytes(),
+        )
+        .expect("upload");
+    }
+    let artifact = dir.path().join("router").join("1.cwasm");
+    assert!(artifact.exists(), "upload writes the compiled artifact");
+    let reg = PluginRegistry::open(dir.path(), engine()).expect("reopen");
+    assert_eq!(reg.artifact_hits(), 1, "restart uses the artifact");
+    works(&reg);
+    drop(reg);
+
+    let mut bytes = std::fs::read(&artifact).expect("read artifact");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&artifact, &bytes).expect("corrupt artifact");
+    let reg = PluginRegistry::open(dir.path(), engine()).expect("reopen after corruption");
+    assert_eq!(reg.artifact_hits(), 0, "a corrupt artifact is not loaded");
+    works(&reg);
+    drop(reg);
+    let reg = PluginRegistry::open(dir.path(), engine()).expect("reopen after rewrite");
+    assert_eq!(reg.artifact_hits(), 1, "the artifact was rewritten");
+    drop(reg);
+
+    std::fs::write(dir.path().join("router").join("1.wasm"), b"(module)").expect("swap wasm");
+    let err = PluginRegistry::open(dir.path(), engine())
+        .err()
+        .expect("a wasm that is not the uploaded one is refused");
+    assert!(err.to_string().contains("sha256"), "{err}");
+}
+
 #[test]
 fn registry_versions_persist_and_hot_swap() {
     let dir = tempfile::tempdir().expect("tempdir");
