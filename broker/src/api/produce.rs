@@ -241,7 +241,10 @@ async fn produce_through_plugins(
             flush: Vec::new(),
         });
     }
-    let (_, records) = plugin_records::decode(&batch.bytes)
+    // Records borrow from this handle (a refcount, not a copy) so the batch
+    // itself can still be stored as is below.
+    let bytes = batch.bytes.clone();
+    let (_, records) = plugin_records::decode(&bytes)
         .map_err(|e| (ResponseError::InvalidRecord, e.to_string()))?;
     let partitions = topic.partitions.len() as i32;
     // Plugin calls are CPU work bounded by their deadlines; keep them off

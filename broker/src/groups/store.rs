@@ -129,8 +129,8 @@ impl OffsetStore {
                 let (key, value) = encode_change(group, c);
                 Record {
                     timestamp: now,
-                    key: Some(key.to_vec()),
-                    value: value.map(|v| v.to_vec()),
+                    key: Some(key.to_vec().into()),
+                    value: value.map(|v| v.to_vec().into()),
                     headers: Vec::new(),
                 }
             })

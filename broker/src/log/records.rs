@@ -4,6 +4,8 @@
 //! fresh batch. Used by plugins, timestamp lookups and the broker's own
 //! internal topics; client batches on plugin-free topics never come here.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use sluice_plugin::Record;
@@ -26,7 +28,7 @@ fn read_varlong(buf: &mut &[u8]) -> Result<i64, BatchError> {
     batch::read_varlong(buf).ok_or_else(|| invalid("malformed varlong in record"))
 }
 
-fn read_nullable(buf: &mut &[u8]) -> Result<Option<Vec<u8>>, BatchError> {
+fn read_nullable<'a>(buf: &mut &'a [u8]) -> Result<Option<&'a [u8]>, BatchError> {
     let len = read_varint(buf)?;
     if len < 0 {
         return Ok(None);
@@ -37,7 +39,7 @@ fn read_nullable(buf: &mut &[u8]) -> Result<Option<Vec<u8>>, BatchError> {
     }
     let (a, b) = buf.split_at(len);
     *buf = b;
-    Ok(Some(a.to_vec()))
+    Ok(Some(a))
 }
 
 fn decompress(codec: i16, data: &[u8]) -> Result<Vec<u8>, BatchError> {
@@ -45,16 +47,31 @@ fn decompress(codec: i16, data: &[u8]) -> Result<Vec<u8>, BatchError> {
 }
 
 /// The records of one batch, in order. `bytes` must hold exactly one batch.
-pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>), BatchError> {
+/// Records of an uncompressed batch borrow from `bytes`.
+pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record<'_>>), BatchError> {
     let (h, entries) = decode_entries(bytes)?;
     Ok((h, entries.into_iter().map(|(_, r)| r).collect()))
 }
 
 /// Like `decode`, with each record's offset delta within the batch.
-pub fn decode_entries(bytes: &[u8]) -> Result<(BatchHeader, Vec<(i32, Record)>), BatchError> {
+pub fn decode_entries(bytes: &[u8]) -> Result<(BatchHeader, Vec<(i32, Record<'_>)>), BatchError> {
     let h = batch::parse_header(bytes)?;
-    let raw = decompress(h.compression(), &bytes[HEADER_LEN..h.len])?;
-    let mut buf: &[u8] = &raw;
+    let body = &bytes[HEADER_LEN..h.len];
+    if h.compression() == 0 {
+        return Ok((h, parse_entries(&h, body)?));
+    }
+    let raw = decompress(h.compression(), body)?;
+    let entries = parse_entries(&h, &raw)?
+        .into_iter()
+        .map(|(d, r)| (d, r.into_owned()))
+        .collect();
+    Ok((h, entries))
+}
+
+fn parse_entries<'a>(
+    h: &BatchHeader,
+    mut buf: &'a [u8],
+) -> Result<Vec<(i32, Record<'a>)>, BatchError> {
     let mut out = Vec::with_capacity((h.records_count.max(0) as usize).min(buf.len() / 7));
     while !buf.is_empty() {
         let len = read_varint(&mut buf)?;
@@ -67,8 +84,8 @@ pub fn decode_entries(bytes: &[u8]) -> Result<(BatchHeader, Vec<(i32, Record)>),
         rec = &rec[1..];
         let ts_delta = read_varlong(&mut rec)?;
         let offset_delta = read_varint(&mut rec)?;
-        let key = read_nullable(&mut rec)?;
-        let value = read_nullable(&mut rec)?;
+        let key = read_nullable(&mut rec)?.map(Cow::Borrowed);
+        let value = read_nullable(&mut rec)?.map(Cow::Borrowed);
         let n = read_varint(&mut rec)?;
         if n < 0 || n as usize > rec.len() {
             return Err(invalid("header count overruns the record"));
@@ -76,8 +93,11 @@ pub fn decode_entries(bytes: &[u8]) -> Result<(BatchHeader, Vec<(i32, Record)>),
         let mut headers = Vec::with_capacity(n as usize);
         for _ in 0..n {
             let k = read_nullable(&mut rec)?.ok_or_else(|| invalid("null header key"))?;
-            let k = String::from_utf8(k).map_err(|_| invalid("header key is not UTF-8"))?;
-            headers.push((k, read_nullable(&mut rec)?));
+            let k = std::str::from_utf8(k).map_err(|_| invalid("header key is not UTF-8"))?;
+            headers.push((
+                Cow::Borrowed(k),
+                read_nullable(&mut rec)?.map(Cow::Borrowed),
+            ));
         }
         let timestamp = if h.is_log_append_time() {
             h.max_timestamp
@@ -101,7 +121,7 @@ pub fn decode_entries(bytes: &[u8]) -> Result<(BatchHeader, Vec<(i32, Record)>),
             out.len()
         )));
     }
-    Ok((h, out))
+    Ok(out)
 }
 
 fn put_varint(out: &mut Vec<u8>, v: i64) {
@@ -146,7 +166,7 @@ impl Producer {
 /// A new v2 batch holding `records`, compressed with `codec`; base offset 0
 /// (the log assigns the real one), CRC computed.
 pub fn encode(
-    records: &[Record],
+    records: &[Record<'_>],
     codec: i16,
     log_append_time: bool,
     producer: Producer,
@@ -156,7 +176,7 @@ pub fn encode(
     }
     let base_ts = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-    let entries: Vec<(i32, &Record)> = records
+    let entries: Vec<(i32, &Record<'_>)> = records
         .iter()
         .enumerate()
         .map(|(i, r)| (i as i32, r))
@@ -178,8 +198,11 @@ pub fn encode(
 /// it: same base offset, last offset delta, timestamps and producer fields,
 /// the surviving records keeping their offsets. With no survivors the batch
 /// is kept as an empty header so consumers still advance past its offsets.
-pub fn encode_filtered(h: &BatchHeader, kept: &[(i32, Record)]) -> Result<BytesMut, BatchError> {
-    let entries: Vec<(i32, &Record)> = kept.iter().map(|(d, r)| (*d, r)).collect();
+pub fn encode_filtered(
+    h: &BatchHeader,
+    kept: &[(i32, Record<'_>)],
+) -> Result<BytesMut, BatchError> {
+    let entries: Vec<(i32, &Record<'_>)> = kept.iter().map(|(d, r)| (*d, r)).collect();
     let shape = Shape {
         base_offset: h.base_offset,
         last_offset_delta: h.last_offset_delta,
@@ -209,7 +232,7 @@ struct Shape {
     partition_leader_epoch: i32,
 }
 
-fn encode_entries(entries: &[(i32, &Record)], shape: &Shape) -> Result<BytesMut, BatchError> {
+fn encode_entries(entries: &[(i32, &Record<'_>)], shape: &Shape) -> Result<BytesMut, BatchError> {
     let codec = shape.codec;
     let base_ts = shape.base_timestamp;
     let mut raw = Vec::new();
@@ -281,13 +304,13 @@ mod tests {
     use crate::log::batch::tests::encoded_batch;
     use kafka_protocol::records::Compression;
 
-    fn sample() -> Vec<Record> {
+    fn sample() -> Vec<Record<'static>> {
         (0..5)
             .map(|i| Record {
                 timestamp: 1000 + i,
-                key: (i % 2 == 0).then(|| format!("k{i}").into_bytes()),
-                value: Some(format!("v{i}").into_bytes()),
-                headers: vec![("h".into(), Some(b"1".to_vec())), ("h".into(), None)],
+                key: (i % 2 == 0).then(|| format!("k{i}").into_bytes().into()),
+                value: Some(format!("v{i}").into_bytes().into()),
+                headers: vec![("h".into(), Some(b"1"[..].into())), ("h".into(), None)],
             })
             .collect()
     }

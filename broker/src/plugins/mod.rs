@@ -224,9 +224,9 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), String> {
 
 /// The result of running a topic's bindings over one batch.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<'a> {
     /// Records to append, grouped by target partition, in order.
-    Routed(Vec<(i32, Vec<Record>)>),
+    Routed(Vec<(i32, Vec<Record<'a>>)>),
     /// An interceptor rejected a record: nothing is appended.
     Rejected {
         plugin: String,
@@ -251,15 +251,15 @@ impl PluginHost {
     /// Runs interceptors (in order), filters, then the partitioner.
     /// `client_partition` is where the client sent the batch; it stays the
     /// target when there is no partitioner.
-    pub fn apply(
+    pub fn apply<'a>(
         &self,
         b: &Bindings,
         binding: &str,
-        records: Vec<Record>,
+        records: Vec<Record<'a>>,
         partitions: i32,
         client_partition: i32,
         metrics: &Metrics,
-    ) -> Outcome {
+    ) -> Outcome<'a> {
         let mut records = records;
         let fail = |plugin: &str, error: String| match b.failure {
             FailurePolicy::DeadLetter => Outcome::DeadLetter {
@@ -280,7 +280,17 @@ impl PluginHost {
                 0,
                 b,
                 metrics,
-                |out| wire::decode_verdicts(out).map_err(|e| e.to_string()),
+                // The output buffer is gone after the call: keep owned copies.
+                |out| {
+                    let verdicts = wire::decode_verdicts(out).map_err(|e| e.to_string())?;
+                    Ok(verdicts
+                        .into_iter()
+                        .map(|v| match v {
+                            Verdict::Keep(r) => Verdict::Keep(r.into_owned()),
+                            Verdict::Reject(reason) => Verdict::Reject(reason),
+                        })
+                        .collect::<Vec<Verdict<'static>>>())
+                },
             ) {
                 Ok(verdicts) if verdicts.len() == records.len() => {
                     let mut kept = Vec::with_capacity(verdicts.len());
@@ -403,7 +413,7 @@ impl PluginHost {
                 }
             }
         };
-        let mut grouped: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+        let mut grouped: BTreeMap<i32, Vec<Record<'a>>> = BTreeMap::new();
         for (r, p) in records.into_iter().zip(targets) {
             grouped.entry(p).or_default().push(r);
         }
@@ -495,7 +505,7 @@ impl PluginHost {
         binding: &str,
         name: &str,
         kind: PluginKind,
-        records: &[Record],
+        records: &[Record<'_>],
         partitions: u32,
         bindings: &Bindings,
         metrics: &Metrics,
@@ -512,11 +522,19 @@ impl PluginHost {
                 plugin.kind
             ));
         }
-        let input = wire::encode_batch(records.iter());
         metrics.plugin_records(name, binding, "in", records.len() as u64);
         let plugin: Arc<host::CompiledPlugin> = plugin;
         let config = bindings.config_of(name);
-        match plugin.call(binding, &input, partitions, &bindings.sandbox, config) {
+        // One input buffer per thread, reused: batches are megabytes.
+        thread_local! {
+            static INPUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let result = INPUT.with(|buf| {
+            let mut input = buf.borrow_mut();
+            wire::encode_batch_into(&mut input, records.iter());
+            plugin.call(binding, &input, partitions, &bindings.sandbox, config)
+        });
+        match result {
             Ok((out, took)) => {
                 metrics.plugin_call(name, binding, took);
                 parse(&out).inspect_err(|_| metrics.plugin_error(name, binding, "bad_output"))

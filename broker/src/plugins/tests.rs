@@ -22,12 +22,12 @@ fn engine() -> Arc<PluginEngine> {
     PluginEngine::new().expect("engine")
 }
 
-fn records(n: usize) -> Vec<Record> {
+fn records(n: usize) -> Vec<Record<'static>> {
     (0..n)
         .map(|i| Record {
             timestamp: i as i64,
-            key: Some(format!("k{i}").into_bytes()),
-            value: Some(b"v".to_vec()),
+            key: Some(format!("k{i}").into_bytes().into()),
+            value: Some(b"v"[..].into()),
             headers: vec![],
         })
         .collect()

@@ -18,19 +18,37 @@
 
 pub use sluice_plugin_macros::{filter, interceptor, partitioner};
 
+use std::borrow::Cow;
+
 /// ABI version implemented by this SDK and expected by the broker.
 pub const ABI_VERSION: i32 = 1;
 
 /// One record as a plugin sees it. Header order and duplicate keys are kept.
+///
+/// Fields borrow from the batch the host passed in, so reading a record
+/// costs no copy; the setters (or assigning an owned `Cow`) replace a field
+/// without touching the others. `Record` with an elided lifetime is what
+/// plugin functions take: `fn route(record: &Record, partitions: u32) -> u32`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Record {
+pub struct Record<'a> {
     pub timestamp: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub key: Option<Cow<'a, [u8]>>,
+    pub value: Option<Cow<'a, [u8]>>,
+    pub headers: Vec<Header<'a>>,
 }
 
-impl Record {
+/// A header name and its (nullable) value.
+pub type Header<'a> = (Cow<'a, str>, Option<Cow<'a, [u8]>>);
+
+impl<'a> Record<'a> {
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    pub fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+
     /// Value of the first header named `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -42,13 +60,35 @@ impl Record {
     /// Replaces every header named `name` with one of this value.
     pub fn set_header(&mut self, name: &str, value: impl Into<Vec<u8>>) {
         self.headers.retain(|(k, _)| k != name);
-        self.headers.push((name.to_string(), Some(value.into())));
+        self.headers
+            .push((Cow::Owned(name.to_string()), Some(Cow::Owned(value.into()))));
+    }
+
+    pub fn set_key(&mut self, key: Option<Vec<u8>>) {
+        self.key = key.map(Cow::Owned);
+    }
+
+    pub fn set_value(&mut self, value: Option<Vec<u8>>) {
+        self.value = value.map(Cow::Owned);
     }
 
     pub fn value_str(&self) -> Option<&str> {
-        self.value
-            .as_deref()
-            .and_then(|v| std::str::from_utf8(v).ok())
+        self.value().and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// A copy that no longer borrows from the batch.
+    pub fn into_owned(self) -> Record<'static> {
+        let owned = |b: Option<Cow<'a, [u8]>>| b.map(|b| Cow::Owned(b.into_owned()));
+        Record {
+            timestamp: self.timestamp,
+            key: owned(self.key),
+            value: owned(self.value),
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k.into_owned()), owned(v)))
+                .collect(),
+        }
     }
 }
 
@@ -125,8 +165,8 @@ mod host {
 
 /// What an interceptor decided for one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Keep(Record),
+pub enum Verdict<'a> {
+    Keep(Record<'a>),
     Reject(String),
 }
 
@@ -140,6 +180,7 @@ pub enum Verdict {
 /// ```
 pub mod wire {
     use super::{Record, Verdict};
+    use std::borrow::Cow;
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct WireError(pub String);
@@ -162,7 +203,19 @@ pub mod wire {
         }
     }
 
-    pub fn encode_record(out: &mut Vec<u8>, r: &Record) {
+    /// Bytes `encode_record` appends for `r`.
+    pub fn record_len(r: &Record<'_>) -> usize {
+        let bytes = |b: &Option<Cow<'_, [u8]>>| 4 + b.as_ref().map_or(0, |b| b.len());
+        8 + bytes(&r.key)
+            + bytes(&r.value)
+            + 4
+            + r.headers
+                .iter()
+                .map(|(k, v)| 4 + k.len() + bytes(v))
+                .sum::<usize>()
+    }
+
+    pub fn encode_record(out: &mut Vec<u8>, r: &Record<'_>) {
         out.extend_from_slice(&r.timestamp.to_le_bytes());
         put_bytes(out, r.key.as_deref());
         put_bytes(out, r.value.as_deref());
@@ -174,13 +227,25 @@ pub mod wire {
         }
     }
 
-    pub fn encode_batch<'a>(records: impl ExactSizeIterator<Item = &'a Record>) -> Vec<u8> {
+    pub fn encode_batch<'a, 'r: 'a>(
+        records: impl ExactSizeIterator<Item = &'a Record<'r>> + Clone,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
+        encode_batch_into(&mut out, records);
+        out
+    }
+
+    /// `encode_batch` into a reused buffer (cleared first), sized up front.
+    pub fn encode_batch_into<'a, 'r: 'a>(
+        out: &mut Vec<u8>,
+        records: impl ExactSizeIterator<Item = &'a Record<'r>> + Clone,
+    ) {
+        out.clear();
+        out.reserve(4 + records.clone().map(record_len).sum::<usize>());
         out.extend_from_slice(&(records.len() as u32).to_le_bytes());
         for r in records {
-            encode_record(&mut out, r);
+            encode_record(out, r);
         }
-        out
     }
 
     /// A cursor over untrusted bytes: every read is bounds-checked.
@@ -222,17 +287,16 @@ pub mod wire {
             a.copy_from_slice(b);
             Ok(i64::from_le_bytes(a))
         }
-        fn bytes(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        fn bytes(&mut self) -> Result<Option<Cow<'a, [u8]>>, WireError> {
             match self.i32()? {
                 -1 => Ok(None),
-                n if n >= 0 => Ok(Some(self.take(n as usize)?.to_vec())),
+                n if n >= 0 => Ok(Some(Cow::Borrowed(self.take(n as usize)?))),
                 n => Err(WireError(format!("negative length {n}"))),
             }
         }
-        pub fn string(&mut self) -> Result<String, WireError> {
+        pub fn str(&mut self) -> Result<&'a str, WireError> {
             let n = self.u32()? as usize;
-            String::from_utf8(self.take(n)?.to_vec())
-                .map_err(|_| WireError("string is not UTF-8".into()))
+            std::str::from_utf8(self.take(n)?).map_err(|_| WireError("string is not UTF-8".into()))
         }
         /// A count of items that each take at least `min_size` bytes; a
         /// count the remaining bytes cannot hold is an error, not an
@@ -244,14 +308,15 @@ pub mod wire {
             }
             Ok(n)
         }
-        pub fn record(&mut self) -> Result<Record, WireError> {
+        /// The next record, borrowing from the buffer.
+        pub fn record(&mut self) -> Result<Record<'a>, WireError> {
             let timestamp = self.i64()?;
             let key = self.bytes()?;
             let value = self.bytes()?;
             let n = self.count(8)?;
             let mut headers = Vec::with_capacity(n);
             for _ in 0..n {
-                let k = self.string()?;
+                let k = Cow::Borrowed(self.str()?);
                 headers.push((k, self.bytes()?));
             }
             Ok(Record {
@@ -263,7 +328,7 @@ pub mod wire {
         }
     }
 
-    pub fn decode_batch(buf: &[u8]) -> Result<Vec<Record>, WireError> {
+    pub fn decode_batch(buf: &[u8]) -> Result<Vec<Record<'_>>, WireError> {
         let mut r = Reader::new(buf);
         let n = r.count(20)?;
         let mut out = Vec::with_capacity(n);
@@ -301,8 +366,16 @@ pub mod wire {
         (0..n).map(|_| r.u8().map(|b| b != 0)).collect()
     }
 
-    pub fn encode_verdicts(v: &[Verdict]) -> Vec<u8> {
-        let mut out = Vec::new();
+    pub fn encode_verdicts(v: &[Verdict<'_>]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            4 + v
+                .iter()
+                .map(|x| match x {
+                    Verdict::Keep(r) => 1 + record_len(r),
+                    Verdict::Reject(reason) => 5 + reason.len(),
+                })
+                .sum::<usize>(),
+        );
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
         for x in v {
             match x {
@@ -320,14 +393,14 @@ pub mod wire {
         out
     }
 
-    pub fn decode_verdicts(buf: &[u8]) -> Result<Vec<Verdict>, WireError> {
+    pub fn decode_verdicts(buf: &[u8]) -> Result<Vec<Verdict<'_>>, WireError> {
         let mut r = Reader::new(buf);
         let n = r.count(5)?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             out.push(match r.u8()? {
                 0 => Verdict::Keep(r.record()?),
-                1 => Verdict::Reject(r.string()?),
+                1 => Verdict::Reject(r.str()?.to_string()),
                 t => return Err(WireError(format!("unknown verdict tag {t}"))),
             });
         }
@@ -359,10 +432,6 @@ pub mod __rt {
         })
     }
 
-    fn with_input<T>(f: impl FnOnce(&[u8]) -> T) -> T {
-        INPUT.with(|b| f(&b.borrow()))
-    }
-
     /// Keeps `out` alive until the next call and returns (ptr << 32 | len).
     fn publish(out: Vec<u8>) -> i64 {
         OUTPUT.with(|o| {
@@ -372,41 +441,43 @@ pub mod __rt {
         })
     }
 
-    /// Decodes the batch; every entry point starts here, so this is also
-    /// where the previous batch's cached config is dropped.
-    fn records() -> Result<Vec<Record>, i64> {
+    /// Decodes the batch the host wrote (records borrow from it, no copy),
+    /// runs `f` over them and publishes its output. Every entry point goes
+    /// through here, so this is also where the previous batch's cached
+    /// config is dropped.
+    fn with_records(f: impl FnOnce(Vec<Record<'_>>) -> Vec<u8>) -> i64 {
         CONFIG.with(|c| c.borrow_mut().take());
-        with_input(wire::decode_batch).map_err(|_| -1)
-    }
-
-    pub fn partition(partitions: u32, f: impl Fn(&Record, u32) -> u32) -> i64 {
-        match records() {
-            Ok(rs) => publish(wire::encode_partitions(
-                &rs.iter().map(|r| f(r, partitions)).collect::<Vec<_>>(),
-            )),
-            Err(e) => e,
+        let out = INPUT.with(|b| {
+            let input = b.borrow();
+            wire::decode_batch(&input).map(f).ok()
+        });
+        match out {
+            Some(out) => publish(out),
+            None => -1,
         }
     }
 
-    pub fn intercept(f: impl Fn(Record) -> Result<Record, String>) -> i64 {
-        match records() {
-            Ok(rs) => publish(wire::encode_verdicts(
+    pub fn partition(partitions: u32, f: impl Fn(&Record<'_>, u32) -> u32) -> i64 {
+        with_records(|rs| {
+            wire::encode_partitions(&rs.iter().map(|r| f(r, partitions)).collect::<Vec<_>>())
+        })
+    }
+
+    pub fn intercept(f: impl for<'r> Fn(Record<'r>) -> Result<Record<'r>, String>) -> i64 {
+        with_records(|rs| {
+            wire::encode_verdicts(
                 &rs.into_iter()
                     .map(|r| match f(r) {
                         Ok(r) => Verdict::Keep(r),
                         Err(reason) => Verdict::Reject(reason),
                     })
                     .collect::<Vec<_>>(),
-            )),
-            Err(e) => e,
-        }
+            )
+        })
     }
 
-    pub fn filter(f: impl Fn(&Record) -> bool) -> i64 {
-        match records() {
-            Ok(rs) => publish(wire::encode_keep(&rs.iter().map(f).collect::<Vec<_>>())),
-            Err(e) => e,
-        }
+    pub fn filter(f: impl Fn(&Record<'_>) -> bool) -> i64 {
+        with_records(|rs| wire::encode_keep(&rs.iter().map(f).collect::<Vec<_>>()))
     }
 }
 
@@ -415,13 +486,13 @@ mod tests {
     use super::wire::*;
     use super::*;
 
-    fn sample() -> Vec<Record> {
+    fn sample() -> Vec<Record<'static>> {
         vec![
             Record {
                 timestamp: 7,
-                key: Some(b"k".to_vec()),
+                key: Some(b"k"[..].into()),
                 value: None,
-                headers: vec![("a".into(), Some(b"1".to_vec())), ("a".into(), None)],
+                headers: vec![("a".into(), Some(b"1"[..].into())), ("a".into(), None)],
             },
             Record::default(),
         ]
@@ -464,6 +535,20 @@ mod tests {
         let mut r = sample().remove(0);
         assert_eq!(r.header("a"), Some(&b"1"[..]));
         r.set_header("a", "2");
-        assert_eq!(r.headers, vec![("a".to_string(), Some(b"2".to_vec()))]);
+        assert_eq!(r.headers, vec![("a".into(), Some(b"2"[..].into()))]);
+        r.set_value(Some(b"v".to_vec()));
+        assert_eq!(r.value(), Some(&b"v"[..]));
+        assert_eq!(r.key(), Some(&b"k"[..]));
+    }
+
+    #[test]
+    fn decoded_records_borrow_from_the_input() {
+        let input = encode_batch(sample().iter());
+        let rs = decode_batch(&input).expect("decode");
+        assert!(matches!(rs[0].key, Some(Cow::Borrowed(_))));
+        assert!(matches!(rs[0].headers[0].0, Cow::Borrowed(_)));
+        let owned: Vec<Record<'static>> = rs.into_iter().map(Record::into_owned).collect();
+        drop(input);
+        assert_eq!(owned, sample());
     }
 }

@@ -6,8 +6,7 @@ use sluice_plugin::{Record, filter};
 #[filter]
 fn keep(record: &Record) -> bool {
     record
-        .key
-        .as_ref()
+        .key()
         .and_then(|k| k.last())
         .is_some_and(|d| d.is_ascii_digit() && (d - b'0') % 2 == 0)
 }

@@ -35,7 +35,7 @@ fn redact(mut record: Record) -> Result<Record, String> {
         }
     }
     if changed {
-        record.value = Some(text.into_bytes());
+        record.set_value(Some(text.into_bytes()));
         record.set_header("redacted", fields);
     }
     Ok(record)

@@ -7,7 +7,7 @@ const MAX_VALUE: usize = 1024;
 
 #[interceptor]
 fn guard(record: Record) -> Result<Record, String> {
-    let size = record.value.as_ref().map_or(0, Vec::len);
+    let size = record.value().map_or(0, <[u8]>::len);
     if size > MAX_VALUE {
         return Err(format!("value of {size} bytes exceeds the {MAX_VALUE}-byte limit"));
     }
