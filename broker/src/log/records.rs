@@ -232,70 +232,92 @@ struct Shape {
     partition_leader_epoch: i32,
 }
 
+fn varint_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - z.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+fn nullable_len(b: Option<&[u8]>) -> usize {
+    b.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len())
+}
+
+/// Appends one record (length-prefixed, as in a v2 batch) to `out`,
+/// computing its length first so the bytes are written once.
+fn put_record(out: &mut Vec<u8>, delta: i32, r: &Record<'_>, base_ts: i64) {
+    let ts_delta = r.timestamp - base_ts;
+    let headers_len: usize = r
+        .headers
+        .iter()
+        .map(|(k, v)| nullable_len(Some(k.as_bytes())) + nullable_len(v.as_deref()))
+        .sum();
+    let len = 1
+        + varint_len(ts_delta)
+        + varint_len(i64::from(delta))
+        + nullable_len(r.key.as_deref())
+        + nullable_len(r.value.as_deref())
+        + varint_len(r.headers.len() as i64)
+        + headers_len;
+    out.reserve(varint_len(len as i64) + len);
+    put_varint(out, len as i64);
+    out.push(0);
+    put_varint(out, ts_delta);
+    put_varint(out, i64::from(delta));
+    put_nullable(out, r.key.as_deref());
+    put_nullable(out, r.value.as_deref());
+    put_varint(out, r.headers.len() as i64);
+    for (k, v) in &r.headers {
+        put_nullable(out, Some(k.as_bytes()));
+        put_nullable(out, v.as_deref());
+    }
+}
+
+/// Encodes a batch. Uncompressed records are written once, straight after
+/// the header; compressed ones are staged, then compressed after it.
 fn encode_entries(entries: &[(i32, &Record<'_>)], shape: &Shape) -> Result<BytesMut, BatchError> {
     let codec = shape.codec;
     let base_ts = shape.base_timestamp;
-    let mut raw = Vec::new();
-    let mut rec = Vec::new();
+    let mut out: Vec<u8> = vec![0; HEADER_LEN];
+    let mut staged = Vec::new();
+    let records_out = if codec == 0 { &mut out } else { &mut staged };
     for (delta, r) in entries {
-        rec.clear();
-        rec.push(0);
-        put_varint(&mut rec, r.timestamp - base_ts);
-        put_varint(&mut rec, i64::from(*delta));
-        put_nullable(&mut rec, r.key.as_deref());
-        put_nullable(&mut rec, r.value.as_deref());
-        put_varint(&mut rec, r.headers.len() as i64);
-        for (k, v) in &r.headers {
-            put_nullable(&mut rec, Some(k.as_bytes()));
-            put_nullable(&mut rec, v.as_deref());
-        }
-        put_varint(&mut raw, rec.len() as i64);
-        raw.extend_from_slice(&rec);
+        put_record(records_out, *delta, r, base_ts);
     }
-    let mut body = BytesMut::new();
-    let compressed = match codec {
-        0 => {
-            body.put_slice(&raw);
+    if codec != 0 {
+        let mut body = BytesMut::new();
+        let stage = |b: &mut BytesMut| {
+            b.put_slice(&staged);
             Ok(())
-        }
-        1 => Gzip::compress(&mut body, |b: &mut BytesMut| {
-            b.put_slice(&raw);
-            Ok(())
-        }),
-        2 => Snappy::compress(&mut body, |b: &mut BytesMut| {
-            b.put_slice(&raw);
-            Ok(())
-        }),
-        3 => Lz4::compress(&mut body, |b: &mut BytesMut| {
-            b.put_slice(&raw);
-            Ok(())
-        }),
-        4 => Zstd::compress(&mut body, |b: &mut BytesMut| {
-            b.put_slice(&raw);
-            Ok(())
-        }),
-        other => return Err(invalid(format!("unknown compression codec {other}"))),
-    };
-    compressed.map_err(|e| invalid(format!("compressing records: {e}")))?;
+        };
+        let compressed = match codec {
+            1 => Gzip::compress(&mut body, stage),
+            2 => Snappy::compress(&mut body, stage),
+            3 => Lz4::compress(&mut body, stage),
+            4 => Zstd::compress(&mut body, stage),
+            other => return Err(invalid(format!("unknown compression codec {other}"))),
+        };
+        compressed.map_err(|e| invalid(format!("compressing records: {e}")))?;
+        out.extend_from_slice(&body);
+    }
+    let body_len = out.len() - HEADER_LEN;
     let attributes = codec | if shape.log_append_time { 0x08 } else { 0 };
-    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-    out.put_i64(shape.base_offset);
-    out.put_i32((HEADER_LEN - batch::LOG_OVERHEAD + body.len()) as i32);
-    out.put_i32(shape.partition_leader_epoch);
-    out.put_i8(2);
-    out.put_u32(0);
-    out.put_i16(attributes);
-    out.put_i32(shape.last_offset_delta);
-    out.put_i64(base_ts);
-    out.put_i64(shape.max_timestamp);
-    out.put_i64(shape.producer.id);
-    out.put_i16(shape.producer.epoch);
-    out.put_i32(shape.producer.base_sequence);
-    out.put_i32(entries.len() as i32);
-    out.put_slice(&body);
+    let mut header = &mut out[..HEADER_LEN];
+    header.put_i64(shape.base_offset);
+    header.put_i32((HEADER_LEN - batch::LOG_OVERHEAD + body_len) as i32);
+    header.put_i32(shape.partition_leader_epoch);
+    header.put_i8(2);
+    header.put_u32(0);
+    header.put_i16(attributes);
+    header.put_i32(shape.last_offset_delta);
+    header.put_i64(base_ts);
+    header.put_i64(shape.max_timestamp);
+    header.put_i64(shape.producer.id);
+    header.put_i16(shape.producer.epoch);
+    header.put_i32(shape.producer.base_sequence);
+    header.put_i32(entries.len() as i32);
     let crc = batch::compute_crc(&out);
     out[17..21].copy_from_slice(&crc.to_be_bytes());
-    Ok(out)
+    // A Vec becomes a BytesMut without a copy.
+    Ok(BytesMut::from(bytes::Bytes::from(out)))
 }
 
 #[cfg(test)]
@@ -304,15 +326,46 @@ mod tests {
     use crate::log::batch::tests::encoded_batch;
     use kafka_protocol::records::Compression;
 
+    /// Small and large fields, so lengths and deltas need multi-byte varints.
     fn sample() -> Vec<Record<'static>> {
-        (0..5)
+        (0..6)
             .map(|i| Record {
-                timestamp: 1000 + i,
+                timestamp: 1000 + i * i * 10_000,
                 key: (i % 2 == 0).then(|| format!("k{i}").into_bytes().into()),
-                value: Some(format!("v{i}").into_bytes().into()),
+                value: Some(
+                    format!("v{i}")
+                        .repeat(1 + i as usize * 100)
+                        .into_bytes()
+                        .into(),
+                ),
                 headers: vec![("h".into(), Some(b"1"[..].into())), ("h".into(), None)],
             })
             .collect()
+    }
+
+    /// The batches Sluice writes decode with kafka-protocol's decoder too.
+    #[test]
+    fn encoded_batches_read_back_with_another_decoder() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        for codec in 0..=4 {
+            let b = encode(&sample(), codec, false, Producer::NONE).expect("encode");
+            let mut buf = bytes::Bytes::from(b.to_vec());
+            let set = RecordBatchDecoder::decode(&mut buf).expect("kafka-protocol decodes it");
+            let theirs: Vec<_> = set
+                .records
+                .iter()
+                .map(|r| (r.timestamp, r.key.clone(), r.value.clone()))
+                .collect();
+            let ours: Vec<_> = sample()
+                .into_iter()
+                .map(|r| {
+                    let b =
+                        |c: Option<Cow<'_, [u8]>>| c.map(|c| bytes::Bytes::from(c.into_owned()));
+                    (r.timestamp, b(r.key), b(r.value))
+                })
+                .collect();
+            assert_eq!(theirs, ours, "codec {codec}");
+        }
     }
 
     #[test]
@@ -355,16 +408,16 @@ mod tests {
         let fh = batch::parse_and_verify(&f).expect("valid");
         assert_eq!(
             (fh.base_offset, fh.last_offset(), fh.records_count),
-            (100, 104, 2)
+            (100, 105, 3)
         );
         let (_, again) = decode_entries(&f).expect("decode");
         assert_eq!(
             again.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
-            vec![1, 3]
+            vec![1, 3, 5]
         );
         let empty = encode_filtered(&h, &[]).expect("empty");
         let eh = batch::parse_and_verify(&empty).expect("valid");
-        assert_eq!((eh.records_count, eh.last_offset()), (0, 104));
+        assert_eq!((eh.records_count, eh.last_offset()), (0, 105));
     }
 
     #[test]

@@ -469,14 +469,17 @@ fn run(
     if out_len > sandbox.max_output_bytes {
         return Err(CallError::OutputTooLarge(out_len, sandbox.max_output_bytes));
     }
-    let mut out = vec![0u8; out_len];
-    slot.memory
-        .read(&slot.store, out_ptr, &mut out)
-        .map_err(|_| {
+    // One copy out of guest memory, no zero-filled buffer first.
+    let out = slot
+        .memory
+        .data(&slot.store)
+        .get(out_ptr..out_ptr.saturating_add(out_len))
+        .ok_or_else(|| {
             CallError::BadOutput(format!(
                 "output at {out_ptr}+{out_len} is outside the module's memory"
             ))
-        })?;
+        })?
+        .to_vec();
     Ok(out)
 }
 
