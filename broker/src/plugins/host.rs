@@ -41,6 +41,29 @@ impl Default for Sandbox {
     }
 }
 
+/// The batch one call hands to the guest: its encoded size, and how to
+/// encode it straight into the buffer the guest's `sluice_alloc` returned
+/// (no staging copy on the host).
+pub trait Input {
+    fn encoded_len(&self) -> usize;
+    /// Writes exactly `dst.len()` bytes; false if the encoding did not fill
+    /// `dst` exactly (a bug, reported as a failed call, never a panic).
+    fn write_to(&self, dst: &mut [u8]) -> bool;
+}
+
+impl Input for [u8] {
+    fn encoded_len(&self) -> usize {
+        self.len()
+    }
+    fn write_to(&self, dst: &mut [u8]) -> bool {
+        if dst.len() != self.len() {
+            return false;
+        }
+        dst.copy_from_slice(self);
+        true
+    }
+}
+
 /// Why a call failed, by the kinds the metrics and failure policies use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -388,7 +411,7 @@ impl CompiledPlugin {
     pub fn call(
         &self,
         binding: &str,
-        input: &[u8],
+        input: &(impl Input + ?Sized),
         partitions: u32,
         sandbox: &Sandbox,
         config: Arc<str>,
@@ -438,24 +461,34 @@ impl CompiledPlugin {
 
 fn run(
     slot: &mut Slot,
-    input: &[u8],
+    input: &(impl Input + ?Sized),
     partitions: u32,
     sandbox: &Sandbox,
 ) -> Result<Vec<u8>, CallError> {
     slot.store.data_mut().denied_growth = false;
     slot.store.data_mut().logged = 0;
     slot.store.set_epoch_deadline(ticks(sandbox.deadline));
-    let len =
-        i32::try_from(input.len()).map_err(|_| CallError::BadOutput("input too large".into()))?;
+    let size = input.encoded_len();
+    let len = i32::try_from(size).map_err(|_| CallError::BadOutput("input too large".into()))?;
     let ptr = slot
         .alloc
         .call(&mut slot.store, len)
         .map_err(|e| classify(e, Some(&slot.store), sandbox))?;
-    slot.memory
-        .write(&mut slot.store, ptr as u32 as usize, input)
-        .map_err(|e| {
-            CallError::BadOutput(format!("sluice_alloc returned an unusable buffer: {e}"))
+    let start = ptr as u32 as usize;
+    let dst = slot
+        .memory
+        .data_mut(&mut slot.store)
+        .get_mut(start..start.saturating_add(size))
+        .ok_or_else(|| {
+            CallError::BadOutput(format!(
+                "sluice_alloc returned {start}, but {size} bytes from there are outside its memory"
+            ))
         })?;
+    if !input.write_to(dst) {
+        return Err(CallError::BadOutput(
+            "host encoded a batch of the wrong size".into(),
+        ));
+    }
     let packed = match &slot.func {
         KindFunc::Partition(f) => f.call(&mut slot.store, (ptr, len, partitions as i32)),
         KindFunc::Unary(f) => f.call(&mut slot.store, (ptr, len)),

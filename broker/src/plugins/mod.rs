@@ -222,6 +222,20 @@ pub fn validate_config(name: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// Records encoded in the wire format directly into guest memory.
+struct RecordsInput<'s, 'r>(&'s [Record<'r>]);
+
+impl host::Input for RecordsInput<'_, '_> {
+    fn encoded_len(&self) -> usize {
+        wire::batch_len(self.0.iter())
+    }
+    fn write_to(&self, dst: &mut [u8]) -> bool {
+        let mut sink = wire::SliceSink::new(dst);
+        wire::encode_batch_to(&mut sink, self.0.iter());
+        sink.finish()
+    }
+}
+
 /// The result of running a topic's bindings over one batch.
 #[derive(Debug)]
 pub enum Outcome<'a> {
@@ -525,15 +539,13 @@ impl PluginHost {
         metrics.plugin_records(name, binding, "in", records.len() as u64);
         let plugin: Arc<host::CompiledPlugin> = plugin;
         let config = bindings.config_of(name);
-        // One input buffer per thread, reused: batches are megabytes.
-        thread_local! {
-            static INPUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let result = INPUT.with(|buf| {
-            let mut input = buf.borrow_mut();
-            wire::encode_batch_into(&mut input, records.iter());
-            plugin.call(binding, &input, partitions, &bindings.sandbox, config)
-        });
+        let result = plugin.call(
+            binding,
+            &RecordsInput(records),
+            partitions,
+            &bindings.sandbox,
+            config,
+        );
         match result {
             Ok((out, took)) => {
                 metrics.plugin_call(name, binding, took);

@@ -39,7 +39,7 @@ fn call(wat: &str, sandbox: &Sandbox) -> Result<Vec<u8>, CallError> {
         .compile("t", PluginKind::Partitioner, wat.as_bytes())
         .expect("compiles");
     let input = wire::encode_batch(records(3).iter());
-    p.call("t", &input, 4, sandbox, Arc::from(""))
+    p.call("t", &input[..], 4, sandbox, Arc::from(""))
         .map(|(out, _)| out)
 }
 
@@ -138,11 +138,11 @@ fn a_failed_instance_is_replaced_and_the_engine_keeps_serving() {
     let input = wire::encode_batch(records(2).iter());
     for _ in 0..3 {
         assert!(
-            bad.call("t", &input, 2, &Sandbox::default(), Arc::from(""))
+            bad.call("t", &input[..], 2, &Sandbox::default(), Arc::from(""))
                 .is_err()
         );
         assert!(
-            good.call("t", &input, 2, &Sandbox::default(), Arc::from(""))
+            good.call("t", &input[..], 2, &Sandbox::default(), Arc::from(""))
                 .is_ok()
         );
     }
@@ -164,7 +164,13 @@ fn each_binding_reads_its_own_config() {
     let input = wire::encode_batch(records(2).iter());
     let route = |binding: &str, config: &str| {
         let out = p
-            .call(binding, &input, 100, &Sandbox::default(), Arc::from(config))
+            .call(
+                binding,
+                &input[..],
+                100,
+                &Sandbox::default(),
+                Arc::from(config),
+            )
             .expect("call")
             .0;
         wire::decode_partitions(&out).expect("decode")
@@ -187,7 +193,7 @@ fn compiled_artifacts_are_reused_and_checked() {
     let works = |reg: &PluginRegistry| {
         let p = reg.get("router").expect("loaded");
         let out = p
-            .call("t", &input, 4, &Sandbox::default(), Arc::from(""))
+            .call("t", &input[..], 4, &Sandbox::default(), Arc::from(""))
             .expect("call")
             .0;
         assert_eq!(wire::decode_partitions(&out).expect("decode"), vec![1, 1]);

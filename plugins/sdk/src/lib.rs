@@ -193,12 +193,60 @@ pub mod wire {
 
     impl std::error::Error for WireError {}
 
-    fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    /// Where encoded bytes go: a growable `Vec`, or a fixed slice (the
+    /// host writes a batch straight into the guest's memory).
+    pub trait Sink {
+        fn put(&mut self, bytes: &[u8]);
+    }
+
+    impl Sink for Vec<u8> {
+        fn put(&mut self, bytes: &[u8]) {
+            self.extend_from_slice(bytes);
+        }
+    }
+
+    /// A fixed-size destination. Writing past its end is recorded, not a
+    /// panic: `finish` reports whether the bytes fit exactly.
+    pub struct SliceSink<'s> {
+        buf: &'s mut [u8],
+        pos: usize,
+        overflow: bool,
+    }
+
+    impl<'s> SliceSink<'s> {
+        pub fn new(buf: &'s mut [u8]) -> Self {
+            SliceSink {
+                buf,
+                pos: 0,
+                overflow: false,
+            }
+        }
+
+        /// True if everything written fit and filled the slice exactly.
+        pub fn finish(self) -> bool {
+            !self.overflow && self.pos == self.buf.len()
+        }
+    }
+
+    impl Sink for SliceSink<'_> {
+        fn put(&mut self, bytes: &[u8]) {
+            let end = self.pos.saturating_add(bytes.len());
+            match self.buf.get_mut(self.pos..end) {
+                Some(dst) => {
+                    dst.copy_from_slice(bytes);
+                    self.pos = end;
+                }
+                None => self.overflow = true,
+            }
+        }
+    }
+
+    fn put_bytes(out: &mut impl Sink, b: Option<&[u8]>) {
         match b {
-            None => out.extend_from_slice(&(-1i32).to_le_bytes()),
+            None => out.put(&(-1i32).to_le_bytes()),
             Some(b) => {
-                out.extend_from_slice(&(b.len() as i32).to_le_bytes());
-                out.extend_from_slice(b);
+                out.put(&(b.len() as i32).to_le_bytes());
+                out.put(b);
             }
         }
     }
@@ -215,37 +263,40 @@ pub mod wire {
                 .sum::<usize>()
     }
 
-    pub fn encode_record(out: &mut Vec<u8>, r: &Record<'_>) {
-        out.extend_from_slice(&r.timestamp.to_le_bytes());
+    pub fn encode_record(out: &mut impl Sink, r: &Record<'_>) {
+        out.put(&r.timestamp.to_le_bytes());
         put_bytes(out, r.key.as_deref());
         put_bytes(out, r.value.as_deref());
-        out.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+        out.put(&(r.headers.len() as u32).to_le_bytes());
         for (k, v) in &r.headers {
-            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            out.extend_from_slice(k.as_bytes());
+            out.put(&(k.len() as u32).to_le_bytes());
+            out.put(k.as_bytes());
             put_bytes(out, v.as_deref());
+        }
+    }
+
+    /// Bytes `encode_batch` produces for `records`.
+    pub fn batch_len<'a, 'r: 'a>(records: impl Iterator<Item = &'a Record<'r>>) -> usize {
+        4 + records.map(record_len).sum::<usize>()
+    }
+
+    /// Encodes a batch into any sink (see `batch_len` for its size).
+    pub fn encode_batch_to<'a, 'r: 'a>(
+        out: &mut impl Sink,
+        records: impl ExactSizeIterator<Item = &'a Record<'r>>,
+    ) {
+        out.put(&(records.len() as u32).to_le_bytes());
+        for r in records {
+            encode_record(out, r);
         }
     }
 
     pub fn encode_batch<'a, 'r: 'a>(
         records: impl ExactSizeIterator<Item = &'a Record<'r>> + Clone,
     ) -> Vec<u8> {
-        let mut out = Vec::new();
-        encode_batch_into(&mut out, records);
+        let mut out = Vec::with_capacity(batch_len(records.clone()));
+        encode_batch_to(&mut out, records);
         out
-    }
-
-    /// `encode_batch` into a reused buffer (cleared first), sized up front.
-    pub fn encode_batch_into<'a, 'r: 'a>(
-        out: &mut Vec<u8>,
-        records: impl ExactSizeIterator<Item = &'a Record<'r>> + Clone,
-    ) {
-        out.clear();
-        out.reserve(4 + records.clone().map(record_len).sum::<usize>());
-        out.extend_from_slice(&(records.len() as u32).to_le_bytes());
-        for r in records {
-            encode_record(out, r);
-        }
     }
 
     /// A cursor over untrusted bytes: every read is bounds-checked.
