@@ -477,7 +477,8 @@ pub mod __rt {
     pub fn alloc(len: u32) -> u32 {
         INPUT.with(|b| {
             let mut b = b.borrow_mut();
-            b.clear();
+            // The host overwrites all `len` bytes; only growth is zeroed,
+            // not the whole megabyte-sized buffer on every batch.
             b.resize(len as usize, 0);
             b.as_mut_ptr() as usize as u32
         })

@@ -78,6 +78,9 @@ struct Args {
     /// synchronous commit as a barrier).
     #[arg(long, default_value_t = 100)]
     async_burst: u64,
+    /// Plugins mode: rounds over all scenarios (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    plugin_rounds: usize,
     /// Plugins mode: directory holding the example plugins' .wasm files
     /// (built by scripts/build-plugins).
     #[arg(long)]
@@ -870,7 +873,8 @@ fn plugins_main(args: &Args) -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
     println!("command: {}", argv.join(" "));
     println!(
-        "settings: mode=plugins records={} record_size={} partitions={} acks={} compression={} linger_ms={}",
+        "settings: mode=plugins rounds={} records={} record_size={} partitions={} acks={} compression={} linger_ms={}",
+        args.plugin_rounds,
         args.records,
         args.record_size,
         args.partitions,
@@ -923,26 +927,47 @@ fn plugins_main(args: &Args) -> Result<()> {
         ),
         ("filter: keep half", vec![("sluice.filters", "half")]),
     ];
-    let mut rows = Vec::new();
-    for (i, (label, configs)) in scenarios.iter().enumerate() {
-        let topic = format!("sluice-bench-plugins-{}-{i}", std::process::id());
-        runtime
-            .block_on(create_topic(&bootstrap, &topic, args.partitions, configs))
-            .with_context(|| format!("cannot create topic {topic}"))?;
-        let r = produce(args, &bootstrap, &topic)?;
-        if r.failed > 0 {
-            eprintln!("warning: {label}: {} records failed delivery", r.failed);
+    // Rounds run every scenario once, in order; each scenario's median over
+    // the rounds is reported, so one slow phase of a noisy machine does not
+    // decide a ratio.
+    let mut samples: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
+    for round in 0..args.plugin_rounds.max(1) {
+        for (i, (label, configs)) in scenarios.iter().enumerate() {
+            let topic = format!("sluice-bench-plugins-{}-{round}-{i}", std::process::id());
+            runtime
+                .block_on(create_topic(&bootstrap, &topic, args.partitions, configs))
+                .with_context(|| format!("cannot create topic {topic}"))?;
+            let r = produce(args, &bootstrap, &topic)?;
+            if r.failed > 0 {
+                eprintln!("warning: {label}: {} records failed delivery", r.failed);
+            }
+            let rps = rate(r.acked as f64, r.elapsed);
+            let mbs = rate((r.acked * args.record_size as u64) as f64 / MB, r.elapsed);
+            let p99 = r.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "round {round}: {label}: {} acked in {:.3} s",
+                r.acked,
+                r.elapsed.as_secs_f64()
+            );
+            samples[i].push((rps, mbs, p99));
         }
-        let rps = rate(r.acked as f64, r.elapsed);
-        let mbs = rate((r.acked * args.record_size as u64) as f64 / MB, r.elapsed);
-        let p99 = r.latency.value_at_quantile(0.99) as f64 / 1000.0;
-        println!(
-            "{label}: {} acked in {:.3} s",
-            r.acked,
-            r.elapsed.as_secs_f64()
-        );
-        rows.push((label.to_string(), rps, mbs, p99));
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rows: Vec<(String, f64, f64, f64)> = scenarios
+        .iter()
+        .zip(&samples)
+        .map(|((label, _), s)| {
+            (
+                label.to_string(),
+                median(&mut s.iter().map(|x| x.0).collect()),
+                median(&mut s.iter().map(|x| x.1).collect()),
+                median(&mut s.iter().map(|x| x.2).collect()),
+            )
+        })
+        .collect();
     let (_, base_rps, _, base_p99) = rows[0].clone();
     println!();
     println!(
@@ -957,7 +982,10 @@ fn plugins_main(args: &Args) -> Result<()> {
         );
     }
     println!();
-    println!("Throughput counts acknowledged records (the filter's dropped half included).");
+    println!(
+        "Medians of {} rounds. Throughput counts acknowledged records (the filter's dropped half included).",
+        args.plugin_rounds.max(1)
+    );
     println!("Latency is open-loop (see the default mode).");
     Ok(())
 }
