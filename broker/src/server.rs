@@ -120,8 +120,13 @@ async fn connection(
             .with_label_values(&[&api_name])
             .observe(started.elapsed().as_secs_f64());
         let Some(body) = response else { continue };
-        match protocol::encode_response(api_key, version, correlation_id, &body) {
-            Ok(bytes) => writer.write_all(&bytes).await?,
+        match protocol::encode_response_chunks(api_key, version, correlation_id, &body) {
+            Ok(chunks) => {
+                // Big chunks (fetched records) bypass the write buffer.
+                for chunk in chunks {
+                    writer.write_all(&chunk).await?;
+                }
+            }
             Err(e) => {
                 return close(
                     broker,

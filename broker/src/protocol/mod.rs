@@ -3,6 +3,7 @@
 //! responses are encoded with the header version their API and version need.
 //! The `kafka-protocol` crate does the message codec.
 
+mod fetch_encode;
 pub mod versions;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -106,6 +107,23 @@ pub fn encode_response(
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
+}
+
+/// The response as a list of buffers to write in order: fetch responses
+/// carrying big record sets keep those records as their own buffers (see
+/// `fetch_encode`); everything else is one buffer.
+pub fn encode_response_chunks(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> anyhow::Result<Vec<Bytes>> {
+    if let ResponseKind::Fetch(f) = body
+        && let Some(chunks) = fetch_encode::encode_chunks(correlation_id, version, f)
+    {
+        return Ok(chunks);
+    }
+    encode_response(api_key, version, correlation_id, body).map(|b| vec![b])
 }
 
 /// Room for the whole encoded response, so a fetch carrying megabytes of
