@@ -172,7 +172,7 @@ impl Metrics {
         );
         let plugin_records = counter(
             "sluice_plugin_records_total",
-            "Records through plugins, by outcome (in, dropped, rejected).",
+            "Records through plugins, by outcome (in, out, dropped, rejected, dead_lettered).",
             &["plugin", "topic", "outcome"],
         );
         let plugin_seconds = must(HistogramVec::new(

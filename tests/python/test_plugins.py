@@ -828,6 +828,7 @@ def test_produce_filter_never_stores_dropped_records(broker, bootstrap):
     total_kept = len(kept[0]) + len(kept[1])
     assert records_total(broker, name, "in") == len(recs)
     assert records_total(broker, name, "dropped") == len(recs) - total_kept
+    assert records_total(broker, name, "out") == total_kept
 
 
 # ==========================================================================

@@ -321,6 +321,7 @@ impl PluginHost {
                             }
                         }
                     }
+                    metrics.plugin_records(name, binding, "out", kept.len() as u64);
                     records = kept;
                 }
                 Ok(v) => {
@@ -365,6 +366,7 @@ impl PluginHost {
                         "dropped",
                         (before - records.len()) as u64,
                     );
+                    metrics.plugin_records(name, binding, "out", records.len() as u64);
                 }
                 Ok(k) => {
                     metrics.plugin_error(name, binding, "bad_output");
@@ -401,10 +403,12 @@ impl PluginHost {
                     metrics,
                     |out| wire::decode_partitions(out).map_err(|e| e.to_string()),
                 ) {
-                    Ok(p) if p.len() == records.len() => p
-                        .into_iter()
-                        .map(|x| (x % partitions.max(1) as u32) as i32)
-                        .collect(),
+                    Ok(p) if p.len() == records.len() => {
+                        metrics.plugin_records(name, binding, "out", p.len() as u64);
+                        p.into_iter()
+                            .map(|x| (x % partitions.max(1) as u32) as i32)
+                            .collect()
+                    }
                     Ok(p) => {
                         metrics.plugin_error(name, binding, "bad_output");
                         if b.failure != FailurePolicy::Pass {
@@ -490,11 +494,14 @@ impl PluginHost {
                     Err(e) => return Err(e),
                 }
             }
-            if keep.iter().all(|k| *k) {
+            let dropped = keep.iter().filter(|k| !**k).count();
+            for name in &b.fetch_filters {
+                metrics.plugin_records(name, binding, "out", (keep.len() - dropped) as u64);
+            }
+            if dropped == 0 {
                 out.extend_from_slice(raw);
                 continue;
             }
-            let dropped = keep.iter().filter(|k| !**k).count();
             for name in &b.fetch_filters {
                 metrics.plugin_records(name, binding, "dropped", dropped as u64);
             }
