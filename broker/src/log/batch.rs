@@ -166,9 +166,10 @@ pub fn parse_and_verify(buf: &[u8]) -> Result<BatchHeader, BatchError> {
 }
 
 /// Checks one producer-sent batch beyond its CRC: counts and deltas agree,
-/// and for uncompressed batches every record's length prefix adds up to the
-/// batch size (compressed payloads are stored as received, so only their
-/// header is checked).
+/// and every record's length prefix adds up to the records section. A
+/// compressed batch is inflated (bounded, see `compression`) for this check
+/// and still stored as received: a batch whose header claims more or fewer
+/// records than it holds would hand consumers offsets that do not exist.
 pub fn validate_structure(batch: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
     if header.records_count <= 0 {
         return Err(BatchError::Invalid(format!(
@@ -188,26 +189,36 @@ pub fn validate_structure(batch: &[u8], header: &BatchHeader) -> Result<(), Batc
             header.compression()
         )));
     }
-    if header.compression() == 0 {
-        let mut records = &batch[HEADER_LEN..header.len];
-        let mut seen = 0i32;
-        while !records.is_empty() {
-            let record_len = read_varint(&mut records)
-                .ok_or_else(|| BatchError::Invalid(format!("record {seen}: malformed length")))?;
-            if record_len < 0 || record_len as usize > records.len() {
-                return Err(BatchError::Invalid(format!(
-                    "record {seen}: length {record_len} overruns the batch"
-                )));
-            }
-            records = &records[record_len as usize..];
-            seen += 1;
-        }
-        if seen != header.records_count {
+    let body = &batch[HEADER_LEN..header.len];
+    let inflated;
+    let mut records = if header.compression() == 0 {
+        body
+    } else {
+        inflated = super::compression::decompress(
+            header.compression(),
+            body,
+            super::records::MAX_DECOMPRESSED,
+        )
+        .map_err(BatchError::Invalid)?;
+        &inflated[..]
+    };
+    let mut seen = 0i32;
+    while !records.is_empty() {
+        let record_len = read_varint(&mut records)
+            .ok_or_else(|| BatchError::Invalid(format!("record {seen}: malformed length")))?;
+        if record_len < 0 || record_len as usize > records.len() {
             return Err(BatchError::Invalid(format!(
-                "header says {} records, found {seen}",
-                header.records_count
+                "record {seen}: length {record_len} overruns the batch"
             )));
         }
+        records = &records[record_len as usize..];
+        seen = seen.saturating_add(1);
+    }
+    if seen != header.records_count {
+        return Err(BatchError::Invalid(format!(
+            "header says {} records, found {seen}",
+            header.records_count
+        )));
     }
     Ok(())
 }
@@ -413,17 +424,31 @@ pub(crate) mod tests {
         assert!(parse_header(&lying).is_err());
     }
 
+    /// A batch (of any codec) whose header claims more or fewer records
+    /// than it holds is refused, even with a valid CRC.
     #[test]
     fn record_count_mismatch_is_invalid() {
-        let mut b = encoded_batch(3, Compression::None, 0);
-        b[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&4i32.to_be_bytes());
-        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&3i32.to_be_bytes());
-        let crc = compute_crc(&b);
-        b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        let h = parse_and_verify(&b).expect("crc ok");
-        assert!(matches!(
-            validate_structure(&b, &h),
-            Err(BatchError::Invalid(_))
-        ));
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let good = encoded_batch(3, c, 0);
+            let h = parse_and_verify(&good).expect("crc ok");
+            validate_structure(&good, &h).expect("an honest batch passes");
+            for claimed in [2i32, 4] {
+                let mut b = good.clone();
+                b[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&claimed.to_be_bytes());
+                b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4]
+                    .copy_from_slice(&(claimed - 1).to_be_bytes());
+                let crc = compute_crc(&b);
+                b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+                let h = parse_and_verify(&b).expect("crc ok");
+                let err = validate_structure(&b, &h).expect_err("count mismatch refused");
+                assert!(err.to_string().contains("found 3"), "{c:?}: {err}");
+            }
+        }
     }
 }
