@@ -1118,8 +1118,9 @@ mod tests {
         assert_eq!(log.log_end_offset(), 93);
     }
 
-    /// A compressed batch may claim any record count; the broker does not
-    /// inflate it on produce. Offsets relative to a segment must still fit.
+    /// A batch claiming a huge record count. Produce validation refuses it
+    /// (it inflates and counts), so the test hands it to `append` directly:
+    /// the log must still never let offsets relative to a segment overflow.
     fn claiming_batch(claimed: i32) -> bytes::BytesMut {
         let mut b = encoded_batch(2, Compression::Gzip, 0);
         b[23..27].copy_from_slice(&(claimed - 1).to_be_bytes());
@@ -1135,9 +1136,14 @@ mod tests {
         let log = PartitionLog::open("t-0".into(), dir.path().join("t-0"), LogConfig::default())
             .expect("open");
         for _ in 0..3 {
-            let v =
-                validate_batches(claiming_batch(1_500_000_000).freeze(), 1 << 20).expect("valid");
-            log.append(v, 0).expect("append");
+            let bytes = claiming_batch(1_500_000_000).freeze();
+            assert!(
+                validate_batches(bytes.clone(), 1 << 20).is_err(),
+                "produce refuses it"
+            );
+            let header = batch::parse_and_verify(&bytes).expect("crc ok");
+            log.append(ValidatedBatch { bytes, header }, 0)
+                .expect("append");
         }
         assert_eq!(log.log_end_offset(), 4_500_000_000);
         let segs = fs::read_dir(dir.path().join("t-0"))
