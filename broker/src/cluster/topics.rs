@@ -251,12 +251,8 @@ impl TopicRegistry {
                 brokers.len()
             )));
         }
-        Ok(default_assignment(
-            0,
-            t.partitions as usize,
-            rf as usize,
-            brokers,
-        ))
+        sluice_placement::assign(brokers, 0, t.partitions as usize, rf as usize)
+            .map_err(|e| TopicError::InvalidReplicationFactor(e.0))
     }
 
     pub async fn create(&self, t: NewTopic, brokers: &[i32]) -> Result<Arc<Topic>, TopicError> {
@@ -443,7 +439,8 @@ impl TopicRegistry {
                 validate_assignment(&a, brokers)?;
                 a
             }
-            None => default_assignment(current, added, rf, brokers),
+            None => sluice_placement::assign(brokers, current, added, rf)
+                .map_err(|e| TopicError::InvalidReplicationFactor(e.0))?,
         };
         if validate_only {
             return Ok(());
@@ -517,40 +514,10 @@ impl TopicRegistry {
     }
 }
 
-/// Replica j of partition i goes to broker (i + j) mod n over the sorted ids.
-pub fn default_assignment(first: usize, count: usize, rf: usize, brokers: &[i32]) -> Vec<Vec<i32>> {
-    let mut sorted = brokers.to_vec();
-    sorted.sort_unstable();
-    let n = sorted.len().max(1);
-    (first..first + count)
-        .map(|i| (0..rf).map(|j| sorted[(i + j) % n]).collect())
-        .collect()
-}
-
+/// Checks an explicit replica assignment (see `sluice_placement::validate`).
 fn validate_assignment(assignment: &[Vec<i32>], brokers: &[i32]) -> Result<(), TopicError> {
-    let rf = assignment.first().map_or(0, Vec::len);
-    for (p, replicas) in assignment.iter().enumerate() {
-        if replicas.is_empty() || replicas.len() != rf {
-            return Err(TopicError::InvalidReplicaAssignment(format!(
-                "partition {p} has {} replicas; every partition needs the same non-zero count ({rf})",
-                replicas.len()
-            )));
-        }
-        let mut seen = replicas.clone();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() != replicas.len() {
-            return Err(TopicError::InvalidReplicaAssignment(format!(
-                "partition {p} lists a broker twice: {replicas:?}"
-            )));
-        }
-        if let Some(b) = replicas.iter().find(|b| !brokers.contains(b)) {
-            return Err(TopicError::InvalidReplicaAssignment(format!(
-                "partition {p} names broker {b}, which is not in the cluster {brokers:?}"
-            )));
-        }
-    }
-    Ok(())
+    sluice_placement::validate(assignment, brokers)
+        .map_err(|e| TopicError::InvalidReplicaAssignment(e.0))
 }
 
 fn read_topics_file(path: &Path) -> anyhow::Result<Vec<TopicMeta>> {
@@ -617,16 +584,6 @@ mod tests {
         assert!(validate_topic_name("has space").is_err());
         assert!(validate_topic_name(&"a".repeat(250)).is_err());
         assert!(validate_topic_name(&"a".repeat(249)).is_ok());
-    }
-
-    #[test]
-    fn default_placement_is_i_plus_j_mod_n() {
-        let a = default_assignment(0, 4, 3, &[2, 0, 1]);
-        assert_eq!(
-            a,
-            vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2]]
-        );
-        assert_eq!(default_assignment(4, 1, 2, &[0, 1, 2]), vec![vec![1, 2]]);
     }
 
     #[tokio::test]

@@ -1,0 +1,4 @@
+//! The Sluice Kubernetes operator: custom resources (`crd`) and, built on
+//! them, the controllers that keep brokers, topics and plugins in shape.
+
+pub mod crd;
