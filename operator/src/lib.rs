@@ -2,3 +2,4 @@
 //! them, the controllers that keep brokers, topics and plugins in shape.
 
 pub mod crd;
+pub mod topic_plan;
