@@ -2,4 +2,5 @@
 //! them, the controllers that keep brokers, topics and plugins in shape.
 
 pub mod crd;
+pub mod kafka_admin;
 pub mod topic_plan;

@@ -1,0 +1,361 @@
+//! The operator's Kafka admin client: the handful of admin APIs the Topic
+//! controller needs, over one TCP connection, encoded by `kafka-protocol`.
+//! No librdkafka in the operator image, and every request and answer is
+//! typed. Errors carry the broker's error code and message.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
+use kafka_protocol::messages::create_topics_request::{
+    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{
+    Decodable, Encodable, HeaderVersion, StrBytes, encode_request_header_into_buffer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::topic_plan::ObservedTopic;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const RESOURCE_TOPIC: i8 = 2;
+/// DescribeConfigs `config_source` of a per-topic override.
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+/// Largest response this client accepts.
+const MAX_RESPONSE: i32 = 64 << 20;
+
+pub struct KafkaAdmin {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// A broker error code as an error, with the broker's message.
+fn check(what: &str, code: i16, message: Option<&StrBytes>) -> anyhow::Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    let name = kafka_protocol::ResponseError::try_from_code(code)
+        .map_or_else(|| format!("error {code}"), |e| format!("{e:?}"));
+    bail!(
+        "{what}: {name}{}",
+        message.map(|m| format!(": {m}")).unwrap_or_default()
+    )
+}
+
+impl KafkaAdmin {
+    pub async fn connect(bootstrap: &str) -> anyhow::Result<KafkaAdmin> {
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(bootstrap))
+            .await
+            .with_context(|| format!("connecting to {bootstrap} timed out"))?
+            .with_context(|| format!("cannot connect to {bootstrap}"))?;
+        stream.set_nodelay(true)?;
+        Ok(KafkaAdmin {
+            stream,
+            correlation: 0,
+        })
+    }
+
+    async fn call<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> anyhow::Result<Resp>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable,
+    {
+        self.correlation = self.correlation.wrapping_add(1);
+        let mut header = RequestHeader::default();
+        header.request_api_key = key as i16;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(StrBytes::from_static_str("sluice-operator"));
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0; 4]);
+        encode_request_header_into_buffer(&mut buf, &header)?;
+        request.encode(&mut buf, version)?;
+        let len = i32::try_from(buf.len() - 4)?;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let exchange = async {
+            self.stream.write_all(&buf).await?;
+            let len = self.stream.read_i32().await?;
+            if !(0..=MAX_RESPONSE).contains(&len) {
+                bail!("{key:?} response length {len} out of range");
+            }
+            let mut body = vec![0u8; len as usize];
+            self.stream.read_exact(&mut body).await?;
+            Ok(Bytes::from(body))
+        };
+        let mut body = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .with_context(|| format!("{key:?} timed out"))??;
+        let h = ResponseHeader::decode(&mut body, key.response_header_version(version))?;
+        if h.correlation_id != self.correlation {
+            bail!(
+                "{key:?}: answer to request {} instead of {}",
+                h.correlation_id,
+                self.correlation
+            );
+        }
+        Resp::decode(&mut body, version).with_context(|| format!("decoding the {key:?} response"))
+    }
+
+    /// Broker ids of the cluster, sorted.
+    pub async fn broker_ids(&mut self) -> anyhow::Result<Vec<i32>> {
+        let mut req = MetadataRequest::default();
+        req.topics = Some(Vec::new());
+        let resp: MetadataResponse = self.call(ApiKey::Metadata, 9, &req).await?;
+        let mut ids: Vec<i32> = resp.brokers.iter().map(|b| b.node_id.0).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The topic's replica assignment and per-topic config overrides, or
+    /// `None` if it does not exist.
+    pub async fn describe_topic(&mut self, name: &str) -> anyhow::Result<Option<ObservedTopic>> {
+        let mut t = MetadataRequestTopic::default();
+        t.name = Some(topic_name(name));
+        let mut req = MetadataRequest::default();
+        req.topics = Some(vec![t]);
+        req.allow_auto_topic_creation = false;
+        let resp: MetadataResponse = self.call(ApiKey::Metadata, 9, &req).await?;
+        let Some(topic) = resp
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == name))
+        else {
+            return Ok(None);
+        };
+        if topic.error_code == kafka_protocol::ResponseError::UnknownTopicOrPartition.code() {
+            return Ok(None);
+        }
+        check(&format!("metadata of {name}"), topic.error_code, None)?;
+        let mut partitions: Vec<_> = topic.partitions.iter().collect();
+        partitions.sort_by_key(|p| p.partition_index);
+        let assignment = partitions
+            .iter()
+            .map(|p| p.replica_nodes.iter().map(|b| b.0).collect())
+            .collect();
+
+        let mut res = DescribeConfigsResource::default();
+        res.resource_type = RESOURCE_TOPIC;
+        res.resource_name = str_bytes(name);
+        // Null asks for every key (an empty list would ask for none).
+        res.configuration_keys = None;
+        let mut req = DescribeConfigsRequest::default();
+        req.resources = vec![res];
+        let resp: DescribeConfigsResponse = self.call(ApiKey::DescribeConfigs, 4, &req).await?;
+        let mut configs = BTreeMap::new();
+        for r in &resp.results {
+            check(
+                &format!("configs of {name}"),
+                r.error_code,
+                r.error_message.as_ref(),
+            )?;
+            for c in &r.configs {
+                if c.config_source == SOURCE_DYNAMIC_TOPIC {
+                    configs.insert(
+                        c.name.to_string(),
+                        c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        Ok(Some(ObservedTopic {
+            assignment,
+            configs,
+        }))
+    }
+
+    /// Creates a topic with an explicit assignment (partition `i` gets
+    /// `assignment[i]`, preferred leader first).
+    pub async fn create_topic(
+        &mut self,
+        name: &str,
+        assignment: &[Vec<i32>],
+        configs: &BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let mut t = CreatableTopic::default();
+        t.name = topic_name(name);
+        t.num_partitions = -1;
+        t.replication_factor = -1;
+        t.assignments = assignment
+            .iter()
+            .enumerate()
+            .map(|(i, replicas)| {
+                let mut a = CreatableReplicaAssignment::default();
+                a.partition_index = i as i32;
+                a.broker_ids = replicas.iter().map(|b| BrokerId(*b)).collect();
+                a
+            })
+            .collect();
+        t.configs = configs
+            .iter()
+            .map(|(k, v)| {
+                let mut c = CreatableTopicConfig::default();
+                c.name = str_bytes(k);
+                c.value = Some(str_bytes(v));
+                c
+            })
+            .collect();
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = TIMEOUT.as_millis() as i32;
+        let resp: CreateTopicsResponse = self.call(ApiKey::CreateTopics, 5, &req).await?;
+        for t in &resp.topics {
+            check(
+                &format!("creating {name}"),
+                t.error_code,
+                t.error_message.as_ref(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Grows a topic to `total` partitions; `assignment` covers the new ones.
+    pub async fn create_partitions(
+        &mut self,
+        name: &str,
+        total: i32,
+        assignment: &[Vec<i32>],
+    ) -> anyhow::Result<()> {
+        let mut t = CreatePartitionsTopic::default();
+        t.name = topic_name(name);
+        t.count = total;
+        t.assignments = Some(
+            assignment
+                .iter()
+                .map(|replicas| {
+                    let mut a = CreatePartitionsAssignment::default();
+                    a.broker_ids = replicas.iter().map(|b| BrokerId(*b)).collect();
+                    a
+                })
+                .collect(),
+        );
+        let mut req = CreatePartitionsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = TIMEOUT.as_millis() as i32;
+        let resp: CreatePartitionsResponse = self.call(ApiKey::CreatePartitions, 2, &req).await?;
+        for r in &resp.results {
+            check(
+                &format!("adding partitions to {name}"),
+                r.error_code,
+                r.error_message.as_ref(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sets `set` and deletes `delete` (IncrementalAlterConfigs: other keys
+    /// are left as they are).
+    pub async fn alter_configs(
+        &mut self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        delete: &[String],
+    ) -> anyhow::Result<()> {
+        let op = |k: &str, op: i8, v: Option<&String>| {
+            let mut c = AlterableConfig::default();
+            c.name = str_bytes(k);
+            c.config_operation = op;
+            c.value = v.map(|v| str_bytes(v));
+            c
+        };
+        let mut res = AlterConfigsResource::default();
+        res.resource_type = RESOURCE_TOPIC;
+        res.resource_name = str_bytes(name);
+        res.configs = set
+            .iter()
+            .map(|(k, v)| op(k, OP_SET, Some(v)))
+            .chain(delete.iter().map(|k| op(k, OP_DELETE, None)))
+            .collect();
+        let mut req = IncrementalAlterConfigsRequest::default();
+        req.resources = vec![res];
+        let resp: IncrementalAlterConfigsResponse =
+            self.call(ApiKey::IncrementalAlterConfigs, 1, &req).await?;
+        for r in &resp.responses {
+            check(
+                &format!("configs of {name}"),
+                r.error_code,
+                r.error_message.as_ref(),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_topic(&mut self, name: &str) -> anyhow::Result<()> {
+        let mut req = DeleteTopicsRequest::default();
+        req.topic_names = vec![topic_name(name)];
+        req.timeout_ms = TIMEOUT.as_millis() as i32;
+        let resp: DeleteTopicsResponse = self.call(ApiKey::DeleteTopics, 4, &req).await?;
+        for r in &resp.responses {
+            let gone =
+                r.error_code == kafka_protocol::ResponseError::UnknownTopicOrPartition.code();
+            if !gone {
+                check(
+                    &format!("deleting {name}"),
+                    r.error_code,
+                    r.error_message.as_ref(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaAdmin {
+    /// Performs a planned action if it is a broker write; Kubernetes-side
+    /// actions (finalizers, status, events) are not this client's and are
+    /// skipped. Returns whether it wrote to the brokers.
+    pub async fn execute(&mut self, action: &crate::topic_plan::Action) -> anyhow::Result<bool> {
+        use crate::topic_plan::Action;
+        match action {
+            Action::CreateTopic {
+                name,
+                assignment,
+                configs,
+            } => self.create_topic(name, assignment, configs).await?,
+            Action::CreatePartitions {
+                name,
+                total,
+                assignment,
+            } => self.create_partitions(name, *total, assignment).await?,
+            Action::AlterConfigs { name, set, delete } => {
+                self.alter_configs(name, set, delete).await?
+            }
+            Action::DeleteTopic { name } => self.delete_topic(name).await?,
+            Action::AddFinalizer
+            | Action::RemoveFinalizer
+            | Action::UpdateStatus(_)
+            | Action::Event { .. } => return Ok(false),
+        }
+        Ok(true)
+    }
+}
