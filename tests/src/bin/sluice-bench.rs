@@ -11,6 +11,13 @@
 //! offset commits (synchronous, and asynchronous with a bounded number in
 //! flight) one consumer gets through per second.
 
+/// The same allocator as the broker, so the raw client's per-response
+/// buffers cost what they cost the broker (glibc returns big buffers to
+/// the kernel and page-faults them back). librdkafka's own allocations (C
+/// malloc) are not affected.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
