@@ -1,0 +1,196 @@
+//! The objects a Cluster consists of: names, wiring between them, owner
+//! references, the settings the issue asks for, and a config change
+//! showing up as a pod-template change.
+
+use sluice_operator::cluster_objects::{CONFIG_HASH_ANNOTATION, bootstrap_address, desired};
+use sluice_operator::crd::{Cluster, ClusterSpec, Storage};
+
+fn cluster(brokers: i32, monitor: bool) -> Cluster {
+    let mut c = Cluster::new(
+        "demo",
+        ClusterSpec {
+            brokers,
+            image: "sluice:test".into(),
+            config: [("max-request-bytes".to_string(), "1048576".to_string())].into(),
+            storage: Storage {
+                size: "5Gi".into(),
+                storage_class_name: Some("fast".into()),
+            },
+            resources: None,
+            service_monitor: monitor,
+        },
+    );
+    c.metadata.namespace = Some("data".into());
+    c.metadata.uid = Some("uid-1".into());
+    c
+}
+
+#[test]
+fn objects_are_wired_and_owned() {
+    let o = desired(&cluster(3, false));
+    let sts = o.statefulset.spec.as_ref().expect("spec");
+    assert_eq!(sts.replicas, Some(3));
+    assert_eq!(sts.service_name.as_deref(), Some("demo-brokers"));
+    assert_eq!(
+        sts.update_strategy
+            .as_ref()
+            .and_then(|u| u.type_.as_deref()),
+        Some("OnDelete"),
+        "the operator rolls brokers itself, one at a time"
+    );
+    let headless = o.headless.spec.as_ref().expect("spec");
+    assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(headless.publish_not_ready_addresses, Some(true));
+    assert_eq!(o.bootstrap.metadata.name.as_deref(), Some("demo-bootstrap"));
+    assert_eq!(
+        bootstrap_address("demo", "data"),
+        "demo-bootstrap.data.svc:9092"
+    );
+    let pdb = o.pdb.spec.as_ref().expect("spec");
+    assert_eq!(
+        pdb.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    assert!(o.service_monitor.is_none());
+    let selector = sts.selector.match_labels.clone().expect("selector");
+    assert_eq!(headless.selector.as_ref(), Some(&selector));
+    let template_labels = sts
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("labels");
+    assert!(
+        selector
+            .iter()
+            .all(|(k, v)| template_labels.get(k) == Some(v))
+    );
+    for m in [
+        &o.config.metadata,
+        &o.headless.metadata,
+        &o.bootstrap.metadata,
+        &o.statefulset.metadata,
+        &o.pdb.metadata,
+    ] {
+        let owners = m.owner_references.as_ref().expect("owner references");
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].kind.as_str(), owners[0].uid.as_str()),
+            ("Cluster", "uid-1")
+        );
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some("data"));
+    }
+}
+
+#[test]
+fn brokers_know_their_id_and_address() {
+    let o = desired(&cluster(3, false));
+    assert_eq!(claims(&o), ("5Gi".to_string(), Some("fast".to_string())));
+    let pod = o
+        .statefulset
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod");
+    let c = &pod.containers[0];
+    let env: std::collections::BTreeMap<String, (Option<String>, Option<String>)> = c
+        .env
+        .clone()
+        .expect("env")
+        .into_iter()
+        .map(|e| {
+            let field = e.value_from.and_then(|f| f.field_ref).map(|f| f.field_path);
+            (e.name, (e.value, field))
+        })
+        .collect();
+    assert_eq!(
+        env["SLUICE_NODE_ID"].1.as_deref(),
+        Some("metadata.labels['apps.kubernetes.io/pod-index']")
+    );
+    assert_eq!(
+        env["SLUICE_ADVERTISED_LISTEN"].0.as_deref(),
+        Some("$(POD_NAME).demo-brokers.data.svc:9092")
+    );
+    assert_eq!(
+        sluice_operator::cluster_objects::broker_host("demo", "data", 2),
+        "demo-2.demo-brokers.data.svc"
+    );
+    let sc = c.security_context.as_ref().expect("security context");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.run_as_non_root, Some(true));
+}
+
+/// Size and storage class of the brokers' data volume claims.
+fn claims(o: &sluice_operator::cluster_objects::ClusterObjects) -> (String, Option<String>) {
+    let spec = o.statefulset.spec.as_ref().expect("spec");
+    let pvc = &spec.volume_claim_templates.as_ref().expect("claims")[0];
+    let s = pvc.spec.as_ref().expect("pvc spec");
+    let size = s
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_default();
+    (size, s.storage_class_name.clone())
+}
+
+#[test]
+fn a_config_change_is_a_template_change_and_nothing_else_is() {
+    let hash = |c: &Cluster| {
+        desired(c)
+            .statefulset
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+            .expect("hash")
+    };
+    let a = cluster(3, false);
+    assert_eq!(desired(&a), desired(&a), "deterministic");
+    let mut b = a.clone();
+    b.spec
+        .config
+        .insert("default-partitions".into(), "3".into());
+    assert_ne!(hash(&a), hash(&b));
+    let config = desired(&b).config.data.expect("data");
+    assert!(config["sluice.yaml"].contains("default-partitions: \"3\""));
+    let mut scaled = a.clone();
+    scaled.spec.brokers = 5;
+    assert_eq!(
+        hash(&a),
+        hash(&scaled),
+        "scaling does not roll existing brokers"
+    );
+}
+
+#[test]
+fn a_service_monitor_only_when_asked() {
+    let o = desired(&cluster(1, true));
+    let sm = o.service_monitor.expect("ServiceMonitor");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(sm["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+}
+
+/// The ConfigMap's file is one a real broker accepts (`--config`).
+#[test]
+fn the_generated_config_file_starts_a_broker() {
+    let mut c = cluster(1, false);
+    c.spec
+        .config
+        .insert("default-partitions".into(), "3".into());
+    c.spec
+        .config
+        .insert("auto-create-topics".into(), "false".into());
+    let data = desired(&c).config.data.expect("data");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sluice.yaml");
+    std::fs::write(&path, &data["sluice.yaml"]).expect("write");
+    let path = path.to_string_lossy().to_string();
+    let broker = sluice_tests::Broker::start_with_args(&["--config", &path])
+        .expect("a broker starts from the generated config");
+    drop(broker);
+}
