@@ -1,0 +1,215 @@
+//! The Cluster planner's table: create, converged, scale up, scale-down
+//! refused (replication factor, departing brokers holding replicas),
+//! scale-down allowed, and a config change rolled one healthy broker at a
+//! time.
+
+use sluice_operator::cluster_objects::{CONFIG_HASH_ANNOTATION, desired};
+use sluice_operator::cluster_plan::{Action, Observed, ObservedPod, plan};
+use sluice_operator::crd::{Cluster, ClusterSpec};
+
+const NOW: &str = "2026-11-21T20:00:00Z";
+
+fn cluster(brokers: i32) -> Cluster {
+    let mut c = Cluster::new(
+        "demo",
+        ClusterSpec {
+            brokers,
+            image: "sluice:test".into(),
+            config: Default::default(),
+            storage: Default::default(),
+            resources: None,
+            service_monitor: false,
+        },
+    );
+    c.metadata.namespace = Some("data".into());
+    c.metadata.uid = Some("uid".into());
+    c.metadata.generation = Some(1);
+    c
+}
+
+fn hash_of(c: &Cluster) -> String {
+    desired(c)
+        .statefulset
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+        .expect("hash")
+}
+
+fn pods(n: i32, hash: &str) -> Vec<ObservedPod> {
+    (0..n)
+        .map(|ordinal| ObservedPod {
+            ordinal,
+            ready: true,
+            terminating: false,
+            config_hash: hash.to_string(),
+        })
+        .collect()
+}
+
+fn observe(c: &Cluster, current: Option<i32>, pods: Vec<ObservedPod>) -> Observed<'_> {
+    Observed {
+        cluster: c,
+        current_brokers: current,
+        pods,
+        under_replicated: Some(0),
+        max_replication_factor: 1,
+        brokers_with_replicas: vec![],
+        now: NOW,
+    }
+}
+
+fn replicas(actions: &[Action]) -> i32 {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Apply(o) => o.statefulset.spec.as_ref().and_then(|s| s.replicas),
+            _ => None,
+        })
+        .expect("objects applied")
+}
+
+fn deleted(actions: &[Action]) -> Vec<i32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod { ordinal } => Some(*ordinal),
+            _ => None,
+        })
+        .collect()
+}
+
+fn condition(actions: &[Action], type_: &str) -> Option<(String, String)> {
+    actions.iter().find_map(|a| match a {
+        Action::UpdateStatus(s) => s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.reason.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn create_then_converge() {
+    let mut c = cluster(3);
+    let a = plan(&observe(&c, None, vec![]));
+    assert_eq!(replicas(&a), 3);
+    assert_eq!(
+        condition(&a, "Ready"),
+        Some(("False".into(), "BrokersNotReady".into()))
+    );
+    let hash = hash_of(&c);
+    let a = plan(&observe(&c, Some(3), pods(3, &hash)));
+    assert_eq!(
+        condition(&a, "Ready"),
+        Some(("True".into(), "BrokersReady".into()))
+    );
+    // Converged: the status is already what it would write.
+    c.status = a.iter().find_map(|x| match x {
+        Action::UpdateStatus(s) => Some(s.clone()),
+        _ => None,
+    });
+    let again = plan(&observe(&c, Some(3), pods(3, &hash)));
+    assert!(
+        again.iter().all(|x| matches!(x, Action::Apply(_))),
+        "only the (idempotent) apply: {again:?}"
+    );
+}
+
+#[test]
+fn scale_down_below_replication_factor_is_refused() {
+    let c = cluster(2);
+    let mut o = observe(&c, Some(3), pods(3, &hash_of(&c)));
+    o.max_replication_factor = 3;
+    let a = plan(&o);
+    assert_eq!(replicas(&a), 3, "the current size is kept");
+    assert_eq!(
+        condition(&a, "ScaleDownRefused"),
+        Some(("True".into(), "ReplicasWouldBeLost".into()))
+    );
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Event { warning: true, .. }))
+    );
+}
+
+#[test]
+fn scale_down_while_departing_brokers_hold_replicas_is_refused() {
+    let c = cluster(2);
+    let mut o = observe(&c, Some(3), pods(3, &hash_of(&c)));
+    o.brokers_with_replicas = vec![0, 2];
+    let a = plan(&o);
+    assert_eq!(replicas(&a), 3);
+    assert!(condition(&a, "ScaleDownRefused").is_some());
+
+    o.brokers_with_replicas = vec![0, 1];
+    let a = plan(&o);
+    assert_eq!(replicas(&a), 2, "nothing on broker 2: allowed");
+    assert!(condition(&a, "ScaleDownRefused").is_none());
+}
+
+#[test]
+fn scale_up_adds_brokers_and_moves_nothing() {
+    let c = cluster(5);
+    let a = plan(&observe(&c, Some(3), pods(3, &hash_of(&c))));
+    assert_eq!(replicas(&a), 5);
+    assert_eq!(deleted(&a), Vec::<i32>::new());
+}
+
+#[test]
+fn a_config_change_rolls_one_healthy_broker_at_a_time() {
+    let old = cluster(3);
+    let mut new = old.clone();
+    new.spec
+        .config
+        .insert("default-partitions".into(), "3".into());
+    let (old_hash, new_hash) = (hash_of(&old), hash_of(&new));
+    assert_ne!(old_hash, new_hash);
+
+    // Healthy: restart the highest outdated ordinal, only that one.
+    let a = plan(&observe(&new, Some(3), pods(3, &old_hash)));
+    assert_eq!(deleted(&a), vec![2]);
+    assert_eq!(
+        condition(&a, "Rolling"),
+        Some(("True".into(), "RestartingBroker".into()))
+    );
+
+    // Broker 2 is back on the new config but not ready yet: wait.
+    let mut p = pods(3, &old_hash);
+    p[2] = ObservedPod {
+        ordinal: 2,
+        ready: false,
+        terminating: false,
+        config_hash: new_hash.clone(),
+    };
+    let a = plan(&observe(&new, Some(3), p.clone()));
+    assert_eq!(deleted(&a), Vec::<i32>::new());
+    assert_eq!(
+        condition(&a, "Rolling"),
+        Some(("True".into(), "WaitingForHealthyCluster".into()))
+    );
+
+    // Ready again but partitions still under-replicated: wait.
+    p[2].ready = true;
+    let mut o = observe(&new, Some(3), p.clone());
+    o.under_replicated = Some(4);
+    assert_eq!(deleted(&plan(&o)), Vec::<i32>::new());
+
+    // Unknown health counts as unhealthy.
+    o.under_replicated = None;
+    assert_eq!(deleted(&plan(&o)), Vec::<i32>::new());
+
+    // Healthy: next one.
+    o.under_replicated = Some(0);
+    assert_eq!(deleted(&plan(&o)), vec![1]);
+
+    // All on the new config: no restarts, Ready.
+    let a = plan(&observe(&new, Some(3), pods(3, &new_hash)));
+    assert_eq!(deleted(&a), Vec::<i32>::new());
+    assert_eq!(
+        condition(&a, "Ready"),
+        Some(("True".into(), "BrokersReady".into()))
+    );
+}
