@@ -59,19 +59,8 @@ fn condition(
     reason: &str,
     message: String,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last = prev
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: last,
-    }
+    let previous = prev.map_or(&[][..], |s| &s.conditions[..]);
+    Condition::new(previous, now, generation, type_, ok, reason, message)
 }
 
 /// Why the spec's broker count cannot be applied, if it cannot.

@@ -38,6 +38,36 @@ pub struct Condition {
     pub last_transition_time: String,
 }
 
+impl Condition {
+    /// A condition computed at `generation`, keeping the previous
+    /// transition time when its status did not change, so a converged
+    /// object's status stays byte-for-byte the same (and is not rewritten).
+    pub fn new(
+        previous: &[Condition],
+        now: &str,
+        generation: i64,
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: String,
+    ) -> Condition {
+        let status = if ok { "True" } else { "False" };
+        let last = previous
+            .iter()
+            .find(|c| c.type_ == type_)
+            .filter(|c| c.status == status)
+            .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time: last,
+        }
+    }
+}
+
 /// A reference to the `Cluster` (in the same namespace) a resource belongs to.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct ClusterRef {

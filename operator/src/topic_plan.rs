@@ -120,8 +120,6 @@ fn has_finalizer(t: &Topic) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
 }
 
-/// A condition, keeping the previous transition time when its status did
-/// not change (so a converged object's status is byte-for-byte stable).
 fn condition(
     prev: Option<&TopicStatus>,
     now: &str,
@@ -131,19 +129,8 @@ fn condition(
     reason: &str,
     message: String,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last = prev
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .filter(|c| c.status == status)
-        .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time: last,
-    }
+    let previous = prev.map_or(&[][..], |s| &s.conditions[..]);
+    Condition::new(previous, now, generation, type_, ok, reason, message)
 }
 
 /// Plans one reconcile of a Topic.
