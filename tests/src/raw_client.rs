@@ -50,6 +50,56 @@ pub struct RawProduceResult {
     pub latency_us: Histogram<u64>,
 }
 
+/// A complete request frame (length prefix, header, body).
+fn frame(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &impl Encodable,
+    capacity: usize,
+) -> Result<Bytes> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("sluice-bench-raw"));
+    let mut buf = BytesMut::with_capacity(capacity);
+    buf.extend_from_slice(&[0; 4]);
+    encode_request_header_into_buffer(&mut buf, &header)?;
+    body.encode(&mut buf, version)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Reads one response frame and checks its header; returns the body.
+fn read_frame(
+    stream: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    expected_correlation: i32,
+) -> Result<Bytes> {
+    let mut len = [0u8; 4];
+    stream
+        .read_exact(&mut len)
+        .context("reading a response length")?;
+    let len = i32::from_be_bytes(len);
+    if !(0..=128 << 20).contains(&len) {
+        bail!("{key:?} response length {len} out of range");
+    }
+    let mut body = vec![0u8; len as usize];
+    stream.read_exact(&mut body).context("reading a response")?;
+    let mut buf = Bytes::from(body);
+    let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))?;
+    if header.correlation_id != expected_correlation {
+        bail!(
+            "{key:?} response for correlation id {} while waiting for {expected_correlation}",
+            header.correlation_id
+        );
+    }
+    Ok(buf)
+}
+
 /// One v2 batch of `n` records taken from `values`.
 fn encode_batch(values: &[Vec<u8>], n: usize) -> Result<Bytes> {
     let now = std::time::SystemTime::now()
@@ -95,11 +145,6 @@ fn encode_produce(
     acks: i16,
     batch: &Bytes,
 ) -> Result<Bytes> {
-    let mut header = RequestHeader::default();
-    header.request_api_key = ApiKey::Produce as i16;
-    header.request_api_version = PRODUCE_VERSION;
-    header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str("sluice-bench-raw"));
     let mut part = PartitionProduceData::default();
     part.index = partition;
     part.records = Some(batch.clone());
@@ -110,37 +155,22 @@ fn encode_produce(
     req.acks = acks;
     req.timeout_ms = 30_000;
     req.topic_data = vec![td];
-    let mut buf = BytesMut::with_capacity(batch.len() + 256);
-    buf.extend_from_slice(&[0; 4]);
-    encode_request_header_into_buffer(&mut buf, &header)?;
-    req.encode(&mut buf, PRODUCE_VERSION)?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
+    frame(
+        ApiKey::Produce,
+        PRODUCE_VERSION,
+        correlation_id,
+        &req,
+        batch.len() + 256,
+    )
 }
 
 fn read_response(stream: &mut TcpStream, expected_correlation: i32) -> Result<()> {
-    let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .context("reading a response length")?;
-    let len = i32::from_be_bytes(len);
-    if !(0..=64 << 20).contains(&len) {
-        bail!("response length {len} out of range");
-    }
-    let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body).context("reading a response")?;
-    let mut buf = Bytes::from(body);
-    let header = ResponseHeader::decode(
-        &mut buf,
-        ApiKey::Produce.response_header_version(PRODUCE_VERSION),
+    let mut buf = read_frame(
+        stream,
+        ApiKey::Produce,
+        PRODUCE_VERSION,
+        expected_correlation,
     )?;
-    if header.correlation_id != expected_correlation {
-        bail!(
-            "response for correlation id {} while waiting for {expected_correlation}",
-            header.correlation_id
-        );
-    }
     let resp = ProduceResponse::decode(&mut buf, PRODUCE_VERSION)?;
     for t in &resp.responses {
         for p in &t.partition_responses {
@@ -218,11 +248,6 @@ pub struct RawConsumeResult {
 fn encode_fetch(correlation_id: i32, topic: &str, offsets: &[i64]) -> Result<Bytes> {
     use kafka_protocol::messages::FetchRequest;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    let mut header = RequestHeader::default();
-    header.request_api_key = ApiKey::Fetch as i16;
-    header.request_api_version = FETCH_VERSION;
-    header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str("sluice-bench-raw"));
     let mut t = FetchTopic::default();
     t.topic = TopicName(StrBytes::from_string(topic.to_string()));
     t.partitions = offsets
@@ -243,13 +268,7 @@ fn encode_fetch(correlation_id: i32, topic: &str, offsets: &[i64]) -> Result<Byt
     req.min_bytes = 1;
     req.max_bytes = 52_428_800;
     req.topics = vec![t];
-    let mut buf = BytesMut::with_capacity(256);
-    buf.extend_from_slice(&[0; 4]);
-    encode_request_header_into_buffer(&mut buf, &header)?;
-    req.encode(&mut buf, FETCH_VERSION)?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
+    frame(ApiKey::Fetch, FETCH_VERSION, correlation_id, &req, 256)
 }
 
 fn varint(buf: &mut &[u8]) -> Result<i64> {
@@ -332,22 +351,7 @@ pub fn consume(
     while records < expected {
         correlation = correlation.wrapping_add(1);
         stream.write_all(&encode_fetch(correlation, topic, &offsets)?)?;
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len)?;
-        let len = i32::from_be_bytes(len);
-        if !(0..=128 << 20).contains(&len) {
-            bail!("fetch response length {len} out of range");
-        }
-        let mut body = vec![0u8; len as usize];
-        stream.read_exact(&mut body)?;
-        let mut buf = Bytes::from(body);
-        let header = ResponseHeader::decode(
-            &mut buf,
-            ApiKey::Fetch.response_header_version(FETCH_VERSION),
-        )?;
-        if header.correlation_id != correlation {
-            bail!("fetch response out of order");
-        }
+        let mut buf = read_frame(&mut stream, ApiKey::Fetch, FETCH_VERSION, correlation)?;
         let resp = FetchResponse::decode(&mut buf, FETCH_VERSION)?;
         let before = records;
         for p in resp.responses.iter().flat_map(|t| &t.partitions) {
