@@ -50,19 +50,6 @@ pub enum Action {
     },
 }
 
-fn condition(
-    prev: Option<&ClusterStatus>,
-    now: &str,
-    generation: i64,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-) -> Condition {
-    let previous = prev.map_or(&[][..], |s| &s.conditions[..]);
-    Condition::new(previous, now, generation, type_, ok, reason, message)
-}
-
 /// Why the spec's broker count cannot be applied, if it cannot.
 fn scale_down_refusal(o: &Observed<'_>) -> Option<String> {
     let want = o.cluster.spec.brokers;
@@ -129,7 +116,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
                 message: why.clone(),
             });
         }
-        conditions.push(condition(
+        conditions.push(Condition::new(
             prev,
             o.now,
             generation,
@@ -163,7 +150,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
                 });
             }
         }
-        conditions.push(condition(
+        conditions.push(Condition::new(
             prev,
             o.now,
             generation,
@@ -188,7 +175,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         ));
     }
     let all_ready = ready == allowed && !rolling;
-    conditions.push(condition(
+    conditions.push(Condition::new(
         prev,
         o.now,
         generation,

@@ -38,12 +38,17 @@ pub struct Condition {
     pub last_transition_time: String,
 }
 
+/// A status with conditions (every kind's status has them).
+pub trait Conditions {
+    fn conditions(&self) -> &[Condition];
+}
+
 impl Condition {
     /// A condition computed at `generation`, keeping the previous
     /// transition time when its status did not change, so a converged
     /// object's status stays byte-for-byte the same (and is not rewritten).
     pub fn new(
-        previous: &[Condition],
+        previous: Option<&impl Conditions>,
         now: &str,
         generation: i64,
         type_: &str,
@@ -53,6 +58,7 @@ impl Condition {
     ) -> Condition {
         let status = if ok { "True" } else { "False" };
         let last = previous
+            .map_or(&[][..], Conditions::conditions)
             .iter()
             .find(|c| c.type_ == type_)
             .filter(|c| c.status == status)
@@ -364,6 +370,24 @@ pub struct PluginStatus {
     /// Version the broker assigned at upload.
     #[serde(default)]
     pub version: i64,
+}
+
+impl Conditions for ClusterStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl Conditions for TopicStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl Conditions for PluginStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
 }
 
 /// Every CRD as (file name, YAML), in a fixed order. The file name is the

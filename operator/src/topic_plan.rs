@@ -120,19 +120,6 @@ fn has_finalizer(t: &Topic) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
 }
 
-fn condition(
-    prev: Option<&TopicStatus>,
-    now: &str,
-    generation: i64,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-) -> Condition {
-    let previous = prev.map_or(&[][..], |s| &s.conditions[..]);
-    Condition::new(previous, now, generation, type_, ok, reason, message)
-}
-
 /// Plans one reconcile of a Topic.
 pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     let t = o.topic;
@@ -150,7 +137,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         conditions: Vec::new(),
     };
     let ready = |ok: bool, reason: &str, message: String| {
-        condition(prev, o.now, generation, "Ready", ok, reason, message)
+        Condition::new(prev, o.now, generation, "Ready", ok, reason, message)
     };
 
     // Deletion: never blocks on a cluster that is gone.
@@ -190,7 +177,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         actions.push(Action::AddFinalizer);
     }
     if let Some(owner) = &o.older_claimant {
-        status.conditions.push(condition(
+        status.conditions.push(Condition::new(
             prev,
             o.now,
             generation,
@@ -321,7 +308,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
                 message: message.clone(),
             });
         }
-        status.conditions.push(condition(
+        status.conditions.push(Condition::new(
             prev,
             o.now,
             generation,

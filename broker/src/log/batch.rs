@@ -319,6 +319,15 @@ pub(crate) mod tests {
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
 
+    /// Every codec a client may send.
+    pub(crate) const ALL_CODECS: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
     /// A real v2 batch built by the kafka-protocol encoder, as a client would send.
     pub(crate) fn encoded_batch(n: usize, compression: Compression, ts: i64) -> BytesMut {
         producer_batch(n, compression, ts, -1, -1, 0)
@@ -428,13 +437,7 @@ pub(crate) mod tests {
     /// than it holds is refused, even with a valid CRC.
     #[test]
     fn record_count_mismatch_is_invalid() {
-        for c in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for c in ALL_CODECS {
             let good = encoded_batch(3, c, 0);
             let h = parse_and_verify(&good).expect("crc ok");
             validate_structure(&good, &h).expect("an honest batch passes");

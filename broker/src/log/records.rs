@@ -323,7 +323,7 @@ fn encode_entries(entries: &[(i32, &Record<'_>)], shape: &Shape) -> Result<Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::batch::tests::encoded_batch;
+    use crate::log::batch::tests::{ALL_CODECS, encoded_batch};
     use kafka_protocol::records::Compression;
 
     /// Small and large fields, so lengths and deltas need multi-byte varints.
@@ -382,13 +382,7 @@ mod tests {
 
     #[test]
     fn decodes_client_batches() {
-        for c in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for c in ALL_CODECS {
             let b = encoded_batch(4, c, 50);
             let (h, records) = decode(&b).expect("decode");
             assert_eq!(records.len(), 4);
