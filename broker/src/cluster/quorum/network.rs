@@ -1,0 +1,117 @@
+//! openraft's view of the other voters: one `PeerConnection` per target.
+
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+
+use super::TypeConfig;
+use super::rpc::{PeerConnection, QuorumRequest, QuorumResponse};
+
+type NodeId = u64;
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            conn: PeerConnection::new(node.addr.clone()),
+        }
+    }
+}
+
+pub struct PeerNetwork {
+    target: NodeId,
+    conn: PeerConnection,
+}
+
+impl PeerNetwork {
+    async fn call<E: std::error::Error>(
+        &mut self,
+        request: QuorumRequest,
+        timeout: Duration,
+    ) -> Result<QuorumResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        self.conn.call(&request, timeout).await.map_err(|e| {
+            // A refused or reset connection means the peer is down: back
+            // off instead of retrying in a tight loop.
+            match e.kind() {
+                std::io::ErrorKind::TimedOut => RPCError::Network(NetworkError::new(&e)),
+                _ => RPCError::Unreachable(Unreachable::new(&e)),
+            }
+        })
+    }
+
+    fn unexpected<E: std::error::Error>(
+        &self,
+        got: &QuorumResponse,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        let e = std::io::Error::other(format!(
+            "peer {} at {} answered with an unexpected message: {got:?}",
+            self.target,
+            self.conn.addr()
+        ));
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self
+            .call(QuorumRequest::AppendEntries(rpc), option.hard_ttl())
+            .await?
+        {
+            QuorumResponse::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        match self
+            .call(QuorumRequest::InstallSnapshot(rpc), option.hard_ttl())
+            .await?
+        {
+            QuorumResponse::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self
+            .call(QuorumRequest::Vote(rpc), option.hard_ttl())
+            .await?
+        {
+            QuorumResponse::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+}
