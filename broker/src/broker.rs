@@ -2,11 +2,14 @@
 //! is handed to every connection and to the admin server.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 
+use crate::cluster::controller::{self, Registration};
 use crate::cluster::producer_ids::ProducerIdAllocator;
+use crate::cluster::quorum::Quorum;
 use crate::cluster::topics::{META_DIR, NewTopic, TopicError, TopicRegistry};
 use crate::config::ServeArgs;
 use crate::groups::store::OffsetStore;
@@ -20,6 +23,8 @@ pub struct Broker {
     pub cluster_id: String,
     pub advertised_host: String,
     pub advertised_port: i32,
+    pub quorum: Arc<Quorum>,
+    pub registration: Registration,
     pub topics: TopicRegistry,
     pub groups: GroupCoordinator,
     pub producer_ids: ProducerIdAllocator,
@@ -30,23 +35,25 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the data directory (recovering every partition) and fixes the
-    /// address advertised to clients.
+    /// Registers with the controller quorum (waiting for it), opens the
+    /// partitions the metadata places here (recovering their logs) and
+    /// loads groups and plugins.
     pub async fn open(
         args: ServeArgs,
-        advertised_host: String,
-        advertised_port: i32,
+        quorum: Arc<Quorum>,
+        registration: Registration,
     ) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
         let cluster_id = load_or_create_cluster_id(&args.data_dir)?;
+        controller::register(&quorum, &registration).await;
         let dir = args.data_dir.clone();
         let node_id = args.node_id;
-        let topics = tokio::task::spawn_blocking(move || TopicRegistry::open(&dir, node_id))
+        let q = quorum.clone();
+        let topics = tokio::task::spawn_blocking(move || TopicRegistry::open(&dir, node_id, q))
             .await?
             .with_context(|| format!("opening topics in {}", args.data_dir.display()))?;
-        let offsets =
-            ensure_offsets_topic(&topics, args.offsets_topic_partitions, args.node_id).await?;
+        let offsets = ensure_offsets_topic(&topics, &quorum, args.offsets_topic_partitions).await?;
         let group_config = GroupConfig {
             initial_rebalance_delay: std::time::Duration::from_millis(
                 args.group_initial_rebalance_delay_ms,
@@ -57,7 +64,7 @@ impl Broker {
             tokio::task::spawn_blocking(move || GroupCoordinator::open(offsets, group_config))
                 .await?
                 .context("loading consumer groups")?;
-        let producer_ids = ProducerIdAllocator::open(&args.data_dir.join(META_DIR))?;
+        let producer_ids = ProducerIdAllocator::new(quorum.clone());
         let plugin_dir = args.data_dir.join(META_DIR).join("plugins");
         let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginHost> {
             let engine = PluginEngine::new()?;
@@ -71,8 +78,10 @@ impl Broker {
             plugins,
             node_id: args.node_id,
             cluster_id,
-            advertised_host,
-            advertised_port,
+            advertised_host: registration.host.clone(),
+            advertised_port: registration.port,
+            quorum,
+            registration,
             topics,
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
@@ -80,9 +89,20 @@ impl Broker {
         })
     }
 
-    /// Broker ids of the cluster, sorted. Single-node for now.
+    /// The broker coordinating `group`: the leader of the offsets partition
+    /// the group id hashes to, as (id, host, port).
+    pub fn coordinator_for(&self, group: &str) -> Option<(i32, String, i32)> {
+        let image = self.quorum.image();
+        let offsets = image.topics.get(OFFSETS_TOPIC)?;
+        let p = crate::groups::store::partition_for(group, offsets.partitions.len());
+        let leader = offsets.partitions.get(p)?.leader;
+        let broker = image.brokers.get(&leader).filter(|x| !x.fenced)?;
+        Some((broker.id, broker.host.clone(), broker.port))
+    }
+
+    /// Ids of the live (registered, unfenced) brokers, sorted.
     pub fn broker_ids(&self) -> Vec<i32> {
-        vec![self.node_id]
+        self.quorum.image().live_brokers()
     }
 }
 
@@ -90,8 +110,8 @@ impl Broker {
 /// Never deleted by retention: offsets must outlive the data they point at.
 async fn ensure_offsets_topic(
     topics: &TopicRegistry,
+    quorum: &Quorum,
     partitions: i32,
-    node_id: i32,
 ) -> anyhow::Result<OffsetStore> {
     let topic = match topics.get(OFFSETS_TOPIC) {
         Some(t) => t,
@@ -99,16 +119,26 @@ async fn ensure_offsets_topic(
             let mut configs = std::collections::BTreeMap::new();
             configs.insert("retention.ms".to_string(), "-1".to_string());
             configs.insert("segment.bytes".to_string(), "104857600".to_string());
+            // Until group coordinators move with partition leadership, every
+            // broker holds every offsets partition.
+            let voters = quorum.voter_ids();
+            wait_for_registration(quorum, &voters).await;
             let created = topics
                 .create(
                     NewTopic {
                         name: OFFSETS_TOPIC.to_string(),
                         partitions,
-                        replication_factor: 1,
-                        assignment: vec![],
+                        replication_factor: voters.len() as i16,
+                        assignment: sluice_placement::assign(
+                            &voters,
+                            0,
+                            partitions.max(1) as usize,
+                            voters.len(),
+                        )
+                        .map_err(|e| anyhow::anyhow!("placing the offsets topic: {e}"))?,
                         configs,
                     },
-                    &[node_id],
+                    &voters,
                 )
                 .await;
             match created {
@@ -120,7 +150,37 @@ async fn ensure_offsets_topic(
             }
         }
     };
-    Ok(OffsetStore::new(topic.partitions.clone()))
+    let logs = topic
+        .partitions
+        .iter()
+        .cloned()
+        .collect::<Option<Vec<_>>>()
+        .context("this broker does not hold every partition of the offsets topic")?;
+    Ok(OffsetStore::new(logs))
+}
+
+/// Waits until every broker in `ids` has registered once (placement may
+/// only name registered brokers).
+async fn wait_for_registration(quorum: &Quorum, ids: &[i32]) {
+    let mut rx = quorum.subscribe();
+    let started = std::time::Instant::now();
+    loop {
+        let all = {
+            let view = rx.borrow_and_update();
+            ids.iter().all(|id| view.image.brokers.contains_key(id))
+        };
+        if all {
+            return;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed()).await {
+            Ok(Ok(())) => {}
+            // The quorum stopped; the caller's next proposal reports it.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!(waited_s = started.elapsed().as_secs(), expected = ?ids, "waiting for the other brokers to register")
+            }
+        }
+    }
 }
 
 /// Topics clients may not write to or delete.

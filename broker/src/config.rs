@@ -31,9 +31,29 @@ pub struct ServeArgs {
     /// This broker's id.
     #[arg(long, env = "SLUICE_NODE_ID", default_value_t = 0)]
     pub node_id: i32,
-    /// Other brokers (`id@host:port,...`). Multi-broker clusters arrive with replication.
+    /// The cluster's brokers as `id@host:port,...` (their Kafka listeners; this
+    /// broker may be listed too). Empty: a single-node cluster.
     #[arg(long, env = "SLUICE_PEERS", default_value = "")]
     pub peers: String,
+    /// The controller fences a broker (moving its partition leaderships) after
+    /// this long without a heartbeat.
+    #[arg(long, env = "SLUICE_BROKER_SESSION_TIMEOUT_MS", default_value_t = 3000)]
+    pub broker_session_timeout_ms: u64,
+    /// How often a broker heartbeats to the controller.
+    #[arg(
+        long,
+        env = "SLUICE_BROKER_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 500
+    )]
+    pub broker_heartbeat_interval_ms: u64,
+    /// Controller quorum members start an election after this long (randomized
+    /// up to twice as long) without hearing from a controller.
+    #[arg(
+        long,
+        env = "SLUICE_CONTROLLER_ELECTION_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub controller_election_timeout_ms: u64,
     /// Largest request frame accepted; bigger frames close the connection.
     #[arg(long, env = "SLUICE_MAX_REQUEST_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_request_bytes: usize,
@@ -95,6 +115,9 @@ pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
             "group_initial_rebalance_delay_ms",
             "offsets_topic_partitions",
             "producer_id_expiration_ms",
+            "broker_session_timeout_ms",
+            "broker_heartbeat_interval_ms",
+            "controller_election_timeout_ms",
         ];
         if !known.contains(&id.as_str()) {
             bail!("{}: unknown key '{key}'", path.display());
@@ -121,6 +144,15 @@ pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
             }
             "offsets_topic_partitions" => {
                 args.offsets_topic_partitions = value.parse().map_err(|e| bad(&e))?
+            }
+            "broker_session_timeout_ms" => {
+                args.broker_session_timeout_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "broker_heartbeat_interval_ms" => {
+                args.broker_heartbeat_interval_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "controller_election_timeout_ms" => {
+                args.controller_election_timeout_ms = value.parse().map_err(|e| bad(&e))?
             }
             _ => args.producer_id_expiration_ms = value.parse().map_err(|e| bad(&e))?,
         }
@@ -160,10 +192,20 @@ fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
     if args.node_id < 0 {
         bail!("node-id must be >= 0, got {}", args.node_id);
     }
-    if !args.peers.trim().is_empty() {
+    crate::cluster::quorum::parse_peers(&args.peers).context("peers")?;
+    if args.broker_heartbeat_interval_ms < 10
+        || args.broker_session_timeout_ms < 2 * args.broker_heartbeat_interval_ms
+    {
         bail!(
-            "peers '{}' given, but this build runs single-node only (replication is not implemented yet)",
-            args.peers
+            "broker-session-timeout-ms ({}) must be at least twice broker-heartbeat-interval-ms ({}), which must be >= 10",
+            args.broker_session_timeout_ms,
+            args.broker_heartbeat_interval_ms
+        );
+    }
+    if args.controller_election_timeout_ms < 200 {
+        bail!(
+            "controller-election-timeout-ms must be at least 200 (the quorum heartbeats every 100 ms), got {}",
+            args.controller_election_timeout_ms
         );
     }
     if args.max_request_bytes < 1024 {

@@ -1,13 +1,17 @@
 //! `sluice-broker`: runs the broker (`serve`).
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_broker::broker::Broker;
 use sluice_broker::cli::{self, PluginCommand};
+use sluice_broker::cluster::controller::{self, Registration};
+use sluice_broker::cluster::quorum::{self, Quorum, QuorumConfig};
+use sluice_broker::cluster::topics::META_DIR;
 use sluice_broker::config::{self, ServeArgs};
 use sluice_broker::{admin, maintenance, server};
 use tokio::net::TcpListener;
@@ -97,12 +101,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
     };
     let data_dir = args.data_dir.clone();
-    let broker = Arc::new(Broker::open(args, host, port).await?);
+    let registration = Registration {
+        node_id: args.node_id,
+        host,
+        port,
+        incarnation: uuid::Uuid::new_v4(),
+    };
+    let mut voters = quorum::parse_peers(&args.peers)?;
+    voters
+        .entry(args.node_id)
+        .or_insert_with(|| format!("{}:{}", registration.host, registration.port));
+    let quorum = Arc::new(
+        Quorum::start(QuorumConfig {
+            node_id: args.node_id,
+            voters,
+            dir: args.data_dir.join(META_DIR).join("quorum"),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(args.controller_election_timeout_ms),
+        })
+        .await?,
+    );
+    let listener = Arc::new(server::Listener {
+        quorum: quorum.clone(),
+        broker: OnceLock::new(),
+        max_request_bytes: args.max_request_bytes,
+    });
+    tokio::spawn(server::serve(listener.clone(), kafka));
+    let heartbeat = Duration::from_millis(args.broker_heartbeat_interval_ms);
+    let session = Duration::from_millis(args.broker_session_timeout_ms);
+    let broker = Arc::new(Broker::open(args, quorum.clone(), registration.clone()).await?);
+    let _ = listener.broker.set(broker.clone());
+    tokio::spawn(controller::heartbeat_loop(
+        quorum.clone(),
+        registration,
+        heartbeat,
+    ));
+    tokio::spawn(controller::fence_loop(quorum.clone(), session));
+    tokio::spawn(maintenance::metadata_sync(broker.clone()));
     tokio::spawn(admin_serve(broker.clone(), admin_listener));
     tokio::spawn(maintenance::flusher(broker.clone()));
     tokio::spawn(maintenance::retention(broker.clone()));
     tokio::spawn(maintenance::group_timers(broker.clone()));
-    tokio::spawn(server::serve(broker.clone(), kafka));
     let stop = shutdown_signal();
     broker.ready.store(true, Ordering::Release);
     tracing::info!(kafka = %kafka_addr, admin = %admin_addr, data_dir = %data_dir.display(), node_id = broker.node_id, "broker started");
@@ -118,12 +157,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: flushing logs");
     broker.ready.store(false, Ordering::Release);
     for t in broker.topics.all() {
-        for p in &t.partitions {
+        for p in t.local_partitions() {
             if let Err(e) = p.close() {
                 tracing::error!(partition = %p.name(), error = %e, "flush on shutdown failed");
             }
         }
     }
+    quorum.shutdown().await;
     Ok(())
 }
 

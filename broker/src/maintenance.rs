@@ -15,8 +15,13 @@ pub async fn flusher(broker: Arc<Broker>) {
     loop {
         tick.tick().await;
         let now = now_ms();
-        for t in broker.topics.all() {
-            for p in &t.partitions {
+        for t in broker
+            .topics
+            .all()
+            .iter()
+            .filter(|t| t.meta.view_of().is_none())
+        {
+            for p in t.local_partitions() {
                 if let Err(e) = p.flush_if_due(now).await {
                     tracing::error!(partition = %p.name(), error = %e, "periodic fsync failed");
                 }
@@ -34,8 +39,8 @@ pub async fn retention(broker: Arc<Broker>) {
         let b = broker.clone();
         let run = tokio::task::spawn_blocking(move || {
             let now = now_ms();
-            for t in b.topics.all() {
-                for p in &t.partitions {
+            for t in b.topics.all().iter().filter(|t| t.meta.view_of().is_none()) {
+                for p in t.local_partitions() {
                     if let Err(e) = p.apply_retention(now) {
                         tracing::error!(partition = %p.name(), error = %e, "retention failed");
                     }
@@ -62,6 +67,20 @@ pub async fn group_timers(broker: Arc<Broker>) {
         broker.groups.tick();
         for (group, change) in broker.groups.drain_snapshots() {
             broker.groups.persist_change(&group, change).await;
+        }
+    }
+}
+
+/// Materializes every applied metadata change (topics created, deleted or
+/// changed through any broker) into this broker's local topics.
+pub async fn metadata_sync(broker: Arc<Broker>) {
+    let mut rx = broker.quorum.subscribe();
+    while rx.changed().await.is_ok() {
+        let b = broker.clone();
+        match tokio::task::spawn_blocking(move || b.topics.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "applying metadata to local topics failed"),
+            Err(e) => tracing::error!(error = %e, "metadata sync task failed"),
         }
     }
 }

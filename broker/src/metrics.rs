@@ -9,6 +9,7 @@ use prometheus::{
 
 use std::sync::atomic::Ordering;
 
+use crate::cluster::quorum::Quorum;
 use crate::cluster::topics::TopicRegistry;
 use crate::groups::{GroupCoordinator, GroupState};
 
@@ -38,6 +39,8 @@ pub struct Metrics {
     plugin_records: IntCounterVec,
     plugin_seconds: HistogramVec,
     plugin_memory: IntGaugeVec,
+    cluster: IntGaugeVec,
+    brokers: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -192,7 +195,19 @@ impl Metrics {
             "Linear memory held by a plugin's idle instances.",
             &["plugin"],
         );
+        let cluster = gauge(
+            "sluice_cluster",
+            "This broker's view of the cluster: controller_id (-1: none known), quorum_term, quorum_applied_index, offline_partitions (no leader), under_replicated_partitions (led here, ISR smaller than the replica set), unclean_leader_elections (ever; each may have lost data).",
+            &["value"],
+        );
+        let brokers = gauge(
+            "sluice_brokers",
+            "Registered brokers by state (live or fenced).",
+            &["state"],
+        );
         Metrics {
+            cluster,
+            brokers,
             plugin_calls,
             plugin_errors,
             plugin_records,
@@ -222,13 +237,23 @@ impl Metrics {
     }
 
     /// Prometheus text exposition, with partition gauges read fresh.
-    pub fn render(&self, topics: &TopicRegistry, groups: &GroupCoordinator) -> String {
+    pub fn render(
+        &self,
+        topics: &TopicRegistry,
+        groups: &GroupCoordinator,
+        quorum: &Quorum,
+    ) -> String {
         self.render_groups(topics, groups);
+        self.render_cluster(quorum);
         self.log_end_offset.reset();
         self.log_start_offset.reset();
         self.log_size_bytes.reset();
         for t in topics.all() {
+            if t.meta.view_of().is_some() {
+                continue;
+            }
             for (i, p) in t.partitions.iter().enumerate() {
+                let Some(p) = p else { continue };
                 let labels = [t.meta.name.as_str(), &i.to_string()];
                 self.log_end_offset
                     .with_label_values(&labels)
@@ -332,21 +357,56 @@ impl Default for Metrics {
     }
 }
 
+impl Metrics {
+    fn render_cluster(&self, quorum: &Quorum) {
+        let raft = quorum.raft_metrics();
+        let image = quorum.image();
+        let me = quorum.node_id();
+        let partitions = image.topics.values().flat_map(|t| &t.partitions);
+        let offline = partitions.clone().filter(|p| p.leader < 0).count();
+        let under = partitions
+            .filter(|p| p.leader == me && p.isr.len() < p.replicas.len())
+            .count();
+        let set = |k: &str, v: i64| self.cluster.with_label_values(&[k]).set(v);
+        set(
+            "controller_id",
+            quorum.controller_id().map_or(-1, i64::from),
+        );
+        set("quorum_term", raft.current_term as i64);
+        set(
+            "quorum_applied_index",
+            raft.last_applied.map_or(0, |l| l.index as i64),
+        );
+        set("offline_partitions", offline as i64);
+        set("under_replicated_partitions", under as i64);
+        set("unclean_leader_elections", image.unclean_elections as i64);
+        let fenced = image.brokers.values().filter(|b| b.fenced).count() as i64;
+        self.brokers
+            .with_label_values(&["live"])
+            .set(image.brokers.len() as i64 - fenced);
+        self.brokers.with_label_values(&["fenced"]).set(fenced);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn definitions_register() {
+    #[tokio::test]
+    async fn definitions_register() {
         let m = super::Metrics::new();
         m.requests.with_label_values(&["Produce"]).inc();
         let dir = tempfile::tempdir().expect("tempdir");
-        let reg = crate::cluster::topics::TopicRegistry::open(dir.path(), 0).expect("registry");
+        let quorum = crate::cluster::quorum::single_voter_for_tests(dir.path()).await;
+        let reg = crate::cluster::topics::TopicRegistry::open(dir.path(), 0, quorum.clone())
+            .expect("registry");
         let groups = crate::groups::GroupCoordinator::open(
             crate::groups::store::OffsetStore::new(vec![]),
             crate::groups::GroupConfig::default(),
         )
         .expect("groups");
-        let text = m.render(&reg, &groups);
+        let text = m.render(&reg, &groups, &quorum);
         assert!(text.contains("sluice_requests_total{api=\"Produce\"} 1"));
         assert!(text.contains("sluice_groups{state=\"Stable\"} 0"));
+        assert!(text.contains("sluice_cluster{value=\"controller_id\"} 0"));
+        assert!(text.contains("sluice_brokers{state=\"live\"} 1"));
     }
 }

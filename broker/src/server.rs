@@ -1,10 +1,12 @@
 //! The Kafka listener: one task per connection, frames read with a bounded
 //! size, requests answered strictly in order. Anything unusable a client
 //! sends closes that connection with a logged reason; other clients never
-//! notice.
+//! notice. Quorum traffic from peer brokers shares the listener (see
+//! `cluster::quorum::rpc`) and is served from the start, before this
+//! broker has joined the cluster; Kafka clients are served once it has.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -13,24 +15,37 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
 use crate::broker::Broker;
+use crate::cluster::quorum::{Quorum, rpc};
 use crate::protocol::{self, FrameError};
+
+/// What the listener serves: the quorum at once, the broker once open.
+pub struct Listener {
+    pub quorum: Arc<Quorum>,
+    pub broker: OnceLock<Arc<Broker>>,
+    pub max_request_bytes: usize,
+}
 
 /// Once a length prefix has arrived, the rest of the frame must follow within
 /// this time; a client that stalls mid-frame holds buffers and a task.
 const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+pub async fn serve(node: Arc<Listener>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let broker = broker.clone();
+                let node = node.clone();
                 tokio::spawn(async move {
-                    broker.metrics.connections_active.inc();
-                    broker.metrics.connections_total.inc();
-                    if let Err(e) = connection(&broker, stream, peer).await {
+                    let broker = node.broker.get().cloned();
+                    if let Some(b) = &broker {
+                        b.metrics.connections_active.inc();
+                        b.metrics.connections_total.inc();
+                    }
+                    if let Err(e) = connection(&node, stream, peer).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
                     }
-                    broker.metrics.connections_active.dec();
+                    if let Some(b) = &broker {
+                        b.metrics.connections_active.dec();
+                    }
                 });
             }
             Err(e) => {
@@ -42,16 +57,13 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
-async fn connection(
-    broker: &Arc<Broker>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) -> std::io::Result<()> {
+async fn connection(node: &Listener, stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, rd);
     let mut writer = BufWriter::with_capacity(64 * 1024, wr);
-    let max = broker.args.max_request_bytes;
+    let max = node.max_request_bytes;
+    let broker = node.broker.get();
     loop {
         let len = match reader.read_i32().await {
             Ok(n) => n,
@@ -92,6 +104,22 @@ async fn connection(
             );
         }
         let frame: Bytes = frame.freeze();
+        if rpc::is_quorum_frame(&frame) {
+            let out = node.quorum.handle_frame(&frame).await;
+            writer.write_all(&out).await?;
+            writer.flush().await?;
+            continue;
+        }
+        // A connection opened before the broker joined the cluster picks
+        // it up as soon as it is there.
+        let Some(broker) = broker.or_else(|| node.broker.get()) else {
+            return close(
+                None,
+                peer,
+                "starting",
+                "broker is still joining the cluster; retry shortly".into(),
+            );
+        };
         let request = match protocol::decode_request(frame) {
             Ok(r) => r,
             Err(FrameError::Respond(bytes)) => {
@@ -100,7 +128,7 @@ async fn connection(
                 continue;
             }
             Err(FrameError::Close { reason, detail }) => {
-                return close(broker, peer, reason, detail);
+                return close(Some(broker), peer, reason, detail);
             }
         };
         let api_key = request.api_key;
@@ -129,7 +157,7 @@ async fn connection(
             }
             Err(e) => {
                 return close(
-                    broker,
+                    Some(broker),
                     peer,
                     "encode_failed",
                     format!("could not encode {api_name} v{version} response: {e}"),
@@ -144,16 +172,17 @@ async fn connection(
 }
 
 fn close(
-    broker: &Broker,
+    broker: Option<&Arc<Broker>>,
     peer: SocketAddr,
     reason: &'static str,
     detail: String,
 ) -> std::io::Result<()> {
-    broker
-        .metrics
-        .connections_closed_bad_input
-        .with_label_values(&[reason])
-        .inc();
+    if let Some(b) = broker {
+        b.metrics
+            .connections_closed_bad_input
+            .with_label_values(&[reason])
+            .inc();
+    }
     tracing::warn!(%peer, reason, "closing connection: {detail}");
     Ok(())
 }

@@ -35,6 +35,7 @@ use tempfile::TempDir;
 
 pub use rdkafka;
 
+pub mod cluster;
 pub mod proxy;
 pub mod raw_client;
 
@@ -117,6 +118,15 @@ pub struct Broker {
     admin_addr: SocketAddr,
     generation: u32,
     extra_args: Vec<String>,
+    /// `--listen` address: ephemeral for a lone broker, fixed for a cluster
+    /// member (its peers know it by that address across restarts).
+    listen: String,
+}
+
+/// A broker process launched but not yet confirmed ready.
+pub struct Launch {
+    child: Child,
+    ready: mpsc::Receiver<String>,
 }
 
 impl Broker {
@@ -153,13 +163,26 @@ impl Broker {
     }
 
     fn spawn_new(data: DataDir, extra_args: &[&str]) -> Result<Broker> {
+        let mut broker = Self::new_unstarted(data, extra_args, "127.0.0.1:0")?;
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    /// A cluster member on a fixed Kafka address; not started yet.
+    pub fn new_member(dir: &Path, listen: &str, extra_args: &[&str]) -> Result<Broker> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        Self::new_unstarted(DataDir::External(dir.to_path_buf()), extra_args, listen)
+    }
+
+    fn new_unstarted(data: DataDir, extra_args: &[&str], listen: &str) -> Result<Broker> {
         let binary = broker_binary()?;
         let log_dir = tempfile::Builder::new()
             .prefix("sluice-log-")
             .tempdir()
             .context("cannot create a temporary log directory")?;
         let log_path = log_dir.path().join("broker-stderr.log");
-        let mut broker = Broker {
+        let broker = Broker {
             binary,
             child: None,
             data,
@@ -169,12 +192,19 @@ impl Broker {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             generation: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            listen: listen.to_string(),
         };
-        broker.spawn()?;
         Ok(broker)
     }
 
     fn spawn(&mut self) -> Result<()> {
+        let launch = self.launch()?;
+        self.await_ready(launch)
+    }
+
+    /// Starts the process without waiting for it: cluster members only
+    /// become ready once a quorum of them runs.
+    pub fn launch(&mut self) -> Result<Launch> {
         self.generation += 1;
         let mut log = OpenOptions::new()
             .create(true)
@@ -197,7 +227,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(self.data.path())
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--admin-listen")
             .arg("127.0.0.1:0")
             .args(&self.extra_args)
@@ -242,7 +272,15 @@ impl Broker {
                 }
             })
             .context("cannot spawn the stdout reader thread")?;
+        Ok(Launch { child, ready: rx })
+    }
 
+    /// Waits for a launched process's ready line.
+    pub fn await_ready(&mut self, launch: Launch) -> Result<()> {
+        let Launch {
+            mut child,
+            ready: rx,
+        } = launch;
         let deadline = Instant::now() + READY_TIMEOUT;
         let line = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {

@@ -38,10 +38,10 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
                 .partitions
                 .iter()
                 .map(|p| {
-                    let log = topic
-                        .as_ref()
-                        .and_then(|tp| tp.partition(p.partition))
-                        .cloned();
+                    let log = match &topic {
+                        Some(tp) => tp.leader_log(p.partition, b.node_id).cloned(),
+                        None => Err(ResponseError::UnknownTopicOrPartition),
+                    };
                     (p.partition, p.fetch_offset, p.partition_max_bytes, log)
                 })
                 .collect();
@@ -66,7 +66,7 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
         let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = targets
             .iter()
             .flat_map(|(_, _, parts)| parts.iter())
-            .filter_map(|(_, _, _, log)| log.as_ref())
+            .filter_map(|(_, _, _, log)| log.as_ref().ok())
             .map(|log| {
                 let mut n = Box::pin(log.appended.notified());
                 n.as_mut().enable();
@@ -93,8 +93,9 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
     }
 }
 
-/// (partition, fetch offset, partition max bytes, log if it exists)
-type Target = (i32, i64, i32, Option<Arc<PartitionLog>>);
+/// (partition, fetch offset, partition max bytes, the log if this broker
+/// leads the partition or why not)
+type Target = (i32, i64, i32, Result<Arc<PartitionLog>, ResponseError>);
 type Targets = [(String, Option<Arc<Bindings>>, Vec<Target>)];
 
 fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, usize, bool) {
@@ -107,12 +108,15 @@ fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, 
         for (partition, offset, partition_max, log) in parts {
             let mut pd = PartitionData::default();
             pd.partition_index = *partition;
-            let Some(log) = log else {
-                pd.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
-                pd.high_watermark = -1;
-                any_error = true;
-                tr.partitions.push(pd);
-                continue;
+            let log = match log {
+                Ok(log) => log,
+                Err(e) => {
+                    pd.error_code = error_code(b, *e);
+                    pd.high_watermark = -1;
+                    any_error = true;
+                    tr.partitions.push(pd);
+                    continue;
+                }
             };
             let budget = (*partition_max).max(0) as usize;
             let budget = budget.min(max_bytes.saturating_sub(total));

@@ -45,54 +45,61 @@ pub fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let mut resp = FindCoordinatorResponse::default();
-    // Single node: this broker coordinates every group. Transactions are
-    // not implemented, so no transaction coordinator exists.
-    let answer = |key: &str| -> (i16, Option<String>) {
+    // A group's coordinator is the leader of the offsets partition its id
+    // hashes to. Transactions are not implemented, so no transaction
+    // coordinator exists.
+    let answer = |key: &str| -> Result<(i32, String, i32), (i16, String)> {
         if req.key_type == KEY_TYPE_TRANSACTION {
+            return Err((
+                error_code(b, ResponseError::CoordinatorNotAvailable),
+                format!("transactions are not supported by this broker (transactional id '{key}')"),
+            ));
+        }
+        b.coordinator_for(key).ok_or_else(|| {
             (
                 error_code(b, ResponseError::CoordinatorNotAvailable),
-                Some(format!(
-                    "transactions are not supported by this broker (transactional id '{key}')"
-                )),
+                format!("the offsets partition of group '{key}' has no leader right now"),
             )
-        } else {
-            (0, None)
-        }
+        })
     };
     if version >= 4 {
         resp.coordinators = req
             .coordinator_keys
             .iter()
             .map(|k| {
-                let (err, msg) = answer(k.as_str());
                 let mut c = Coordinator::default();
                 c.key = k.clone();
-                c.error_code = err;
-                c.error_message = msg.map(str_bytes);
-                if err == 0 {
-                    c.node_id = BrokerId(b.node_id);
-                    c.host = str_bytes(b.advertised_host.clone());
-                    c.port = b.advertised_port;
-                } else {
-                    c.node_id = BrokerId(-1);
-                    c.port = -1;
+                match answer(k.as_str()) {
+                    Ok((id, host, port)) => {
+                        c.node_id = BrokerId(id);
+                        c.host = str_bytes(host);
+                        c.port = port;
+                    }
+                    Err((err, msg)) => {
+                        c.error_code = err;
+                        c.error_message = Some(str_bytes(msg));
+                        c.node_id = BrokerId(-1);
+                        c.port = -1;
+                    }
                 }
                 c
             })
             .collect();
     } else {
-        let (err, msg) = answer(req.key.as_str());
-        resp.error_code = err;
-        if version >= 1 {
-            resp.error_message = msg.map(str_bytes);
-        }
-        if err == 0 {
-            resp.node_id = BrokerId(b.node_id);
-            resp.host = str_bytes(b.advertised_host.clone());
-            resp.port = b.advertised_port;
-        } else {
-            resp.node_id = BrokerId(-1);
-            resp.port = -1;
+        match answer(req.key.as_str()) {
+            Ok((id, host, port)) => {
+                resp.node_id = BrokerId(id);
+                resp.host = str_bytes(host);
+                resp.port = port;
+            }
+            Err((err, msg)) => {
+                resp.error_code = err;
+                if version >= 1 {
+                    resp.error_message = Some(str_bytes(msg));
+                }
+                resp.node_id = BrokerId(-1);
+                resp.port = -1;
+            }
         }
     }
     resp

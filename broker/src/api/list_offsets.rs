@@ -25,10 +25,21 @@ pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
             pr.partition_index = p.partition_index;
             pr.timestamp = -1;
             pr.offset = -1;
-            let Some(log) = topic.as_ref().and_then(|x| x.partition(p.partition_index)) else {
-                pr.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
-                tr.partitions.push(pr);
-                continue;
+            let log = match topic
+                .as_ref()
+                .map(|x| x.leader_log(p.partition_index, b.node_id))
+            {
+                Some(Ok(log)) => log,
+                Some(Err(e)) => {
+                    pr.error_code = error_code(b, e);
+                    tr.partitions.push(pr);
+                    continue;
+                }
+                None => {
+                    pr.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
+                    tr.partitions.push(pr);
+                    continue;
+                }
             };
             let found = match p.timestamp {
                 LATEST => Ok(Some((log.high_watermark(), -1))),

@@ -23,13 +23,18 @@ pub fn api_versions() -> ApiVersionsResponse {
 
 pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
     let mut resp = MetadataResponse::default();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(b.node_id);
-    broker.host = str_bytes(b.advertised_host.clone());
-    broker.port = b.advertised_port;
-    resp.brokers = vec![broker];
+    resp.brokers = live_brokers(b)
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(id);
+            broker.host = str_bytes(host);
+            broker.port = port;
+            broker
+        })
+        .collect();
     resp.cluster_id = Some(str_bytes(b.cluster_id.clone()));
-    resp.controller_id = BrokerId(b.node_id);
+    resp.controller_id = BrokerId(b.quorum.controller_id().unwrap_or(-1));
 
     // v0: an empty list means all topics; v1+: null means all.
     let wanted = match req.topics {
@@ -120,6 +125,18 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
     resp
 }
 
+/// Live brokers as (id, host, port): clients are only sent to brokers
+/// that can serve them.
+fn live_brokers(b: &Broker) -> Vec<(i32, String, i32)> {
+    b.quorum
+        .image()
+        .brokers
+        .values()
+        .filter(|x| !x.fenced)
+        .map(|x| (x.id, x.host.clone(), x.port))
+        .collect()
+}
+
 fn describe(t: &Topic) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(TopicName(str_bytes(t.meta.name.clone())));
@@ -127,16 +144,19 @@ fn describe(t: &Topic) -> MetadataResponseTopic {
     r.is_internal = crate::broker::is_internal_topic(&t.meta.name);
     r.partitions = t
         .meta
-        .replicas
+        .partitions
         .iter()
         .enumerate()
-        .map(|(i, replicas)| {
+        .map(|(i, state)| {
             let mut p = MetadataResponsePartition::default();
             p.partition_index = i as i32;
-            p.leader_id = BrokerId(replicas.first().copied().unwrap_or(-1));
-            p.leader_epoch = 0;
-            p.replica_nodes = replicas.iter().map(|&id| BrokerId(id)).collect();
-            p.isr_nodes = p.replica_nodes.clone();
+            p.leader_id = BrokerId(state.leader);
+            p.leader_epoch = state.leader_epoch;
+            p.replica_nodes = state.replicas.iter().map(|&id| BrokerId(id)).collect();
+            p.isr_nodes = state.isr.iter().map(|&id| BrokerId(id)).collect();
+            if state.leader < 0 {
+                p.error_code = ResponseError::LeaderNotAvailable.code();
+            }
             p
         })
         .collect();
@@ -146,12 +166,17 @@ fn describe(t: &Topic) -> MetadataResponseTopic {
 pub fn describe_cluster(b: &Broker, _req: DescribeClusterRequest) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default();
     r.cluster_id = str_bytes(b.cluster_id.clone());
-    r.controller_id = BrokerId(b.node_id);
+    r.controller_id = BrokerId(b.quorum.controller_id().unwrap_or(-1));
     r.endpoint_type = 1;
-    let mut broker = DescribeClusterBroker::default();
-    broker.broker_id = BrokerId(b.node_id);
-    broker.host = str_bytes(b.advertised_host.clone());
-    broker.port = b.advertised_port;
-    r.brokers = vec![broker];
+    r.brokers = live_brokers(b)
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut broker = DescribeClusterBroker::default();
+            broker.broker_id = BrokerId(id);
+            broker.host = str_bytes(host);
+            broker.port = port;
+            broker
+        })
+        .collect();
     r
 }

@@ -97,7 +97,7 @@ pub async fn handle(
             ResponseKind::OffsetDelete(groups::offset_delete(b, r).await)
         }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(producer::init_producer_id(b, r))
+            ResponseKind::InitProducerId(producer::init_producer_id(b, r).await)
         }
         other => {
             // The decoder only lets through APIs listed in protocol::versions,

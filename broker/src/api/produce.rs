@@ -46,14 +46,29 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                 topic_resp.partition_responses.push(pr);
                 continue;
             }
-            let Some(log) = topic.as_ref().and_then(|t| t.partition(pd.index)) else {
-                fail(
-                    &mut pr,
-                    ResponseError::UnknownTopicOrPartition,
-                    format!("topic-partition {name}-{} does not exist", pd.index),
-                );
-                topic_resp.partition_responses.push(pr);
-                continue;
+            let log = match topic.as_ref().map(|t| t.leader_log(pd.index, b.node_id)) {
+                Some(Ok(log)) => log,
+                Some(Err(e)) => {
+                    fail(
+                        &mut pr,
+                        e,
+                        format!(
+                            "broker {} cannot take writes for {name}-{}",
+                            b.node_id, pd.index
+                        ),
+                    );
+                    topic_resp.partition_responses.push(pr);
+                    continue;
+                }
+                None => {
+                    fail(
+                        &mut pr,
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic-partition {name}-{} does not exist", pd.index),
+                    );
+                    topic_resp.partition_responses.push(pr);
+                    continue;
+                }
             };
             if crate::broker::is_internal_topic(&name) {
                 fail(
@@ -288,8 +303,20 @@ async fn produce_through_plugins(
                     ),
                 ));
             };
-            let target =
-                dlt.partitions[(client_partition.max(0) as usize) % dlt.partitions.len()].clone();
+            // Dead letters go to a partition of the dead-letter topic that
+            // this broker holds, chosen by the client's partition.
+            let local: Vec<_> = dlt.local_partitions().cloned().collect();
+            let Some(target) = local
+                .get(client_partition.max(0) as usize % local.len().max(1))
+                .cloned()
+            else {
+                return Err((
+                    ResponseError::PolicyViolation,
+                    format!(
+                        "{error} (plugin '{plugin}'); dead-letter topic '{dlt_name}' has no partition on this broker"
+                    ),
+                ));
+            };
             // Stored as a plain batch: its producer sequence belongs to the
             // topic the client addressed, not to the dead-letter topic.
             let mut bytes = bytes::BytesMut::from(&batch.bytes[..]);

@@ -8,7 +8,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use super::error_code;
 use crate::broker::Broker;
 
-pub fn init_producer_id(b: &Broker, req: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
     r.producer_id = ProducerId(-1);
     r.producer_epoch = -1;
@@ -18,14 +18,14 @@ pub fn init_producer_id(b: &Broker, req: InitProducerIdRequest) -> InitProducerI
     }
     // Like Kafka, an idempotent producer (even one asking for an epoch bump)
     // gets a fresh id at epoch 0: sequences restart cleanly.
-    match b.producer_ids.allocate() {
+    match b.producer_ids.allocate().await {
         Ok(id) => {
             r.producer_id = ProducerId(id);
             r.producer_epoch = 0;
         }
         Err(e) => {
             tracing::error!(error = %e, "producer id allocation failed");
-            r.error_code = error_code(b, ResponseError::KafkaStorageError);
+            r.error_code = error_code(b, ResponseError::CoordinatorNotAvailable);
         }
     }
     r

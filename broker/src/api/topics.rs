@@ -32,6 +32,7 @@ pub(crate) fn topic_error(e: &TopicError) -> ResponseError {
         TopicError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
         TopicError::InUse(_) => ResponseError::PolicyViolation,
+        TopicError::Controller(_) => ResponseError::RequestTimedOut,
         TopicError::Io(_) => ResponseError::KafkaStorageError,
     }
 }
@@ -125,7 +126,7 @@ pub async fn create_topics(
             b.topics
                 .create(new, &brokers)
                 .await
-                .map(|t| (t.meta.replicas.clone(), t.meta.id))
+                .map(|t| (t.meta.replica_lists(), t.meta.id))
         };
         match outcome {
             Ok((replicas, id)) => {

@@ -1,6 +1,7 @@
 //! Cluster metadata: the controller quorum and its image, topics, their
 //! partitions, placement and configs.
 
+pub mod controller;
 pub mod metadata;
 pub mod producer_ids;
 pub mod quorum;

@@ -1,67 +1,50 @@
-//! Producer id allocation for InitProducerId. Ids are handed out from
-//! blocks whose end is persisted before the first id of the block is used,
-//! so a restart never reissues an id (it may skip the rest of a block).
+//! Producer id allocation for InitProducerId. Each broker takes blocks of
+//! ids from the controller quorum (one committed `AllocateProducerIds` per
+//! block), so ids are unique across the cluster and never reissued after a
+//! restart (the rest of a block in use at a crash is skipped).
 
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::metadata::{Applied, Command};
+use super::quorum::Quorum;
 
 const BLOCK: i64 = 1000;
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ProducerIdAllocator {
-    path: PathBuf,
-    /// (next id, first id of the next unpersisted block)
-    state: Mutex<(i64, i64)>,
+    quorum: Arc<Quorum>,
+    /// (next id, end of the current block)
+    state: tokio::sync::Mutex<(i64, i64)>,
 }
 
 impl ProducerIdAllocator {
-    pub fn open(meta_dir: &Path) -> io::Result<ProducerIdAllocator> {
-        let path = meta_dir.join("producer_id_block");
-        let next = match fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse::<i64>().map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
-        Ok(ProducerIdAllocator {
-            path,
-            state: Mutex::new((next, next)),
-        })
+    pub fn new(quorum: Arc<Quorum>) -> ProducerIdAllocator {
+        ProducerIdAllocator {
+            quorum,
+            state: tokio::sync::Mutex::new((0, 0)),
+        }
     }
 
-    pub fn allocate(&self) -> io::Result<i64> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn allocate(&self) -> Result<i64, String> {
+        let mut st = self.state.lock().await;
         if st.0 >= st.1 {
-            let end = st.0 + BLOCK;
-            let tmp = self.path.with_extension("tmp");
-            fs::write(&tmp, end.to_string())?;
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            st.1 = end;
+            let applied = self
+                .quorum
+                .propose(Command::AllocateProducerIds { count: BLOCK }, TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            match applied {
+                Ok(Applied::ProducerIds { first }) => *st = (first, first + BLOCK),
+                other => {
+                    return Err(format!(
+                        "unexpected producer id allocation result {other:?}"
+                    ));
+                }
+            }
         }
         let id = st.0;
         st.0 += 1;
         Ok(id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_never_reissued_across_restarts() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = ProducerIdAllocator::open(dir.path()).expect("open");
-        let first: Vec<i64> = (0..3).map(|_| a.allocate().expect("alloc")).collect();
-        assert_eq!(first, vec![0, 1, 2]);
-        drop(a);
-        let b = ProducerIdAllocator::open(dir.path()).expect("reopen");
-        assert!(b.allocate().expect("alloc") >= 3);
     }
 }

@@ -1,17 +1,21 @@
-//! The topic registry: which topics exist, their partitions' logs, replica
-//! assignments and config overrides. Metadata is persisted atomically
-//! (write, fsync, rename) in `<data>/__sluice_meta/topics.json`, guarded by
-//! a CRC, so it survives crashes and restarts.
+//! The topic registry: this broker's materialization of the topics in the
+//! controller quorum's metadata image. The image says which topics exist,
+//! where their replicas live and with which configs; the registry opens the
+//! logs of the partitions placed here and keeps `Topic` values (copy on
+//! write) for the request handlers. Changes go through the quorum
+//! (`propose`) and come back through `sync`.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::metadata::{Command, MetadataError, PartitionImage, TopicImage};
+use super::quorum::Quorum;
 use super::topic_config;
 use crate::log::{self, PartitionLog};
 use crate::plugins::Bindings;
@@ -19,7 +23,6 @@ use crate::plugins::Bindings;
 pub const META_DIR: &str = "__sluice_meta";
 /// Most partitions one topic may have (each is a directory and open files).
 pub const MAX_PARTITIONS: usize = 100_000;
-const TOPICS_FILE: &str = "topics.json";
 const DELETED_SUFFIX: &str = ".deleted";
 
 #[derive(Debug, thiserror::Error)]
@@ -40,25 +43,38 @@ pub enum TopicError {
     InvalidConfig(String),
     #[error("{0}")]
     InUse(String),
+    /// The controller quorum did not commit the change in time.
+    #[error("controller: {0}")]
+    Controller(String),
     #[error("storage error: {0}")]
     Io(#[from] io::Error),
 }
 
-/// Persisted description of a topic.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TopicMeta {
-    pub name: String,
-    pub id: Uuid,
-    /// replicas[p] = broker ids holding partition p, preferred leader first.
-    pub replicas: Vec<Vec<i32>>,
-    pub configs: BTreeMap<String, String>,
+impl From<MetadataError> for TopicError {
+    fn from(e: MetadataError) -> TopicError {
+        match e {
+            MetadataError::TopicExists(m) => TopicError::AlreadyExists(m),
+            MetadataError::UnknownTopic(m) => TopicError::Unknown(m),
+            MetadataError::InvalidPartitions(m) => TopicError::InvalidPartitions(m),
+            MetadataError::InvalidReplicaAssignment(m) | MetadataError::UnknownBroker(m) => {
+                TopicError::InvalidReplicaAssignment(m)
+            }
+            MetadataError::FencedLeaderEpoch(m)
+            | MetadataError::InvalidUpdateVersion(m)
+            | MetadataError::IneligibleReplica(m) => TopicError::Controller(m),
+        }
+    }
 }
 
-/// A live topic: metadata plus the open logs of its partitions. Replaced as
-/// a whole (copy on write) when it changes.
+/// A topic as the metadata image describes it.
+pub type TopicMeta = TopicImage;
+
+/// A live topic: metadata plus the open logs of the partitions placed on
+/// this broker. Replaced as a whole (copy on write) when it changes.
 pub struct Topic {
     pub meta: TopicMeta,
-    pub partitions: Vec<Arc<PartitionLog>>,
+    /// `partitions[p]` is `None` where partition `p` lives on other brokers.
+    pub partitions: Vec<Option<Arc<PartitionLog>>>,
     /// Plugin bindings parsed from the configs; `None` keeps the produce
     /// path free of any plugin work.
     pub bindings: Option<Arc<Bindings>>,
@@ -67,7 +83,7 @@ pub struct Topic {
 /// Config naming the topic a view reads (see `TopicMeta::view_of`).
 pub const VIEW_OF: &str = "sluice.view.of";
 
-impl TopicMeta {
+impl TopicImage {
     /// A view is a read-only topic sharing another topic's partitions, read
     /// through its `sluice.fetch.filters`: consumers that subscribe to it get
     /// the filtered records with their stored offsets, with no client change.
@@ -77,10 +93,15 @@ impl TopicMeta {
             .map(String::as_str)
             .filter(|s| !s.is_empty())
     }
+
+    /// Each partition's replicas, preferred leader first.
+    pub fn replica_lists(&self) -> Vec<Vec<i32>> {
+        self.partitions.iter().map(|p| p.replicas.clone()).collect()
+    }
 }
 
 impl Topic {
-    pub fn new(meta: TopicMeta, partitions: Vec<Arc<PartitionLog>>) -> Topic {
+    pub fn new(meta: TopicMeta, partitions: Vec<Option<Arc<PartitionLog>>>) -> Topic {
         let bindings = Bindings::from_configs(&meta.configs);
         Topic {
             bindings: (!bindings.is_empty()).then(|| Arc::new(bindings)),
@@ -89,10 +110,46 @@ impl Topic {
         }
     }
 
+    /// The local log of partition `index`, if it is placed on this broker.
     pub fn partition(&self, index: i32) -> Option<&Arc<PartitionLog>> {
         usize::try_from(index)
             .ok()
             .and_then(|i| self.partitions.get(i))
+            .and_then(Option::as_ref)
+    }
+
+    /// Leader, ISR and epochs of partition `index`.
+    pub fn state(&self, index: i32) -> Option<&PartitionImage> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.meta.partitions.get(i))
+    }
+
+    /// The local log of partition `index` if this broker leads it: what
+    /// produce, consumer fetches and offset lookups need. Otherwise the
+    /// Kafka error that sends the client to refresh its metadata.
+    pub fn leader_log(
+        &self,
+        index: i32,
+        node_id: i32,
+    ) -> Result<&Arc<PartitionLog>, kafka_protocol::ResponseError> {
+        use kafka_protocol::ResponseError;
+        let state = self
+            .state(index)
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        if state.leader == super::metadata::NO_LEADER {
+            return Err(ResponseError::LeaderNotAvailable);
+        }
+        if state.leader != node_id {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        self.partition(index)
+            .ok_or(ResponseError::NotLeaderOrFollower)
+    }
+
+    /// The partitions whose logs live on this broker.
+    pub fn local_partitions(&self) -> impl Iterator<Item = &Arc<PartitionLog>> {
+        self.partitions.iter().flatten()
     }
 }
 
@@ -131,8 +188,12 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
 pub struct TopicRegistry {
     data_dir: PathBuf,
     node_id: i32,
+    quorum: Arc<Quorum>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Serializes metadata changes so persistence matches memory order.
+    /// One materialization at a time, so two never race to open a log.
+    sync_lock: Mutex<()>,
+    /// Serializes this broker's own metadata changes, so check-then-propose
+    /// sequences (name collisions, view rules) see each other.
     write_lock: tokio::sync::Mutex<()>,
 }
 
@@ -146,47 +207,31 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
+/// How long a metadata change may wait for the controller.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl TopicRegistry {
-    /// Loads persisted topics and opens (recovers) every partition log.
-    pub fn open(data_dir: &Path, node_id: i32) -> anyhow::Result<TopicRegistry> {
-        let meta_dir = data_dir.join(META_DIR);
-        fs::create_dir_all(&meta_dir)?;
+    /// Opens the partitions the current metadata image places on this
+    /// broker (recovering their logs) and removes directories of topics
+    /// deleted while it was down.
+    pub fn open(
+        data_dir: &Path,
+        node_id: i32,
+        quorum: Arc<Quorum>,
+    ) -> anyhow::Result<TopicRegistry> {
+        fs::create_dir_all(data_dir.join(META_DIR))?;
         remove_deleted_dirs(data_dir);
-        let metas = read_topics_file(&meta_dir.join(TOPICS_FILE))?;
-        let mut topics = BTreeMap::new();
-        let (views, metas): (Vec<TopicMeta>, Vec<TopicMeta>) =
-            metas.into_iter().partition(|m| m.view_of().is_some());
-        for meta in metas {
-            let config = topic_config::log_config(&meta.configs);
-            let mut partitions = Vec::with_capacity(meta.replicas.len());
-            for p in 0..meta.replicas.len() {
-                let name = format!("{}-{p}", meta.name);
-                let log = PartitionLog::open(name.clone(), data_dir.join(&name), config.clone())
-                    .map_err(|e| anyhow::anyhow!("opening partition {name}: {e}"))?;
-                partitions.push(Arc::new(log));
-            }
-            topics.insert(meta.name.clone(), Arc::new(Topic::new(meta, partitions)));
-        }
-        for view in views {
-            let source = view.view_of().unwrap_or_default().to_string();
-            match topics
-                .get(&source)
-                .map(|t: &Arc<Topic>| t.partitions.clone())
-            {
-                Some(partitions) => {
-                    topics.insert(view.name.clone(), Arc::new(Topic::new(view, partitions)));
-                }
-                None => {
-                    tracing::warn!(view = %view.name, source = %source, "view of a missing topic skipped")
-                }
-            }
-        }
-        Ok(TopicRegistry {
+        let registry = TopicRegistry {
             data_dir: data_dir.to_path_buf(),
             node_id,
-            topics: RwLock::new(topics),
+            quorum,
+            topics: RwLock::new(BTreeMap::new()),
+            sync_lock: Mutex::new(()),
             write_lock: tokio::sync::Mutex::new(()),
-        })
+        };
+        registry.sync()?;
+        registry.remove_orphans();
+        Ok(registry)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -203,6 +248,112 @@ impl TopicRegistry {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Topic>>> {
         self.topics.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the local topics in line with the applied metadata image:
+    /// opens logs of partitions newly placed here, applies config changes,
+    /// and moves deleted topics' partitions aside. Idempotent; called after
+    /// every applied metadata change.
+    pub fn sync(&self) -> io::Result<()> {
+        let _g = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let image = self.quorum.image();
+        let current = self.read().clone();
+        let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
+        let mut failed = None;
+        for meta in image.topics.values().filter(|t| t.view_of().is_none()) {
+            let existing = current.get(&meta.name).filter(|t| t.meta.id == meta.id);
+            let config = topic_config::log_config(&meta.configs);
+            let mut partitions = Vec::with_capacity(meta.partitions.len());
+            for (i, p) in meta.partitions.iter().enumerate() {
+                let have = existing.and_then(|t| t.partitions.get(i).cloned().flatten());
+                let log = match (have, p.replicas.contains(&self.node_id)) {
+                    (Some(log), _) => Some(log),
+                    (None, true) => match self.open_partition(meta, i, config.clone()) {
+                        Ok(log) => Some(Arc::new(log)),
+                        Err(e) => {
+                            tracing::error!(topic = %meta.name, partition = i, error = %e, "cannot open partition");
+                            failed = Some(e);
+                            None
+                        }
+                    },
+                    (None, false) => None,
+                };
+                partitions.push(log);
+            }
+            if let Some(old) = existing
+                && old.meta.configs != meta.configs
+            {
+                for log in partitions.iter().flatten() {
+                    log.set_config(config.clone());
+                }
+            }
+            next.insert(
+                meta.name.clone(),
+                Arc::new(Topic::new(meta.clone(), partitions)),
+            );
+        }
+        // A view shares its source's partitions and placement.
+        for meta in image.topics.values() {
+            let Some(source) = meta.view_of() else {
+                continue;
+            };
+            let Some(src) = next.get(source).cloned() else {
+                tracing::warn!(view = %meta.name, source, "view of a missing topic skipped");
+                continue;
+            };
+            let mut vmeta = meta.clone();
+            vmeta.partitions = src.meta.partitions.clone();
+            next.insert(
+                meta.name.clone(),
+                Arc::new(Topic::new(vmeta, src.partitions.clone())),
+            );
+        }
+        let gone: Vec<Arc<Topic>> = current
+            .values()
+            .filter(|t| t.meta.view_of().is_none())
+            .filter(|t| {
+                next.get(&t.meta.name)
+                    .is_none_or(|n| n.meta.id != t.meta.id)
+            })
+            .cloned()
+            .collect();
+        *self.write() = next;
+        for topic in gone {
+            self.move_aside(&topic);
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Directories of partitions whose topic no longer exists (deleted
+    /// while this broker was down) or which are no longer placed here.
+    fn remove_orphans(&self) {
+        let Ok(entries) = fs::read_dir(&self.data_dir) else {
+            return;
+        };
+        let topics = self.read().clone();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = read_partition_topic_id(&path) else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().to_string();
+            let owned = topics.values().any(|t| {
+                t.meta.id == id
+                    && t.partitions
+                        .iter()
+                        .flatten()
+                        .any(|p| p.dir() == path.as_path())
+            });
+            if !owned {
+                tracing::info!(dir = %name, "removing partition of a deleted topic");
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    tracing::warn!(dir = %path.display(), error = %e, "could not remove orphaned partition");
+                }
+            }
+        }
     }
 
     /// Checks a new topic against the rules and the current topics. With
@@ -257,41 +408,28 @@ impl TopicRegistry {
 
     pub async fn create(&self, t: NewTopic, brokers: &[i32]) -> Result<Arc<Topic>, TopicError> {
         let _w = self.write_lock.lock().await;
-        if let Some(source) = t.configs.get(VIEW_OF).filter(|s| !s.is_empty()).cloned() {
-            return self.create_view(t, &source, brokers);
-        }
-        let replicas = self.check_new(&t, brokers)?;
-        let meta = TopicMeta {
+        let assignment = match t.configs.get(VIEW_OF).filter(|s| !s.is_empty()) {
+            Some(source) => self.check_view(&t, source, brokers)?,
+            None => self.check_new(&t, brokers)?,
+        };
+        self.propose(Command::CreateTopic {
             name: t.name.clone(),
             id: Uuid::new_v4(),
-            replicas,
+            assignment,
             configs: t.configs,
-        };
-        let config = topic_config::log_config(&meta.configs);
-        let mut partitions = Vec::with_capacity(meta.replicas.len());
-        for p in 0..meta.replicas.len() {
-            partitions.push(Arc::new(self.open_partition(
-                &meta.name,
-                p,
-                config.clone(),
-            )?));
-        }
-        let topic = Arc::new(Topic::new(meta, partitions));
-        let mut metas = self.metas();
-        metas.push(topic.meta.clone());
-        self.persist(&metas)?;
-        self.write().insert(t.name, topic.clone());
-        Ok(topic)
+        })
+        .await?;
+        self.get(&t.name)
+            .ok_or_else(|| TopicError::Unknown(t.name.clone()))
     }
 
-    /// A view shares the source's partitions (and placement); it owns no
-    /// data of its own.
-    fn create_view(
+    /// A view takes its source's placement; it owns no data of its own.
+    fn check_view(
         &self,
-        t: NewTopic,
+        t: &NewTopic,
         source: &str,
         brokers: &[i32],
-    ) -> Result<Arc<Topic>, TopicError> {
+    ) -> Result<Vec<Vec<i32>>, TopicError> {
         let src = self.get(source).ok_or_else(|| {
             TopicError::InvalidConfig(format!("{VIEW_OF}: topic '{source}' does not exist"))
         })?;
@@ -301,24 +439,14 @@ impl TopicRegistry {
             )));
         }
         let probe = NewTopic {
+            name: t.name.clone(),
             partitions: src.partitions.len() as i32,
             replication_factor: 1,
             assignment: vec![],
-            ..t
+            configs: t.configs.clone(),
         };
         self.check_new(&probe, brokers)?;
-        let meta = TopicMeta {
-            name: probe.name.clone(),
-            id: Uuid::new_v4(),
-            replicas: src.meta.replicas.clone(),
-            configs: probe.configs,
-        };
-        let topic = Arc::new(Topic::new(meta, src.partitions.clone()));
-        let mut metas = self.metas();
-        metas.push(topic.meta.clone());
-        self.persist(&metas)?;
-        self.write().insert(probe.name, topic.clone());
-        Ok(topic)
+        Ok(src.meta.replica_lists())
     }
 
     /// Views reading `source`.
@@ -330,19 +458,26 @@ impl TopicRegistry {
             .collect()
     }
 
+    /// Opens a partition log placed on this broker. A directory left by
+    /// an older topic of the same name (its id marker differs) is wiped
+    /// first: a new topic starts empty.
     fn open_partition(
         &self,
-        topic: &str,
+        meta: &TopicMeta,
         p: usize,
         config: log::LogConfig,
     ) -> io::Result<PartitionLog> {
-        let name = format!("{topic}-{p}");
+        let name = format!("{}-{p}", meta.name);
         let dir = self.data_dir.join(&name);
-        // A fresh topic starts empty even if a stale directory was left behind.
-        if dir.exists() {
-            fs::remove_dir_all(&dir)?;
+        match read_partition_topic_id(&dir) {
+            Some(id) if id == meta.id => {}
+            Some(_) => fs::remove_dir_all(&dir)?,
+            // A directory without a marker predates markers: adopt it.
+            None => {}
         }
-        PartitionLog::open(name, dir, config)
+        let log = PartitionLog::open(name, dir.clone(), config)?;
+        write_partition_topic_id(&dir, meta.id)?;
+        Ok(log)
     }
 
     pub async fn delete(&self, name: &str) -> Result<Uuid, TopicError> {
@@ -360,21 +495,18 @@ impl TopicRegistry {
                 "topic '{name}' has views {views:?}; delete them first"
             )));
         }
-        let metas: Vec<TopicMeta> = self
-            .metas()
-            .into_iter()
-            .filter(|m| m.name != name)
-            .collect();
-        self.persist(&metas)?;
-        self.write().remove(name);
-        if topic.meta.view_of().is_some() {
-            // The partitions belong to the source topic.
-            return Ok(topic.meta.id);
-        }
-        // Rename first (atomic, so a crash never resurrects half a topic),
-        // then remove in the background.
+        self.propose(Command::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await?;
+        Ok(topic.meta.id)
+    }
+
+    /// Renames a deleted topic's partitions aside (atomic, so a crash
+    /// never resurrects half a topic), then removes them in the background.
+    fn move_aside(&self, topic: &Topic) {
         let mut doomed = Vec::new();
-        for p in &topic.partitions {
+        for p in topic.partitions.iter().flatten() {
             let target = self.data_dir.join(format!(
                 "{}.{}{DELETED_SUFFIX}",
                 p.name(),
@@ -387,14 +519,22 @@ impl TopicRegistry {
                 }
             }
         }
-        tokio::task::spawn_blocking(move || {
+        if doomed.is_empty() {
+            return;
+        }
+        let remove = move || {
             for d in doomed {
                 if let Err(e) = fs::remove_dir_all(&d) {
                     tracing::warn!(dir = %d.display(), error = %e, "could not remove deleted partition");
                 }
             }
-        });
-        Ok(topic.meta.id)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(remove);
+            }
+            Err(_) => remove(),
+        }
     }
 
     /// Grows a topic to `count` partitions.
@@ -427,7 +567,11 @@ impl TopicRegistry {
             )));
         }
         let added = count as usize - current;
-        let rf = topic.meta.replicas.first().map_or(1, Vec::len);
+        let rf = topic
+            .meta
+            .partitions
+            .first()
+            .map_or(1, |p| p.replicas.len());
         let new_replicas = match assignment {
             Some(a) => {
                 if a.len() != added {
@@ -445,22 +589,14 @@ impl TopicRegistry {
         if validate_only {
             return Ok(());
         }
-        let config = topic_config::log_config(&topic.meta.configs);
-        let mut partitions = topic.partitions.clone();
-        for p in current..count as usize {
-            partitions.push(Arc::new(self.open_partition(name, p, config.clone())?));
-        }
-        let mut meta = topic.meta.clone();
-        meta.replicas.extend(new_replicas);
-        for view in self.views_of(name) {
-            let mut vmeta = view.meta.clone();
-            vmeta.replicas = meta.replicas.clone();
-            self.replace(Topic::new(vmeta, partitions.clone()))?;
-        }
-        self.replace(Topic::new(meta, partitions))
+        self.propose(Command::CreatePartitions {
+            name: name.to_string(),
+            assignment: new_replicas,
+        })
+        .await
     }
 
-    /// Replaces a topic's config overrides (already validated).
+    /// Replaces a topic's config overrides.
     pub async fn set_configs(
         &self,
         name: &str,
@@ -476,37 +612,26 @@ impl TopicRegistry {
                 "{VIEW_OF} is fixed when a topic is created"
             )));
         }
-        // A view's storage settings are its source's; it only has filters.
-        if topic.meta.view_of().is_none() {
-            let config = topic_config::log_config(&configs);
-            for p in &topic.partitions {
-                p.set_config(config.clone());
-            }
+        self.propose(Command::SetTopicConfigs {
+            name: name.to_string(),
+            configs,
+        })
+        .await
+    }
+
+    /// Commits a change through the controller, then materializes it here
+    /// so the caller sees its own write.
+    async fn propose(&self, command: Command) -> Result<(), TopicError> {
+        let result = self
+            .quorum
+            .propose(command, PROPOSE_TIMEOUT)
+            .await
+            .map_err(|e| TopicError::Controller(e.to_string()))?;
+        self.sync()?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(TopicError::from(e)),
         }
-        let mut meta = topic.meta.clone();
-        meta.configs = configs;
-        self.replace(Topic::new(meta, topic.partitions.clone()))
-    }
-
-    fn replace(&self, topic: Topic) -> Result<(), TopicError> {
-        let mut metas: Vec<TopicMeta> = self
-            .metas()
-            .into_iter()
-            .filter(|m| m.name != topic.meta.name)
-            .collect();
-        metas.push(topic.meta.clone());
-        self.persist(&metas)?;
-        self.write()
-            .insert(topic.meta.name.clone(), Arc::new(topic));
-        Ok(())
-    }
-
-    fn metas(&self) -> Vec<TopicMeta> {
-        self.read().values().map(|t| t.meta.clone()).collect()
-    }
-
-    fn persist(&self, metas: &[TopicMeta]) -> io::Result<()> {
-        write_topics_file(&self.data_dir.join(META_DIR).join(TOPICS_FILE), metas)
     }
 
     pub fn node_id(&self) -> i32 {
@@ -520,40 +645,30 @@ fn validate_assignment(assignment: &[Vec<i32>], brokers: &[i32]) -> Result<(), T
         .map_err(|e| TopicError::InvalidReplicaAssignment(e.0))
 }
 
-fn read_topics_file(path: &Path) -> anyhow::Result<Vec<TopicMeta>> {
-    let data = match fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let text = std::str::from_utf8(&data)
-        .map_err(|_| anyhow::anyhow!("{} is not UTF-8", path.display()))?;
-    let (crc_hex, body) = text
-        .split_once('\n')
-        .ok_or_else(|| anyhow::anyhow!("{} has no CRC line", path.display()))?;
-    let stored = u32::from_str_radix(crc_hex.trim(), 16)
-        .map_err(|_| anyhow::anyhow!("{} has a malformed CRC line", path.display()))?;
-    let computed = crc32fast::hash(body.as_bytes());
-    if stored != computed {
-        anyhow::bail!(
-            "{} is corrupt (CRC {stored:08x}, computed {computed:08x}); refusing to start rather than forget topics",
-            path.display()
-        );
-    }
-    Ok(serde_json::from_str(body)?)
+const TOPIC_ID_FILE: &str = "partition.metadata";
+
+/// The id of the topic a partition directory belongs to, if it has a marker.
+fn read_partition_topic_id(dir: &Path) -> Option<Uuid> {
+    let text = fs::read_to_string(dir.join(TOPIC_ID_FILE)).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("topic_id: "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
-fn write_topics_file(path: &Path, metas: &[TopicMeta]) -> io::Result<()> {
-    let body = serde_json::to_string_pretty(metas).map_err(io::Error::other)?;
-    let content = format!("{:08x}\n{body}", crc32fast::hash(body.as_bytes()));
-    let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, content)?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        log::sync_dir(parent)?;
+/// Kafka's `partition.metadata`: ties a directory to one topic id, so a
+/// re-created topic of the same name never inherits old data.
+fn write_partition_topic_id(dir: &Path, id: Uuid) -> io::Result<()> {
+    if read_partition_topic_id(dir) == Some(id) {
+        return Ok(());
     }
-    Ok(())
+    let path = dir.join(TOPIC_ID_FILE);
+    let tmp = dir.join("partition.metadata.tmp");
+    fs::write(&tmp, format!("version: 0\ntopic_id: {id}\n"))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    log::sync_dir(dir)
 }
 
 fn remove_deleted_dirs(data_dir: &Path) {
@@ -575,6 +690,7 @@ fn remove_deleted_dirs(data_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::quorum;
 
     #[test]
     fn names_follow_kafka_rules() {
@@ -586,40 +702,47 @@ mod tests {
         assert!(validate_topic_name(&"a".repeat(249)).is_ok());
     }
 
+    fn new_topic(name: &str, partitions: i32) -> NewTopic {
+        NewTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            assignment: vec![],
+            configs: BTreeMap::new(),
+        }
+    }
+
     #[tokio::test]
-    async fn topics_survive_reopen_and_corrupt_metadata_is_refused() {
+    async fn topics_come_back_from_the_quorum_after_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
         {
-            let reg = TopicRegistry::open(dir.path(), 0).expect("open");
-            let mut configs = BTreeMap::new();
-            configs.insert("retention.ms".into(), "1000".into());
-            reg.create(
-                NewTopic {
-                    name: "t".into(),
-                    partitions: 3,
-                    replication_factor: 1,
-                    assignment: vec![],
-                    configs,
-                },
-                &[0],
-            )
-            .await
-            .expect("create");
+            let quorum = quorum::single_voter_for_tests(dir.path()).await;
+            let reg = TopicRegistry::open(&data, 0, quorum.clone()).expect("open");
+            let mut t = new_topic("t", 3);
+            t.configs.insert("retention.ms".into(), "1000".into());
+            reg.create(t, &[0]).await.expect("create");
             assert!(matches!(
-                reg.check_new(
-                    &NewTopic {
-                        name: "t".into(),
-                        partitions: 1,
-                        replication_factor: 1,
-                        assignment: vec![],
-                        configs: BTreeMap::new()
-                    },
-                    &[0]
-                ),
+                reg.check_new(&new_topic("t", 1), &[0]),
                 Err(TopicError::AlreadyExists(_))
             ));
+            let gone = reg
+                .create(new_topic("gone", 1), &[0])
+                .await
+                .expect("create");
+            let gone_dir = gone.partition(0).expect("local").dir().to_path_buf();
+            reg.delete("gone").await.expect("delete");
+            assert!(reg.get("gone").is_none());
+            assert!(!gone_dir.exists(), "moved aside at once");
+            quorum.shutdown().await;
         }
-        let reg = TopicRegistry::open(dir.path(), 0).expect("reopen");
+        // A directory of a topic deleted while the broker was down.
+        let orphan = data.join("old-0");
+        fs::create_dir_all(&orphan).expect("mkdir");
+        write_partition_topic_id(&orphan, Uuid::new_v4()).expect("marker");
+        let quorum = quorum::single_voter_for_tests(dir.path()).await;
+        let reg = TopicRegistry::open(&data, 0, quorum.clone()).expect("reopen");
+        assert!(!orphan.exists(), "orphaned partition removed");
         assert!(
             matches!(
                 reg.add_partitions("t", i32::MAX, None, &[0], true).await,
@@ -628,17 +751,17 @@ mod tests {
             "a huge partition count is refused before anything is built"
         );
         let t = reg.get("t").expect("persisted");
-        assert_eq!(t.partitions.len(), 3);
+        assert_eq!(t.local_partitions().count(), 3);
         assert_eq!(
             t.meta.configs.get("retention.ms").map(String::as_str),
             Some("1000")
         );
-        drop(reg);
-        let path = dir.path().join(META_DIR).join(TOPICS_FILE);
-        let mut bytes = fs::read(&path).expect("read");
-        let last = bytes.len() - 3;
-        bytes[last] ^= 0x01;
-        fs::write(&path, bytes).expect("write");
-        assert!(TopicRegistry::open(dir.path(), 0).is_err());
+        // A re-created topic never inherits the old one's data.
+        let old_id = t.meta.id;
+        reg.delete("t").await.expect("delete");
+        let t2 = reg.create(new_topic("t", 1), &[0]).await.expect("recreate");
+        assert_ne!(t2.meta.id, old_id);
+        assert_eq!(t2.partition(0).expect("local").log_end_offset(), 0);
+        quorum.shutdown().await;
     }
 }

@@ -112,6 +112,11 @@ impl Quorum {
         self.node_id
     }
 
+    /// The voters' broker ids, sorted.
+    pub fn voter_ids(&self) -> Vec<i32> {
+        self.voters.keys().copied().collect()
+    }
+
     /// The latest applied metadata.
     pub fn view(&self) -> MetadataView {
         self.view.borrow().clone()
@@ -347,6 +352,35 @@ pub fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<i32, String>> {
         );
     }
     Ok(out)
+}
+
+/// A one-voter quorum in `dir` with broker 0 registered, for unit tests of
+/// what sits on top of the metadata.
+#[cfg(test)]
+pub async fn single_voter_for_tests(dir: &std::path::Path) -> Arc<Quorum> {
+    let quorum = Quorum::start(QuorumConfig {
+        node_id: 0,
+        voters: [(0, "127.0.0.1:9".to_string())].into(),
+        dir: dir.join("quorum"),
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout: Duration::from_millis(300),
+    })
+    .await
+    .expect("quorum starts");
+    quorum
+        .propose(
+            Command::RegisterBroker {
+                id: 0,
+                host: "127.0.0.1".into(),
+                port: 9092,
+                incarnation: Uuid::new_v4(),
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("committed")
+        .expect("registered");
+    Arc::new(quorum)
 }
 
 #[cfg(test)]

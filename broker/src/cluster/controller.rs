@@ -1,0 +1,129 @@
+//! Broker liveness, the part of the controller that needs a clock.
+//!
+//! Every broker registers once per process start (a fresh incarnation id)
+//! and then heartbeats to the controller. The controller fences a broker
+//! whose heartbeats stop for `session_timeout`: the committed
+//! `FenceBroker` moves its leaderships to other in-sync replicas. A
+//! broker that finds itself fenced (it was cut off, then came back)
+//! registers again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::metadata::Command;
+use super::quorum::Quorum;
+
+/// This process's identity in the cluster.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub incarnation: Uuid,
+}
+
+impl Registration {
+    fn command(&self) -> Command {
+        Command::RegisterBroker {
+            id: self.node_id,
+            host: self.host.clone(),
+            port: self.port,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// Does the applied image show this incarnation registered and live?
+    fn is_live_in(&self, quorum: &Quorum) -> bool {
+        quorum
+            .image()
+            .brokers
+            .get(&self.node_id)
+            .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced)
+    }
+}
+
+/// Registers this broker, waiting for the controller quorum for as long as
+/// it takes (a broker is useless without it) and saying so periodically.
+pub async fn register(quorum: &Quorum, me: &Registration) {
+    let started = Instant::now();
+    loop {
+        match quorum.propose(me.command(), Duration::from_secs(10)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(node_id = me.node_id, incarnation = %me.incarnation, "registered with the controller");
+                return;
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "registration refused"),
+            Err(e) => tracing::warn!(
+                waited_s = started.elapsed().as_secs(),
+                error = %e,
+                "waiting for the controller quorum (are the peers running?)"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Heartbeats to the controller; re-registers after being fenced.
+pub async fn heartbeat_loop(quorum: Arc<Quorum>, me: Registration, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = quorum.heartbeat(me.incarnation).await {
+            tracing::debug!(error = %e, "heartbeat not delivered");
+            continue;
+        }
+        if !me.is_live_in(&quorum) {
+            tracing::warn!(
+                node_id = me.node_id,
+                "this broker was fenced; registering again"
+            );
+            if let Err(e) = quorum.propose(me.command(), interval * 4).await {
+                tracing::warn!(error = %e, "re-registration failed; will retry");
+            }
+        }
+    }
+}
+
+/// On the controller: fences brokers whose heartbeats stopped.
+pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration) {
+    let mut tick = tokio::time::interval(session_timeout / 6);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When this broker became controller: everyone gets a full session
+    // from then, since heartbeats went to the previous controller.
+    let mut controller_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        if !quorum.is_controller() {
+            controller_since = None;
+            continue;
+        }
+        let since = *controller_since.get_or_insert_with(|| {
+            quorum.reset_heartbeats();
+            Instant::now()
+        });
+        let image = quorum.image();
+        for b in image.brokers.values().filter(|b| !b.fenced) {
+            let last = quorum
+                .last_heartbeat(b.id, b.incarnation)
+                .map_or(since, |t| t.max(since));
+            if last.elapsed() < session_timeout {
+                continue;
+            }
+            tracing::warn!(
+                broker = b.id,
+                silent_ms = last.elapsed().as_millis() as u64,
+                "fencing a silent broker"
+            );
+            let fence = Command::FenceBroker {
+                id: b.id,
+                incarnation: b.incarnation,
+            };
+            if let Err(e) = quorum.propose(fence, session_timeout).await {
+                tracing::warn!(broker = b.id, error = %e, "fencing not committed");
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Multi-broker clusters of real `sluice-broker` processes on one machine.
+//!
+//! Members need each other's addresses up front (`--peers`), so the harness
+//! reserves free ports (bind port 0, read it, release) and gives each member
+//! a fixed `--listen` address it keeps across restarts. The admin port stays
+//! ephemeral. All members are launched before any is awaited: a member
+//! only announces readiness once a quorum of the cluster runs.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::metadata::Metadata;
+use tempfile::TempDir;
+
+use crate::{Broker, OP_TIMEOUT, admin_client, http_get};
+
+/// Timings short enough for tests: a silent broker is fenced after 1.5 s.
+pub const FAST_FAILOVER: &[&str] = &[
+    "--broker-session-timeout-ms",
+    "1500",
+    "--broker-heartbeat-interval-ms",
+    "250",
+    "--controller-election-timeout-ms",
+    "500",
+];
+
+pub struct Cluster {
+    pub brokers: Vec<Broker>,
+    addrs: Vec<String>,
+    _dir: TempDir,
+}
+
+fn reserve_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .context("reserving ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+impl Cluster {
+    /// Starts `n` brokers with ids `0..n` and waits until all are ready.
+    pub fn start(n: usize, extra_args: &[&str]) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cluster-")
+            .tempdir()
+            .context("cluster temp dir")?;
+        let addrs: Vec<String> = reserve_ports(n)?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i}@{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut brokers = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i.to_string();
+            let mut args = vec!["--node-id", &id, "--peers", &peers];
+            args.extend_from_slice(extra_args);
+            brokers.push(Broker::new_member(
+                &dir.path().join(format!("broker-{i}")),
+                addr,
+                &args,
+            )?);
+        }
+        let launches = brokers
+            .iter_mut()
+            .map(Broker::launch)
+            .collect::<Result<Vec<_>>>()?;
+        for (b, l) in brokers.iter_mut().zip(launches) {
+            b.await_ready(l)?;
+        }
+        Ok(Cluster {
+            brokers,
+            addrs,
+            _dir: dir,
+        })
+    }
+
+    /// Every member's Kafka address, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.addrs.join(",")
+    }
+
+    /// The Kafka address of broker `id`.
+    pub fn addr(&self, id: usize) -> &str {
+        &self.addrs[id]
+    }
+
+    /// SIGKILLs broker `id`.
+    pub fn kill(&mut self, id: usize) {
+        self.brokers[id].kill();
+    }
+
+    /// Starts broker `id` again on its data dir and address.
+    pub fn restart(&mut self, id: usize) -> Result<()> {
+        self.brokers[id].restart()
+    }
+
+    /// Metadata for `topic` as broker `via` sees it.
+    pub fn metadata(&self, via: usize, topic: Option<&str>) -> Result<Metadata> {
+        let admin = admin_client(self.addr(via))?;
+        admin
+            .inner()
+            .fetch_metadata(topic, OP_TIMEOUT)
+            .with_context(|| format!("metadata from broker {via}"))
+    }
+
+    /// A `sluice_cluster{value=...}` gauge from broker `id`'s /metrics.
+    pub fn cluster_gauge(&self, id: usize, value: &str) -> Result<i64> {
+        let r = http_get(self.brokers[id].admin_addr(), "/metrics")?;
+        let needle = format!("sluice_cluster{{value=\"{value}\"}} ");
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .context("gauge missing")?
+            .trim()
+            .parse()
+            .context("gauge value")
+    }
+
+    /// The controller's id as broker `via` knows it.
+    pub fn controller(&self, via: usize) -> Result<i32> {
+        Ok(self.cluster_gauge(via, "controller_id")? as i32)
+    }
+
+    /// Polls `check` until it returns `Ok(true)` or `timeout` passes.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Cluster) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            match check(self) {
+                Ok(true) => return Ok(()),
+                Ok(false) => last = "condition false".into(),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!("{what}: not within {timeout:?} (last: {last})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
