@@ -16,6 +16,7 @@ use crate::groups::store::OffsetStore;
 use crate::groups::{GroupConfig, GroupCoordinator, OFFSETS_TOPIC};
 use crate::metrics::Metrics;
 use crate::plugins::{PluginEngine, PluginHost, PluginRegistry};
+use crate::replication::{ReplicaManager, ReplicationConfig};
 
 pub struct Broker {
     pub args: ServeArgs,
@@ -27,6 +28,7 @@ pub struct Broker {
     pub registration: Registration,
     pub topics: TopicRegistry,
     pub groups: GroupCoordinator,
+    pub replicas: Arc<ReplicaManager>,
     pub producer_ids: ProducerIdAllocator,
     pub plugins: PluginHost,
     pub metrics: Metrics,
@@ -53,7 +55,17 @@ impl Broker {
         let topics = tokio::task::spawn_blocking(move || TopicRegistry::open(&dir, node_id, q))
             .await?
             .with_context(|| format!("opening topics in {}", args.data_dir.display()))?;
+        let replicas = Arc::new(ReplicaManager::new(
+            args.node_id,
+            ReplicationConfig {
+                lag_time_max: std::time::Duration::from_millis(args.replica_lag_time_max_ms),
+                fetch_max_wait: std::time::Duration::from_millis(args.replica_fetch_wait_max_ms),
+            },
+            quorum.clone(),
+        ));
         let offsets = ensure_offsets_topic(&topics, &quorum, args.offsets_topic_partitions).await?;
+        replicas.apply_image(&quorum.image(), &topics);
+        let offsets = OffsetStore::replicated(offsets, replicas.clone());
         let group_config = GroupConfig {
             initial_rebalance_delay: std::time::Duration::from_millis(
                 args.group_initial_rebalance_delay_ms,
@@ -64,6 +76,7 @@ impl Broker {
             tokio::task::spawn_blocking(move || GroupCoordinator::open(offsets, group_config))
                 .await?
                 .context("loading consumer groups")?;
+        groups.set_owned(replicas.led_partitions(OFFSETS_TOPIC));
         let producer_ids = ProducerIdAllocator::new(quorum.clone());
         let plugin_dir = args.data_dir.join(META_DIR).join("plugins");
         let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginHost> {
@@ -74,6 +87,7 @@ impl Broker {
         .context("loading plugins")?;
         Ok(Broker {
             groups,
+            replicas,
             producer_ids,
             plugins,
             node_id: args.node_id,
@@ -112,7 +126,7 @@ async fn ensure_offsets_topic(
     topics: &TopicRegistry,
     quorum: &Quorum,
     partitions: i32,
-) -> anyhow::Result<OffsetStore> {
+) -> anyhow::Result<Vec<Arc<crate::log::PartitionLog>>> {
     let topic = match topics.get(OFFSETS_TOPIC) {
         Some(t) => t,
         None => {
@@ -156,7 +170,7 @@ async fn ensure_offsets_topic(
         .cloned()
         .collect::<Option<Vec<_>>>()
         .context("this broker does not hold every partition of the offsets topic")?;
-    Ok(OffsetStore::new(logs))
+    Ok(logs)
 }
 
 /// Waits until every broker in `ids` has registered once (placement may

@@ -46,6 +46,24 @@ pub struct ServeArgs {
         default_value_t = 500
     )]
     pub broker_heartbeat_interval_ms: u64,
+    /// A follower that has not caught up with its leader for this long leaves
+    /// the ISR (Kafka's replica.lag.time.max.ms).
+    #[arg(long, env = "SLUICE_REPLICA_LAG_TIME_MAX_MS", default_value_t = 10_000)]
+    pub replica_lag_time_max_ms: u64,
+    /// Longest a follower's fetch waits at the leader for new records.
+    #[arg(long, env = "SLUICE_REPLICA_FETCH_WAIT_MAX_MS", default_value_t = 500)]
+    pub replica_fetch_wait_max_ms: u64,
+    /// Move leadership back to each partition's preferred (first) replica once
+    /// it is in sync again (Kafka's auto.leader.rebalance.enable).
+    #[arg(long, env = "SLUICE_AUTO_LEADER_REBALANCE_ENABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_leader_rebalance_enable: bool,
+    /// How often the controller looks for partitions led by a non-preferred replica.
+    #[arg(
+        long,
+        env = "SLUICE_LEADER_IMBALANCE_CHECK_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub leader_imbalance_check_interval_ms: u64,
     /// Controller quorum members start an election after this long (randomized
     /// up to twice as long) without hearing from a controller.
     #[arg(
@@ -118,6 +136,10 @@ pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
             "broker_session_timeout_ms",
             "broker_heartbeat_interval_ms",
             "controller_election_timeout_ms",
+            "replica_lag_time_max_ms",
+            "replica_fetch_wait_max_ms",
+            "auto_leader_rebalance_enable",
+            "leader_imbalance_check_interval_ms",
         ];
         if !known.contains(&id.as_str()) {
             bail!("{}: unknown key '{key}'", path.display());
@@ -150,6 +172,18 @@ pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
             }
             "broker_heartbeat_interval_ms" => {
                 args.broker_heartbeat_interval_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "replica_lag_time_max_ms" => {
+                args.replica_lag_time_max_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "replica_fetch_wait_max_ms" => {
+                args.replica_fetch_wait_max_ms = value.parse().map_err(|e| bad(&e))?
+            }
+            "auto_leader_rebalance_enable" => {
+                args.auto_leader_rebalance_enable = value.parse().map_err(|e| bad(&e))?
+            }
+            "leader_imbalance_check_interval_ms" => {
+                args.leader_imbalance_check_interval_ms = value.parse().map_err(|e| bad(&e))?
             }
             "controller_election_timeout_ms" => {
                 args.controller_election_timeout_ms = value.parse().map_err(|e| bad(&e))?
@@ -200,6 +234,16 @@ fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
             "broker-session-timeout-ms ({}) must be at least twice broker-heartbeat-interval-ms ({}), which must be >= 10",
             args.broker_session_timeout_ms,
             args.broker_heartbeat_interval_ms
+        );
+    }
+    if args.replica_fetch_wait_max_ms >= args.replica_lag_time_max_ms
+        || args.leader_imbalance_check_interval_ms < 100
+    {
+        bail!(
+            "replica-fetch-wait-max-ms ({}) must be below replica-lag-time-max-ms ({}), and leader-imbalance-check-interval-ms ({}) at least 100",
+            args.replica_fetch_wait_max_ms,
+            args.replica_lag_time_max_ms,
+            args.leader_imbalance_check_interval_ms
         );
     }
     if args.controller_election_timeout_ms < 200 {

@@ -13,4 +13,5 @@ pub mod maintenance;
 pub mod metrics;
 pub mod plugins;
 pub mod protocol;
+pub mod replication;
 pub mod server;

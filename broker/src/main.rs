@@ -13,7 +13,7 @@ use sluice_broker::cluster::controller::{self, Registration};
 use sluice_broker::cluster::quorum::{self, Quorum, QuorumConfig};
 use sluice_broker::cluster::topics::META_DIR;
 use sluice_broker::config::{self, ServeArgs};
-use sluice_broker::{admin, maintenance, server};
+use sluice_broker::{admin, maintenance, replication, server};
 use tokio::net::TcpListener;
 
 /// mimalloc instead of glibc malloc: the data path allocates and frees
@@ -59,7 +59,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // openraft logs every failed heartbeat to a stopped peer
+                // at ERROR; the broker reports controller changes itself.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
         )
         .init();
     let matches = Cli::command().get_matches();
@@ -137,7 +139,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat,
     ));
     tokio::spawn(controller::fence_loop(quorum.clone(), session));
+    tokio::spawn(controller::controller_watch(quorum.clone()));
     tokio::spawn(maintenance::metadata_sync(broker.clone()));
+    tokio::spawn(replication::isr_loop(broker.replicas.clone()));
+    if broker.args.auto_leader_rebalance_enable {
+        tokio::spawn(controller::preferred_leader_loop(
+            quorum.clone(),
+            Duration::from_millis(broker.args.leader_imbalance_check_interval_ms),
+        ));
+    }
     tokio::spawn(admin_serve(broker.clone(), admin_listener));
     tokio::spawn(maintenance::flusher(broker.clone()));
     tokio::spawn(maintenance::retention(broker.clone()));

@@ -75,12 +75,26 @@ pub async fn group_timers(broker: Arc<Broker>) {
 /// changed through any broker) into this broker's local topics.
 pub async fn metadata_sync(broker: Arc<Broker>) {
     let mut rx = broker.quorum.subscribe();
-    while rx.changed().await.is_ok() {
+    loop {
+        rx.borrow_and_update();
         let b = broker.clone();
         match tokio::task::spawn_blocking(move || b.topics.sync()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                broker
+                    .replicas
+                    .apply_image(&broker.quorum.image(), &broker.topics);
+                let led = broker.replicas.led_partitions(crate::groups::OFFSETS_TOPIC);
+                let b = broker.clone();
+                // Loading a newly led offsets partition reads its log.
+                if let Err(e) = tokio::task::spawn_blocking(move || b.groups.set_owned(led)).await {
+                    tracing::error!(error = %e, "group ownership update failed");
+                }
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "applying metadata to local topics failed"),
             Err(e) => tracing::error!(error = %e, "metadata sync task failed"),
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

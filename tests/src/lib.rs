@@ -36,6 +36,7 @@ use tempfile::TempDir;
 pub use rdkafka;
 
 pub mod cluster;
+pub mod history;
 pub mod proxy;
 pub mod raw_client;
 

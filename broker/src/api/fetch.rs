@@ -1,6 +1,9 @@
 //! Fetch: whole stored batches from each requested offset, within the
 //! request's byte budgets (but at least one batch, KIP-74), long-polling up
-//! to `max_wait_ms` until `min_bytes` are available.
+//! to `max_wait_ms` until `min_bytes` are available. Consumers read up to
+//! the high watermark; follower brokers (a replica id in the request) read
+//! up to the log end, and their fetch offsets tell the leader how far they
+//! have replicated.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ const MAX_FETCH_BYTES: usize = 55 * 1024 * 1024;
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
 pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
+    let replica = (req.replica_id.0 >= 0).then_some(req.replica_id.0);
     let deadline =
         Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let targets: Vec<(String, Option<Arc<Bindings>>, Vec<Target>)> = req
@@ -38,9 +42,17 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
                 .partitions
                 .iter()
                 .map(|p| {
-                    let log = match &topic {
-                        Some(tp) => tp.leader_log(p.partition, b.node_id).cloned(),
-                        None => Err(ResponseError::UnknownTopicOrPartition),
+                    let log = match (&topic, replica) {
+                        (_, Some(follower)) => {
+                            replica_target(b, &name, p.partition, p.current_leader_epoch)
+                                .inspect(|ls| ls.on_follower_fetch(follower, p.fetch_offset))
+                                .map(|ls| ls.log.clone())
+                        }
+                        (Some(tp), None) => tp.leader_log(p.partition, b.node_id).and_then(|log| {
+                            let epoch = tp.state(p.partition).map_or(-1, |s| s.leader_epoch);
+                            check_epoch(p.current_leader_epoch, epoch).map(|()| log.clone())
+                        }),
+                        (None, None) => Err(ResponseError::UnknownTopicOrPartition),
                     };
                     (p.partition, p.fetch_offset, p.partition_max_bytes, log)
                 })
@@ -48,7 +60,7 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
             let filters = topic
                 .as_ref()
                 .and_then(|t| t.bindings.clone())
-                .filter(|b| !b.fetch_filters.is_empty());
+                .filter(|b| !b.fetch_filters.is_empty() && replica.is_none());
             (name, filters, parts)
         })
         .collect();
@@ -73,7 +85,7 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
                 n
             })
             .collect();
-        let (resp, bytes, any_error) = read_all(b, &targets, max_bytes);
+        let (resp, bytes, any_error) = read_all(b, &targets, max_bytes, replica.is_some());
         let now = Instant::now();
         if bytes >= min_bytes.max(1)
             || any_error
@@ -81,13 +93,17 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
             || waits.is_empty()
             || min_bytes == 0
         {
-            record_out(b, &resp);
+            if replica.is_none() {
+                record_out(b, &resp);
+            }
             return resp;
         }
         let woken = tokio::time::timeout(deadline - now, select_all(waits.drain(..))).await;
         if woken.is_err() {
-            let (resp, _, _) = read_all(b, &targets, max_bytes);
-            record_out(b, &resp);
+            let (resp, _, _) = read_all(b, &targets, max_bytes, replica.is_some());
+            if replica.is_none() {
+                record_out(b, &resp);
+            }
             return resp;
         }
     }
@@ -98,7 +114,37 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
 type Target = (i32, i64, i32, Result<Arc<PartitionLog>, ResponseError>);
 type Targets = [(String, Option<Arc<Bindings>>, Vec<Target>)];
 
-fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, usize, bool) {
+/// KIP-320: a request naming a leader epoch must match ours.
+fn check_epoch(requested: i32, ours: i32) -> Result<(), ResponseError> {
+    match requested {
+        e if e < 0 || e == ours => Ok(()),
+        e if e < ours => Err(ResponseError::FencedLeaderEpoch),
+        _ => Err(ResponseError::UnknownLeaderEpoch),
+    }
+}
+
+/// The leader state a follower fetches from, if this broker leads the
+/// partition in the epoch the follower expects.
+fn replica_target(
+    b: &Broker,
+    topic: &str,
+    partition: i32,
+    epoch: i32,
+) -> Result<Arc<crate::replication::LeaderState>, ResponseError> {
+    let ls = b
+        .replicas
+        .leader(topic, partition)
+        .ok_or(ResponseError::NotLeaderOrFollower)?;
+    check_epoch(epoch, ls.leader_epoch)?;
+    Ok(ls)
+}
+
+fn read_all(
+    b: &Broker,
+    targets: &Targets,
+    max_bytes: usize,
+    replica: bool,
+) -> (FetchResponse, usize, bool) {
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
     let mut any_error = false;
@@ -122,7 +168,13 @@ fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, 
             let budget = budget.min(max_bytes.saturating_sub(total));
             // Response budget spent: report offsets only, read nothing.
             let budget_spent = total > 0 && budget == 0;
-            match log.read(*offset, if budget_spent { 0 } else { budget }) {
+            let budget = if budget_spent { 0 } else { budget };
+            let read = if replica {
+                log.read_for_replica(*offset, budget)
+            } else {
+                log.read(*offset, budget)
+            };
+            match read {
                 Ok(read) => {
                     // KIP-74: only the first data in the response may exceed
                     // its budget; later partitions wait for the next fetch.
@@ -150,10 +202,10 @@ fn read_all(b: &Broker, targets: &Targets, max_bytes: usize) -> (FetchResponse, 
                     pd.log_start_offset = read.log_start_offset;
                     pd.records = Some(records);
                 }
-                Err(LogError::OffsetOutOfRange { start, end, .. }) => {
+                Err(LogError::OffsetOutOfRange { start, .. }) => {
                     pd.error_code = error_code(b, ResponseError::OffsetOutOfRange);
-                    pd.high_watermark = end;
-                    pd.last_stable_offset = end;
+                    pd.high_watermark = log.high_watermark();
+                    pd.last_stable_offset = pd.high_watermark;
                     pd.log_start_offset = start;
                     any_error = true;
                 }

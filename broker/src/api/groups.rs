@@ -323,6 +323,11 @@ pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> Offset
             });
             let mut gr = OffsetFetchResponseGroup::default();
             gr.group_id = g.group_id.clone();
+            if !b.groups.owns(g.group_id.0.as_str()) {
+                gr.error_code = error_code(b, ResponseError::NotCoordinator);
+                resp.groups.push(gr);
+                continue;
+            }
             for (topic, parts) in b.groups.fetch_offsets(g.group_id.0.as_str(), wanted) {
                 let mut tr = OffsetFetchResponseTopics::default();
                 tr.name = TopicName(str_bytes(topic));
@@ -341,6 +346,13 @@ pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> Offset
                 gr.topics.push(tr);
             }
             resp.groups.push(gr);
+        }
+        return resp;
+    }
+    if !b.groups.owns(req.group_id.0.as_str()) {
+        // v0/v1 have no top-level error: their clients see no offsets.
+        if version >= 2 {
+            resp.error_code = error_code(b, ResponseError::NotCoordinator);
         }
         return resp;
     }
@@ -407,6 +419,11 @@ pub fn describe_groups(
     for id in req.groups {
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
+        if !b.groups.owns(id.0.as_str()) {
+            g.error_code = error_code(b, ResponseError::NotCoordinator);
+            resp.groups.push(g);
+            continue;
+        }
         match b.groups.describe(id.0.as_str()) {
             // Kafka describes an unknown group as Dead with no error.
             None => g.group_state = str_bytes("Dead"),

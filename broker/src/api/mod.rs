@@ -5,6 +5,7 @@
 mod configs;
 mod fetch;
 mod groups;
+mod leader_epoch;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -52,6 +53,9 @@ pub async fn handle(
             return produce::produce(b, r, v).await.map(ResponseKind::Produce);
         }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(b, r).await),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(leader_epoch::offset_for_leader_epoch(b, r))
+        }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::list_offsets(b, r, v))
         }

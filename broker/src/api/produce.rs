@@ -1,6 +1,8 @@
 //! Produce: validate each partition's batches (framing, CRC, structure,
-//! size), append them as received with broker-assigned offsets, and answer
-//! according to `acks` — acks=all waits until the data is fsynced.
+//! size), append them as received with broker-assigned offsets and the
+//! leader epoch, and answer according to `acks` — acks=all waits until the
+//! data is fsynced here and replicated to every in-sync replica (the high
+//! watermark passed it), and needs `min.insync.replicas` of them.
 
 use futures::future::join_all;
 use kafka_protocol::ResponseError;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
+use crate::cluster::topic_config;
 use crate::cluster::topics::Topic;
 use crate::log::producer_state::{SequenceCheck, SequenceError};
 use crate::log::records::{self as plugin_records, Producer};
@@ -21,7 +24,12 @@ use crate::plugins::{Bindings, Outcome};
 
 pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
     let acks = req.acks;
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
     let mut resp = ProduceResponse::default();
+    // (topic index, partition index, topic, partition, leader epoch,
+    // offset the high watermark must reach, min.insync.replicas)
+    let mut to_commit = Vec::new();
     // (topic index, partition index, log, offset to flush to)
     let mut to_flush = Vec::new();
     for topic_data in req.topic_data {
@@ -123,9 +131,37 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                 topic_resp.partition_responses.push(pr);
                 continue;
             }
+            let Some(leader) = b.replicas.leader(&name, pd.index) else {
+                fail(
+                    &mut pr,
+                    ResponseError::NotLeaderOrFollower,
+                    format!(
+                        "broker {} is not (yet) leading {name}-{}",
+                        b.node_id, pd.index
+                    ),
+                );
+                topic_resp.partition_responses.push(pr);
+                continue;
+            };
+            let min_isr = topic
+                .as_ref()
+                .map_or(1, |t| topic_config::min_insync_replicas(&t.meta.configs));
+            if acks == -1 && leader.isr_len() < min_isr {
+                fail(
+                    &mut pr,
+                    ResponseError::NotEnoughReplicas,
+                    format!(
+                        "{name}-{} has {} in-sync replica(s), min.insync.replicas is {min_isr}",
+                        pd.index,
+                        leader.isr_len()
+                    ),
+                );
+                topic_resp.partition_responses.push(pr);
+                continue;
+            }
             let config = log.config();
             let appended = log::validate_batches(payload.clone(), config.max_message_bytes)
-                .and_then(|batch| log.append(batch, 0));
+                .and_then(|batch| log.append(batch, leader.leader_epoch));
             match appended {
                 Ok(info) => {
                     pr.base_offset = info.base_offset;
@@ -145,6 +181,17 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                             .records_in
                             .with_label_values(&[&name])
                             .inc_by(info.records as u64);
+                    }
+                    if acks == -1 {
+                        to_commit.push((
+                            resp.responses.len(),
+                            topic_resp.partition_responses.len(),
+                            name.clone(),
+                            pd.index,
+                            leader.leader_epoch,
+                            info.last_offset + 1,
+                            min_isr,
+                        ));
                     }
                     if acks == -1 || info.flush_due {
                         to_flush.push((
@@ -181,6 +228,41 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                 pr.error_code = error_code(b, ResponseError::KafkaStorageError);
                 pr.error_message = Some(str_bytes(format!("fsync failed: {e}")));
             }
+        }
+    }
+    // acks=all: every in-sync replica has the batch once the high
+    // watermark passes it.
+    let waits = join_all(to_commit.iter().map(|(_, _, topic, p, epoch, upto, _)| {
+        b.replicas
+            .wait_committed(topic, *p, *epoch, *upto, deadline)
+    }))
+    .await;
+    for ((ti, pi, topic, p, _, _, min_isr), result) in to_commit.iter().zip(waits) {
+        let pr = &mut resp.responses[*ti].partition_responses[*pi];
+        if pr.error_code != 0 {
+            continue;
+        }
+        let error = match result {
+            Err(e) => Some((e, format!("{topic}-{p}: not replicated to the ISR: {e:?}"))),
+            // Committed, but the ISR shrank below the minimum meanwhile.
+            Ok(()) => b
+                .replicas
+                .leader(topic, *p)
+                .filter(|l| l.isr_len() < *min_isr)
+                .map(|l| {
+                    (
+                        ResponseError::NotEnoughReplicasAfterAppend,
+                        format!(
+                            "{topic}-{p}: written, but the ISR shrank to {} (min.insync.replicas {min_isr})",
+                            l.isr_len()
+                        ),
+                    )
+                }),
+        };
+        if let Some((code, msg)) = error {
+            pr.error_code = error_code(b, code);
+            pr.error_message = Some(str_bytes(msg));
+            pr.base_offset = -1;
         }
     }
     (acks != 0).then_some(resp)

@@ -127,3 +127,60 @@ pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration) {
         }
     }
 }
+
+/// On the controller: moves leadership back to each partition's preferred
+/// replica (the first) once it is live and in sync, so leaders stay spread
+/// over the brokers after failures (Kafka's auto leader rebalance).
+pub async fn preferred_leader_loop(quorum: Arc<Quorum>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !quorum.is_controller() {
+            continue;
+        }
+        let image = quorum.image();
+        for topic in image.topics.values() {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let Some(&preferred) = p.replicas.first() else {
+                    continue;
+                };
+                let live = image.brokers.get(&preferred).is_some_and(|b| !b.fenced);
+                if p.leader == preferred || !live || !p.isr.contains(&preferred) {
+                    continue;
+                }
+                tracing::info!(topic = %topic.name, partition = i, from = p.leader, to = preferred, "preferred leader election");
+                let elect = Command::ElectLeader {
+                    topic: topic.name.clone(),
+                    partition: i as i32,
+                    leader: preferred,
+                };
+                if let Err(e) = quorum.propose(elect, interval).await {
+                    tracing::warn!(error = %e, "preferred leader election not committed");
+                }
+            }
+        }
+    }
+}
+
+/// Logs every controller change this broker sees (openraft's own logs are
+/// off by default: they repeat every failed heartbeat to a stopped peer).
+pub async fn controller_watch(quorum: Arc<Quorum>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let now = quorum.controller_id();
+        if now != last {
+            match now {
+                Some(id) => tracing::info!(
+                    controller = id,
+                    term = quorum.raft_metrics().current_term,
+                    "controller elected"
+                ),
+                None => tracing::warn!("no controller known"),
+            }
+            last = now;
+        }
+    }
+}

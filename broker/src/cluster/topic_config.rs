@@ -112,7 +112,7 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         "min.insync.replicas",
         "1",
         ConfigType::Int,
-        "With acks=all, the fewest in-sync replicas that must have a write (used once replication lands).",
+        "With acks=all, the fewest in-sync replicas that must have a write; with fewer, produce fails with NOT_ENOUGH_REPLICAS.",
         int_at_least(1)
     ),
     def!(
@@ -320,6 +320,11 @@ fn get_i64(overrides: &BTreeMap<String, String>, name: &str) -> i64 {
         .trim()
         .parse()
         .unwrap_or(0)
+}
+
+/// `min.insync.replicas` of a topic.
+pub fn min_insync_replicas(overrides: &BTreeMap<String, String>) -> usize {
+    get_i64(overrides, "min.insync.replicas").max(1) as usize
 }
 
 /// Storage settings for a topic. Inputs were validated on the way in.

@@ -176,6 +176,18 @@ struct Group {
 }
 
 impl Group {
+    /// A group as the offsets topic last described it.
+    fn from_loaded(id: String, g: store::LoadedGroup) -> Group {
+        let mut group = Group::new(id);
+        group.protocol_type = g.protocol_type;
+        group.persisted = group.protocol_type.is_some();
+        group.offsets = g.offsets;
+        if let Some(meta) = g.metadata.filter(|m| !m.members.is_empty()) {
+            group.restore(meta);
+        }
+        group
+    }
+
     fn new(id: String) -> Group {
         Group {
             id,
@@ -444,6 +456,9 @@ pub struct GroupStats {
 
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
+    /// Offsets partitions this broker leads, whose groups it coordinates;
+    /// `None`: all of them (a single broker).
+    owned: Mutex<Option<std::collections::HashSet<usize>>>,
     store: OffsetStore,
     config: GroupConfig,
     next_seq: std::sync::atomic::AtomicU64,
@@ -484,20 +499,14 @@ impl GroupCoordinator {
         config: GroupConfig,
     ) -> Result<GroupCoordinator, crate::log::LogError> {
         let loaded = store.load()?;
-        let mut groups = HashMap::new();
-        for (id, g) in loaded {
-            let mut group = Group::new(id.clone());
-            group.protocol_type = g.protocol_type;
-            group.persisted = group.protocol_type.is_some();
-            group.offsets = g.offsets;
-            if let Some(meta) = g.metadata.filter(|m| !m.members.is_empty()) {
-                group.restore(meta);
-            }
-            groups.insert(id, group);
-        }
+        let groups: HashMap<String, Group> = loaded
+            .into_iter()
+            .map(|(id, g)| (id.clone(), Group::from_loaded(id, g)))
+            .collect();
         tracing::info!(groups = groups.len(), "loaded consumer groups");
         Ok(GroupCoordinator {
             groups: Mutex::new(groups),
+            owned: Mutex::new(None),
             store,
             config,
             next_seq: Default::default(),
@@ -509,7 +518,66 @@ impl GroupCoordinator {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Does this broker coordinate `group` (lead its offsets partition)?
+    pub fn owns(&self, group: &str) -> bool {
+        let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        owned
+            .as_ref()
+            .is_none_or(|o| o.contains(&store::partition_for(group, self.store.partition_count())))
+    }
+
+    /// Follows offsets-partition leadership: groups of partitions this
+    /// broker stopped leading are dropped (their members rejoin at the new
+    /// coordinator); groups of partitions it started leading are loaded
+    /// from its replica of the log.
+    pub fn set_owned(&self, now: std::collections::HashSet<usize>) {
+        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
+        let gained: Vec<usize> = match owned.as_ref() {
+            None => Vec::new(),
+            Some(before) => now.difference(before).copied().collect(),
+        };
+        if owned.as_ref() == Some(&now) {
+            return;
+        }
+        let count = self.store.partition_count();
+        let loaded = match self.store.load_partitions(gained.iter().copied()) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, partitions = ?gained, "loading groups of newly led offsets partitions failed");
+                HashMap::new()
+            }
+        };
+        let mut groups = self.lock();
+        let before = groups.len();
+        groups.retain(|id, _| now.contains(&store::partition_for(id, count)));
+        let dropped = before - groups.len();
+        for id in gained
+            .iter()
+            .flat_map(|p| {
+                groups
+                    .keys()
+                    .filter(move |id| store::partition_for(id, count) == *p)
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            groups.remove(&id);
+        }
+        let added = loaded.len();
+        for (id, g) in loaded {
+            groups.insert(id.clone(), Group::from_loaded(id, g));
+        }
+        drop(groups);
+        if dropped > 0 || !gained.is_empty() {
+            tracing::info!(gained = ?gained, loaded_groups = added, dropped_groups = dropped, "group coordination moved");
+        }
+        *owned = Some(now);
+    }
+
     pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
+        if !self.owns(&req.group_id) {
+            return JoinOutcome::error(ResponseError::NotCoordinator, req.member_id);
+        }
         let group = req.group_id.clone();
         let (rx, persist) = match self.join_locked(req) {
             Ok(x) => x,
@@ -733,6 +801,9 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncOutcome {
+        if !self.owns(group_id) {
+            return SyncOutcome::error(ResponseError::NotCoordinator);
+        }
         let mut snapshot = None;
         let rx = {
             let mut groups = self.lock();
@@ -810,6 +881,9 @@ impl GroupCoordinator {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> Option<ResponseError> {
+        if !self.owns(group_id) {
+            return Some(ResponseError::NotCoordinator);
+        }
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return Some(ResponseError::UnknownMemberId);
@@ -840,6 +914,9 @@ impl GroupCoordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        if !self.owns(group_id) {
+            return Err(ResponseError::NotCoordinator);
+        }
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return Err(ResponseError::UnknownMemberId);
@@ -1010,6 +1087,9 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         offsets: Vec<(String, i32, CommittedOffset)>,
     ) -> Result<(), ResponseError> {
+        if !self.owns(group_id) {
+            return Err(ResponseError::NotCoordinator);
+        }
         self.check_commit(group_id, generation, member_id, instance_id)?;
         let mut changes: Vec<Change> = offsets
             .iter()
@@ -1171,6 +1251,9 @@ impl GroupCoordinator {
     }
 
     pub async fn delete_group(&self, group_id: &str) -> Result<(), ResponseError> {
+        if !self.owns(group_id) {
+            return Err(ResponseError::NotCoordinator);
+        }
         {
             let groups = self.lock();
             match groups.get(group_id) {
@@ -1197,6 +1280,9 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        if !self.owns(group_id) {
+            return Err(ResponseError::NotCoordinator);
+        }
         let (subscribed, results): (HashSet<String>, Vec<Option<ResponseError>>) = {
             let groups = self.lock();
             let Some(g) = groups

@@ -13,6 +13,7 @@ use sluice_plugin::Record;
 
 use crate::log::records::{self, Producer};
 use crate::log::{LogError, PartitionLog, batch, now_ms, validate_batches};
+use crate::replication::ReplicaManager;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -106,18 +107,43 @@ pub fn partition_for(group: &str, partitions: usize) -> usize {
 
 pub struct OffsetStore {
     partitions: Vec<Arc<PartitionLog>>,
+    /// Writes go through partition leadership: stamped with the leader
+    /// epoch and acknowledged once replicated to the ISR. `None` in unit
+    /// tests of the coordinator alone.
+    replicas: Option<Arc<ReplicaManager>>,
 }
+
+/// How long a group write may wait for the offsets partition's ISR.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl OffsetStore {
     pub fn new(partitions: Vec<Arc<PartitionLog>>) -> OffsetStore {
-        OffsetStore { partitions }
+        OffsetStore {
+            partitions,
+            replicas: None,
+        }
+    }
+
+    pub fn replicated(
+        partitions: Vec<Arc<PartitionLog>>,
+        replicas: Arc<ReplicaManager>,
+    ) -> OffsetStore {
+        OffsetStore {
+            partitions,
+            replicas: Some(replicas),
+        }
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
     }
 
     fn log_for(&self, group: &str) -> &Arc<PartitionLog> {
         &self.partitions[partition_for(group, self.partitions.len())]
     }
 
-    /// Appends `changes` as one batch and waits until it is on disk.
+    /// Appends `changes` as one batch and waits until it is on disk and,
+    /// in a cluster, on every in-sync replica of the offsets partition.
     pub async fn persist(&self, group: &str, changes: &[Change]) -> Result<(), LogError> {
         if changes.is_empty() {
             return Ok(());
@@ -138,19 +164,48 @@ impl OffsetStore {
         let buf = records::encode(&records, 0, false, Producer::NONE)?;
         let log = self.log_for(group);
         let batch = validate_batches(buf.freeze(), usize::MAX)?;
-        let info = log.append(batch, 0)?;
+        let p = partition_for(group, self.partitions.len()) as i32;
+        let leader = match &self.replicas {
+            None => None,
+            Some(r) => Some(r.leader(OFFSETS_TOPIC, p).ok_or_else(|| {
+                LogError::Io(std::io::Error::other(format!(
+                    "not the leader of {OFFSETS_TOPIC}-{p} (group '{group}' moved)"
+                )))
+            })?),
+        };
+        let epoch = leader.as_ref().map_or(0, |l| l.leader_epoch);
+        let info = log.append(batch, epoch)?;
         log.flush_up_to(info.last_offset + 1).await?;
+        if let (Some(r), Some(_)) = (&self.replicas, &leader) {
+            let deadline = std::time::Instant::now() + COMMIT_TIMEOUT;
+            r.wait_committed(OFFSETS_TOPIC, p, epoch, info.last_offset + 1, deadline)
+                .await
+                .map_err(|e| {
+                    LogError::Io(std::io::Error::other(format!(
+                        "{OFFSETS_TOPIC}-{p}: not replicated: {e:?}"
+                    )))
+                })?;
+        }
         Ok(())
     }
 
     /// Replays every partition of the offsets topic into per-group state.
     pub fn load(&self) -> Result<HashMap<String, LoadedGroup>, LogError> {
+        self.load_partitions(0..self.partitions.len())
+    }
+
+    /// Replays the given partitions (a coordinator taking them over reads
+    /// everything its copy has, committed or not yet).
+    pub fn load_partitions(
+        &self,
+        which: impl IntoIterator<Item = usize>,
+    ) -> Result<HashMap<String, LoadedGroup>, LogError> {
         let mut groups: HashMap<String, LoadedGroup> = HashMap::new();
-        for log in &self.partitions {
+        for log in which.into_iter().filter_map(|p| self.partitions.get(p)) {
             let mut offset = log.log_start_offset();
             let end = log.log_end_offset();
             while offset < end {
-                let read = log.read(offset, 1 << 20)?;
+                let read = log.read_for_replica(offset, 1 << 20)?;
                 if read.records.is_empty() {
                     break;
                 }

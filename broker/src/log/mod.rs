@@ -9,9 +9,11 @@
 
 pub mod batch;
 pub mod compression;
+mod epochs;
 pub mod index;
 pub mod producer_state;
 pub mod records;
+mod replica;
 pub mod segment;
 
 use std::fs;
@@ -214,6 +216,11 @@ pub struct PartitionLog {
     flush_lock: tokio::sync::Mutex<()>,
     /// Woken on every append, for long-polling fetches.
     pub appended: Notify,
+    /// Committed offset (see `replica.rs`); only read while
+    /// `hw_follows_leo` is false.
+    high_watermark: AtomicI64,
+    hw_follows_leo: std::sync::atomic::AtomicBool,
+    epochs: Mutex<epochs::EpochCache>,
     /// Held by the plugin produce path from its sequence check to its
     /// sequence record, so a retried idempotent batch cannot slip past the
     /// check while the first copy is still in the plugins.
@@ -275,6 +282,7 @@ impl PartitionLog {
         }
         let leo = segments[segments.len() - 1].next_offset;
         let producers = load_producer_state(&name, &dir, &segments)?;
+        let epochs = epochs::EpochCache::open(&dir, leo)?;
         Ok(PartitionLog {
             name,
             dir,
@@ -286,6 +294,9 @@ impl PartitionLog {
                 last_flush_ms: now,
             }),
             flushed_offset: AtomicI64::new(leo),
+            high_watermark: AtomicI64::new(leo),
+            hw_follows_leo: std::sync::atomic::AtomicBool::new(true),
+            epochs: Mutex::new(epochs),
             flush_lock: tokio::sync::Mutex::new(()),
             appended: Notify::new(),
             plugin_produce: tokio::sync::Mutex::new(()),
@@ -315,10 +326,6 @@ impl PartitionLog {
     }
     pub fn log_start_offset(&self) -> i64 {
         self.lock().log_start_offset()
-    }
-    /// Single-node: everything appended is committed.
-    pub fn high_watermark(&self) -> i64 {
-        self.log_end_offset()
     }
     pub fn size_bytes(&self) -> u64 {
         self.lock().size()
@@ -487,18 +494,29 @@ impl PartitionLog {
     /// Reads whole batches starting with the one that holds `offset`, up to
     /// `max_bytes` — but always at least one whole batch (KIP-74), so a big
     /// record never stalls a consumer. Batches are never split.
+    /// Consumers read committed records only: up to the high watermark.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
-        let (file, base, hint, seg_end, hw, start) = {
+        self.read_upto(offset, max_bytes, self.high_watermark())
+    }
+
+    /// Followers read everything the leader has, up to the log end.
+    pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        self.read_upto(offset, max_bytes, i64::MAX)
+    }
+
+    fn read_upto(&self, offset: i64, max_bytes: usize, limit: i64) -> Result<ReadResult, LogError> {
+        let hw = self.high_watermark();
+        let (file, base, hint, seg_end, start) = {
             let st = self.lock();
             let start = st.log_start_offset();
             let end = st.log_end_offset();
             if offset < start || offset > end {
                 return Err(LogError::OffsetOutOfRange { offset, start, end });
             }
-            if offset == end {
+            if offset >= end.min(limit) {
                 return Ok(ReadResult {
                     records: Bytes::new(),
-                    high_watermark: end,
+                    high_watermark: hw,
                     log_start_offset: start,
                 });
             }
@@ -516,7 +534,6 @@ impl PartitionLog {
                 seg.base_offset,
                 u64::from(seg.index.position_for(relative)),
                 seg.size,
-                end,
                 start,
             )
         };
@@ -543,11 +560,11 @@ impl PartitionLog {
         let available = (seg_end - pos) as usize;
         let want = max_bytes.max(first.len).min(available);
         let data = read_exact_at(&file, pos, want)?;
-        // Trim a trailing partial batch.
+        // Trim a trailing partial batch, and batches past the limit.
         let mut end = 0usize;
         while end < data.len() {
             match batch::parse_header_fields(&data[end..]) {
-                Ok(h) if end + h.len <= data.len() => end += h.len,
+                Ok(h) if end + h.len <= data.len() && h.base_offset < limit => end += h.len,
                 _ => break,
             }
         }

@@ -1,0 +1,56 @@
+//! OffsetForLeaderEpoch: where a leader epoch ended in this leader's log.
+//! Followers ask it after a leader change to find their divergent tail;
+//! clients (KIP-320) ask it to detect that a leader change truncated
+//! records they had already read.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::OffsetForLeaderEpochRequest;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
+
+use super::error_code;
+use crate::broker::Broker;
+
+pub fn offset_for_leader_epoch(
+    b: &Broker,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let mut resp = OffsetForLeaderEpochResponse::default();
+    for t in req.topics {
+        let name = t.topic.0.to_string();
+        let mut tr = OffsetForLeaderTopicResult::default();
+        tr.topic = t.topic.clone();
+        for p in t.partitions {
+            let mut r = EpochEndOffset::default();
+            r.partition = p.partition;
+            r.leader_epoch = -1;
+            r.end_offset = -1;
+            let answer = match b.replicas.leader(&name, p.partition) {
+                None if b.topics.get(&name).is_none() => {
+                    Err(ResponseError::UnknownTopicOrPartition)
+                }
+                None => Err(ResponseError::NotLeaderOrFollower),
+                Some(ls)
+                    if p.current_leader_epoch >= 0 && p.current_leader_epoch < ls.leader_epoch =>
+                {
+                    Err(ResponseError::FencedLeaderEpoch)
+                }
+                Some(ls) if p.current_leader_epoch > ls.leader_epoch => {
+                    Err(ResponseError::UnknownLeaderEpoch)
+                }
+                Some(ls) => Ok(ls.log.end_offset_for_epoch(p.leader_epoch)),
+            };
+            match answer {
+                Ok((epoch, end)) => {
+                    r.leader_epoch = epoch;
+                    r.end_offset = end;
+                }
+                Err(e) => r.error_code = error_code(b, e),
+            }
+            tr.partitions.push(r);
+        }
+        resp.topics.push(tr);
+    }
+    resp
+}

@@ -1,0 +1,405 @@
+//! Follower side: one fetcher task per leader broker, fetching every
+//! partition this broker follows from that leader over one connection,
+//! with ordinary Kafka requests (Fetch with our replica id, and
+//! OffsetForLeaderEpoch to find where a divergent tail starts).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::TopicPartition;
+use crate::cluster::quorum::Quorum;
+use crate::log::PartitionLog;
+
+const FETCH_VERSION: i16 = 12;
+const EPOCH_VERSION: i16 = 4;
+const PARTITION_MAX_BYTES: i32 = 1 << 20;
+const RESPONSE_MAX_BYTES: usize = 64 << 20;
+const BACKOFF: Duration = Duration::from_millis(100);
+
+/// A partition this broker follows.
+#[derive(Clone)]
+struct Follow {
+    leader: i32,
+    leader_epoch: i32,
+    log: Arc<PartitionLog>,
+    /// Divergent tail already cut for this leader epoch.
+    truncated: bool,
+}
+
+pub struct FetcherPool {
+    node_id: i32,
+    quorum: Arc<Quorum>,
+    max_wait: Duration,
+    follows: Arc<Mutex<HashMap<TopicPartition, Follow>>>,
+    tasks: Mutex<HashMap<i32, Arc<Notify>>>,
+}
+
+impl FetcherPool {
+    pub fn new(node_id: i32, quorum: Arc<Quorum>, max_wait: Duration) -> FetcherPool {
+        FetcherPool {
+            node_id,
+            quorum,
+            max_wait,
+            follows: Arc::new(Mutex::new(HashMap::new())),
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces what is followed: (leader, leader epoch, log) per partition.
+    /// A new leader or epoch means truncating again before fetching.
+    pub fn set_targets(&self, targets: HashMap<TopicPartition, (i32, i32, Arc<PartitionLog>)>) {
+        let mut follows = self.follows.lock().unwrap_or_else(|e| e.into_inner());
+        follows.retain(|tp, _| targets.contains_key(tp));
+        for (tp, (leader, leader_epoch, log)) in targets {
+            let same = follows
+                .get(&tp)
+                .is_some_and(|f| f.leader == leader && f.leader_epoch == leader_epoch);
+            if !same {
+                tracing::info!(topic = %tp.0, partition = tp.1, leader, epoch = leader_epoch, "following partition");
+                follows.insert(
+                    tp,
+                    Follow {
+                        leader,
+                        leader_epoch,
+                        log,
+                        truncated: false,
+                    },
+                );
+            }
+        }
+        let leaders: Vec<i32> = follows.values().map(|f| f.leader).collect();
+        drop(follows);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for leader in leaders {
+            tasks.entry(leader).or_insert_with(|| {
+                let wake = Arc::new(Notify::new());
+                let task = FetcherTask {
+                    node_id: self.node_id,
+                    leader,
+                    quorum: self.quorum.clone(),
+                    follows: self.follows.clone(),
+                    max_wait: self.max_wait,
+                    wake: wake.clone(),
+                };
+                tokio::spawn(task.run());
+                wake
+            });
+        }
+        for wake in tasks.values() {
+            wake.notify_one();
+        }
+    }
+}
+
+struct FetcherTask {
+    node_id: i32,
+    leader: i32,
+    quorum: Arc<Quorum>,
+    follows: Arc<Mutex<HashMap<TopicPartition, Follow>>>,
+    max_wait: Duration,
+    wake: Arc<Notify>,
+}
+
+impl FetcherTask {
+    fn partitions(&self) -> Vec<(TopicPartition, Follow)> {
+        self.follows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, f)| f.leader == self.leader)
+            .map(|(tp, f)| (tp.clone(), f.clone()))
+            .collect()
+    }
+
+    fn mark_truncated(&self, tp: &TopicPartition, epoch: i32, done: bool) {
+        if let Some(f) = self
+            .follows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(tp)
+            .filter(|f| f.leader_epoch == epoch)
+        {
+            f.truncated = done;
+        }
+    }
+
+    async fn run(self) {
+        let mut conn: Option<Connection> = None;
+        loop {
+            let parts = self.partitions();
+            if parts.is_empty() {
+                conn = None;
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+                continue;
+            }
+            if conn.is_none() {
+                let Some(addr) = self
+                    .quorum
+                    .image()
+                    .brokers
+                    .get(&self.leader)
+                    .map(|b| format!("{}:{}", b.host, b.port))
+                else {
+                    tokio::time::sleep(BACKOFF).await;
+                    continue;
+                };
+                match Connection::open(&addr, self.node_id).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::debug!(leader = self.leader, %addr, error = %e, "cannot reach leader");
+                        tokio::time::sleep(BACKOFF * 2).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let result = match parts.iter().filter(|(_, f)| !f.truncated).count() {
+                0 => self.fetch(c, &parts).await,
+                _ => self.truncate(c, &parts).await,
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => tokio::time::sleep(BACKOFF).await,
+                Err(e) => {
+                    tracing::debug!(leader = self.leader, error = %e, "replica fetch connection failed");
+                    conn = None;
+                    tokio::time::sleep(BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// Asks the leader where each untruncated partition's latest local
+    /// epoch ended there, and cuts the local log back to it. Returns
+    /// whether every partition got an answer.
+    async fn truncate(
+        &self,
+        conn: &mut Connection,
+        parts: &[(TopicPartition, Follow)],
+    ) -> std::io::Result<bool> {
+        let mut by_topic: HashMap<&str, Vec<OffsetForLeaderPartition>> = HashMap::new();
+        for (tp, f) in parts.iter().filter(|(_, f)| !f.truncated) {
+            let mut p = OffsetForLeaderPartition::default();
+            p.partition = tp.1;
+            p.current_leader_epoch = f.leader_epoch;
+            p.leader_epoch = f.log.latest_epoch();
+            by_topic.entry(tp.0.as_str()).or_default().push(p);
+        }
+        let mut req = OffsetForLeaderEpochRequest::default();
+        req.replica_id = BrokerId(self.node_id);
+        req.topics = by_topic
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let mut t = OffsetForLeaderTopic::default();
+                t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+                t.partitions = partitions;
+                t
+            })
+            .collect();
+        let resp: OffsetForLeaderEpochResponse = conn
+            .call(ApiKey::OffsetForLeaderEpoch, EPOCH_VERSION, &req)
+            .await?;
+        let mut all = true;
+        for t in resp.topics {
+            for p in t.partitions {
+                let tp = (t.topic.0.to_string(), p.partition);
+                let Some((_, f)) = parts.iter().find(|(x, _)| *x == tp) else {
+                    continue;
+                };
+                if p.error_code != 0 {
+                    tracing::debug!(topic = %tp.0, partition = tp.1, error = ?ResponseError::try_from_code(p.error_code), "leader not ready for truncation");
+                    all = false;
+                    continue;
+                }
+                let log = f.log.clone();
+                let leo = log.log_end_offset();
+                // No common epoch: fall back to the high watermark, which
+                // is never beyond what the ISR had.
+                let target = if p.end_offset < 0 || !log.has_epochs() {
+                    log.high_watermark().min(leo)
+                } else {
+                    p.end_offset.min(leo)
+                };
+                if target < leo {
+                    let cut = tokio::task::spawn_blocking(move || log.truncate_to(target)).await;
+                    match cut {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "truncation failed");
+                            all = false;
+                            continue;
+                        }
+                        Err(e) => return Err(std::io::Error::other(e)),
+                    }
+                }
+                self.mark_truncated(&tp, f.leader_epoch, true);
+            }
+        }
+        Ok(all)
+    }
+
+    /// One fetch round. Returns false when the leader refused partitions
+    /// (stale epochs on either side): the caller backs off.
+    async fn fetch(
+        &self,
+        conn: &mut Connection,
+        parts: &[(TopicPartition, Follow)],
+    ) -> std::io::Result<bool> {
+        let mut by_topic: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
+        for (tp, f) in parts {
+            let mut p = FetchPartition::default();
+            p.partition = tp.1;
+            p.current_leader_epoch = f.leader_epoch;
+            p.fetch_offset = f.log.log_end_offset();
+            p.last_fetched_epoch = -1;
+            p.log_start_offset = f.log.log_start_offset();
+            p.partition_max_bytes = PARTITION_MAX_BYTES;
+            by_topic.entry(tp.0.as_str()).or_default().push(p);
+        }
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(self.node_id);
+        req.max_wait_ms = self.max_wait.as_millis() as i32;
+        req.min_bytes = 1;
+        req.max_bytes = 16 << 20;
+        req.session_epoch = -1;
+        req.topics = by_topic
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let mut t = FetchTopic::default();
+                t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+                t.partitions = partitions;
+                t
+            })
+            .collect();
+        let resp: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &req).await?;
+        let mut ok = true;
+        for t in resp.responses {
+            for p in t.partitions {
+                let tp = (t.topic.0.to_string(), p.partition_index);
+                let Some((_, f)) = parts.iter().find(|(x, _)| *x == tp) else {
+                    continue;
+                };
+                match ResponseError::try_from_code(p.error_code) {
+                    None => {}
+                    Some(ResponseError::OffsetOutOfRange) => {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, "fetch offset out of range at the leader; truncating again");
+                        self.mark_truncated(&tp, f.leader_epoch, false);
+                        ok = false;
+                        continue;
+                    }
+                    Some(e) => {
+                        tracing::debug!(topic = %tp.0, partition = tp.1, error = ?e, "leader refused replica fetch");
+                        ok = false;
+                        continue;
+                    }
+                }
+                let log = f.log.clone();
+                if let Some(records) = p.records.filter(|r| !r.is_empty()) {
+                    let appended =
+                        tokio::task::spawn_blocking(move || log.append_replica(&records)).await;
+                    match appended {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "replica append failed; truncating again");
+                            self.mark_truncated(&tp, f.leader_epoch, false);
+                            ok = false;
+                            continue;
+                        }
+                        Err(e) => return Err(std::io::Error::other(e)),
+                    }
+                }
+                f.log.set_high_watermark(p.high_watermark);
+            }
+        }
+        Ok(ok)
+    }
+}
+
+/// A Kafka client connection to another broker, one request at a time.
+struct Connection {
+    stream: BufStream<TcpStream>,
+    correlation: i32,
+    client_id: StrBytes,
+}
+
+impl Connection {
+    async fn open(addr: &str, node_id: i32) -> std::io::Result<Connection> {
+        let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            stream: BufStream::new(stream),
+            correlation: 0,
+            client_id: StrBytes::from_string(format!("sluice-replica-{node_id}")),
+        })
+    }
+
+    async fn call<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> std::io::Result<Resp>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        self.correlation = self.correlation.wrapping_add(1);
+        let mut header = RequestHeader::default();
+        header.request_api_key = key as i16;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(self.client_id.clone());
+        let mut buf = BytesMut::new();
+        header
+            .encode(&mut buf, Req::header_version(version))
+            .map_err(std::io::Error::other)?;
+        req.encode(&mut buf, version)
+            .map_err(std::io::Error::other)?;
+        let len = i32::try_from(buf.len()).map_err(std::io::Error::other)?;
+        // The leader holds a fetch up to max_wait; allow that plus slack.
+        let exchange = async {
+            self.stream.write_i32(len).await?;
+            self.stream.write_all(&buf).await?;
+            self.stream.flush().await?;
+            let len = self.stream.read_i32().await?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|l| *l <= RESPONSE_MAX_BYTES)
+                .ok_or_else(|| std::io::Error::other(format!("bad response length {len}")))?;
+            let mut body = BytesMut::zeroed(len);
+            self.stream.read_exact(&mut body).await?;
+            Ok::<_, std::io::Error>(body.freeze())
+        };
+        let mut body = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "leader did not answer")
+            })??;
+        let rh = ResponseHeader::decode(&mut body, Resp::header_version(version))
+            .map_err(std::io::Error::other)?;
+        if rh.correlation_id != self.correlation {
+            return Err(std::io::Error::other("response out of order"));
+        }
+        Resp::decode(&mut body, version).map_err(std::io::Error::other)
+    }
+}
