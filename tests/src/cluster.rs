@@ -153,3 +153,79 @@ impl Cluster {
         }
     }
 }
+
+/// A cluster whose inter-broker links can be cut: broker `i` reaches
+/// broker `j` only through its own proxy `(i, j)` (its `--peers` name the
+/// proxies), while clients reach every broker directly. Cutting all links
+/// of one broker is a network partition that clients do not see.
+pub struct PartitionableCluster {
+    pub cluster: Cluster,
+    links: Vec<((usize, usize), crate::proxy::FaultProxy)>,
+}
+
+impl PartitionableCluster {
+    pub fn start(n: usize, extra_args: &[&str]) -> Result<PartitionableCluster> {
+        use crate::proxy::{FaultConfig, FaultProxy};
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cluster-")
+            .tempdir()
+            .context("cluster temp dir")?;
+        let addrs: Vec<String> = reserve_ports(n)?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let mut links = Vec::new();
+        for i in 0..n {
+            for j in (0..n).filter(|j| *j != i) {
+                let proxy = FaultProxy::start(FaultConfig::none())?;
+                proxy.set_target(addrs[j].parse().context("address")?);
+                links.push(((i, j), proxy));
+            }
+        }
+        let mut brokers = Vec::new();
+        for (i, own) in addrs.iter().enumerate() {
+            let peers = (0..n)
+                .map(|j| {
+                    let addr = links
+                        .iter()
+                        .find(|(l, _)| *l == (i, j))
+                        .map_or(own.clone(), |(_, p)| p.bootstrap());
+                    format!("{j}@{addr}")
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let id = i.to_string();
+            let mut args = vec!["--node-id", &id, "--peers", &peers];
+            args.extend_from_slice(extra_args);
+            brokers.push(Broker::new_member(
+                &dir.path().join(format!("broker-{i}")),
+                own,
+                &args,
+            )?);
+        }
+        let launches = brokers
+            .iter_mut()
+            .map(Broker::launch)
+            .collect::<Result<Vec<_>>>()?;
+        for (b, l) in brokers.iter_mut().zip(launches) {
+            b.await_ready(l)?;
+        }
+        Ok(PartitionableCluster {
+            cluster: Cluster {
+                brokers,
+                addrs,
+                _dir: dir,
+            },
+            links,
+        })
+    }
+
+    /// Cuts (or heals) every link to and from broker `id`.
+    pub fn isolate(&self, id: usize, isolated: bool) {
+        for ((from, to), proxy) in &self.links {
+            if *from == id || *to == id {
+                proxy.set_isolated(isolated);
+            }
+        }
+    }
+}

@@ -138,6 +138,8 @@ struct Shared {
     rng: Mutex<XorShift>,
     enabled: AtomicBool,
     paused: AtomicBool,
+    /// Woken to cut every open connection (see `set_isolated`).
+    cut: tokio::sync::Notify,
     counters: Counters,
 }
 
@@ -191,6 +193,7 @@ impl FaultProxy {
             config,
             enabled: AtomicBool::new(true),
             paused: AtomicBool::new(false),
+            cut: tokio::sync::Notify::new(),
             counters: Counters::default(),
         });
         let (tx, rx) = oneshot::channel::<()>();
@@ -266,6 +269,15 @@ impl FaultProxy {
         self.shared.paused.store(paused, Ordering::SeqCst);
     }
 
+    /// A network partition: while isolated, open connections are cut and
+    /// new ones refused, in both directions of this link.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.shared.paused.store(isolated, Ordering::SeqCst);
+        if isolated {
+            self.shared.cut.notify_waiters();
+        }
+    }
+
     /// Snapshot of the counters.
     pub fn stats(&self) -> ProxyStats {
         let c = &self.shared.counters;
@@ -326,6 +338,9 @@ async fn read_frame(r: &mut OwnedReadHalf) -> Option<Vec<u8>> {
 }
 
 async fn handle_connection(client: TcpStream, shared: Arc<Shared>) {
+    let cut = shared.cut.notified();
+    tokio::pin!(cut);
+    cut.as_mut().enable();
     shared.counters.connections.fetch_add(1, Ordering::SeqCst);
     if shared.paused.load(Ordering::SeqCst) {
         shared
@@ -361,6 +376,7 @@ async fn handle_connection(client: TcpStream, shared: Arc<Shared>) {
     tokio::select! {
         _ = upstream(client_r, server_w, shared.clone(), doomed.clone()) => {}
         _ = downstream(server_r, client_w, shared.clone(), doomed) => {}
+        _ = cut => {}
     }
     // Returning drops all four halves: both connections close.
 }

@@ -145,6 +145,17 @@ fn encode_produce(
     acks: i16,
     batch: &Bytes,
 ) -> Result<Bytes> {
+    encode_produce_with_timeout(correlation_id, topic, partition, acks, batch, 30_000)
+}
+
+fn encode_produce_with_timeout(
+    correlation_id: i32,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    batch: &Bytes,
+    timeout_ms: i32,
+) -> Result<Bytes> {
     let mut part = PartitionProduceData::default();
     part.index = partition;
     part.records = Some(batch.clone());
@@ -153,7 +164,7 @@ fn encode_produce(
     td.partition_data = vec![part];
     let mut req = ProduceRequest::default();
     req.acks = acks;
-    req.timeout_ms = 30_000;
+    req.timeout_ms = timeout_ms;
     req.topic_data = vec![td];
     frame(
         ApiKey::Produce,
@@ -185,6 +196,28 @@ fn read_response(stream: &mut TcpStream, expected_correlation: i32) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Sends one batch of `values` to exactly the broker at `addr` (no
+/// metadata, no retries, no routing): for tests that must talk to one
+/// particular broker, such as a leader cut off from its cluster. `Ok` only
+/// if that broker acknowledged the batch within `timeout_ms`.
+pub fn produce_once(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    values: &[Vec<u8>],
+    timeout_ms: i32,
+) -> Result<()> {
+    let batch = encode_batch(values, values.len())?;
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_millis(
+        timeout_ms.max(0) as u64 + 5_000,
+    )))?;
+    let frame = encode_produce_with_timeout(1, topic, partition, acks, &batch, timeout_ms)?;
+    stream.write_all(&frame)?;
+    read_response(&mut stream, 1)
 }
 
 /// Produces `settings.records` (rounded up to whole batches) and waits for

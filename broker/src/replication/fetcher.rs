@@ -149,13 +149,15 @@ impl FetcherTask {
                 continue;
             }
             if conn.is_none() {
-                let Some(addr) = self
-                    .quorum
-                    .image()
-                    .brokers
-                    .get(&self.leader)
-                    .map(|b| format!("{}:{}", b.host, b.port))
-                else {
+                // Brokers reach each other at their `--peers` addresses (the
+                // inter-broker network); clients use the advertised ones.
+                let Some(addr) = self.quorum.voter_addr(self.leader).or_else(|| {
+                    self.quorum
+                        .image()
+                        .brokers
+                        .get(&self.leader)
+                        .map(|b| format!("{}:{}", b.host, b.port))
+                }) else {
                     tokio::time::sleep(BACKOFF).await;
                     continue;
                 };

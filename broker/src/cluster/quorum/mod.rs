@@ -81,7 +81,9 @@ impl Quorum {
         let raft = Raft::new(
             config.node_id as u64,
             Arc::new(raft_config),
-            network::NetworkFactory,
+            network::NetworkFactory {
+                voters: config.voters.clone(),
+            },
             log,
             sm,
         )
@@ -110,6 +112,11 @@ impl Quorum {
 
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// The inter-broker address of voter `id`, from `--peers`.
+    pub fn voter_addr(&self, id: i32) -> Option<String> {
+        self.voters.get(&id).cloned()
     }
 
     /// The voters' broker ids, sorted.

@@ -1,5 +1,6 @@
 //! openraft's view of the other voters: one `PeerConnection` per target.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -19,15 +20,24 @@ type NodeId = u64;
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
-pub struct NetworkFactory;
+/// Resolves voters through this broker's own `--peers`, not the addresses
+/// recorded in the membership (those are whichever broker initialized the
+/// group's view; each broker may reach a peer by a different route).
+pub struct NetworkFactory {
+    pub voters: BTreeMap<i32, String>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
+        let addr = i32::try_from(target)
+            .ok()
+            .and_then(|id| self.voters.get(&id).cloned())
+            .unwrap_or_else(|| node.addr.clone());
         PeerNetwork {
             target,
-            conn: PeerConnection::new(node.addr.clone()),
+            conn: PeerConnection::new(addr),
         }
     }
 }

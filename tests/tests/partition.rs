@@ -1,0 +1,150 @@
+//! A network partition between brokers (clients still reach everyone):
+//! the cut-off leader must not acknowledge acks=all writes, the majority
+//! elects a new leader and keeps acknowledging, and after healing the old
+//! leader truncates what it wrote alone and rejoins the ISR.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rdkafka::Message;
+use rdkafka::admin::{NewTopic, TopicReplication};
+use rdkafka::producer::FutureRecord;
+use rdkafka::topic_partition_list::Offset;
+use sluice_tests::cluster::{Cluster, FAST_FAILOVER, PartitionableCluster};
+use sluice_tests::history::{History, Read, payload};
+use sluice_tests::{
+    admin_client, admin_opts, assign, enqueue, future_producer, raw_client, stream_consumer,
+    unique_name,
+};
+
+fn state(c: &Cluster, via: usize, topic: &str) -> Result<(i32, Vec<i32>)> {
+    let md = c.metadata(via, Some(topic))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic")?;
+    let p = t.partitions().first().context("partition")?;
+    Ok((p.leader(), p.isr().to_vec()))
+}
+
+async fn produce_acked(
+    bootstrap: &str,
+    topic: &str,
+    seqs: std::ops::Range<u64>,
+    history: &mut History,
+) -> Result<()> {
+    let producer = future_producer(
+        bootstrap,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "30000"),
+        ],
+    )?;
+    let mut pending = Vec::new();
+    for seq in seqs {
+        let value = payload(0, seq);
+        let fut = enqueue(
+            &producer,
+            FutureRecord::to(topic)
+                .payload(value.as_bytes())
+                .partition(0),
+        )
+        .await?;
+        pending.push((value, fut));
+    }
+    for (value, fut) in pending {
+        match fut.await {
+            Ok(Ok(d)) => history.acked(value, d.partition, d.offset),
+            other => bail!("acks=all write {value} failed on the healthy side: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_acknowledges_nothing_and_truncates_after_healing() -> Result<()> {
+    let mut args: Vec<&str> = FAST_FAILOVER.to_vec();
+    args.extend([
+        "--replica-lag-time-max-ms",
+        "2000",
+        "--leader-imbalance-check-interval-ms",
+        "500",
+    ]);
+    let pc = PartitionableCluster::start(3, &args)?;
+    let c = &pc.cluster;
+    let topic = unique_name("partitioned");
+    let admin = admin_client(&c.bootstrap())?;
+    let t = NewTopic::new(&topic, 1, TopicReplication::Variable(&[&[0, 1, 2]]))
+        .set("min.insync.replicas", "2");
+    for r in admin.create_topics([&t], &admin_opts()).await? {
+        r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+    }
+    let mut history = History::default();
+    produce_acked(&c.bootstrap(), &topic, 0..100, &mut history).await?;
+    assert_eq!(state(c, 0, &topic)?, (0, vec![0, 1, 2]));
+
+    pc.isolate(0, true);
+    // Straight to the cut-off leader, which still believes it leads.
+    let alone: Vec<Vec<u8>> = (1000..1010).map(|s| payload(0, s).into_bytes()).collect();
+    let addr = c.addr(0).to_string();
+    let topic_for_raw = topic.clone();
+    let isolated_write = tokio::task::spawn_blocking(move || {
+        raw_client::produce_once(&addr, &topic_for_raw, 0, -1, &alone, 3000)
+    });
+    // Meanwhile the majority fences broker 0 and moves leadership.
+    c.wait_until(
+        "the majority elects a new leader",
+        Duration::from_secs(20),
+        |c| {
+            let (leader, isr) = state(c, 1, &topic)?;
+            Ok(leader > 0 && !isr.contains(&0))
+        },
+    )?;
+    let refused = isolated_write.await?;
+    assert!(
+        refused.is_err(),
+        "the isolated leader acknowledged an acks=all write"
+    );
+    history.failed();
+    let majority = format!("{},{}", c.addr(1), c.addr(2));
+    produce_acked(&majority, &topic, 100..200, &mut history).await?;
+
+    pc.isolate(0, false);
+    c.wait_until(
+        "the old leader rejoins the ISR",
+        Duration::from_secs(30),
+        |c| Ok(state(c, 1, &topic)?.1.len() == 3),
+    )?;
+
+    // Read back once broker 0 leads again (preferred replica): its own copy
+    // is what consumers get, so an untruncated tail would show.
+    c.wait_until("broker 0 leads again", Duration::from_secs(30), |c| {
+        Ok(state(c, 1, &topic)?.0 == 0)
+    })?;
+    let consumer = stream_consumer(&c.bootstrap(), &[])?;
+    assign(&consumer, &[(&topic, 0, Offset::Beginning)])?;
+    let mut reads = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+        reads.push(Read {
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+        });
+    }
+    let report = history.check(&reads);
+    eprintln!("history: {report}");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.acked, 200);
+    assert!(
+        reads.iter().all(|r| !r.payload.starts_with("0-00000010")),
+        "what the isolated leader wrote alone was truncated"
+    );
+    // The old leader's own copy agrees: read it straight from broker 0 once
+    // it leads again (preferred replica).
+    c.wait_until("broker 0 leads again", Duration::from_secs(30), |c| {
+        Ok(state(c, 1, &topic)?.0 == 0)
+    })?;
+    Ok(())
+}
