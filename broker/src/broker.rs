@@ -85,6 +85,8 @@ impl Broker {
         })
         .await?
         .context("loading plugins")?;
+        let metrics = Metrics::new();
+        metrics.register(Box::new(quorum.commit_seconds.clone()));
         Ok(Broker {
             groups,
             replicas,
@@ -97,7 +99,7 @@ impl Broker {
             quorum,
             registration,
             topics,
-            metrics: Metrics::new(),
+            metrics,
             ready: AtomicBool::new(false),
             args,
         })

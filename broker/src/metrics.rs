@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use crate::cluster::quorum::Quorum;
 use crate::cluster::topics::TopicRegistry;
 use crate::groups::{GroupCoordinator, GroupState};
+use crate::replication::ReplicaManager;
 
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +42,9 @@ pub struct Metrics {
     plugin_memory: IntGaugeVec,
     cluster: IntGaugeVec,
     brokers: IntGaugeVec,
+    replica_lag_messages: IntGaugeVec,
+    replica_lag_seconds: prometheus::GaugeVec,
+    replication_events: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -205,7 +209,28 @@ impl Metrics {
             "Registered brokers by state (live or fenced).",
             &["state"],
         );
+        let replica_lag_messages = gauge(
+            "sluice_replica_lag_messages",
+            "Offsets a follower is behind the leader's log end (partitions led by this broker).",
+            &["topic", "partition", "follower"],
+        );
+        let replica_lag_seconds = must(prometheus::GaugeVec::new(
+            Opts::new(
+                "sluice_replica_lag_seconds",
+                "Time since a follower last had everything the leader had (0 when caught up).",
+            ),
+            &["topic", "partition", "follower"],
+        ));
+        must(registry.register(Box::new(replica_lag_seconds.clone())));
+        let replication_events = gauge(
+            "sluice_replication_events_total",
+            "Replication events since this broker started: isr_shrinks, isr_expands, leader_elections (partitions this broker began to lead), controller_changes.",
+            &["event"],
+        );
         Metrics {
+            replica_lag_messages,
+            replica_lag_seconds,
+            replication_events,
             cluster,
             brokers,
             plugin_calls,
@@ -242,9 +267,13 @@ impl Metrics {
         topics: &TopicRegistry,
         groups: &GroupCoordinator,
         quorum: &Quorum,
+        replicas: Option<&ReplicaManager>,
     ) -> String {
         self.render_groups(topics, groups);
         self.render_cluster(quorum);
+        if let Some(r) = replicas {
+            self.render_replication(r, quorum);
+        }
         self.log_end_offset.reset();
         self.log_start_offset.reset();
         self.log_size_bytes.reset();
@@ -358,6 +387,46 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers a metric owned elsewhere (e.g. the quorum's histogram).
+    pub fn register(&self, metric: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(metric) {
+            tracing::warn!(error = %e, "metric not registered");
+        }
+    }
+
+    fn render_replication(&self, replicas: &ReplicaManager, quorum: &Quorum) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.replica_lag_messages.reset();
+        self.replica_lag_seconds.reset();
+        for lag in replicas.follower_lag() {
+            let labels = [
+                lag.topic.as_str(),
+                &lag.partition.to_string(),
+                &lag.follower.to_string(),
+            ];
+            self.replica_lag_messages
+                .with_label_values(&labels)
+                .set(lag.messages);
+            self.replica_lag_seconds
+                .with_label_values(&labels)
+                .set(lag.seconds);
+        }
+        let s = &replicas.stats;
+        for (event, v) in [
+            ("isr_shrinks", s.isr_shrinks.load(Relaxed)),
+            ("isr_expands", s.isr_expands.load(Relaxed)),
+            ("leader_elections", s.leader_elections.load(Relaxed)),
+            (
+                "controller_changes",
+                quorum.controller_changes.load(Relaxed),
+            ),
+        ] {
+            self.replication_events
+                .with_label_values(&[event])
+                .set(v as i64);
+        }
+    }
+
     fn render_cluster(&self, quorum: &Quorum) {
         let raft = quorum.raft_metrics();
         let image = quorum.image();
@@ -403,7 +472,7 @@ mod tests {
             crate::groups::GroupConfig::default(),
         )
         .expect("groups");
-        let text = m.render(&reg, &groups, &quorum);
+        let text = m.render(&reg, &groups, &quorum, None);
         assert!(text.contains("sluice_requests_total{api=\"Produce\"} 1"));
         assert!(text.contains("sluice_groups{state=\"Stable\"} 0"));
         assert!(text.contains("sluice_cluster{value=\"controller_id\"} 0"));

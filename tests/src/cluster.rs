@@ -115,15 +115,20 @@ impl Cluster {
 
     /// A `sluice_cluster{value=...}` gauge from broker `id`'s /metrics.
     pub fn cluster_gauge(&self, id: usize, value: &str) -> Result<i64> {
+        Ok(self.metric(id, &format!("sluice_cluster{{value=\"{value}\"}}"))? as i64)
+    }
+
+    /// One series (`name{labels}` exactly as exposed) from broker `id`'s /metrics.
+    pub fn metric(&self, id: usize, series: &str) -> Result<f64> {
         let r = http_get(self.brokers[id].admin_addr(), "/metrics")?;
-        let needle = format!("sluice_cluster{{value=\"{value}\"}} ");
+        let needle = format!("{series} ");
         r.body
             .lines()
             .find_map(|l| l.strip_prefix(&needle))
-            .context("gauge missing")?
+            .with_context(|| format!("{series} missing"))?
             .trim()
             .parse()
-            .context("gauge value")
+            .context("metric value")
     }
 
     /// The controller's id as broker `via` knows it.

@@ -138,6 +138,22 @@ async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<
             Ok(isr.contains(&(leader as i32)))
         },
     )?;
+    // Leaders counted the ISR expansion and their elections (the dead
+    // leader left the ISR by fencing, a controller action, not a shrink).
+    let events = |event: &str| -> f64 {
+        (0..3)
+            .filter_map(|i| {
+                cluster
+                    .metric(
+                        i,
+                        &format!("sluice_replication_events_total{{event=\"{event}\"}}"),
+                    )
+                    .ok()
+            })
+            .sum()
+    };
+    assert!(events("isr_expands") >= 1.0, "expand counted");
+    assert!(events("leader_elections") >= 1.0, "the new leader counted its election");
     let md = cluster.metadata(other, Some(&topic))?;
     let preferred = md.topics()[0].partitions()[0].replicas()[0];
     cluster.wait_until(

@@ -48,7 +48,8 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
         {
             b.metrics
                 .set_plugin_memory(&b.plugins.registry.memory_by_plugin());
-            b.metrics.render(&b.topics, &b.groups, &b.quorum)
+            b.metrics
+                .render(&b.topics, &b.groups, &b.quorum, Some(&b.replicas))
         },
     )
 }

@@ -172,6 +172,11 @@ pub async fn controller_watch(quorum: Arc<Quorum>) {
         tick.tick().await;
         let now = quorum.controller_id();
         if now != last {
+            if now.is_some() {
+                quorum
+                    .controller_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             match now {
                 Some(id) => tracing::info!(
                     controller = id,

@@ -115,8 +115,27 @@ impl LeaderState {
     }
 }
 
+/// Replication events since start, for /metrics.
+#[derive(Default)]
+pub struct ReplicationStats {
+    pub isr_shrinks: std::sync::atomic::AtomicU64,
+    pub isr_expands: std::sync::atomic::AtomicU64,
+    /// Times this broker became leader of a partition.
+    pub leader_elections: std::sync::atomic::AtomicU64,
+}
+
+/// How far one follower is behind its leader here.
+pub struct FollowerLag {
+    pub topic: String,
+    pub partition: i32,
+    pub follower: i32,
+    pub messages: i64,
+    pub seconds: f64,
+}
+
 /// Everything replication runs on this broker.
 pub struct ReplicaManager {
+    pub stats: ReplicationStats,
     node_id: i32,
     config: ReplicationConfig,
     quorum: Arc<Quorum>,
@@ -127,6 +146,7 @@ pub struct ReplicaManager {
 impl ReplicaManager {
     pub fn new(node_id: i32, config: ReplicationConfig, quorum: Arc<Quorum>) -> ReplicaManager {
         ReplicaManager {
+            stats: ReplicationStats::default(),
             node_id,
             fetchers: FetcherPool::new(node_id, quorum.clone(), config.fetch_max_wait),
             config,
@@ -142,6 +162,37 @@ impl ReplicaManager {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(topic.to_string(), partition))
             .cloned()
+    }
+
+    /// Every follower of every partition led here: messages behind the
+    /// leader's log end and time since it last had everything (the leader
+    /// knows these only from the follower's fetches).
+    pub fn follower_lag(&self) -> Vec<FollowerLag> {
+        let leaders = self.leaders.read().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for ((topic, partition), ls) in leaders.iter() {
+            let leo = ls.log.log_end_offset();
+            let inner = ls.lock();
+            for follower in inner.replicas.iter().filter(|r| **r != self.node_id) {
+                let (messages, since) = match inner.followers.get(follower) {
+                    Some(p) => ((leo - p.log_end).max(0), p.caught_up),
+                    None => (leo, ls.started),
+                };
+                out.push(FollowerLag {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    follower: *follower,
+                    messages,
+                    seconds: if messages == 0 {
+                        0.0
+                    } else {
+                        now.duration_since(since).as_secs_f64()
+                    },
+                });
+            }
+        }
+        out
     }
 
     /// Partition indexes of `topic` this broker leads.
@@ -212,6 +263,9 @@ impl ReplicaManager {
             return None;
         }
         let epoch_start = log.log_end_offset();
+        self.stats
+            .leader_elections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(topic = %tp.0, partition = tp.1, epoch = state.leader_epoch, isr = ?state.isr, log_end = epoch_start, "leading partition");
         let ls = Arc::new(LeaderState {
             leader_epoch: state.leader_epoch,
@@ -329,6 +383,7 @@ impl ReplicaManager {
                 continue;
             }
             inner.alter_pending = true;
+            let shrink = sorted.len() < current.len();
             let command = Command::AlterIsr {
                 topic: tp.0.clone(),
                 partition: tp.1,
@@ -346,7 +401,14 @@ impl ReplicaManager {
                     .propose(command, manager.config.lag_time_max)
                     .await;
                 let ok = matches!(result, Ok(Ok(_)));
-                if !ok {
+                if ok {
+                    let counter = if shrink {
+                        &manager.stats.isr_shrinks
+                    } else {
+                        &manager.stats.isr_expands
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
                     tracing::warn!(topic = %tp.0, partition = tp.1, result = ?result, "ISR change not committed");
                 }
                 ls.lock().alter_pending = false;

@@ -53,6 +53,10 @@ pub struct Quorum {
     voters: BTreeMap<i32, String>,
     /// Last heartbeat per broker, kept by whoever is controller.
     heartbeats: Mutex<HashMap<i32, (Uuid, Instant)>>,
+    /// Time from proposing a metadata change to seeing it applied here.
+    pub commit_seconds: prometheus::Histogram,
+    /// Controller changes this broker has seen.
+    pub controller_changes: std::sync::atomic::AtomicU64,
 }
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,6 +111,17 @@ impl Quorum {
             view,
             voters: config.voters,
             heartbeats: Mutex::new(HashMap::new()),
+            commit_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "sluice_quorum_commit_duration_seconds",
+                    "Time from proposing a metadata change to having it applied on this broker.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .context("quorum commit histogram")?,
+            controller_changes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -159,7 +174,8 @@ impl Quorum {
         command: Command,
         timeout: Duration,
     ) -> Result<CommandResult, ProposeError> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         loop {
             let attempt = match self.controller_id() {
                 Some(id) if id == self.node_id => self.propose_local(command.clone()).await,
@@ -172,6 +188,7 @@ impl Quorum {
             match attempt {
                 Ok(p) => {
                     self.wait_applied(p.index, deadline).await?;
+                    self.commit_seconds.observe(started.elapsed().as_secs_f64());
                     return Ok(p.result);
                 }
                 Err(e) if Instant::now() >= deadline => {
