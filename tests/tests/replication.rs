@@ -153,7 +153,10 @@ async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<
             .sum()
     };
     assert!(events("isr_expands") >= 1.0, "expand counted");
-    assert!(events("leader_elections") >= 1.0, "the new leader counted its election");
+    assert!(
+        events("leader_elections") >= 1.0,
+        "the new leader counted its election"
+    );
     let md = cluster.metadata(other, Some(&topic))?;
     let preferred = md.topics()[0].partitions()[0].replicas()[0];
     cluster.wait_until(
