@@ -49,6 +49,20 @@ impl Cluster {
             .prefix("sluice-cluster-")
             .tempdir()
             .context("cluster temp dir")?;
+        Self::start_with_dir(dir, n, extra_args)
+    }
+
+    /// Like `start`, with the data dirs under `parent` (a benchmark wants
+    /// the disk it measures, not the system temp dir).
+    pub fn start_in(parent: &std::path::Path, n: usize, extra_args: &[&str]) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cluster-")
+            .tempdir_in(parent)
+            .context("cluster data dir")?;
+        Self::start_with_dir(dir, n, extra_args)
+    }
+
+    fn start_with_dir(dir: TempDir, n: usize, extra_args: &[&str]) -> Result<Cluster> {
         let addrs: Vec<String> = reserve_ports(n)?
             .into_iter()
             .map(|p| format!("127.0.0.1:{p}"))

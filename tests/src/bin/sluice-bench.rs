@@ -6,6 +6,10 @@
 //! under `--data-dir` (default: a temporary directory in the current
 //! working directory, so the baseline measures the same filesystem).
 //!
+//! `--mode cluster` spawns three brokers and measures acks=1 against
+//! acks=all with replication factor 3, and how long producing stalls when
+//! a partition leader is killed.
+//!
 //! `--mode groups` measures consumer groups instead: how long a 3-member
 //! group takes to rebalance when its third member subscribes, and how many
 //! offset commits (synchronous, and asynchronous with a bounded number in
@@ -47,6 +51,9 @@ enum Mode {
     /// Produce throughput and latency with no plugin, a trivial partitioner,
     /// an interceptor rewriting one header, and a filter keeping half.
     Plugins,
+    /// A 3-broker cluster: acks=1 vs acks=all throughput and latency with
+    /// RF 3, and failover time after SIGKILL of a partition leader.
+    Cluster,
 }
 
 /// Which producer drives the produce phase.
@@ -59,7 +66,7 @@ enum Client {
     Raw,
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "sluice-bench",
     about = "Produce/consume throughput and latency benchmark for Sluice"
@@ -127,6 +134,13 @@ struct Args {
     /// one fetch in flight, like librdkafka).
     #[arg(long, default_value_t = 5)]
     max_in_flight: usize,
+    /// Cluster mode: throughput rounds (each runs acks=1 then acks=all;
+    /// medians are reported).
+    #[arg(long, default_value_t = 3)]
+    cluster_rounds: usize,
+    /// Cluster mode: leader kills timed (median, min and max reported).
+    #[arg(long, default_value_t = 5)]
+    failover_rounds: usize,
     /// Topic name (default: a fresh unique name).
     #[arg(long)]
     topic: Option<String>,
@@ -396,6 +410,9 @@ fn main() -> Result<()> {
     }
     if args.mode == Mode::Plugins {
         return plugins_main(&args);
+    }
+    if args.mode == Mode::Cluster {
+        return cluster_main(&args);
     }
     if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
         bail!("--partitions, --records and --record-size must be positive");
@@ -995,4 +1012,196 @@ fn plugins_main(args: &Args) -> Result<()> {
     );
     println!("Latency is open-loop (see the default mode).");
     Ok(())
+}
+
+/// acks=1 vs acks=all on a 3-broker cluster (RF 3, min.insync.replicas 2),
+/// then failover time: a producer writes one acks=all record every 2 ms
+/// while the leader of partition 0 is SIGKILLed; the time from the kill to
+/// the first acknowledgement of a record sent after it is what a client
+/// sees of a failover.
+fn cluster_main(args: &Args) -> Result<()> {
+    use sluice_tests::cluster::Cluster;
+    let argv: Vec<String> = std::env::args().collect();
+    println!("command: {}", argv.join(" "));
+    println!(
+        "settings: mode=cluster brokers=3 rf=3 min.insync.replicas=2 rounds={} failover_rounds={} records={} record_size={} partitions={} linger_ms={} (broker defaults: session timeout 3000 ms, heartbeat 500 ms)",
+        args.cluster_rounds,
+        args.failover_rounds,
+        args.records,
+        args.record_size,
+        args.partitions,
+        args.linger_ms
+    );
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut cluster = Cluster::start_in(&cwd, 3, &[]).context("cannot start the cluster")?;
+    let bootstrap = cluster.bootstrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let create = |topic: &str| -> Result<()> {
+        runtime.block_on(async {
+            use rdkafka::admin::{NewTopic, TopicReplication};
+            let admin = sluice_tests::admin_client(&bootstrap)?;
+            let t = NewTopic::new(topic, args.partitions, TopicReplication::Fixed(3))
+                .set("min.insync.replicas", "2");
+            for r in admin
+                .create_topics([&t], &sluice_tests::admin_opts())
+                .await?
+            {
+                r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+            }
+            Ok(())
+        })
+    };
+    // (records/s, MB/s, p50 ms, p99 ms) per acks setting, per round.
+    let mut samples: [Vec<(f64, f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.cluster_rounds.max(1) {
+        for (i, acks) in ["1", "all"].iter().enumerate() {
+            let topic = format!("sluice-bench-cluster-{}-{round}-{acks}", std::process::id());
+            create(&topic)?;
+            let mut a = args.clone();
+            a.acks = acks.to_string();
+            let r = produce(&a, &bootstrap, &topic)?;
+            if r.failed > 0 {
+                eprintln!("warning: acks={acks}: {} records failed delivery", r.failed);
+            }
+            let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "round {round}: acks={acks}: {} acked in {:.3} s",
+                r.acked,
+                r.elapsed.as_secs_f64()
+            );
+            samples[i].push((
+                rate(r.acked as f64, r.elapsed),
+                rate((r.acked * args.record_size as u64) as f64 / MB, r.elapsed),
+                ms(0.5),
+                ms(0.99),
+            ));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rows: Vec<(f64, f64, f64, f64)> = samples
+        .iter()
+        .map(|s| {
+            (
+                median(s.iter().map(|x| x.0).collect()),
+                median(s.iter().map(|x| x.1).collect()),
+                median(s.iter().map(|x| x.2).collect()),
+                median(s.iter().map(|x| x.3).collect()),
+            )
+        })
+        .collect();
+
+    let topic = format!("sluice-bench-failover-{}", std::process::id());
+    create(&topic)?;
+    let mut failovers = Vec::new();
+    for round in 0..args.failover_rounds.max(1) {
+        let took = runtime.block_on(time_failover(&mut cluster, &topic))?;
+        println!("failover {round}: {:.0} ms", took.as_secs_f64() * 1000.0);
+        failovers.push(took.as_secs_f64() * 1000.0);
+    }
+
+    println!();
+    println!(
+        "| acks (RF 3) | produce rec/s | MB/s | p50 ms | p99 ms | throughput vs acks=1 | p99 vs acks=1 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (label, (rps, mbs, p50, p99)) in ["1", "all"].iter().zip(&rows) {
+        println!(
+            "| {label} | {rps:.0} | {mbs:.1} | {p50:.1} | {p99:.1} | {:.2} | {:.2} |",
+            rps / rows[0].0,
+            p99 / rows[0].3.max(1e-9)
+        );
+    }
+    let mut sorted = failovers.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!();
+    println!(
+        "failover (SIGKILL of the leader → next acks=all ack of a record sent after it): median {:.0} ms, min {:.0} ms, max {:.0} ms over {} kills",
+        median(failovers),
+        sorted.first().copied().unwrap_or_default(),
+        sorted.last().copied().unwrap_or_default(),
+        sorted.len()
+    );
+    Ok(())
+}
+
+/// One leader kill under a steady trickle of acks=all records; returns the
+/// time from the kill to the first ack of a record enqueued after it. The
+/// killed broker is restarted and the ISR made whole before returning.
+async fn time_failover(
+    cluster: &mut sluice_tests::cluster::Cluster,
+    topic: &str,
+) -> Result<Duration> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let leader_of = |c: &sluice_tests::cluster::Cluster, via: usize| -> Result<(i32, usize)> {
+        let md = c.metadata(via, Some(topic))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .context("topic")?;
+        let p = t
+            .partitions()
+            .iter()
+            .find(|p| p.id() == 0)
+            .context("partition 0")?;
+        Ok((p.leader(), p.isr().len()))
+    };
+    cluster.wait_until("a full ISR", Duration::from_secs(60), |c| {
+        Ok(leader_of(c, 0)
+            .map(|(l, isr)| l >= 0 && isr == 3)
+            .unwrap_or(false))
+    })?;
+    let producer: FutureProducer = sluice_tests::producer_config(&cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .context("producer")?;
+    // Warm up: metadata and connections in place before the kill.
+    producer
+        .send(
+            FutureRecord::<[u8], [u8]>::to(topic)
+                .payload(b"warm")
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("warm-up write: {e}"))?;
+    let victim = usize::try_from(leader_of(cluster, 0)?.0)?;
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    let mut pending = tokio::task::JoinSet::new();
+    let recovered = loop {
+        let fut = producer.send_result(
+            FutureRecord::<[u8], [u8]>::to(topic)
+                .payload(b"probe")
+                .partition(0),
+        );
+        if let Ok(fut) = fut {
+            pending
+                .spawn(async move { fut.await.ok().and_then(|r| r.ok()).map(|_| Instant::now()) });
+        }
+        tokio::select! {
+            Some(done) = pending.join_next() => {
+                if let Ok(Some(at)) = done {
+                    break at;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+        if killed_at.elapsed() > Duration::from_secs(60) {
+            bail!("produce did not recover within 60 s");
+        }
+    };
+    let took = recovered.duration_since(killed_at);
+    pending.abort_all();
+    cluster.restart(victim)?;
+    Ok(took)
 }
