@@ -8,9 +8,10 @@
 //! and `OnDelete` updates so the operator rolls brokers itself, one by one,
 //! waiting for health between them).
 //!
-//! Brokers are not given `SLUICE_PEERS` yet: the broker is single-node
-//! until replication lands (issue 5), which defines the peer protocol and
-//! its port. `broker_host` is the per-broker address that list will use.
+//! Every broker gets `SLUICE_PEERS` naming all `spec.brokers` brokers by
+//! their per-pod DNS names (the controller quorum and replication run on
+//! the Kafka port). The quorum's voters are fixed when the cluster first
+//! starts: growing a running cluster's quorum is not supported yet.
 
 use std::collections::BTreeMap;
 
@@ -203,6 +204,7 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
                 &format!("$(POD_NAME).{}.{ns}.svc:{KAFKA_PORT}", headless_name(&name)),
             ),
             env("SLUICE_DATA_DIR", DATA_DIR),
+            env("SLUICE_PEERS", &peers(c.spec.brokers, &name, &ns)),
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -352,4 +354,12 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
         },
         service_monitor,
     }
+}
+
+/// `--peers` for a cluster of `brokers` pods: `i@<pod i DNS name>:9092`.
+pub fn peers(brokers: i32, name: &str, ns: &str) -> String {
+    (0..brokers.max(0))
+        .map(|i| format!("{i}@{}:{KAFKA_PORT}", broker_host(name, ns, i)))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -117,6 +117,13 @@ fn brokers_know_their_id_and_address() {
         sluice_operator::cluster_objects::broker_host("demo", "data", 2),
         "demo-2.demo-brokers.data.svc"
     );
+    assert_eq!(
+        env["SLUICE_PEERS"].0.as_deref(),
+        Some(
+            "0@demo-0.demo-brokers.data.svc:9092,1@demo-1.demo-brokers.data.svc:9092,2@demo-2.demo-brokers.data.svc:9092"
+        ),
+        "every broker knows the whole quorum"
+    );
     let sc = c.security_context.as_ref().expect("security context");
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.run_as_non_root, Some(true));
