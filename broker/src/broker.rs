@@ -85,6 +85,7 @@ impl Broker {
         })
         .await?
         .context("loading plugins")?;
+        let plugins = migrate_plugins(&quorum, plugins).await?;
         let metrics = Metrics::new();
         metrics.register(Box::new(quorum.commit_seconds.clone()));
         Ok(Broker {
@@ -197,6 +198,46 @@ async fn wait_for_registration(quorum: &Quorum, ids: &[i32]) {
             }
         }
     }
+}
+
+/// Plugins stored by a broker before the registry moved into the cluster
+/// metadata are committed there once (by their current version), then
+/// every broker installs what the cluster has.
+async fn migrate_plugins(quorum: &Quorum, plugins: PluginHost) -> anyhow::Result<PluginHost> {
+    let image = quorum.image();
+    for (name, _) in plugins.registry.list() {
+        if image.plugins.contains_key(&name) {
+            continue;
+        }
+        let Some((info, wasm)) = plugins.registry.current_wasm(&name) else {
+            continue;
+        };
+        let command = crate::cluster::metadata::Command::UploadPlugin {
+            name: name.clone(),
+            kind: info.kind,
+            wasm: crate::cluster::metadata::Wasm(wasm.into()),
+            sha256: info.sha256,
+            uploaded_ms: info.uploaded_ms,
+            abi_version: info.abi_version,
+        };
+        match quorum
+            .propose(command, std::time::Duration::from_secs(30))
+            .await
+        {
+            Ok(Ok(_)) => {
+                tracing::info!(plugin = %name, "plugin registered in the cluster metadata")
+            }
+            other => {
+                tracing::warn!(plugin = %name, result = ?other, "could not register a local plugin in the cluster")
+            }
+        }
+    }
+    let image = quorum.image();
+    Ok(tokio::task::spawn_blocking(move || {
+        plugins.registry.sync(&image.plugins);
+        plugins
+    })
+    .await?)
 }
 
 /// Topics clients may not write to or delete.

@@ -78,7 +78,13 @@ pub async fn metadata_sync(broker: Arc<Broker>) {
     loop {
         rx.borrow_and_update();
         let b = broker.clone();
-        match tokio::task::spawn_blocking(move || b.topics.sync()).await {
+        // Plugins first: a topic binding may name a plugin just uploaded.
+        match tokio::task::spawn_blocking(move || {
+            b.plugins.registry.sync(&b.quorum.image().plugins);
+            b.topics.sync()
+        })
+        .await
+        {
             Ok(Ok(())) => {
                 broker
                     .replicas

@@ -838,6 +838,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
     http_request(addr, "GET", path, &[])
 }
 
+/// HTTP/1.1 DELETE with `Connection: close` over a raw socket.
+pub fn http_delete(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
+    http_request(addr, "DELETE", path, &[])
+}
+
 fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot connect to admin listener {addr}"))?;

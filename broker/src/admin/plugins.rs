@@ -1,6 +1,8 @@
 //! `/v1/plugins`: upload (POST/PUT the module bytes, `?kind=`), list,
 //! describe, delete (409 while bound to a topic unless `?force=true`).
 //! Errors are JSON `{"error": "..."}` with a status that says whose fault.
+//! Uploads and deletes are checked here, committed through the controller
+//! quorum, and installed by every broker of the cluster.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::broker::Broker;
+use crate::cluster::metadata::{Command, MetadataError, Wasm};
+use crate::log::now_ms;
 use crate::plugins::{PluginKind, RegistryError, VersionInfo};
 
 #[derive(Serialize)]
@@ -103,22 +107,81 @@ pub async fn upload(
         },
     };
     let broker = b.clone();
-    let uploaded =
-        tokio::task::spawn_blocking(move || broker.plugins.registry.upload(&name, kind, &body))
-            .await;
-    match uploaded {
-        Ok(Ok(info)) => (StatusCode::CREATED, Json(info)).into_response(),
-        Ok(Err(RegistryError::Io(e))) => error(
+    let (n, wasm) = (name.clone(), body.clone());
+    let checked =
+        tokio::task::spawn_blocking(move || broker.plugins.registry.prepare(&n, kind, &wasm)).await;
+    let sha256 = match checked {
+        Ok(Ok(sha)) => sha,
+        Ok(Err(RegistryError::Io(e))) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("checking the plugin: {e}"),
+            );
+        }
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("upload task failed: {e}"),
+            );
+        }
+    };
+    let command = Command::UploadPlugin {
+        name: name.clone(),
+        kind,
+        wasm: Wasm(body.to_vec().into()),
+        sha256,
+        uploaded_ms: now_ms(),
+        abi_version: sluice_plugin::ABI_VERSION,
+    };
+    if let Err(resp) = commit(&b, command).await {
+        return resp;
+    }
+    match b
+        .plugins
+        .registry
+        .versions(&name)
+        .and_then(|v| v.last().cloned())
+    {
+        Some(info) => (StatusCode::CREATED, Json(info)).into_response(),
+        None => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("storing the plugin: {e}"),
-        ),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("upload task failed: {e}"),
+            format!(
+                "plugin '{name}' was committed but could not be installed here; see the broker log"
+            ),
         ),
     }
 }
+
+/// Commits a registry change through the controller quorum and installs
+/// the result on this broker before answering (so the caller can use the
+/// plugin here at once; other brokers install it as they apply the change).
+async fn commit(b: &Arc<Broker>, command: Command) -> Result<(), Response> {
+    match b.quorum.propose(command, COMMIT_TIMEOUT).await {
+        Err(e) => {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("controller quorum: {e}"),
+            ));
+        }
+        Ok(Err(MetadataError::Plugin(m))) => return Err(error(StatusCode::BAD_REQUEST, m)),
+        Ok(Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Ok(_)) => {}
+    }
+    let broker = b.clone();
+    let image = b.quorum.image();
+    if let Err(e) =
+        tokio::task::spawn_blocking(move || broker.plugins.registry.sync(&image.plugins)).await
+    {
+        return Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("installing the plugin: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn delete(
     State(b): State<Arc<Broker>>,
@@ -141,12 +204,8 @@ pub async fn delete(
             ),
         );
     }
-    match b.plugins.registry.delete(&name) {
+    match commit(&b, Command::DeletePlugin { name: name.clone() }).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(RegistryError::NotFound(_)) => error(
-            StatusCode::NOT_FOUND,
-            format!("plugin '{name}' does not exist"),
-        ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(resp) => resp,
     }
 }

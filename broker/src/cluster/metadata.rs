@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::plugins::PluginKind;
+use crate::plugins::registry::VersionInfo;
+
 /// Topic config that lets a partition with no live in-sync replica elect an
 /// out-of-sync one (losing whatever the ISR had that it lacks).
 pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
@@ -30,6 +33,45 @@ pub struct MetadataImage {
     pub next_producer_id: i64,
     /// Unclean elections ever made (each one may have lost acknowledged data).
     pub unclean_elections: u64,
+    /// The plugin registry: every broker installs what is here.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginImage>,
+}
+
+/// A plugin's version history and the module of its current version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PluginImage {
+    pub versions: Vec<VersionInfo>,
+    pub wasm: Wasm,
+}
+
+/// A WebAssembly module: shared in memory (the image is cloned on every
+/// metadata change), base64 in the log and snapshots.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Wasm(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for Wasm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wasm({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Wasm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Wasm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Wasm, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(|v| Wasm(v.into()))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,6 +164,18 @@ pub enum Command {
     AllocateProducerIds {
         count: i64,
     },
+    /// A new plugin version (validated and compiled by the proposer).
+    UploadPlugin {
+        name: String,
+        kind: PluginKind,
+        wasm: Wasm,
+        sha256: String,
+        uploaded_ms: i64,
+        abi_version: i32,
+    },
+    DeletePlugin {
+        name: String,
+    },
 }
 
 /// What an applied command produced.
@@ -134,6 +188,9 @@ pub enum Applied {
     },
     ProducerIds {
         first: i64,
+    },
+    PluginVersion {
+        version: u32,
     },
     /// Committed but changed nothing (e.g. a fence for an incarnation that
     /// already restarted).
@@ -162,6 +219,8 @@ pub enum MetadataError {
     IneligibleReplica(String),
     #[error("{0}")]
     UnknownBroker(String),
+    #[error("{0}")]
+    Plugin(String),
 }
 
 pub type CommandResult = Result<Applied, MetadataError>;
@@ -308,6 +367,47 @@ impl MetadataImage {
                 }
                 Ok(Applied::Done)
             }
+            Command::UploadPlugin {
+                name,
+                kind,
+                wasm,
+                sha256,
+                uploaded_ms,
+                abi_version,
+            } => {
+                let last = self.plugins.get(name).and_then(|p| p.versions.last());
+                if let Some(existing) = last.map(|v| v.kind)
+                    && existing != *kind
+                {
+                    return Err(MetadataError::Plugin(format!(
+                        "plugin '{name}' is a {existing}; a new version cannot be a {kind}"
+                    )));
+                }
+                let version = last.map_or(1, |v| v.version + 1);
+                let entry = self
+                    .plugins
+                    .entry(name.clone())
+                    .or_insert_with(|| PluginImage {
+                        versions: Vec::new(),
+                        wasm: wasm.clone(),
+                    });
+                entry.versions.push(VersionInfo {
+                    version,
+                    kind: *kind,
+                    sha256: sha256.clone(),
+                    size: wasm.0.len(),
+                    uploaded_ms: *uploaded_ms,
+                    abi_version: *abi_version,
+                });
+                entry.wasm = wasm.clone();
+                Ok(Applied::PluginVersion { version })
+            }
+            Command::DeletePlugin { name } => match self.plugins.remove(name) {
+                Some(_) => Ok(Applied::Done),
+                None => Err(MetadataError::Plugin(format!(
+                    "plugin '{name}' does not exist"
+                ))),
+            },
             Command::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;
                 self.next_producer_id = first.saturating_add((*count).max(1));
@@ -715,6 +815,38 @@ mod tests {
         image.apply(&elect).expect("elect");
         let p = image.partition("t", 0).expect("p");
         assert_eq!((p.leader, p.leader_epoch), (0, 2));
+    }
+
+    #[test]
+    fn plugin_versions_count_up_keep_their_kind_and_survive_serde() {
+        let mut image = MetadataImage::default();
+        let upload = |kind| Command::UploadPlugin {
+            name: "p".into(),
+            kind,
+            wasm: Wasm(vec![0, 97, 115, 109].into()),
+            sha256: "x".into(),
+            uploaded_ms: 1,
+            abi_version: 1,
+        };
+        assert_eq!(
+            image.apply(&upload(PluginKind::Filter)),
+            Ok(Applied::PluginVersion { version: 1 })
+        );
+        assert_eq!(
+            image.apply(&upload(PluginKind::Filter)),
+            Ok(Applied::PluginVersion { version: 2 })
+        );
+        assert!(matches!(
+            image.apply(&upload(PluginKind::Partitioner)),
+            Err(MetadataError::Plugin(_))
+        ));
+        let json = serde_json::to_string(&image).expect("serialize");
+        let back: MetadataImage = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, image);
+        image
+            .apply(&Command::DeletePlugin { name: "p".into() })
+            .expect("delete");
+        assert!(image.plugins.is_empty());
     }
 
     #[test]

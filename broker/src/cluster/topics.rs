@@ -61,7 +61,8 @@ impl From<MetadataError> for TopicError {
             }
             MetadataError::FencedLeaderEpoch(m)
             | MetadataError::InvalidUpdateVersion(m)
-            | MetadataError::IneligibleReplica(m) => TopicError::Controller(m),
+            | MetadataError::IneligibleReplica(m)
+            | MetadataError::Plugin(m) => TopicError::Controller(m),
         }
     }
 }

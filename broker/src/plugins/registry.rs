@@ -54,6 +54,9 @@ pub struct PluginRegistry {
     dir: PathBuf,
     engine: Arc<PluginEngine>,
     plugins: RwLock<BTreeMap<String, Entry>>,
+    /// The module this broker compiled while checking an upload, kept (by
+    /// digest) so installing the committed version does not compile again.
+    prepared: std::sync::Mutex<Option<(String, Arc<CompiledPlugin>)>>,
     /// Plugins `open` loaded from compiled artifacts instead of compiling.
     artifact_hits: usize,
 }
@@ -106,6 +109,7 @@ impl PluginRegistry {
             dir: dir.to_path_buf(),
             engine,
             plugins: RwLock::new(plugins),
+            prepared: std::sync::Mutex::new(None),
             artifact_hits,
         })
     }
@@ -116,6 +120,133 @@ impl PluginRegistry {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
         self.plugins.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything `upload` checks (name, size, kind, that the module
+    /// compiles and exports the ABI), without storing anything: a cluster
+    /// checks an upload before committing it. Returns the module's digest.
+    pub fn prepare(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        wasm: &[u8],
+    ) -> Result<String, RegistryError> {
+        validate_name(name)?;
+        if wasm.len() > MAX_MODULE_BYTES {
+            return Err(RegistryError::Invalid(format!(
+                "module is {} bytes; the limit is {MAX_MODULE_BYTES}",
+                wasm.len()
+            )));
+        }
+        if let Some(e) = self.read().get(name)
+            && let Some(existing) = e.versions.last().map(|v| v.kind)
+            && existing != kind
+        {
+            return Err(RegistryError::KindChange {
+                name: name.to_string(),
+                existing,
+                requested: kind,
+            });
+        }
+        let compiled = self
+            .engine
+            .compile(name, kind, wasm)
+            .map_err(RegistryError::Invalid)?;
+        let sha = format!("{:x}", Sha256::digest(wasm));
+        *self.prepared.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((sha.clone(), Arc::new(compiled)));
+        Ok(sha)
+    }
+
+    /// Makes this broker's registry match the cluster's: installs plugins
+    /// whose current version it lacks, removes plugins the cluster deleted.
+    /// A module that fails to compile here is logged and skipped (it stays
+    /// unavailable on this broker rather than stopping metadata updates).
+    pub fn sync(&self, wanted: &BTreeMap<String, crate::cluster::metadata::PluginImage>) {
+        let local: Vec<(String, Option<String>)> = self
+            .read()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.versions.last().map(|v| v.sha256.clone())))
+            .collect();
+        for (name, _) in local.iter().filter(|(n, _)| !wanted.contains_key(n)) {
+            if let Err(e) = self.delete(name) {
+                tracing::warn!(plugin = %name, error = %e, "removing a deleted plugin failed");
+            }
+        }
+        for (name, p) in wanted {
+            let Some(latest) = p.versions.last() else {
+                continue;
+            };
+            let have = local
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, sha)| sha.as_deref());
+            let same_history = self.versions(name).is_some_and(|v| v == p.versions);
+            if have == Some(latest.sha256.as_str()) && same_history {
+                continue;
+            }
+            if let Err(e) = self.install(name, &p.versions, &p.wasm.0) {
+                tracing::error!(plugin = %name, version = latest.version, error = %e, "cannot install plugin from the cluster registry");
+            }
+        }
+    }
+
+    /// Stores and activates the committed `versions` of `name`, whose last
+    /// one is `wasm`.
+    fn install(
+        &self,
+        name: &str,
+        versions: &[VersionInfo],
+        wasm: &[u8],
+    ) -> Result<(), RegistryError> {
+        validate_name(name)?;
+        let Some(info) = versions.last().cloned() else {
+            return Ok(());
+        };
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|(sha, _)| *sha == info.sha256)
+            .map(|(_, c)| c);
+        let compiled = match prepared {
+            Some(c) => c,
+            None => Arc::new(
+                self.engine
+                    .compile(name, info.kind, wasm)
+                    .map_err(RegistryError::Invalid)?,
+            ),
+        };
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join(format!("{}.wasm", info.version)), wasm)?;
+        let artifact = dir.join(format!("{}.cwasm", info.version));
+        if let Err(e) = artifacts::store(&artifact, compiled.module(), &info.sha256, write_atomic) {
+            tracing::warn!(plugin = %name, error = %e, "cannot cache compiled code; the next start compiles again");
+        }
+        let meta = serde_json::to_vec_pretty(versions).map_err(std::io::Error::other)?;
+        write_atomic(&dir.join("versions.json"), &meta)?;
+        self.plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name.to_string(),
+                Entry {
+                    versions: versions.to_vec(),
+                    current: compiled,
+                },
+            );
+        tracing::info!(plugin = %name, version = info.version, kind = %info.kind, sha256 = %info.sha256, "plugin installed");
+        Ok(())
+    }
+
+    /// The current module of `name`, for migrating a registry that
+    /// predates the cluster's.
+    pub fn current_wasm(&self, name: &str) -> Option<(VersionInfo, Vec<u8>)> {
+        let info = self.versions(name)?.last()?.clone();
+        let wasm = fs::read(self.dir.join(name).join(format!("{}.wasm", info.version))).ok()?;
+        Some((info, wasm))
     }
 
     /// Validates, stores and activates a new version. Nothing changes if
