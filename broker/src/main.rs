@@ -120,6 +120,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             dir: args.data_dir.join(META_DIR).join("quorum"),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(args.controller_election_timeout_ms),
+            snapshot_every: quorum::SNAPSHOT_EVERY,
         })
         .await?,
     );

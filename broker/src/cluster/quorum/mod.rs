@@ -44,7 +44,14 @@ pub struct QuorumConfig {
     /// Followers start an election after this long without a leader
     /// (randomized up to twice as long).
     pub election_timeout: Duration,
+    /// Snapshot after this many applied entries; the log keeps a tenth of
+    /// that behind the snapshot for followers that are only a little behind
+    /// (further behind, they get the snapshot).
+    pub snapshot_every: u64,
 }
+
+/// Metadata entries between snapshots, by default.
+pub const SNAPSHOT_EVERY: u64 = 1000;
 
 pub struct Quorum {
     node_id: i32,
@@ -76,8 +83,8 @@ impl Quorum {
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
             election_timeout_min: election,
             election_timeout_max: election * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
-            max_in_snapshot_log_to_keep: 100,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: config.snapshot_every / 10,
             ..Default::default()
         }
         .validate()
@@ -388,6 +395,7 @@ pub async fn single_voter_for_tests(dir: &std::path::Path) -> Arc<Quorum> {
         dir: dir.join("quorum"),
         heartbeat_interval: Duration::from_millis(50),
         election_timeout: Duration::from_millis(300),
+        snapshot_every: SNAPSHOT_EVERY,
     })
     .await
     .expect("quorum starts");

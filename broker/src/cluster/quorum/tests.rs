@@ -44,6 +44,16 @@ async fn start(
     dir: &std::path::Path,
     listener: TcpListener,
 ) -> Member {
+    start_with(id, voters, dir, listener, SNAPSHOT_EVERY).await
+}
+
+async fn start_with(
+    id: i32,
+    voters: &BTreeMap<i32, String>,
+    dir: &std::path::Path,
+    listener: TcpListener,
+    snapshot_every: u64,
+) -> Member {
     let quorum = Arc::new(
         Quorum::start(QuorumConfig {
             node_id: id,
@@ -51,6 +61,7 @@ async fn start(
             dir: dir.join(format!("q{id}")),
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
+            snapshot_every,
         })
         .await
         .expect("start"),
@@ -201,4 +212,62 @@ fn peers_parse_with_clear_errors() {
         assert!(parse_peers(bad).is_err(), "{bad}");
     }
     assert!(parse_peers("").expect("empty").is_empty());
+}
+
+/// A member that missed more than the log keeps catches up from a
+/// snapshot (built, sent in chunks over the Kafka-port RPC, installed),
+/// and a restart from a snapshot plus log gives the same image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_behind_member_catches_up_from_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut listeners = Vec::new();
+    let mut voters = BTreeMap::new();
+    for id in 0..3 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        voters.insert(id, l.local_addr().expect("addr").to_string());
+        listeners.push(l);
+    }
+    let mut members = Vec::new();
+    for (id, l) in listeners.into_iter().enumerate() {
+        members.push(start_with(id as i32, &voters, dir.path(), l, 10).await);
+    }
+    register_all(&members[0].quorum).await;
+    // Stop a follower, then commit far more than the log keeps.
+    let leader = members[0].quorum.controller_id().expect("leader");
+    let lagger = (0..3).find(|i| *i != leader).expect("a follower");
+    let stopped = members.remove(lagger as usize);
+    stopped.server.abort();
+    stopped.quorum.shutdown().await;
+    drop(stopped);
+    for i in 0..60 {
+        members[0]
+            .quorum
+            .propose(create(&format!("t{i}")), Duration::from_secs(20))
+            .await
+            .expect("committed")
+            .expect("applies");
+    }
+    let l = TcpListener::bind(&voters[&lagger]).await.expect("rebind");
+    let back = start_with(lagger, &voters, dir.path(), l, 10).await;
+    let mut rx = back.quorum.subscribe();
+    let view = tokio::time::timeout(
+        Duration::from_secs(30),
+        rx.wait_for(|v| v.image.topics.len() == 60),
+    )
+    .await
+    .expect("caught up in time")
+    .expect("running")
+    .clone();
+    assert_eq!(view.image.brokers.len(), 3);
+    assert!(
+        dir.path()
+            .join(format!("q{lagger}"))
+            .join("snapshot.json")
+            .exists(),
+        "the lagging member installed a snapshot"
+    );
+    assert_eq!(*view.image, *members[0].quorum.image());
+    for m in members.iter().chain([&back]) {
+        m.quorum.shutdown().await;
+    }
 }
