@@ -194,6 +194,34 @@ impl PartitionLog {
     }
 }
 
+impl PartitionLog {
+    /// Empties the log and starts it over at `start`: a follower whose log
+    /// ends before the leader's log start (the leader's retention removed
+    /// what the follower would fetch next) can only begin again there, like
+    /// Kafka's truncate-fully-and-start-at.
+    pub fn reset_to(&self, start: i64) -> io::Result<()> {
+        let mut st = self.lock();
+        let from = st.log_end_offset();
+        for seg in std::mem::take(&mut st.segments) {
+            seg.delete_files()?;
+        }
+        st.segments
+            .push(Segment::create(&self.dir, start.max(0), now_ms())?);
+        super::sync_dir(&self.dir)?;
+        st.producers = Default::default();
+        for o in snapshot_offsets(&self.dir) {
+            let _ = std::fs::remove_file(snapshot_path(&self.dir, o));
+        }
+        drop(st);
+        let start = start.max(0);
+        self.flushed_offset.store(start, Ordering::Release);
+        self.high_watermark.store(start, Ordering::Release);
+        self.epochs().truncate_from_end(i64::MIN)?;
+        tracing::warn!(partition = %self.name, from, start, "log restarted at the leader's log start");
+        Ok(())
+    }
+}
+
 /// Cuts `seg` before the first batch that ends at or after `offset`.
 /// Scans headers from the segment start: truncation is rare, and the scan
 /// also recomputes the newest timestamp of what remains.
@@ -284,6 +312,30 @@ mod tests {
         reopened.truncate_to(0).expect("truncate all");
         assert_eq!(reopened.log_end_offset(), 0);
         assert!(!reopened.has_epochs());
+    }
+
+    #[test]
+    fn a_reset_log_starts_empty_at_the_given_offset_and_takes_batches_from_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leader = leader_with(&dir.path().join("leader"), &[(0, 3), (1, 2), (1, 4)]);
+        let tail = leader.read(5, usize::MAX).expect("read").records;
+        let fdir = dir.path().join("follower");
+        let follower = leader_with(&fdir, &[(0, 1)]);
+        follower.reset_to(5).expect("reset");
+        assert_eq!(
+            (follower.log_start_offset(), follower.log_end_offset()),
+            (5, 5)
+        );
+        assert!(!follower.has_epochs());
+        assert_eq!(follower.append_replica(&tail).expect("append"), 9);
+        assert_eq!(follower.latest_epoch(), 1);
+        drop(follower);
+        let reopened =
+            PartitionLog::open("f-0".into(), fdir, LogConfig::default()).expect("reopen");
+        assert_eq!(
+            (reopened.log_start_offset(), reopened.log_end_offset()),
+            (5, 9)
+        );
     }
 
     #[test]

@@ -299,6 +299,22 @@ impl FetcherTask {
                 };
                 match ResponseError::try_from_code(p.error_code) {
                     None => {}
+                    Some(ResponseError::OffsetOutOfRange)
+                        if f.log.log_end_offset() < p.log_start_offset =>
+                    {
+                        // The leader no longer has what comes next here.
+                        let log = f.log.clone();
+                        let start = p.log_start_offset;
+                        match tokio::task::spawn_blocking(move || log.reset_to(start)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "cannot restart the log at the leader's start")
+                            }
+                            Err(e) => return Err(std::io::Error::other(e)),
+                        }
+                        ok = false;
+                        continue;
+                    }
                     Some(ResponseError::OffsetOutOfRange) => {
                         tracing::warn!(topic = %tp.0, partition = tp.1, "fetch offset out of range at the leader; truncating again");
                         self.mark_truncated(&tp, f.leader_epoch, false);
