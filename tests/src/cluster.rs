@@ -42,6 +42,19 @@ fn reserve_ports(n: usize) -> Result<Vec<u16>> {
         .collect()
 }
 
+/// Launches every member, then waits for each: none is ready before a
+/// quorum of them runs.
+fn launch_all(brokers: &mut [Broker]) -> Result<()> {
+    let launches = brokers
+        .iter_mut()
+        .map(Broker::launch)
+        .collect::<Result<Vec<_>>>()?;
+    for (b, l) in brokers.iter_mut().zip(launches) {
+        b.await_ready(l)?;
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Starts `n` brokers with ids `0..n` and waits until all are ready.
     pub fn start(n: usize, extra_args: &[&str]) -> Result<Cluster> {
@@ -84,13 +97,7 @@ impl Cluster {
                 &args,
             )?);
         }
-        let launches = brokers
-            .iter_mut()
-            .map(Broker::launch)
-            .collect::<Result<Vec<_>>>()?;
-        for (b, l) in brokers.iter_mut().zip(launches) {
-            b.await_ready(l)?;
-        }
+        launch_all(&mut brokers)?;
         Ok(Cluster {
             brokers,
             addrs,
@@ -125,6 +132,22 @@ impl Cluster {
             .inner()
             .fetch_metadata(topic, OP_TIMEOUT)
             .with_context(|| format!("metadata from broker {via}"))
+    }
+
+    /// (leader, ISR) of partition `p` of `topic` as broker `via` sees it.
+    pub fn leader_and_isr(&self, via: usize, topic: &str, p: i32) -> Result<(i32, Vec<i32>)> {
+        let md = self.metadata(via, Some(topic))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .with_context(|| format!("{topic} missing from metadata"))?;
+        let part = t
+            .partitions()
+            .iter()
+            .find(|x| x.id() == p)
+            .with_context(|| format!("{topic}-{p} missing from metadata"))?;
+        Ok((part.leader(), part.isr().to_vec()))
     }
 
     /// A `sluice_cluster{value=...}` gauge from broker `id`'s /metrics.
@@ -222,13 +245,7 @@ impl PartitionableCluster {
                 &args,
             )?);
         }
-        let launches = brokers
-            .iter_mut()
-            .map(Broker::launch)
-            .collect::<Result<Vec<_>>>()?;
-        for (b, l) in brokers.iter_mut().zip(launches) {
-            b.await_ready(l)?;
-        }
+        launch_all(&mut brokers)?;
         Ok(PartitionableCluster {
             cluster: Cluster {
                 brokers,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rdkafka::Message;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -23,20 +23,6 @@ fn offsets_partition(group: &str, partitions: i32) -> i32 {
         .encode_utf16()
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
     (h.unsigned_abs() % partitions as u32) as i32
-}
-
-fn leader(c: &Cluster, via: usize, topic: &str, p: i32) -> Result<i32> {
-    let md = c.metadata(via, Some(topic))?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .context("topic")?;
-    Ok(t.partitions()
-        .iter()
-        .find(|x| x.id() == p)
-        .context("partition")?
-        .leader())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,11 +74,11 @@ async fn committed_offsets_survive_the_coordinator() -> Result<()> {
     drop(first);
 
     let p = offsets_partition(&group, 16);
-    let coordinator = usize::try_from(leader(&cluster, 0, "__consumer_offsets", p)?)?;
+    let coordinator = usize::try_from(cluster.leader_and_isr(0, "__consumer_offsets", p)?.0)?;
     cluster.kill(coordinator);
     let via = (coordinator + 1) % 3;
     cluster.wait_until("coordination moves", Duration::from_secs(20), |c| {
-        let l = leader(c, via, "__consumer_offsets", p)?;
+        let l = c.leader_and_isr(via, "__consumer_offsets", p)?.0;
         Ok(l >= 0 && l != coordinator as i32)
     })?;
 

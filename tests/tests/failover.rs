@@ -95,28 +95,25 @@ async fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<Read>> {
                 offset: m.offset(),
                 payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
             }),
-            Ok(Err(e)) => tracing_free_log(&format!("consumer error (retried): {e}")),
+            Ok(Err(e)) => eprintln!("consumer error (retried): {e}"),
             Err(_) => return Ok(out),
         }
     }
 }
 
-fn tracing_free_log(msg: &str) {
-    eprintln!("{msg}");
-}
-
-fn leader_of(cluster: &Cluster, via: usize, topic: &str, p: i32) -> Result<i32> {
-    let md = cluster.metadata(via, Some(topic))?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .context("topic")?;
-    Ok(t.partitions()
-        .iter()
-        .find(|x| x.id() == p)
-        .context("partition")?
-        .leader())
+/// acks=all, idempotent, and patient enough to ride through failovers.
+fn idempotent_producer(bootstrap: &str) -> Result<Arc<FutureProducer>> {
+    Ok(Arc::new(future_producer(
+        bootstrap,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "60000"),
+            ("request.timeout.ms", "5000"),
+            ("retry.backoff.ms", "100"),
+        ],
+    )?))
 }
 
 fn all_in_sync(c: &Cluster, via: usize, topic: &str) -> Result<bool> {
@@ -136,17 +133,7 @@ async fn killing_a_leader_then_the_controller_under_load_loses_nothing() -> Resu
     let mut cluster = Cluster::start(3, &args())?;
     let topic = unique_name("failover");
     create(&cluster, &topic).await?;
-    let producer = Arc::new(future_producer(
-        &cluster.bootstrap(),
-        &[
-            ("acks", "all"),
-            ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
-            ("message.timeout.ms", "60000"),
-            ("request.timeout.ms", "5000"),
-            ("retry.backoff.ms", "100"),
-        ],
-    )?);
+    let producer = idempotent_producer(&cluster.bootstrap())?;
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(
@@ -158,11 +145,11 @@ async fn killing_a_leader_then_the_controller_under_load_loses_nothing() -> Resu
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The leader of partition 0 dies and comes back.
-    let victim = usize::try_from(leader_of(&cluster, 0, &topic, 0)?)?;
+    let victim = usize::try_from(cluster.leader_and_isr(0, &topic, 0)?.0)?;
     cluster.kill(victim);
     let survivor = (victim + 1) % 3;
     cluster.wait_until("partition 0 fails over", Duration::from_secs(20), |c| {
-        let l = leader_of(c, survivor, &topic, 0)?;
+        let l = c.leader_and_isr(survivor, &topic, 0)?.0;
         Ok(l >= 0 && l != victim as i32)
     })?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -204,17 +191,7 @@ async fn a_rolling_restart_under_load_loses_nothing() -> Result<()> {
     let mut cluster = Cluster::start(3, &args())?;
     let topic = unique_name("rolling");
     create(&cluster, &topic).await?;
-    let producer = Arc::new(future_producer(
-        &cluster.bootstrap(),
-        &[
-            ("acks", "all"),
-            ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
-            ("message.timeout.ms", "60000"),
-            ("request.timeout.ms", "5000"),
-            ("retry.backoff.ms", "100"),
-        ],
-    )?);
+    let producer = idempotent_producer(&cluster.bootstrap())?;
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(

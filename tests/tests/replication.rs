@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rdkafka::Message;
 use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::producer::FutureRecord;
@@ -45,22 +45,6 @@ async fn create(
     Ok(())
 }
 
-/// (leader, isr) of partition `p` as broker `via` sees it.
-fn partition_state(cluster: &Cluster, via: usize, topic: &str, p: i32) -> Result<(i32, Vec<i32>)> {
-    let md = cluster.metadata(via, Some(topic))?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .context("topic missing")?;
-    let part = t
-        .partitions()
-        .iter()
-        .find(|x| x.id() == p)
-        .context("partition missing")?;
-    Ok((part.leader(), part.isr().to_vec()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<()> {
     let mut cluster = Cluster::start(3, &args())?;
@@ -89,13 +73,13 @@ async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<
     }
     await_deliveries(pending).await?;
 
-    let (leader, isr) = partition_state(&cluster, 0, &topic, 0)?;
+    let (leader, isr) = cluster.leader_and_isr(0, &topic, 0)?;
     assert_eq!(isr.len(), 3, "all replicas in sync: {isr:?}");
     let leader = usize::try_from(leader)?;
     cluster.kill(leader);
     let other = (leader + 1) % 3;
     cluster.wait_until("a new leader", Duration::from_secs(20), |c| {
-        let (l, _) = partition_state(c, other, &topic, 0)?;
+        let (l, _) = c.leader_and_isr(other, &topic, 0)?;
         Ok(l >= 0 && l != leader as i32)
     })?;
 
@@ -134,7 +118,7 @@ async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<
         "the restarted broker rejoins the ISR",
         Duration::from_secs(30),
         |c| {
-            let (_, isr) = partition_state(c, other, &topic, 0)?;
+            let (_, isr) = c.leader_and_isr(other, &topic, 0)?;
             Ok(isr.contains(&(leader as i32)))
         },
     )?;
@@ -162,7 +146,7 @@ async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<
     cluster.wait_until(
         "leadership returns to the preferred replica",
         Duration::from_secs(30),
-        |c| Ok(partition_state(c, other, &topic, 0)?.0 == preferred),
+        |c| Ok(c.leader_and_isr(other, &topic, 0)?.0 == preferred),
     )?;
     let consumer = stream_consumer(&cluster.bootstrap(), &[])?;
     assign(&consumer, &[(&topic, 0, Offset::Beginning)])?;
@@ -190,7 +174,7 @@ async fn too_few_in_sync_replicas_refuse_acks_all_but_not_acks_1() -> Result<()>
     }
     cluster.kill(1);
     cluster.wait_until("broker 1 leaves the ISR", Duration::from_secs(20), |c| {
-        Ok(partition_state(c, 0, &topic, 0)? == (0, vec![0]))
+        Ok(c.leader_and_isr(0, &topic, 0)? == (0, vec![0]))
     })?;
     let strict = future_producer(
         cluster.addr(0),

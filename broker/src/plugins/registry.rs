@@ -249,7 +249,8 @@ impl PluginRegistry {
         Some((info, wasm))
     }
 
-    /// Validates, stores and activates a new version. Nothing changes if
+    /// Validates, stores and activates a new version on this broker alone
+    /// (the cluster path is `prepare`, commit, `sync`). Nothing changes if
     /// any check fails.
     pub fn upload(
         &self,
@@ -257,58 +258,18 @@ impl PluginRegistry {
         kind: PluginKind,
         wasm: &[u8],
     ) -> Result<VersionInfo, RegistryError> {
-        validate_name(name)?;
-        if wasm.len() > MAX_MODULE_BYTES {
-            return Err(RegistryError::Invalid(format!(
-                "module is {} bytes; the limit is {MAX_MODULE_BYTES}",
-                wasm.len()
-            )));
-        }
-        if let Some(e) = self.read().get(name)
-            && let Some(existing) = e.versions.last().map(|v| v.kind)
-            && existing != kind
-        {
-            return Err(RegistryError::KindChange {
-                name: name.to_string(),
-                existing,
-                requested: kind,
-            });
-        }
-        let compiled = self
-            .engine
-            .compile(name, kind, wasm)
-            .map_err(RegistryError::Invalid)?;
-        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
-        let mut versions = plugins
-            .get(name)
-            .map(|e| e.versions.clone())
-            .unwrap_or_default();
+        let sha256 = self.prepare(name, kind, wasm)?;
+        let mut versions = self.versions(name).unwrap_or_default();
         let info = VersionInfo {
             version: versions.last().map_or(1, |v| v.version + 1),
             kind,
-            sha256: format!("{:x}", Sha256::digest(wasm)),
+            sha256,
             size: wasm.len(),
             uploaded_ms: now_ms(),
             abi_version: sluice_plugin::ABI_VERSION,
         };
         versions.push(info.clone());
-        let dir = self.dir.join(name);
-        fs::create_dir_all(&dir)?;
-        write_atomic(&dir.join(format!("{}.wasm", info.version)), wasm)?;
-        let artifact = dir.join(format!("{}.cwasm", info.version));
-        if let Err(e) = artifacts::store(&artifact, compiled.module(), &info.sha256, write_atomic) {
-            tracing::warn!(plugin = %name, error = %e, "cannot cache compiled code; the next start compiles again");
-        }
-        let meta = serde_json::to_vec_pretty(&versions).map_err(std::io::Error::other)?;
-        write_atomic(&dir.join("versions.json"), &meta)?;
-        plugins.insert(
-            name.to_string(),
-            Entry {
-                versions,
-                current: Arc::new(compiled),
-            },
-        );
-        tracing::info!(plugin = %name, version = info.version, kind = %kind, sha256 = %info.sha256, "plugin uploaded");
+        self.install(name, &versions, wasm)?;
         Ok(info)
     }
 
