@@ -78,6 +78,12 @@ impl Quorum {
         let (sm, view) = state_machine::StateMachineStore::open(&config.dir)
             .with_context(|| format!("opening quorum snapshot in {}", config.dir.display()))?;
         let election = config.election_timeout.as_millis() as u64;
+        anyhow::ensure!(
+            config.election_timeout >= config.heartbeat_interval * 2,
+            "the election timeout ({:?}) must be at least twice the quorum heartbeat ({:?})",
+            config.election_timeout,
+            config.heartbeat_interval
+        );
         let raft_config = openraft::Config {
             cluster_name: "sluice".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -94,6 +100,7 @@ impl Quorum {
             Arc::new(raft_config),
             network::NetworkFactory {
                 voters: config.voters.clone(),
+                retry: config.heartbeat_interval,
             },
             log,
             sm,

@@ -25,6 +25,8 @@ type RpcResult<T, E = openraft::error::Infallible> =
 /// group's view; each broker may reach a peer by a different route).
 pub struct NetworkFactory {
     pub voters: BTreeMap<i32, String>,
+    /// How soon to retry an unreachable peer (see `PeerNetwork::backoff`).
+    pub retry: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -38,6 +40,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerNetwork {
             target,
             conn: PeerConnection::new(addr),
+            retry: self.retry,
         }
     }
 }
@@ -45,6 +48,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerNetwork {
     target: NodeId,
     conn: PeerConnection,
+    retry: Duration,
 }
 
 impl PeerNetwork {
@@ -77,6 +81,14 @@ impl PeerNetwork {
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
+    /// Retry an unreachable peer every heartbeat interval, not openraft's
+    /// default 500 ms: a restarted broker must hear from the leader before
+    /// its own election timeout, or it starts elections it cannot win
+    /// (openraft 0.9 has no pre-vote) and keeps bumping the term.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.retry))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
