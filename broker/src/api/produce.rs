@@ -131,7 +131,19 @@ pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<P
                 topic_resp.partition_responses.push(pr);
                 continue;
             }
-            let Some(leader) = b.replicas.leader(&name, pd.index) else {
+            // The image may already name this broker leader while the
+            // replica manager is still taking over (a moment after each
+            // metadata change): wait for it rather than refuse, so requests
+            // pipelined on one connection keep their order.
+            let epoch = topic
+                .as_ref()
+                .and_then(|t| t.state(pd.index))
+                .map_or(-1, |s| s.leader_epoch);
+            let Some(leader) = b
+                .replicas
+                .await_leader(&name, pd.index, epoch, std::time::Duration::from_secs(2))
+                .await
+            else {
                 fail(
                     &mut pr,
                     ResponseError::NotLeaderOrFollower,

@@ -136,6 +136,8 @@ pub struct FollowerLag {
 /// Everything replication runs on this broker.
 pub struct ReplicaManager {
     pub stats: ReplicationStats,
+    /// Woken after every `apply_image`.
+    applied: tokio::sync::Notify,
     node_id: i32,
     config: ReplicationConfig,
     quorum: Arc<Quorum>,
@@ -147,6 +149,7 @@ impl ReplicaManager {
     pub fn new(node_id: i32, config: ReplicationConfig, quorum: Arc<Quorum>) -> ReplicaManager {
         ReplicaManager {
             stats: ReplicationStats::default(),
+            applied: tokio::sync::Notify::new(),
             node_id,
             fetchers: FetcherPool::new(node_id, quorum.clone(), config.fetch_max_wait),
             config,
@@ -206,6 +209,39 @@ impl ReplicaManager {
             .collect()
     }
 
+    /// The leader state of `tp` in `epoch` (or later), waiting up to
+    /// `timeout` for a metadata change this broker is still applying.
+    pub async fn await_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i32,
+        timeout: Duration,
+    ) -> Option<Arc<LeaderState>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let applied = self.applied.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
+            if let Some(ls) = self
+                .leader(topic, partition)
+                .filter(|l| l.leader_epoch >= epoch)
+            {
+                return Some(ls);
+            }
+            // Not named leader by the image at all: no point waiting.
+            let image = self.quorum.image();
+            let named = image
+                .partition(topic, partition)
+                .is_some_and(|p| p.leader == self.node_id);
+            let now = Instant::now();
+            if !named || now >= deadline {
+                return self.leader(topic, partition);
+            }
+            let _ = tokio::time::timeout(deadline - now, applied).await;
+        }
+    }
+
     /// Brings every local partition's role in line with the image: leaders
     /// begin their epoch, followers (re)start fetching from their leader.
     pub fn apply_image(&self, image: &MetadataImage, topics: &TopicRegistry) {
@@ -250,6 +286,7 @@ impl ReplicaManager {
         }
         *self.leaders.write().unwrap_or_else(|e| e.into_inner()) = leaders;
         self.fetchers.set_targets(follows);
+        self.applied.notify_waiters();
     }
 
     fn become_leader(
