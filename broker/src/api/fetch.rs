@@ -21,6 +21,7 @@ use super::error_code;
 use crate::broker::Broker;
 use crate::log::{LogError, PartitionLog, batch};
 use crate::plugins::Bindings;
+use crate::replication::check_leader_epoch;
 
 /// Most record bytes one Fetch response carries (Kafka's fetch.max.bytes).
 const MAX_FETCH_BYTES: usize = 55 * 1024 * 1024;
@@ -50,7 +51,7 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
                         }
                         (Some(tp), None) => tp.leader_log(p.partition, b.node_id).and_then(|log| {
                             let epoch = tp.state(p.partition).map_or(-1, |s| s.leader_epoch);
-                            check_epoch(p.current_leader_epoch, epoch).map(|()| log.clone())
+                            check_leader_epoch(p.current_leader_epoch, epoch).map(|()| log.clone())
                         }),
                         (None, None) => Err(ResponseError::UnknownTopicOrPartition),
                     };
@@ -114,15 +115,6 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
 type Target = (i32, i64, i32, Result<Arc<PartitionLog>, ResponseError>);
 type Targets = [(String, Option<Arc<Bindings>>, Vec<Target>)];
 
-/// KIP-320: a request naming a leader epoch must match ours.
-fn check_epoch(requested: i32, ours: i32) -> Result<(), ResponseError> {
-    match requested {
-        e if e < 0 || e == ours => Ok(()),
-        e if e < ours => Err(ResponseError::FencedLeaderEpoch),
-        _ => Err(ResponseError::UnknownLeaderEpoch),
-    }
-}
-
 /// The leader state a follower fetches from, if this broker leads the
 /// partition in the epoch the follower expects.
 fn replica_target(
@@ -135,7 +127,7 @@ fn replica_target(
         .replicas
         .leader(topic, partition)
         .ok_or(ResponseError::NotLeaderOrFollower)?;
-    check_epoch(epoch, ls.leader_epoch)?;
+    check_leader_epoch(epoch, ls.leader_epoch)?;
     Ok(ls)
 }
 

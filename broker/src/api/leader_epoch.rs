@@ -11,6 +11,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 
 use super::error_code;
 use crate::broker::Broker;
+use crate::replication::check_leader_epoch;
 
 pub fn offset_for_leader_epoch(
     b: &Broker,
@@ -31,15 +32,8 @@ pub fn offset_for_leader_epoch(
                     Err(ResponseError::UnknownTopicOrPartition)
                 }
                 None => Err(ResponseError::NotLeaderOrFollower),
-                Some(ls)
-                    if p.current_leader_epoch >= 0 && p.current_leader_epoch < ls.leader_epoch =>
-                {
-                    Err(ResponseError::FencedLeaderEpoch)
-                }
-                Some(ls) if p.current_leader_epoch > ls.leader_epoch => {
-                    Err(ResponseError::UnknownLeaderEpoch)
-                }
-                Some(ls) => Ok(ls.log.end_offset_for_epoch(p.leader_epoch)),
+                Some(ls) => check_leader_epoch(p.current_leader_epoch, ls.leader_epoch)
+                    .map(|()| ls.log.end_offset_for_epoch(p.leader_epoch)),
             };
             match answer {
                 Ok((epoch, end)) => {

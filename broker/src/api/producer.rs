@@ -23,7 +23,12 @@ pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest) -> InitPro
             // A bump means the client gave up on the outcome of some
             // batches and will resend them under the new id: worth seeing.
             if req.producer_id.0 >= 0 {
-                tracing::info!(old_id = req.producer_id.0, old_epoch = req.producer_epoch, new_id = id, client = ?req.transactional_id, "idempotent producer reset (epoch bump)");
+                tracing::info!(
+                    old_id = req.producer_id.0,
+                    old_epoch = req.producer_epoch,
+                    new_id = id,
+                    "idempotent producer reset (epoch bump)"
+                );
             }
             r.producer_id = ProducerId(id);
             r.producer_epoch = 0;

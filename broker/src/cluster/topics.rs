@@ -290,7 +290,7 @@ impl TopicRegistry {
             }
             next.insert(
                 meta.name.clone(),
-                Arc::new(Topic::new(meta.clone(), partitions)),
+                reuse_or_new(existing, meta.clone(), partitions),
             );
         }
         // A view shares its source's partitions and placement.
@@ -304,9 +304,10 @@ impl TopicRegistry {
             };
             let mut vmeta = meta.clone();
             vmeta.partitions = src.meta.partitions.clone();
+            let existing = current.get(&meta.name);
             next.insert(
                 meta.name.clone(),
-                Arc::new(Topic::new(vmeta, src.partitions.clone())),
+                reuse_or_new(existing, vmeta, src.partitions.clone()),
             );
         }
         let gone: Vec<Arc<Topic>> = current
@@ -637,6 +638,32 @@ impl TopicRegistry {
 
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+}
+
+/// The unchanged topic itself when nothing about it changed (most metadata
+/// changes touch one partition or none), so its plugin bindings are not
+/// parsed again; otherwise a new one.
+fn reuse_or_new(
+    existing: Option<&Arc<Topic>>,
+    meta: TopicMeta,
+    partitions: Vec<Option<Arc<PartitionLog>>>,
+) -> Arc<Topic> {
+    let same_logs = |old: &Topic| {
+        old.partitions.len() == partitions.len()
+            && old
+                .partitions
+                .iter()
+                .zip(&partitions)
+                .all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                })
+    };
+    match existing {
+        Some(old) if old.meta == meta && same_logs(old) => old.clone(),
+        _ => Arc::new(Topic::new(meta, partitions)),
     }
 }
 

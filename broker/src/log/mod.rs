@@ -202,6 +202,42 @@ impl LogState {
     fn log_start_offset(&self) -> i64 {
         self.segments[0].base_offset
     }
+    /// Must a batch of `bytes` ending at `last_offset` go to a new segment?
+    fn needs_roll(&self, now: i64, bytes: u64, last_offset: i64) -> bool {
+        let a = self.active();
+        a.size > 0
+            && (a.size + bytes > self.config.segment_bytes
+                || now - a.created_ms >= self.config.segment_ms
+                // Index positions are 32-bit.
+                || a.size + bytes > u64::from(u32::MAX)
+                // So are offsets relative to the segment base (Kafka's
+                // rule: a segment spans at most i32::MAX offsets).
+                || last_offset - a.base_offset > i64::from(i32::MAX))
+    }
+    /// Writes a batch (its header `head`, possibly restamped, then the rest
+    /// of `bytes`) at the end of the active segment and accounts for it:
+    /// indexes, size, producer state, records since the last flush.
+    fn write_at_end(
+        &mut self,
+        head: &[u8; batch::HEADER_LEN],
+        bytes: &[u8],
+        h: &BatchHeader,
+        now: i64,
+    ) -> Result<(), LogError> {
+        let interval = self.config.index_interval_bytes;
+        let active = self.active_mut();
+        let start_pos = active.size;
+        if let Err(e) = write_batch(&active.file, start_pos, head, bytes) {
+            // Leave no partial batch behind: cut back to the last good end.
+            let _ = active.file.set_len(start_pos);
+            return Err(LogError::Io(e));
+        }
+        active.track_batch(h, start_pos, interval);
+        active.size = start_pos + h.len as u64;
+        self.producers.record(h, now);
+        self.records_since_flush += i64::from(h.records_count);
+        Ok(())
+    }
     fn size(&self) -> u64 {
         self.segments.iter().map(|s| s.size).sum()
     }
@@ -361,19 +397,8 @@ impl PartitionLog {
             }
         }
         let total = batch.bytes.len() as u64;
-        let roll = {
-            let a = st.active();
-            a.size > 0
-                && (a.size + total > st.config.segment_bytes
-                    || now - a.created_ms >= st.config.segment_ms
-                    // Index positions are 32-bit.
-                    || a.size + total > u64::from(u32::MAX)
-                    // So are offsets relative to the segment base (Kafka's
-                    // rule: a segment spans at most i32::MAX offsets).
-                    || a.next_offset + i64::from(batch.header.last_offset_delta) - a.base_offset
-                        > i64::from(i32::MAX))
-        };
-        if roll {
+        let last_offset = st.log_end_offset() + i64::from(batch.header.last_offset_delta);
+        if st.needs_roll(now, total, last_offset) {
             self.roll(&mut st, now)?;
         }
         let base_offset = st.log_end_offset();
@@ -389,19 +414,7 @@ impl PartitionLog {
         }
         h.base_offset = base_offset;
         let h = *h;
-        let active = st.active_mut();
-        let start_pos = active.size;
-        if let Err(e) = write_batch(&active.file, start_pos, &head, &batch.bytes) {
-            // Leave no partial batch behind: cut back to the last good end.
-            let _ = active.file.set_len(start_pos);
-            return Err(LogError::Io(e));
-        }
-        let interval = st.config.index_interval_bytes;
-        let active = st.active_mut();
-        active.track_batch(&h, start_pos, interval);
-        active.size = start_pos + h.len as u64;
-        st.producers.record(&h, now);
-        st.records_since_flush += i64::from(h.records_count);
+        st.write_at_end(&head, &batch.bytes, &h, now)?;
         let flush_due = st.records_since_flush >= st.config.flush_messages;
         let info = AppendInfo {
             base_offset,

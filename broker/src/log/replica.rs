@@ -113,31 +113,13 @@ impl PartitionLog {
                 ),
             )));
         }
-        let roll = {
-            let a = st.active();
-            a.size > 0
-                && (a.size + h.len as u64 > st.config.segment_bytes
-                    || now - a.created_ms >= st.config.segment_ms
-                    || a.size + h.len as u64 > u64::from(u32::MAX)
-                    || h.last_offset() - a.base_offset > i64::from(i32::MAX))
-        };
-        if roll {
+        if st.needs_roll(now, h.len as u64, h.last_offset()) {
             self.roll(&mut st, now)?;
         }
+        // Verbatim: the leader's header, offsets and epoch included.
         let mut head = [0u8; batch::HEADER_LEN];
         head.copy_from_slice(&bytes[..batch::HEADER_LEN]);
-        let active = st.active_mut();
-        let start_pos = active.size;
-        if let Err(e) = super::write_batch(&active.file, start_pos, &head, bytes) {
-            let _ = active.file.set_len(start_pos);
-            return Err(LogError::Io(e));
-        }
-        let interval = st.config.index_interval_bytes;
-        let active = st.active_mut();
-        active.track_batch(h, start_pos, interval);
-        active.size = start_pos + h.len as u64;
-        st.producers.record(h, now);
-        st.records_since_flush += i64::from(h.records_count);
+        st.write_at_end(&head, bytes, h, now)?;
         drop(st);
         if h.partition_leader_epoch > self.latest_epoch() {
             self.epochs()
