@@ -80,6 +80,49 @@ fn start_load(
     })
 }
 
+/// A running load and its history.
+struct Load {
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster, topic: &str) -> Result<Load> {
+        let history = Arc::new(Mutex::new(History::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = idempotent_producer(&cluster.bootstrap())?;
+        let task = start_load(producer, topic.to_string(), history.clone(), stop.clone());
+        Ok(Load {
+            history,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops the load, waits for every delivery report, reads everything
+    /// back and asserts a clean history of more than `min_acked` records.
+    async fn finish_and_check(
+        self,
+        cluster: &Cluster,
+        topic: &str,
+        min_acked: usize,
+    ) -> Result<()> {
+        self.stop.store(true, Ordering::Release);
+        self.task.await??;
+        let reads = read_all(&cluster.bootstrap(), topic).await?;
+        let report = self
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(&reads);
+        eprintln!("history: {report}");
+        assert!(report.acked > min_acked, "the load ran: {report}");
+        assert!(report.is_clean(), "{report}");
+        Ok(())
+    }
+}
+
 /// Reads every partition from the start until nothing new arrives.
 async fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<Read>> {
     let consumer = stream_consumer(bootstrap, &[])?;
@@ -133,15 +176,7 @@ async fn killing_a_leader_then_the_controller_under_load_loses_nothing() -> Resu
     let mut cluster = Cluster::start(3, &args())?;
     let topic = unique_name("failover");
     create(&cluster, &topic).await?;
-    let producer = idempotent_producer(&cluster.bootstrap())?;
-    let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(
-        producer.clone(),
-        topic.clone(),
-        history.clone(),
-        stop.clone(),
-    );
+    let load = Load::start(&cluster, &topic)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The leader of partition 0 dies and comes back.
@@ -173,17 +208,7 @@ async fn killing_a_leader_then_the_controller_under_load_loses_nothing() -> Resu
     })?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    stop.store(true, Ordering::Release);
-    load.await??;
-    let reads = read_all(&cluster.bootstrap(), &topic).await?;
-    let report = history
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .check(&reads);
-    eprintln!("history: {report}");
-    assert!(report.acked > 1000, "the load ran: {report}");
-    assert!(report.is_clean(), "{report}");
-    Ok(())
+    load.finish_and_check(&cluster, &topic, 1000).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,15 +216,7 @@ async fn a_rolling_restart_under_load_loses_nothing() -> Result<()> {
     let mut cluster = Cluster::start(3, &args())?;
     let topic = unique_name("rolling");
     create(&cluster, &topic).await?;
-    let producer = idempotent_producer(&cluster.bootstrap())?;
-    let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(
-        producer.clone(),
-        topic.clone(),
-        history.clone(),
-        stop.clone(),
-    );
+    let load = Load::start(&cluster, &topic)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..3 {
         cluster.restart(i)?;
@@ -209,15 +226,5 @@ async fn a_rolling_restart_under_load_loses_nothing() -> Result<()> {
         })?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Release);
-    load.await??;
-    let reads = read_all(&cluster.bootstrap(), &topic).await?;
-    let report = history
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .check(&reads);
-    eprintln!("history: {report}");
-    assert!(report.acked > 500, "the load ran: {report}");
-    assert!(report.is_clean(), "{report}");
-    Ok(())
+    load.finish_and_check(&cluster, &topic, 500).await
 }

@@ -45,6 +45,24 @@ async fn create(
     Ok(())
 }
 
+/// Writes `record-<i>` for each `i` to partition 0 and waits for every ack.
+async fn write_records(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    seqs: std::ops::Range<u32>,
+) -> Result<()> {
+    let mut pending = Vec::new();
+    for i in seqs {
+        let payload = format!("record-{i}");
+        let record = FutureRecord::to(topic)
+            .payload(payload.as_bytes())
+            .partition(0);
+        pending.push(enqueue(producer, record).await?);
+    }
+    await_deliveries(pending).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<()> {
     let mut cluster = Cluster::start(3, &args())?;
@@ -58,20 +76,7 @@ async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<
             ("linger.ms", "5"),
         ],
     )?;
-    let mut pending = Vec::new();
-    for i in 0..300u32 {
-        let payload = format!("record-{i}");
-        pending.push(
-            enqueue(
-                &producer,
-                FutureRecord::to(&topic)
-                    .payload(payload.as_bytes())
-                    .partition(0),
-            )
-            .await?,
-        );
-    }
-    await_deliveries(pending).await?;
+    write_records(&producer, &topic, 0..300).await?;
 
     let (leader, isr) = cluster.leader_and_isr(0, &topic, 0)?;
     assert_eq!(isr.len(), 3, "all replicas in sync: {isr:?}");
@@ -99,20 +104,7 @@ async fn acked_writes_survive_the_leader_and_the_old_leader_rejoins() -> Result<
     // More writes while the old leader is down, then it comes back,
     // catches up, rejoins the ISR and (as preferred replica, if it was)
     // gets leadership back.
-    let mut pending = Vec::new();
-    for i in 300..400u32 {
-        let payload = format!("record-{i}");
-        pending.push(
-            enqueue(
-                &producer,
-                FutureRecord::to(&topic)
-                    .payload(payload.as_bytes())
-                    .partition(0),
-            )
-            .await?,
-        );
-    }
-    await_deliveries(pending).await?;
+    write_records(&producer, &topic, 300..400).await?;
     cluster.restart(leader)?;
     cluster.wait_until(
         "the restarted broker rejoins the ISR",

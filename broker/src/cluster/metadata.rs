@@ -608,6 +608,12 @@ mod tests {
         incarnation
     }
 
+    fn fence(image: &mut MetadataImage, id: i32, incarnation: Uuid) {
+        image
+            .apply(&Command::FenceBroker { id, incarnation })
+            .expect("fence");
+    }
+
     fn three_brokers() -> (MetadataImage, Vec<Uuid>) {
         let mut image = MetadataImage::default();
         let inc = (0..3).map(|id| register(&mut image, id)).collect();
@@ -657,12 +663,7 @@ mod tests {
     fn fencing_the_leader_elects_from_the_isr_and_bumps_epochs() {
         let (mut image, inc) = three_brokers();
         create(&mut image, "t", vec![vec![0, 1, 2]]);
-        image
-            .apply(&Command::FenceBroker {
-                id: 0,
-                incarnation: inc[0],
-            })
-            .expect("fence");
+        fence(&mut image, 0, inc[0]);
         let p = image.partition("t", 0).expect("p0");
         assert_eq!((p.leader, p.leader_epoch), (1, 1));
         assert_eq!(p.isr, vec![1, 2]);
@@ -726,12 +727,7 @@ mod tests {
                 isr: vec![0],
             })
             .expect("shrink");
-        image
-            .apply(&Command::FenceBroker {
-                id: 0,
-                incarnation: inc[0],
-            })
-            .expect("fence");
+        fence(&mut image, 0, inc[0]);
         let p = image.partition("t", 0).expect("p0");
         assert_eq!((p.leader, p.isr.clone()), (1, vec![1]));
         assert_eq!(image.unclean_elections, 1);
@@ -763,12 +759,7 @@ mod tests {
             image.apply(&shrink(0, 0, 1, vec![2])),
             Err(MetadataError::IneligibleReplica(_))
         ));
-        image
-            .apply(&Command::FenceBroker {
-                id: 1,
-                incarnation: inc[1],
-            })
-            .expect("fence");
+        fence(&mut image, 1, inc[1]);
         let epoch = image.partition("t", 0).expect("p").partition_epoch;
         assert!(matches!(
             image.apply(&shrink(0, 0, epoch, vec![0, 1, 2])),
@@ -785,12 +776,7 @@ mod tests {
     fn preferred_leader_must_be_a_live_isr_member() {
         let (mut image, inc) = three_brokers();
         create(&mut image, "t", vec![vec![0, 1, 2]]);
-        image
-            .apply(&Command::FenceBroker {
-                id: 0,
-                incarnation: inc[0],
-            })
-            .expect("fence");
+        fence(&mut image, 0, inc[0]);
         let elect = Command::ElectLeader {
             topic: "t".into(),
             partition: 0,

@@ -74,6 +74,25 @@ async fn start_with(
     Member { quorum, server }
 }
 
+/// Three members on ephemeral ports, each knowing the others.
+async fn start_three(
+    dir: &std::path::Path,
+    snapshot_every: u64,
+) -> (BTreeMap<i32, String>, Vec<Member>) {
+    let mut listeners = Vec::new();
+    let mut voters = BTreeMap::new();
+    for id in 0..3 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        voters.insert(id, l.local_addr().expect("addr").to_string());
+        listeners.push(l);
+    }
+    let mut members = Vec::new();
+    for (id, l) in listeners.into_iter().enumerate() {
+        members.push(start_with(id as i32, &voters, dir, l, snapshot_every).await);
+    }
+    (voters, members)
+}
+
 fn create(name: &str) -> Command {
     Command::CreateTopic {
         name: name.into(),
@@ -103,17 +122,7 @@ async fn register_all(q: &Quorum) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_agree_survive_a_leader_loss_and_recover_from_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut listeners = Vec::new();
-    let mut voters = BTreeMap::new();
-    for id in 0..3 {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        voters.insert(id, l.local_addr().expect("addr").to_string());
-        listeners.push(l);
-    }
-    let mut members = Vec::new();
-    for (id, l) in listeners.into_iter().enumerate() {
-        members.push(start(id as i32, &voters, dir.path(), l).await);
-    }
+    let (voters, mut members) = start_three(dir.path(), SNAPSHOT_EVERY).await;
     // Any member can propose; non-controllers forward.
     register_all(&members[2].quorum).await;
     let r = members[1]
@@ -224,17 +233,7 @@ fn peers_parse_with_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_far_behind_member_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut listeners = Vec::new();
-    let mut voters = BTreeMap::new();
-    for id in 0..3 {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        voters.insert(id, l.local_addr().expect("addr").to_string());
-        listeners.push(l);
-    }
-    let mut members = Vec::new();
-    for (id, l) in listeners.into_iter().enumerate() {
-        members.push(start_with(id as i32, &voters, dir.path(), l, 10).await);
-    }
+    let (voters, mut members) = start_three(dir.path(), 10).await;
     register_all(&members[0].quorum).await;
     // Stop a follower, then commit far more than the log keeps.
     let leader = members[0].quorum.controller_id().expect("leader");
