@@ -1138,23 +1138,9 @@ async fn time_failover(
     topic: &str,
 ) -> Result<Duration> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let leader_of = |c: &sluice_tests::cluster::Cluster, via: usize| -> Result<(i32, usize)> {
-        let md = c.metadata(via, Some(topic))?;
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .context("topic")?;
-        let p = t
-            .partitions()
-            .iter()
-            .find(|p| p.id() == 0)
-            .context("partition 0")?;
-        Ok((p.leader(), p.isr().len()))
-    };
     cluster.wait_until("a full ISR", Duration::from_secs(60), |c| {
-        Ok(leader_of(c, 0)
-            .map(|(l, isr)| l >= 0 && isr == 3)
+        Ok(c.leader_and_isr(0, topic, 0)
+            .map(|(l, isr)| l >= 0 && isr.len() == 3)
             .unwrap_or(false))
     })?;
     let producer: FutureProducer = sluice_tests::producer_config(&cluster.bootstrap())
@@ -1174,7 +1160,7 @@ async fn time_failover(
         )
         .await
         .map_err(|(e, _)| anyhow::anyhow!("warm-up write: {e}"))?;
-    let victim = usize::try_from(leader_of(cluster, 0)?.0)?;
+    let victim = usize::try_from(cluster.leader_and_isr(0, topic, 0)?.0)?;
     let killed_at = Instant::now();
     cluster.kill(victim);
     let mut pending = tokio::task::JoinSet::new();
