@@ -31,6 +31,9 @@ pub struct Observed<'a> {
     pub max_replication_factor: i32,
     /// Broker ids that hold at least one replica.
     pub brokers_with_replicas: Vec<i32>,
+    /// Whether the two fields above come from the brokers; if they could
+    /// not be asked, no scale-down is allowed.
+    pub replicas_known: bool,
     pub now: &'a str,
 }
 
@@ -56,6 +59,11 @@ fn scale_down_refusal(o: &Observed<'_>) -> Option<String> {
     let have = o.current_brokers?;
     if want >= have {
         return None;
+    }
+    if !o.replicas_known {
+        return Some(format!(
+            "cannot scale to {want} brokers: the brokers cannot be asked which of them hold replicas"
+        ));
     }
     if want < o.max_replication_factor {
         return Some(format!(
@@ -134,7 +142,9 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         .iter()
         .filter(|p| p.config_hash != desired_hash)
         .collect();
-    let healthy = ready == o.pods.len() as i32
+    // A pod not yet recreated counts as down: every pod must be there.
+    let healthy = ready == allowed
+        && o.pods.len() as i32 == allowed
         && o.pods.iter().all(|p| !p.terminating)
         && o.under_replicated == Some(0);
     let rolling = !outdated.is_empty();

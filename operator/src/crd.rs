@@ -372,6 +372,35 @@ pub struct PluginStatus {
     pub version: i64,
 }
 
+impl PluginLimits {
+    /// The strictest of several plugins' limits: a topic binding them all
+    /// runs every one under the smallest memory cap and time budget.
+    pub fn strictest<'a>(all: impl IntoIterator<Item = &'a PluginLimits>) -> PluginLimits {
+        all.into_iter()
+            .fold(PluginLimits::default(), |acc, l| PluginLimits {
+                memory_bytes: min_some(acc.memory_bytes, l.memory_bytes),
+                timeout_ms: min_some(acc.timeout_ms, l.timeout_ms),
+            })
+    }
+}
+
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+impl PluginBindings {
+    /// Every plugin name the bindings mention.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.partitioner
+            .iter()
+            .chain(&self.interceptors)
+            .chain(&self.filters)
+    }
+}
+
 impl Conditions for ClusterStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions

@@ -137,6 +137,22 @@ impl KafkaAdmin {
         Ok(ids)
     }
 
+    /// Over every topic: the largest replication factor, and the broker ids
+    /// that hold at least one replica (what a scale-down must not remove).
+    pub async fn replica_summary(&mut self) -> anyhow::Result<(i32, Vec<i32>)> {
+        let mut req = MetadataRequest::default();
+        req.topics = None;
+        req.allow_auto_topic_creation = false;
+        let resp: MetadataResponse = self.call(ApiKey::Metadata, 9, &req).await?;
+        let mut max_rf = 0;
+        let mut holders = std::collections::BTreeSet::new();
+        for p in resp.topics.iter().flat_map(|t| &t.partitions) {
+            max_rf = max_rf.max(p.replica_nodes.len() as i32);
+            holders.extend(p.replica_nodes.iter().map(|b| b.0));
+        }
+        Ok((max_rf, holders.into_iter().collect()))
+    }
+
     /// The topic's replica assignment and per-topic config overrides, or
     /// `None` if it does not exist.
     pub async fn describe_topic(&mut self, name: &str) -> anyhow::Result<Option<ObservedTopic>> {

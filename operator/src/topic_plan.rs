@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::crd::{Condition, DeletionPolicy, Topic, TopicStatus};
+use crate::crd::{Condition, DeletionPolicy, PluginLimits, Topic, TopicStatus};
 
 /// Finalizer the operator puts on every managed Topic.
 pub const FINALIZER: &str = "sluice.dev/topic";
@@ -42,6 +42,8 @@ pub struct Observed<'a> {
     pub kafka: Option<ObservedTopic>,
     /// Name of an older Topic resource that manages the same Kafka topic.
     pub older_claimant: Option<String>,
+    /// Sandbox limits of the bound plugins, combined (`Plugin::limits`).
+    pub plugin_limits: PluginLimits,
     /// RFC 3339 "now", for condition transition times.
     pub now: &'a str,
 }
@@ -86,9 +88,18 @@ pub fn kafka_name(t: &Topic) -> String {
 }
 
 /// The topic configs a spec asks for: `config` plus the plugin bindings
-/// expressed as `sluice.*` keys.
-pub fn desired_configs(t: &Topic) -> BTreeMap<String, String> {
+/// expressed as `sluice.*` keys, plus the bound plugins' sandbox limits
+/// where the spec does not set them itself.
+pub fn desired_configs(t: &Topic, limits: &PluginLimits) -> BTreeMap<String, String> {
     let mut c = t.spec.config.clone();
+    if let Some(bytes) = limits.memory_bytes {
+        c.entry("sluice.plugin.memory.bytes".into())
+            .or_insert_with(|| bytes.to_string());
+    }
+    if let Some(ms) = limits.timeout_ms {
+        c.entry("sluice.plugin.timeout.ms".into())
+            .or_insert_with(|| ms.to_string());
+    }
     let p = &t.spec.plugins;
     if let Some(part) = &p.partitioner {
         c.insert("sluice.partitioner".into(), part.clone());
@@ -105,7 +116,8 @@ pub fn desired_configs(t: &Topic) -> BTreeMap<String, String> {
     c
 }
 
-fn unmanaged(t: &Topic) -> bool {
+/// Whether the annotation hands this Topic off.
+pub fn unmanaged(t: &Topic) -> bool {
     t.metadata
         .annotations
         .as_ref()
@@ -204,7 +216,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         return actions;
     };
 
-    let desired = desired_configs(t);
+    let desired = desired_configs(t, &o.plugin_limits);
     let rf = t.spec.replication_factor;
     let Some(kafka) = &o.kafka else {
         match sluice_placement::assign(brokers, 0, t.spec.partitions as usize, rf as usize) {
@@ -224,9 +236,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
                 });
                 status.assignment = assignment;
                 status.managed_config_keys = desired.keys().cloned().collect();
-                status
-                    .conditions
-                    .push(ready(true, "Created", format!("topic {name} created")));
+                status.conditions.push(converged(&ready, &name));
             }
             Err(e) => {
                 status
@@ -291,11 +301,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     }
     status.managed_config_keys = desired.keys().cloned().collect();
     if refused.is_empty() {
-        status.conditions.push(ready(
-            true,
-            "Reconciled",
-            format!("topic {name} matches its spec"),
-        ));
+        status.conditions.push(converged(&ready, &name));
     } else {
         let message = refused.join("; ");
         if prev
@@ -323,6 +329,12 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     }
     push_status(&mut actions, prev, status);
     actions
+}
+
+/// The Ready condition of a topic that matches its spec, the same right
+/// after creation as later, so the reconcile after a create writes nothing.
+fn converged(ready: &impl Fn(bool, &str, String) -> Condition, name: &str) -> Condition {
+    ready(true, "Reconciled", format!("topic {name} matches its spec"))
 }
 
 /// Status is written only when it changed: a converged object makes no

@@ -56,6 +56,7 @@ fn observe(c: &Cluster, current: Option<i32>, pods: Vec<ObservedPod>) -> Observe
         under_replicated: Some(0),
         max_replication_factor: 1,
         brokers_with_replicas: vec![],
+        replicas_known: true,
         now: NOW,
     }
 }
@@ -151,6 +152,21 @@ fn scale_down_while_departing_brokers_hold_replicas_is_refused() {
 }
 
 #[test]
+fn scale_down_is_refused_while_the_brokers_cannot_be_asked() {
+    let c = cluster(2);
+    let mut o = observe(&c, Some(3), pods(3, &hash_of(&c)));
+    o.replicas_known = false;
+    let a = plan(&o);
+    assert_eq!(replicas(&a), 3);
+    assert!(condition(&a, "ScaleDownRefused").is_some());
+
+    let bigger = cluster(4);
+    let mut o = observe(&bigger, Some(3), pods(3, &hash_of(&bigger)));
+    o.replicas_known = false;
+    assert_eq!(replicas(&plan(&o)), 4, "scaling up needs no answer");
+}
+
+#[test]
 fn scale_up_adds_brokers_and_moves_nothing() {
     let c = cluster(5);
     let a = plan(&observe(&c, Some(3), pods(3, &hash_of(&c))));
@@ -174,6 +190,14 @@ fn a_config_change_rolls_one_healthy_broker_at_a_time() {
     assert_eq!(
         condition(&a, "Rolling"),
         Some(("True".into(), "RestartingBroker".into()))
+    );
+
+    // Broker 2's pod is gone and not yet recreated: wait.
+    let a = plan(&observe(&new, Some(3), pods(2, &old_hash)));
+    assert_eq!(
+        deleted(&a),
+        Vec::<i32>::new(),
+        "a missing pod is a down broker"
     );
 
     // Broker 2 is back on the new config but not ready yet: wait.

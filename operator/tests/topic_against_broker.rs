@@ -45,6 +45,7 @@ async fn reconcile(admin: &mut KafkaAdmin, t: &mut Topic) -> Vec<Action> {
         brokers: Some(brokers),
         kafka,
         older_claimant: None,
+        plugin_limits: Default::default(),
         now: "2026-11-21T00:00:00Z",
     });
     for a in &actions {

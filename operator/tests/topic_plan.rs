@@ -54,6 +54,7 @@ fn observe<'a>(t: &'a Topic, kafka: Option<ObservedTopic>, now: &'a str) -> Obse
         brokers: Some(vec![2, 0, 1]),
         kafka,
         older_claimant: None,
+        plugin_limits: Default::default(),
         now,
     }
 }
@@ -129,7 +130,7 @@ fn create_places_replicas_by_rule_and_records_it() {
         s.managed_config_keys,
         vec!["retention.ms", "sluice.partitioner"]
     );
-    assert_eq!(ready(&a), ("True".into(), "Created".into()));
+    assert_eq!(ready(&a), ("True".into(), "Reconciled".into()));
 }
 
 #[test]

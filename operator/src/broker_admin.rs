@@ -1,0 +1,145 @@
+//! The brokers' HTTP admin API, as the operator uses it: the plugin
+//! registry (describe, upload, delete) and a broker's own gauges on
+//! `/metrics` (under-replicated partitions, before a rolling restart).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::crd::PluginKind;
+use crate::plugin_plan::RegisteredPlugin;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer read (a `/metrics` page or a plugin description).
+const MAX_BODY: usize = 8 << 20;
+
+#[derive(Clone)]
+pub struct BrokerAdmin {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+fn kind_name(k: &PluginKind) -> &'static str {
+    match k {
+        PluginKind::Partitioner => "partitioner",
+        PluginKind::Interceptor => "interceptor",
+        PluginKind::Filter => "filter",
+    }
+}
+
+impl BrokerAdmin {
+    /// `base` is e.g. `http://demo-bootstrap.ns.svc:9644`.
+    pub fn new(base: &str) -> BrokerAdmin {
+        BrokerAdmin {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let url = format!("{}{path}", self.base);
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header(http::header::CONTENT_TYPE, "application/wasm")
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("bad admin URL {url}"))?;
+        let exchange = async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+                .to_bytes();
+            anyhow::Ok((status, body))
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .with_context(|| format!("{method} {url} timed out"))?
+            .with_context(|| format!("{method} {url}"))
+    }
+
+    fn refused(what: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
+        let msg = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        anyhow::anyhow!("{what}: {status}: {msg}")
+    }
+
+    /// The registry entry of `name`, or `None` if there is none.
+    pub async fn plugin(&self, name: &str) -> anyhow::Result<Option<RegisteredPlugin>> {
+        let (status, body) = self
+            .call(Method::GET, &format!("/v1/plugins/{name}"), Vec::new())
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(
+                serde_json::from_slice(&body).context("decoding the plugin description")?,
+            )),
+            s => Err(Self::refused(
+                &format!("describing plugin {name}"),
+                s,
+                &body,
+            )),
+        }
+    }
+
+    pub async fn upload(&self, name: &str, kind: &PluginKind, wasm: &[u8]) -> anyhow::Result<()> {
+        let path = format!("/v1/plugins/{name}?kind={}", kind_name(kind));
+        let (status, body) = self.call(Method::PUT, &path, wasm.to_vec()).await?;
+        if !status.is_success() {
+            return Err(Self::refused(
+                &format!("uploading plugin {name}"),
+                status,
+                &body,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes `name`; one that is already gone is not an error.
+    pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
+        let (status, body) = self
+            .call(Method::DELETE, &format!("/v1/plugins/{name}"), Vec::new())
+            .await?;
+        if !status.is_success() && status != StatusCode::NOT_FOUND {
+            return Err(Self::refused(
+                &format!("deleting plugin {name}"),
+                status,
+                &body,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The value of the first sample of `metric` whose labels include
+    /// `label` (`name="value"`), from this broker's `/metrics`.
+    pub async fn gauge(&self, metric: &str, label: &str) -> anyhow::Result<f64> {
+        let (status, body) = self.call(Method::GET, "/metrics", Vec::new()).await?;
+        if !status.is_success() {
+            bail!("GET {}/metrics: {status}", self.base);
+        }
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(series, _)| {
+                series.starts_with(&format!("{metric}{{")) && series.contains(label)
+            })
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .with_context(|| format!("{}/metrics has no {metric}{{{label}}}", self.base))
+    }
+}

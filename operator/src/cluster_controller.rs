@@ -1,0 +1,186 @@
+//! The Cluster controller: observe the StatefulSet, the broker pods, the
+//! brokers' health and where replicas live; plan (`cluster_plan`, pure);
+//! then apply the owned objects that differ, restart at most one broker,
+//! and write status.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::{Resource, ResourceExt};
+
+use crate::broker_admin::BrokerAdmin;
+use crate::cluster_objects::{CONFIG_HASH_ANNOTATION, ClusterObjects};
+use crate::cluster_plan::{self, Action, Observed, ObservedPod};
+use crate::context::{self, Context};
+use crate::crd::Cluster;
+use crate::error::{Error, Result};
+use crate::kube_writes;
+
+pub const CONTROLLER: &str = "cluster";
+
+/// The `monitoring.coreos.com/v1` ServiceMonitor kind (no Rust type: the
+/// Prometheus operator's CRDs are not ours).
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+fn observe_pod(p: &Pod) -> Option<ObservedPod> {
+    let ordinal = p
+        .labels()
+        .get("apps.kubernetes.io/pod-index")
+        .and_then(|i| i.parse().ok())
+        .or_else(|| p.name_any().rsplit_once('-')?.1.parse().ok())?;
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let config_hash = p
+        .annotations()
+        .get(CONFIG_HASH_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    Some(ObservedPod {
+        ordinal,
+        ready,
+        terminating: p.metadata.deletion_timestamp.is_some(),
+        config_hash,
+    })
+}
+
+/// Under-replicated partitions summed over the ready brokers (each counts
+/// the partitions it leads); `None` if any broker cannot be asked.
+async fn under_replicated(ctx: &Context, c: &Cluster, pods: &[ObservedPod]) -> Option<u64> {
+    let mut total = 0.0;
+    for p in pods.iter().filter(|p| p.ready) {
+        let url = ctx.endpoints.broker_admin(c, p.ordinal)?;
+        match BrokerAdmin::new(&url)
+            .gauge("sluice_cluster", "value=\"under_replicated_partitions\"")
+            .await
+        {
+            Ok(v) => total += v,
+            Err(e) => {
+                tracing::info!(broker = p.ordinal, error = %e, "cannot read broker health");
+                return None;
+            }
+        }
+    }
+    Some(total as u64)
+}
+
+pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Requeue> {
+    let metrics = ctx.metrics.clone();
+    metrics
+        .measure(CONTROLLER, reconcile_inner(&cluster, &ctx))
+        .await
+}
+
+async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
+    if c.meta().deletion_timestamp.is_some() {
+        // Owner references hand everything to the garbage collector.
+        return Ok(Requeue::await_change());
+    }
+    let ns = c.namespace().unwrap_or_default();
+    let name = c.name_any();
+    let client = ctx.client.clone();
+    let now = context::now();
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    let current_brokers = statefulsets
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.spec)
+        .and_then(|s| s.replicas);
+    let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=broker");
+    let pods: Vec<ObservedPod> = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(observe_pod)
+        .collect();
+    let under = under_replicated(ctx, c, &pods).await;
+    let replicas = match current_brokers {
+        Some(_) => match crate::topic_controller::connect(ctx, c).await {
+            Ok(mut a) => a.replica_summary().await.ok(),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let observed = Observed {
+        cluster: c,
+        current_brokers,
+        pods,
+        under_replicated: under,
+        max_replication_factor: replicas.as_ref().map_or(0, |r| r.0),
+        brokers_with_replicas: replicas.as_ref().map(|r| r.1.clone()).unwrap_or_default(),
+        replicas_known: replicas.is_some(),
+        now: &now,
+    };
+    let api = Api::<Cluster>::namespaced(client.clone(), &ns);
+    let mut rolling = false;
+    for action in cluster_plan::plan(&observed) {
+        match action {
+            Action::Apply(objects) => apply_objects(ctx, &ns, *objects).await?,
+            Action::DeletePod { ordinal } => {
+                rolling = true;
+                Api::<Pod>::namespaced(client.clone(), &ns)
+                    .delete(&format!("{name}-{ordinal}"), &DeleteParams::default())
+                    .await?;
+            }
+            Action::UpdateStatus(status) => kube_writes::apply_status(&api, c, &status).await?,
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => kube_writes::event(ctx, c, warning, &reason, &message).await,
+        }
+    }
+    // A roll in progress is watched closely; a quiet cluster rarely.
+    Ok(Requeue::requeue(if rolling {
+        std::time::Duration::from_secs(5)
+    } else {
+        ctx.resync
+    }))
+}
+
+async fn apply_objects(ctx: &Context, ns: &str, o: ClusterObjects) -> Result<()> {
+    let client = ctx.client.clone();
+    let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        m.name.clone().unwrap_or_default()
+    };
+    kube_writes::apply_if_changed(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        &name(&o.config.metadata),
+        &o.config,
+    )
+    .await?;
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    kube_writes::apply_if_changed(&services, &name(&o.headless.metadata), &o.headless).await?;
+    kube_writes::apply_if_changed(&services, &name(&o.bootstrap.metadata), &o.bootstrap).await?;
+    kube_writes::apply_if_changed(
+        &Api::<StatefulSet>::namespaced(client.clone(), ns),
+        &name(&o.statefulset.metadata),
+        &o.statefulset,
+    )
+    .await?;
+    kube_writes::apply_if_changed(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &name(&o.pdb.metadata),
+        &o.pdb,
+    )
+    .await?;
+    if let Some(sm) = o.service_monitor {
+        let sm: DynamicObject = serde_json::from_value(sm)
+            .map_err(|e| Error::Invalid(format!("ServiceMonitor: {e}")))?;
+        let api = Api::<DynamicObject>::namespaced_with(client, ns, &service_monitor_resource());
+        kube_writes::apply_if_changed(&api, &sm.name_any(), &sm).await?;
+    }
+    Ok(())
+}

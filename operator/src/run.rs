@@ -1,0 +1,231 @@
+//! `sluice-operator run`: the HTTP endpoint (`/metrics`, `/healthz`), leader
+//! election on a Lease so two replicas can run (only the holder
+//! reconciles), and the three controllers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+
+use crate::context::{Context, Endpoints};
+use crate::crd::{Cluster, Plugin, Topic};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::topic_plan::UNMANAGED_ANNOTATION;
+use crate::{cluster_controller, plugin_controller, topic_controller};
+
+pub struct Options {
+    /// Address of `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+    /// Watch only this namespace (all namespaces if `None`).
+    pub namespace: Option<String>,
+    /// Lease namespace for leader election; `None` runs without it.
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (the pod name).
+    pub identity: String,
+    pub endpoints: Endpoints,
+    pub resync: Duration,
+}
+
+pub const LEASE_NAME: &str = "sluice-operator";
+
+fn scoped<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A Topic is looked at again when its spec, its hand-off annotation or
+/// its deletion changes; its own status writes do not count.
+fn topic_changed(t: &Topic) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.metadata.generation.hash(&mut h);
+    t.annotations().get(UNMANAGED_ANNOTATION).hash(&mut h);
+    t.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+fn error_policy<K>(obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Requeue
+where
+    K: Resource,
+{
+    tracing::warn!(
+        kind = %std::any::type_name::<K>().rsplit("::").next().unwrap_or("object"),
+        name = %obj.meta().name.clone().unwrap_or_default(),
+        namespace = %obj.meta().namespace.clone().unwrap_or_default(),
+        error = %error,
+        "reconcile failed; retrying"
+    );
+    Requeue::requeue(Duration::from_secs(10))
+}
+
+fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl Fn(Result<T, E>) -> std::future::Ready<()> {
+    move |r| {
+        match r {
+            Ok(o) => tracing::debug!(controller, object = ?o, "reconciled"),
+            Err(e) => tracing::debug!(controller, error = %e, "controller"),
+        }
+        std::future::ready(())
+    }
+}
+
+fn topics(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
+    let api = scoped::<Topic>(&ctx.client, ns);
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(topic_changed, Default::default());
+    Controller::for_stream(stream, reader)
+        .run(topic_controller::reconcile, error_policy, ctx)
+        .for_each(log_result("topic"))
+}
+
+fn plugins(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
+    let api = scoped::<Plugin>(&ctx.client, ns);
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(stream, reader)
+        .run(plugin_controller::reconcile, error_policy, ctx)
+        .for_each(log_result("plugin"))
+}
+
+fn clusters(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
+    let api = scoped::<Cluster>(&ctx.client, ns);
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let brokers = watcher::Config::default().labels("app.kubernetes.io/component=broker");
+    Controller::for_stream(stream, reader)
+        .owns(scoped::<StatefulSet>(&ctx.client, ns), brokers.clone())
+        // Pod readiness drives the rolling restart.
+        .watches(scoped::<Pod>(&ctx.client, ns), brokers, |pod: Pod| {
+            let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::<Cluster>::new(&cluster).within(&pod.namespace()?))
+        })
+        .run(cluster_controller::reconcile, error_policy, ctx)
+        .for_each(log_result("cluster"))
+}
+
+async fn serve_http(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "serving /metrics and /healthz");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new()?);
+    let http = tokio::spawn(serve_http(opts.listen, metrics.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        opts.endpoints,
+        opts.resync,
+        Some(opts.identity.clone()),
+    ));
+    // Held until the end: dropping the receiver releases the Lease.
+    let mut leadership = match &opts.lease_namespace {
+        Some(lease_ns) => {
+            let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+                .with_namespace(lease_ns)
+                .with_identity(&opts.identity)
+                .with_field_manager(crate::context::FIELD_MANAGER)
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await?;
+            let (mut rx, _task) = manager.watch().await;
+            tracing::info!(identity = %opts.identity, "waiting for the leader Lease");
+            while !*rx.borrow_and_update() {
+                rx.changed().await?;
+            }
+            tracing::info!("holding the leader Lease; reconciling");
+            Some(rx)
+        }
+        None => None,
+    };
+    metrics.leader.set(1);
+    let lost = async {
+        match leadership.as_mut() {
+            Some(rx) => {
+                while *rx.borrow_and_update() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let ns = &opts.namespace;
+    tokio::select! {
+        _ = clusters(ctx.clone(), ns) => anyhow::bail!("the Cluster controller stopped"),
+        _ = topics(ctx.clone(), ns) => anyhow::bail!("the Topic controller stopped"),
+        _ = plugins(ctx.clone(), ns) => anyhow::bail!("the Plugin controller stopped"),
+        _ = lost => {
+            metrics.leader.set(0);
+            // Another replica may already reconcile: stop at once and let
+            // the Deployment restart this one as a follower.
+            anyhow::bail!("lost the leader Lease")
+        }
+        r = http => anyhow::bail!("the metrics endpoint stopped: {r:?}"),
+        _ = shutdown() => Ok(()),
+    }
+}
+
+/// SIGTERM (what the kubelet sends) or SIGINT.
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! The exact Kubernetes API contract of the three controllers, against an
+//! in-process fake API server (`support`) and a real `sluice-broker`
+//! process: which requests a reconcile sends, in which order, with which
+//! patch type and field manager; that a converged object gets zero writes;
+//! and that the API server's answers (a failed JSON-patch test, a deletion
+//! held by a finalizer) are handled.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use kube::api::{Api, DeleteParams};
+use serde_json::{Value, json};
+use sluice_operator::context::{Context, Endpoints};
+use sluice_operator::crd::{Plugin, Topic};
+use sluice_operator::kafka_admin::KafkaAdmin;
+use sluice_operator::metrics::Metrics;
+use sluice_operator::{cluster_controller, plugin_controller, topic_controller};
+use sluice_tests::Broker;
+use support::{FakeApiServer, Request};
+
+const NS: &str = "/apis/sluice.dev/v1alpha1/namespaces/ns";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+
+fn topics() -> String {
+    format!("{NS}/topics")
+}
+
+fn context(api: &FakeApiServer, broker: &Broker, admins: usize) -> Arc<Context> {
+    Arc::new(Context::new(
+        api.client(),
+        Arc::new(Metrics::new().expect("metrics")),
+        Endpoints::Fixed {
+            kafka: broker.bootstrap(),
+            admin: vec![broker.admin_url(); admins],
+        },
+        Duration::from_secs(60),
+        Some("contract-test".into()),
+    ))
+}
+
+fn cluster_cr(api: &FakeApiServer, brokers: i32) {
+    api.create(
+        &format!("{NS}/clusters"),
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Cluster",
+            "metadata": { "name": "demo" },
+            "spec": { "brokers": brokers, "image": "sluice:test" },
+        }),
+    );
+}
+
+fn topic_cr(api: &FakeApiServer, name: &str, kafka_name: &str, partitions: i32) {
+    api.create(
+        &topics(),
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Topic",
+            "metadata": { "name": name },
+            "spec": {
+                "cluster": { "name": "demo" }, "topicName": kafka_name,
+                "partitions": partitions, "replicationFactor": 1,
+                "config": { "retention.ms": "3600000" },
+            },
+        }),
+    );
+}
+
+async fn reconcile_topic(
+    api: &FakeApiServer,
+    ctx: &Arc<Context>,
+    name: &str,
+) -> Result<(), String> {
+    let t: Topic =
+        serde_json::from_value(api.get(&topics(), name).expect("topic")).expect("decode");
+    topic_controller::reconcile(Arc::new(t), ctx.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn summaries(reqs: &[Request]) -> Vec<String> {
+    reqs.iter().map(Request::summary).collect()
+}
+
+fn assert_apply(r: &Request) {
+    assert_eq!(
+        r.content_type,
+        "application/apply-patch+yaml",
+        "{}",
+        r.summary()
+    );
+    assert!(
+        r.query.contains("fieldManager=sluice-operator") && r.query.contains("force=true"),
+        "apply with the one field manager: {}",
+        r.query
+    );
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn topic_lifecycle_sends_exactly_the_expected_requests() {
+    let broker = Broker::start().expect("broker");
+    let api = FakeApiServer::start().await;
+    let ctx = context(&api, &broker, 1);
+    let kafka = sluice_tests::unique_name("orders");
+    cluster_cr(&api, 1);
+    topic_cr(&api, "orders", &kafka, 3);
+    let topic_path = format!("{NS}/topics/orders");
+
+    // Create: finalizer, broker create, event, status.
+    reconcile_topic(&api, &ctx, "orders")
+        .await
+        .expect("reconcile");
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("PATCH {topic_path} (json-patch)"),
+            format!("POST {EVENTS}"),
+            format!("PATCH {topic_path}/status (apply)"),
+        ]
+    );
+    assert_eq!(
+        writes[0].body,
+        json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": null },
+            { "op": "add", "path": "/metadata/finalizers", "value": ["sluice.dev/topic"] },
+        ])
+    );
+    assert_eq!(writes[1].body["reason"], "Created");
+    assert_eq!(writes[1].body["regarding"]["name"], "orders");
+    assert_apply(&writes[2]);
+    assert_eq!(writes[2].body["apiVersion"], "sluice.dev/v1alpha1");
+    assert_eq!(writes[2].body["kind"], "Topic");
+    let stored = api.get(&topics(), "orders").expect("stored");
+    assert_eq!(
+        stored["metadata"]["generation"], 1,
+        "status and finalizer writes keep the generation"
+    );
+    assert_eq!(condition(&stored, "Ready")["status"], "True");
+    assert_eq!(stored["status"]["observedGeneration"], 1);
+    let mut admin = KafkaAdmin::connect(&broker.bootstrap())
+        .await
+        .expect("admin");
+    let ids = admin.broker_ids().await.expect("ids");
+    let t = admin
+        .describe_topic(&kafka)
+        .await
+        .expect("describe")
+        .expect("created");
+    assert_eq!(t.assignment, vec![ids.clone(); 3]);
+    assert_eq!(stored["status"]["assignment"], json!(t.assignment));
+
+    // Converged: reads only.
+    reconcile_topic(&api, &ctx, "orders")
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        summaries(&api.take_writes()),
+        Vec::<String>::new(),
+        "a converged Topic gets zero writes"
+    );
+
+    // Grow (a spec change bumps the generation): broker write + status.
+    let edited = api.edit(&topics(), "orders", |o| o["spec"]["partitions"] = json!(4));
+    assert_eq!(edited["metadata"]["generation"], 2);
+    reconcile_topic(&api, &ctx, "orders")
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        summaries(&api.take_writes()),
+        vec![format!("PATCH {topic_path}/status (apply)")]
+    );
+    assert_eq!(
+        admin
+            .describe_topic(&kafka)
+            .await
+            .expect("d")
+            .expect("t")
+            .partitions(),
+        4
+    );
+    assert_eq!(
+        api.get(&topics(), "orders").expect("t")["status"]["observedGeneration"],
+        2
+    );
+
+    // Drift made with another client is reverted without Kubernetes writes.
+    admin
+        .alter_configs(
+            &kafka,
+            &[("retention.ms".to_string(), "1000".to_string())].into(),
+            &[],
+        )
+        .await
+        .expect("drift");
+    reconcile_topic(&api, &ctx, "orders")
+        .await
+        .expect("reconcile");
+    assert_eq!(summaries(&api.take_writes()), Vec::<String>::new());
+    let t = admin.describe_topic(&kafka).await.expect("d").expect("t");
+    assert_eq!(
+        t.configs.get("retention.ms").map(String::as_str),
+        Some("3600000")
+    );
+
+    // A shrink is refused: warning event + condition, the broker untouched.
+    api.edit(&topics(), "orders", |o| o["spec"]["partitions"] = json!(2));
+    reconcile_topic(&api, &ctx, "orders")
+        .await
+        .expect("reconcile");
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("POST {EVENTS}"),
+            format!("PATCH {topic_path}/status (apply)")
+        ]
+    );
+    assert_eq!(writes[0].body["type"], "Warning");
+    assert_eq!(writes[0].body["reason"], "NotSupported");
+    let stored = api.get(&topics(), "orders").expect("t");
+    assert_eq!(condition(&stored, "NotSupported")["status"], "True");
+    assert_eq!(
+        admin
+            .describe_topic(&kafka)
+            .await
+            .expect("d")
+            .expect("t")
+            .partitions(),
+        4
+    );
+    api.edit(&topics(), "orders", |o| o["spec"]["partitions"] = json!(4));
+    reconcile_topic(&api, &ctx, "orders")
+        .await
+        .expect("reconcile");
+    api.take_requests();
+
+    // Delete: the finalizer holds the object until the Kafka topic is gone.
+    Api::<Topic>::namespaced(api.client(), "ns")
+        .delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    api.take_requests();
+    assert!(
+        api.get(&topics(), "orders").expect("held")["metadata"]["deletionTimestamp"].is_string()
+    );
+    reconcile_topic(&api, &ctx, "orders")
+        .await
+        .expect("reconcile");
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("POST {EVENTS}"),
+            format!("PATCH {topic_path} (json-patch)")
+        ]
+    );
+    assert_eq!(
+        writes[1].body,
+        json!([
+            { "op": "test", "path": "/metadata/finalizers/0", "value": "sluice.dev/topic" },
+            { "op": "remove", "path": "/metadata/finalizers/0" },
+        ])
+    );
+    assert!(
+        api.get(&topics(), "orders").is_none(),
+        "finalizer gone, object gone"
+    );
+    assert!(admin.describe_topic(&kafka).await.expect("d").is_none());
+}
+
+#[tokio::test]
+async fn stale_finalizer_patch_fails_instead_of_overwriting() {
+    let broker = Broker::start().expect("broker");
+    let api = FakeApiServer::start().await;
+    let ctx = context(&api, &broker, 1);
+    cluster_cr(&api, 1);
+    topic_cr(&api, "t", &sluice_tests::unique_name("stale"), 1);
+    let stale: Topic = serde_json::from_value(api.get(&topics(), "t").expect("t")).expect("decode");
+    // Someone else adds a finalizer after our read.
+    api.edit(&topics(), "t", |o| {
+        o["metadata"]["finalizers"] = json!(["example.com/other"])
+    });
+    let err = topic_controller::reconcile(Arc::new(stale), ctx.clone())
+        .await
+        .expect_err("the test op must fail");
+    assert!(err.to_string().contains("Kubernetes API"), "{err}");
+    assert_eq!(
+        api.get(&topics(), "t").expect("t")["metadata"]["finalizers"],
+        json!(["example.com/other"]),
+        "nothing overwritten"
+    );
+    // The next reconcile reads the fresh object and appends.
+    reconcile_topic(&api, &ctx, "t").await.expect("reconcile");
+    assert_eq!(
+        api.get(&topics(), "t").expect("t")["metadata"]["finalizers"],
+        json!(["example.com/other", "sluice.dev/topic"])
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_topic_whose_cluster_is_gone_only_drops_the_finalizer() {
+    let broker = Broker::start().expect("broker");
+    let api = FakeApiServer::start().await;
+    let ctx = context(&api, &broker, 1);
+    topic_cr(&api, "orphan", &sluice_tests::unique_name("orphan"), 1);
+    api.edit(&topics(), "orphan", |o| {
+        o["metadata"]["finalizers"] = json!(["sluice.dev/topic"])
+    });
+    reconcile_topic(&api, &ctx, "orphan")
+        .await
+        .expect("reconcile");
+    let stored = api.get(&topics(), "orphan").expect("t");
+    assert_eq!(condition(&stored, "Ready")["reason"], "ClusterNotFound");
+    api.take_requests();
+    Api::<Topic>::namespaced(api.client(), "ns")
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete");
+    api.take_requests();
+    reconcile_topic(&api, &ctx, "orphan")
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        summaries(&api.take_writes()),
+        vec![format!("PATCH {NS}/topics/orphan (json-patch)")]
+    );
+    assert!(
+        api.get(&topics(), "orphan").is_none(),
+        "the namespace is not held"
+    );
+}
+
+fn example_wasm(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the example plugins first (scripts/build-plugins)",
+            path.display()
+        )
+    })
+}
+
+async fn reconcile_plugin(
+    api: &FakeApiServer,
+    ctx: &Arc<Context>,
+    name: &str,
+) -> Result<(), String> {
+    let p: Plugin =
+        serde_json::from_value(api.get(&format!("{NS}/plugins"), name).expect("plugin"))
+            .expect("decode");
+    plugin_controller::reconcile(Arc::new(p), ctx.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource() {
+    let broker = Broker::start().expect("broker");
+    let api = FakeApiServer::start().await;
+    let ctx = context(&api, &broker, 1);
+    cluster_cr(&api, 1);
+    let plugins = format!("{NS}/plugins");
+    let wasm = example_wasm("stamp_header.wasm");
+    let digest = sluice_operator::plugin_plan::digest(&wasm);
+    api.create(
+        &plugins,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Plugin",
+            "metadata": { "name": "stamp" },
+            "spec": {
+                "cluster": { "name": "demo" }, "kind": "interceptor",
+                "source": { "configMapKeyRef": { "name": "modules", "key": "stamp.wasm" } },
+            },
+        }),
+    );
+
+    // The ConfigMap is missing: a condition, no upload.
+    reconcile_plugin(&api, &ctx, "stamp")
+        .await
+        .expect("reconcile");
+    let stored = api.get(&plugins, "stamp").expect("p");
+    assert_eq!(condition(&stored, "Ready")["reason"], "InvalidSource");
+    let admin = sluice_operator::broker_admin::BrokerAdmin::new(&broker.admin_url());
+    assert!(admin.plugin("stamp").await.expect("registry").is_none());
+    api.take_requests();
+
+    api.create(
+        "/api/v1/namespaces/ns/configmaps",
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "modules" },
+            "binaryData": { "stamp.wasm": base64::engine::general_purpose::STANDARD.encode(&wasm) },
+        }),
+    );
+    reconcile_plugin(&api, &ctx, "stamp")
+        .await
+        .expect("reconcile");
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("POST {EVENTS}"),
+            format!("PATCH {plugins}/stamp/status (apply)")
+        ]
+    );
+    assert_apply(&writes[1]);
+    let stored = api.get(&plugins, "stamp").expect("p");
+    assert_eq!(stored["status"]["digest"], digest);
+    assert_eq!(stored["status"]["version"], 1);
+    assert_eq!(condition(&stored, "Ready")["status"], "True");
+    let registered = admin
+        .plugin("stamp")
+        .await
+        .expect("registry")
+        .expect("uploaded");
+    assert_eq!(
+        (registered.sha256.as_str(), registered.version),
+        (digest.as_str(), 1)
+    );
+
+    // Converged: no Kubernetes writes and no new version on the brokers.
+    reconcile_plugin(&api, &ctx, "stamp")
+        .await
+        .expect("reconcile");
+    assert_eq!(summaries(&api.take_writes()), Vec::<String>::new());
+    assert_eq!(
+        admin.plugin("stamp").await.expect("r").expect("p").version,
+        1
+    );
+
+    Api::<Plugin>::namespaced(api.client(), "ns")
+        .delete("stamp", &DeleteParams::default())
+        .await
+        .expect("delete");
+    api.take_requests();
+    reconcile_plugin(&api, &ctx, "stamp")
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        summaries(&api.take_writes()),
+        vec![
+            format!("POST {EVENTS}"),
+            format!("PATCH {plugins}/stamp (json-patch)")
+        ]
+    );
+    assert!(api.get(&plugins, "stamp").is_none());
+    assert!(
+        admin.plugin("stamp").await.expect("registry").is_none(),
+        "deleted on the brokers"
+    );
+}
+
+async fn reconcile_cluster(api: &FakeApiServer, ctx: &Arc<Context>) -> Result<(), String> {
+    let c = serde_json::from_value(api.get(&format!("{NS}/clusters"), "demo").expect("cluster"))
+        .expect("decode");
+    cluster_controller::reconcile(Arc::new(c), ctx.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn broker_pod(api: &FakeApiServer, ordinal: i32, hash: &str) {
+    api.create(
+        "/api/v1/namespaces/ns/pods",
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": format!("demo-{ordinal}"),
+                "labels": {
+                    "app.kubernetes.io/instance": "demo",
+                    "app.kubernetes.io/component": "broker",
+                    "apps.kubernetes.io/pod-index": ordinal.to_string(),
+                },
+                "annotations": { "sluice.dev/config-hash": hash },
+            },
+            "spec": { "containers": [] },
+            "status": { "conditions": [{ "type": "Ready", "status": "True" }] },
+        }),
+    );
+}
+
+#[tokio::test]
+async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker() {
+    // Node id 2: the one real broker stands in for all three, and holds
+    // replicas on "broker 2", which a scale-down to 2 would remove.
+    let broker = Broker::start_with_args(&["--node-id", "2"]).expect("broker");
+    sluice_tests::create_topic(
+        &broker.bootstrap(),
+        &sluice_tests::unique_name("held"),
+        1,
+        &[],
+    )
+    .await
+    .expect("topic");
+    let api = FakeApiServer::start().await;
+    let ctx = context(&api, &broker, 3);
+    cluster_cr(&api, 3);
+    let core = "/api/v1/namespaces/ns";
+    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("PATCH {core}/configmaps/demo-config (apply)"),
+            format!("PATCH {core}/services/demo-brokers (apply)"),
+            format!("PATCH {core}/services/demo-bootstrap (apply)"),
+            "PATCH /apis/apps/v1/namespaces/ns/statefulsets/demo (apply)".to_string(),
+            "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo (apply)".to_string(),
+            format!("PATCH {NS}/clusters/demo/status (apply)"),
+        ]
+    );
+    writes.iter().for_each(assert_apply);
+    let sts = api
+        .get("/apis/apps/v1/namespaces/ns/statefulsets", "demo")
+        .expect("sts");
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "Cluster");
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(sts["spec"]["replicas"], 3);
+
+    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    assert_eq!(
+        summaries(&api.take_writes()),
+        Vec::<String>::new(),
+        "converged: zero writes"
+    );
+
+    // Three ready brokers on the current config; then a config change.
+    let hash = sts["spec"]["template"]["metadata"]["annotations"]["sluice.dev/config-hash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    for i in 0..3 {
+        broker_pod(&api, i, &hash);
+    }
+    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    api.take_requests();
+    api.edit(&format!("{NS}/clusters"), "demo", |c| {
+        c["spec"]["config"] = json!({ "default-partitions": "3" })
+    });
+    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("PATCH {core}/configmaps/demo-config (apply)"),
+            "PATCH /apis/apps/v1/namespaces/ns/statefulsets/demo (apply)".to_string(),
+            format!("DELETE {core}/pods/demo-2"),
+            format!("POST {EVENTS}"),
+            format!("PATCH {NS}/clusters/demo/status (apply)"),
+        ],
+        "only the changed objects, and one broker restarted"
+    );
+    // Pod 2 is gone and not yet back: nothing else is restarted.
+    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    let writes = summaries(&api.take_writes());
+    assert!(
+        !writes.iter().any(|w| w.starts_with("DELETE")),
+        "{writes:?}"
+    );
+
+    // Scale-down to 2 would drop broker 2, which holds a replica.
+    api.edit(&format!("{NS}/clusters"), "demo", |c| {
+        c["spec"]["brokers"] = json!(2)
+    });
+    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    let stored = api.get(&format!("{NS}/clusters"), "demo").expect("c");
+    assert_eq!(condition(&stored, "ScaleDownRefused")["status"], "True");
+    assert_eq!(
+        api.get("/apis/apps/v1/namespaces/ns/statefulsets", "demo")
+            .expect("sts")["spec"]["replicas"],
+        3
+    );
+}

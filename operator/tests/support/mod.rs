@@ -1,0 +1,493 @@
+//! A small stateful Kubernetes API server, in-process, for contract tests:
+//! it stores objects by path and answers GET, LIST, POST, PATCH (server-side
+//! apply, JSON patch, merge patch) and DELETE the way the real one does
+//! where the operator depends on it: `resourceVersion` on every change and
+//! 409 on a stale one, `generation` bumped by spec changes only (never by
+//! status or metadata), `deletionTimestamp` while finalizers remain, 422
+//! when a JSON patch `test` fails. Every request is recorded, so a test can
+//! assert the exact calls a reconcile made.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// One request as the fake server received it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Request {
+    pub fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+    /// `PATCH status (apply)` and the like, for readable assertions.
+    pub fn summary(&self) -> String {
+        let kind = match self.content_type.as_str() {
+            "application/apply-patch+yaml" => " (apply)",
+            "application/json-patch+json" => " (json-patch)",
+            "application/merge-patch+json" => " (merge)",
+            _ => "",
+        };
+        format!("{} {}{kind}", self.method, self.path)
+    }
+}
+
+#[derive(Default)]
+struct Store {
+    /// Collection path (`/apis/g/v/namespaces/ns/plural`) -> name -> object.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    resource_version: u64,
+    uid: u64,
+    requests: Vec<Request>,
+}
+
+#[derive(Clone)]
+pub struct FakeApiServer {
+    store: Arc<Mutex<Store>>,
+    pub url: String,
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    (
+        code,
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+        })),
+    )
+        .into_response()
+}
+
+/// (collection path, name, subresource) of a request path.
+fn split(path: &str) -> (String, Option<String>, Option<String>) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // api/v1/... has 2 prefix segments, apis/g/v/... has 3.
+    let prefix = if parts.first() == Some(&"api") { 2 } else { 3 };
+    let namespaced = parts.get(prefix) == Some(&"namespaces");
+    let collection_len = prefix + if namespaced { 3 } else { 1 };
+    let collection = format!("/{}", parts[..collection_len.min(parts.len())].join("/"));
+    let name = parts.get(collection_len).map(|s| s.to_string());
+    let sub = parts.get(collection_len + 1).map(|s| s.to_string());
+    (collection, name, sub)
+}
+
+/// RFC 7386 merge of `patch` into `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn without(v: &Value, keys: &[&str]) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(o) = &mut v {
+        for k in keys {
+            o.remove(*k);
+        }
+    }
+    v
+}
+
+fn labels_match(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        obj.pointer("/metadata/labels")
+            .and_then(|l| l.get(k))
+            .and_then(Value::as_str)
+            == Some(v)
+    })
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%2C", ",")
+                .replace("%3D", "=")
+                .replace("%2F", "/")
+        })
+    })
+}
+
+impl FakeApiServer {
+    pub async fn start() -> FakeApiServer {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let app = Router::new().fallback(handle).with_state(store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeApiServer { store, url }
+    }
+
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().expect("url"));
+        kube::Client::try_from(config).expect("client")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every request since the last `take_requests`.
+    pub fn take_requests(&self) -> Vec<Request> {
+        std::mem::take(&mut self.lock().requests)
+    }
+
+    /// The writes (non-GET requests) since the last `take_requests`.
+    pub fn take_writes(&self) -> Vec<Request> {
+        self.take_requests()
+            .into_iter()
+            .filter(Request::is_write)
+            .collect()
+    }
+
+    pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
+        self.lock().objects.get(collection)?.get(name).cloned()
+    }
+
+    pub fn list(&self, collection: &str) -> Vec<Value> {
+        self.lock()
+            .objects
+            .get(collection)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores `obj` as a client's create would (uid, generation 1, ...).
+    pub fn create(&self, collection: &str, obj: Value) -> Value {
+        let mut s = self.lock();
+        create_in(&mut s, collection, obj).expect("create")
+    }
+
+    /// Changes an object as another client would (a `kubectl edit`).
+    pub fn edit(&self, collection: &str, name: &str, f: impl FnOnce(&mut Value)) -> Value {
+        let mut s = self.lock();
+        let old = s.objects[collection][name].clone();
+        let mut new = old.clone();
+        f(&mut new);
+        commit(&mut s, collection, name, &old, new, false)
+    }
+}
+
+/// Stores a new object; `Err` is the AlreadyExists answer.
+fn create_in(s: &mut Store, collection: &str, mut obj: Value) -> Result<Value, String> {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if s.objects
+        .get(collection)
+        .is_some_and(|m| m.contains_key(&name))
+    {
+        return Err(format!("{name} already exists"));
+    }
+    s.resource_version += 1;
+    s.uid += 1;
+    let ns = collection
+        .split("/namespaces/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .map(String::from);
+    let meta = json!({
+        "uid": format!("uid-{}", s.uid),
+        "resourceVersion": s.resource_version.to_string(),
+        "generation": 1,
+        "creationTimestamp": format!("2026-11-21T20:00:{:02}Z", s.uid % 60),
+        "namespace": ns,
+    });
+    merge(&mut obj["metadata"], &meta);
+    s.objects
+        .entry(collection.to_string())
+        .or_default()
+        .insert(name, obj.clone());
+    Ok(obj)
+}
+
+/// Stores `new` in place of `old`: bumps resourceVersion if anything
+/// changed and generation if the spec did; drops the object once it is
+/// being deleted and has no finalizers left.
+fn commit(
+    s: &mut Store,
+    collection: &str,
+    name: &str,
+    old: &Value,
+    mut new: Value,
+    status_only: bool,
+) -> Value {
+    if status_only {
+        let status = new.get("status").cloned();
+        new = old.clone();
+        match status {
+            Some(st) => new["status"] = st,
+            None => {
+                if let Value::Object(o) = &mut new {
+                    o.remove("status");
+                }
+            }
+        }
+    } else if let Some(st) = old.get("status") {
+        // The main resource ignores status (a status subresource exists).
+        new["status"] = st.clone();
+    }
+    // Server-owned metadata cannot be changed by a client.
+    for key in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "resourceVersion",
+        "deletionTimestamp",
+    ] {
+        match old["metadata"].get(key) {
+            Some(v) => new["metadata"][key] = v.clone(),
+            None => {
+                if let Value::Object(m) = &mut new["metadata"] {
+                    m.remove(key);
+                }
+            }
+        }
+    }
+    if new == *old {
+        return new;
+    }
+    let spec_changed =
+        without(&new, &["metadata", "status"]) != without(old, &["metadata", "status"]);
+    if spec_changed {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        new["metadata"]["generation"] = json!(g);
+    }
+    s.resource_version += 1;
+    new["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+    let finalizers_left = new["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    let map = s.objects.entry(collection.to_string()).or_default();
+    if new["metadata"].get("deletionTimestamp").is_some() && !finalizers_left {
+        map.remove(name);
+    } else {
+        map.insert(name.to_string(), new.clone());
+    }
+    new
+}
+
+async fn handle(
+    State(store): State<Arc<Mutex<Store>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query = uri.query().unwrap_or_default().to_string();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body_json: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+        }
+    };
+    if query.contains("watch=true") {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "no watches here".into(),
+        );
+    }
+    let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+    s.requests.push(Request {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        content_type: content_type.clone(),
+        body: body_json.clone(),
+    });
+    let (collection, name, sub) = split(&path);
+    let existing = name
+        .as_ref()
+        .and_then(|n| s.objects.get(&collection).and_then(|m| m.get(n)).cloned());
+    let not_found = || {
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} not found", name.clone().unwrap_or_default()),
+        )
+    };
+    match (method.as_str(), &name) {
+        ("GET", None) => {
+            let selector = query_param(&query, "labelSelector").unwrap_or_default();
+            let items: Vec<Value> = s
+                .objects
+                .get(&collection)
+                .map(|m| {
+                    m.values()
+                        .filter(|o| labels_match(o, &selector))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            axum::Json(json!({
+                "apiVersion": "v1", "kind": "List",
+                "metadata": { "resourceVersion": s.resource_version.to_string() },
+                "items": items,
+            }))
+            .into_response()
+        }
+        ("GET", Some(_)) => match existing {
+            Some(o) => axum::Json(o).into_response(),
+            None => not_found(),
+        },
+        ("POST", None) => match create_in(&mut s, &collection, body_json) {
+            Ok(o) => (StatusCode::CREATED, axum::Json(o)).into_response(),
+            Err(m) => status(StatusCode::CONFLICT, "AlreadyExists", m),
+        },
+        ("DELETE", Some(n)) => {
+            let Some(old) = existing else {
+                return not_found();
+            };
+            let mut new = old.clone();
+            let has_finalizers = old["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            if has_finalizers {
+                if old["metadata"].get("deletionTimestamp").is_none() {
+                    s.resource_version += 1;
+                    new["metadata"]["deletionTimestamp"] = json!("2026-11-21T21:00:00Z");
+                    let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                    new["metadata"]["generation"] = json!(g);
+                    new["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+                    s.objects
+                        .entry(collection.clone())
+                        .or_default()
+                        .insert(n.clone(), new.clone());
+                }
+                axum::Json(new).into_response()
+            } else {
+                s.objects.entry(collection.clone()).or_default().remove(n);
+                axum::Json(old).into_response()
+            }
+        }
+        ("PATCH", Some(n)) => {
+            let status_only = sub.as_deref() == Some("status");
+            let rv = body_json.pointer("/metadata/resourceVersion").cloned();
+            if let (Some(rv), Some(old)) = (&rv, &existing)
+                && old.pointer("/metadata/resourceVersion") != Some(rv)
+            {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!("{n}: the object has been modified"),
+                );
+            }
+            match content_type.as_str() {
+                "application/apply-patch+yaml" => {
+                    if query_param(&query, "fieldManager").is_none() {
+                        return status(
+                            StatusCode::BAD_REQUEST,
+                            "BadRequest",
+                            "fieldManager is required for apply".into(),
+                        );
+                    }
+                    match existing {
+                        None if status_only => not_found(),
+                        None => match create_in(&mut s, &collection, body_json) {
+                            Ok(o) => (StatusCode::CREATED, axum::Json(o)).into_response(),
+                            Err(m) => status(StatusCode::CONFLICT, "AlreadyExists", m),
+                        },
+                        Some(old) => {
+                            let mut new = old.clone();
+                            merge(&mut new, &body_json);
+                            axum::Json(commit(&mut s, &collection, n, &old, new, status_only))
+                                .into_response()
+                        }
+                    }
+                }
+                "application/json-patch+json" => {
+                    let Some(old) = existing else {
+                        return not_found();
+                    };
+                    // As in the API server's JSON-patch library, `test` of
+                    // null passes on a missing path.
+                    let ops: Vec<Value> = body_json
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|op| {
+                            !(op["op"] == "test"
+                                && op["value"].is_null()
+                                && op["path"]
+                                    .as_str()
+                                    .is_some_and(|p| old.pointer(p).is_none()))
+                        })
+                        .collect();
+                    let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops)) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
+                        }
+                    };
+                    let mut new = old.clone();
+                    if let Err(e) = json_patch::patch(&mut new, &patch) {
+                        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
+                    }
+                    axum::Json(commit(&mut s, &collection, n, &old, new, status_only))
+                        .into_response()
+                }
+                "application/merge-patch+json" => {
+                    let Some(old) = existing else {
+                        return not_found();
+                    };
+                    let mut new = old.clone();
+                    merge(&mut new, &body_json);
+                    axum::Json(commit(&mut s, &collection, n, &old, new, status_only))
+                        .into_response()
+                }
+                other => status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    other.to_string(),
+                ),
+            }
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} {path}"),
+        ),
+    }
+}
