@@ -137,6 +137,16 @@ fn clusters(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> 
         .for_each(log_result("cluster"))
 }
 
+/// The three controllers, until one stops (which is an error).
+pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Error {
+    let ns = &namespace;
+    tokio::select! {
+        _ = clusters(ctx.clone(), ns) => anyhow::anyhow!("the Cluster controller stopped"),
+        _ = topics(ctx.clone(), ns) => anyhow::anyhow!("the Topic controller stopped"),
+        _ = plugins(ctx.clone(), ns) => anyhow::anyhow!("the Plugin controller stopped"),
+    }
+}
+
 async fn serve_http(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -198,11 +208,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             None => std::future::pending::<()>().await,
         }
     };
-    let ns = &opts.namespace;
     tokio::select! {
-        _ = clusters(ctx.clone(), ns) => anyhow::bail!("the Cluster controller stopped"),
-        _ = topics(ctx.clone(), ns) => anyhow::bail!("the Topic controller stopped"),
-        _ = plugins(ctx.clone(), ns) => anyhow::bail!("the Plugin controller stopped"),
+        e = controllers(ctx, opts.namespace.clone()) => Err(e),
         _ = lost => {
             metrics.leader.set(0);
             // Another replica may already reconcile: stop at once and let

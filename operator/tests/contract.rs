@@ -299,11 +299,24 @@ async fn stale_finalizer_patch_fails_instead_of_overwriting() {
         json!(["example.com/other"]),
         "nothing overwritten"
     );
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains(
+            r#"sluice_operator_reconcile_errors_total{controller="topic",error="kube_api"} 1"#
+        ),
+        "the failure is counted by kind:\n{metrics}"
+    );
     // The next reconcile reads the fresh object and appends.
     reconcile_topic(&api, &ctx, "t").await.expect("reconcile");
     assert_eq!(
         api.get(&topics(), "t").expect("t")["metadata"]["finalizers"],
         json!(["example.com/other", "sluice.dev/topic"])
+    );
+    let metrics = ctx.metrics.render();
+    assert!(metrics.contains(r#"sluice_operator_reconciliations_total{controller="topic"} 2"#));
+    assert!(
+        metrics
+            .contains(r#"sluice_operator_reconcile_duration_seconds_count{controller="topic"} 2"#)
     );
 }
 
