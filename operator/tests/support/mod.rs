@@ -45,8 +45,12 @@ impl Request {
     }
 }
 
-#[derive(Default)]
 struct Store {
+    /// Every change as a watch event: (collection, `{type, object}`).
+    events: tokio::sync::broadcast::Sender<(String, Value)>,
+    /// The same events with their resourceVersion, so a watch started
+    /// from a list's version misses nothing that happened in between.
+    history: Vec<(u64, String, Value)>,
     /// Collection path (`/apis/g/v/namespaces/ns/plural`) -> name -> object.
     objects: BTreeMap<String, BTreeMap<String, Value>>,
     resource_version: u64,
@@ -136,9 +140,62 @@ fn query_param(query: &str, key: &str) -> Option<String> {
     })
 }
 
+impl Store {
+    fn new() -> Store {
+        Store {
+            events: tokio::sync::broadcast::channel(1024).0,
+            history: Vec::new(),
+            objects: BTreeMap::new(),
+            resource_version: 0,
+            uid: 0,
+            requests: Vec::new(),
+        }
+    }
+
+    fn notify(&mut self, collection: &str, type_: &str, object: &Value) {
+        let event = json!({ "type": type_, "object": object });
+        self.history
+            .push((self.resource_version, collection.to_string(), event.clone()));
+        // No watcher is not an error.
+        let _ = self.events.send((collection.to_string(), event));
+    }
+}
+
+/// A watch: the collection's changes after `since`, one JSON event per
+/// line, until the client goes away.
+fn watch(s: &Store, collection: String, selector: String, since: u64) -> Response {
+    use futures::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+    let missed: Vec<Result<Bytes, std::io::Error>> = s
+        .history
+        .iter()
+        .filter(|(rv, c, ev)| {
+            *rv > since && *c == collection && labels_match(&ev["object"], &selector)
+        })
+        .map(|(_, _, ev)| Ok(Bytes::from(format!("{ev}\n"))))
+        .collect();
+    let rx = s.events.subscribe();
+    let live = futures::stream::unfold(rx, move |mut rx| {
+        let (collection, selector) = (collection.clone(), selector.clone());
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok((c, ev)) if c == collection && labels_match(&ev["object"], &selector) => {
+                        let line = Bytes::from(format!("{ev}\n"));
+                        return Some((Ok::<_, std::io::Error>(line), rx));
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    axum::body::Body::from_stream(futures::stream::iter(missed).chain(live)).into_response()
+}
+
 impl FakeApiServer {
     pub async fn start() -> FakeApiServer {
-        let store = Arc::new(Mutex::new(Store::default()));
+        let store = Arc::new(Mutex::new(Store::new()));
         let app = Router::new().fallback(handle).with_state(store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -230,6 +287,7 @@ fn create_in(s: &mut Store, collection: &str, mut obj: Value) -> Result<Value, S
         .entry(collection.to_string())
         .or_default()
         .insert(name, obj.clone());
+    s.notify(collection, "ADDED", &obj);
     Ok(obj)
 }
 
@@ -293,8 +351,10 @@ fn commit(
     let map = s.objects.entry(collection.to_string()).or_default();
     if new["metadata"].get("deletionTimestamp").is_some() && !finalizers_left {
         map.remove(name);
+        s.notify(collection, "DELETED", &new);
     } else {
         map.insert(name.to_string(), new.clone());
+        s.notify(collection, "MODIFIED", &new);
     }
     new
 }
@@ -321,14 +381,14 @@ async fn handle(
             Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
         }
     };
-    if query.contains("watch=true") {
-        return status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "no watches here".into(),
-        );
-    }
     let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+    if query.contains("watch=true") {
+        let selector = query_param(&query, "labelSelector").unwrap_or_default();
+        let since = query_param(&query, "resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        return watch(&s, split(&path).0, selector, since);
+    }
     s.requests.push(Request {
         method: method.to_string(),
         path: path.clone(),
@@ -394,10 +454,13 @@ async fn handle(
                         .entry(collection.clone())
                         .or_default()
                         .insert(n.clone(), new.clone());
+                    s.notify(&collection, "MODIFIED", &new);
                 }
                 axum::Json(new).into_response()
             } else {
                 s.objects.entry(collection.clone()).or_default().remove(n);
+                s.resource_version += 1;
+                s.notify(&collection, "DELETED", &old);
                 axum::Json(old).into_response()
             }
         }
