@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use sluice_operator::context::{Context, Endpoints};
 use sluice_operator::crd::{Plugin, Topic};
@@ -595,4 +595,66 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
             .expect("sts")["spec"]["replicas"],
         3
     );
+}
+
+/// The fake itself answers like the API server where the controllers rely
+/// on it, so the contract above means something.
+#[tokio::test]
+async fn the_fake_api_server_keeps_the_api_servers_rules() {
+    let api = FakeApiServer::start().await;
+    topic_cr(&api, "t", "t", 1);
+    let topics_api = Api::<Topic>::namespaced(api.client(), "ns");
+    let stale = topics_api.get("t").await.expect("get");
+
+    // Status and metadata writes keep the generation; spec writes bump it.
+    topics_api
+        .patch_status(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "topicName": "x" } })),
+        )
+        .await
+        .expect("status write");
+    api.edit(&topics(), "t", |o| {
+        o["metadata"]["labels"] = json!({ "a": "b" })
+    });
+    let t = api.get(&topics(), "t").expect("t");
+    assert_eq!(t["metadata"]["generation"], 1);
+    assert_eq!(
+        t["status"]["topicName"], "x",
+        "the status subresource took it"
+    );
+    api.edit(&topics(), "t", |o| o["spec"]["partitions"] = json!(2));
+    assert_eq!(
+        api.get(&topics(), "t").expect("t")["metadata"]["generation"],
+        2
+    );
+
+    // A write carrying an old resourceVersion is a 409.
+    let err = topics_api
+        .patch(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "metadata": { "resourceVersion": stale.metadata.resource_version } }),
+            ),
+        )
+        .await
+        .expect_err("stale resourceVersion");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err}"
+    );
+
+    // A finalizer holds a deleted object; removing it lets it go.
+    api.edit(&topics(), "t", |o| {
+        o["metadata"]["finalizers"] = json!(["x/y"])
+    });
+    topics_api
+        .delete("t", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(api.get(&topics(), "t").expect("held")["metadata"]["deletionTimestamp"].is_string());
+    api.edit(&topics(), "t", |o| o["metadata"]["finalizers"] = json!([]));
+    assert!(api.get(&topics(), "t").is_none());
 }
