@@ -74,6 +74,16 @@ impl Condition {
     }
 }
 
+/// Whether `meta` lists `finalizer`.
+pub fn has_finalizer(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    finalizer: &str,
+) -> bool {
+    meta.finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == finalizer))
+}
+
 /// A reference to the `Cluster` (in the same namespace) a resource belongs to.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct ClusterRef {

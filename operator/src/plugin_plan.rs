@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::crd::{Condition, Plugin, PluginKind, PluginStatus};
+use crate::crd::{Condition, Plugin, PluginKind, PluginStatus, has_finalizer};
 
 /// Finalizer the operator puts on every Plugin.
 pub const FINALIZER: &str = "sluice.dev/plugin";
@@ -58,13 +58,6 @@ pub fn digest(wasm: &[u8]) -> String {
     format!("{:x}", Sha256::digest(wasm))
 }
 
-fn has_finalizer(p: &Plugin) -> bool {
-    p.metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
-}
-
 pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     let p = o.plugin;
     let name = p.metadata.name.clone().unwrap_or_default();
@@ -76,7 +69,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     };
 
     if p.metadata.deletion_timestamp.is_some() {
-        if !has_finalizer(p) {
+        if !has_finalizer(&p.metadata, FINALIZER) {
             return actions;
         }
         match (&o.registered, o.cluster_exists) {
@@ -104,7 +97,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         return actions;
     }
 
-    if !has_finalizer(p) {
+    if !has_finalizer(&p.metadata, FINALIZER) {
         actions.push(Action::AddFinalizer);
     }
     let mut status = PluginStatus {

@@ -15,12 +15,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::context::{Context, Endpoints};
-use crate::crd::{Cluster, Plugin, Topic};
+use crate::crd::{Cluster, Topic};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::topic_plan::UNMANAGED_ANNOTATION;
@@ -91,42 +91,43 @@ fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(
     }
 }
 
-fn topics(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
-    let api = scoped::<Topic>(&ctx.client, ns);
+/// A controller of `K` whose watch passes only the changes `predicate`
+/// cares about.
+fn filtered<K, P>(client: &kube::Client, ns: &Option<String>, predicate: P) -> Controller<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    P: Predicate<K> + Send + 'static,
+{
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(scoped::<K>(client, ns), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(topic_changed, Default::default());
+        .predicate_filter(predicate, Default::default());
     Controller::for_stream(stream, reader)
+}
+
+fn topics(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
+    filtered(&ctx.client, ns, topic_changed)
         .run(topic_controller::reconcile, error_policy, ctx)
         .for_each(log_result("topic"))
 }
 
 fn plugins(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
-    let api = scoped::<Plugin>(&ctx.client, ns);
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    Controller::for_stream(stream, reader)
+    filtered(&ctx.client, ns, predicates::generation)
         .run(plugin_controller::reconcile, error_policy, ctx)
         .for_each(log_result("plugin"))
 }
 
 fn clusters(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
-    let api = scoped::<Cluster>(&ctx.client, ns);
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
     let brokers = watcher::Config::default().labels("app.kubernetes.io/component=broker");
-    Controller::for_stream(stream, reader)
+    filtered(&ctx.client, ns, predicates::generation)
         .owns(scoped::<StatefulSet>(&ctx.client, ns), brokers.clone())
         // Pod readiness drives the rolling restart.
         .watches(scoped::<Pod>(&ctx.client, ns), brokers, |pod: Pod| {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::crd::{Condition, DeletionPolicy, PluginLimits, Topic, TopicStatus};
+use crate::crd::{Condition, DeletionPolicy, PluginLimits, Topic, TopicStatus, has_finalizer};
 
 /// Finalizer the operator puts on every managed Topic.
 pub const FINALIZER: &str = "sluice.dev/topic";
@@ -125,13 +125,6 @@ pub fn unmanaged(t: &Topic) -> bool {
         .is_some_and(|v| v == "false")
 }
 
-fn has_finalizer(t: &Topic) -> bool {
-    t.metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
-}
-
 /// Plans one reconcile of a Topic.
 pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     let t = o.topic;
@@ -154,7 +147,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
 
     // Deletion: never blocks on a cluster that is gone.
     if t.metadata.deletion_timestamp.is_some() {
-        if !has_finalizer(t) {
+        if !has_finalizer(&t.metadata, FINALIZER) {
             return actions;
         }
         let delete_kafka = t.spec.deletion_policy == DeletionPolicy::Delete
@@ -185,7 +178,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         push_status(&mut actions, prev, status);
         return actions;
     }
-    if !has_finalizer(t) {
+    if !has_finalizer(&t.metadata, FINALIZER) {
         actions.push(Action::AddFinalizer);
     }
     if let Some(owner) = &o.older_claimant {

@@ -67,17 +67,32 @@ fn topic_cr(api: &FakeApiServer, name: &str, kafka_name: &str, partitions: i32) 
     );
 }
 
-async fn reconcile_topic(
-    api: &FakeApiServer,
-    ctx: &Arc<Context>,
-    name: &str,
-) -> Result<(), String> {
+async fn reconcile_topic(api: &FakeApiServer, ctx: &Arc<Context>, name: &str) {
     let t: Topic =
         serde_json::from_value(api.get(&topics(), name).expect("topic")).expect("decode");
     topic_controller::reconcile(Arc::new(t), ctx.clone())
         .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .expect("reconcile");
+}
+
+/// `kubectl delete` through the API; the request itself is forgotten.
+async fn kubectl_delete<K>(api: &FakeApiServer, name: &str)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(api.client(), "ns")
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    api.take_requests();
+}
+
+async fn partitions(admin: &mut KafkaAdmin, topic: &str) -> i32 {
+    let t = admin.describe_topic(topic).await.expect("describe");
+    t.expect("the topic exists").partitions()
 }
 
 fn summaries(reqs: &[Request]) -> Vec<String> {
@@ -116,9 +131,7 @@ async fn topic_lifecycle_sends_exactly_the_expected_requests() {
     let topic_path = format!("{NS}/topics/orders");
 
     // Create: finalizer, broker create, event, status.
-    reconcile_topic(&api, &ctx, "orders")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orders").await;
     let writes = api.take_writes();
     assert_eq!(
         summaries(&writes),
@@ -160,9 +173,7 @@ async fn topic_lifecycle_sends_exactly_the_expected_requests() {
     assert_eq!(stored["status"]["assignment"], json!(t.assignment));
 
     // Converged: reads only.
-    reconcile_topic(&api, &ctx, "orders")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orders").await;
     assert_eq!(
         summaries(&api.take_writes()),
         Vec::<String>::new(),
@@ -172,22 +183,12 @@ async fn topic_lifecycle_sends_exactly_the_expected_requests() {
     // Grow (a spec change bumps the generation): broker write + status.
     let edited = api.edit(&topics(), "orders", |o| o["spec"]["partitions"] = json!(4));
     assert_eq!(edited["metadata"]["generation"], 2);
-    reconcile_topic(&api, &ctx, "orders")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orders").await;
     assert_eq!(
         summaries(&api.take_writes()),
         vec![format!("PATCH {topic_path}/status (apply)")]
     );
-    assert_eq!(
-        admin
-            .describe_topic(&kafka)
-            .await
-            .expect("d")
-            .expect("t")
-            .partitions(),
-        4
-    );
+    assert_eq!(partitions(&mut admin, &kafka).await, 4);
     assert_eq!(
         api.get(&topics(), "orders").expect("t")["status"]["observedGeneration"],
         2
@@ -202,9 +203,7 @@ async fn topic_lifecycle_sends_exactly_the_expected_requests() {
         )
         .await
         .expect("drift");
-    reconcile_topic(&api, &ctx, "orders")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orders").await;
     assert_eq!(summaries(&api.take_writes()), Vec::<String>::new());
     let t = admin.describe_topic(&kafka).await.expect("d").expect("t");
     assert_eq!(
@@ -214,9 +213,7 @@ async fn topic_lifecycle_sends_exactly_the_expected_requests() {
 
     // A shrink is refused: warning event + condition, the broker untouched.
     api.edit(&topics(), "orders", |o| o["spec"]["partitions"] = json!(2));
-    reconcile_topic(&api, &ctx, "orders")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orders").await;
     let writes = api.take_writes();
     assert_eq!(
         summaries(&writes),
@@ -229,33 +226,17 @@ async fn topic_lifecycle_sends_exactly_the_expected_requests() {
     assert_eq!(writes[0].body["reason"], "NotSupported");
     let stored = api.get(&topics(), "orders").expect("t");
     assert_eq!(condition(&stored, "NotSupported")["status"], "True");
-    assert_eq!(
-        admin
-            .describe_topic(&kafka)
-            .await
-            .expect("d")
-            .expect("t")
-            .partitions(),
-        4
-    );
+    assert_eq!(partitions(&mut admin, &kafka).await, 4);
     api.edit(&topics(), "orders", |o| o["spec"]["partitions"] = json!(4));
-    reconcile_topic(&api, &ctx, "orders")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orders").await;
     api.take_requests();
 
     // Delete: the finalizer holds the object until the Kafka topic is gone.
-    Api::<Topic>::namespaced(api.client(), "ns")
-        .delete("orders", &DeleteParams::default())
-        .await
-        .expect("delete");
-    api.take_requests();
+    kubectl_delete::<Topic>(&api, "orders").await;
     assert!(
         api.get(&topics(), "orders").expect("held")["metadata"]["deletionTimestamp"].is_string()
     );
-    reconcile_topic(&api, &ctx, "orders")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orders").await;
     let writes = api.take_writes();
     assert_eq!(
         summaries(&writes),
@@ -307,7 +288,7 @@ async fn stale_finalizer_patch_fails_instead_of_overwriting() {
         "the failure is counted by kind:\n{metrics}"
     );
     // The next reconcile reads the fresh object and appends.
-    reconcile_topic(&api, &ctx, "t").await.expect("reconcile");
+    reconcile_topic(&api, &ctx, "t").await;
     assert_eq!(
         api.get(&topics(), "t").expect("t")["metadata"]["finalizers"],
         json!(["example.com/other", "sluice.dev/topic"])
@@ -329,20 +310,12 @@ async fn deleting_a_topic_whose_cluster_is_gone_only_drops_the_finalizer() {
     api.edit(&topics(), "orphan", |o| {
         o["metadata"]["finalizers"] = json!(["sluice.dev/topic"])
     });
-    reconcile_topic(&api, &ctx, "orphan")
-        .await
-        .expect("reconcile");
+    reconcile_topic(&api, &ctx, "orphan").await;
     let stored = api.get(&topics(), "orphan").expect("t");
     assert_eq!(condition(&stored, "Ready")["reason"], "ClusterNotFound");
     api.take_requests();
-    Api::<Topic>::namespaced(api.client(), "ns")
-        .delete("orphan", &DeleteParams::default())
-        .await
-        .expect("delete");
-    api.take_requests();
-    reconcile_topic(&api, &ctx, "orphan")
-        .await
-        .expect("reconcile");
+    kubectl_delete::<Topic>(&api, "orphan").await;
+    reconcile_topic(&api, &ctx, "orphan").await;
     assert_eq!(
         summaries(&api.take_writes()),
         vec![format!("PATCH {NS}/topics/orphan (json-patch)")]
@@ -365,18 +338,13 @@ fn example_wasm(name: &str) -> Vec<u8> {
     })
 }
 
-async fn reconcile_plugin(
-    api: &FakeApiServer,
-    ctx: &Arc<Context>,
-    name: &str,
-) -> Result<(), String> {
+async fn reconcile_plugin(api: &FakeApiServer, ctx: &Arc<Context>, name: &str) {
     let p: Plugin =
         serde_json::from_value(api.get(&format!("{NS}/plugins"), name).expect("plugin"))
             .expect("decode");
     plugin_controller::reconcile(Arc::new(p), ctx.clone())
         .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .expect("reconcile");
 }
 
 #[tokio::test]
@@ -401,9 +369,7 @@ async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource
     );
 
     // The ConfigMap is missing: a condition, no upload.
-    reconcile_plugin(&api, &ctx, "stamp")
-        .await
-        .expect("reconcile");
+    reconcile_plugin(&api, &ctx, "stamp").await;
     let stored = api.get(&plugins, "stamp").expect("p");
     assert_eq!(condition(&stored, "Ready")["reason"], "InvalidSource");
     let admin = sluice_operator::broker_admin::BrokerAdmin::new(&broker.admin_url());
@@ -417,9 +383,7 @@ async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource
             "binaryData": { "stamp.wasm": base64::engine::general_purpose::STANDARD.encode(&wasm) },
         }),
     );
-    reconcile_plugin(&api, &ctx, "stamp")
-        .await
-        .expect("reconcile");
+    reconcile_plugin(&api, &ctx, "stamp").await;
     let writes = api.take_writes();
     assert_eq!(
         summaries(&writes),
@@ -444,23 +408,15 @@ async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource
     );
 
     // Converged: no Kubernetes writes and no new version on the brokers.
-    reconcile_plugin(&api, &ctx, "stamp")
-        .await
-        .expect("reconcile");
+    reconcile_plugin(&api, &ctx, "stamp").await;
     assert_eq!(summaries(&api.take_writes()), Vec::<String>::new());
     assert_eq!(
         admin.plugin("stamp").await.expect("r").expect("p").version,
         1
     );
 
-    Api::<Plugin>::namespaced(api.client(), "ns")
-        .delete("stamp", &DeleteParams::default())
-        .await
-        .expect("delete");
-    api.take_requests();
-    reconcile_plugin(&api, &ctx, "stamp")
-        .await
-        .expect("reconcile");
+    kubectl_delete::<Plugin>(&api, "stamp").await;
+    reconcile_plugin(&api, &ctx, "stamp").await;
     assert_eq!(
         summaries(&api.take_writes()),
         vec![
@@ -475,13 +431,12 @@ async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource
     );
 }
 
-async fn reconcile_cluster(api: &FakeApiServer, ctx: &Arc<Context>) -> Result<(), String> {
+async fn reconcile_cluster(api: &FakeApiServer, ctx: &Arc<Context>) {
     let c = serde_json::from_value(api.get(&format!("{NS}/clusters"), "demo").expect("cluster"))
         .expect("decode");
     cluster_controller::reconcile(Arc::new(c), ctx.clone())
         .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .expect("reconcile");
 }
 
 fn broker_pod(api: &FakeApiServer, ordinal: i32, hash: &str) {
@@ -521,7 +476,7 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
     let ctx = context(&api, &broker, 3);
     cluster_cr(&api, 3);
     let core = "/api/v1/namespaces/ns";
-    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    reconcile_cluster(&api, &ctx).await;
     let writes = api.take_writes();
     assert_eq!(
         summaries(&writes),
@@ -542,7 +497,7 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
     assert_eq!(sts["metadata"]["ownerReferences"][0]["controller"], true);
     assert_eq!(sts["spec"]["replicas"], 3);
 
-    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    reconcile_cluster(&api, &ctx).await;
     assert_eq!(
         summaries(&api.take_writes()),
         Vec::<String>::new(),
@@ -557,12 +512,12 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
     for i in 0..3 {
         broker_pod(&api, i, &hash);
     }
-    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    reconcile_cluster(&api, &ctx).await;
     api.take_requests();
     api.edit(&format!("{NS}/clusters"), "demo", |c| {
         c["spec"]["config"] = json!({ "default-partitions": "3" })
     });
-    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    reconcile_cluster(&api, &ctx).await;
     let writes = api.take_writes();
     assert_eq!(
         summaries(&writes),
@@ -576,7 +531,7 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
         "only the changed objects, and one broker restarted"
     );
     // Pod 2 is gone and not yet back: nothing else is restarted.
-    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    reconcile_cluster(&api, &ctx).await;
     let writes = summaries(&api.take_writes());
     assert!(
         !writes.iter().any(|w| w.starts_with("DELETE")),
@@ -587,7 +542,7 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
     api.edit(&format!("{NS}/clusters"), "demo", |c| {
         c["spec"]["brokers"] = json!(2)
     });
-    reconcile_cluster(&api, &ctx).await.expect("reconcile");
+    reconcile_cluster(&api, &ctx).await;
     let stored = api.get(&format!("{NS}/clusters"), "demo").expect("c");
     assert_eq!(condition(&stored, "ScaleDownRefused")["status"], "True");
     assert_eq!(
