@@ -97,17 +97,25 @@ impl BrokerAdmin {
         }
     }
 
-    pub async fn upload(&self, name: &str, kind: &PluginKind, wasm: &[u8]) -> anyhow::Result<()> {
+    /// Uploads a module. The inner `Err` is the brokers' verdict on the
+    /// module itself (a 4xx: not WebAssembly, wrong exports, too big),
+    /// which retrying cannot change; the outer one is a failure to ask.
+    pub async fn upload(
+        &self,
+        name: &str,
+        kind: &PluginKind,
+        wasm: &[u8],
+    ) -> anyhow::Result<Result<(), String>> {
         let path = format!("/v1/plugins/{name}?kind={}", kind_name(kind));
         let (status, body) = self.call(Method::PUT, &path, wasm.to_vec()).await?;
-        if !status.is_success() {
-            return Err(Self::refused(
-                &format!("uploading plugin {name}"),
-                status,
-                &body,
-            ));
+        let what = format!("uploading plugin {name}");
+        if status.is_client_error() {
+            return Ok(Err(Self::refused(&what, status, &body).to_string()));
         }
-        Ok(())
+        if !status.is_success() {
+            return Err(Self::refused(&what, status, &body));
+        }
+        Ok(Ok(()))
     }
 
     /// Deletes `name`; one that is already gone is not an error.

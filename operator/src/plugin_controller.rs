@@ -13,7 +13,7 @@ use kube::runtime::controller::Action as Requeue;
 
 use crate::broker_admin::BrokerAdmin;
 use crate::context::{self, Context};
-use crate::crd::{KeyRef, Plugin, PluginSource};
+use crate::crd::{Condition, KeyRef, Plugin, PluginSource, PluginStatus};
 use crate::error::{Error, Result};
 use crate::kube_writes;
 use crate::plugin_plan::{self, Action, FINALIZER, Observed};
@@ -121,9 +121,22 @@ async fn reconcile_inner(p: &Plugin, ctx: &Context) -> Result<Requeue> {
             } => kube_writes::event(ctx, p, *warning, reason, message).await,
             Action::Upload { name, kind, wasm } => {
                 let a = admin.as_ref().ok_or_else(no_admin)?;
-                if let Err(e) = a.upload(name, kind, wasm).await {
-                    kube_writes::event(ctx, p, true, "UploadFailed", &format!("{e:#}")).await;
-                    return Err(Error::Broker(e));
+                match a.upload(name, kind, wasm).await {
+                    Ok(Ok(())) => {}
+                    // The module itself was refused: say so, and wait for
+                    // a new spec (or source) instead of retrying.
+                    Ok(Err(why)) => {
+                        kube_writes::event(ctx, p, true, "Rejected", &why).await;
+                        let status = rejected(p, &now, why);
+                        if p.status.as_ref() != Some(&status) {
+                            kube_writes::apply_status(&api, p, &status).await?;
+                        }
+                        return Ok(Requeue::requeue(ctx.resync));
+                    }
+                    Err(e) => {
+                        kube_writes::event(ctx, p, true, "UploadFailed", &format!("{e:#}")).await;
+                        return Err(Error::Broker(e));
+                    }
                 }
             }
             Action::Delete { name } => {
@@ -133,6 +146,21 @@ async fn reconcile_inner(p: &Plugin, ctx: &Context) -> Result<Requeue> {
         }
     }
     Ok(Requeue::requeue(ctx.resync))
+}
+
+/// Status of a Plugin whose module the brokers refused: the live version
+/// (if any) stays what it was.
+fn rejected(p: &Plugin, now: &str, why: String) -> PluginStatus {
+    let prev = p.status.as_ref();
+    let generation = p.metadata.generation.unwrap_or(0);
+    PluginStatus {
+        observed_generation: generation,
+        digest: prev.map(|s| s.digest.clone()).unwrap_or_default(),
+        version: prev.map_or(0, |s| s.version),
+        conditions: vec![Condition::new(
+            prev, now, generation, "Ready", false, "Rejected", why,
+        )],
+    }
 }
 
 fn no_admin() -> Error {

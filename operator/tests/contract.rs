@@ -431,6 +431,57 @@ async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource
     );
 }
 
+#[tokio::test]
+async fn a_module_the_brokers_refuse_is_a_condition_not_a_retry_loop() {
+    let broker = Broker::start().expect("broker");
+    let api = FakeApiServer::start().await;
+    let ctx = context(&api, &broker, 1);
+    cluster_cr(&api, 1);
+    let plugins = format!("{NS}/plugins");
+    api.create(
+        &plugins,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Plugin",
+            "metadata": { "name": "broken", "finalizers": ["sluice.dev/plugin"] },
+            "spec": {
+                "cluster": { "name": "demo" }, "kind": "filter",
+                // Only the WebAssembly magic: no module.
+                "source": { "inline": "AGFzbQ==" },
+            },
+        }),
+    );
+    reconcile_plugin(&api, &ctx, "broken").await;
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("POST {EVENTS}"),
+            format!("PATCH {plugins}/broken/status (apply)")
+        ]
+    );
+    assert_eq!(writes[0].body["reason"], "Rejected");
+    let stored = api.get(&plugins, "broken").expect("p");
+    let ready = condition(&stored, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("Rejected"))
+    );
+    assert!(
+        ready["message"].as_str().is_some_and(|m| m.contains("400")),
+        "{ready}"
+    );
+    let admin = sluice_operator::broker_admin::BrokerAdmin::new(&broker.admin_url());
+    assert!(admin.plugin("broken").await.expect("registry").is_none());
+
+    // Converged on the refusal: the next look writes no status.
+    reconcile_plugin(&api, &ctx, "broken").await;
+    let writes = summaries(&api.take_writes());
+    assert!(
+        !writes.iter().any(|w| w.ends_with("status (apply)")),
+        "{writes:?}"
+    );
+}
+
 async fn reconcile_cluster(api: &FakeApiServer, ctx: &Arc<Context>) {
     let c = serde_json::from_value(api.get(&format!("{NS}/clusters"), "demo").expect("cluster"))
         .expect("decode");
