@@ -83,7 +83,7 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    Api::<K>::namespaced(api.client(), "ns")
+    Api::<K>::namespaced(api.admin_client(), "ns")
         .delete(name, &DeleteParams::default())
         .await
         .expect("delete");
@@ -609,7 +609,7 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
 async fn the_fake_api_server_keeps_the_api_servers_rules() {
     let api = FakeApiServer::start().await;
     topic_cr(&api, "t", "t", 1);
-    let topics_api = Api::<Topic>::namespaced(api.client(), "ns");
+    let topics_api = Api::<Topic>::namespaced(api.admin_client(), "ns");
     let stale = topics_api.get("t").await.expect("get");
 
     // Status and metadata writes keep the generation; spec writes bump it.

@@ -49,7 +49,8 @@ async fn watched_resources_are_reconciled_and_then_left_alone() {
         Some("ns".into()),
     ));
 
-    let clusters = Api::<Cluster>::namespaced(client.clone(), "ns");
+    let user = api.admin_client();
+    let clusters = Api::<Cluster>::namespaced(user.clone(), "ns");
     let cluster = serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Cluster",
         "metadata": { "name": "demo", "namespace": "ns" },
@@ -61,7 +62,7 @@ async fn watched_resources_are_reconciled_and_then_left_alone() {
         .await
         .expect("create cluster");
     let kafka = sluice_tests::unique_name("wired");
-    let topics = Api::<Topic>::namespaced(client.clone(), "ns");
+    let topics = Api::<Topic>::namespaced(user.clone(), "ns");
     let topic = serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Topic",
         "metadata": { "name": "orders", "namespace": "ns" },

@@ -17,6 +17,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
 /// One request as the fake server received it.
@@ -51,6 +52,10 @@ struct Store {
     /// The same events with their resourceVersion, so a watch started
     /// from a list's version misses nothing that happened in between.
     history: Vec<(u64, String, Value)>,
+    /// The chart's RBAC rules for the operator.
+    rules: Vec<PolicyRule>,
+    /// Requests those rules did not allow, as `verb group/resource`.
+    denied: Vec<String>,
     /// Collection path (`/apis/g/v/namespaces/ns/plural`) -> name -> object.
     objects: BTreeMap<String, BTreeMap<String, Value>>,
     resource_version: u64,
@@ -73,6 +78,100 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         })),
     )
         .into_response()
+}
+
+/// The operator's RBAC rules, as the chart renders them.
+/// Marks a request of `admin_client`, which the authorizer lets through.
+const ADMIN_HEADER: &str = "x-fake-cluster-admin";
+
+pub const RULES_FILE: &str = "charts/sluice/files/operator-rules.yaml";
+
+fn chart_rules() -> Vec<PolicyRule> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(RULES_FILE);
+    let text = std::fs::read_to_string(&path).expect("the chart's operator rules");
+    serde_yaml::from_str(&text).expect("rules parse as PolicyRules")
+}
+
+fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
+    let has = |list: &Option<Vec<String>>, x: &str| {
+        list.as_ref()
+            .is_some_and(|l| l.iter().any(|v| v == x || v == "*"))
+    };
+    rules.iter().any(|r| {
+        has(&r.api_groups, group)
+            && has(&r.resources, resource)
+            && r.verbs.iter().any(|v| v == verb || v == "*")
+    })
+}
+
+/// What the API server's authorizer would refuse of this request, if
+/// anything: the verb on the resource, `create` for an apply that creates,
+/// and `update` on `<owner>/finalizers` for a blocking owner reference
+/// (OwnerReferencesPermissionEnforcement).
+fn forbidden(
+    s: &Store,
+    method: &str,
+    path: &str,
+    query: &str,
+    content_type: &str,
+    body: &Value,
+) -> Option<String> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let group = if parts.first() == Some(&"api") {
+        ""
+    } else {
+        parts.get(1).copied().unwrap_or("")
+    };
+    let (collection, name, sub) = split(path);
+    let plural = collection.rsplit('/').next().unwrap_or("");
+    let resource = match &sub {
+        Some(sub) => format!("{plural}/{sub}"),
+        None => plural.to_string(),
+    };
+    let verb = match (method, &name) {
+        ("GET", None) if query.contains("watch=true") => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        _ => "unknown",
+    };
+    let mut needed = vec![(group.to_string(), resource.clone(), verb)];
+    let exists = name.as_ref().is_some_and(|n| {
+        s.objects
+            .get(&collection)
+            .is_some_and(|m| m.contains_key(n))
+    });
+    if content_type == "application/apply-patch+yaml" && !exists {
+        needed.push((group.to_string(), resource, "create"));
+    }
+    for owner in body
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if owner["blockOwnerDeletion"] == true {
+            let owner_group = owner["apiVersion"]
+                .as_str()
+                .and_then(|v| v.rsplit_once('/'))
+                .map_or("", |(g, _)| g);
+            let kind = owner["kind"].as_str().unwrap_or("").to_lowercase();
+            needed.push((
+                owner_group.to_string(),
+                format!("{kind}s/finalizers"),
+                "update",
+            ));
+        }
+    }
+    needed
+        .into_iter()
+        .find(|(g, r, v)| !allows(&s.rules, g, r, v))
+        .map(|(g, r, v)| format!("{v} {g}/{r} ({method} {path})"))
 }
 
 /// (collection path, name, subresource) of a request path.
@@ -145,6 +244,8 @@ impl Store {
         Store {
             events: tokio::sync::broadcast::channel(1024).0,
             history: Vec::new(),
+            rules: chart_rules(),
+            denied: Vec::new(),
             objects: BTreeMap::new(),
             resource_version: 0,
             uid: 0,
@@ -205,8 +306,19 @@ impl FakeApiServer {
         FakeApiServer { store, url }
     }
 
+    /// A client with the operator's permissions (the chart's rules).
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url.parse().expect("url"));
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// A cluster-admin client: the test acting as a user (`kubectl`).
+    pub fn admin_client(&self) -> kube::Client {
+        let mut config = kube::Config::new(self.url.parse().expect("url"));
+        config.headers.push((
+            http::HeaderName::from_static(ADMIN_HEADER),
+            http::HeaderValue::from_static("true"),
+        ));
         kube::Client::try_from(config).expect("client")
     }
 
@@ -215,8 +327,15 @@ impl FakeApiServer {
     }
 
     /// Every request since the last `take_requests`.
+    /// Fails the test if any request was forbidden by the chart's rules.
     pub fn take_requests(&self) -> Vec<Request> {
-        std::mem::take(&mut self.lock().requests)
+        let mut s = self.lock();
+        assert!(
+            s.denied.is_empty(),
+            "requests not allowed by {RULES_FILE}: {:#?}",
+            s.denied
+        );
+        std::mem::take(&mut s.requests)
     }
 
     /// The writes (non-GET requests) since the last `take_requests`.
@@ -382,6 +501,22 @@ async fn handle(
         }
     };
     let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+    let admin = headers.contains_key(ADMIN_HEADER);
+    let denied = match admin {
+        true => None,
+        false => forbidden(
+            &s,
+            method.as_str(),
+            &path,
+            &query,
+            &content_type,
+            &body_json,
+        ),
+    };
+    if let Some(denied) = denied {
+        s.denied.push(denied.clone());
+        return status(StatusCode::FORBIDDEN, "Forbidden", denied);
+    }
     if query.contains("watch=true") {
         let selector = query_param(&query, "labelSelector").unwrap_or_default();
         let since = query_param(&query, "resourceVersion")
