@@ -88,3 +88,6 @@ if [ "${#missing_pip[@]}" -gt 0 ]; then
         "$PYTHON" -c "import ${import_name}" || { log "failed to import ${import_name} after install"; exit 1; }
     done
 fi
+
+# --- helm (chart tests) ------------------------------------------------------
+"$(dirname "$0")/install-helm.sh"

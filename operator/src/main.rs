@@ -49,10 +49,21 @@ enum Command {
         /// Admin API base URLs, broker 0 first, with --kafka-bootstrap.
         #[arg(long, value_delimiter = ',')]
         admin_url: Vec<String>,
+        /// Server-side-apply the CRDs at start, so upgrading the operator
+        /// upgrades them (the Helm chart turns this on).
+        #[arg(long, env = "SLUICE_OPERATOR_INSTALL_CRDS")]
+        install_crds: bool,
         /// Seconds between looks at a converged object (broker-side drift
         /// raises no Kubernetes event).
         #[arg(long, env = "SLUICE_OPERATOR_RESYNC_SECONDS", default_value_t = 60)]
         resync_seconds: u64,
+    },
+    /// Remove the operator's finalizers from every Topic and Plugin (the
+    /// chart runs this before `helm uninstall` removes the operator).
+    ReleaseFinalizers {
+        /// Only this namespace (default: all namespaces).
+        #[arg(long, env = "SLUICE_OPERATOR_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
     },
     /// Print the CRDs as YAML (or write one file per CRD into --out).
     Crd {
@@ -73,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             kafka_bootstrap,
             admin_url,
             resync_seconds,
+            install_crds,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -95,8 +107,16 @@ fn main() -> anyhow::Result<()> {
                 identity,
                 endpoints,
                 resync: Duration::from_secs(resync_seconds.max(1)),
+                install_crds,
             };
             tokio::runtime::Runtime::new()?.block_on(run(opts))?;
+        }
+        Command::ReleaseFinalizers { watch_namespace } => {
+            let released = tokio::runtime::Runtime::new()?.block_on(async {
+                let client = kube::Client::try_default().await?;
+                sluice_operator::run::release_finalizers(&client, &watch_namespace).await
+            })?;
+            println!("released {released} finalizers");
         }
         Command::Crd { out: None } => {
             for (_, yaml) in sluice_operator::crd::crd_files()? {

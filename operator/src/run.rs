@@ -37,6 +37,8 @@ pub struct Options {
     pub identity: String,
     pub endpoints: Endpoints,
     pub resync: Duration,
+    /// Server-side-apply the CRDs before reconciling.
+    pub install_crds: bool,
 }
 
 pub const LEASE_NAME: &str = "sluice-operator";
@@ -164,8 +166,64 @@ async fn serve_http(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result
     Ok(())
 }
 
+/// Server-side-applies this build's CRDs: what lets `helm upgrade` update
+/// them (Helm installs a chart's `crds/` once and never upgrades them).
+pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use kube::api::{Patch, PatchParams};
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in [Cluster::crd(), Topic::crd(), crate::crd::Plugin::crd()] {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply(crate::context::FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("applying CRD {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Drops the operator's finalizers from every Topic and Plugin (in
+/// `namespace`, or everywhere): what `helm uninstall` runs first, so no
+/// resource waits forever for an operator that is gone. Kafka topics and
+/// plugins stay as they are.
+pub async fn release_finalizers(
+    client: &kube::Client,
+    namespace: &Option<String>,
+) -> anyhow::Result<usize> {
+    use kube::api::ListParams;
+    let mut released = 0;
+    let topics = scoped::<Topic>(client, namespace);
+    for t in topics.list(&ListParams::default()).await?.items {
+        if crate::crd::has_finalizer(&t.metadata, crate::topic_plan::FINALIZER) {
+            let api = Api::<Topic>::namespaced(client.clone(), &t.namespace().unwrap_or_default());
+            crate::kube_writes::remove_finalizer(&api, &t, crate::topic_plan::FINALIZER).await?;
+            released += 1;
+        }
+    }
+    let plugins = scoped::<crate::crd::Plugin>(client, namespace);
+    for p in plugins.list(&ListParams::default()).await?.items {
+        if crate::crd::has_finalizer(&p.metadata, crate::plugin_plan::FINALIZER) {
+            let api = Api::<crate::crd::Plugin>::namespaced(
+                client.clone(),
+                &p.namespace().unwrap_or_default(),
+            );
+            crate::kube_writes::remove_finalizer(&api, &p, crate::plugin_plan::FINALIZER).await?;
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
+    if opts.install_crds {
+        install_crds(&client).await?;
+        tracing::info!("CRDs applied");
+    }
     let metrics = Arc::new(Metrics::new()?);
     let http = tokio::spawn(serve_http(opts.listen, metrics.clone()));
     let ctx = Arc::new(Context::new(

@@ -664,3 +664,82 @@ async fn the_fake_api_server_keeps_the_api_servers_rules() {
     api.edit(&topics(), "t", |o| o["metadata"]["finalizers"] = json!([]));
     assert!(api.get(&topics(), "t").is_none());
 }
+
+#[tokio::test]
+async fn install_crds_updates_the_crds_helm_installed() {
+    let api = FakeApiServer::start().await;
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    // Helm's crds/ put them there first; the operator may only update them.
+    for crd in [
+        <sluice_operator::crd::Cluster as kube::CustomResourceExt>::crd(),
+        <Topic as kube::CustomResourceExt>::crd(),
+        <Plugin as kube::CustomResourceExt>::crd(),
+    ] {
+        api.create(crds, serde_json::to_value(crd).expect("crd"));
+    }
+    api.take_requests();
+    sluice_operator::run::install_crds(&api.client())
+        .await
+        .expect("apply CRDs");
+    let writes = api.take_writes();
+    assert_eq!(writes.len(), 3);
+    writes.iter().for_each(assert_apply);
+}
+
+#[tokio::test]
+async fn one_replica_holds_the_lease_and_another_takes_over() {
+    use kube_lease_manager::LeaseManagerBuilder;
+    let api = FakeApiServer::start().await;
+    let manager = |identity: &'static str| {
+        LeaseManagerBuilder::new(api.client(), sluice_operator::run::LEASE_NAME)
+            .with_namespace("ns")
+            .with_identity(identity)
+            .with_field_manager("sluice-operator")
+            .with_duration(3)
+            .with_grace(1)
+            .build()
+    };
+    let first = manager("operator-a").await.expect("manager a");
+    let second = manager("operator-b").await.expect("manager b");
+    assert!(
+        first.changed().await.expect("a"),
+        "the first takes the free lease"
+    );
+    let lease = api
+        .get(
+            "/apis/coordination.k8s.io/v1/namespaces/ns/leases",
+            "sluice-operator",
+        )
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "operator-a");
+    let b_wins = tokio::time::timeout(Duration::from_secs(2), second.changed()).await;
+    assert!(b_wins.is_err(), "the second waits while the first renews");
+    first.release().await.expect("release");
+    let took = tokio::time::timeout(Duration::from_secs(10), second.changed())
+        .await
+        .expect("takes over in time")
+        .expect("b");
+    assert!(took);
+    api.take_requests(); // every Lease call was allowed by the chart's rules
+}
+
+#[tokio::test]
+async fn release_finalizers_lets_resources_go_without_the_operator() {
+    let api = FakeApiServer::start().await;
+    topic_cr(&api, "held", "held", 1);
+    topic_cr(&api, "free", "free", 1);
+    api.edit(&topics(), "held", |o| {
+        o["metadata"]["finalizers"] = json!(["example.com/keep", "sluice.dev/topic"])
+    });
+    api.take_requests();
+    let released = sluice_operator::run::release_finalizers(&api.client(), &None)
+        .await
+        .expect("release");
+    assert_eq!(released, 1);
+    assert_eq!(
+        api.get(&topics(), "held").expect("t")["metadata"]["finalizers"],
+        json!(["example.com/keep"]),
+        "only ours"
+    );
+    assert_eq!(api.take_writes().len(), 1);
+}

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
-use sluice_operator::context::{Context, Endpoints, FIELD_MANAGER};
-use sluice_operator::crd::{Cluster, Plugin, Topic};
+use sluice_operator::context::{Context, Endpoints};
+use sluice_operator::crd::{Cluster, Topic};
 use sluice_operator::metrics::Metrics;
 
 async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -41,16 +40,9 @@ async fn operator_against_a_real_cluster() {
         return;
     }
     let client = kube::Client::try_default().await.expect("kube client");
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in [Cluster::crd(), Topic::crd(), Plugin::crd()] {
-        crds.patch(
-            &crd.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
+    sluice_operator::run::install_crds(&client)
         .await
-        .expect("install CRD");
-    }
+        .expect("install CRDs");
     tokio::time::sleep(Duration::from_secs(3)).await; // CRDs become served
 
     let ns = sluice_tests::unique_name("sluice-e2e")

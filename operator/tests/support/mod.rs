@@ -85,16 +85,29 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
 const ADMIN_HEADER: &str = "x-fake-cluster-admin";
 
 pub const RULES_FILE: &str = "charts/sluice/files/operator-rules.yaml";
+/// The rules `installCRDs` adds.
+pub const CRD_RULES_FILE: &str = "charts/sluice/files/crd-rules.yaml";
 
 fn chart_rules() -> Vec<PolicyRule> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(RULES_FILE);
-    let text = std::fs::read_to_string(&path).expect("the chart's operator rules");
-    serde_yaml::from_str(&text).expect("rules parse as PolicyRules")
+    [RULES_FILE, CRD_RULES_FILE]
+        .iter()
+        .flat_map(|file| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(file);
+            let text = std::fs::read_to_string(&path).expect("the chart's operator rules");
+            serde_yaml::from_str::<Vec<PolicyRule>>(&text).expect("rules parse as PolicyRules")
+        })
+        .collect()
 }
 
-fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
+fn allows(
+    rules: &[PolicyRule],
+    group: &str,
+    resource: &str,
+    name: Option<&str>,
+    verb: &str,
+) -> bool {
     let has = |list: &Option<Vec<String>>, x: &str| {
         list.as_ref()
             .is_some_and(|l| l.iter().any(|v| v == x || v == "*"))
@@ -103,6 +116,12 @@ fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
         has(&r.api_groups, group)
             && has(&r.resources, resource)
             && r.verbs.iter().any(|v| v == verb || v == "*")
+            && match &r.resource_names {
+                Some(names) if !names.is_empty() => {
+                    name.is_some_and(|n| names.iter().any(|x| x == n))
+                }
+                _ => true,
+            }
     })
 }
 
@@ -170,8 +189,24 @@ fn forbidden(
     }
     needed
         .into_iter()
-        .find(|(g, r, v)| !allows(&s.rules, g, r, v))
+        .find(|(g, r, v)| !allows(&s.rules, g, r, name.as_deref(), v))
         .map(|(g, r, v)| format!("{v} {g}/{r} ({method} {path})"))
+}
+
+/// Whether objects stored under `stored` belong to a request for
+/// `requested`: the same collection, or the all-namespaces one
+/// (`/apis/g/v/topics` covers `/apis/g/v/namespaces/*/topics`).
+fn in_collection(stored: &str, requested: &str) -> bool {
+    if stored == requested {
+        return true;
+    }
+    let Some((prefix, plural)) = requested.rsplit_once('/') else {
+        return false;
+    };
+    stored
+        .strip_prefix(&format!("{prefix}/namespaces/"))
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, p)| p == plural)
 }
 
 /// (collection path, name, subresource) of a request path.
@@ -271,7 +306,7 @@ fn watch(s: &Store, collection: String, selector: String, since: u64) -> Respons
         .history
         .iter()
         .filter(|(rv, c, ev)| {
-            *rv > since && *c == collection && labels_match(&ev["object"], &selector)
+            *rv > since && in_collection(c, &collection) && labels_match(&ev["object"], &selector)
         })
         .map(|(_, _, ev)| Ok(Bytes::from(format!("{ev}\n"))))
         .collect();
@@ -281,7 +316,10 @@ fn watch(s: &Store, collection: String, selector: String, since: u64) -> Respons
         async move {
             loop {
                 match rx.recv().await {
-                    Ok((c, ev)) if c == collection && labels_match(&ev["object"], &selector) => {
+                    Ok((c, ev))
+                        if in_collection(&c, &collection)
+                            && labels_match(&ev["object"], &selector) =>
+                    {
                         let line = Bytes::from(format!("{ev}\n"));
                         return Some((Ok::<_, std::io::Error>(line), rx));
                     }
@@ -547,14 +585,12 @@ async fn handle(
             let selector = query_param(&query, "labelSelector").unwrap_or_default();
             let items: Vec<Value> = s
                 .objects
-                .get(&collection)
-                .map(|m| {
-                    m.values()
-                        .filter(|o| labels_match(o, &selector))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+                .iter()
+                .filter(|(stored, _)| in_collection(stored, &collection))
+                .flat_map(|(_, m)| m.values())
+                .filter(|o| labels_match(o, &selector))
+                .cloned()
+                .collect();
             axum::Json(json!({
                 "apiVersion": "v1", "kind": "List",
                 "metadata": { "resourceVersion": s.resource_version.to_string() },
@@ -666,7 +702,9 @@ async fn handle(
                     axum::Json(commit(&mut s, &collection, n, &old, new, status_only))
                         .into_response()
                 }
-                "application/merge-patch+json" => {
+                // Strategic merge is a plain merge for the fields used here
+                // (no list merge keys).
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                     let Some(old) = existing else {
                         return not_found();
                     };
