@@ -28,9 +28,9 @@ enum Command {
         /// Address of `/metrics` and `/healthz`.
         #[arg(long, env = "SLUICE_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long, env = "SLUICE_OPERATOR_WATCH_NAMESPACE")]
-        watch_namespace: Option<String>,
+        /// Watch only these namespaces, comma-separated (default: all).
+        #[arg(long, env = "SLUICE_OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
         /// Elect a leader on a Lease in this namespace, so several replicas
         /// can run and only one reconciles (default: the pod's namespace;
         /// leader election is off if neither is set).
@@ -61,9 +61,9 @@ enum Command {
     /// Remove the operator's finalizers from every Topic and Plugin (the
     /// chart runs this before `helm uninstall` removes the operator).
     ReleaseFinalizers {
-        /// Only this namespace (default: all namespaces).
-        #[arg(long, env = "SLUICE_OPERATOR_WATCH_NAMESPACE")]
-        watch_namespace: Option<String>,
+        /// Only these namespaces, comma-separated (default: all).
+        #[arg(long, env = "SLUICE_OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
     },
     /// Print the CRDs as YAML (or write one file per CRD into --out).
     Crd {
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run {
             listen,
-            watch_namespace,
+            watch_namespaces,
             lease_namespace,
             no_leader_election,
             identity,
@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
             };
             let opts = Options {
                 listen,
-                namespace: watch_namespace,
+                namespaces: watch_namespaces,
                 lease_namespace: lease_namespace.filter(|_| !no_leader_election),
                 identity,
                 endpoints,
@@ -111,10 +111,10 @@ fn main() -> anyhow::Result<()> {
             };
             tokio::runtime::Runtime::new()?.block_on(run(opts))?;
         }
-        Command::ReleaseFinalizers { watch_namespace } => {
+        Command::ReleaseFinalizers { watch_namespaces } => {
             let released = tokio::runtime::Runtime::new()?.block_on(async {
                 let client = kube::Client::try_default().await?;
-                sluice_operator::run::release_finalizers(&client, &watch_namespace).await
+                sluice_operator::run::release_finalizers(&client, &watch_namespaces).await
             })?;
             println!("released {released} finalizers");
         }

@@ -29,8 +29,8 @@ use crate::{cluster_controller, plugin_controller, topic_controller};
 pub struct Options {
     /// Address of `/metrics` and `/healthz`.
     pub listen: SocketAddr,
-    /// Watch only this namespace (all namespaces if `None`).
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (all namespaces if empty).
+    pub namespaces: Vec<String>,
     /// Lease namespace for leader election; `None` runs without it.
     pub lease_namespace: Option<String>,
     /// This replica's identity in the Lease (the pod name).
@@ -140,7 +140,24 @@ fn clusters(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> 
         .for_each(log_result("cluster"))
 }
 
-/// The three controllers, until one stops (which is an error).
+/// `None` (everywhere) for no namespaces, else each one.
+fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    match namespaces {
+        [] => vec![None],
+        list => list.iter().cloned().map(Some).collect(),
+    }
+}
+
+/// The controllers of every watched namespace (one set for all
+/// namespaces if none is named), until one stops (which is an error).
+pub async fn watch_namespaces(ctx: Arc<Context>, namespaces: &[String]) -> anyhow::Error {
+    let sets = scopes(namespaces)
+        .into_iter()
+        .map(|ns| Box::pin(controllers(ctx.clone(), ns)));
+    futures::future::select_all(sets).await.0
+}
+
+/// The three controllers of one namespace (or all), until one stops.
 pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Error {
     let ns = &namespace;
     tokio::select! {
@@ -186,14 +203,22 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops the operator's finalizers from every Topic and Plugin (in
-/// `namespace`, or everywhere): what `helm uninstall` runs first, so no
+/// Drops the operator's finalizers from every Topic and Plugin (in the
+/// given namespaces, or everywhere): what `helm uninstall` runs first, so no
 /// resource waits forever for an operator that is gone. Kafka topics and
 /// plugins stay as they are.
 pub async fn release_finalizers(
     client: &kube::Client,
-    namespace: &Option<String>,
+    namespaces: &[String],
 ) -> anyhow::Result<usize> {
+    let mut released = 0;
+    for ns in scopes(namespaces) {
+        released += release_in(client, &ns).await?;
+    }
+    Ok(released)
+}
+
+async fn release_in(client: &kube::Client, namespace: &Option<String>) -> anyhow::Result<usize> {
     use kube::api::ListParams;
     let mut released = 0;
     let topics = scoped::<Topic>(client, namespace);
@@ -268,7 +293,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        e = controllers(ctx, opts.namespace.clone()) => Err(e),
+        e = watch_namespaces(ctx, &opts.namespaces) => Err(e),
         _ = lost => {
             metrics.leader.set(0);
             // Another replica may already reconcile: stop at once and let

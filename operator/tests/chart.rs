@@ -11,7 +11,7 @@ use std::process::Command;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -71,7 +71,7 @@ const ALL_ON: &[&str] = &[
     "--set",
     "cluster.resources.requests.cpu=500m",
     "--set",
-    "watchNamespace=data",
+    "watchNamespaces={data,logs}",
     "--set",
     "leaderElection.enabled=false",
     "--set",
@@ -119,6 +119,8 @@ fn check_manifests(docs: &[Value]) -> Vec<String> {
             "ServiceAccount" => typed::<ServiceAccount>(doc),
             "ClusterRole" => typed::<ClusterRole>(doc),
             "ClusterRoleBinding" => typed::<ClusterRoleBinding>(doc),
+            "Role" => typed::<Role>(doc),
+            "RoleBinding" => typed::<RoleBinding>(doc),
             "Service" => typed::<Service>(doc),
             "ConfigMap" => typed::<ConfigMap>(doc),
             "Cluster" => typed::<Cluster>(doc),
@@ -179,7 +181,7 @@ fn every_optional_feature_renders_valid_manifests() {
         args.as_array()
             .expect("args")
             .iter()
-            .any(|a| a == "--watch-namespace=data")
+            .any(|a| a == "--watch-namespaces=data,logs")
     );
     assert!(
         args.as_array()
@@ -204,22 +206,50 @@ fn rules_file(name: &str) -> Vec<PolicyRule> {
     serde_yaml::from_str(&text).expect("rules")
 }
 
+/// Rules of the rendered `kind` objects, by namespace ("" for a ClusterRole).
+fn roles(extra: &[&str], kind: &str) -> Vec<(String, Vec<PolicyRule>)> {
+    render(extra)
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .map(|d| {
+            let ns = d["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let rules = serde_json::from_value(d["rules"].clone()).expect("rules");
+            (ns, rules)
+        })
+        .collect()
+}
+
 #[test]
-fn the_cluster_role_is_exactly_the_rules_the_contract_tests_authorize_with() {
-    let role = |extra: &[&str]| -> Vec<PolicyRule> {
-        let docs = render(extra);
-        let role = docs
-            .iter()
-            .find(|d| d["kind"] == "ClusterRole")
-            .expect("role");
-        serde_json::from_value::<ClusterRole>(role.clone())
-            .expect("role")
-            .rules
-            .unwrap_or_default()
-    };
+fn the_rbac_is_exactly_the_rules_the_contract_tests_authorize_with() {
     let operator = rules_file("operator-rules.yaml");
+    let crds = rules_file("crd-rules.yaml");
     let mut with_crds = operator.clone();
-    with_crds.extend(rules_file("crd-rules.yaml"));
-    assert_eq!(role(&[]), with_crds, "defaults: installCRDs is on");
-    assert_eq!(role(&["--set", "installCRDs=false"]), operator);
+    with_crds.extend(crds.clone());
+    assert_eq!(
+        roles(&[], "ClusterRole"),
+        vec![(String::new(), with_crds)],
+        "defaults: installCRDs on"
+    );
+    assert_eq!(
+        roles(&["--set", "installCRDs=false"], "ClusterRole"),
+        vec![(String::new(), operator.clone())]
+    );
+
+    // Namespaced: Roles where the operator works (and its Lease lives),
+    // a ClusterRole only for the CRDs.
+    let scoped = ["--set", "watchNamespaces={data,logs}"];
+    let mut namespaced = roles(&scoped, "Role");
+    namespaced.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, Vec<PolicyRule>)> = ["data", "logs", "sluice"]
+        .iter()
+        .map(|ns| (ns.to_string(), operator.clone()))
+        .collect();
+    assert_eq!(namespaced, expected);
+    assert_eq!(roles(&scoped, "ClusterRole"), vec![(String::new(), crds)]);
+    let mut no_crds = scoped.to_vec();
+    no_crds.extend(["--set", "installCRDs=false"]);
+    assert_eq!(roles(&no_crds, "ClusterRole"), vec![]);
 }

@@ -732,7 +732,7 @@ async fn release_finalizers_lets_resources_go_without_the_operator() {
         o["metadata"]["finalizers"] = json!(["example.com/keep", "sluice.dev/topic"])
     });
     api.take_requests();
-    let released = sluice_operator::run::release_finalizers(&api.client(), &None)
+    let released = sluice_operator::run::release_finalizers(&api.client(), &[])
         .await
         .expect("release");
     assert_eq!(released, 1);
