@@ -271,8 +271,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .await?;
             let (mut rx, _task) = manager.watch().await;
             tracing::info!(identity = %opts.identity, "waiting for the leader Lease");
-            while !*rx.borrow_and_update() {
-                rx.changed().await?;
+            // A follower must still stop promptly on SIGTERM.
+            let won = async {
+                while !*rx.borrow_and_update() {
+                    rx.changed().await?;
+                }
+                anyhow::Ok(())
+            };
+            tokio::select! {
+                r = won => r?,
+                _ = shutdown() => return Ok(()),
             }
             tracing::info!("holding the leader Lease; reconciling");
             Some(rx)
