@@ -219,24 +219,33 @@ pub async fn release_finalizers(
 }
 
 async fn release_in(client: &kube::Client, namespace: &Option<String>) -> anyhow::Result<usize> {
-    use kube::api::ListParams;
+    let topics = release_kind::<Topic>(client, namespace, crate::topic_plan::FINALIZER).await?;
+    let plugins =
+        release_kind::<crate::crd::Plugin>(client, namespace, crate::plugin_plan::FINALIZER)
+            .await?;
+    Ok(topics + plugins)
+}
+
+/// Removes `finalizer` from every `K` that has it; returns how many.
+async fn release_kind<K>(
+    client: &kube::Client,
+    namespace: &Option<String>,
+    finalizer: &str,
+) -> anyhow::Result<usize>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
     let mut released = 0;
-    let topics = scoped::<Topic>(client, namespace);
-    for t in topics.list(&ListParams::default()).await?.items {
-        if crate::crd::has_finalizer(&t.metadata, crate::topic_plan::FINALIZER) {
-            let api = Api::<Topic>::namespaced(client.clone(), &t.namespace().unwrap_or_default());
-            crate::kube_writes::remove_finalizer(&api, &t, crate::topic_plan::FINALIZER).await?;
-            released += 1;
-        }
-    }
-    let plugins = scoped::<crate::crd::Plugin>(client, namespace);
-    for p in plugins.list(&ListParams::default()).await?.items {
-        if crate::crd::has_finalizer(&p.metadata, crate::plugin_plan::FINALIZER) {
-            let api = Api::<crate::crd::Plugin>::namespaced(
-                client.clone(),
-                &p.namespace().unwrap_or_default(),
-            );
-            crate::kube_writes::remove_finalizer(&api, &p, crate::plugin_plan::FINALIZER).await?;
+    let all = scoped::<K>(client, namespace)
+        .list(&kube::api::ListParams::default())
+        .await?;
+    for obj in all.items {
+        if crate::crd::has_finalizer(obj.meta(), finalizer) {
+            let api = Api::<K>::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+            crate::kube_writes::remove_finalizer(&api, &obj, finalizer).await?;
             released += 1;
         }
     }

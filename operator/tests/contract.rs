@@ -41,6 +41,15 @@ fn context(api: &FakeApiServer, broker: &Broker, admins: usize) -> Arc<Context> 
     ))
 }
 
+/// A real one-broker cluster, the fake API server, and a `Cluster` for it.
+async fn setup() -> (Broker, FakeApiServer, Arc<Context>) {
+    let broker = Broker::start().expect("broker");
+    let api = FakeApiServer::start().await;
+    let ctx = context(&api, &broker, 1);
+    cluster_cr(&api, 1);
+    (broker, api, ctx)
+}
+
 fn cluster_cr(api: &FakeApiServer, brokers: i32) {
     api.create(
         &format!("{NS}/clusters"),
@@ -122,11 +131,8 @@ fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
 
 #[tokio::test]
 async fn topic_lifecycle_sends_exactly_the_expected_requests() {
-    let broker = Broker::start().expect("broker");
-    let api = FakeApiServer::start().await;
-    let ctx = context(&api, &broker, 1);
+    let (broker, api, ctx) = setup().await;
     let kafka = sluice_tests::unique_name("orders");
-    cluster_cr(&api, 1);
     topic_cr(&api, "orders", &kafka, 3);
     let topic_path = format!("{NS}/topics/orders");
 
@@ -261,10 +267,7 @@ async fn topic_lifecycle_sends_exactly_the_expected_requests() {
 
 #[tokio::test]
 async fn stale_finalizer_patch_fails_instead_of_overwriting() {
-    let broker = Broker::start().expect("broker");
-    let api = FakeApiServer::start().await;
-    let ctx = context(&api, &broker, 1);
-    cluster_cr(&api, 1);
+    let (_broker, api, ctx) = setup().await;
     topic_cr(&api, "t", &sluice_tests::unique_name("stale"), 1);
     let stale: Topic = serde_json::from_value(api.get(&topics(), "t").expect("t")).expect("decode");
     // Someone else adds a finalizer after our read.
@@ -349,10 +352,7 @@ async fn reconcile_plugin(api: &FakeApiServer, ctx: &Arc<Context>, name: &str) {
 
 #[tokio::test]
 async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource() {
-    let broker = Broker::start().expect("broker");
-    let api = FakeApiServer::start().await;
-    let ctx = context(&api, &broker, 1);
-    cluster_cr(&api, 1);
+    let (broker, api, ctx) = setup().await;
     let plugins = format!("{NS}/plugins");
     let wasm = example_wasm("stamp_header.wasm");
     let digest = sluice_operator::plugin_plan::digest(&wasm);
@@ -433,10 +433,7 @@ async fn plugin_from_a_config_map_is_uploaded_once_and_deleted_with_the_resource
 
 #[tokio::test]
 async fn a_module_the_brokers_refuse_is_a_condition_not_a_retry_loop() {
-    let broker = Broker::start().expect("broker");
-    let api = FakeApiServer::start().await;
-    let ctx = context(&api, &broker, 1);
-    cluster_cr(&api, 1);
+    let (broker, api, ctx) = setup().await;
     let plugins = format!("{NS}/plugins");
     api.create(
         &plugins,

@@ -9,8 +9,10 @@
 //! `SLUICE_E2E_ADMIN` (e.g. port-forwards to the bootstrap Service) to also
 //! wait for a ready cluster and a created topic.
 
+mod support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Namespace;
@@ -22,15 +24,14 @@ use sluice_operator::context::{Context, Endpoints};
 use sluice_operator::crd::{Cluster, Topic};
 use sluice_operator::metrics::Metrics;
 
-async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+async fn wait_for<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    support::eventually(
+        what,
+        Duration::from_secs(300),
+        Duration::from_secs(2),
+        check,
+    )
+    .await
 }
 
 #[tokio::test]

@@ -20,6 +20,27 @@ use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
+/// Polls `check` every `every` until it gives a value; fails the test
+/// after `within`.
+pub async fn eventually<T>(
+    what: &str,
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// One request as the fake server received it.
 #[derive(Debug, Clone)]
 pub struct Request {
