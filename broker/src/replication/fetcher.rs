@@ -231,15 +231,15 @@ impl FetcherTask {
                 }
                 let log = f.log.clone();
                 let leo = log.log_end_offset();
-                // No common epoch: fall back to the high watermark, which
-                // is never beyond what the ISR had.
-                let target = if p.end_offset < 0 || !log.has_epochs() {
-                    log.high_watermark().min(leo)
-                } else {
-                    p.end_offset.min(leo)
-                };
-                if target < leo {
-                    let cut = tokio::task::spawn_blocking(move || log.truncate_to(target)).await;
+                let decision = truncation_target(
+                    (p.leader_epoch, p.end_offset),
+                    |epoch| log.end_offset_for_epoch(epoch),
+                    leo,
+                    log.high_watermark(),
+                );
+                if decision.offset < leo {
+                    let cut =
+                        tokio::task::spawn_blocking(move || log.truncate_to(decision.offset)).await;
                     match cut {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -249,6 +249,13 @@ impl FetcherTask {
                         }
                         Err(e) => return Err(std::io::Error::other(e)),
                     }
+                }
+                if !decision.done {
+                    // The leader named an epoch this log does not have: cut
+                    // to where the one below it ended and ask again.
+                    tracing::info!(topic = %tp.0, partition = tp.1, leader_epoch = p.leader_epoch, to = decision.offset, "truncated to an intermediate offset; asking the leader again");
+                    all = false;
+                    continue;
                 }
                 self.mark_truncated(&tp, f.leader_epoch, true);
             }
@@ -349,6 +356,60 @@ impl FetcherTask {
     }
 }
 
+/// Where a follower cuts its log after the leader answered
+/// OffsetForLeaderEpoch, and whether that settles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Truncation {
+    pub offset: i64,
+    /// False: cut to `offset`, then ask the leader again.
+    pub done: bool,
+}
+
+/// Kafka's `getOffsetTruncationState` (KIP-101 with KIP-279). The leader
+/// answered `(epoch, end)`: the largest epoch it knows at or below the one
+/// asked for, and where that epoch ends in its log. The follower may only
+/// keep records up to where *both* logs agree that epoch ends: if it does
+/// not know that epoch itself, it cuts to the end of the largest epoch it
+/// has below it and asks again (its latest epoch is older then), since
+/// the leader's offset may lie inside a different, divergent epoch here.
+/// `local(epoch)` is this log's `(largest epoch <= epoch, its end offset)`.
+pub(crate) fn truncation_target(
+    leader: (i32, i64),
+    local: impl Fn(i32) -> (i32, i64),
+    log_end: i64,
+    high_watermark: i64,
+) -> Truncation {
+    let (leader_epoch, leader_end) = leader;
+    if leader_end < 0 {
+        // The leader has no epoch this old: all that is certain is what
+        // was committed.
+        return Truncation {
+            offset: high_watermark.min(log_end),
+            done: true,
+        };
+    }
+    if leader_epoch < 0 {
+        return Truncation {
+            offset: leader_end.min(log_end),
+            done: true,
+        };
+    }
+    match local(leader_epoch) {
+        (_, end) if end < 0 => Truncation {
+            offset: leader_end.min(log_end),
+            done: true,
+        },
+        (epoch, end) if epoch != leader_epoch => Truncation {
+            offset: end.min(log_end),
+            done: false,
+        },
+        (_, end) => Truncation {
+            offset: end.min(leader_end).min(log_end),
+            done: true,
+        },
+    }
+}
+
 /// A Kafka client connection to another broker, one request at a time.
 struct Connection {
     stream: BufStream<TcpStream>,
@@ -419,5 +480,88 @@ impl Connection {
             return Err(std::io::Error::other("response out of order"));
         }
         Resp::decode(&mut body, version).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Truncation, truncation_target};
+
+    /// A follower's epoch cache as (epoch, start offset) pairs, answering
+    /// like `EpochCache::end_offset_for`.
+    fn cache(entries: &'static [(i32, i64)], log_end: i64) -> impl Fn(i32) -> (i32, i64) {
+        move |asked| match entries.iter().rposition(|(e, _)| *e <= asked) {
+            None => (-1, -1),
+            Some(i) if i + 1 == entries.len() => (entries[i].0, log_end),
+            Some(i) => (entries[i].0, entries[i + 1].1),
+        }
+    }
+
+    #[test]
+    fn same_epoch_cuts_where_both_logs_agree_it_ended() {
+        // Follower: epoch 1 from 0, epoch 3 from 10, log end 15. Leader:
+        // epoch 3 ended at 12 there.
+        let t = truncation_target((3, 12), cache(&[(1, 0), (3, 10)], 15), 15, 8);
+        assert_eq!(
+            t,
+            Truncation {
+                offset: 12,
+                done: true
+            }
+        );
+        // Nothing to cut when the leader has more.
+        let t = truncation_target((3, 20), cache(&[(1, 0), (3, 10)], 15), 15, 8);
+        assert_eq!(t.offset, 15);
+    }
+
+    /// KIP-279: the follower led epoch 2 (offsets 5..9) unreplicated; the
+    /// leader never saw epoch 2 and answers "epoch 1 ends at 7" because it
+    /// had more epoch-1 records than the follower. Keeping 5..7 would keep
+    /// the follower's divergent epoch-2 records where the leader has
+    /// epoch-1 ones: the follower must cut to where *its* epoch 1 ended (5).
+    #[test]
+    fn an_epoch_the_follower_lacks_cuts_to_its_own_end_of_the_epoch_below() {
+        let follower = cache(&[(0, 0), (2, 5)], 9);
+        let t = truncation_target((1, 7), &follower, 9, 3);
+        assert_eq!(
+            t,
+            Truncation {
+                offset: 5,
+                done: false
+            }
+        );
+        // Asked again with its latest epoch now 0, the leader answers
+        // "epoch 0 ends at 2" (say): cut there, done.
+        let after = cache(&[(0, 0)], 5);
+        let t = truncation_target((0, 2), &after, 5, 3);
+        assert_eq!(
+            t,
+            Truncation {
+                offset: 2,
+                done: true
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_epochs_fall_back_to_what_is_certain() {
+        // The leader knows no epoch that old: keep only committed records.
+        let t = truncation_target((-1, -1), cache(&[(4, 0)], 9), 9, 6);
+        assert_eq!(
+            t,
+            Truncation {
+                offset: 6,
+                done: true
+            }
+        );
+        // The follower tracks no epoch at or below the leader's answer.
+        let t = truncation_target((2, 4), cache(&[(5, 0)], 9), 9, 6);
+        assert_eq!(
+            t,
+            Truncation {
+                offset: 4,
+                done: true
+            }
+        );
     }
 }
