@@ -1,45 +1,61 @@
-//! The broker's shared state: identity, topics, metrics. One `Arc<Broker>`
-//! is handed to every connection and to the admin server.
+//! The broker's shared state: identity, the applied metadata view, the
+//! services request handlers use. One `Arc<Broker>` is handed to every
+//! connection and to the admin server.
+//!
+//! `apply_metadata` is the applier: the one place committed metadata turns
+//! into local state (see `crate::view`).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
 use crate::cluster::controller::{self, Registration};
+use crate::cluster::metadata::Command;
 use crate::cluster::producer_ids::ProducerIdAllocator;
 use crate::cluster::quorum::Quorum;
-use crate::cluster::topics::{META_DIR, NewTopic, TopicError, TopicRegistry};
+use crate::cluster::topics::{META_DIR, NewTopic, PROPOSE_TIMEOUT, TopicError, TopicRegistry};
 use crate::config::ServeArgs;
-use crate::groups::store::OffsetStore;
+use crate::forward::Forwarder;
+use crate::groups::store::{OffsetStore, ReplicatedOffsets};
 use crate::groups::{GroupConfig, GroupCoordinator, OFFSETS_TOPIC};
+use crate::lag::HighWatermarks;
 use crate::metrics::Metrics;
 use crate::plugins::{PluginEngine, PluginHost, PluginRegistry};
 use crate::replication::{ReplicaManager, ReplicationConfig};
+use crate::view::{ClusterView, Views};
 
 pub struct Broker {
     pub args: ServeArgs,
     pub node_id: i32,
-    pub cluster_id: String,
     pub advertised_host: String,
     pub advertised_port: i32,
     pub quorum: Arc<Quorum>,
     pub registration: Registration,
+    /// The applied metadata: take `view()` once per request.
+    pub views: Arc<Views>,
     pub topics: TopicRegistry,
     pub groups: GroupCoordinator,
     pub replicas: Arc<ReplicaManager>,
+    /// Sub-batches for partitions other brokers lead.
+    pub forwarder: Forwarder,
+    /// Other leaders' high watermarks, for consumer lag.
+    pub high_watermarks: HighWatermarks,
     pub producer_ids: ProducerIdAllocator,
     pub plugins: PluginHost,
     pub metrics: Metrics,
     /// Set once logs are recovered and both listeners are bound.
     pub ready: AtomicBool,
+    /// One application of metadata at a time, in order.
+    applying: Mutex<()>,
 }
 
 impl Broker {
-    /// Registers with the controller quorum (waiting for it), opens the
-    /// partitions the metadata places here (recovering their logs) and
-    /// loads groups and plugins.
+    /// Registers with the controller quorum (waiting for it), agrees on the
+    /// cluster id, opens the partitions the metadata places here
+    /// (recovering their logs), loads plugins, and applies the metadata
+    /// once, so the broker starts with a complete view.
     pub async fn open(
         args: ServeArgs,
         quorum: Arc<Quorum>,
@@ -47,8 +63,8 @@ impl Broker {
     ) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-        let cluster_id = load_or_create_cluster_id(&args.data_dir)?;
         controller::register(&quorum, &registration).await;
+        agree_on_cluster_id(&quorum, &args.data_dir).await?;
         let dir = args.data_dir.clone();
         let node_id = args.node_id;
         let q = quorum.clone();
@@ -63,20 +79,20 @@ impl Broker {
             },
             quorum.clone(),
         ));
-        let offsets = ensure_offsets_topic(&topics, &quorum, args.offsets_topic_partitions).await?;
-        replicas.apply_image(&quorum.image(), &topics);
-        let offsets = OffsetStore::replicated(offsets, replicas.clone());
+        ensure_offsets_topic(&topics, &quorum, args.offsets_topic_partitions).await?;
+        let views = Arc::new(Views::new(args.node_id));
+        let offsets = OffsetStore::new(Arc::new(ReplicatedOffsets {
+            views: views.clone(),
+            replicas: replicas.clone(),
+            quorum: quorum.clone(),
+        }));
         let group_config = GroupConfig {
             initial_rebalance_delay: std::time::Duration::from_millis(
                 args.group_initial_rebalance_delay_ms,
             ),
             ..GroupConfig::default()
         };
-        let groups =
-            tokio::task::spawn_blocking(move || GroupCoordinator::open(offsets, group_config))
-                .await?
-                .context("loading consumer groups")?;
-        groups.set_owned(replicas.led_partitions(OFFSETS_TOPIC));
+        let groups = GroupCoordinator::open(offsets, group_config);
         let producer_ids = ProducerIdAllocator::new(quorum.clone());
         let plugin_dir = args.data_dir.join(META_DIR).join("plugins");
         let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginHost> {
@@ -88,39 +104,106 @@ impl Broker {
         let plugins = migrate_plugins(&quorum, plugins).await?;
         let metrics = Metrics::new();
         metrics.register(Box::new(quorum.commit_seconds.clone()));
-        Ok(Broker {
+        let broker = Broker {
             groups,
+            forwarder: Forwarder::new(args.node_id, quorum.clone()),
+            high_watermarks: HighWatermarks::new(args.node_id, quorum.clone()),
             replicas,
             producer_ids,
             plugins,
             node_id: args.node_id,
-            cluster_id,
             advertised_host: registration.host.clone(),
             advertised_port: registration.port,
             quorum,
             registration,
+            views,
             topics,
             metrics,
             ready: AtomicBool::new(false),
+            applying: Mutex::new(()),
             args,
-        })
+        };
+        tokio::task::block_in_place(|| broker.apply_metadata());
+        Ok(broker)
     }
 
-    /// The broker coordinating `group`: the leader of the offsets partition
-    /// the group id hashes to, as (id, host, port).
-    pub fn coordinator_for(&self, group: &str) -> Option<(i32, String, i32)> {
-        let image = self.quorum.image();
-        let offsets = image.topics.get(OFFSETS_TOPIC)?;
-        let p = crate::groups::store::partition_for(group, offsets.partitions.len());
-        let leader = offsets.partitions.get(p)?.leader;
-        let broker = image.brokers.get(&leader).filter(|x| !x.fenced)?;
-        Some((broker.id, broker.host.clone(), broker.port))
+    /// The latest applied metadata view.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.views.current()
     }
 
-    /// Ids of the live (registered, unfenced) brokers, sorted.
-    pub fn broker_ids(&self) -> Vec<i32> {
-        self.quorum.image().live_brokers()
+    /// Applies the quorum's latest committed metadata, in the one order
+    /// everything depends on: plugins (a binding may name one just
+    /// uploaded), local topics and their logs, replica roles (old terms
+    /// revoked before new ones begin), then the view is published, then
+    /// group coordination follows the offsets partitions' leadership.
+    /// Blocking (opens logs, loads groups): run it off the async workers.
+    pub fn apply_metadata(&self) {
+        let _one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = self.quorum.view();
+        let previous = self.views.current();
+        if latest.applied_index <= previous.applied_index && previous.applied_index > 0 {
+            return;
+        }
+        self.plugins.registry.sync(&latest.image.plugins);
+        let topics = self.topics.materialize(&latest.image);
+        let leaders = self
+            .replicas
+            .apply_roles(&previous.leaders, &latest.image, &topics);
+        self.views.publish(ClusterView::new(
+            self.node_id,
+            latest.applied_index,
+            latest.image.clone(),
+            topics,
+            Arc::new(leaders),
+        ));
+        self.groups.refresh_ownership();
     }
+
+    /// Waits until the view includes quorum index `index` (a change this
+    /// broker just committed), so the caller reads its own write.
+    pub async fn await_view(&self, index: u64) -> Result<Arc<ClusterView>, TopicError> {
+        self.views
+            .wait_for(index, PROPOSE_TIMEOUT)
+            .await
+            .ok_or_else(|| {
+                TopicError::Controller(format!(
+                    "committed change {index} was not applied on broker {} within {PROPOSE_TIMEOUT:?}",
+                    self.node_id
+                ))
+            })
+    }
+}
+
+/// Every broker proposes the id its data dir already has (or a new one);
+/// the first committed is the cluster's, and each broker stores it. So an
+/// existing single-node data dir keeps its id, and brokers started on fresh
+/// dirs agree on one.
+async fn agree_on_cluster_id(quorum: &Quorum, data_dir: &Path) -> anyhow::Result<()> {
+    let local = read_cluster_id(data_dir)?;
+    if quorum.image().cluster_id.is_none() {
+        let id = local
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        quorum
+            .propose(Command::InitCluster { id }, PROPOSE_TIMEOUT)
+            .await
+            .context("agreeing on the cluster id")?
+            .map_err(|e| anyhow::anyhow!("agreeing on the cluster id: {e}"))?;
+    }
+    let agreed = quorum
+        .image()
+        .cluster_id
+        .clone()
+        .context("the quorum has no cluster id after committing one")?;
+    if local.as_deref() != Some(agreed.as_str()) {
+        if let Some(old) = &local {
+            tracing::warn!(old = %old, cluster_id = %agreed, "this data dir had another cluster id; adopting the cluster's");
+        }
+        write_cluster_id(data_dir, &agreed)?;
+    }
+    tracing::info!(cluster_id = %agreed, "cluster id");
+    Ok(())
 }
 
 /// The internal topic holding committed offsets, created on first start.
@@ -129,51 +212,39 @@ async fn ensure_offsets_topic(
     topics: &TopicRegistry,
     quorum: &Quorum,
     partitions: i32,
-) -> anyhow::Result<Vec<Arc<crate::log::PartitionLog>>> {
-    let topic = match topics.get(OFFSETS_TOPIC) {
-        Some(t) => t,
-        None => {
-            let mut configs = std::collections::BTreeMap::new();
-            configs.insert("retention.ms".to_string(), "-1".to_string());
-            configs.insert("segment.bytes".to_string(), "104857600".to_string());
-            // Until group coordinators move with partition leadership, every
-            // broker holds every offsets partition.
-            let voters = quorum.voter_ids();
-            wait_for_registration(quorum, &voters).await;
-            let created = topics
-                .create(
-                    NewTopic {
-                        name: OFFSETS_TOPIC.to_string(),
-                        partitions,
-                        replication_factor: voters.len() as i16,
-                        assignment: sluice_placement::assign(
-                            &voters,
-                            0,
-                            partitions.max(1) as usize,
-                            voters.len(),
-                        )
-                        .map_err(|e| anyhow::anyhow!("placing the offsets topic: {e}"))?,
-                        configs,
-                    },
+) -> anyhow::Result<()> {
+    if quorum.image().topics.contains_key(OFFSETS_TOPIC) {
+        return Ok(());
+    }
+    let mut configs = std::collections::BTreeMap::new();
+    configs.insert("retention.ms".to_string(), "-1".to_string());
+    configs.insert("segment.bytes".to_string(), "104857600".to_string());
+    // Every broker holds every offsets partition, so whichever leads a
+    // partition after failures has its groups.
+    let voters = quorum.voter_ids();
+    wait_for_registration(quorum, &voters).await;
+    let created = topics
+        .create(
+            NewTopic {
+                name: OFFSETS_TOPIC.to_string(),
+                partitions,
+                replication_factor: voters.len() as i16,
+                assignment: sluice_placement::assign(
                     &voters,
+                    0,
+                    partitions.max(1) as usize,
+                    voters.len(),
                 )
-                .await;
-            match created {
-                Ok(t) => t,
-                Err(TopicError::AlreadyExists(_)) => topics
-                    .get(OFFSETS_TOPIC)
-                    .context("offsets topic vanished")?,
-                Err(e) => return Err(e).context("creating the internal offsets topic"),
-            }
-        }
-    };
-    let logs = topic
-        .partitions
-        .iter()
-        .cloned()
-        .collect::<Option<Vec<_>>>()
-        .context("this broker does not hold every partition of the offsets topic")?;
-    Ok(logs)
+                .map_err(|e| anyhow::anyhow!("placing the offsets topic: {e}"))?,
+                configs,
+            },
+            &voters,
+        )
+        .await;
+    match created {
+        Ok(_) | Err(TopicError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e).context("creating the internal offsets topic"),
+    }
 }
 
 /// Waits until every broker in `ids` has registered once (placement may
@@ -245,22 +316,24 @@ pub fn is_internal_topic(name: &str) -> bool {
     name == OFFSETS_TOPIC
 }
 
-/// The cluster id is minted once per data directory, like Kafka's
-/// `meta.properties`, so clients see a stable id across restarts.
-fn load_or_create_cluster_id(data_dir: &Path) -> anyhow::Result<String> {
+/// The cluster id this data dir belongs to, like Kafka's `meta.properties`.
+fn read_cluster_id(data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = data_dir.join(META_DIR).join("cluster_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_cluster_id(data_dir: &Path, id: &str) -> anyhow::Result<()> {
     let dir = data_dir.join(META_DIR);
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("cluster_id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let id = uuid::Uuid::new_v4().simple().to_string();
     let tmp = dir.join("cluster_id.tmp");
-    std::fs::write(&tmp, &id)?;
+    std::fs::write(&tmp, id)?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(id)
+    std::fs::rename(&tmp, dir.join("cluster_id"))?;
+    crate::log::sync_dir(&dir)?;
+    Ok(())
 }

@@ -142,7 +142,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(controller::fence_loop(quorum.clone(), session));
     tokio::spawn(controller::controller_watch(quorum.clone()));
     tokio::spawn(maintenance::metadata_sync(broker.clone()));
-    tokio::spawn(replication::isr_loop(broker.replicas.clone()));
+    let views = broker.views.clone();
+    tokio::spawn(replication::isr_loop(broker.replicas.clone(), move || {
+        views.current().leaders.clone()
+    }));
     if broker.args.auto_leader_rebalance_enable {
         tokio::spawn(controller::preferred_leader_loop(
             quorum.clone(),
@@ -153,6 +156,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(maintenance::flusher(broker.clone()));
     tokio::spawn(maintenance::retention(broker.clone()));
     tokio::spawn(maintenance::group_timers(broker.clone()));
+    tokio::spawn(sluice_broker::lag::refresh_loop(broker.clone()));
     let stop = shutdown_signal();
     broker.ready.store(true, Ordering::Release);
     tracing::info!(kafka = %kafka_addr, admin = %admin_addr, data_dir = %data_dir.display(), node_id = broker.node_id, "broker started");
@@ -167,7 +171,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     stop.await;
     tracing::info!("shutting down: flushing logs");
     broker.ready.store(false, Ordering::Release);
-    for t in broker.topics.all() {
+    for t in broker.topics.materialized().values() {
         for p in t.local_partitions() {
             if let Err(e) = p.close() {
                 tracing::error!(partition = %p.name(), error = %e, "flush on shutdown failed");

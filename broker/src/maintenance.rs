@@ -15,12 +15,8 @@ pub async fn flusher(broker: Arc<Broker>) {
     loop {
         tick.tick().await;
         let now = now_ms();
-        for t in broker
-            .topics
-            .all()
-            .iter()
-            .filter(|t| t.meta.view_of().is_none())
-        {
+        let view = broker.view();
+        for t in view.topics.values().filter(|t| t.meta.view_of().is_none()) {
             for p in t.local_partitions() {
                 if let Err(e) = p.flush_if_due(now).await {
                     tracing::error!(partition = %p.name(), error = %e, "periodic fsync failed");
@@ -39,7 +35,8 @@ pub async fn retention(broker: Arc<Broker>) {
         let b = broker.clone();
         let run = tokio::task::spawn_blocking(move || {
             let now = now_ms();
-            for t in b.topics.all().iter().filter(|t| t.meta.view_of().is_none()) {
+            let view = b.view();
+            for t in view.topics.values().filter(|t| t.meta.view_of().is_none()) {
                 for p in t.local_partitions() {
                     if let Err(e) = p.apply_retention(now) {
                         tracing::error!(partition = %p.name(), error = %e, "retention failed");
@@ -71,33 +68,16 @@ pub async fn group_timers(broker: Arc<Broker>) {
     }
 }
 
-/// Materializes every applied metadata change (topics created, deleted or
-/// changed through any broker) into this broker's local topics.
+/// The applier's loop: every metadata change the quorum applies (topics
+/// created, deleted or changed through any broker, leaders moved) is
+/// applied here, in order, and published as the next view.
 pub async fn metadata_sync(broker: Arc<Broker>) {
     let mut rx = broker.quorum.subscribe();
     loop {
         rx.borrow_and_update();
         let b = broker.clone();
-        // Plugins first: a topic binding may name a plugin just uploaded.
-        match tokio::task::spawn_blocking(move || {
-            b.plugins.registry.sync(&b.quorum.image().plugins);
-            b.topics.sync()
-        })
-        .await
-        {
-            Ok(Ok(())) => {
-                broker
-                    .replicas
-                    .apply_image(&broker.quorum.image(), &broker.topics);
-                let led = broker.replicas.led_partitions(crate::groups::OFFSETS_TOPIC);
-                let b = broker.clone();
-                // Loading a newly led offsets partition reads its log.
-                if let Err(e) = tokio::task::spawn_blocking(move || b.groups.set_owned(led)).await {
-                    tracing::error!(error = %e, "group ownership update failed");
-                }
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "applying metadata to local topics failed"),
-            Err(e) => tracing::error!(error = %e, "metadata sync task failed"),
+        if let Err(e) = tokio::task::spawn_blocking(move || b.apply_metadata()).await {
+            tracing::error!(error = %e, "applying metadata failed");
         }
         if rx.changed().await.is_err() {
             return;

@@ -10,9 +10,9 @@ use prometheus::{
 use std::sync::atomic::Ordering;
 
 use crate::cluster::quorum::Quorum;
-use crate::cluster::topics::TopicRegistry;
 use crate::groups::{GroupCoordinator, GroupState};
-use crate::replication::ReplicaManager;
+use crate::replication::{Leaders, ReplicaManager};
+use crate::view::ClusterView;
 
 pub struct Metrics {
     registry: Registry,
@@ -264,20 +264,21 @@ impl Metrics {
     /// Prometheus text exposition, with partition gauges read fresh.
     pub fn render(
         &self,
-        topics: &TopicRegistry,
+        view: &ClusterView,
         groups: &GroupCoordinator,
+        high_watermark: &dyn Fn(&str, i32) -> Option<i64>,
         quorum: &Quorum,
         replicas: Option<&ReplicaManager>,
     ) -> String {
-        self.render_groups(topics, groups);
+        self.render_groups(groups, high_watermark);
         self.render_cluster(quorum);
         if let Some(r) = replicas {
-            self.render_replication(r, quorum);
+            self.render_replication(r, &view.leaders, quorum);
         }
         self.log_end_offset.reset();
         self.log_start_offset.reset();
         self.log_size_bytes.reset();
-        for t in topics.all() {
+        for t in view.topics.values() {
             if t.meta.view_of().is_some() {
                 continue;
             }
@@ -335,7 +336,11 @@ impl Metrics {
         }
     }
 
-    fn render_groups(&self, topics: &TopicRegistry, groups: &GroupCoordinator) {
+    fn render_groups(
+        &self,
+        groups: &GroupCoordinator,
+        high_watermark: &dyn Fn(&str, i32) -> Option<i64>,
+    ) {
         self.groups_by_state.reset();
         self.group_members.reset();
         self.consumer_lag.reset();
@@ -358,10 +363,7 @@ impl Metrics {
                 .set(members as i64);
         }
         for (group, topic, partition, committed) in groups.all_offsets() {
-            let hw = topics
-                .get(&topic)
-                .and_then(|t| t.partition(partition).map(|p| p.high_watermark()));
-            if let Some(hw) = hw {
+            if let Some(hw) = high_watermark(&topic, partition) {
                 self.consumer_lag
                     .with_label_values(&[&group, &topic, &partition.to_string()])
                     .set((hw - committed).max(0));
@@ -394,11 +396,11 @@ impl Metrics {
         }
     }
 
-    fn render_replication(&self, replicas: &ReplicaManager, quorum: &Quorum) {
+    fn render_replication(&self, replicas: &ReplicaManager, leaders: &Leaders, quorum: &Quorum) {
         use std::sync::atomic::Ordering::Relaxed;
         self.replica_lag_messages.reset();
         self.replica_lag_seconds.reset();
-        for lag in replicas.follower_lag() {
+        for lag in replicas.follower_lag(leaders) {
             let labels = [
                 lag.topic.as_str(),
                 &lag.partition.to_string(),
@@ -465,14 +467,15 @@ mod tests {
         m.requests.with_label_values(&["Produce"]).inc();
         let dir = tempfile::tempdir().expect("tempdir");
         let quorum = crate::cluster::quorum::single_voter_for_tests(dir.path()).await;
-        let reg = crate::cluster::topics::TopicRegistry::open(dir.path(), 0, quorum.clone())
-            .expect("registry");
         let groups = crate::groups::GroupCoordinator::open(
-            crate::groups::store::OffsetStore::new(vec![]),
+            crate::groups::store::OffsetStore::new(crate::groups::store::LocalOffsets::open(
+                dir.path(),
+                1,
+            )),
             crate::groups::GroupConfig::default(),
-        )
-        .expect("groups");
-        let text = m.render(&reg, &groups, &quorum, None);
+        );
+        let view = crate::view::ClusterView::empty(0);
+        let text = m.render(&view, &groups, &|_, _| None, &quorum, None);
         assert!(text.contains("sluice_requests_total{api=\"Produce\"} 1"));
         assert!(text.contains("sluice_groups{state=\"Stable\"} 0"));
         assert!(text.contains("sluice_cluster{value=\"controller_id\"} 0"));

@@ -120,6 +120,41 @@ async fn connection(node: &Listener, stream: TcpStream, peer: SocketAddr) -> std
                 "broker is still joining the cluster; retry shortly".into(),
             );
         };
+        if protocol::is_forwarded_produce(&frame) {
+            let (correlation, req) = match protocol::decode_forwarded_produce(frame) {
+                Ok(r) => r,
+                Err(FrameError::Close { reason, detail }) => {
+                    return close(Some(broker), peer, reason, detail);
+                }
+                Err(FrameError::Respond(bytes)) => {
+                    writer.write_all(&bytes).await?;
+                    writer.flush().await?;
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let resp = api::handle_forwarded_produce(broker, req).await;
+            broker
+                .metrics
+                .request_seconds
+                .with_label_values(&["ForwardedProduce"])
+                .observe(started.elapsed().as_secs_f64());
+            match protocol::encode_forwarded_produce_response(correlation, &resp) {
+                Ok(bytes) => writer.write_all(&bytes).await?,
+                Err(e) => {
+                    return close(
+                        Some(broker),
+                        peer,
+                        "encode_failed",
+                        format!("could not encode a forwarded produce response: {e}"),
+                    );
+                }
+            }
+            if reader.buffer().is_empty() {
+                writer.flush().await?;
+            }
+            continue;
+        }
         let request = match protocol::decode_request(frame) {
             Ok(r) => r,
             Err(FrameError::Respond(bytes)) => {

@@ -1,5 +1,6 @@
 //! The operator's Kafka admin client: the handful of admin APIs the Topic
-//! controller needs, over one TCP connection, encoded by `kafka-protocol`.
+//! controller needs, over one connection of Sluice's internal client
+//! (`sluice-client`, messages encoded by `kafka-protocol`).
 //! No librdkafka in the operator image, and every request and answer is
 //! typed. Errors carry the broker's error code and message.
 
@@ -7,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsTopic,
 };
@@ -20,16 +20,13 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+    MetadataRequest, MetadataResponse, TopicName,
 };
-use kafka_protocol::protocol::{
-    Decodable, Encodable, HeaderVersion, StrBytes, encode_request_header_into_buffer,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use kafka_protocol::protocol::{Request, StrBytes};
+use sluice_client::Connection;
 
 use crate::topic_plan::ObservedTopic;
 
@@ -39,12 +36,9 @@ const RESOURCE_TOPIC: i8 = 2;
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
-/// Largest response this client accepts.
-const MAX_RESPONSE: i32 = 64 << 20;
 
 pub struct KafkaAdmin {
-    stream: TcpStream,
-    correlation: i32,
+    conn: Connection,
 }
 
 fn topic_name(name: &str) -> TopicName {
@@ -70,68 +64,25 @@ fn check(what: &str, code: i16, message: Option<&StrBytes>) -> anyhow::Result<()
 
 impl KafkaAdmin {
     pub async fn connect(bootstrap: &str) -> anyhow::Result<KafkaAdmin> {
-        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(bootstrap))
+        let conn = Connection::connect(bootstrap, "sluice-operator", TIMEOUT)
             .await
-            .with_context(|| format!("connecting to {bootstrap} timed out"))?
             .with_context(|| format!("cannot connect to {bootstrap}"))?;
-        stream.set_nodelay(true)?;
-        Ok(KafkaAdmin {
-            stream,
-            correlation: 0,
-        })
+        Ok(KafkaAdmin { conn })
     }
 
-    async fn call<Req, Resp>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        request: &Req,
-    ) -> anyhow::Result<Resp>
-    where
-        Req: Encodable + HeaderVersion,
-        Resp: Decodable,
-    {
-        self.correlation = self.correlation.wrapping_add(1);
-        let mut header = RequestHeader::default();
-        header.request_api_key = key as i16;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation;
-        header.client_id = Some(StrBytes::from_static_str("sluice-operator"));
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0; 4]);
-        encode_request_header_into_buffer(&mut buf, &header)?;
-        request.encode(&mut buf, version)?;
-        let len = i32::try_from(buf.len() - 4)?;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        let exchange = async {
-            self.stream.write_all(&buf).await?;
-            let len = self.stream.read_i32().await?;
-            if !(0..=MAX_RESPONSE).contains(&len) {
-                bail!("{key:?} response length {len} out of range");
-            }
-            let mut body = vec![0u8; len as usize];
-            self.stream.read_exact(&mut body).await?;
-            Ok(Bytes::from(body))
-        };
-        let mut body = tokio::time::timeout(TIMEOUT, exchange)
+    /// One request on the connection, answered by its typed response.
+    async fn call<R: Request>(&self, version: i16, request: &R) -> anyhow::Result<R::Response> {
+        self.conn
+            .send(request, version, TIMEOUT)
             .await
-            .with_context(|| format!("{key:?} timed out"))??;
-        let h = ResponseHeader::decode(&mut body, key.response_header_version(version))?;
-        if h.correlation_id != self.correlation {
-            bail!(
-                "{key:?}: answer to request {} instead of {}",
-                h.correlation_id,
-                self.correlation
-            );
-        }
-        Resp::decode(&mut body, version).with_context(|| format!("decoding the {key:?} response"))
+            .with_context(|| format!("API key {} v{version}", R::KEY))
     }
 
     /// Broker ids of the cluster, sorted.
     pub async fn broker_ids(&mut self) -> anyhow::Result<Vec<i32>> {
         let mut req = MetadataRequest::default();
         req.topics = Some(Vec::new());
-        let resp: MetadataResponse = self.call(ApiKey::Metadata, 9, &req).await?;
+        let resp: MetadataResponse = self.call(9, &req).await?;
         let mut ids: Vec<i32> = resp.brokers.iter().map(|b| b.node_id.0).collect();
         ids.sort_unstable();
         Ok(ids)
@@ -143,7 +94,7 @@ impl KafkaAdmin {
         let mut req = MetadataRequest::default();
         req.topics = None;
         req.allow_auto_topic_creation = false;
-        let resp: MetadataResponse = self.call(ApiKey::Metadata, 9, &req).await?;
+        let resp: MetadataResponse = self.call(9, &req).await?;
         let mut max_rf = 0;
         let mut holders = std::collections::BTreeSet::new();
         for p in resp.topics.iter().flat_map(|t| &t.partitions) {
@@ -161,7 +112,7 @@ impl KafkaAdmin {
         let mut req = MetadataRequest::default();
         req.topics = Some(vec![t]);
         req.allow_auto_topic_creation = false;
-        let resp: MetadataResponse = self.call(ApiKey::Metadata, 9, &req).await?;
+        let resp: MetadataResponse = self.call(9, &req).await?;
         let Some(topic) = resp
             .topics
             .iter()
@@ -187,7 +138,7 @@ impl KafkaAdmin {
         res.configuration_keys = None;
         let mut req = DescribeConfigsRequest::default();
         req.resources = vec![res];
-        let resp: DescribeConfigsResponse = self.call(ApiKey::DescribeConfigs, 4, &req).await?;
+        let resp: DescribeConfigsResponse = self.call(4, &req).await?;
         let mut configs = BTreeMap::new();
         for r in &resp.results {
             check(
@@ -244,7 +195,7 @@ impl KafkaAdmin {
         let mut req = CreateTopicsRequest::default();
         req.topics = vec![t];
         req.timeout_ms = TIMEOUT.as_millis() as i32;
-        let resp: CreateTopicsResponse = self.call(ApiKey::CreateTopics, 5, &req).await?;
+        let resp: CreateTopicsResponse = self.call(5, &req).await?;
         for t in &resp.topics {
             check(
                 &format!("creating {name}"),
@@ -278,7 +229,7 @@ impl KafkaAdmin {
         let mut req = CreatePartitionsRequest::default();
         req.topics = vec![t];
         req.timeout_ms = TIMEOUT.as_millis() as i32;
-        let resp: CreatePartitionsResponse = self.call(ApiKey::CreatePartitions, 2, &req).await?;
+        let resp: CreatePartitionsResponse = self.call(2, &req).await?;
         for r in &resp.results {
             check(
                 &format!("adding partitions to {name}"),
@@ -314,8 +265,7 @@ impl KafkaAdmin {
             .collect();
         let mut req = IncrementalAlterConfigsRequest::default();
         req.resources = vec![res];
-        let resp: IncrementalAlterConfigsResponse =
-            self.call(ApiKey::IncrementalAlterConfigs, 1, &req).await?;
+        let resp: IncrementalAlterConfigsResponse = self.call(1, &req).await?;
         for r in &resp.responses {
             check(
                 &format!("configs of {name}"),
@@ -330,7 +280,7 @@ impl KafkaAdmin {
         let mut req = DeleteTopicsRequest::default();
         req.topic_names = vec![topic_name(name)];
         req.timeout_ms = TIMEOUT.as_millis() as i32;
-        let resp: DeleteTopicsResponse = self.call(ApiKey::DeleteTopics, 4, &req).await?;
+        let resp: DeleteTopicsResponse = self.call(4, &req).await?;
         for r in &resp.responses {
             let gone =
                 r.error_code == kafka_protocol::ResponseError::UnknownTopicOrPartition.code();

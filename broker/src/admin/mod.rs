@@ -40,6 +40,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Resul
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    let view = b.view();
     (
         [(
             header::CONTENT_TYPE,
@@ -48,8 +49,13 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
         {
             b.metrics
                 .set_plugin_memory(&b.plugins.registry.memory_by_plugin());
-            b.metrics
-                .render(&b.topics, &b.groups, &b.quorum, Some(&b.replicas))
+            b.metrics.render(
+                &view,
+                &b.groups,
+                &|t, p| b.high_watermarks.get(&view, t, p),
+                &b.quorum,
+                Some(&b.replicas),
+            )
         },
     )
 }

@@ -37,9 +37,9 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Topics whose configs bind `name`.
 pub fn bound_topics(b: &Broker, name: &str) -> Vec<String> {
-    b.topics
-        .all()
-        .iter()
+    b.view()
+        .topics
+        .values()
         .filter(|t| {
             t.bindings
                 .as_ref()
@@ -157,27 +157,24 @@ pub async fn upload(
 /// the result on this broker before answering (so the caller can use the
 /// plugin here at once; other brokers install it as they apply the change).
 async fn commit(b: &Arc<Broker>, command: Command) -> Result<(), Response> {
-    match b.quorum.propose(command, COMMIT_TIMEOUT).await {
+    let proposed = match b.quorum.propose_indexed(command, COMMIT_TIMEOUT).await {
         Err(e) => {
             return Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("controller quorum: {e}"),
             ));
         }
-        Ok(Err(MetadataError::Plugin(m))) => return Err(error(StatusCode::BAD_REQUEST, m)),
-        Ok(Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Ok(Ok(_)) => {}
+        Ok(p) => p,
+    };
+    match proposed.result {
+        Err(MetadataError::Plugin(m)) => return Err(error(StatusCode::BAD_REQUEST, m)),
+        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(_) => {}
     }
-    let broker = b.clone();
-    let image = b.quorum.image();
-    if let Err(e) =
-        tokio::task::spawn_blocking(move || broker.plugins.registry.sync(&image.plugins)).await
-    {
-        return Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("installing the plugin: {e}"),
-        ));
-    }
+    // The applier installs it (as on every broker); answer once it has.
+    b.await_view(proposed.index)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(())
 }
 

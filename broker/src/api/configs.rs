@@ -28,6 +28,7 @@ const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
 pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let view = b.view();
     let mut resp = DescribeConfigsResponse::default();
     for res in req.resources {
         let mut r = DescribeConfigsResult::default();
@@ -40,7 +41,7 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConf
         let wanted = |name: &str| keys.as_ref().is_none_or(|k| k.iter().any(|x| x == name));
         match res.resource_type {
             RESOURCE_TOPIC => {
-                let Some(topic) = b.topics.get(res.resource_name.as_str()) else {
+                let Some(topic) = view.image.topics.get(res.resource_name.as_str()) else {
                     r.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
                     r.error_message = Some(str_bytes(format!(
                         "topic '{}' does not exist",
@@ -49,7 +50,7 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConf
                     resp.results.push(r);
                     continue;
                 };
-                for e in topic_config::entries(&topic.meta.configs).filter(|e| wanted(e.name)) {
+                for e in topic_config::entries(&topic.configs).filter(|e| wanted(e.name)) {
                     let mut c = DescribeConfigsResourceResult::default();
                     c.name = str_bytes(e.name);
                     c.value = Some(str_bytes(e.value));
@@ -163,21 +164,26 @@ async fn alter_topic(
             format!("{name} is an internal topic; its configs are managed by the broker"),
         ));
     }
-    let topic = b.topics.get(name.as_str()).ok_or_else(|| {
+    let view = b.view();
+    let topic = view.image.topics.get(name.as_str()).ok_or_else(|| {
         (
             ResponseError::UnknownTopicOrPartition,
             format!("topic '{name}' does not exist"),
         )
     })?;
-    let mut configs = topic.meta.configs.clone();
+    let mut configs = topic.configs.clone();
     change(&mut configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
     topic_config::validate_all(&configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
     super::check_plugin_bindings(b, &configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
     if validate_only {
         return Ok(());
     }
-    b.topics
+    let index = b
+        .topics
         .set_configs(name.as_str(), configs)
+        .await
+        .map_err(|e| (topic_error(&e), e.to_string()))?;
+    b.await_view(index)
         .await
         .map_err(|e| (topic_error(&e), e.to_string()))?;
     tracing::info!(topic = %name, "topic configs changed");

@@ -30,6 +30,7 @@ const MAX_FETCH_BYTES: usize = 55 * 1024 * 1024;
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
 pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
+    let view = b.view();
     let replica = (req.replica_id.0 >= 0).then_some(req.replica_id.0);
     let deadline =
         Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
@@ -38,28 +39,29 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
         .iter()
         .map(|t| {
             let name = t.topic.0.to_string();
-            let topic = b.topics.get(&name);
+            let topic = view.topic(&name);
             let parts = t
                 .partitions
                 .iter()
                 .map(|p| {
-                    let log = match (&topic, replica) {
-                        (_, Some(follower)) => {
-                            replica_target(b, &name, p.partition, p.current_leader_epoch)
-                                .inspect(|ls| ls.on_follower_fetch(follower, p.fetch_offset))
-                                .map(|ls| ls.log.clone())
-                        }
-                        (Some(tp), None) => tp.leader_log(p.partition, b.node_id).and_then(|log| {
-                            let epoch = tp.state(p.partition).map_or(-1, |s| s.leader_epoch);
-                            check_leader_epoch(p.current_leader_epoch, epoch).map(|()| log.clone())
-                        }),
-                        (None, None) => Err(ResponseError::UnknownTopicOrPartition),
+                    // A follower fetches the partition itself, never a view.
+                    let leader = match replica {
+                        Some(_) => view
+                            .leader(&name, p.partition)
+                            .ok_or(ResponseError::NotLeaderOrFollower),
+                        None => view.lead(&name, p.partition),
                     };
+                    let log = leader.and_then(|ls| {
+                        check_leader_epoch(p.current_leader_epoch, ls.leader_epoch)?;
+                        if let Some(follower) = replica {
+                            ls.on_follower_fetch(follower, p.fetch_offset);
+                        }
+                        Ok(ls.log.clone())
+                    });
                     (p.partition, p.fetch_offset, p.partition_max_bytes, log)
                 })
                 .collect();
             let filters = topic
-                .as_ref()
                 .and_then(|t| t.bindings.clone())
                 .filter(|b| !b.fetch_filters.is_empty() && replica.is_none());
             (name, filters, parts)
@@ -114,22 +116,6 @@ pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
 /// leads the partition or why not)
 type Target = (i32, i64, i32, Result<Arc<PartitionLog>, ResponseError>);
 type Targets = [(String, Option<Arc<Bindings>>, Vec<Target>)];
-
-/// The leader state a follower fetches from, if this broker leads the
-/// partition in the epoch the follower expects.
-fn replica_target(
-    b: &Broker,
-    topic: &str,
-    partition: i32,
-    epoch: i32,
-) -> Result<Arc<crate::replication::LeaderState>, ResponseError> {
-    let ls = b
-        .replicas
-        .leader(topic, partition)
-        .ok_or(ResponseError::NotLeaderOrFollower)?;
-    check_leader_epoch(epoch, ls.leader_epoch)?;
-    Ok(ls)
-}
 
 fn read_all(
     b: &Broker,

@@ -44,6 +44,7 @@ pub fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
+    let view = b.view();
     let mut resp = FindCoordinatorResponse::default();
     // A group's coordinator is the leader of the offsets partition its id
     // hashes to. Transactions are not implemented, so no transaction
@@ -55,12 +56,14 @@ pub fn find_coordinator(
                 format!("transactions are not supported by this broker (transactional id '{key}')"),
             ));
         }
-        b.coordinator_for(key).ok_or_else(|| {
-            (
-                error_code(b, ResponseError::CoordinatorNotAvailable),
-                format!("the offsets partition of group '{key}' has no leader right now"),
-            )
-        })
+        crate::groups::coordinator_of(&view, key)
+            .map(|c| (c.id, c.host.clone(), c.port))
+            .ok_or_else(|| {
+                (
+                    error_code(b, ResponseError::CoordinatorNotAvailable),
+                    format!("the offsets partition of group '{key}' has no leader right now"),
+                )
+            })
     };
     if version >= 4 {
         resp.coordinators = req
@@ -247,20 +250,23 @@ pub async fn offset_commit(
     let mut accepted = Vec::new();
     // (topic index, partition index) of accepted entries, to fill in errors.
     let mut accepted_at = Vec::new();
+    // Any partition that exists in the cluster metadata: the coordinator
+    // leads an offsets partition, not the committed topic's partitions.
+    let view = b.view();
     for t in &req.topics {
         let name = t.name.0.to_string();
-        let topic = b.topics.get(&name);
+        let partitions = view
+            .image
+            .topics
+            .get(&name)
+            .map_or(0, |t| t.partitions.len());
         let mut tr = OffsetCommitResponseTopic::default();
         tr.name = t.name.clone();
         for p in &t.partitions {
             let mut pr = OffsetCommitResponsePartition::default();
             pr.partition_index = p.partition_index;
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
-            if topic
-                .as_ref()
-                .and_then(|x| x.partition(p.partition_index))
-                .is_none()
-            {
+            if usize::try_from(p.partition_index).map_or(true, |i| i >= partitions) {
                 pr.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
             } else if metadata
                 .as_ref()
@@ -323,8 +329,8 @@ pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> Offset
             });
             let mut gr = OffsetFetchResponseGroup::default();
             gr.group_id = g.group_id.clone();
-            if !b.groups.owns(g.group_id.0.as_str()) {
-                gr.error_code = error_code(b, ResponseError::NotCoordinator);
+            if let Err(e) = b.groups.coordination(g.group_id.0.as_str()) {
+                gr.error_code = error_code(b, e);
                 resp.groups.push(gr);
                 continue;
             }
@@ -349,10 +355,10 @@ pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> Offset
         }
         return resp;
     }
-    if !b.groups.owns(req.group_id.0.as_str()) {
+    if let Err(e) = b.groups.coordination(req.group_id.0.as_str()) {
         // v0/v1 have no top-level error: their clients see no offsets.
         if version >= 2 {
-            resp.error_code = error_code(b, ResponseError::NotCoordinator);
+            resp.error_code = error_code(b, e);
         }
         return resp;
     }
@@ -419,8 +425,8 @@ pub fn describe_groups(
     for id in req.groups {
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
-        if !b.groups.owns(id.0.as_str()) {
-            g.error_code = error_code(b, ResponseError::NotCoordinator);
+        if let Err(e) = b.groups.coordination(id.0.as_str()) {
+            g.error_code = error_code(b, e);
             resp.groups.push(g);
             continue;
         }

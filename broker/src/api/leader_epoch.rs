@@ -3,7 +3,6 @@
 //! clients (KIP-320) ask it to detect that a leader change truncated
 //! records they had already read.
 
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::OffsetForLeaderEpochRequest;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
@@ -17,6 +16,7 @@ pub fn offset_for_leader_epoch(
     b: &Broker,
     req: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
+    let view = b.view();
     let mut resp = OffsetForLeaderEpochResponse::default();
     for t in req.topics {
         let name = t.topic.0.to_string();
@@ -27,14 +27,10 @@ pub fn offset_for_leader_epoch(
             r.partition = p.partition;
             r.leader_epoch = -1;
             r.end_offset = -1;
-            let answer = match b.replicas.leader(&name, p.partition) {
-                None if b.topics.get(&name).is_none() => {
-                    Err(ResponseError::UnknownTopicOrPartition)
-                }
-                None => Err(ResponseError::NotLeaderOrFollower),
-                Some(ls) => check_leader_epoch(p.current_leader_epoch, ls.leader_epoch)
-                    .map(|()| ls.log.end_offset_for_epoch(p.leader_epoch)),
-            };
+            let answer = view.lead(&name, p.partition).and_then(|ls| {
+                check_leader_epoch(p.current_leader_epoch, ls.leader_epoch)
+                    .map(|()| ls.log.end_offset_for_epoch(p.leader_epoch))
+            });
             match answer {
                 Ok((epoch, end)) => {
                     r.leader_epoch = epoch;

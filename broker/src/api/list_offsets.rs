@@ -9,15 +9,16 @@ use kafka_protocol::messages::list_offsets_response::{
 
 use super::error_code;
 use crate::broker::Broker;
+use crate::replication::check_leader_epoch;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
 pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let view = b.view();
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
-        let topic = b.topics.get(t.name.0.as_str());
         let mut tr = ListOffsetsTopicResponse::default();
         tr.name = t.name.clone();
         for p in t.partitions {
@@ -25,18 +26,14 @@ pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
             pr.partition_index = p.partition_index;
             pr.timestamp = -1;
             pr.offset = -1;
-            let log = match topic
-                .as_ref()
-                .map(|x| x.leader_log(p.partition_index, b.node_id))
-            {
-                Some(Ok(log)) => log,
-                Some(Err(e)) => {
+            let log = match view
+                .lead(t.name.0.as_str(), p.partition_index)
+                .and_then(|ls| {
+                    check_leader_epoch(p.current_leader_epoch, ls.leader_epoch).map(|()| &ls.log)
+                }) {
+                Ok(log) => log,
+                Err(e) => {
                     pr.error_code = error_code(b, e);
-                    tr.partitions.push(pr);
-                    continue;
-                }
-                None => {
-                    pr.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
                     tr.partitions.push(pr);
                     continue;
                 }

@@ -22,18 +22,19 @@ pub fn api_versions() -> ApiVersionsResponse {
 }
 
 pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let view = b.view();
     let mut resp = MetadataResponse::default();
-    resp.brokers = live_brokers(b)
-        .into_iter()
-        .map(|(id, host, port)| {
+    resp.brokers = view
+        .live_brokers()
+        .map(|x| {
             let mut broker = MetadataResponseBroker::default();
-            broker.node_id = BrokerId(id);
-            broker.host = str_bytes(host);
-            broker.port = port;
+            broker.node_id = BrokerId(x.id);
+            broker.host = str_bytes(x.host.clone());
+            broker.port = x.port;
             broker
         })
         .collect();
-    resp.cluster_id = Some(str_bytes(b.cluster_id.clone()));
+    resp.cluster_id = Some(str_bytes(view.cluster_id()));
     resp.controller_id = BrokerId(b.quorum.controller_id().unwrap_or(-1));
 
     // v0: an empty list means all topics; v1+: null means all.
@@ -43,7 +44,7 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
         Some(t) => Some(t),
     };
     let Some(wanted) = wanted else {
-        resp.topics = b.topics.all().iter().map(|t| describe(t)).collect();
+        resp.topics = view.topics.values().map(|t| describe(t)).collect();
         return resp;
     };
     // Before v4 there is no flag and Kafka auto-creates whenever enabled.
@@ -51,9 +52,9 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
     for t in wanted {
         let name = match (&t.name, t.topic_id.is_nil()) {
             (Some(n), _) => n.0.to_string(),
-            (None, false) => match b.topics.all().into_iter().find(|x| x.meta.id == t.topic_id) {
+            (None, false) => match view.topics.values().find(|x| x.meta.id == t.topic_id) {
                 Some(found) => {
-                    resp.topics.push(describe(&found));
+                    resp.topics.push(describe(found));
                     continue;
                 }
                 None => {
@@ -66,8 +67,8 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
             },
             (None, true) => String::new(),
         };
-        if let Some(topic) = b.topics.get(&name) {
-            resp.topics.push(describe(&topic));
+        if let Some(topic) = view.topic(&name) {
+            resp.topics.push(describe(topic));
             continue;
         }
         let mut r = MetadataResponseTopic::default();
@@ -93,22 +94,30 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
                     assignment: vec![],
                     configs: BTreeMap::new(),
                 },
-                &b.broker_ids(),
+                &view.broker_ids(),
             )
             .await;
+        let created = match created {
+            Ok(index) => b.await_view(index).await,
+            Err(e) => Err(e),
+        };
         match created {
-            Ok(topic) => {
-                tracing::info!(topic = %name, partitions = topic.partitions.len(), "auto-created topic");
-                resp.topics.push(describe(&topic));
-            }
-            // Another connection created it between our check and now.
-            Err(TopicError::AlreadyExists(_)) => match b.topics.get(&name) {
-                Some(topic) => resp.topics.push(describe(&topic)),
+            Ok(now) => match now.topic(&name) {
+                Some(topic) => {
+                    tracing::info!(topic = %name, partitions = topic.partitions.len(), "auto-created topic");
+                    resp.topics.push(describe(topic));
+                }
                 None => {
                     r.error_code = error_code(b, ResponseError::LeaderNotAvailable);
                     resp.topics.push(r);
                 }
             },
+            // Another connection created it between our check and now:
+            // clients retry on LEADER_NOT_AVAILABLE.
+            Err(TopicError::AlreadyExists(_)) => {
+                r.error_code = error_code(b, ResponseError::LeaderNotAvailable);
+                resp.topics.push(r);
+            }
             Err(e) => {
                 tracing::warn!(topic = %name, error = %e, "auto-create failed");
                 r.error_code = error_code(
@@ -123,18 +132,6 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
         }
     }
     resp
-}
-
-/// Live brokers as (id, host, port): clients are only sent to brokers
-/// that can serve them.
-fn live_brokers(b: &Broker) -> Vec<(i32, String, i32)> {
-    b.quorum
-        .image()
-        .brokers
-        .values()
-        .filter(|x| !x.fenced)
-        .map(|x| (x.id, x.host.clone(), x.port))
-        .collect()
 }
 
 fn describe(t: &Topic) -> MetadataResponseTopic {
@@ -164,17 +161,18 @@ fn describe(t: &Topic) -> MetadataResponseTopic {
 }
 
 pub fn describe_cluster(b: &Broker, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let view = b.view();
     let mut r = DescribeClusterResponse::default();
-    r.cluster_id = str_bytes(b.cluster_id.clone());
+    r.cluster_id = str_bytes(view.cluster_id());
     r.controller_id = BrokerId(b.quorum.controller_id().unwrap_or(-1));
     r.endpoint_type = 1;
-    r.brokers = live_brokers(b)
-        .into_iter()
-        .map(|(id, host, port)| {
+    r.brokers = view
+        .live_brokers()
+        .map(|x| {
             let mut broker = DescribeClusterBroker::default();
-            broker.broker_id = BrokerId(id);
-            broker.host = str_bytes(host);
-            broker.port = port;
+            broker.broker_id = BrokerId(x.id);
+            broker.host = str_bytes(x.host.clone());
+            broker.port = x.port;
             broker
         })
         .collect();

@@ -112,6 +112,14 @@ pub async fn handle(
     })
 }
 
+/// A forwarded produce from another broker (see `produce::forwarded_produce`).
+pub async fn handle_forwarded_produce(
+    broker: &Arc<Broker>,
+    req: kafka_protocol::messages::ProduceRequest,
+) -> kafka_protocol::messages::ProduceResponse {
+    produce::forwarded_produce(broker, req).await
+}
+
 /// Bound plugins must be uploaded and of the kind they are bound as.
 pub(crate) fn check_plugin_bindings(
     b: &Broker,

@@ -47,7 +47,7 @@ pub async fn create_topics(
     for t in &req.topics {
         *counts.entry(t.name.0.to_string()).or_default() += 1;
     }
-    let brokers = b.broker_ids();
+    let brokers = b.view().broker_ids();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatableTopicResult::default();
@@ -123,10 +123,16 @@ pub async fn create_topics(
                 .check_new(&new, &brokers)
                 .map(|replicas| (replicas, uuid::Uuid::nil()))
         } else {
-            b.topics
-                .create(new, &brokers)
-                .await
-                .map(|t| (t.meta.replica_lists(), t.meta.id))
+            match b.topics.create(new, &brokers).await {
+                Ok(index) => b.await_view(index).await.and_then(|view| {
+                    view.image
+                        .topics
+                        .get(&name)
+                        .map(|t| (t.replica_lists(), t.id))
+                        .ok_or_else(|| TopicError::Unknown(name.clone()))
+                }),
+                Err(e) => Err(e),
+            }
         };
         match outcome {
             Ok((replicas, id)) => {
@@ -175,11 +181,12 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
         let resolved = match (&name, id.is_nil()) {
             (Some(n), _) => Some(n.clone()),
             (None, false) => b
+                .view()
+                .image
                 .topics
-                .all()
-                .into_iter()
-                .find(|t| t.meta.id == id)
-                .map(|t| t.meta.name.clone()),
+                .values()
+                .find(|t| t.id == id)
+                .map(|t| t.name.clone()),
             (None, true) => None,
         };
         r.topic_id = id;
@@ -204,7 +211,11 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
             resp.responses.push(r);
             continue;
         }
-        match b.topics.delete(&name).await {
+        let deleted = match b.topics.delete(&name).await {
+            Ok((id, index)) => b.await_view(index).await.map(|_| id),
+            Err(e) => Err(e),
+        };
+        match deleted {
             Ok(deleted_id) => {
                 r.topic_id = deleted_id;
                 tracing::info!(topic = %name, "deleted topic");
@@ -224,7 +235,7 @@ pub async fn create_partitions(
     req: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut resp = CreatePartitionsResponse::default();
-    let brokers = b.broker_ids();
+    let brokers = b.view().broker_ids();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatePartitionsTopicResult::default();
@@ -242,11 +253,16 @@ pub async fn create_partitions(
             resp.results.push(r);
             continue;
         }
-        match b
+        let added = match b
             .topics
             .add_partitions(&name, t.count, assignment, &brokers, req.validate_only)
             .await
         {
+            Ok(Some(index)) => b.await_view(index).await.map(|_| ()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match added {
             Ok(()) => tracing::info!(topic = %name, count = t.count, "partitions added"),
             Err(e) => {
                 r.error_code = error_code(b, topic_error(&e));

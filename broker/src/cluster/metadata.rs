@@ -27,6 +27,9 @@ pub const NO_LEADER: i32 = -1;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MetadataImage {
+    /// The cluster's id, fixed by the first `InitCluster` committed.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     pub brokers: BTreeMap<i32, BrokerImage>,
     pub topics: BTreeMap<String, TopicImage>,
     /// Next producer id handed out by `AllocateProducerIds`.
@@ -113,6 +116,12 @@ pub struct PartitionImage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
+    /// Names the cluster. Every broker proposes its stored id (or a new
+    /// one) when it starts; the first committed wins, later ones change
+    /// nothing, so all brokers report one id.
+    InitCluster {
+        id: String,
+    },
     /// A broker (re)started. A new incarnation fences the old one first:
     /// its leaderships and ISR memberships are gone, since its log may
     /// have lost an unflushed tail.
@@ -248,6 +257,15 @@ impl MetadataImage {
     /// the same image from the same log.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
+            Command::InitCluster { id } => match &self.cluster_id {
+                Some(existing) => Ok(Applied::Ignored {
+                    reason: format!("the cluster id is already {existing}"),
+                }),
+                None => {
+                    self.cluster_id = Some(id.clone());
+                    Ok(Applied::Done)
+                }
+            },
             Command::RegisterBroker {
                 id,
                 host,
@@ -833,6 +851,18 @@ mod tests {
             .apply(&Command::DeletePlugin { name: "p".into() })
             .expect("delete");
         assert!(image.plugins.is_empty());
+    }
+
+    #[test]
+    fn the_first_cluster_id_committed_is_the_cluster_id() {
+        let mut image = MetadataImage::default();
+        let init = |id: &str| Command::InitCluster { id: id.into() };
+        assert_eq!(image.apply(&init("a")), Ok(Applied::Done));
+        assert!(matches!(
+            image.apply(&init("b")),
+            Ok(Applied::Ignored { .. })
+        ));
+        assert_eq!(image.cluster_id.as_deref(), Some("a"));
     }
 
     #[test]

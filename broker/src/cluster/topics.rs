@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::metadata::{Command, MetadataError, PartitionImage, TopicImage};
+use super::metadata::{Command, MetadataError, MetadataImage, PartitionImage, TopicImage};
 use super::quorum::Quorum;
 use super::topic_config;
 use crate::log::{self, PartitionLog};
@@ -79,6 +79,8 @@ pub struct Topic {
     /// Plugin bindings parsed from the configs; `None` keeps the produce
     /// path free of any plugin work.
     pub bindings: Option<Arc<Bindings>>,
+    /// `min.insync.replicas`, parsed once.
+    pub min_insync_replicas: usize,
 }
 
 /// Config naming the topic a view reads (see `TopicMeta::view_of`).
@@ -106,6 +108,7 @@ impl Topic {
         let bindings = Bindings::from_configs(&meta.configs);
         Topic {
             bindings: (!bindings.is_empty()).then(|| Arc::new(bindings)),
+            min_insync_replicas: topic_config::min_insync_replicas(&meta.configs),
             meta,
             partitions,
         }
@@ -124,28 +127,6 @@ impl Topic {
         usize::try_from(index)
             .ok()
             .and_then(|i| self.meta.partitions.get(i))
-    }
-
-    /// The local log of partition `index` if this broker leads it: what
-    /// produce, consumer fetches and offset lookups need. Otherwise the
-    /// Kafka error that sends the client to refresh its metadata.
-    pub fn leader_log(
-        &self,
-        index: i32,
-        node_id: i32,
-    ) -> Result<&Arc<PartitionLog>, kafka_protocol::ResponseError> {
-        use kafka_protocol::ResponseError;
-        let state = self
-            .state(index)
-            .ok_or(ResponseError::UnknownTopicOrPartition)?;
-        if state.leader == super::metadata::NO_LEADER {
-            return Err(ResponseError::LeaderNotAvailable);
-        }
-        if state.leader != node_id {
-            return Err(ResponseError::NotLeaderOrFollower);
-        }
-        self.partition(index)
-            .ok_or(ResponseError::NotLeaderOrFollower)
     }
 
     /// The partitions whose logs live on this broker.
@@ -190,9 +171,8 @@ pub struct TopicRegistry {
     data_dir: PathBuf,
     node_id: i32,
     quorum: Arc<Quorum>,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// One materialization at a time, so two never race to open a log.
-    sync_lock: Mutex<()>,
+    /// The last materialization: the next one reuses its open logs.
+    current: Mutex<Arc<BTreeMap<String, Arc<Topic>>>>,
     /// Serializes this broker's own metadata changes, so check-then-propose
     /// sequences (name collisions, view rules) see each other.
     write_lock: tokio::sync::Mutex<()>,
@@ -209,7 +189,7 @@ pub struct NewTopic {
 }
 
 /// How long a metadata change may wait for the controller.
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TopicRegistry {
     /// Opens the partitions the current metadata image places on this
@@ -226,41 +206,31 @@ impl TopicRegistry {
             data_dir: data_dir.to_path_buf(),
             node_id,
             quorum,
-            topics: RwLock::new(BTreeMap::new()),
-            sync_lock: Mutex::new(()),
+            current: Mutex::new(Arc::default()),
             write_lock: tokio::sync::Mutex::new(()),
         };
-        registry.sync()?;
+        registry.materialize(&registry.quorum.image());
         registry.remove_orphans();
         Ok(registry)
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.read().get(name).cloned()
+    /// The topics of the last materialization (for the applier and
+    /// shutdown; request handlers read them from the published view).
+    pub fn materialized(&self) -> Arc<BTreeMap<String, Arc<Topic>>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    pub fn all(&self) -> Vec<Arc<Topic>> {
-        self.read().values().cloned().collect()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Topic>>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Topic>>> {
-        self.topics.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Brings the local topics in line with the applied metadata image:
-    /// opens logs of partitions newly placed here, applies config changes,
-    /// and moves deleted topics' partitions aside. Idempotent; called after
-    /// every applied metadata change.
-    pub fn sync(&self) -> io::Result<()> {
-        let _g = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let image = self.quorum.image();
-        let current = self.read().clone();
+    /// Brings the local topics in line with `image`: opens logs of
+    /// partitions newly placed here, applies config changes, and moves
+    /// deleted topics' partitions aside. A partition whose log cannot be
+    /// opened is logged and left out (`None`); the rest still apply.
+    /// Called by the applier only, for every applied image in order.
+    pub fn materialize(&self, image: &MetadataImage) -> Arc<BTreeMap<String, Arc<Topic>>> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
-        let mut failed = None;
         for meta in image.topics.values().filter(|t| t.view_of().is_none()) {
             let existing = current.get(&meta.name).filter(|t| t.meta.id == meta.id);
             let config = topic_config::log_config(&meta.configs);
@@ -273,7 +243,6 @@ impl TopicRegistry {
                         Ok(log) => Some(Arc::new(log)),
                         Err(e) => {
                             tracing::error!(topic = %meta.name, partition = i, error = %e, "cannot open partition");
-                            failed = Some(e);
                             None
                         }
                     },
@@ -319,14 +288,13 @@ impl TopicRegistry {
             })
             .cloned()
             .collect();
-        *self.write() = next;
+        let next = Arc::new(next);
+        *current = next.clone();
+        drop(current);
         for topic in gone {
             self.move_aside(&topic);
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        next
     }
 
     /// Directories of partitions whose topic no longer exists (deleted
@@ -335,7 +303,7 @@ impl TopicRegistry {
         let Ok(entries) = fs::read_dir(&self.data_dir) else {
             return;
         };
-        let topics = self.read().clone();
+        let topics = self.materialized();
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(id) = read_partition_topic_id(&path) else {
@@ -358,22 +326,25 @@ impl TopicRegistry {
         }
     }
 
-    /// Checks a new topic against the rules and the current topics. With
+    /// Checks a new topic against the rules and the committed topics. With
     /// `validate_only` this is all CreateTopics does.
     pub fn check_new(&self, t: &NewTopic, brokers: &[i32]) -> Result<Vec<Vec<i32>>, TopicError> {
         validate_topic_name(&t.name)?;
-        let existing = self.read();
-        if existing.contains_key(&t.name) {
+        let image = self.quorum.image();
+        if image.topics.contains_key(&t.name) {
             return Err(TopicError::AlreadyExists(t.name.clone()));
         }
         let collides = |a: &str| a.replace('.', "_");
-        if let Some(other) = existing.keys().find(|k| collides(k) == collides(&t.name)) {
+        if let Some(other) = image
+            .topics
+            .keys()
+            .find(|k| collides(k) == collides(&t.name))
+        {
             return Err(TopicError::InvalidName(format!(
                 "topic '{}' collides with existing topic '{other}' ('.' and '_' are interchangeable in metric names)",
                 t.name
             )));
         }
-        drop(existing);
         topic_config::validate_all(&t.configs).map_err(TopicError::InvalidConfig)?;
         if t.assignment.len() > MAX_PARTITIONS {
             return Err(TopicError::InvalidPartitions(format!(
@@ -408,7 +379,9 @@ impl TopicRegistry {
             .map_err(|e| TopicError::InvalidReplicationFactor(e.0))
     }
 
-    pub async fn create(&self, t: NewTopic, brokers: &[i32]) -> Result<Arc<Topic>, TopicError> {
+    /// Creates a topic; returns the quorum index it was committed at (wait
+    /// for a view with it to see the topic).
+    pub async fn create(&self, t: NewTopic, brokers: &[i32]) -> Result<u64, TopicError> {
         let _w = self.write_lock.lock().await;
         let assignment = match t.configs.get(VIEW_OF).filter(|s| !s.is_empty()) {
             Some(source) => self.check_view(&t, source, brokers)?,
@@ -420,9 +393,7 @@ impl TopicRegistry {
             assignment,
             configs: t.configs,
         })
-        .await?;
-        self.get(&t.name)
-            .ok_or_else(|| TopicError::Unknown(t.name.clone()))
+        .await
     }
 
     /// A view takes its source's placement; it owns no data of its own.
@@ -432,10 +403,11 @@ impl TopicRegistry {
         source: &str,
         brokers: &[i32],
     ) -> Result<Vec<Vec<i32>>, TopicError> {
-        let src = self.get(source).ok_or_else(|| {
+        let image = self.quorum.image();
+        let src = image.topics.get(source).ok_or_else(|| {
             TopicError::InvalidConfig(format!("{VIEW_OF}: topic '{source}' does not exist"))
         })?;
-        if src.meta.view_of().is_some() {
+        if src.view_of().is_some() {
             return Err(TopicError::InvalidConfig(format!(
                 "{VIEW_OF}: '{source}' is itself a view"
             )));
@@ -448,16 +420,7 @@ impl TopicRegistry {
             configs: t.configs.clone(),
         };
         self.check_new(&probe, brokers)?;
-        Ok(src.meta.replica_lists())
-    }
-
-    /// Views reading `source`.
-    pub fn views_of(&self, source: &str) -> Vec<Arc<Topic>> {
-        self.read()
-            .values()
-            .filter(|t| t.meta.view_of() == Some(source))
-            .cloned()
-            .collect()
+        Ok(src.replica_lists())
     }
 
     /// Opens a partition log placed on this broker. A directory left by
@@ -482,26 +445,31 @@ impl TopicRegistry {
         Ok(log)
     }
 
-    pub async fn delete(&self, name: &str) -> Result<Uuid, TopicError> {
+    /// Deletes a topic; returns its id and the quorum index of the delete.
+    pub async fn delete(&self, name: &str) -> Result<(Uuid, u64), TopicError> {
         let _w = self.write_lock.lock().await;
-        let topic = self
+        let image = self.quorum.image();
+        let topic = image
+            .topics
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        let views: Vec<String> = self
-            .views_of(name)
-            .iter()
-            .map(|v| v.meta.name.clone())
+        let views: Vec<String> = image
+            .topics
+            .values()
+            .filter(|t| t.view_of() == Some(name))
+            .map(|v| v.name.clone())
             .collect();
         if !views.is_empty() {
             return Err(TopicError::InUse(format!(
                 "topic '{name}' has views {views:?}; delete them first"
             )));
         }
-        self.propose(Command::DeleteTopic {
-            name: name.to_string(),
-        })
-        .await?;
-        Ok(topic.meta.id)
+        let index = self
+            .propose(Command::DeleteTopic {
+                name: name.to_string(),
+            })
+            .await?;
+        Ok((topic.id, index))
     }
 
     /// Renames a deleted topic's partitions aside (atomic, so a crash
@@ -539,7 +507,8 @@ impl TopicRegistry {
         }
     }
 
-    /// Grows a topic to `count` partitions.
+    /// Grows a topic to `count` partitions; returns the quorum index of the
+    /// change (`None` with `validate_only`).
     pub async fn add_partitions(
         &self,
         name: &str,
@@ -547,12 +516,14 @@ impl TopicRegistry {
         assignment: Option<Vec<Vec<i32>>>,
         brokers: &[i32],
         validate_only: bool,
-    ) -> Result<(), TopicError> {
+    ) -> Result<Option<u64>, TopicError> {
         let _w = self.write_lock.lock().await;
-        let topic = self
+        let image = self.quorum.image();
+        let topic = image
+            .topics
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
-        if let Some(source) = topic.meta.view_of() {
+        if let Some(source) = topic.view_of() {
             return Err(TopicError::InvalidPartitions(format!(
                 "'{name}' is a view of '{source}'; add partitions to '{source}'"
             )));
@@ -569,11 +540,7 @@ impl TopicRegistry {
             )));
         }
         let added = count as usize - current;
-        let rf = topic
-            .meta
-            .partitions
-            .first()
-            .map_or(1, |p| p.replicas.len());
+        let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
         let new_replicas = match assignment {
             Some(a) => {
                 if a.len() != added {
@@ -589,27 +556,30 @@ impl TopicRegistry {
                 .map_err(|e| TopicError::InvalidReplicationFactor(e.0))?,
         };
         if validate_only {
-            return Ok(());
+            return Ok(None);
         }
         self.propose(Command::CreatePartitions {
             name: name.to_string(),
             assignment: new_replicas,
         })
         .await
+        .map(Some)
     }
 
-    /// Replaces a topic's config overrides.
+    /// Replaces a topic's config overrides; returns the quorum index.
     pub async fn set_configs(
         &self,
         name: &str,
         configs: BTreeMap<String, String>,
-    ) -> Result<(), TopicError> {
+    ) -> Result<u64, TopicError> {
         let _w = self.write_lock.lock().await;
-        let topic = self
+        let image = self.quorum.image();
+        let topic = image
+            .topics
             .get(name)
             .ok_or_else(|| TopicError::Unknown(name.to_string()))?;
         topic_config::validate_all(&configs).map_err(TopicError::InvalidConfig)?;
-        if configs.get(VIEW_OF) != topic.meta.configs.get(VIEW_OF) {
+        if configs.get(VIEW_OF) != topic.configs.get(VIEW_OF) {
             return Err(TopicError::InvalidConfig(format!(
                 "{VIEW_OF} is fixed when a topic is created"
             )));
@@ -621,17 +591,15 @@ impl TopicRegistry {
         .await
     }
 
-    /// Commits a change through the controller, then materializes it here
-    /// so the caller sees its own write.
-    async fn propose(&self, command: Command) -> Result<(), TopicError> {
-        let result = self
+    /// Commits a change through the controller; returns its log index.
+    async fn propose(&self, command: Command) -> Result<u64, TopicError> {
+        let proposed = self
             .quorum
-            .propose(command, PROPOSE_TIMEOUT)
+            .propose_indexed(command, PROPOSE_TIMEOUT)
             .await
             .map_err(|e| TopicError::Controller(e.to_string()))?;
-        self.sync()?;
-        match result {
-            Ok(_) => Ok(()),
+        match proposed.result {
+            Ok(_) => Ok(proposed.index),
             Err(e) => Err(TopicError::from(e)),
         }
     }
@@ -740,6 +708,11 @@ mod tests {
         }
     }
 
+    /// What the applier does after each committed change.
+    fn applied(reg: &TopicRegistry, quorum: &Quorum) -> Arc<BTreeMap<String, Arc<Topic>>> {
+        reg.materialize(&quorum.image())
+    }
+
     #[tokio::test]
     async fn topics_come_back_from_the_quorum_after_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -754,14 +727,15 @@ mod tests {
                 reg.check_new(&new_topic("t", 1), &[0]),
                 Err(TopicError::AlreadyExists(_))
             ));
-            let gone = reg
-                .create(new_topic("gone", 1), &[0])
+            reg.create(new_topic("gone", 1), &[0])
                 .await
                 .expect("create");
+            let topics = applied(&reg, &quorum);
+            let gone = topics.get("gone").expect("materialized");
             let gone_dir = gone.partition(0).expect("local").dir().to_path_buf();
             reg.delete("gone").await.expect("delete");
-            assert!(reg.get("gone").is_none());
-            assert!(!gone_dir.exists(), "moved aside at once");
+            assert!(!applied(&reg, &quorum).contains_key("gone"));
+            assert!(!gone_dir.exists(), "moved aside once applied");
             quorum.shutdown().await;
         }
         // A directory of a topic deleted while the broker was down.
@@ -778,7 +752,7 @@ mod tests {
             ),
             "a huge partition count is refused before anything is built"
         );
-        let t = reg.get("t").expect("persisted");
+        let t = reg.materialized().get("t").cloned().expect("persisted");
         assert_eq!(t.local_partitions().count(), 3);
         assert_eq!(
             t.meta.configs.get("retention.ms").map(String::as_str),
@@ -787,7 +761,9 @@ mod tests {
         // A re-created topic never inherits the old one's data.
         let old_id = t.meta.id;
         reg.delete("t").await.expect("delete");
-        let t2 = reg.create(new_topic("t", 1), &[0]).await.expect("recreate");
+        applied(&reg, &quorum);
+        reg.create(new_topic("t", 1), &[0]).await.expect("recreate");
+        let t2 = applied(&reg, &quorum).get("t").cloned().expect("recreated");
         assert_ne!(t2.meta.id, old_id);
         assert_eq!(t2.partition(0).expect("local").log_end_offset(), 0);
         quorum.shutdown().await;

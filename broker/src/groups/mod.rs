@@ -22,6 +22,17 @@ use tokio::sync::oneshot;
 use store::{Change, GroupValue, OffsetStore, PersistedMember};
 pub use store::{CommittedOffset, OFFSETS_TOPIC};
 
+/// The broker coordinating `group` in `view`: the leader of the offsets
+/// partition the group id hashes to.
+pub fn coordinator_of<'a>(
+    view: &'a crate::view::ClusterView,
+    group: &str,
+) -> Option<&'a crate::cluster::metadata::BrokerImage> {
+    let offsets = view.image.topics.get(OFFSETS_TOPIC)?;
+    let p = store::partition_for(group, offsets.partitions.len());
+    view.live_broker(offsets.partitions.get(p)?.leader)
+}
+
 /// A topic's partitions with their committed offsets, if any.
 pub type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
 
@@ -456,9 +467,10 @@ pub struct GroupStats {
 
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
-    /// Offsets partitions this broker leads, whose groups it coordinates;
-    /// `None`: all of them (a single broker).
-    owned: Mutex<Option<std::collections::HashSet<usize>>>,
+    /// Offsets partitions whose groups are loaded here, with the leader
+    /// epoch they were loaded in. A group is coordinated here while its
+    /// partition is led here in that same epoch.
+    loaded: Mutex<HashMap<usize, i32>>,
     store: OffsetStore,
     config: GroupConfig,
     next_seq: std::sync::atomic::AtomicU64,
@@ -493,90 +505,86 @@ fn new_member_id(client_id: &str) -> String {
 }
 
 impl GroupCoordinator {
-    /// Loads committed offsets and known groups from the offsets topic.
-    pub fn open(
-        store: OffsetStore,
-        config: GroupConfig,
-    ) -> Result<GroupCoordinator, crate::log::LogError> {
-        let loaded = store.load()?;
-        let groups: HashMap<String, Group> = loaded
-            .into_iter()
-            .map(|(id, g)| (id.clone(), Group::from_loaded(id, g)))
-            .collect();
-        tracing::info!(groups = groups.len(), "loaded consumer groups");
-        Ok(GroupCoordinator {
-            groups: Mutex::new(groups),
-            owned: Mutex::new(None),
+    /// A coordinator with no groups yet: `refresh_ownership` loads those
+    /// of the offsets partitions this broker leads.
+    pub fn open(store: OffsetStore, config: GroupConfig) -> GroupCoordinator {
+        GroupCoordinator {
+            groups: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
             store,
             config,
             next_seq: Default::default(),
             stats: GroupStats::default(),
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Does this broker coordinate `group` (lead its offsets partition)?
-    pub fn owns(&self, group: &str) -> bool {
-        let owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
-        owned
-            .as_ref()
-            .is_none_or(|o| o.contains(&store::partition_for(group, self.store.partition_count())))
+    /// Whether this broker coordinates `group` now: the leader of its
+    /// offsets partition, with the groups of that leadership loaded.
+    pub fn coordination(&self, group: &str) -> Result<(), ResponseError> {
+        let p = store::partition_for(group, self.store.partition_count());
+        let Some(epoch) = self.store.leader_epoch(p) else {
+            return Err(ResponseError::NotCoordinator);
+        };
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded.get(&p) {
+            Some(e) if *e == epoch => Ok(()),
+            // Just became leader: the applier is still reading the log.
+            _ => Err(ResponseError::CoordinatorLoadInProgress),
+        }
     }
 
-    /// Follows offsets-partition leadership: groups of partitions this
-    /// broker stopped leading are dropped (their members rejoin at the new
-    /// coordinator); groups of partitions it started leading are loaded
-    /// from its replica of the log.
-    pub fn set_owned(&self, now: std::collections::HashSet<usize>) {
-        let mut owned = self.owned.lock().unwrap_or_else(|e| e.into_inner());
-        let gained: Vec<usize> = match owned.as_ref() {
-            None => Vec::new(),
-            Some(before) => now.difference(before).copied().collect(),
-        };
-        if owned.as_ref() == Some(&now) {
+    /// Follows offsets-partition leadership (called by the metadata
+    /// applier after each view): groups of partitions this broker stopped
+    /// leading are dropped (their members rejoin at the new coordinator);
+    /// groups of partitions it started leading, or leads in a new epoch,
+    /// are loaded from its replica of the log.
+    pub fn refresh_ownership(&self) {
+        let count = self.store.partition_count();
+        let now: HashMap<usize, i32> = (0..count)
+            .filter_map(|p| self.store.leader_epoch(p).map(|e| (p, e)))
+            .collect();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if *loaded == now {
             return;
         }
-        let count = self.store.partition_count();
-        let loaded = match self.store.load_partitions(gained.iter().copied()) {
+        let gained: Vec<usize> = now
+            .iter()
+            .filter(|(p, e)| loaded.get(p) != Some(e))
+            .map(|(p, _)| *p)
+            .collect();
+        let groups_of = match self.store.load_partitions(gained.iter().copied()) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, partitions = ?gained, "loading groups of newly led offsets partitions failed");
-                HashMap::new()
+                return;
             }
         };
         let mut groups = self.lock();
         let before = groups.len();
-        groups.retain(|id, _| now.contains(&store::partition_for(id, count)));
+        // Groups whose partition is not led here, or was just (re)loaded.
+        groups.retain(|id, _| {
+            let p = store::partition_for(id, count);
+            now.contains_key(&p) && !gained.contains(&p)
+        });
         let dropped = before - groups.len();
-        for id in gained
-            .iter()
-            .flat_map(|p| {
-                groups
-                    .keys()
-                    .filter(move |id| store::partition_for(id, count) == *p)
-            })
-            .cloned()
-            .collect::<Vec<_>>()
-        {
-            groups.remove(&id);
-        }
-        let added = loaded.len();
-        for (id, g) in loaded {
+        let added = groups_of.len();
+        for (id, g) in groups_of {
             groups.insert(id.clone(), Group::from_loaded(id, g));
         }
         drop(groups);
         if dropped > 0 || !gained.is_empty() {
             tracing::info!(gained = ?gained, loaded_groups = added, dropped_groups = dropped, "group coordination moved");
         }
-        *owned = Some(now);
+        *loaded = now;
     }
 
     pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
-        if !self.owns(&req.group_id) {
-            return JoinOutcome::error(ResponseError::NotCoordinator, req.member_id);
+        if let Err(e) = self.coordination(&req.group_id) {
+            return JoinOutcome::error(e, req.member_id);
         }
         let group = req.group_id.clone();
         let (rx, persist) = match self.join_locked(req) {
@@ -801,8 +809,8 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncOutcome {
-        if !self.owns(group_id) {
-            return SyncOutcome::error(ResponseError::NotCoordinator);
+        if let Err(e) = self.coordination(group_id) {
+            return SyncOutcome::error(e);
         }
         let mut snapshot = None;
         let rx = {
@@ -881,8 +889,8 @@ impl GroupCoordinator {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> Option<ResponseError> {
-        if !self.owns(group_id) {
-            return Some(ResponseError::NotCoordinator);
+        if let Err(e) = self.coordination(group_id) {
+            return Some(e);
         }
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
@@ -914,9 +922,7 @@ impl GroupCoordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
-        if !self.owns(group_id) {
-            return Err(ResponseError::NotCoordinator);
-        }
+        self.coordination(group_id)?;
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return Err(ResponseError::UnknownMemberId);
@@ -1087,9 +1093,7 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         offsets: Vec<(String, i32, CommittedOffset)>,
     ) -> Result<(), ResponseError> {
-        if !self.owns(group_id) {
-            return Err(ResponseError::NotCoordinator);
-        }
+        self.coordination(group_id)?;
         self.check_commit(group_id, generation, member_id, instance_id)?;
         let mut changes: Vec<Change> = offsets
             .iter()
@@ -1251,9 +1255,7 @@ impl GroupCoordinator {
     }
 
     pub async fn delete_group(&self, group_id: &str) -> Result<(), ResponseError> {
-        if !self.owns(group_id) {
-            return Err(ResponseError::NotCoordinator);
-        }
+        self.coordination(group_id)?;
         {
             let groups = self.lock();
             match groups.get(group_id) {
@@ -1280,9 +1282,7 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
-        if !self.owns(group_id) {
-            return Err(ResponseError::NotCoordinator);
-        }
+        self.coordination(group_id)?;
         let (subscribed, results): (HashSet<String>, Vec<Option<ResponseError>>) = {
             let groups = self.lock();
             let Some(g) = groups
@@ -1360,31 +1360,17 @@ pub type SharedCoordinator = Arc<GroupCoordinator>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::{LogConfig, PartitionLog};
 
     fn coordinator(dir: &std::path::Path, delay_ms: u64) -> Arc<GroupCoordinator> {
-        let logs = (0..2)
-            .map(|p| {
-                Arc::new(
-                    PartitionLog::open(
-                        format!("o-{p}"),
-                        dir.join(format!("o-{p}")),
-                        LogConfig::default(),
-                    )
-                    .expect("open"),
-                )
-            })
-            .collect();
-        Arc::new(
-            GroupCoordinator::open(
-                OffsetStore::new(logs),
-                GroupConfig {
-                    initial_rebalance_delay: Duration::from_millis(delay_ms),
-                    ..GroupConfig::default()
-                },
-            )
-            .expect("coordinator"),
-        )
+        let c = GroupCoordinator::open(
+            OffsetStore::new(store::LocalOffsets::open(dir, 2)),
+            GroupConfig {
+                initial_rebalance_delay: Duration::from_millis(delay_ms),
+                ..GroupConfig::default()
+            },
+        );
+        c.refresh_ownership();
+        Arc::new(c)
     }
 
     fn join_req(member: &str, instance: Option<&str>, session_ms: i32) -> JoinRequest {

@@ -11,9 +11,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_plugin::Record;
 
+use futures::future::BoxFuture;
+
+use crate::cluster::quorum::Quorum;
 use crate::log::records::{self, Producer};
-use crate::log::{LogError, PartitionLog, batch, now_ms, validate_batches};
-use crate::replication::ReplicaManager;
+use crate::log::{LogError, PartitionLog, ValidatedBatch, batch, now_ms, validate_batches};
+use crate::replication::{Acks, ReplicaManager};
+use crate::view::Views;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -105,46 +109,100 @@ pub fn partition_for(group: &str, partitions: usize) -> usize {
     (java_hash(group).unsigned_abs() as usize) % partitions.max(1)
 }
 
-pub struct OffsetStore {
-    partitions: Vec<Arc<PartitionLog>>,
-    /// Writes go through partition leadership: stamped with the leader
-    /// epoch and acknowledged once replicated to the ISR. `None` in unit
-    /// tests of the coordinator alone.
-    replicas: Option<Arc<ReplicaManager>>,
+/// Where a coordinator's group records go: the partitions of
+/// `__consumer_offsets`, appended to as their leader. In a broker that is
+/// the leader write path (`ReplicatedOffsets`); a unit test can fake it
+/// with local logs.
+pub trait OffsetsLog: Send + Sync {
+    /// Partitions of the offsets topic.
+    fn partition_count(&self) -> usize;
+    /// The leader epoch of partition `p` if this broker leads it now.
+    fn leader_epoch(&self, p: usize) -> Option<i32>;
+    /// This broker's log of partition `p`, to load groups from.
+    fn log(&self, p: usize) -> Option<Arc<PartitionLog>>;
+    /// Appends `batch` to partition `p` as its leader and resolves once it
+    /// is durable on every in-sync replica (acks=all).
+    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The offsets topic as the broker writes it: through the leader write
+/// path, with acks=all, whatever broker currently leads each partition.
+pub struct ReplicatedOffsets {
+    pub views: Arc<Views>,
+    pub replicas: Arc<ReplicaManager>,
+    pub quorum: Arc<Quorum>,
 }
 
 /// How long a group write may wait for the offsets partition's ISR.
 const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl OffsetStore {
-    pub fn new(partitions: Vec<Arc<PartitionLog>>) -> OffsetStore {
-        OffsetStore {
-            partitions,
-            replicas: None,
-        }
+impl OffsetsLog for ReplicatedOffsets {
+    fn partition_count(&self) -> usize {
+        self.views
+            .current()
+            .image
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(0, |t| t.partitions.len())
     }
 
-    pub fn replicated(
-        partitions: Vec<Arc<PartitionLog>>,
-        replicas: Arc<ReplicaManager>,
-    ) -> OffsetStore {
-        OffsetStore {
-            partitions,
-            replicas: Some(replicas),
-        }
+    fn leader_epoch(&self, p: usize) -> Option<i32> {
+        let view = self.views.current();
+        let ls = view.leader(OFFSETS_TOPIC, i32::try_from(p).ok()?)?;
+        ls.is_current().then_some(ls.leader_epoch)
+    }
+
+    fn log(&self, p: usize) -> Option<Arc<PartitionLog>> {
+        self.views
+            .current()
+            .topic(OFFSETS_TOPIC)?
+            .partition(i32::try_from(p).ok()?)
+            .cloned()
+    }
+
+    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let partition = i32::try_from(p).map_err(|e| e.to_string())?;
+            let view = self.views.current();
+            let ls = self
+                .views
+                .leader_for_write(&self.quorum, &view, OFFSETS_TOPIC, partition)
+                .await
+                .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: {e:?}"))?;
+            let min_isr = view
+                .topic(OFFSETS_TOPIC)
+                .map_or(1, |t| t.min_insync_replicas);
+            let deadline = std::time::Instant::now() + COMMIT_TIMEOUT;
+            self.replicas
+                .append(&ls, batch, Acks::All, min_isr, deadline)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{:?}: {}", e.code, e.message))
+        })
+    }
+}
+
+pub struct OffsetStore {
+    log: Arc<dyn OffsetsLog>,
+}
+
+impl OffsetStore {
+    pub fn new(log: Arc<dyn OffsetsLog>) -> OffsetStore {
+        OffsetStore { log }
     }
 
     pub fn partition_count(&self) -> usize {
-        self.partitions.len()
+        self.log.partition_count()
     }
 
-    fn log_for(&self, group: &str) -> &Arc<PartitionLog> {
-        &self.partitions[partition_for(group, self.partitions.len())]
+    /// The leader epoch of offsets partition `p`, if led here.
+    pub fn leader_epoch(&self, p: usize) -> Option<i32> {
+        self.log.leader_epoch(p)
     }
 
     /// Appends `changes` as one batch and waits until it is on disk and,
     /// in a cluster, on every in-sync replica of the offsets partition.
-    pub async fn persist(&self, group: &str, changes: &[Change]) -> Result<(), LogError> {
+    pub async fn persist(&self, group: &str, changes: &[Change]) -> Result<(), String> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -161,37 +219,10 @@ impl OffsetStore {
                 }
             })
             .collect();
-        let buf = records::encode(&records, 0, false, Producer::NONE)?;
-        let log = self.log_for(group);
-        let batch = validate_batches(buf.freeze(), usize::MAX)?;
-        let p = partition_for(group, self.partitions.len()) as i32;
-        let leader = match &self.replicas {
-            None => None,
-            Some(r) => Some(r.leader(OFFSETS_TOPIC, p).ok_or_else(|| {
-                LogError::Io(std::io::Error::other(format!(
-                    "not the leader of {OFFSETS_TOPIC}-{p} (group '{group}' moved)"
-                )))
-            })?),
-        };
-        let epoch = leader.as_ref().map_or(0, |l| l.leader_epoch);
-        let info = log.append(batch, epoch)?;
-        log.flush_up_to(info.last_offset + 1).await?;
-        if let (Some(r), Some(_)) = (&self.replicas, &leader) {
-            let deadline = std::time::Instant::now() + COMMIT_TIMEOUT;
-            r.wait_committed(OFFSETS_TOPIC, p, epoch, info.last_offset + 1, deadline)
-                .await
-                .map_err(|e| {
-                    LogError::Io(std::io::Error::other(format!(
-                        "{OFFSETS_TOPIC}-{p}: not replicated: {e:?}"
-                    )))
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Replays every partition of the offsets topic into per-group state.
-    pub fn load(&self) -> Result<HashMap<String, LoadedGroup>, LogError> {
-        self.load_partitions(0..self.partitions.len())
+        let buf = records::encode(&records, 0, false, Producer::NONE).map_err(|e| e.to_string())?;
+        let batch = validate_batches(buf.freeze(), usize::MAX).map_err(|e| e.to_string())?;
+        let p = partition_for(group, self.log.partition_count());
+        self.log.append(p, batch).await
     }
 
     /// Replays the given partitions (a coordinator taking them over reads
@@ -201,7 +232,7 @@ impl OffsetStore {
         which: impl IntoIterator<Item = usize>,
     ) -> Result<HashMap<String, LoadedGroup>, LogError> {
         let mut groups: HashMap<String, LoadedGroup> = HashMap::new();
-        for log in which.into_iter().filter_map(|p| self.partitions.get(p)) {
+        for log in which.into_iter().filter_map(|p| self.log.log(p)) {
             let mut offset = log.log_start_offset();
             let end = log.log_end_offset();
             while offset < end {
@@ -224,6 +255,53 @@ impl OffsetStore {
             }
         }
         Ok(groups)
+    }
+}
+
+/// Local offsets logs this test leads in epoch 0 (no replication).
+#[cfg(test)]
+pub struct LocalOffsets {
+    logs: Vec<(Arc<PartitionLog>, crate::log::LeaderTerm)>,
+}
+
+#[cfg(test)]
+impl LocalOffsets {
+    pub fn open(dir: &std::path::Path, partitions: usize) -> Arc<LocalOffsets> {
+        let logs = (0..partitions)
+            .map(|p| {
+                let log = PartitionLog::open(
+                    format!("o-{p}"),
+                    dir.join(format!("o-{p}")),
+                    crate::log::LogConfig::default(),
+                )
+                .expect("open");
+                let term = log.lead(0).expect("lead");
+                (Arc::new(log), term)
+            })
+            .collect();
+        Arc::new(LocalOffsets { logs })
+    }
+}
+
+#[cfg(test)]
+impl OffsetsLog for LocalOffsets {
+    fn partition_count(&self) -> usize {
+        self.logs.len()
+    }
+    fn leader_epoch(&self, p: usize) -> Option<i32> {
+        self.logs.get(p).map(|_| 0)
+    }
+    fn log(&self, p: usize) -> Option<Arc<PartitionLog>> {
+        self.logs.get(p).map(|(l, _)| l.clone())
+    }
+    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let (log, term) = self.logs.get(p).ok_or("no such partition")?;
+            let info = log.append(batch, term).map_err(|e| e.to_string())?;
+            log.flush_up_to(info.last_offset + 1)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -310,7 +388,6 @@ fn apply_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::LogConfig;
 
     #[test]
     fn java_hash_matches_kafka() {
@@ -324,18 +401,7 @@ mod tests {
     #[tokio::test]
     async fn commits_and_deletes_replay_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let logs: Vec<Arc<PartitionLog>> = (0..3)
-            .map(|p| {
-                Arc::new(
-                    PartitionLog::open(
-                        format!("o-{p}"),
-                        dir.path().join(format!("o-{p}")),
-                        LogConfig::default(),
-                    )
-                    .expect("open"),
-                )
-            })
-            .collect();
+        let logs = LocalOffsets::open(dir.path(), 3);
         let store = OffsetStore::new(logs.clone());
         let v = |o| CommittedOffset {
             offset: o,
@@ -396,7 +462,7 @@ mod tests {
             .persist("g2", &[Change::GroupDeleted])
             .await
             .expect("p");
-        let loaded = OffsetStore::new(logs).load().expect("load");
+        let loaded = OffsetStore::new(logs).load_partitions(0..3).expect("load");
         let g1 = &loaded["g1"];
         assert_eq!(g1.protocol_type.as_deref(), Some("consumer"));
         assert_eq!(g1.offsets.len(), 1);

@@ -280,9 +280,15 @@ pub fn set_log_append_time(head: &mut [u8; HEADER_LEN], rest: &[u8], now_ms: i64
 /// Turns an idempotent batch into a plain one (producer id, epoch and base
 /// sequence -1), recomputing the CRC they are covered by.
 pub fn clear_producer(batch: &mut [u8]) {
-    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&(-1i64).to_be_bytes());
-    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&(-1i16).to_be_bytes());
-    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    set_producer(batch, -1, -1, -1);
+}
+
+/// Restamps a whole batch's producer id, epoch and base sequence and
+/// recomputes its CRC (which covers them).
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
+    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
     let crc = compute_crc(batch);
     batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }

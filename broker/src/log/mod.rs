@@ -16,6 +16,8 @@ pub mod records;
 mod replica;
 pub mod segment;
 
+pub use replica::LeaderTerm;
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -74,6 +76,13 @@ pub enum LogError {
     TooLarge { size: usize, max: usize },
     #[error(transparent)]
     Sequence(#[from] SequenceError),
+    /// The term the append carried was revoked: this broker no longer
+    /// leads the partition in that epoch.
+    #[error("{partition}: not the leader in epoch {epoch}")]
+    NotLeader { partition: String, epoch: i32 },
+    /// A follower operation on a log this broker leads.
+    #[error("{0}: leading this partition; a leader's log is not overwritten from another replica")]
+    Leading(String),
     #[error("storage error: {0}")]
     Io(#[from] io::Error),
 }
@@ -119,6 +128,21 @@ pub struct ValidatedBatch {
 impl ValidatedBatch {
     pub fn records(&self) -> i64 {
         i64::from(self.header.records_count)
+    }
+
+    /// A batch the broker built itself (or another broker forwarded after
+    /// building it): framing and CRC are checked, record-level validation
+    /// happened when the client's batch came in. May hold no records.
+    pub fn trusted(bytes: Bytes) -> Result<ValidatedBatch, LogError> {
+        let header = batch::parse_and_verify(&bytes)?;
+        if header.len != bytes.len() {
+            return Err(BatchError::Invalid(format!(
+                "{} bytes after the batch",
+                bytes.len().saturating_sub(header.len)
+            ))
+            .into());
+        }
+        Ok(ValidatedBatch { bytes, header })
     }
 }
 
@@ -185,6 +209,9 @@ struct LogState {
     config: LogConfig,
     records_since_flush: i64,
     last_flush_ms: i64,
+    /// The leader epoch this broker appends in, while it leads (see
+    /// `replica::LeaderTerm`).
+    leading: Option<i32>,
 }
 
 impl LogState {
@@ -328,6 +355,7 @@ impl PartitionLog {
                 config,
                 records_since_flush: 0,
                 last_flush_ms: now,
+                leading: None,
             }),
             flushed_offset: AtomicI64::new(leo),
             high_watermark: AtomicI64::new(leo),
@@ -367,17 +395,25 @@ impl PartitionLog {
         self.lock().size()
     }
 
-    /// Appends a validated batch, assigning offsets. The bytes reach the
-    /// page cache before this returns, so a process crash cannot lose them.
-    /// A retried idempotent batch is not written again: the offsets it got
+    /// Appends a validated batch as the leader of `term`, assigning
+    /// offsets and stamping the term's epoch. The bytes reach the page
+    /// cache before this returns, so a process crash cannot lose them. A
+    /// retried idempotent batch is not written again: the offsets it got
     /// the first time come back instead.
     pub fn append(
         &self,
         mut batch: ValidatedBatch,
-        leader_epoch: i32,
+        term: &LeaderTerm,
     ) -> Result<AppendInfo, LogError> {
         let now = now_ms();
+        let leader_epoch = term.epoch();
         let mut st = self.lock();
+        if st.leading != Some(leader_epoch) {
+            return Err(LogError::NotLeader {
+                partition: self.name.clone(),
+                epoch: leader_epoch,
+            });
+        }
         match st.producers.check(&batch.header)? {
             SequenceCheck::Append => {}
             SequenceCheck::Duplicate(original) => {
@@ -470,17 +506,14 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Sequence check of an idempotent batch that will not be written here
-    /// as-is (plugins re-route or rewrite it): dedup still happens against
-    /// the partition the client addressed.
-    pub fn check_sequence(&self, h: &BatchHeader) -> Result<SequenceCheck, LogError> {
-        Ok(self.lock().producers.check(h)?)
+    /// The newest batch a producer wrote here, with its epoch.
+    pub fn producer_latest(&self, producer_id: i64) -> Option<(i16, producer_state::BatchMeta)> {
+        self.lock().producers.latest(producer_id)
     }
 
-    /// Records such a batch once its (re-routed) records are stored; `h`
-    /// carries the offsets to answer a retry with.
-    pub fn record_sequence(&self, h: &BatchHeader) {
-        self.lock().producers.record(h, now_ms());
+    /// Every remembered batch of a producer in one epoch, oldest first.
+    pub fn producer_batches(&self, producer_id: i64, epoch: i16) -> Vec<producer_state::BatchMeta> {
+        self.lock().producers.batches(producer_id, epoch)
     }
 
     /// Forgets idempotent producers idle longer than `expiration_ms`.
@@ -823,11 +856,16 @@ mod tests {
         }
     }
 
+    /// Leads `log` in `epoch` (idempotent for the current epoch).
+    fn lead(log: &PartitionLog, epoch: i32) -> LeaderTerm {
+        log.lead(epoch).expect("lead")
+    }
+
     fn append_n(log: &PartitionLog, batches: usize, per_batch: usize, ts: i64) {
         for i in 0..batches {
             let b = encoded_batch(per_batch, Compression::None, ts + (i * per_batch) as i64);
             let v = validate_batches(b.freeze(), 1 << 20).expect("valid");
-            log.append(v, 0).expect("append");
+            log.append(v, &lead(log, 0)).expect("append");
         }
     }
 
@@ -962,8 +1000,11 @@ mod tests {
         // Offsets 0..50 with timestamps 1000..1050 in batches of 5.
         append_n(&log, 10, 5, 1000);
         let gz = encoded_batch(5, Compression::Gzip, 2000);
-        log.append(validate_batches(gz.freeze(), 1 << 20).expect("valid"), 0)
-            .expect("append");
+        log.append(
+            validate_batches(gz.freeze(), 1 << 20).expect("valid"),
+            &lead(&log, 0),
+        )
+        .expect("append");
         assert_eq!(log.offset_for_timestamp(0).expect("io"), Some((0, 1000)));
         assert_eq!(
             log.offset_for_timestamp(1023).expect("io"),
@@ -1036,7 +1077,10 @@ mod tests {
         let before = now_ms();
         let b = encoded_batch(3, Compression::None, 5);
         let info = log
-            .append(validate_batches(b.freeze(), 1 << 20).expect("valid"), 0)
+            .append(
+                validate_batches(b.freeze(), 1 << 20).expect("valid"),
+                &lead(&log, 0),
+            )
             .expect("append");
         assert!(info.log_append_time >= before);
         let r = log.read(0, 1 << 20).expect("read");
@@ -1062,8 +1106,11 @@ mod tests {
             let big = encoded_batch(5000, Compression::None, 5).freeze();
             assert!(big.len() > 64 * 1024, "big batch is {} bytes", big.len());
             for b in [&small, &big, &small] {
-                log.append(validate_batches(b.clone(), 1 << 24).expect("valid"), 7)
-                    .expect("append");
+                log.append(
+                    validate_batches(b.clone(), 1 << 24).expect("valid"),
+                    &lead(&log, 7),
+                )
+                .expect("append");
             }
             drop(log);
             let log = PartitionLog::open("t-0".into(), path, cfg).expect("reopen");
@@ -1089,7 +1136,7 @@ mod tests {
         n: usize,
     ) -> Result<AppendInfo, LogError> {
         let b = producer_batch(n, Compression::None, 0, pid, epoch, seq);
-        log.append(validate_batches(b.freeze(), 1 << 20)?, 0)
+        log.append(validate_batches(b.freeze(), 1 << 20)?, &lead(log, 0))
     }
 
     #[test]
@@ -1122,10 +1169,12 @@ mod tests {
                 ..
             }))
         ));
-        assert!(matches!(
-            append_idempotent(&log, 7, 0, 5, 1),
-            Err(LogError::Sequence(SequenceError::UnknownProducerId { .. }))
-        ));
+        // A producer this partition never saw may start anywhere (Kafka).
+        assert!(
+            !append_idempotent(&log, 7, 0, 5, 1)
+                .expect("unknown")
+                .duplicate
+        );
         log.close().expect("close");
         drop(log);
         // All snapshots gone: state is rebuilt from every segment.
@@ -1145,7 +1194,7 @@ mod tests {
                 .expect("next")
                 .duplicate
         );
-        assert_eq!(log.log_end_offset(), 93);
+        assert_eq!(log.log_end_offset(), 94);
     }
 
     /// A batch claiming a huge record count. Produce validation refuses it
@@ -1172,7 +1221,7 @@ mod tests {
                 "produce refuses it"
             );
             let header = batch::parse_and_verify(&bytes).expect("crc ok");
-            log.append(ValidatedBatch { bytes, header }, 0)
+            log.append(ValidatedBatch { bytes, header }, &lead(&log, 0))
                 .expect("append");
         }
         assert_eq!(log.log_end_offset(), 4_500_000_000);

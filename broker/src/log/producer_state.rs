@@ -1,8 +1,16 @@
 //! Idempotent-producer state of one partition: for each producer id, its
 //! epoch and the sequence ranges of its last five batches, so a retried
 //! batch is answered with the offsets it got the first time instead of being
-//! written twice. Rebuilt on startup from the latest snapshot plus the batch
-//! headers after it.
+//! written twice. Rebuilt on startup (and after a truncation) from the
+//! latest snapshot plus the batch headers after it, so it is replicated
+//! with the log itself: a new leader knows what its log holds.
+//!
+//! Two kinds of producer ids share it. Client producers (from
+//! InitProducerId) must send consecutive sequences. *Derived* producers
+//! (ids from [`DERIVED_PRODUCER_IDS`] up) are the broker's own, for records
+//! a plugin moved from the partition a client addressed: each routed
+//! sub-batch carries the client batch's last sequence, so their sequences
+//! only increase and may skip (see `crate::plugins::routing`).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -12,6 +20,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::batch::BatchHeader;
+
+/// Producer ids from here up are never handed out to clients: the broker
+/// derives them for plugin-routed sub-batches.
+pub const DERIVED_PRODUCER_IDS: i64 = 1 << 62;
+
+pub fn is_derived(producer_id: i64) -> bool {
+    producer_id >= DERIVED_PRODUCER_IDS
+}
 
 /// How many recent batches per producer are remembered (Kafka's value;
 /// clients keep at most five requests in flight per connection).
@@ -41,10 +57,6 @@ pub enum SequenceError {
     InvalidProducerEpoch { pid: i64, got: i16, current: i16 },
     #[error("producer {pid}: expected sequence {expected}, got {got}")]
     OutOfOrderSequence { pid: i64, expected: i32, got: i32 },
-    #[error(
-        "producer {pid} is unknown to this partition and its batch starts at sequence {got}, not 0"
-    )]
-    UnknownProducerId { pid: i64, got: i32 },
 }
 
 /// What to do with an incoming batch.
@@ -73,7 +85,8 @@ impl ProducerStates {
         self.producers.is_empty()
     }
 
-    /// Classifies a batch before it is written.
+    /// Classifies a batch before it is written (Kafka's
+    /// `ProducerAppendInfo.checkSequence` and duplicate lookup).
     pub fn check(&self, h: &BatchHeader) -> Result<SequenceCheck, SequenceError> {
         if h.producer_id < 0 {
             return Ok(SequenceCheck::Append);
@@ -81,12 +94,10 @@ impl ProducerStates {
         let pid = h.producer_id;
         let first = h.base_sequence;
         let last = first.wrapping_add(h.last_offset_delta);
+        // Unknown (or forgotten: expired, or its batches removed by
+        // retention): any sequence starts it, as in Kafka since KIP-360.
         let Some(entry) = self.producers.get(&pid) else {
-            return if first == 0 {
-                Ok(SequenceCheck::Append)
-            } else {
-                Err(SequenceError::UnknownProducerId { pid, got: first })
-            };
+            return Ok(SequenceCheck::Append);
         };
         if h.producer_epoch < entry.epoch {
             return Err(SequenceError::InvalidProducerEpoch {
@@ -97,7 +108,7 @@ impl ProducerStates {
         }
         if h.producer_epoch > entry.epoch {
             // A bumped epoch restarts the sequence.
-            return if first == 0 {
+            return if first == 0 || is_derived(pid) {
                 Ok(SequenceCheck::Append)
             } else {
                 Err(SequenceError::OutOfOrderSequence {
@@ -114,7 +125,21 @@ impl ProducerStates {
         {
             return Ok(SequenceCheck::Duplicate(*dup));
         }
-        let expected = entry.batches.back().map_or(0, |b| next_seq(b.last_seq));
+        let Some(newest) = entry.batches.back() else {
+            return Ok(SequenceCheck::Append);
+        };
+        if is_derived(pid) {
+            return if first > newest.first_seq {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(SequenceError::OutOfOrderSequence {
+                    pid,
+                    expected: newest.first_seq.saturating_add(1),
+                    got: first,
+                })
+            };
+        }
+        let expected = next_seq(newest.last_seq);
         if first == expected {
             Ok(SequenceCheck::Append)
         } else {
@@ -124,6 +149,21 @@ impl ProducerStates {
                 got: first,
             })
         }
+    }
+
+    /// The newest batch of `producer_id` and its epoch, if remembered.
+    pub fn latest(&self, producer_id: i64) -> Option<(i16, BatchMeta)> {
+        let entry = self.producers.get(&producer_id)?;
+        Some((entry.epoch, *entry.batches.back()?))
+    }
+
+    /// Every remembered batch of `producer_id` in `epoch`, oldest first.
+    pub fn batches(&self, producer_id: i64, epoch: i16) -> Vec<BatchMeta> {
+        self.producers
+            .get(&producer_id)
+            .filter(|e| e.epoch == epoch)
+            .map(|e| e.batches.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Records a batch that was written (header carries assigned offsets).
@@ -162,14 +202,6 @@ impl ProducerStates {
         self.producers
             .retain(|_, e| now_ms.saturating_sub(e.last_append_ms) <= expiration_ms);
         before - self.producers.len()
-    }
-
-    /// Forgets batches at or past `offset` after the log was truncated there.
-    pub fn truncate_to(&mut self, offset: i64) {
-        for e in self.producers.values_mut() {
-            e.batches.retain(|b| b.last_offset < offset);
-        }
-        self.producers.retain(|_, e| !e.batches.is_empty());
     }
 
     /// Writes a snapshot of the state as of `offset` (exclusive), CRC-guarded.
@@ -255,10 +287,39 @@ mod tests {
         ));
         assert_eq!(s.check(&header(1, 3, 0, 1, -1)), Ok(SequenceCheck::Append));
         assert!(s.check(&header(1, 3, 5, 1, -1)).is_err());
+        // An unknown producer may start anywhere (its state may have gone
+        // with retention), as in Kafka.
+        assert_eq!(s.check(&header(2, 0, 4, 1, -1)), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn derived_producers_only_need_increasing_sequences() {
+        let pid = DERIVED_PRODUCER_IDS + 7;
+        let mut s = ProducerStates::default();
+        // Sub-batches carry the client batch's last sequence: 9, then 19.
+        s.record(&header(pid, 0, 9, 3, 0), 0);
+        assert_eq!(
+            s.check(&header(pid, 0, 19, 2, -1)),
+            Ok(SequenceCheck::Append)
+        );
+        s.record(&header(pid, 0, 19, 2, 3), 0);
         assert!(matches!(
-            s.check(&header(2, 0, 4, 1, -1)),
-            Err(SequenceError::UnknownProducerId { .. })
+            s.check(&header(pid, 0, 9, 3, -1)),
+            Ok(SequenceCheck::Duplicate(BatchMeta {
+                first_offset: 0,
+                ..
+            }))
         ));
+        assert!(matches!(
+            s.check(&header(pid, 0, 15, 1, -1)),
+            Err(SequenceError::OutOfOrderSequence { .. })
+        ));
+        // A client's epoch bump restarts them anywhere.
+        assert_eq!(
+            s.check(&header(pid, 1, 4, 1, -1)),
+            Ok(SequenceCheck::Append)
+        );
+        assert_eq!(s.latest(pid).map(|(e, b)| (e, b.first_seq)), Some((0, 19)));
     }
 
     #[test]

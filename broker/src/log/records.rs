@@ -198,6 +198,23 @@ pub fn encode(
 /// it: same base offset, last offset delta, timestamps and producer fields,
 /// the surviving records keeping their offsets. With no survivors the batch
 /// is kept as an empty header so consumers still advance past its offsets.
+/// A batch holding no records that still occupies one offset and carries a
+/// producer's sequence (like the empty batches compaction leaves behind):
+/// consumers step over it.
+pub fn encode_empty(timestamp: i64, producer: Producer) -> Result<BytesMut, BatchError> {
+    let shape = Shape {
+        base_offset: 0,
+        last_offset_delta: 0,
+        base_timestamp: timestamp,
+        max_timestamp: timestamp,
+        codec: 0,
+        log_append_time: false,
+        producer,
+        partition_leader_epoch: -1,
+    };
+    encode_entries(&[], &shape)
+}
+
 pub fn encode_filtered(
     h: &BatchHeader,
     kept: &[(i32, Record<'_>)],

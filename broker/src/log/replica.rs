@@ -9,7 +9,27 @@ use bytes::Bytes;
 
 use super::batch::{self, BatchHeader};
 use super::segment::Segment;
-use super::{LogError, PartitionLog, now_ms, prune_snapshots, snapshot_offsets, snapshot_path};
+use super::{
+    LogError, PartitionLog, load_producer_state, now_ms, prune_snapshots, snapshot_offsets,
+    snapshot_path,
+};
+
+/// The right to append to a log as its leader in one leader epoch. Only
+/// [`PartitionLog::lead`] makes one, and [`PartitionLog::resign`] (or a
+/// newer `lead`) revokes it: an append carrying a revoked term fails. So a
+/// broker that stopped leading can never write into the log its fetcher
+/// now fills from the new leader, and code without a term (anything but
+/// replication's leader write path) cannot append at all.
+#[derive(Debug)]
+pub struct LeaderTerm {
+    epoch: i32,
+}
+
+impl LeaderTerm {
+    pub fn epoch(&self) -> i32 {
+        self.epoch
+    }
+}
 
 impl PartitionLog {
     /// Offset below which records are committed (replicated to the whole
@@ -48,11 +68,28 @@ impl PartitionLog {
         self.epochs().latest_epoch()
     }
 
-    /// Records that `epoch` begins at the current log end: called when this
-    /// broker becomes leader, before it appends anything in that epoch.
-    pub fn begin_epoch(&self, epoch: i32) -> io::Result<()> {
-        let leo = self.log_end_offset();
-        self.epochs().assign(epoch, leo)
+    /// Starts leading in `epoch`: records that the epoch begins at the
+    /// current log end and returns the term appends must carry. Revokes
+    /// any older term.
+    pub fn lead(&self, epoch: i32) -> io::Result<LeaderTerm> {
+        let mut st = self.lock();
+        let leo = st.log_end_offset();
+        self.epochs().assign(epoch, leo)?;
+        st.leading = Some(epoch);
+        Ok(LeaderTerm { epoch })
+    }
+
+    /// Stops leading: every term handed out is revoked, so no append as
+    /// leader can land after this returns. Wakes waiters (acks=all) so they
+    /// notice.
+    pub fn resign(&self) {
+        self.lock().leading = None;
+        self.appended.notify_waiters();
+    }
+
+    /// The epoch this broker leads the partition in, if it does.
+    pub fn leading_epoch(&self) -> Option<i32> {
+        self.lock().leading
     }
 
     /// OffsetForLeaderEpoch: (largest known epoch <= `epoch`, its end offset).
@@ -100,6 +137,9 @@ impl PartitionLog {
     fn append_verbatim(&self, bytes: &Bytes, h: &BatchHeader) -> Result<(), LogError> {
         let now = now_ms();
         let mut st = self.lock();
+        if st.leading.is_some() {
+            return Err(LogError::Leading(self.name.clone()));
+        }
         let leo = st.log_end_offset();
         if h.last_offset() < leo {
             return Ok(());
@@ -136,6 +176,9 @@ impl PartitionLog {
         if offset >= st.log_end_offset() {
             return Ok(());
         }
+        if st.leading.is_some() {
+            return Err(io::Error::other(LogError::Leading(self.name.clone())));
+        }
         let from = st.log_end_offset();
         while st.segments.len() > 1 && st.active().base_offset >= offset {
             if let Some(seg) = st.segments.pop() {
@@ -160,13 +203,16 @@ impl PartitionLog {
         }
         super::sync_dir(&self.dir)?;
         let leo = st.log_end_offset();
-        st.producers.truncate_to(leo);
         for o in snapshot_offsets(&self.dir) {
             if o > leo {
                 let _ = std::fs::remove_file(snapshot_path(&self.dir, o));
             }
         }
         prune_snapshots(&self.dir, leo);
+        // What producers wrote before the cut is still here: rebuild their
+        // state from the log (Kafka reloads it the same way), rather than
+        // forgetting every producer whose recent batches were cut.
+        st.producers = load_producer_state(&self.name, &self.dir, &st.segments)?;
         drop(st);
         self.flushed_offset.fetch_min(leo, Ordering::AcqRel);
         self.high_watermark.fetch_min(leo, Ordering::AcqRel);
@@ -183,6 +229,9 @@ impl PartitionLog {
     /// Kafka's truncate-fully-and-start-at.
     pub fn reset_to(&self, start: i64) -> io::Result<()> {
         let mut st = self.lock();
+        if st.leading.is_some() {
+            return Err(io::Error::other(LogError::Leading(self.name.clone())));
+        }
         let from = st.log_end_offset();
         for seg in std::mem::take(&mut st.segments) {
             seg.delete_files()?;
@@ -253,10 +302,11 @@ mod tests {
         let log = PartitionLog::open("l-0".into(), dir.to_path_buf(), LogConfig::default())
             .expect("open");
         for (epoch, n) in batches {
-            log.begin_epoch(*epoch).expect("epoch");
+            let term = log.lead(*epoch).expect("epoch");
             let vb = validate_batches(batch(*n), usize::MAX).expect("valid");
-            log.append(vb, *epoch).expect("append");
+            log.append(vb, &term).expect("append");
         }
+        log.resign();
         log
     }
 

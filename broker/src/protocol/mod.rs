@@ -10,6 +10,61 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Encodable, decode_request_header_from_buffer};
 
+/// Private inter-broker API: sub-batches a plugin routed to a partition
+/// another broker leads. The body is a Produce request of
+/// `FORWARDED_PRODUCE_VERSION`, answered with a Produce response; never
+/// advertised in ApiVersions (far outside Kafka's key range).
+pub const FORWARDED_PRODUCE_API_KEY: i16 = 32_102;
+pub const FORWARDED_PRODUCE_VERSION: i16 = 9;
+
+/// Is this frame (without its length prefix) a forwarded produce?
+pub fn is_forwarded_produce(frame: &[u8]) -> bool {
+    frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == FORWARDED_PRODUCE_API_KEY
+}
+
+/// Decodes a forwarded produce frame: its correlation id and body.
+pub fn decode_forwarded_produce(
+    mut frame: Bytes,
+) -> Result<(i32, kafka_protocol::messages::ProduceRequest), FrameError> {
+    use kafka_protocol::protocol::{Decodable, HeaderVersion};
+    type Req = kafka_protocol::messages::ProduceRequest;
+    let version = frame.get(2..4).map(|v| i16::from_be_bytes([v[0], v[1]]));
+    if version != Some(FORWARDED_PRODUCE_VERSION) {
+        return Err(FrameError::Close {
+            reason: "unsupported_version",
+            detail: format!(
+                "forwarded produce version {version:?} is not {FORWARDED_PRODUCE_VERSION}"
+            ),
+        });
+    }
+    let malformed = |e: anyhow::Error| FrameError::Close {
+        reason: "malformed_request",
+        detail: format!("forwarded produce: {e}"),
+    };
+    let header = RequestHeader::decode(&mut frame, Req::header_version(FORWARDED_PRODUCE_VERSION))
+        .map_err(malformed)?;
+    let body = Req::decode(&mut frame, FORWARDED_PRODUCE_VERSION).map_err(malformed)?;
+    Ok((header.correlation_id, body))
+}
+
+/// A forwarded produce's response frame, length prefix included.
+pub fn encode_forwarded_produce_response(
+    correlation_id: i32,
+    body: &kafka_protocol::messages::ProduceResponse,
+) -> anyhow::Result<Bytes> {
+    use kafka_protocol::protocol::HeaderVersion;
+    type Resp = kafka_protocol::messages::ProduceResponse;
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header.encode(&mut buf, Resp::header_version(FORWARDED_PRODUCE_VERSION))?;
+    body.encode(&mut buf, FORWARDED_PRODUCE_VERSION)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
 /// A request ready for a handler.
 #[derive(Debug)]
 pub struct DecodedRequest {

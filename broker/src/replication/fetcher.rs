@@ -7,30 +7,28 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
-use tokio::net::TcpStream;
+use kafka_protocol::messages::{BrokerId, FetchRequest, OffsetForLeaderEpochRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use sluice_client::Connection;
 use tokio::sync::Notify;
 
 use super::TopicPartition;
 use crate::cluster::quorum::Quorum;
+use crate::cluster::quorum::rpc::to_io;
 use crate::log::PartitionLog;
 
 const FETCH_VERSION: i16 = 12;
 const EPOCH_VERSION: i16 = 4;
 const PARTITION_MAX_BYTES: i32 = 1 << 20;
-const RESPONSE_MAX_BYTES: usize = 64 << 20;
 const BACKOFF: Duration = Duration::from_millis(100);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The leader holds a fetch up to its max wait; allow that plus slack.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A partition this broker follows.
 #[derive(Clone)]
@@ -161,7 +159,8 @@ impl FetcherTask {
                     tokio::time::sleep(BACKOFF).await;
                     continue;
                 };
-                match Connection::open(&addr, self.node_id).await {
+                let client_id = format!("sluice-replica-{}", self.node_id);
+                match Connection::connect(&addr, &client_id, CONNECT_TIMEOUT).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         tracing::debug!(leader = self.leader, %addr, error = %e, "cannot reach leader");
@@ -170,7 +169,7 @@ impl FetcherTask {
                     }
                 }
             }
-            let Some(c) = conn.as_mut() else { continue };
+            let Some(c) = conn.as_ref() else { continue };
             let result = match parts.iter().filter(|(_, f)| !f.truncated).count() {
                 0 => self.fetch(c, &parts).await,
                 _ => self.truncate(c, &parts).await,
@@ -192,7 +191,7 @@ impl FetcherTask {
     /// whether every partition got an answer.
     async fn truncate(
         &self,
-        conn: &mut Connection,
+        conn: &Connection,
         parts: &[(TopicPartition, Follow)],
     ) -> std::io::Result<bool> {
         let mut by_topic: HashMap<&str, Vec<OffsetForLeaderPartition>> = HashMap::new();
@@ -214,9 +213,10 @@ impl FetcherTask {
                 t
             })
             .collect();
-        let resp: OffsetForLeaderEpochResponse = conn
-            .call(ApiKey::OffsetForLeaderEpoch, EPOCH_VERSION, &req)
-            .await?;
+        let resp = conn
+            .send(&req, EPOCH_VERSION, CALL_TIMEOUT)
+            .await
+            .map_err(to_io)?;
         let mut all = true;
         for t in resp.topics {
             for p in t.partitions {
@@ -267,7 +267,7 @@ impl FetcherTask {
     /// (stale epochs on either side): the caller backs off.
     async fn fetch(
         &self,
-        conn: &mut Connection,
+        conn: &Connection,
         parts: &[(TopicPartition, Follow)],
     ) -> std::io::Result<bool> {
         let mut by_topic: HashMap<&str, Vec<FetchPartition>> = HashMap::new();
@@ -296,7 +296,10 @@ impl FetcherTask {
                 t
             })
             .collect();
-        let resp: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &req).await?;
+        let resp = conn
+            .send(&req, FETCH_VERSION, CALL_TIMEOUT)
+            .await
+            .map_err(to_io)?;
         let mut ok = true;
         for t in resp.responses {
             for p in t.partitions {
@@ -407,79 +410,6 @@ pub(crate) fn truncation_target(
             offset: end.min(leader_end).min(log_end),
             done: true,
         },
-    }
-}
-
-/// A Kafka client connection to another broker, one request at a time.
-struct Connection {
-    stream: BufStream<TcpStream>,
-    correlation: i32,
-    client_id: StrBytes,
-}
-
-impl Connection {
-    async fn open(addr: &str, node_id: i32) -> std::io::Result<Connection> {
-        let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(Connection {
-            stream: BufStream::new(stream),
-            correlation: 0,
-            client_id: StrBytes::from_string(format!("sluice-replica-{node_id}")),
-        })
-    }
-
-    async fn call<Req, Resp>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-    ) -> std::io::Result<Resp>
-    where
-        Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
-    {
-        self.correlation = self.correlation.wrapping_add(1);
-        let mut header = RequestHeader::default();
-        header.request_api_key = key as i16;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation;
-        header.client_id = Some(self.client_id.clone());
-        let mut buf = BytesMut::new();
-        header
-            .encode(&mut buf, Req::header_version(version))
-            .map_err(std::io::Error::other)?;
-        req.encode(&mut buf, version)
-            .map_err(std::io::Error::other)?;
-        let len = i32::try_from(buf.len()).map_err(std::io::Error::other)?;
-        // The leader holds a fetch up to max_wait; allow that plus slack.
-        let exchange = async {
-            self.stream.write_i32(len).await?;
-            self.stream.write_all(&buf).await?;
-            self.stream.flush().await?;
-            let len = self.stream.read_i32().await?;
-            let len = usize::try_from(len)
-                .ok()
-                .filter(|l| *l <= RESPONSE_MAX_BYTES)
-                .ok_or_else(|| std::io::Error::other(format!("bad response length {len}")))?;
-            let mut body = BytesMut::zeroed(len);
-            self.stream.read_exact(&mut body).await?;
-            Ok::<_, std::io::Error>(body.freeze())
-        };
-        let mut body = tokio::time::timeout(Duration::from_secs(30), exchange)
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "leader did not answer")
-            })??;
-        let rh = ResponseHeader::decode(&mut body, Resp::header_version(version))
-            .map_err(std::io::Error::other)?;
-        if rh.correlation_id != self.correlation {
-            return Err(std::io::Error::other("response out of order"));
-        }
-        Resp::decode(&mut body, version).map_err(std::io::Error::other)
     }
 }
 

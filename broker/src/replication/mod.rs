@@ -12,21 +12,27 @@
 //! - A **follower** first truncates a divergent tail (OffsetForLeaderEpoch
 //!   against the new leader), then fetches from the leader and appends the
 //!   batches verbatim (`fetcher.rs`).
+//! - Every append as leader goes through one path, `ReplicaManager::append`
+//!   (`write.rs`), holding the partition's leader term: client produce,
+//!   plugin-routed and forwarded sub-batches, dead letters, group commits.
+//!   The storage layer refuses an append without a current term.
 
 mod fetcher;
+mod write;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 
 use crate::cluster::metadata::{Command, MetadataImage, PartitionImage};
 use crate::cluster::quorum::Quorum;
-use crate::cluster::topics::TopicRegistry;
-use crate::log::PartitionLog;
+use crate::cluster::topics::Topic;
+use crate::log::{LeaderTerm, PartitionLog};
 
 pub use fetcher::FetcherPool;
+pub use write::{Acks, Appended, WriteError};
 
 /// KIP-320: a request naming a leader epoch (`-1`: none) must match the
 /// partition's current one. Older: the sender is behind a leader change;
@@ -41,6 +47,9 @@ pub fn check_leader_epoch(requested: i32, ours: i32) -> Result<(), ResponseError
 
 /// `topic-partition`.
 pub type TopicPartition = (String, i32);
+
+/// Partitions this broker leads, by topic then partition index.
+pub type Leaders = HashMap<String, Vec<Option<Arc<LeaderState>>>>;
 
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
@@ -65,6 +74,8 @@ struct Progress {
 pub struct LeaderState {
     pub log: Arc<PartitionLog>,
     pub leader_epoch: i32,
+    /// The storage's permission to append in this epoch.
+    term: LeaderTerm,
     /// Where this epoch began: a follower below it has not truncated yet.
     epoch_start: i64,
     /// When this epoch began here: followers get a full lag window from then.
@@ -85,6 +96,11 @@ struct LeaderInner {
 impl LeaderState {
     pub fn isr_len(&self) -> usize {
         self.lock().isr.len()
+    }
+
+    /// Still leading in this epoch (the term was not revoked since).
+    pub fn is_current(&self) -> bool {
+        self.log.leading_epoch() == Some(self.leader_epoch)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaderInner> {
@@ -144,15 +160,22 @@ pub struct FollowerLag {
     pub seconds: f64,
 }
 
+/// Every leader state in `leaders`, with its topic and partition.
+pub fn each_leader(leaders: &Leaders) -> impl Iterator<Item = (&str, i32, &Arc<LeaderState>)> {
+    leaders.iter().flat_map(|(topic, parts)| {
+        parts
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, ls)| ls.as_ref().map(|ls| (topic.as_str(), i as i32, ls)))
+    })
+}
+
 /// Everything replication runs on this broker.
 pub struct ReplicaManager {
     pub stats: ReplicationStats,
-    /// Woken after every `apply_image`.
-    applied: tokio::sync::Notify,
     node_id: i32,
     config: ReplicationConfig,
     quorum: Arc<Quorum>,
-    leaders: RwLock<HashMap<TopicPartition, Arc<LeaderState>>>,
     fetchers: FetcherPool,
 }
 
@@ -160,32 +183,20 @@ impl ReplicaManager {
     pub fn new(node_id: i32, config: ReplicationConfig, quorum: Arc<Quorum>) -> ReplicaManager {
         ReplicaManager {
             stats: ReplicationStats::default(),
-            applied: tokio::sync::Notify::new(),
             node_id,
             fetchers: FetcherPool::new(node_id, quorum.clone(), config.fetch_max_wait),
             config,
             quorum,
-            leaders: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The state of `tp` if this broker leads it.
-    pub fn leader(&self, topic: &str, partition: i32) -> Option<Arc<LeaderState>> {
-        self.leaders
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(topic.to_string(), partition))
-            .cloned()
-    }
-
-    /// Every follower of every partition led here: messages behind the
+    /// Every follower of every partition in `leaders`: messages behind the
     /// leader's log end and time since it last had everything (the leader
     /// knows these only from the follower's fetches).
-    pub fn follower_lag(&self) -> Vec<FollowerLag> {
-        let leaders = self.leaders.read().unwrap_or_else(|e| e.into_inner());
+    pub fn follower_lag(&self, leaders: &Leaders) -> Vec<FollowerLag> {
         let now = Instant::now();
         let mut out = Vec::new();
-        for ((topic, partition), ls) in leaders.iter() {
+        for (topic, partition, ls) in each_leader(leaders) {
             let leo = ls.log.log_end_offset();
             let inner = ls.lock();
             for follower in inner.replicas.iter().filter(|r| **r != self.node_id) {
@@ -194,8 +205,8 @@ impl ReplicaManager {
                     None => (leo, ls.started),
                 };
                 out.push(FollowerLag {
-                    topic: topic.clone(),
-                    partition: *partition,
+                    topic: topic.to_string(),
+                    partition,
                     follower: *follower,
                     messages,
                     seconds: if messages == 0 {
@@ -209,121 +220,108 @@ impl ReplicaManager {
         out
     }
 
-    /// Partition indexes of `topic` this broker leads.
-    pub fn led_partitions(&self, topic: &str) -> std::collections::HashSet<usize> {
-        self.leaders
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .filter(|(t, _)| t == topic)
-            .filter_map(|(_, p)| usize::try_from(*p).ok())
-            .collect()
-    }
-
-    /// The leader state of `tp` in `epoch` (or later), waiting up to
-    /// `timeout` for a metadata change this broker is still applying.
-    pub async fn await_leader(
+    /// Takes this broker's role in every local partition as `image` says,
+    /// given the leaderships of the previous view: leaders that lost their
+    /// partition (or epoch) resign first, so their term is revoked before
+    /// anything else touches the log; new leaders begin their epoch;
+    /// followers (re)start fetching from their leader. Returns the
+    /// leaderships of the new view.
+    pub fn apply_roles(
         &self,
-        topic: &str,
-        partition: i32,
-        epoch: i32,
-        timeout: Duration,
-    ) -> Option<Arc<LeaderState>> {
-        // The common case, without touching the shared waiter list.
-        if let Some(ls) = self
-            .leader(topic, partition)
-            .filter(|l| l.leader_epoch >= epoch)
-        {
-            return Some(ls);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let applied = self.applied.notified();
-            tokio::pin!(applied);
-            applied.as_mut().enable();
-            if let Some(ls) = self
-                .leader(topic, partition)
-                .filter(|l| l.leader_epoch >= epoch)
-            {
-                return Some(ls);
-            }
-            // Not named leader by the image at all: no point waiting.
-            let image = self.quorum.image();
-            let named = image
-                .partition(topic, partition)
-                .is_some_and(|p| p.leader == self.node_id);
-            let now = Instant::now();
-            if !named || now >= deadline {
-                return self.leader(topic, partition);
-            }
-            let _ = tokio::time::timeout(deadline - now, applied).await;
-        }
-    }
-
-    /// Brings every local partition's role in line with the image: leaders
-    /// begin their epoch, followers (re)start fetching from their leader.
-    pub fn apply_image(&self, image: &MetadataImage, topics: &TopicRegistry) {
-        let mut leaders = HashMap::new();
+        previous: &Leaders,
+        image: &MetadataImage,
+        topics: &BTreeMap<String, Arc<Topic>>,
+    ) -> Leaders {
+        let mut leaders: Leaders = HashMap::new();
         let mut follows = HashMap::new();
-        let current = self
-            .leaders
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for topic in topics.all() {
+        // Resign everything not led in the same epoch any more.
+        for (topic, partition, ls) in each_leader(previous) {
+            let same = image
+                .partition(topic, partition)
+                .is_some_and(|p| p.leader == self.node_id && p.leader_epoch == ls.leader_epoch)
+                && topics
+                    .get(topic)
+                    .and_then(|t| t.partition(partition))
+                    .is_some_and(|log| Arc::ptr_eq(log, &ls.log));
+            if !same && ls.is_current() {
+                tracing::info!(
+                    topic,
+                    partition,
+                    epoch = ls.leader_epoch,
+                    "no longer leading partition"
+                );
+                ls.log.resign();
+            }
+        }
+        for topic in topics.values() {
             if topic.meta.view_of().is_some() {
                 continue;
             }
             let Some(t) = image.topics.get(&topic.meta.name) else {
                 continue;
             };
+            let mut led = vec![None; t.partitions.len()];
             for (i, state) in t.partitions.iter().enumerate() {
                 let Some(log) = topic.partitions.get(i).cloned().flatten() else {
                     continue;
                 };
-                let tp = (t.name.clone(), i as i32);
                 if state.leader == self.node_id {
-                    let ls = match current.get(&tp) {
-                        Some(ls) if ls.leader_epoch == state.leader_epoch => {
+                    let kept = previous
+                        .get(&t.name)
+                        .and_then(|p| p.get(i))
+                        .and_then(Option::as_ref)
+                        .filter(|ls| {
+                            ls.leader_epoch == state.leader_epoch
+                                && Arc::ptr_eq(&ls.log, &log)
+                                && ls.is_current()
+                        });
+                    led[i] = match kept {
+                        Some(ls) => {
                             self.update_leader(ls, state);
-                            ls.clone()
+                            Some(ls.clone())
                         }
-                        _ => match self.become_leader(&tp, log, state) {
-                            Some(ls) => ls,
-                            None => continue,
-                        },
+                        None => self.become_leader(&t.name, i as i32, log, state),
                     };
-                    leaders.insert(tp, ls);
                 } else {
                     log.set_hw_follows_leo(false);
                     if state.leader >= 0 && state.replicas.contains(&self.node_id) {
-                        follows.insert(tp, (state.leader, state.leader_epoch, log));
+                        follows.insert(
+                            (t.name.clone(), i as i32),
+                            (state.leader, state.leader_epoch, log),
+                        );
                     }
                 }
             }
+            if led.iter().any(Option::is_some) {
+                leaders.insert(t.name.clone(), led);
+            }
         }
-        *self.leaders.write().unwrap_or_else(|e| e.into_inner()) = leaders;
         self.fetchers.set_targets(follows);
-        self.applied.notify_waiters();
+        leaders
     }
 
     fn become_leader(
         &self,
-        tp: &TopicPartition,
+        topic: &str,
+        partition: i32,
         log: Arc<PartitionLog>,
         state: &PartitionImage,
     ) -> Option<Arc<LeaderState>> {
-        if let Err(e) = log.begin_epoch(state.leader_epoch) {
-            tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "cannot record leader epoch; not leading");
-            return None;
-        }
+        let term = match log.lead(state.leader_epoch) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(topic, partition, error = %e, "cannot record leader epoch; not leading");
+                return None;
+            }
+        };
         let epoch_start = log.log_end_offset();
         self.stats
             .leader_elections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(topic = %tp.0, partition = tp.1, epoch = state.leader_epoch, isr = ?state.isr, log_end = epoch_start, "leading partition");
+        tracing::info!(topic, partition, epoch = state.leader_epoch, isr = ?state.isr, log_end = epoch_start, "leading partition");
         let ls = Arc::new(LeaderState {
             leader_epoch: state.leader_epoch,
+            term,
             epoch_start,
             started: Instant::now(),
             self_id: self.node_id,
@@ -356,61 +354,16 @@ impl ReplicaManager {
         }
     }
 
-    /// Waits until the high watermark of `tp` reaches `offset` (acks=all):
-    /// the batch is on every in-sync replica. Fails if leadership moves or
-    /// the deadline passes first.
-    pub async fn wait_committed(
-        &self,
-        topic: &str,
-        partition: i32,
-        leader_epoch: i32,
-        offset: i64,
-        deadline: Instant,
-    ) -> Result<(), ResponseError> {
-        // Alone in its ISR (a single broker), the batch is committed already.
-        if let Some(ls) = self.leader(topic, partition)
-            && ls.leader_epoch == leader_epoch
-            && ls.log.high_watermark() >= offset
-        {
-            return Ok(());
-        }
-        loop {
-            let Some(ls) = self.leader(topic, partition) else {
-                return Err(ResponseError::NotLeaderOrFollower);
-            };
-            if ls.leader_epoch != leader_epoch {
-                return Err(ResponseError::NotLeaderOrFollower);
-            }
-            let notified = ls.log.appended.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if ls.log.high_watermark() >= offset {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ResponseError::RequestTimedOut);
-            }
-            // Leadership changes do not wake the log; poll for them.
-            let nap = (deadline - now).min(Duration::from_millis(100));
-            let _ = tokio::time::timeout(nap, notified).await;
-        }
-    }
-
     /// One pass of ISR upkeep on every partition led here: shrink by
     /// followers that lag too long, expand by followers that caught up.
-    pub fn check_isr(self: &Arc<Self>) {
-        let leaders: Vec<(TopicPartition, Arc<LeaderState>)> = self
-            .leaders
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+    pub fn check_isr(self: &Arc<Self>, leaders: &Leaders) {
         let now = Instant::now();
         let image = self.quorum.image();
         let live = |id: &i32| image.brokers.get(id).is_some_and(|b| !b.fenced);
-        for (tp, ls) in leaders {
+        for (topic, partition, ls) in each_leader(leaders) {
+            if !ls.is_current() {
+                continue;
+            }
             let hw = ls.log.high_watermark();
             let mut inner = ls.lock();
             if inner.alter_pending {
@@ -447,16 +400,18 @@ impl ReplicaManager {
             inner.alter_pending = true;
             let shrink = sorted.len() < current.len();
             let command = Command::AlterIsr {
-                topic: tp.0.clone(),
-                partition: tp.1,
+                topic: topic.to_string(),
+                partition,
                 leader: me,
                 leader_epoch: ls.leader_epoch,
                 partition_epoch: inner.partition_epoch,
                 isr: isr.clone(),
             };
             drop(inner);
-            tracing::info!(topic = %tp.0, partition = tp.1, from = ?current, to = ?sorted, "changing ISR");
+            tracing::info!(topic, partition, from = ?current, to = ?sorted, "changing ISR");
             let manager = self.clone();
+            let ls = ls.clone();
+            let topic = topic.to_string();
             tokio::spawn(async move {
                 let result = manager
                     .quorum
@@ -471,7 +426,7 @@ impl ReplicaManager {
                     };
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, result = ?result, "ISR change not committed");
+                    tracing::warn!(topic = %topic, partition, result = ?result, "ISR change not committed");
                 }
                 ls.lock().alter_pending = false;
             });
@@ -479,13 +434,14 @@ impl ReplicaManager {
     }
 }
 
-/// ISR upkeep, a few times per lag window.
-pub async fn isr_loop(manager: Arc<ReplicaManager>) {
+/// ISR upkeep, a few times per lag window, over the leaderships
+/// `leaders()` returns (the current view's).
+pub async fn isr_loop(manager: Arc<ReplicaManager>, leaders: impl Fn() -> Arc<Leaders>) {
     let period = (manager.config.lag_time_max / 4).max(Duration::from_millis(50));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        manager.check_isr();
+        manager.check_isr(&leaders());
     }
 }

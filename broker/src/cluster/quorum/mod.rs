@@ -19,7 +19,8 @@ use openraft::{BasicNode, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use self::rpc::PeerConnection;
+use sluice_client::{Pool, Resolve};
+
 pub use self::rpc::{ProposeError, Proposed, QuorumRequest, QuorumResponse};
 pub use self::state_machine::MetadataView;
 use crate::cluster::metadata::{Command, CommandResult, MetadataImage};
@@ -58,6 +59,10 @@ pub struct Quorum {
     raft: Raft<TypeConfig>,
     view: watch::Receiver<MetadataView>,
     voters: BTreeMap<i32, String>,
+    /// Persistent connections to the other voters, for heartbeats and
+    /// proposals forwarded to the controller (Raft's own traffic has its
+    /// connections in `network`).
+    peers: Pool,
     /// Last heartbeat per broker, kept by whoever is controller.
     heartbeats: Mutex<HashMap<i32, (Uuid, Instant)>>,
     /// Time from proposing a metadata change to seeing it applied here.
@@ -99,6 +104,7 @@ impl Quorum {
             config.node_id as u64,
             Arc::new(raft_config),
             network::NetworkFactory {
+                node_id: config.node_id,
                 voters: config.voters.clone(),
                 retry: config.heartbeat_interval,
             },
@@ -119,8 +125,15 @@ impl Quorum {
                 Err(e) => return Err(e).context("initializing the quorum"),
             }
         }
+        let addrs = config.voters.clone();
+        let resolve: Resolve = Arc::new(move |id| addrs.get(&id).cloned());
         Ok(Quorum {
             node_id: config.node_id,
+            peers: Pool::new(
+                format!("sluice-controller-{}", config.node_id),
+                resolve,
+                RPC_TIMEOUT,
+            ),
             raft,
             view,
             voters: config.voters,
@@ -188,6 +201,18 @@ impl Quorum {
         command: Command,
         timeout: Duration,
     ) -> Result<CommandResult, ProposeError> {
+        self.propose_indexed(command, timeout)
+            .await
+            .map(|p| p.result)
+    }
+
+    /// `propose`, also giving the log index the command was committed at
+    /// (so the caller can wait for a view that includes it).
+    pub async fn propose_indexed(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Proposed, ProposeError> {
         let started = Instant::now();
         let deadline = started + timeout;
         loop {
@@ -203,7 +228,7 @@ impl Quorum {
                 Ok(p) => {
                     self.wait_applied(p.index, deadline).await?;
                     self.commit_seconds.observe(started.elapsed().as_secs_f64());
-                    return Ok(p.result);
+                    return Ok(p);
                 }
                 Err(e) if Instant::now() >= deadline => {
                     tracing::debug!(error = %e, "proposal gave up");
@@ -234,12 +259,8 @@ impl Quorum {
     }
 
     async fn forward(&self, controller: i32, command: Command) -> Result<Proposed, ProposeError> {
-        let addr = self.voters.get(&controller).ok_or_else(|| {
-            ProposeError::Unavailable(format!("controller {controller} has no address"))
-        })?;
-        let mut conn = PeerConnection::new(addr.clone());
-        match conn
-            .call(&QuorumRequest::Propose(command), RPC_TIMEOUT)
+        match self
+            .call_peer(controller, &QuorumRequest::Propose(command))
             .await
         {
             Ok(QuorumResponse::Propose(r)) => r,
@@ -247,9 +268,19 @@ impl Quorum {
                 "controller {controller} answered {other:?}"
             ))),
             Err(e) => Err(ProposeError::Unavailable(format!(
-                "controller {controller} at {addr}: {e}"
+                "controller {controller}: {e}"
             ))),
         }
+    }
+
+    /// One request to voter `id` on its persistent connection.
+    async fn call_peer(&self, id: i32, request: &QuorumRequest) -> std::io::Result<QuorumResponse> {
+        let conn = self.peers.get(id).await.map_err(rpc::to_io)?;
+        let result = rpc::call(&conn, request, RPC_TIMEOUT).await;
+        if result.is_err() {
+            self.peers.reset(id).await;
+        }
+        result
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ProposeError> {
@@ -270,13 +301,11 @@ impl Quorum {
                 Ok(())
             }
             Some(id) => {
-                let addr = self.voters.get(&id).cloned().unwrap_or_default();
-                let mut conn = PeerConnection::new(addr);
                 let request = QuorumRequest::Heartbeat {
                     broker: self.node_id,
                     incarnation,
                 };
-                match conn.call(&request, RPC_TIMEOUT).await {
+                match self.call_peer(id, &request).await {
                     Ok(QuorumResponse::Heartbeat(r)) => r,
                     Ok(other) => Err(ProposeError::Unavailable(format!("{other:?}"))),
                     Err(e) => Err(ProposeError::Unavailable(e.to_string())),

@@ -24,6 +24,7 @@ type RpcResult<T, E = openraft::error::Infallible> =
 /// recorded in the membership (those are whichever broker initialized the
 /// group's view; each broker may reach a peer by a different route).
 pub struct NetworkFactory {
+    pub node_id: i32,
     pub voters: BTreeMap<i32, String>,
     /// How soon to retry an unreachable peer (see `PeerNetwork::backoff`).
     pub retry: Duration,
@@ -39,7 +40,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .unwrap_or_else(|| node.addr.clone());
         PeerNetwork {
             target,
-            conn: PeerConnection::new(addr),
+            conn: PeerConnection::new(addr, format!("sluice-quorum-{}", self.node_id)),
             retry: self.retry,
         }
     }

@@ -14,8 +14,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
-use tokio::net::TcpStream;
+use sluice_client::{ClientError, Connection};
 use uuid::Uuid;
 
 use super::TypeConfig;
@@ -24,8 +23,6 @@ use crate::cluster::metadata::{Command, CommandResult};
 /// Private API key of quorum frames.
 pub const QUORUM_API_KEY: i16 = 32_101;
 const VERSION: i16 = 0;
-/// Largest response accepted from a peer (snapshots travel in chunks).
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum QuorumRequest {
@@ -108,19 +105,20 @@ pub fn encode_response(correlation: i32, response: &QuorumResponse) -> Vec<u8> {
     out
 }
 
-/// One connection to a peer, reopened after any error.
+/// Quorum requests to one peer over one persistent connection (the
+/// broker's internal client), reopened after any error.
 pub struct PeerConnection {
     addr: String,
-    stream: Option<BufStream<TcpStream>>,
-    correlation: i32,
+    client_id: String,
+    conn: Option<Connection>,
 }
 
 impl PeerConnection {
-    pub fn new(addr: String) -> PeerConnection {
+    pub fn new(addr: String, client_id: String) -> PeerConnection {
         PeerConnection {
             addr,
-            stream: None,
-            correlation: 0,
+            client_id,
+            conn: None,
         }
     }
 
@@ -134,55 +132,54 @@ impl PeerConnection {
         request: &QuorumRequest,
         timeout: Duration,
     ) -> std::io::Result<QuorumResponse> {
-        match tokio::time::timeout(timeout, self.call_inner(request)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                self.stream = None;
-                Err(e)
-            }
-            Err(_) => {
-                self.stream = None;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer from {} within {timeout:?}", self.addr),
-                ))
-            }
+        let result = self.call_inner(request, timeout).await;
+        if result.is_err() {
+            self.conn = None;
         }
+        result
     }
 
-    async fn call_inner(&mut self, request: &QuorumRequest) -> std::io::Result<QuorumResponse> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect(&self.addr).await?;
-            s.set_nodelay(true)?;
-            self.stream = Some(BufStream::new(s));
+    async fn call_inner(
+        &mut self,
+        request: &QuorumRequest,
+        timeout: Duration,
+    ) -> std::io::Result<QuorumResponse> {
+        if !self.conn.as_ref().is_some_and(Connection::is_open) {
+            let c = Connection::connect(&self.addr, &self.client_id, timeout)
+                .await
+                .map_err(to_io)?;
+            self.conn = Some(c);
         }
-        self.correlation = self.correlation.wrapping_add(1);
-        let correlation = self.correlation;
-        let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
-        let stream = self
-            .stream
-            .as_mut()
+        let conn = self
+            .conn
+            .as_ref()
             .ok_or_else(|| std::io::Error::other("connection vanished"))?;
-        let len = i32::try_from(body.len() + 8).map_err(std::io::Error::other)?;
-        stream.write_i32(len).await?;
-        stream.write_i16(QUORUM_API_KEY).await?;
-        stream.write_i16(VERSION).await?;
-        stream.write_i32(correlation).await?;
-        stream.write_all(&body).await?;
-        stream.flush().await?;
-        let len = stream.read_i32().await?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|l| (4..=MAX_RESPONSE_BYTES).contains(l))
-            .ok_or_else(|| std::io::Error::other(format!("bad response length {len}")))?;
-        let got = stream.read_i32().await?;
-        let mut body = vec![0u8; len - 4];
-        stream.read_exact(&mut body).await?;
-        if got != correlation {
-            return Err(std::io::Error::other(format!(
-                "response correlation {got}, expected {correlation}"
-            )));
-        }
-        serde_json::from_slice(&body).map_err(std::io::Error::other)
+        call(conn, request, timeout).await
     }
+}
+
+/// One quorum request over `conn`: a Kafka request header v0 (api key,
+/// version, correlation id) and JSON, answered with a v0 response header
+/// (the correlation id) and JSON.
+pub async fn call(
+    conn: &Connection,
+    request: &QuorumRequest,
+    timeout: Duration,
+) -> std::io::Result<QuorumResponse> {
+    let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    let answer = conn
+        .send_raw(QUORUM_API_KEY, VERSION, 0, body.into(), timeout)
+        .await
+        .map_err(to_io)?;
+    serde_json::from_slice(&answer).map_err(std::io::Error::other)
+}
+
+/// Keeps the kind that tells a slow peer (timed out) from a gone one.
+pub fn to_io(e: ClientError) -> std::io::Error {
+    let kind = match &e {
+        ClientError::Timeout { .. } => std::io::ErrorKind::TimedOut,
+        ClientError::Connect { source, .. } | ClientError::Io { source, .. } => source.kind(),
+        _ => std::io::ErrorKind::ConnectionAborted,
+    };
+    std::io::Error::new(kind, e.to_string())
 }
