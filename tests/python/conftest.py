@@ -38,7 +38,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sluice_testlib import Broker, BrokerError, broker_binary, unique_topic  # noqa: E402
+from sluice_testlib import Broker, BrokerError, Cluster, broker_binary, unique_topic  # noqa: E402
 
 TEST_TIMEOUT_S = int(os.environ.get("SLUICE_TEST_TIMEOUT", "90"))
 
@@ -79,13 +79,31 @@ def broker_factory(broker_bin, tmp_path_factory, request):
             pass
 
 
+def pytest_generate_tests(metafunc):
+    """A module that sets SLUICE_TOPOLOGIES = ("one", "three") runs every
+    test that uses the module broker twice: against one broker and against
+    a three-broker cluster."""
+    topologies = getattr(metafunc.module, "SLUICE_TOPOLOGIES", None)
+    if topologies and "topology" in metafunc.fixturenames:
+        metafunc.parametrize("topology", topologies, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def broker(broker_bin, tmp_path_factory, request):
-    """A broker shared by the tests of one module (tests use unique topics)."""
-    base = tmp_path_factory.mktemp("module-broker")
+def topology(request):
+    return getattr(request, "param", "one")
+
+
+@pytest.fixture(scope="module")
+def broker(broker_bin, tmp_path_factory, request, topology):
+    """A broker shared by the tests of one module (tests use unique topics),
+    or a three-broker cluster standing in for it (see SLUICE_TOPOLOGIES)."""
+    base = tmp_path_factory.mktemp(f"module-{topology}")
     # A module may set SLUICE_BROKER_ARGS = (...) for extra `serve` flags.
     extra = tuple(getattr(request.module, "SLUICE_BROKER_ARGS", ()))
-    b = Broker(broker_bin, data_dir=base / "data", log_path=base / "broker.log", extra_args=extra)
+    if topology == "three":
+        b = Cluster(broker_bin, base, 3, extra_args=extra)
+    else:
+        b = Broker(broker_bin, data_dir=base / "data", log_path=base / "broker.log", extra_args=extra)
     try:
         b.start()
     except BrokerError as e:
@@ -145,7 +163,7 @@ def pytest_runtest_makereport(item, call):
         if fixtureinfo is not None:
             for fd in fixtureinfo.name2fixturedefs.get("broker", ()):
                 cached = getattr(fd, "cached_result", None)
-                if cached and isinstance(cached[0], Broker) and cached[0] not in brokers:
+                if cached and isinstance(cached[0], (Broker, Cluster)) and cached[0] not in brokers:
                     brokers.append(cached[0])
         for b in brokers:
             rep.sections.append((f"broker stderr ({b.log_path})", b.log_tail()))

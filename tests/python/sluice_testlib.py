@@ -49,11 +49,15 @@ class Broker:
     stdout carries only the ready line; stderr (logs) goes to `log_path`.
     The same data dir can be served again after stop() via start()."""
 
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path, extra_args=()):
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, extra_args=(),
+                 listen: str = "127.0.0.1:0"):
         self.binary = Path(binary)
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.extra_args = list(extra_args)
+        # A cluster member keeps its Kafka address across restarts (its
+        # peers know it by that address); a lone broker takes any port.
+        self.listen = listen
         self.proc: subprocess.Popen | None = None
         self.kafka_addr: str | None = None
         self.admin_addr: str | None = None
@@ -62,6 +66,12 @@ class Broker:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> "Broker":
+        self.launch()
+        return self.await_ready(timeout)
+
+    def launch(self):
+        """Starts the process without waiting for its ready line (a cluster
+        member is ready only once a quorum of its peers runs)."""
         if self.proc is not None and self.proc.poll() is None:
             raise BrokerError("broker already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +81,7 @@ class Broker:
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            "127.0.0.1:0",
+            self.listen,
             "--admin-listen",
             "127.0.0.1:0",
             *self.extra_args,
@@ -92,6 +102,8 @@ class Broker:
             env=env,
         )
         log.close()
+
+    def await_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> "Broker":
         line = self._read_ready_line(timeout)
         m = READY_RE.match(line)
         if not m:
@@ -198,6 +210,65 @@ class Broker:
                 return resp.status, dict(resp.headers), resp.read().decode(errors="replace")
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read().decode(errors="replace")
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports free right now (bound, read, released)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Cluster:
+    """`n` brokers (ids 0..n-1) forming one cluster on this machine. It
+    stands in for a module's broker: `kafka_addr` is the bootstrap list,
+    `metrics()` sums a series over the brokers."""
+
+    def __init__(self, binary: Path, base: Path, n: int = 3, extra_args=()):
+        ports = free_ports(n)
+        peers = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(ports))
+        self.brokers = [
+            Broker(
+                binary,
+                data_dir=base / f"broker-{i}" / "data",
+                log_path=base / f"broker-{i}.log",
+                extra_args=("--node-id", str(i), "--peers", peers, *extra_args),
+                listen=f"127.0.0.1:{port}",
+            )
+            for i, port in enumerate(ports)
+        ]
+        self.kafka_addr = ",".join(f"127.0.0.1:{p}" for p in ports)
+        self.log_path = base
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> "Cluster":
+        for b in self.brokers:
+            b.launch()
+        for b in self.brokers:
+            b.await_ready(timeout)
+        return self
+
+    def stop(self):
+        for b in self.brokers:
+            b.stop()
+
+    @property
+    def running(self) -> bool:
+        return all(b.running for b in self.brokers)
+
+    @property
+    def proc(self):
+        return next((b.proc for b in self.brokers if not b.running), self.brokers[0].proc)
+
+    def log_tail(self, max_chars: int = 20000) -> str:
+        per = max_chars // len(self.brokers)
+        return "\n".join(b.log_tail(per) for b in self.brokers)
 
 
 def unique_topic(prefix: str = "t") -> str:
@@ -426,6 +497,9 @@ def ck_group_consumer(bootstrap: str, group: str, **extra):
 
 
 def metrics(broker) -> list:
+    """Every sample of a broker's /metrics (of every member of a Cluster)."""
+    if isinstance(broker, Cluster):
+        return [s for b in broker.brokers for s in metrics(b)]
     status, _, body = broker.http_get("/metrics")
     assert status == 200, f"/metrics returned {status}: {body[:500]}"
     return parse_prometheus(body)
@@ -450,9 +524,13 @@ def metric_values(broker, name: str, **labels) -> list:
 
 
 def metric_value(broker, name: str, default=None, **labels):
-    """The single matching sample's value (`default` if none matches)."""
+    """The single matching sample's value (`default` if none matches); for
+    a Cluster, the sum over its brokers (a group's series exist only on its
+    coordinator; counters add up)."""
     vals = metric_values(broker, name, **labels)
     if not vals:
         return default
+    if isinstance(broker, Cluster):
+        return sum(vals)
     assert len(vals) == 1, f"{len(vals)} samples of {name} match {labels}: {vals}"
     return vals[0]

@@ -43,6 +43,9 @@ from sluice_testlib import (
 )
 
 SLUICE_BROKER_ARGS = GROUP_BROKER_ARGS  # picked up by conftest's module broker
+# Every test against one broker and against three, where a group's
+# coordinator holds no replica of most partitions its members commit.
+SLUICE_TOPOLOGIES = ("one", "three")
 
 T = 15.0  # seconds, per admin/client operation
 

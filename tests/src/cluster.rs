@@ -265,3 +265,52 @@ impl PartitionableCluster {
         }
     }
 }
+
+/// What a test runs against: one broker, or a three-broker cluster (the
+/// shape users deploy).
+pub enum Target {
+    One(Broker),
+    Three(Cluster),
+}
+
+/// Partitions of `__consumer_offsets` (the broker's default).
+const OFFSETS_PARTITIONS: i32 = 16;
+
+impl Target {
+    pub fn one(args: &[&str]) -> Result<Target> {
+        Ok(Target::One(Broker::start_with_args(args)?))
+    }
+
+    pub fn three(args: &[&str]) -> Result<Target> {
+        Ok(Target::Three(Cluster::start(3, args)?))
+    }
+
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Target::One(b) => b.bootstrap(),
+            Target::Three(c) => c.bootstrap(),
+        }
+    }
+
+    /// SIGKILLs the broker coordinating `group` (the leader of its offsets
+    /// partition, found as Kafka maps groups to partitions) and starts it
+    /// again.
+    pub fn kill_and_restart_coordinator(&mut self, group: &str) -> Result<()> {
+        match self {
+            Target::One(b) => {
+                b.kill();
+                b.restart()
+            }
+            Target::Three(c) => {
+                let hash = group
+                    .encode_utf16()
+                    .fold(0i32, |h, x| h.wrapping_mul(31).wrapping_add(i32::from(x)));
+                let p = (hash.unsigned_abs() % OFFSETS_PARTITIONS as u32) as i32;
+                let leader = c.leader_and_isr(0, "__consumer_offsets", p)?.0;
+                let id = usize::try_from(leader).context("offsets partition has no leader")?;
+                c.kill(id);
+                c.restart(id)
+            }
+        }
+    }
+}

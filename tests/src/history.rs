@@ -93,6 +93,10 @@ impl History {
         self.unacked += 1;
     }
 
+    pub fn acked_count(&self) -> usize {
+        self.acked.len()
+    }
+
     pub fn check(&self, reads: &[Read]) -> Report {
         let mut report = Report {
             acked: self.acked.len(),
@@ -140,6 +144,60 @@ impl History {
     }
 }
 
+impl History {
+    /// Like `check`, for records a partitioner plugin moved: each
+    /// acknowledged id must be read exactly once, in the partition
+    /// `route(id)` names (offsets are not checked: the client was told the
+    /// partition it addressed), and within each partition the records from
+    /// one addressed partition must keep their sequence order (records
+    /// from different addressed partitions may interleave).
+    pub fn check_routed(&self, reads: &[Read], route: impl Fn(&str) -> i32) -> Report {
+        let mut report = Report {
+            acked: self.acked.len(),
+            unacked: self.unacked,
+            read: reads.len(),
+            ..Report::default()
+        };
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for r in reads {
+            *seen.entry(&r.payload).or_default() += 1;
+            if seen[r.payload.as_str()] == 2 {
+                report.duplicated.push(r.payload.clone());
+            }
+            if self.acked.contains_key(&r.payload) && route(&r.payload) != r.partition {
+                report.moved.push(r.payload.clone());
+            }
+        }
+        for payload in self.acked.keys() {
+            if !seen.contains_key(payload.as_str()) {
+                report.lost.push(payload.clone());
+            }
+        }
+        let mut flows: BTreeMap<(i32, i32), Vec<&Read>> = BTreeMap::new();
+        for r in reads.iter().filter(|r| self.acked.contains_key(&r.payload)) {
+            if let Some((source, _)) = parse(&r.payload) {
+                flows.entry((r.partition, source)).or_default().push(r);
+            }
+        }
+        for flow in flows.values_mut() {
+            flow.sort_by_key(|r| r.offset);
+            for w in flow.windows(2) {
+                let (a, b) = (parse(&w[0].payload), parse(&w[1].payload));
+                if let (Some((_, x)), Some((_, y))) = (a, b)
+                    && y < x
+                {
+                    report
+                        .reordered
+                        .push((w[0].payload.clone(), w[1].payload.clone()));
+                }
+            }
+        }
+        report.lost.sort();
+        report.duplicated.sort();
+        report
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +237,55 @@ mod tests {
             "offsets differ from the acknowledged ones"
         );
         assert!(!r.is_clean());
+    }
+
+    #[test]
+    fn routed_records_are_checked_against_the_partition_the_router_chose() {
+        let mut h = History::default();
+        // Addressed partitions 0 and 1; the router sends even seqs to 2.
+        let route = |p: &str| {
+            if parse(p).is_some_and(|(_, s)| s % 2 == 0) {
+                2
+            } else {
+                3
+            }
+        };
+        for (p, seq) in [(0, 0), (0, 1), (1, 0), (1, 2)] {
+            h.acked(payload(p, seq), p, -1);
+        }
+        let at = |partition, offset, p, seq| Read {
+            partition,
+            offset,
+            payload: payload(p, seq),
+        };
+        let good = [
+            at(2, 0, 1, 0),
+            at(2, 1, 0, 0),
+            at(2, 2, 1, 2),
+            at(3, 0, 0, 1),
+        ];
+        assert!(h.check_routed(&good, route).is_clean());
+        let r = h.check_routed(
+            &[
+                at(2, 0, 1, 2),
+                at(2, 1, 0, 0),
+                at(2, 2, 1, 0),
+                at(2, 3, 0, 1),
+            ],
+            route,
+        );
+        assert_eq!(r.moved, vec![payload(0, 1)]);
+        assert_eq!(r.reordered.len(), 1, "1-2 before 1-0 in partition 2");
+        let r = h.check_routed(
+            &[
+                at(2, 0, 1, 0),
+                at(2, 1, 1, 0),
+                at(2, 2, 0, 0),
+                at(2, 3, 1, 2),
+            ],
+            route,
+        );
+        assert_eq!(r.duplicated, vec![payload(1, 0)]);
+        assert_eq!(r.lost, vec![payload(0, 1)]);
     }
 }

@@ -37,6 +37,7 @@ pub use rdkafka;
 
 pub mod cluster;
 pub mod history;
+pub mod load;
 pub mod proxy;
 pub mod raw_client;
 

@@ -170,3 +170,46 @@ fn the_cluster_outlives_its_controller() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The cluster id every broker reports (Metadata and DescribeCluster),
+/// asked with Sluice's internal client.
+fn cluster_ids(cluster: &Cluster) -> Result<Vec<String>> {
+    use kafka_protocol::messages::{DescribeClusterRequest, MetadataRequest};
+    use sluice_client::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut ids = Vec::new();
+        for i in 0..cluster.brokers.len() {
+            let conn = Connection::connect(cluster.addr(i), "cluster-id-test", OP).await?;
+            let mut req = MetadataRequest::default();
+            req.topics = Some(Vec::new());
+            let md = conn.send(&req, 12, OP).await?;
+            let dc = conn.send(&DescribeClusterRequest::default(), 1, OP).await?;
+            let id = md.cluster_id.map(|s| s.to_string()).unwrap_or_default();
+            anyhow::ensure!(
+                id == dc.cluster_id.as_str(),
+                "broker {i}: Metadata says {id}, DescribeCluster {}",
+                dc.cluster_id
+            );
+            ids.push(id);
+        }
+        Ok(ids)
+    })
+}
+
+const OP: Duration = Duration::from_secs(10);
+
+#[test]
+fn every_broker_reports_the_one_cluster_id_across_restarts() -> Result<()> {
+    let mut cluster = Cluster::start(3, FAST_FAILOVER)?;
+    let ids = cluster_ids(&cluster)?;
+    assert!(!ids[0].is_empty(), "a cluster id");
+    assert!(ids.iter().all(|i| *i == ids[0]), "one id: {ids:?}");
+    cluster.kill(1);
+    cluster.restart(1)?;
+    let again = cluster_ids(&cluster)?;
+    assert_eq!(again, ids, "the id survives a restart");
+    Ok(())
+}

@@ -20,6 +20,7 @@ use rdkafka::consumer::{
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
+use sluice_tests::cluster::Target;
 use sluice_tests::{
     Broker, OP_TIMEOUT, admin_client, admin_opts, base_config, create_topic, producer_config,
     send_blocking, unique_name,
@@ -30,6 +31,14 @@ const FAST_GROUPS: &[&str] = &["--group-initial-rebalance-delay-ms", "200"];
 
 fn start_broker() -> Broker {
     Broker::start_with_args(FAST_GROUPS).expect("broker should start")
+}
+
+fn one() -> Target {
+    Target::one(FAST_GROUPS).expect("broker should start")
+}
+
+fn three() -> Target {
+    Target::three(FAST_GROUPS).expect("cluster should start")
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -513,11 +522,21 @@ impl Drop for ChildConsumer {
 
 #[test]
 fn three_consumers_share_twelve_partitions_through_kill_leave_and_join_without_loss() {
+    share_twelve_partitions(one());
+}
+
+/// On three brokers the topic's partitions spread over all of them: the
+/// group's coordinator holds a replica of only some of what it commits.
+#[test]
+fn three_consumers_share_twelve_partitions_on_a_cluster() {
+    share_twelve_partitions(three());
+}
+
+fn share_twelve_partitions(target: Target) {
     const TOTAL: usize = 100_000;
     const PARTITIONS: i32 = 12;
     let started = Instant::now();
-    let broker = start_broker();
-    let bs = broker.bootstrap();
+    let bs = target.bootstrap();
     let topic = unique_name("share12");
     let group = unique_name("share12-group");
     rt().block_on(create_topic(&bs, &topic, PARTITIONS, &[]))
@@ -649,8 +668,16 @@ fn three_consumers_share_twelve_partitions_through_kill_leave_and_join_without_l
 
 #[test]
 fn committed_offsets_survive_broker_sigkill_and_restart() {
-    let mut broker = start_broker();
-    let bs = broker.bootstrap();
+    offsets_survive_coordinator_sigkill(one());
+}
+
+#[test]
+fn committed_offsets_survive_coordinator_sigkill_on_a_cluster() {
+    offsets_survive_coordinator_sigkill(three());
+}
+
+fn offsets_survive_coordinator_sigkill(mut target: Target) {
+    let bs = target.bootstrap();
     let topic = unique_name("commit-restart");
     let group = unique_name("commit-restart-group");
     rt().block_on(create_topic(&bs, &topic, 4, &[]))
@@ -687,9 +714,10 @@ fn committed_offsets_survive_broker_sigkill_and_restart() {
         }
     }
 
-    broker.kill();
-    broker.restart().expect("broker restarts after SIGKILL");
-    let bs = broker.bootstrap();
+    target
+        .kill_and_restart_coordinator(&group)
+        .expect("the coordinator restarts after SIGKILL");
+    let bs = target.bootstrap();
     // One more record for the fully committed partition: offset 50.
     produce_all(&bs, &topic, &[(3, "p3-50".to_string())]);
 
@@ -818,9 +846,17 @@ fn static_member_restart_within_session_timeout_causes_no_rebalance() {
 
 #[test]
 fn cooperative_sticky_group_consumes_everything_while_a_third_member_joins_and_leaves() {
+    cooperative_sticky_join_and_leave(one());
+}
+
+#[test]
+fn cooperative_sticky_group_on_a_cluster() {
+    cooperative_sticky_join_and_leave(three());
+}
+
+fn cooperative_sticky_join_and_leave(target: Target) {
     const PER_PHASE: usize = 600;
-    let broker = start_broker();
-    let bs = broker.bootstrap();
+    let bs = target.bootstrap();
     let topic = unique_name("coop");
     let group = unique_name("coop-group");
     rt().block_on(create_topic(&bs, &topic, 6, &[]))
@@ -915,8 +951,16 @@ fn cooperative_sticky_group_consumes_everything_while_a_third_member_joins_and_l
 
 #[test]
 fn group_admin_lists_describes_and_deletes_only_empty_groups() {
-    let broker = start_broker();
-    let bs = broker.bootstrap();
+    group_admin(one());
+}
+
+#[test]
+fn group_admin_on_a_cluster() {
+    group_admin(three());
+}
+
+fn group_admin(target: Target) {
+    let bs = target.bootstrap();
     let topic = unique_name("gadmin");
     let group = unique_name("gadmin-group");
     rt().block_on(create_topic(&bs, &topic, 3, &[]))

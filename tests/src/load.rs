@@ -1,0 +1,225 @@
+//! Load for fault tests: an idempotent acks=all producer writing unique
+//! records to every partition of a topic until stopped, every delivery
+//! report kept in a [`History`], and the readers and checks that follow.
+//!
+//! A record's identity is `<partition>-<seq>` (see `history::payload`):
+//! the partition the producer addressed and its sequence there. Topics
+//! with a partitioner plugin get a JSON value carrying that id and a
+//! tenant, so the test can compute where the plugin must have put it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rdkafka::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::Offset;
+
+use crate::cluster::Cluster;
+use crate::history::{History, Read, payload};
+use crate::{assign, enqueue, future_producer, segment_files, stream_consumer};
+
+/// What the producer sends as a record's value, given its id.
+pub type ValueOf = fn(&str) -> String;
+
+/// The id itself.
+pub fn plain(id: &str) -> String {
+    id.to_string()
+}
+
+/// Tenant of a record in the tenant-routed workload (11 tenants).
+pub fn tenant_of(id: &str) -> String {
+    let sum: u64 = id.bytes().map(u64::from).sum();
+    format!("t{}", sum % 11)
+}
+
+/// `{"tenant":..,"id":..,"email":..}`: routed by the `tenant-router`
+/// example, masked by `redact`.
+pub fn tenant_json(id: &str) -> String {
+    format!(
+        r#"{{"tenant":"{}","id":"{id}","email":"{id}@example.com"}}"#,
+        tenant_of(id)
+    )
+}
+
+/// The id inside a value written by [`tenant_json`] (or the value itself).
+pub fn id_in(value: &str) -> String {
+    match value.split_once(r#""id":""#) {
+        Some((_, rest)) => rest.split('"').next().unwrap_or_default().to_string(),
+        None => value.to_string(),
+    }
+}
+
+/// Where the `tenant-router` example puts a tenant (FNV-1a, like the plugin).
+pub fn tenant_partition(tenant: &str, partitions: i32) -> i32 {
+    let h = tenant.bytes().fold(0x811c_9dc5u32, |h, x| {
+        (h ^ u32::from(x)).wrapping_mul(0x0100_0193)
+    });
+    (h % partitions as u32) as i32
+}
+
+/// acks=all, idempotent, and patient enough to ride through failovers.
+pub fn idempotent_producer(bootstrap: &str) -> Result<Arc<FutureProducer>> {
+    Ok(Arc::new(future_producer(
+        bootstrap,
+        &[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "60000"),
+            ("request.timeout.ms", "5000"),
+            ("retry.backoff.ms", "100"),
+        ],
+    )?))
+}
+
+/// A running load and its history.
+pub struct Load {
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Load {
+    /// Writes ids `<p>-<seq>` round-robin over `partitions` partitions of
+    /// `topic` (values from `value`) until stopped.
+    pub fn start(bootstrap: &str, topic: &str, partitions: i32, value: ValueOf) -> Result<Load> {
+        let history = Arc::new(Mutex::new(History::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = idempotent_producer(bootstrap)?;
+        let (h, s, topic) = (history.clone(), stop.clone(), topic.to_string());
+        let task = tokio::spawn(async move {
+            let mut waiters = tokio::task::JoinSet::new();
+            let mut seq = 0u64;
+            while !s.load(Ordering::Acquire) {
+                for p in 0..partitions {
+                    let id = payload(p, seq);
+                    let v = value(&id);
+                    let fut = enqueue(
+                        &producer,
+                        FutureRecord::to(&topic).payload(v.as_bytes()).partition(p),
+                    )
+                    .await?;
+                    let h = h.clone();
+                    waiters.spawn(async move {
+                        let outcome = fut.await;
+                        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+                        match outcome {
+                            Ok(Ok(d)) => h.acked(id, d.partition, d.offset),
+                            _ => h.failed(),
+                        }
+                    });
+                }
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            while waiters.join_next().await.is_some() {}
+            Ok(())
+        });
+        Ok(Load {
+            history,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops the load and waits for every delivery report.
+    pub async fn stop(self) -> Result<History> {
+        self.stop.store(true, Ordering::Release);
+        self.task.await??;
+        let h = std::mem::take(&mut *self.history.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(h)
+    }
+}
+
+/// Reads every partition of `topic` from the start until nothing new
+/// arrives, mapping each value to its record id with `id`.
+pub async fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    id: fn(&str) -> String,
+) -> Result<Vec<Read>> {
+    let consumer = stream_consumer(bootstrap, &[])?;
+    let parts: Vec<(&str, i32, Offset)> = (0..partitions)
+        .map(|p| (topic, p, Offset::Beginning))
+        .collect();
+    assign(&consumer, &parts)?;
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Ok(Ok(m)) => out.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: id(&String::from_utf8_lossy(m.payload().unwrap_or_default())),
+            }),
+            Ok(Err(e)) => eprintln!("consumer error (retried): {e}"),
+            Err(_) => return Ok(out),
+        }
+    }
+}
+
+/// Every partition of `topic` with RF > 1 has all its replicas in sync.
+pub fn all_in_sync(c: &Cluster, via: usize, topic: &str) -> Result<bool> {
+    let md = c.metadata(via, Some(topic))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic")?;
+    Ok(t.partitions()
+        .iter()
+        .all(|p| p.isr().len() == p.replicas().len() && p.leader() >= 0))
+}
+
+/// The record batches a replica stores for a partition, as one byte
+/// string (segment boundaries may differ between replicas; the batches do
+/// not: followers store the leader's batches byte for byte).
+pub fn stored_batches(partition_dir: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for seg in segment_files(partition_dir)? {
+        out.extend(std::fs::read(&seg).with_context(|| format!("reading {}", seg.display()))?);
+    }
+    Ok(out)
+}
+
+/// Waits until every replica of every partition of `topic` stores the
+/// same batches (after the load stopped and the cluster settled).
+pub fn replicas_identical(c: &Cluster, topic: &str, partitions: i32) -> Result<()> {
+    let md = c.metadata(0, Some(topic))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic")?;
+    let replicas: BTreeMap<i32, Vec<i32>> = t
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.replicas().to_vec()))
+        .collect();
+    let mut last = String::new();
+    for _ in 0..100 {
+        let mut differing = Vec::new();
+        for p in 0..partitions {
+            let copies: Vec<Vec<u8>> = replicas
+                .get(&p)
+                .context("partition")?
+                .iter()
+                .map(|r| stored_batches(&c.brokers[*r as usize].partition_dir(topic, p)))
+                .collect::<Result<_>>()?;
+            if copies.windows(2).any(|w| w[0] != w[1]) {
+                let sizes: Vec<usize> = copies.iter().map(Vec::len).collect();
+                differing.push(format!("{topic}-{p}: {sizes:?} bytes"));
+            }
+        }
+        if differing.is_empty() {
+            return Ok(());
+        }
+        last = differing.join(", ");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("replicas still differ: {last}")
+}
