@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the client-compatibility tests (tests/python) need:
 #   Debian: kcat (CLI client), cmake + libcurl4-openssl-dev (build deps for
-#           crates that compile librdkafka, e.g. rdkafka's cmake-build feature)
+#           crates that compile librdkafka, e.g. rdkafka's cmake-build feature),
+#           and what librdkafka's own test runner links (scripts/librdkafka-suite)
 #   PyPI:   kafka-python, confluent-kafka (bundles librdkafka), pytest, and the
 #           codec libraries kafka-python needs for lz4, zstd and snappy
 #
@@ -11,7 +12,7 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
-APT_PACKAGES=(kcat cmake libcurl4-openssl-dev)
+APT_PACKAGES=(kcat cmake libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev liblz4-dev zlib1g-dev pkg-config)
 # "pip-name:import-name"
 PIP_PACKAGES=(kafka-python:kafka confluent-kafka:confluent_kafka pytest:pytest lz4:lz4.frame zstandard:zstandard python-snappy:snappy)
 

@@ -3,15 +3,18 @@
 //! YAML config file (`data-dir:`). Precedence: flag, then env, then file, then
 //! the documented default.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Args)]
+/// Every setting of `serve`. Serde names are the flags' long names, so the
+/// config file's keys are exactly the flags (`data-dir: ...`).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServeArgs {
     /// YAML file whose keys are these flags' long names (e.g. `data-dir: /var/lib/sluice`).
     #[arg(long, env = "SLUICE_CONFIG")]
@@ -109,92 +112,72 @@ pub struct ServeArgs {
 }
 
 /// The flags as clap matched them, with config-file values filled in where
-/// neither a flag nor an env var was given.
+/// neither a flag nor an env var was given. Generic over the settings: the
+/// file is merged into the serialized settings and deserialized back, so
+/// a key the struct does not have is refused and every value is checked
+/// by the same types the flags use.
 pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
-    let mut args = ServeArgs::from_arg_matches(matches)?;
+    let args = ServeArgs::from_arg_matches(matches)?;
     let Some(path) = args.config.clone() else {
         return validate(args);
     };
     let file = read_file(&path)?;
-    let from_default = |id: &str| matches.value_source(id) == Some(ValueSource::DefaultValue);
+    let mut merged = match serde_json::to_value(&args)? {
+        serde_json::Value::Object(m) => m,
+        other => bail!("settings serialized as {other}"),
+    };
     for (key, value) in file {
         let id = key.replace('-', "_");
-        let known = [
-            "data_dir",
-            "listen",
-            "admin_listen",
-            "advertised_listen",
-            "node_id",
-            "peers",
-            "max_request_bytes",
-            "auto_create_topics",
-            "default_partitions",
-            "retention_check_interval_ms",
-            "group_initial_rebalance_delay_ms",
-            "offsets_topic_partitions",
-            "producer_id_expiration_ms",
-            "broker_session_timeout_ms",
-            "broker_heartbeat_interval_ms",
-            "controller_election_timeout_ms",
-            "replica_lag_time_max_ms",
-            "replica_fetch_wait_max_ms",
-            "auto_leader_rebalance_enable",
-            "leader_imbalance_check_interval_ms",
-        ];
-        if !known.contains(&id.as_str()) {
-            bail!("{}: unknown key '{key}'", path.display());
+        // Flags and env vars win over the file.
+        // (An id clap does not know is a key the settings lack: serde
+        // refuses it below.)
+        let explicit = matches.try_contains_id(&id).is_ok()
+            && matches!(
+                matches.value_source(&id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+        if id == "config" {
+            bail!(
+                "{}: 'config' cannot be set in the config file",
+                path.display()
+            );
         }
-        if !(from_default(&id) || matches.value_source(&id).is_none()) {
-            continue;
-        }
-        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {key}: {e}", path.display());
-        match id.as_str() {
-            "data_dir" => args.data_dir = PathBuf::from(value),
-            "listen" => args.listen = value.parse().map_err(|e| bad(&e))?,
-            "admin_listen" => args.admin_listen = value.parse().map_err(|e| bad(&e))?,
-            "advertised_listen" => args.advertised_listen = Some(value),
-            "node_id" => args.node_id = value.parse().map_err(|e| bad(&e))?,
-            "peers" => args.peers = value,
-            "max_request_bytes" => args.max_request_bytes = value.parse().map_err(|e| bad(&e))?,
-            "auto_create_topics" => args.auto_create_topics = value.parse().map_err(|e| bad(&e))?,
-            "default_partitions" => args.default_partitions = value.parse().map_err(|e| bad(&e))?,
-            "retention_check_interval_ms" => {
-                args.retention_check_interval_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            "group_initial_rebalance_delay_ms" => {
-                args.group_initial_rebalance_delay_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            "offsets_topic_partitions" => {
-                args.offsets_topic_partitions = value.parse().map_err(|e| bad(&e))?
-            }
-            "broker_session_timeout_ms" => {
-                args.broker_session_timeout_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            "broker_heartbeat_interval_ms" => {
-                args.broker_heartbeat_interval_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            "replica_lag_time_max_ms" => {
-                args.replica_lag_time_max_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            "replica_fetch_wait_max_ms" => {
-                args.replica_fetch_wait_max_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            "auto_leader_rebalance_enable" => {
-                args.auto_leader_rebalance_enable = value.parse().map_err(|e| bad(&e))?
-            }
-            "leader_imbalance_check_interval_ms" => {
-                args.leader_imbalance_check_interval_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            "controller_election_timeout_ms" => {
-                args.controller_election_timeout_ms = value.parse().map_err(|e| bad(&e))?
-            }
-            _ => args.producer_id_expiration_ms = value.parse().map_err(|e| bad(&e))?,
+        if !explicit {
+            let value = coerce(merged.get(&key), value);
+            merged.insert(key, value);
         }
     }
+    let args: ServeArgs = serde_json::from_value(serde_json::Value::Object(merged))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     validate(args)
 }
 
-fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+/// A file value in the type the setting has (YAML authors quote numbers,
+/// `"3"`, or leave strings bare, `peers: 0@h:9092` is a string anyway):
+/// the setting's current value tells the type.
+fn coerce(current: Option<&serde_json::Value>, value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (current, value) {
+        (Some(Value::Number(_)), Value::String(s)) => {
+            match s.trim().parse::<serde_json::Number>() {
+                Ok(n) => Value::Number(n),
+                Err(_) => Value::String(s),
+            }
+        }
+        (Some(Value::Bool(_)), Value::String(s)) => match s.trim() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::String(s),
+        },
+        (Some(Value::String(_) | Value::Null), Value::Number(n)) => Value::String(n.to_string()),
+        (Some(Value::String(_) | Value::Null), Value::Bool(b)) => Value::String(b.to_string()),
+        (_, v) => v,
+    }
+}
+
+/// The file's settings as JSON values (YAML scalars: strings, numbers,
+/// booleans), keyed as written.
+fn read_file(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
     let value: serde_yaml::Value = serde_yaml::from_str(&text)
@@ -205,16 +188,16 @@ fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
             path.display()
         );
     };
-    let mut out = BTreeMap::new();
+    let mut out = serde_json::Map::new();
     for (k, v) in map {
         let key = k
             .as_str()
             .with_context(|| format!("{}: keys must be strings", path.display()))?
             .to_string();
         let value = match v {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
+            serde_yaml::Value::String(s) => serde_json::Value::String(s),
+            serde_yaml::Value::Number(n) => serde_json::to_value(&n)?,
+            serde_yaml::Value::Bool(b) => serde_json::Value::Bool(b),
             other => bail!("{}: {key}: unsupported value {other:?}", path.display()),
         };
         out.insert(key, value);
@@ -303,7 +286,7 @@ mod tests {
         let f = dir.path().join("c.yaml");
         std::fs::write(
             &f,
-            "data-dir: /tmp/x\nnode-id: 3\nauto-create-topics: false\nlisten: 127.0.0.1:1234\n",
+            "data-dir: /tmp/x\nnode-id: '3'\nauto-create-topics: 'false'\nlisten: 127.0.0.1:1234\n",
         )
         .expect("write");
         let fs = f.to_str().expect("utf8");
@@ -320,8 +303,23 @@ mod tests {
         let f = dir.path().join("c.yaml");
         std::fs::write(&f, "data-dirr: /tmp/x\n").expect("write");
         let err = parse(&["x", "--config", f.to_str().expect("utf8")]).expect_err("unknown key");
-        assert!(err.to_string().contains("unknown key 'data-dirr'"));
+        assert!(
+            err.to_string().contains("unknown field `data-dirr`"),
+            "{err}"
+        );
         std::fs::write(&f, "node-id: abc\n").expect("write");
         assert!(parse(&["x", "--config", f.to_str().expect("utf8")]).is_err());
+        // Every flag is a key: the last one of the struct too (a key the
+        // old hand-written match forgot fell through to another setting).
+        std::fs::write(
+            &f,
+            "producer-id-expiration-ms: 5\nreplica-fetch-wait-max-ms: 7\n",
+        )
+        .expect("write");
+        let a = parse(&["x", "--config", f.to_str().expect("utf8")]).expect("parse");
+        assert_eq!(
+            (a.producer_id_expiration_ms, a.replica_fetch_wait_max_ms),
+            (5, 7)
+        );
     }
 }

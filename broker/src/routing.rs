@@ -22,6 +22,11 @@
 //!   last, after every other target acknowledged; it may hold no records.
 //!   So an anchor in the client partition's log means the whole batch
 //!   landed, and its sequence is where the next client batch must start.
+//!   A connection's routed batches are not pipelined: the next is routed
+//!   once the anchor met the acks, so at most one batch per producer and
+//!   partition is ever half-stored (pipelining them let anchors run ahead of
+//!   the followers: after a failover, retries found more sub-batches ahead of
+//!   them at a target than the five it remembers).
 //! - A batch that continues the anchor's sequence is routed; a retry of an
 //!   anchored batch is answered from the anchor; a batch further ahead
 //!   means an earlier one may be half-stored, and gets a retriable error
@@ -176,7 +181,12 @@ struct SubBatch {
 }
 
 /// Produces `batch` (addressed to `client_partition`, which `ls` leads
-/// here) through the topic's plugins.
+/// here) through the topic's plugins; returns once every sub-batch, the
+/// anchor last, met the acks. The connection runs this in its ordered part,
+/// so a client's next batch is routed only once this one's anchor is
+/// committed: at most one batch per producer and partition is ever in
+/// doubt, which is what lets a retry after a failover find its sub-batches
+/// among the five each target remembers.
 #[allow(clippy::too_many_arguments)]
 pub async fn produce(
     b: &Broker,

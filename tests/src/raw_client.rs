@@ -7,23 +7,22 @@
 //! requests in flight; the broker validates, restamps and stores every copy
 //! as it would any client's batch. The fetcher walks every record's framing
 //! (as a client must to hand records out) but allocates nothing per record.
+//! Requests travel on Sluice's internal client (`sluice-client`), the same
+//! pipelined connection type the brokers use between themselves.
 
-use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes, encode_request_header_into_buffer};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use sluice_client::Connection;
 
 /// Produce v8: the newest non-flexible version, which every broker in the
 /// range this project targets accepts.
@@ -50,54 +49,21 @@ pub struct RawProduceResult {
     pub latency_us: Histogram<u64>,
 }
 
-/// A complete request frame (length prefix, header, body).
-fn frame(
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &impl Encodable,
-    capacity: usize,
-) -> Result<Bytes> {
-    let mut header = RequestHeader::default();
-    header.request_api_key = key as i16;
-    header.request_api_version = version;
-    header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str("sluice-bench-raw"));
-    let mut buf = BytesMut::with_capacity(capacity);
-    buf.extend_from_slice(&[0; 4]);
-    encode_request_header_into_buffer(&mut buf, &header)?;
-    body.encode(&mut buf, version)?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
+/// How long one request may take before the run fails.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A current-thread runtime for the blocking API of this module.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
 }
 
-/// Reads one response frame and checks its header; returns the body.
-fn read_frame(
-    stream: &mut TcpStream,
-    key: ApiKey,
-    version: i16,
-    expected_correlation: i32,
-) -> Result<Bytes> {
-    let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .context("reading a response length")?;
-    let len = i32::from_be_bytes(len);
-    if !(0..=128 << 20).contains(&len) {
-        bail!("{key:?} response length {len} out of range");
-    }
-    let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body).context("reading a response")?;
-    let mut buf = Bytes::from(body);
-    let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))?;
-    if header.correlation_id != expected_correlation {
-        bail!(
-            "{key:?} response for correlation id {} while waiting for {expected_correlation}",
-            header.correlation_id
-        );
-    }
-    Ok(buf)
+async fn connect(addr: &str) -> Result<Connection> {
+    Connection::connect(addr, "sluice-bench-raw", Duration::from_secs(10))
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))
 }
 
 /// One v2 batch of `n` records taken from `values`.
@@ -138,24 +104,13 @@ fn encode_batch(values: &[Vec<u8>], n: usize) -> Result<Bytes> {
     Ok(buf.freeze())
 }
 
-fn encode_produce(
-    correlation_id: i32,
-    topic: &str,
-    partition: i32,
-    acks: i16,
-    batch: &Bytes,
-) -> Result<Bytes> {
-    encode_produce_with_timeout(correlation_id, topic, partition, acks, batch, 30_000)
-}
-
-fn encode_produce_with_timeout(
-    correlation_id: i32,
+fn produce_request(
     topic: &str,
     partition: i32,
     acks: i16,
     batch: &Bytes,
     timeout_ms: i32,
-) -> Result<Bytes> {
+) -> ProduceRequest {
     let mut part = PartitionProduceData::default();
     part.index = partition;
     part.records = Some(batch.clone());
@@ -166,23 +121,10 @@ fn encode_produce_with_timeout(
     req.acks = acks;
     req.timeout_ms = timeout_ms;
     req.topic_data = vec![td];
-    frame(
-        ApiKey::Produce,
-        PRODUCE_VERSION,
-        correlation_id,
-        &req,
-        batch.len() + 256,
-    )
+    req
 }
 
-fn read_response(stream: &mut TcpStream, expected_correlation: i32) -> Result<()> {
-    let mut buf = read_frame(
-        stream,
-        ApiKey::Produce,
-        PRODUCE_VERSION,
-        expected_correlation,
-    )?;
-    let resp = ProduceResponse::decode(&mut buf, PRODUCE_VERSION)?;
+fn check_produced(resp: &ProduceResponse) -> Result<()> {
     for t in &resp.responses {
         for p in &t.partition_responses {
             if p.error_code != 0 {
@@ -211,13 +153,13 @@ pub fn produce_once(
     timeout_ms: i32,
 ) -> Result<()> {
     let batch = encode_batch(values, values.len())?;
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_millis(
-        timeout_ms.max(0) as u64 + 5_000,
-    )))?;
-    let frame = encode_produce_with_timeout(1, topic, partition, acks, &batch, timeout_ms)?;
-    stream.write_all(&frame)?;
-    read_response(&mut stream, 1)
+    let req = produce_request(topic, partition, acks, &batch, timeout_ms);
+    let wait = Duration::from_millis(timeout_ms.max(0) as u64 + 5_000);
+    runtime()?.block_on(async {
+        let conn = connect(addr).await?;
+        let resp = conn.send(&req, PRODUCE_VERSION, wait).await?;
+        check_produced(&resp)
+    })
 }
 
 /// Produces `settings.records` (rounded up to whole batches) and waits for
@@ -230,35 +172,36 @@ pub fn produce(s: &RawProduceSettings<'_>) -> Result<RawProduceResult> {
     let per_batch = (s.batch_bytes / record_size).max(1);
     let batch = encode_batch(s.values, per_batch)?;
     let requests = s.records.div_ceil(per_batch as u64);
-    let mut stream = TcpStream::connect(s.bootstrap)
-        .with_context(|| format!("cannot connect to {}", s.bootstrap))?;
-    stream.set_nodelay(true)?;
     let mut latency_us = Histogram::new_with_bounds(1, 600_000_000, 3)?;
-    let mut in_flight: VecDeque<(i32, Instant)> = VecDeque::new();
-    let start = Instant::now();
-    let mut sent = 0u64;
-    let mut acked = 0u64;
-    while acked < requests {
-        if sent < requests && in_flight.len() < s.max_in_flight {
-            let correlation = sent as i32;
-            let partition = (sent % s.partitions as u64) as i32;
-            let frame = encode_produce(correlation, s.topic, partition, s.acks, &batch)?;
-            stream
-                .write_all(&frame)
-                .context("sending a produce request")?;
-            in_flight.push_back((correlation, Instant::now()));
-            sent += 1;
-            continue;
+    let elapsed = runtime()?.block_on(async {
+        let conn = connect(s.bootstrap).await?;
+        let mut in_flight = FuturesOrdered::new();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut acked = 0u64;
+        while acked < requests {
+            if sent < requests && in_flight.len() < s.max_in_flight {
+                let partition = (sent % s.partitions as u64) as i32;
+                let req = produce_request(s.topic, partition, s.acks, &batch, 30_000);
+                let conn = &conn;
+                in_flight.push_back(async move {
+                    let at = Instant::now();
+                    let resp = conn.send(&req, PRODUCE_VERSION, CALL_TIMEOUT).await;
+                    (resp, at.elapsed())
+                });
+                sent += 1;
+                continue;
+            }
+            let Some((resp, took)) = in_flight.next().await else {
+                bail!("nothing in flight and nothing left to send");
+            };
+            check_produced(&resp?)?;
+            let us = (took.as_micros() as u64).max(1);
+            latency_us.saturating_record_n(us, per_batch as u64);
+            acked += 1;
         }
-        let Some((correlation, at)) = in_flight.pop_front() else {
-            bail!("nothing in flight and nothing left to send");
-        };
-        read_response(&mut stream, correlation)?;
-        let us = (at.elapsed().as_micros() as u64).max(1);
-        latency_us.saturating_record_n(us, per_batch as u64);
-        acked += 1;
-    }
-    let elapsed = start.elapsed();
+        Ok(start.elapsed())
+    })?;
     let records = requests * per_batch as u64;
     Ok(RawProduceResult {
         records,
@@ -278,7 +221,7 @@ pub struct RawConsumeResult {
     pub elapsed: Duration,
 }
 
-fn encode_fetch(correlation_id: i32, topic: &str, offsets: &[i64]) -> Result<Bytes> {
+fn fetch_request(topic: &str, offsets: &[i64]) -> kafka_protocol::messages::FetchRequest {
     use kafka_protocol::messages::FetchRequest;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     let mut t = FetchTopic::default();
@@ -301,7 +244,7 @@ fn encode_fetch(correlation_id: i32, topic: &str, offsets: &[i64]) -> Result<Byt
     req.min_bytes = 1;
     req.max_bytes = 52_428_800;
     req.topics = vec![t];
-    frame(ApiKey::Fetch, FETCH_VERSION, correlation_id, &req, 256)
+    req
 }
 
 fn varint(buf: &mut &[u8]) -> Result<i64> {
@@ -372,20 +315,15 @@ pub fn consume(
     partitions: i32,
     expected: u64,
 ) -> Result<RawConsumeResult> {
-    use kafka_protocol::messages::FetchResponse;
-    let mut stream =
-        TcpStream::connect(bootstrap).with_context(|| format!("cannot connect to {bootstrap}"))?;
-    stream.set_nodelay(true)?;
     let mut offsets = vec![0i64; partitions.max(1) as usize];
     let (mut records, mut bytes) = (0u64, 0u64);
+    let rt = runtime()?;
+    let conn = rt.block_on(connect(bootstrap))?;
     let start = Instant::now();
-    let mut correlation = 0i32;
     let mut idle_since = Instant::now();
     while records < expected {
-        correlation = correlation.wrapping_add(1);
-        stream.write_all(&encode_fetch(correlation, topic, &offsets)?)?;
-        let mut buf = read_frame(&mut stream, ApiKey::Fetch, FETCH_VERSION, correlation)?;
-        let resp = FetchResponse::decode(&mut buf, FETCH_VERSION)?;
+        let req = fetch_request(topic, &offsets);
+        let resp = rt.block_on(conn.send(&req, FETCH_VERSION, CALL_TIMEOUT))?;
         let before = records;
         for p in resp.responses.iter().flat_map(|t| &t.partitions) {
             if p.error_code != 0 {

@@ -14,6 +14,7 @@ mod topics;
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
@@ -27,7 +28,42 @@ pub struct RequestContext {
     pub client_id: String,
 }
 
-pub async fn handle(
+/// The rest of a request after its ordered part ran: resolves to the
+/// response (`None` where Kafka sends nothing back).
+pub type Completion<'a> = BoxFuture<'a, Option<ResponseKind>>;
+
+/// Runs the part of a request that must happen in the connection's order
+/// (for Produce: validating and appending every batch) and returns what
+/// completes it (for Produce: the fsync and replication waits), so the
+/// connection can start on its next request meanwhile. Every other API is
+/// handled whole here.
+pub async fn handle<'a>(
+    broker: &'a Arc<Broker>,
+    peer: std::net::SocketAddr,
+    req: DecodedRequest,
+) -> Completion<'a> {
+    let DecodedRequest {
+        api_key,
+        version,
+        header,
+        body,
+    } = req;
+    let req = match body {
+        RequestKind::Produce(r) => {
+            let pending = produce::produce(broker, r).await;
+            return Box::pin(async move { pending.await.map(ResponseKind::Produce) });
+        }
+        body => DecodedRequest {
+            api_key,
+            version,
+            header,
+            body,
+        },
+    };
+    Box::pin(std::future::ready(handle_whole(broker, peer, req).await))
+}
+
+async fn handle_whole(
     broker: &Arc<Broker>,
     peer: std::net::SocketAddr,
     req: DecodedRequest,
@@ -48,9 +84,6 @@ pub async fn handle(
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(b, r, v).await),
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(b, r))
-        }
-        RequestKind::Produce(r) => {
-            return produce::produce(b, r, v).await.map(ResponseKind::Produce);
         }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(b, r).await),
         RequestKind::OffsetForLeaderEpoch(r) => {
@@ -112,11 +145,12 @@ pub async fn handle(
     })
 }
 
-/// A forwarded produce from another broker (see `produce::forwarded_produce`).
-pub async fn handle_forwarded_produce(
-    broker: &Arc<Broker>,
+/// A forwarded produce from another broker (see `produce::forwarded_produce`):
+/// its appends now, in order; the returned future waits for its acks.
+pub async fn handle_forwarded_produce<'a>(
+    broker: &'a Arc<Broker>,
     req: kafka_protocol::messages::ProduceRequest,
-) -> kafka_protocol::messages::ProduceResponse {
+) -> BoxFuture<'a, kafka_protocol::messages::ProduceResponse> {
     produce::forwarded_produce(broker, req).await
 }
 

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
@@ -18,7 +18,7 @@ use super::{error_code, str_bytes};
 use crate::broker::Broker;
 use crate::log::producer_state::is_derived;
 use crate::log::{self, ValidatedBatch};
-use crate::replication::{Acks, Appended, WriteError};
+use crate::replication::{Acks, Appended, Staged, WriteError};
 use crate::routing;
 use crate::view::ClusterView;
 
@@ -33,31 +33,113 @@ struct Outcome {
     message: Option<String>,
 }
 
-pub async fn produce(b: &Broker, req: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
+/// Validates and appends every partition's batch (all partitions at once,
+/// the request as a whole before the connection's next one), and returns
+/// the future that waits for the acks and answers.
+pub async fn produce(
+    b: &Broker,
+    mut req: ProduceRequest,
+) -> BoxFuture<'_, Option<ProduceResponse>> {
     let view = b.view();
     let acks = Acks::from_wire(req.acks);
     let deadline = deadline(req.timeout_ms);
-    let mut partitions = Vec::new();
-    for t in &req.topic_data {
-        for pd in &t.partition_data {
-            partitions.push((t.name.0.as_str(), pd.index, pd.records.clone()));
-        }
-    }
-    let outcomes = join_all(partitions.into_iter().map(|(topic, partition, records)| {
+    let partitions = take_batches(&mut req);
+    let staged = join_all(partitions.into_iter().map(|(topic, partition, records)| {
         let view = &view;
         async move {
             let Some(acks) = acks else {
-                return Err(WriteError::new(
+                return Stage::Done(Err(WriteError::new(
                     ResponseError::InvalidRequiredAcks,
                     format!("acks={} is not one of -1, 0, 1", req.acks),
-                ));
+                )));
             };
-            produce_partition(b, view, topic, partition, records, acks, deadline).await
+            stage_partition(b, view, &topic, partition, records, acks, deadline).await
         }
     }))
     .await;
-    let resp = respond(b, &req, outcomes);
-    (acks != Some(Acks::None)).then_some(resp)
+    Box::pin(async move {
+        let outcomes = join_all(staged.into_iter().map(|s| s.finish(b, deadline))).await;
+        let resp = respond(b, &req, outcomes);
+        (acks != Some(Acks::None)).then_some(resp)
+    })
+}
+
+/// Every partition's batch, in request order; the request keeps only the
+/// names and indexes for the answer (the record bytes are freed once
+/// stored, not held until the acks come).
+fn take_batches(req: &mut ProduceRequest) -> Vec<(String, i32, Option<bytes::Bytes>)> {
+    let mut out = Vec::new();
+    for t in &mut req.topic_data {
+        for pd in &mut t.partition_data {
+            out.push((t.name.0.to_string(), pd.index, pd.records.take()));
+        }
+    }
+    out
+}
+
+/// One partition after its ordered part.
+enum Stage {
+    Done(Result<Outcome, WriteError>),
+    /// Appended here; waiting for the acks. `size` is counted in the
+    /// topic's bytes-in (`None`: already counted where it was routed).
+    Appended {
+        staged: Staged,
+        topic: String,
+        size: Option<u64>,
+    },
+    /// Routed through plugins, acks met (a client's routed batches are
+    /// not pipelined, see `routing`).
+    Routed {
+        answer: routing::RoutedAnswer,
+        topic: String,
+        log_start_offset: i64,
+    },
+}
+
+impl Stage {
+    async fn finish(self, b: &Broker, deadline: Instant) -> Result<Outcome, WriteError> {
+        match self {
+            Stage::Done(r) => r,
+            Stage::Appended {
+                staged,
+                topic,
+                size,
+            } => {
+                let a = staged.complete(deadline).await?;
+                if let Some(size) = size {
+                    count(b, &topic, &a, size);
+                }
+                Ok(Outcome {
+                    base_offset: a.base_offset,
+                    log_append_time: a.log_append_time,
+                    log_start_offset: a.log_start_offset,
+                    message: None,
+                })
+            }
+            Stage::Routed {
+                answer,
+                topic,
+                log_start_offset,
+            } => {
+                if answer.records > 0 {
+                    b.metrics
+                        .bytes_in
+                        .with_label_values(&[&topic])
+                        .inc_by(answer.bytes);
+                    b.metrics
+                        .records_in
+                        .with_label_values(&[&topic])
+                        .inc_by(answer.records as u64);
+                }
+                Ok(Outcome {
+                    base_offset: answer.base_offset,
+                    log_append_time: answer.log_append_time,
+                    log_start_offset,
+                    message: answer.message,
+                })
+            }
+        }
+    }
 }
 
 fn deadline(timeout_ms: i32) -> Instant {
@@ -102,7 +184,7 @@ fn respond(
     resp
 }
 
-async fn produce_partition(
+async fn stage_partition(
     b: &Broker,
     view: &ClusterView,
     topic: &str,
@@ -110,7 +192,22 @@ async fn produce_partition(
     records: Option<bytes::Bytes>,
     acks: Acks,
     deadline: Instant,
-) -> Result<Outcome, WriteError> {
+) -> Stage {
+    match try_stage(b, view, topic, partition, records, acks, deadline).await {
+        Ok(s) => s,
+        Err(e) => Stage::Done(Err(e)),
+    }
+}
+
+async fn try_stage(
+    b: &Broker,
+    view: &ClusterView,
+    topic: &str,
+    partition: i32,
+    records: Option<bytes::Bytes>,
+    acks: Acks,
+    deadline: Instant,
+) -> Result<Stage, WriteError> {
     let refuse = |code: ResponseError, message: String| Err(WriteError::new(code, message));
     if crate::broker::is_internal_topic(topic) {
         return refuse(
@@ -155,9 +252,8 @@ async fn produce_partition(
             ),
         );
     }
-    let metrics = &b.metrics;
     if let Some(bindings) = t.bindings.as_ref().filter(|x| x.on_produce()) {
-        let routed = routing::produce(b, view, t, bindings, partition, &ls, batch, acks, deadline)
+        let answer = routing::produce(b, view, t, bindings, partition, &ls, batch, acks, deadline)
             .await
             .inspect_err(|e| {
                 tracing::info!(
@@ -167,33 +263,17 @@ async fn produce_partition(
                     e.message
                 )
             })?;
-        if routed.records > 0 {
-            metrics
-                .bytes_in
-                .with_label_values(&[topic])
-                .inc_by(routed.bytes);
-            metrics
-                .records_in
-                .with_label_values(&[topic])
-                .inc_by(routed.records as u64);
-        }
-        return Ok(Outcome {
-            base_offset: routed.base_offset,
-            log_append_time: routed.log_append_time,
+        return Ok(Stage::Routed {
+            answer,
+            topic: topic.to_string(),
             log_start_offset: ls.log.log_start_offset(),
-            message: routed.message,
         });
     }
-    let appended = b
-        .replicas
-        .append(&ls, batch, acks, t.min_insync_replicas, deadline)
-        .await?;
-    count(b, topic, &appended, size);
-    Ok(Outcome {
-        base_offset: appended.base_offset,
-        log_append_time: appended.log_append_time,
-        log_start_offset: appended.log_start_offset,
-        message: None,
+    let staged = b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)?;
+    Ok(Stage::Appended {
+        staged,
+        topic: topic.to_string(),
+        size: Some(size),
     })
 }
 
@@ -214,50 +294,54 @@ fn count(b: &Broker, topic: &str, a: &Appended, size: u64) {
 
 /// Sub-batches another broker routed here (it ran the plugins; they are
 /// not run again): each goes through this broker's leader write path as
-/// is. Always answered, whatever the acks.
-pub async fn forwarded_produce(b: &Broker, req: ProduceRequest) -> ProduceResponse {
+/// is, appended now; the returned future waits for the acks. Always
+/// answered, whatever the acks.
+pub async fn forwarded_produce(
+    b: &Broker,
+    mut req: ProduceRequest,
+) -> BoxFuture<'_, ProduceResponse> {
     let view = b.view();
     let acks = Acks::from_wire(req.acks).unwrap_or(Acks::All);
     let deadline = deadline(req.timeout_ms);
-    let mut partitions = Vec::new();
-    for t in &req.topic_data {
-        for pd in &t.partition_data {
-            partitions.push((t.name.0.as_str(), pd.index, pd.records.clone()));
-        }
-    }
-    let outcomes = join_all(partitions.into_iter().map(|(topic, partition, records)| {
+    let partitions = take_batches(&mut req);
+    let staged = join_all(partitions.into_iter().map(|(topic, partition, records)| {
         let view = &view;
         async move {
-            let t = view.topic(topic).ok_or_else(|| {
-                WriteError::new(
-                    ResponseError::UnknownTopicOrPartition,
-                    format!("topic {topic} does not exist on broker {}", b.node_id),
-                )
-            })?;
-            let ls = b
-                .views
-                .leader_for_write(&b.quorum, view, topic, partition)
-                .await
-                .map_err(|e| {
+            let staged = async {
+                let t = view.topic(&topic).ok_or_else(|| {
                     WriteError::new(
-                        e,
-                        format!("broker {} is not leading {topic}-{partition}", b.node_id),
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic {topic} does not exist on broker {}", b.node_id),
                     )
                 })?;
-            let payload = records.unwrap_or_default();
-            let batch = ValidatedBatch::trusted(payload).map_err(|e| WriteError::from_log(&e))?;
-            let a = b
-                .replicas
-                .append(&ls, batch, acks, t.min_insync_replicas, deadline)
-                .await?;
-            Ok(Outcome {
-                base_offset: a.base_offset,
-                log_append_time: a.log_append_time,
-                log_start_offset: a.log_start_offset,
-                message: None,
-            })
+                let ls = b
+                    .views
+                    .leader_for_write(&b.quorum, view, &topic, partition)
+                    .await
+                    .map_err(|e| {
+                        WriteError::new(
+                            e,
+                            format!("broker {} is not leading {topic}-{partition}", b.node_id),
+                        )
+                    })?;
+                let payload = records.unwrap_or_default();
+                let batch =
+                    ValidatedBatch::trusted(payload).map_err(|e| WriteError::from_log(&e))?;
+                b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)
+            };
+            match staged.await {
+                Ok(s) => Stage::Appended {
+                    staged: s,
+                    topic,
+                    size: None,
+                },
+                Err(e) => Stage::Done(Err(e)),
+            }
         }
     }))
     .await;
-    respond(b, &req, outcomes)
+    Box::pin(async move {
+        let outcomes = join_all(staged.into_iter().map(|s| s.finish(b, deadline))).await;
+        respond(b, &req, outcomes)
+    })
 }

@@ -10,7 +10,7 @@
 //! (ids from [`DERIVED_PRODUCER_IDS`] up) are the broker's own, for records
 //! a plugin moved from the partition a client addressed: each routed
 //! sub-batch carries the client batch's last sequence, so their sequences
-//! only increase and may skip (see `crate::plugins::routing`).
+//! only increase and may skip (see `crate::routing`).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;

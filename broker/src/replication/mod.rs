@@ -32,7 +32,7 @@ use crate::cluster::topics::Topic;
 use crate::log::{LeaderTerm, PartitionLog};
 
 pub use fetcher::FetcherPool;
-pub use write::{Acks, Appended, WriteError};
+pub use write::{Acks, Appended, Staged, WriteError};
 
 /// KIP-320: a request naming a leader epoch (`-1`: none) must match the
 /// partition's current one. Older: the sender is behind a leader change;

@@ -8,7 +8,8 @@
 //! the producer's sequence and stamps the term's epoch → an fsync when
 //! acks=all or `flush.messages` asks for one (concurrent writers share it)
 //! → for acks=all, the wait until the high watermark passes the batch,
-//! i.e. every in-sync replica has it.
+//! i.e. every in-sync replica has it (the followers fetch while the leader
+//! fsyncs; the answer waits for both).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,6 +102,73 @@ impl WriteError {
     }
 }
 
+/// A batch appended to the leader's log, not yet acknowledged: what is
+/// left of the write path (fsync, replication wait) is `complete`. Splitting
+/// the two lets a connection append its next pipelined request while this
+/// one waits for the followers, and keeps appends in request order.
+pub struct Staged {
+    ls: Arc<LeaderState>,
+    acks: Acks,
+    min_insync_replicas: usize,
+    appended: Appended,
+    flush_due: bool,
+}
+
+impl Staged {
+    pub fn appended(&self) -> &Appended {
+        &self.appended
+    }
+
+    /// Waits until the batch is as safe as `acks` asks: fsynced when acks=all
+    /// or `flush.messages` asks, and with acks=all on every in-sync replica
+    /// (the followers fetch while the leader fsyncs). `deadline` bounds the
+    /// acks=all wait.
+    pub async fn complete(self, deadline: Instant) -> Result<Appended, WriteError> {
+        let Staged {
+            ls,
+            acks,
+            min_insync_replicas,
+            appended,
+            flush_due,
+        } = self;
+        let name = ls.log.name();
+        let end = appended.last_offset + 1;
+        // One fsync per partition; concurrent writers share it.
+        let flush = async {
+            if acks != Acks::All && !flush_due {
+                return Ok(());
+            }
+            ls.log.flush_up_to(end).await.map_err(|e| {
+                tracing::error!(partition = %name, error = %e, "fsync failed");
+                WriteError::new(
+                    ResponseError::KafkaStorageError,
+                    format!("{name}: fsync failed: {e}"),
+                )
+            })
+        };
+        if acks != Acks::All {
+            // A flush.messages fsync that fails is logged; acks=0/1 never
+            // promised it.
+            let _ = flush.await;
+            return Ok(appended);
+        }
+        // A duplicate waits too: its first copy may not be committed yet.
+        let (flushed, committed) = tokio::join!(flush, wait_committed(&ls, end, deadline));
+        flushed?;
+        committed?;
+        let isr = ls.isr_len();
+        if isr < min_insync_replicas {
+            return Err(WriteError::new(
+                ResponseError::NotEnoughReplicasAfterAppend,
+                format!(
+                    "{name}: written, but the ISR shrank to {isr} (min.insync.replicas {min_insync_replicas})"
+                ),
+            ));
+        }
+        Ok(appended)
+    }
+}
+
 impl ReplicaManager {
     /// Appends `batch` to the partition `ls` leads and returns once it is
     /// as safe as `acks` asks (see the module docs). `min_insync_replicas`
@@ -113,12 +181,26 @@ impl ReplicaManager {
         min_insync_replicas: usize,
         deadline: Instant,
     ) -> Result<Appended, WriteError> {
-        let name = ls.log.name();
+        self.stage(ls, batch, acks, min_insync_replicas)?
+            .complete(deadline)
+            .await
+    }
+
+    /// The ordered half of `append`: checks and appends now, without
+    /// waiting; the rest is `Staged::complete`.
+    pub fn stage(
+        &self,
+        ls: &Arc<LeaderState>,
+        batch: ValidatedBatch,
+        acks: Acks,
+        min_insync_replicas: usize,
+    ) -> Result<Staged, WriteError> {
         if acks == Acks::All && ls.isr_len() < min_insync_replicas {
             return Err(WriteError::new(
                 ResponseError::NotEnoughReplicas,
                 format!(
-                    "{name} has {} in-sync replica(s), min.insync.replicas is {min_insync_replicas}",
+                    "{} has {} in-sync replica(s), min.insync.replicas is {min_insync_replicas}",
+                    ls.log.name(),
                     ls.isr_len()
                 ),
             ));
@@ -127,42 +209,20 @@ impl ReplicaManager {
             .log
             .append(batch, &ls.term)
             .map_err(|e| WriteError::from_log(&e))?;
-        let appended = Appended {
-            base_offset: info.base_offset,
-            last_offset: info.last_offset,
-            log_append_time: info.log_append_time,
-            log_start_offset: info.log_start_offset,
-            records: info.records,
-            duplicate: info.duplicate,
-        };
-        let end = info.last_offset + 1;
-        if acks == Acks::All || info.flush_due {
-            // One fsync per partition; concurrent writers share it.
-            if let Err(e) = ls.log.flush_up_to(end).await {
-                tracing::error!(partition = %name, error = %e, "fsync failed");
-                if acks == Acks::All {
-                    return Err(WriteError::new(
-                        ResponseError::KafkaStorageError,
-                        format!("{name}: fsync failed: {e}"),
-                    ));
-                }
-            }
-        }
-        if acks != Acks::All {
-            return Ok(appended);
-        }
-        // A duplicate waits too: its first copy may not be committed yet.
-        wait_committed(ls, end, deadline).await?;
-        let isr = ls.isr_len();
-        if isr < min_insync_replicas {
-            return Err(WriteError::new(
-                ResponseError::NotEnoughReplicasAfterAppend,
-                format!(
-                    "{name}: written, but the ISR shrank to {isr} (min.insync.replicas {min_insync_replicas})"
-                ),
-            ));
-        }
-        Ok(appended)
+        Ok(Staged {
+            ls: ls.clone(),
+            acks,
+            min_insync_replicas,
+            appended: Appended {
+                base_offset: info.base_offset,
+                last_offset: info.last_offset,
+                log_append_time: info.log_append_time,
+                log_start_offset: info.log_start_offset,
+                records: info.records,
+                duplicate: info.duplicate,
+            },
+            flush_due: info.flush_due,
+        })
     }
 }
 

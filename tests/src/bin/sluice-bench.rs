@@ -99,6 +99,11 @@ struct Args {
     /// (built by scripts/build-plugins).
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
+    /// Plugins mode: brokers to run (3: a cluster, topics with replication
+    /// factor 3 and min.insync.replicas 2, so routed records are forwarded
+    /// to the brokers leading their partitions).
+    #[arg(long, default_value_t = 1)]
+    brokers: usize,
     /// Broker to benchmark; if absent, a sluice-broker is spawned.
     #[arg(long)]
     bootstrap: Option<String>,
@@ -897,7 +902,8 @@ fn plugins_main(args: &Args) -> Result<()> {
     let argv: Vec<String> = std::env::args().collect();
     println!("command: {}", argv.join(" "));
     println!(
-        "settings: mode=plugins rounds={} records={} record_size={} partitions={} acks={} compression={} linger_ms={}",
+        "settings: mode=plugins brokers={} rounds={} records={} record_size={} partitions={} acks={} compression={} linger_ms={}",
+        args.brokers,
         args.plugin_rounds,
         args.records,
         args.record_size,
@@ -915,8 +921,20 @@ fn plugins_main(args: &Args) -> Result<()> {
         .prefix("sluice-bench-")
         .tempdir_in(&cwd)
         .context("cannot create a temp dir in the current directory")?;
-    let broker = Broker::start_in(temp.path()).context("cannot start sluice-broker")?;
-    let bootstrap = broker.bootstrap();
+    // One broker, or a cluster whose topics are replicated on all three.
+    let (broker, cluster, rf) = if args.brokers > 1 {
+        let c = sluice_tests::cluster::Cluster::start_in(temp.path(), args.brokers, &[])
+            .context("cannot start the cluster")?;
+        (None, Some(c), args.brokers as i32)
+    } else {
+        let b = Broker::start_in(temp.path()).context("cannot start sluice-broker")?;
+        (Some(b), None, 1)
+    };
+    let (bootstrap, admin_addr) = match (&broker, &cluster) {
+        (Some(b), _) => (b.bootstrap(), b.admin_addr()),
+        (None, Some(c)) => (c.bootstrap(), c.brokers[0].admin_addr()),
+        (None, None) => bail!("no broker"),
+    };
     for (name, kind, file) in [
         ("trivial", "partitioner", "trivial_partitioner.wasm"),
         ("stamp", "interceptor", "stamp_header.wasm"),
@@ -927,7 +945,7 @@ fn plugins_main(args: &Args) -> Result<()> {
             format!("cannot read {} (run scripts/build-plugins)", path.display())
         })?;
         let resp = http_post(
-            broker.admin_addr(),
+            admin_addr,
             &format!("/v1/plugins/{name}?kind={kind}"),
             &wasm,
         )?;
@@ -959,7 +977,13 @@ fn plugins_main(args: &Args) -> Result<()> {
         for (i, (label, configs)) in scenarios.iter().enumerate() {
             let topic = format!("sluice-bench-plugins-{}-{round}-{i}", std::process::id());
             runtime
-                .block_on(create_topic(&bootstrap, &topic, args.partitions, configs))
+                .block_on(create_replicated_topic(
+                    &bootstrap,
+                    &topic,
+                    args.partitions,
+                    rf,
+                    configs,
+                ))
                 .with_context(|| format!("cannot create topic {topic}"))?;
             let r = produce(args, &bootstrap, &topic)?;
             if r.failed > 0 {
@@ -1011,6 +1035,33 @@ fn plugins_main(args: &Args) -> Result<()> {
         args.plugin_rounds.max(1)
     );
     println!("Latency is open-loop (see the default mode).");
+    Ok(())
+}
+
+/// A topic with `rf` replicas per partition (min.insync.replicas 2 when
+/// replicated) and `configs`.
+async fn create_replicated_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    rf: i32,
+    configs: &[(&str, &str)],
+) -> Result<()> {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let admin = sluice_tests::admin_client(bootstrap)?;
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(rf));
+    if rf > 1 {
+        t = t.set("min.insync.replicas", "2");
+    }
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    for r in admin
+        .create_topics([&t], &sluice_tests::admin_opts())
+        .await?
+    {
+        r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+    }
     Ok(())
 }
 
