@@ -11,10 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
-use crate::cluster::controller::{self, Registration};
-use crate::cluster::metadata::Command;
-use crate::cluster::producer_ids::ProducerIdAllocator;
-use crate::cluster::quorum::Quorum;
 use crate::cluster::topics::{META_DIR, NewTopic, PROPOSE_TIMEOUT, TopicError, TopicRegistry};
 use crate::config::ServeArgs;
 use crate::forward::Forwarder;
@@ -22,9 +18,13 @@ use crate::groups::store::{OffsetStore, ReplicatedOffsets};
 use crate::groups::{GroupConfig, GroupCoordinator, OFFSETS_TOPIC};
 use crate::lag::HighWatermarks;
 use crate::metrics::Metrics;
-use crate::plugins::{PluginEngine, PluginHost, PluginRegistry};
 use crate::replication::{ReplicaManager, ReplicationConfig};
 use crate::view::{ClusterView, Views};
+use sluice_metadata::controller::{self, Registration};
+use sluice_metadata::image::Command;
+use sluice_metadata::producer_ids::ProducerIdAllocator;
+use sluice_metadata::quorum::Quorum;
+use sluice_plugin_host::{PluginEngine, PluginHost, PluginMetrics, PluginRegistry};
 
 pub struct Broker {
     pub args: ServeArgs,
@@ -97,13 +97,19 @@ impl Broker {
         let plugin_dir = args.data_dir.join(META_DIR).join("plugins");
         let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginHost> {
             let engine = PluginEngine::new()?;
-            Ok(PluginHost::new(PluginRegistry::open(&plugin_dir, engine)?))
+            Ok(PluginHost::new(
+                PluginRegistry::open(&plugin_dir, engine)?,
+                PluginMetrics::new()?,
+            ))
         })
         .await?
         .context("loading plugins")?;
         let plugins = migrate_plugins(&quorum, plugins).await?;
         let metrics = Metrics::new();
         metrics.register(Box::new(quorum.commit_seconds.clone()));
+        for c in plugins.metrics.collectors() {
+            metrics.register(c);
+        }
         let broker = Broker {
             groups,
             forwarder: Forwarder::new(args.node_id, quorum.clone()),
@@ -283,10 +289,10 @@ async fn migrate_plugins(quorum: &Quorum, plugins: PluginHost) -> anyhow::Result
         let Some((info, wasm)) = plugins.registry.current_wasm(&name) else {
             continue;
         };
-        let command = crate::cluster::metadata::Command::UploadPlugin {
+        let command = sluice_metadata::image::Command::UploadPlugin {
             name: name.clone(),
             kind: info.kind,
-            wasm: crate::cluster::metadata::Wasm(wasm.into()),
+            wasm: sluice_metadata::image::Wasm(wasm.into()),
             sha256: info.sha256,
             uploaded_ms: info.uploaded_ms,
             abi_version: info.abi_version,
@@ -334,6 +340,6 @@ fn write_cluster_id(data_dir: &Path, id: &str) -> anyhow::Result<()> {
     std::fs::write(&tmp, id)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, dir.join("cluster_id"))?;
-    crate::log::sync_dir(&dir)?;
+    sluice_storage::sync_dir(&dir)?;
     Ok(())
 }

@@ -209,7 +209,7 @@ fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
     if args.node_id < 0 {
         bail!("node-id must be >= 0, got {}", args.node_id);
     }
-    crate::cluster::quorum::parse_peers(&args.peers).context("peers")?;
+    sluice_metadata::quorum::parse_peers(&args.peers).context("peers")?;
     if args.broker_heartbeat_interval_ms < 10
         || args.broker_session_timeout_ms < 2 * args.broker_heartbeat_interval_ms
     {

@@ -16,9 +16,9 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::protocol::StrBytes;
 use sluice_client::{Pool, Resolve};
 
-use crate::cluster::quorum::Quorum;
-use crate::protocol::{FORWARDED_PRODUCE_API_KEY, FORWARDED_PRODUCE_VERSION};
 use crate::replication::{Acks, WriteError};
+use sluice_metadata::quorum::Quorum;
+use sluice_protocol::{FORWARDED_PRODUCE_API_KEY, FORWARDED_PRODUCE_VERSION};
 
 /// What a leader answered for one forwarded sub-batch.
 #[derive(Debug, Clone, Copy)]

@@ -16,8 +16,8 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_client::{Pool, Resolve};
 
 use crate::broker::Broker;
-use crate::cluster::quorum::Quorum;
 use crate::view::ClusterView;
+use sluice_metadata::quorum::Quorum;
 
 /// How often remote high watermarks are refreshed.
 const REFRESH: Duration = Duration::from_secs(2);

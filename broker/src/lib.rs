@@ -1,5 +1,19 @@
-//! Sluice broker library: a Kafka-compatible broker on a durable segmented
-//! log. The `sluice-broker` binary wires these modules together.
+//! Sluice's broker services, on top of the lower crates (dependencies run
+//! one way: protocol ← storage ← metadata ← plugin host ← here; the
+//! internal client is used by metadata and here):
+//!
+//! - `view`: the one applied metadata view; `broker`: the applier and the
+//!   services it wires together;
+//! - `replication`: leaders, followers, ISR, the high watermark and the one
+//!   leader write path;
+//! - `routing` and `forward`: produce through plugins, sub-batches
+//!   forwarded to other brokers' leaders;
+//! - `groups` and `lag`: the group coordinator;
+//! - `cluster::topics`: topics materialized with their local logs;
+//! - `api` (one module per Kafka API family), `server` (the listener),
+//!   `admin` (HTTP), `metrics`, `config`, `maintenance`, `cli`.
+//!
+//! The `sluice-broker` binary wires them together.
 
 pub mod admin;
 pub mod api;
@@ -10,11 +24,8 @@ pub mod config;
 pub mod forward;
 pub mod groups;
 pub mod lag;
-pub mod log;
 pub mod maintenance;
 pub mod metrics;
-pub mod plugins;
-pub mod protocol;
 pub mod replication;
 pub mod routing;
 pub mod server;

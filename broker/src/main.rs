@@ -9,11 +9,11 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_broker::broker::Broker;
 use sluice_broker::cli::{self, PluginCommand};
-use sluice_broker::cluster::controller::{self, Registration};
-use sluice_broker::cluster::quorum::{self, Quorum, QuorumConfig};
-use sluice_broker::cluster::topics::META_DIR;
 use sluice_broker::config::{self, ServeArgs};
 use sluice_broker::{admin, maintenance, replication, server};
+use sluice_metadata::controller::{self, Registration};
+use sluice_metadata::quorum::{self, Quorum, QuorumConfig};
+use sluice_metadata::topic_config::META_DIR;
 use tokio::net::TcpListener;
 
 /// mimalloc instead of glibc malloc: the data path allocates and frees

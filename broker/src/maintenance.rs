@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::Broker;
-use crate::log::now_ms;
+use sluice_storage::now_ms;
 
 /// Fsyncs partitions whose `flush.ms` has elapsed. Ticks at 100 ms so a
 /// short flush.ms is honoured closely without a timer per partition.

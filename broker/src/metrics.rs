@@ -9,10 +9,10 @@ use prometheus::{
 
 use std::sync::atomic::Ordering;
 
-use crate::cluster::quorum::Quorum;
 use crate::groups::{GroupCoordinator, GroupState};
 use crate::replication::{Leaders, ReplicaManager};
 use crate::view::ClusterView;
+use sluice_metadata::quorum::Quorum;
 
 pub struct Metrics {
     registry: Registry,
@@ -35,11 +35,6 @@ pub struct Metrics {
     group_rebalances: IntCounter,
     group_commits: IntCounter,
     consumer_lag: IntGaugeVec,
-    plugin_calls: IntCounterVec,
-    plugin_errors: IntCounterVec,
-    plugin_records: IntCounterVec,
-    plugin_seconds: HistogramVec,
-    plugin_memory: IntGaugeVec,
     cluster: IntGaugeVec,
     brokers: IntGaugeVec,
     replica_lag_messages: IntGaugeVec,
@@ -167,38 +162,6 @@ impl Metrics {
             "High watermark minus committed offset, per group and partition.",
             &["group", "topic", "partition"],
         );
-        let plugin_calls = counter(
-            "sluice_plugin_calls_total",
-            "Plugin calls that returned (one per record batch).",
-            &["plugin", "topic"],
-        );
-        let plugin_errors = counter(
-            "sluice_plugin_errors_total",
-            "Plugin failures, by kind (trap, timeout, oom, bad_output, ...).",
-            &["plugin", "topic", "kind"],
-        );
-        let plugin_records = counter(
-            "sluice_plugin_records_total",
-            "Records through plugins, by outcome (in, out, dropped, rejected, dead_lettered).",
-            &["plugin", "topic", "outcome"],
-        );
-        let plugin_seconds = must(HistogramVec::new(
-            HistogramOpts::new(
-                "sluice_plugin_call_duration_seconds",
-                "Time of one plugin call.",
-            )
-            .buckets(vec![
-                0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 1.0,
-            ]),
-            &["plugin", "topic"],
-        ));
-        must(registry.register(Box::new(plugin_seconds.clone())));
-        let plugin_memory = gauge(
-            "sluice_plugin_memory_bytes",
-            "Linear memory held by a plugin's idle instances.",
-            &["plugin"],
-        );
         let cluster = gauge(
             "sluice_cluster",
             "This broker's view of the cluster: controller_id (-1: none known), quorum_term, quorum_applied_index, offline_partitions (no leader), under_replicated_partitions (led here, ISR smaller than the replica set), unclean_leader_elections (ever; each may have lost data).",
@@ -233,11 +196,6 @@ impl Metrics {
             replication_events,
             cluster,
             brokers,
-            plugin_calls,
-            plugin_errors,
-            plugin_records,
-            plugin_seconds,
-            plugin_memory,
             groups_by_state,
             group_members,
             group_rebalances,
@@ -305,37 +263,6 @@ impl Metrics {
 }
 
 impl Metrics {
-    pub fn plugin_call(&self, plugin: &str, topic: &str, took: std::time::Duration) {
-        self.plugin_calls.with_label_values(&[plugin, topic]).inc();
-        self.plugin_seconds
-            .with_label_values(&[plugin, topic])
-            .observe(took.as_secs_f64());
-    }
-
-    pub fn plugin_error(&self, plugin: &str, topic: &str, kind: &str) {
-        self.plugin_errors
-            .with_label_values(&[plugin, topic, kind])
-            .inc();
-    }
-
-    pub fn plugin_records(&self, plugin: &str, topic: &str, outcome: &str, n: u64) {
-        if n > 0 {
-            self.plugin_records
-                .with_label_values(&[plugin, topic, outcome])
-                .inc_by(n);
-        }
-    }
-
-    /// Refreshed at scrape time from the registry.
-    pub fn set_plugin_memory(&self, by_plugin: &[(String, usize)]) {
-        self.plugin_memory.reset();
-        for (p, bytes) in by_plugin {
-            self.plugin_memory
-                .with_label_values(&[p])
-                .set(*bytes as i64);
-        }
-    }
-
     fn render_groups(
         &self,
         groups: &GroupCoordinator,
@@ -466,7 +393,7 @@ mod tests {
         let m = super::Metrics::new();
         m.requests.with_label_values(&["Produce"]).inc();
         let dir = tempfile::tempdir().expect("tempdir");
-        let quorum = crate::cluster::quorum::single_voter_for_tests(dir.path()).await;
+        let quorum = sluice_metadata::quorum::single_voter_for_tests(dir.path()).await;
         let groups = crate::groups::GroupCoordinator::open(
             crate::groups::store::OffsetStore::new(crate::groups::store::LocalOffsets::open(
                 dir.path(),

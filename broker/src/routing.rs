@@ -50,12 +50,12 @@ use sha2::{Digest, Sha256};
 
 use crate::broker::Broker;
 use crate::cluster::topics::Topic;
-use crate::log::producer_state::DERIVED_PRODUCER_IDS;
-use crate::log::records::{self as plugin_records, Producer};
-use crate::log::{ValidatedBatch, batch};
-use crate::plugins::{Bindings, FailurePolicy, Outcome};
 use crate::replication::{Acks, LeaderState, WriteError};
 use crate::view::ClusterView;
+use sluice_plugin_host::{Bindings, FailurePolicy, Outcome};
+use sluice_protocol::batch::{self, ValidatedBatch};
+use sluice_protocol::records::{self as plugin_records, Producer};
+use sluice_storage::producer_state::DERIVED_PRODUCER_IDS;
 
 /// The answer for the client's partition.
 #[derive(Debug, Clone)]
@@ -254,7 +254,6 @@ pub async fn produce(
             records,
             partitions,
             client_partition,
-            &b.metrics,
         )
     });
     let restamp = |original: &Bytes| {
@@ -302,8 +301,9 @@ pub async fn produce(
             // the client's (deterministic, so a retry lands in the same
             // place and is recognized there).
             let d = client_partition.max(0) % (dlt.partitions.len().max(1) as i32);
-            b.metrics
-                .plugin_records(&plugin, &topic.meta.name, "dead_lettered", count as u64);
+            b.plugins
+                .metrics
+                .records(&plugin, &topic.meta.name, "dead_lettered", count as u64);
             let sub = SubBatch {
                 partition: d,
                 bytes: if idempotent {
@@ -554,7 +554,7 @@ mod tests {
         let t = uuid::Uuid::from_u128(7);
         let a = derived_producer_id(t, 0, 42);
         assert_eq!(a, derived_producer_id(t, 0, 42), "same inputs, same id");
-        assert!(crate::log::producer_state::is_derived(a));
+        assert!(sluice_storage::producer_state::is_derived(a));
         assert_ne!(a, derived_producer_id(t, 1, 42));
         assert_ne!(a, derived_producer_id(t, 0, 43));
         assert_ne!(a, derived_producer_id(uuid::Uuid::from_u128(8), 0, 42));

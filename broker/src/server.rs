@@ -20,8 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
 use crate::broker::Broker;
-use crate::cluster::quorum::{Quorum, rpc};
-use crate::protocol::{self, FrameError};
+use sluice_metadata::quorum::{Quorum, rpc};
+use sluice_protocol::{self as protocol, FrameError};
 
 /// What the listener serves: the quorum at once, the broker once open.
 pub struct Listener {

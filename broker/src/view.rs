@@ -17,10 +17,10 @@ use std::time::Duration;
 use kafka_protocol::ResponseError;
 use tokio::sync::watch;
 
-use crate::cluster::metadata::{BrokerImage, MetadataImage, NO_LEADER, PartitionImage};
-use crate::cluster::quorum::Quorum;
 use crate::cluster::topics::Topic;
 use crate::replication::{LeaderState, Leaders};
+use sluice_metadata::image::{BrokerImage, MetadataImage, NO_LEADER, PartitionImage};
+use sluice_metadata::quorum::Quorum;
 
 /// How long a write waits for the applier to publish a leadership the
 /// quorum already committed.

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = sluice_broker::protocol::decode_request(bytes::Bytes::copy_from_slice(data));
+    let _ = sluice_protocol::decode_request(bytes::Bytes::copy_from_slice(data));
 });

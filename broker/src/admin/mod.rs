@@ -30,7 +30,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
                 .delete(plugins::delete),
         )
         .layer(axum::extract::DefaultBodyLimit::max(
-            crate::plugins::registry::MAX_MODULE_BYTES + 1024,
+            sluice_plugin_host::registry::MAX_MODULE_BYTES + 1024,
         ))
         .with_state(broker)
 }
@@ -47,8 +47,9 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         {
-            b.metrics
-                .set_plugin_memory(&b.plugins.registry.memory_by_plugin());
+            b.plugins
+                .metrics
+                .set_memory(&b.plugins.registry.memory_by_plugin());
             b.metrics.render(
                 &view,
                 &b.groups,

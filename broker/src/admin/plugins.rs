@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::broker::Broker;
-use crate::cluster::metadata::{Command, MetadataError, Wasm};
-use crate::log::now_ms;
-use crate::plugins::{PluginKind, RegistryError, VersionInfo};
+use sluice_metadata::image::{Command, MetadataError, Wasm};
+use sluice_plugin_host::{PluginKind, RegistryError, VersionInfo};
+use sluice_storage::now_ms;
 
 #[derive(Serialize)]
 struct PluginView {

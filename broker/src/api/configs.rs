@@ -19,7 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::topics::topic_error;
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
-use crate::cluster::topic_config::{self, ConfigType};
+use sluice_metadata::topic_config::{self, ConfigType};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;

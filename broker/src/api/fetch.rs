@@ -19,9 +19,10 @@ use tokio::time::Instant;
 
 use super::error_code;
 use crate::broker::Broker;
-use crate::log::{LogError, PartitionLog, batch};
-use crate::plugins::Bindings;
 use crate::replication::check_leader_epoch;
+use sluice_plugin_host::Bindings;
+use sluice_protocol::batch;
+use sluice_storage::{LogError, PartitionLog};
 
 /// Most record bytes one Fetch response carries (Kafka's fetch.max.bytes).
 const MAX_FETCH_BYTES: usize = 55 * 1024 * 1024;
@@ -164,7 +165,7 @@ fn read_all(
                     };
                     if let Some(f) = filters.as_ref().filter(|_| !records.is_empty()) {
                         match tokio::task::block_in_place(|| {
-                            b.plugins.filter_fetched(f, name, &records, &b.metrics)
+                            b.plugins.filter_fetched(f, name, &records)
                         }) {
                             Ok(filtered) => records = filtered,
                             Err(e) => {

@@ -31,7 +31,7 @@ use kafka_protocol::messages::{
 use super::{RequestContext, error_code, str_bytes};
 use crate::broker::Broker;
 use crate::groups::{CommittedOffset, JoinRequest, MAX_METADATA_BYTES};
-use crate::log::now_ms;
+use sluice_storage::now_ms;
 
 fn code(b: &Broker, e: Option<ResponseError>) -> i16 {
     e.map_or(0, |e| error_code(b, e))

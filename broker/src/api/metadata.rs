@@ -15,7 +15,7 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, MetadataRequest
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
 use crate::cluster::topics::{NewTopic, Topic, TopicError, validate_topic_name};
-use crate::protocol::versions;
+use sluice_protocol::versions;
 
 pub fn api_versions() -> ApiVersionsResponse {
     versions::api_versions_response()

@@ -20,7 +20,7 @@ use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::Broker;
-use crate::protocol::DecodedRequest;
+use sluice_protocol::DecodedRequest;
 
 /// Who sent a request, for the handlers that record it (group members).
 pub struct RequestContext {
@@ -159,7 +159,7 @@ pub(crate) fn check_plugin_bindings(
     b: &Broker,
     configs: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), String> {
-    let bindings = crate::plugins::Bindings::from_configs(configs);
+    let bindings = sluice_plugin_host::Bindings::from_configs(configs);
     for (name, kind) in bindings.named() {
         match b.plugins.registry.kind(name) {
             None => {
@@ -171,7 +171,7 @@ pub(crate) fn check_plugin_bindings(
             Some(_) => {}
         }
     }
-    if bindings.failure == crate::plugins::FailurePolicy::DeadLetter
+    if bindings.failure == sluice_plugin_host::FailurePolicy::DeadLetter
         && bindings.dead_letter_topic.is_none()
     {
         return Err(

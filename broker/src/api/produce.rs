@@ -16,11 +16,11 @@ use kafka_protocol::messages::produce_response::{
 
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
-use crate::log::producer_state::is_derived;
-use crate::log::{self, ValidatedBatch};
 use crate::replication::{Acks, Appended, Staged, WriteError};
 use crate::routing;
 use crate::view::ClusterView;
+use sluice_protocol::batch::{ValidatedBatch, validate_produce};
+use sluice_storage::producer_state::is_derived;
 
 /// Longest a produce may wait for acks=all, whatever the client asks.
 const MAX_TIMEOUT_MS: i32 = 300_000;
@@ -239,9 +239,9 @@ async fn try_stage(
         })?;
     let payload = records.unwrap_or_default();
     let size = payload.len() as u64;
-    let batch = log::validate_batches(payload, ls.log.config().max_message_bytes).map_err(|e| {
+    let batch = validate_produce(payload, ls.log.config().max_message_bytes).map_err(|e| {
         tracing::warn!(partition = %ls.log.name(), error = %e, "produce refused");
-        WriteError::from_log(&e)
+        WriteError::from_batch(&e)
     })?;
     if is_derived(batch.header.producer_id) {
         return refuse(
@@ -326,7 +326,7 @@ pub async fn forwarded_produce(
                     })?;
                 let payload = records.unwrap_or_default();
                 let batch =
-                    ValidatedBatch::trusted(payload).map_err(|e| WriteError::from_log(&e))?;
+                    ValidatedBatch::trusted(payload).map_err(|e| WriteError::from_batch(&e))?;
                 b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)
             };
             match staged.await {

@@ -19,8 +19,8 @@ use kafka_protocol::messages::{
 
 use super::{error_code, str_bytes};
 use crate::broker::Broker;
-use crate::cluster::topic_config;
 use crate::cluster::topics::{NewTopic, TopicError};
+use sluice_metadata::topic_config;
 
 pub(crate) fn topic_error(e: &TopicError) -> ResponseError {
     match e {

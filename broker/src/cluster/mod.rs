@@ -1,9 +1,5 @@
-//! Cluster metadata: the controller quorum and its image, topics, their
-//! partitions, placement and configs.
+//! This broker's side of the cluster metadata: the topics the applied image
+//! names, materialized with the logs of the partitions placed here, and the
+//! admin changes to them (proposed through the quorum, `sluice-metadata`).
 
-pub mod controller;
-pub mod metadata;
-pub mod producer_ids;
-pub mod quorum;
-pub mod topic_config;
 pub mod topics;

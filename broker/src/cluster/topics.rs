@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::metadata::{Command, MetadataError, MetadataImage, PartitionImage, TopicImage};
-use super::quorum::Quorum;
-use super::topic_config;
-use crate::log::{self, PartitionLog};
-use crate::plugins::Bindings;
+use sluice_metadata::image::{Command, MetadataError, MetadataImage, PartitionImage, TopicImage};
+use sluice_metadata::quorum::Quorum;
+use sluice_metadata::topic_config;
+use sluice_plugin_host::Bindings;
+use sluice_storage::{LogConfig, PartitionLog, sync_dir};
 
-pub const META_DIR: &str = "__sluice_meta";
+pub use topic_config::META_DIR;
 /// Most partitions one topic may have (each is a directory and open files).
 pub const MAX_PARTITIONS: usize = 100_000;
 const DELETED_SUFFIX: &str = ".deleted";
@@ -83,25 +83,7 @@ pub struct Topic {
     pub min_insync_replicas: usize,
 }
 
-/// Config naming the topic a view reads (see `TopicMeta::view_of`).
-pub const VIEW_OF: &str = "sluice.view.of";
-
-impl TopicImage {
-    /// A view is a read-only topic sharing another topic's partitions, read
-    /// through its `sluice.fetch.filters`: consumers that subscribe to it get
-    /// the filtered records with their stored offsets, with no client change.
-    pub fn view_of(&self) -> Option<&str> {
-        self.configs
-            .get(VIEW_OF)
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
-    }
-
-    /// Each partition's replicas, preferred leader first.
-    pub fn replica_lists(&self) -> Vec<Vec<i32>> {
-        self.partitions.iter().map(|p| p.replicas.clone()).collect()
-    }
-}
+pub use sluice_metadata::image::VIEW_OF;
 
 impl Topic {
     pub fn new(meta: TopicMeta, partitions: Vec<Option<Arc<PartitionLog>>>) -> Topic {
@@ -135,36 +117,27 @@ impl Topic {
     }
 }
 
-/// Kafka's topic name rules: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".
+/// Kafka's topic name rules (see `topic_config::validate_topic_name`).
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
-    if name.is_empty() {
-        return Err(TopicError::InvalidName("topic name is empty".into()));
+    topic_config::validate_topic_name(name).map_err(TopicError::InvalidName)
+}
+
+/// Storage settings for a topic. Inputs were validated on the way in.
+pub fn log_config(overrides: &BTreeMap<String, String>) -> LogConfig {
+    let int = |name| topic_config::effective_i64(overrides, name);
+    LogConfig {
+        segment_bytes: int("segment.bytes").max(1024) as u64,
+        segment_ms: int("segment.ms").max(1),
+        retention_ms: int("retention.ms"),
+        retention_bytes: int("retention.bytes"),
+        max_message_bytes: int("max.message.bytes").max(0) as usize,
+        flush_messages: int("flush.messages").max(1),
+        flush_ms: int("flush.ms").max(0),
+        index_interval_bytes: int("index.interval.bytes").max(0) as usize,
+        log_append_time: overrides
+            .get("message.timestamp.type")
+            .is_some_and(|v| v == "LogAppendTime"),
     }
-    if name == "." || name == ".." {
-        return Err(TopicError::InvalidName(format!(
-            "topic name cannot be '{name}'"
-        )));
-    }
-    if name.len() > 249 {
-        return Err(TopicError::InvalidName(format!(
-            "topic name is {} characters, the maximum is 249",
-            name.len()
-        )));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(TopicError::InvalidName(format!(
-            "topic name '{name}' contains '{c}'; only ASCII letters, digits, '.', '_' and '-' are allowed"
-        )));
-    }
-    if name.starts_with(META_DIR) {
-        return Err(TopicError::InvalidName(format!(
-            "topic name '{name}' is reserved"
-        )));
-    }
-    Ok(())
 }
 
 pub struct TopicRegistry {
@@ -233,7 +206,7 @@ impl TopicRegistry {
         let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
         for meta in image.topics.values().filter(|t| t.view_of().is_none()) {
             let existing = current.get(&meta.name).filter(|t| t.meta.id == meta.id);
-            let config = topic_config::log_config(&meta.configs);
+            let config = log_config(&meta.configs);
             let mut partitions = Vec::with_capacity(meta.partitions.len());
             for (i, p) in meta.partitions.iter().enumerate() {
                 let have = existing.and_then(|t| t.partitions.get(i).cloned().flatten());
@@ -430,7 +403,7 @@ impl TopicRegistry {
         &self,
         meta: &TopicMeta,
         p: usize,
-        config: log::LogConfig,
+        config: LogConfig,
     ) -> io::Result<PartitionLog> {
         let name = format!("{}-{p}", meta.name);
         let dir = self.data_dir.join(&name);
@@ -664,7 +637,7 @@ fn write_partition_topic_id(dir: &Path, id: Uuid) -> io::Result<()> {
     fs::write(&tmp, format!("version: 0\ntopic_id: {id}\n"))?;
     fs::File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, &path)?;
-    log::sync_dir(dir)
+    sync_dir(dir)
 }
 
 fn remove_deleted_dirs(data_dir: &Path) {
@@ -686,7 +659,25 @@ fn remove_deleted_dirs(data_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::quorum;
+    use sluice_metadata::quorum;
+
+    #[test]
+    fn default_configs_resolve_to_log_defaults() {
+        assert_eq!(log_config(&BTreeMap::new()), LogConfig::default());
+    }
+
+    #[test]
+    fn overrides_change_the_log_config() {
+        let mut o = BTreeMap::new();
+        o.insert("segment.bytes".to_string(), "2048".to_string());
+        o.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
+        let c = log_config(&o);
+        assert_eq!(c.segment_bytes, 2048);
+        assert!(c.log_append_time);
+    }
 
     #[test]
     fn names_follow_kafka_rules() {

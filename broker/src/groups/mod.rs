@@ -27,7 +27,7 @@ pub use store::{CommittedOffset, OFFSETS_TOPIC};
 pub fn coordinator_of<'a>(
     view: &'a crate::view::ClusterView,
     group: &str,
-) -> Option<&'a crate::cluster::metadata::BrokerImage> {
+) -> Option<&'a sluice_metadata::image::BrokerImage> {
     let offsets = view.image.topics.get(OFFSETS_TOPIC)?;
     let p = store::partition_for(group, offsets.partitions.len());
     view.live_broker(offsets.partitions.get(p)?.leader)

@@ -13,11 +13,12 @@ use sluice_plugin::Record;
 
 use futures::future::BoxFuture;
 
-use crate::cluster::quorum::Quorum;
-use crate::log::records::{self, Producer};
-use crate::log::{LogError, PartitionLog, ValidatedBatch, batch, now_ms, validate_batches};
 use crate::replication::{Acks, ReplicaManager};
 use crate::view::Views;
+use sluice_metadata::quorum::Quorum;
+use sluice_protocol::batch::{self, ValidatedBatch, validate_produce as validate_batches};
+use sluice_protocol::records::{self, Producer};
+use sluice_storage::{LogError, PartitionLog, now_ms};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -261,7 +262,7 @@ impl OffsetStore {
 /// Local offsets logs this test leads in epoch 0 (no replication).
 #[cfg(test)]
 pub struct LocalOffsets {
-    logs: Vec<(Arc<PartitionLog>, crate::log::LeaderTerm)>,
+    logs: Vec<(Arc<PartitionLog>, sluice_storage::LeaderTerm)>,
 }
 
 #[cfg(test)]
@@ -272,7 +273,7 @@ impl LocalOffsets {
                 let log = PartitionLog::open(
                     format!("o-{p}"),
                     dir.join(format!("o-{p}")),
-                    crate::log::LogConfig::default(),
+                    sluice_storage::LogConfig::default(),
                 )
                 .expect("open");
                 let term = log.lead(0).expect("lead");

@@ -18,9 +18,9 @@ use sluice_client::Connection;
 use tokio::sync::Notify;
 
 use super::TopicPartition;
-use crate::cluster::quorum::Quorum;
-use crate::cluster::quorum::rpc::to_io;
-use crate::log::PartitionLog;
+use sluice_metadata::quorum::Quorum;
+use sluice_metadata::quorum::rpc::to_io;
+use sluice_storage::PartitionLog;
 
 const FETCH_VERSION: i16 = 12;
 const EPOCH_VERSION: i16 = 4;

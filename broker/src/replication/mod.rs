@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 
-use crate::cluster::metadata::{Command, MetadataImage, PartitionImage};
-use crate::cluster::quorum::Quorum;
 use crate::cluster::topics::Topic;
-use crate::log::{LeaderTerm, PartitionLog};
+use sluice_metadata::image::{Command, MetadataImage, PartitionImage};
+use sluice_metadata::quorum::Quorum;
+use sluice_storage::{LeaderTerm, PartitionLog};
 
 pub use fetcher::FetcherPool;
 pub use write::{Acks, Appended, Staged, WriteError};

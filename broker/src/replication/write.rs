@@ -17,9 +17,10 @@ use std::time::Instant;
 use kafka_protocol::ResponseError;
 
 use super::{LeaderState, ReplicaManager};
-use crate::log::batch::BatchError;
-use crate::log::producer_state::SequenceError;
-use crate::log::{LogError, ValidatedBatch};
+use sluice_protocol::batch::BatchError;
+use sluice_protocol::batch::ValidatedBatch;
+use sluice_storage::LogError;
+use sluice_storage::producer_state::SequenceError;
 
 /// How much of a write must be done before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,12 +82,20 @@ impl WriteError {
         }
     }
 
+    /// The Kafka error of a refused batch.
+    pub fn from_batch(e: &BatchError) -> WriteError {
+        let code = match e {
+            BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+            BatchError::Invalid(_) => ResponseError::InvalidRecord,
+            _ => ResponseError::CorruptMessage,
+        };
+        WriteError::new(code, e.to_string())
+    }
+
     /// The Kafka error of a storage refusal.
     pub fn from_log(e: &LogError) -> WriteError {
         let code = match e {
-            LogError::TooLarge { .. } => ResponseError::MessageTooLarge,
-            LogError::Batch(BatchError::Invalid(_)) => ResponseError::InvalidRecord,
-            LogError::Batch(_) => ResponseError::CorruptMessage,
+            LogError::Batch(b) => return WriteError::from_batch(b),
             LogError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
                 ResponseError::InvalidProducerEpoch
             }

@@ -1,0 +1,191 @@
+//! Broker liveness, the part of the controller that needs a clock.
+//!
+//! Every broker registers once per process start (a fresh incarnation id)
+//! and then heartbeats to the controller. The controller fences a broker
+//! whose heartbeats stop for `session_timeout`: the committed
+//! `FenceBroker` moves its leaderships to other in-sync replicas. A
+//! broker that finds itself fenced (it was cut off, then came back)
+//! registers again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::image::Command;
+use crate::quorum::Quorum;
+
+/// This process's identity in the cluster.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub incarnation: Uuid,
+}
+
+impl Registration {
+    fn command(&self) -> Command {
+        Command::RegisterBroker {
+            id: self.node_id,
+            host: self.host.clone(),
+            port: self.port,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// Does the applied image show this incarnation registered and live?
+    fn is_live_in(&self, quorum: &Quorum) -> bool {
+        quorum
+            .image()
+            .brokers
+            .get(&self.node_id)
+            .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced)
+    }
+}
+
+/// Registers this broker, waiting for the controller quorum for as long as
+/// it takes (a broker is useless without it) and saying so periodically.
+pub async fn register(quorum: &Quorum, me: &Registration) {
+    let started = Instant::now();
+    loop {
+        match quorum.propose(me.command(), Duration::from_secs(10)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(node_id = me.node_id, incarnation = %me.incarnation, "registered with the controller");
+                return;
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "registration refused"),
+            Err(e) => tracing::warn!(
+                waited_s = started.elapsed().as_secs(),
+                error = %e,
+                "waiting for the controller quorum (are the peers running?)"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Heartbeats to the controller; re-registers after being fenced.
+pub async fn heartbeat_loop(quorum: Arc<Quorum>, me: Registration, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = quorum.heartbeat(me.incarnation).await {
+            tracing::debug!(error = %e, "heartbeat not delivered");
+            continue;
+        }
+        if !me.is_live_in(&quorum) {
+            tracing::warn!(
+                node_id = me.node_id,
+                "this broker was fenced; registering again"
+            );
+            if let Err(e) = quorum.propose(me.command(), interval * 4).await {
+                tracing::warn!(error = %e, "re-registration failed; will retry");
+            }
+        }
+    }
+}
+
+/// On the controller: fences brokers whose heartbeats stopped.
+pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration) {
+    let mut tick = tokio::time::interval(session_timeout / 6);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When this broker became controller: everyone gets a full session
+    // from then, since heartbeats went to the previous controller.
+    let mut controller_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        if !quorum.is_controller() {
+            controller_since = None;
+            continue;
+        }
+        let since = *controller_since.get_or_insert_with(|| {
+            quorum.reset_heartbeats();
+            Instant::now()
+        });
+        let image = quorum.image();
+        for b in image.brokers.values().filter(|b| !b.fenced) {
+            let last = quorum
+                .last_heartbeat(b.id, b.incarnation)
+                .map_or(since, |t| t.max(since));
+            if last.elapsed() < session_timeout {
+                continue;
+            }
+            tracing::warn!(
+                broker = b.id,
+                silent_ms = last.elapsed().as_millis() as u64,
+                "fencing a silent broker"
+            );
+            let fence = Command::FenceBroker {
+                id: b.id,
+                incarnation: b.incarnation,
+            };
+            if let Err(e) = quorum.propose(fence, session_timeout).await {
+                tracing::warn!(broker = b.id, error = %e, "fencing not committed");
+            }
+        }
+    }
+}
+
+/// On the controller: moves leadership back to each partition's preferred
+/// replica (the first) once it is live and in sync, so leaders stay spread
+/// over the brokers after failures (Kafka's auto leader rebalance).
+pub async fn preferred_leader_loop(quorum: Arc<Quorum>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !quorum.is_controller() {
+            continue;
+        }
+        let image = quorum.image();
+        for topic in image.topics.values() {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let Some(&preferred) = p.replicas.first() else {
+                    continue;
+                };
+                let live = image.brokers.get(&preferred).is_some_and(|b| !b.fenced);
+                if p.leader == preferred || !live || !p.isr.contains(&preferred) {
+                    continue;
+                }
+                tracing::info!(topic = %topic.name, partition = i, from = p.leader, to = preferred, "preferred leader election");
+                let elect = Command::ElectLeader {
+                    topic: topic.name.clone(),
+                    partition: i as i32,
+                    leader: preferred,
+                };
+                if let Err(e) = quorum.propose(elect, interval).await {
+                    tracing::warn!(error = %e, "preferred leader election not committed");
+                }
+            }
+        }
+    }
+}
+
+/// Logs every controller change this broker sees (openraft's own logs are
+/// off by default: they repeat every failed heartbeat to a stopped peer).
+pub async fn controller_watch(quorum: Arc<Quorum>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let now = quorum.controller_id();
+        if now != last {
+            if now.is_some() {
+                quorum
+                    .controller_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match now {
+                Some(id) => tracing::info!(
+                    controller = id,
+                    term = quorum.raft_metrics().current_term,
+                    "controller elected"
+                ),
+                None => tracing::warn!("no controller known"),
+            }
+            last = now;
+        }
+    }
+}

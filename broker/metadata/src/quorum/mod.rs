@@ -1,0 +1,456 @@
+//! The controller quorum: every broker of the cluster is a voter of one
+//! openraft group whose log holds metadata `Command`s. The Raft leader is
+//! the controller. Brokers read the applied image locally and send changes
+//! through `propose`, which forwards to the controller when needed.
+
+mod log_store;
+mod network;
+pub mod rpc;
+mod state_machine;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use sluice_client::{Pool, Resolve};
+
+pub use self::rpc::{ProposeError, Proposed, QuorumRequest, QuorumResponse};
+pub use self::state_machine::MetadataView;
+use crate::image::{Command, CommandResult, MetadataImage};
+
+openraft::declare_raft_types!(
+    /// Types of the metadata Raft group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+#[derive(Debug, Clone)]
+pub struct QuorumConfig {
+    pub node_id: i32,
+    /// Every voter's id and Kafka address, this broker included.
+    pub voters: BTreeMap<i32, String>,
+    pub dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    /// Followers start an election after this long without a leader
+    /// (randomized up to twice as long).
+    pub election_timeout: Duration,
+    /// Snapshot after this many applied entries; the log keeps a tenth of
+    /// that behind the snapshot for followers that are only a little behind
+    /// (further behind, they get the snapshot).
+    pub snapshot_every: u64,
+}
+
+/// Metadata entries between snapshots, by default.
+pub const SNAPSHOT_EVERY: u64 = 1000;
+
+pub struct Quorum {
+    node_id: i32,
+    raft: Raft<TypeConfig>,
+    view: watch::Receiver<MetadataView>,
+    voters: BTreeMap<i32, String>,
+    /// Persistent connections to the other voters, for heartbeats and
+    /// proposals forwarded to the controller (Raft's own traffic has its
+    /// connections in `network`).
+    peers: Pool,
+    /// Last heartbeat per broker, kept by whoever is controller.
+    heartbeats: Mutex<HashMap<i32, (Uuid, Instant)>>,
+    /// Time from proposing a metadata change to seeing it applied here.
+    pub commit_seconds: prometheus::Histogram,
+    /// Controller changes this broker has seen.
+    pub controller_changes: std::sync::atomic::AtomicU64,
+}
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Quorum {
+    /// Opens the quorum's storage in `dir` and joins the group. Every
+    /// broker initializes the group with the same voters; openraft accepts
+    /// that, and later starts skip it.
+    pub async fn start(config: QuorumConfig) -> anyhow::Result<Quorum> {
+        let log = log_store::LogStore::open(&config.dir)
+            .with_context(|| format!("opening quorum log in {}", config.dir.display()))?;
+        let (sm, view) = state_machine::StateMachineStore::open(&config.dir)
+            .with_context(|| format!("opening quorum snapshot in {}", config.dir.display()))?;
+        let election = config.election_timeout.as_millis() as u64;
+        anyhow::ensure!(
+            config.election_timeout >= config.heartbeat_interval * 2,
+            "the election timeout ({:?}) must be at least twice the quorum heartbeat ({:?})",
+            config.election_timeout,
+            config.heartbeat_interval
+        );
+        let raft_config = openraft::Config {
+            cluster_name: "sluice".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: config.snapshot_every / 10,
+            ..Default::default()
+        }
+        .validate()
+        .context("quorum timing settings")?;
+        let raft = Raft::new(
+            config.node_id as u64,
+            Arc::new(raft_config),
+            network::NetworkFactory {
+                node_id: config.node_id,
+                voters: config.voters.clone(),
+                retry: config.heartbeat_interval,
+            },
+            log,
+            sm,
+        )
+        .await
+        .context("starting the quorum")?;
+        if !raft.is_initialized().await.context("quorum state")? {
+            let members: BTreeMap<u64, BasicNode> = config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id as u64, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(e).context("initializing the quorum"),
+            }
+        }
+        let addrs = config.voters.clone();
+        let resolve: Resolve = Arc::new(move |id| addrs.get(&id).cloned());
+        Ok(Quorum {
+            node_id: config.node_id,
+            peers: Pool::new(
+                format!("sluice-controller-{}", config.node_id),
+                resolve,
+                RPC_TIMEOUT,
+            ),
+            raft,
+            view,
+            voters: config.voters,
+            heartbeats: Mutex::new(HashMap::new()),
+            commit_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "sluice_quorum_commit_duration_seconds",
+                    "Time from proposing a metadata change to having it applied on this broker.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .context("quorum commit histogram")?,
+            controller_changes: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
+    /// The inter-broker address of voter `id`, from `--peers`.
+    pub fn voter_addr(&self, id: i32) -> Option<String> {
+        self.voters.get(&id).cloned()
+    }
+
+    /// The voters' broker ids, sorted.
+    pub fn voter_ids(&self) -> Vec<i32> {
+        self.voters.keys().copied().collect()
+    }
+
+    /// The latest applied metadata.
+    pub fn view(&self) -> MetadataView {
+        self.view.borrow().clone()
+    }
+
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.view.borrow().image.clone()
+    }
+
+    /// Wakes on every applied batch.
+    pub fn subscribe(&self) -> watch::Receiver<MetadataView> {
+        self.view.clone()
+    }
+
+    /// The controller (Raft leader) as this broker last heard it.
+    pub fn controller_id(&self) -> Option<i32> {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(|id| id as i32)
+    }
+
+    pub fn is_controller(&self) -> bool {
+        self.controller_id() == Some(self.node_id)
+    }
+
+    /// Commits `command` through the controller and waits until this
+    /// broker has applied it, so the caller reads its own write. Retries
+    /// through elections until `timeout`.
+    pub async fn propose(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, ProposeError> {
+        self.propose_indexed(command, timeout)
+            .await
+            .map(|p| p.result)
+    }
+
+    /// `propose`, also giving the log index the command was committed at
+    /// (so the caller can wait for a view that includes it).
+    pub async fn propose_indexed(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Proposed, ProposeError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            let attempt = match self.controller_id() {
+                Some(id) if id == self.node_id => self.propose_local(command.clone()).await,
+                Some(id) => self.forward(id, command.clone()).await,
+                None => Err(ProposeError::NotController {
+                    node: self.node_id,
+                    leader: None,
+                }),
+            };
+            match attempt {
+                Ok(p) => {
+                    self.wait_applied(p.index, deadline).await?;
+                    self.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    return Ok(p);
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::debug!(error = %e, "proposal gave up");
+                    return Err(ProposeError::Timeout(timeout));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "proposal will be retried");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn propose_local(&self, command: Command) -> Result<Proposed, ProposeError> {
+        match self.raft.client_write(command).await {
+            Ok(r) => Ok(Proposed {
+                index: r.log_id.index,
+                result: r.data,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotController {
+                    node: self.node_id,
+                    leader: f.leader_id.map(|l| l as i32),
+                })
+            }
+            Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn forward(&self, controller: i32, command: Command) -> Result<Proposed, ProposeError> {
+        match self
+            .call_peer(controller, &QuorumRequest::Propose(command))
+            .await
+        {
+            Ok(QuorumResponse::Propose(r)) => r,
+            Ok(other) => Err(ProposeError::Unavailable(format!(
+                "controller {controller} answered {other:?}"
+            ))),
+            Err(e) => Err(ProposeError::Unavailable(format!(
+                "controller {controller}: {e}"
+            ))),
+        }
+    }
+
+    /// One request to voter `id` on its persistent connection.
+    async fn call_peer(&self, id: i32, request: &QuorumRequest) -> std::io::Result<QuorumResponse> {
+        let conn = self.peers.get(id).await.map_err(rpc::to_io)?;
+        let result = rpc::call(&conn, request, RPC_TIMEOUT).await;
+        if result.is_err() {
+            self.peers.reset(id).await;
+        }
+        result
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ProposeError> {
+        let mut rx = self.view.clone();
+        let wait = rx.wait_for(|v| v.applied_index >= index);
+        match tokio::time::timeout_at(deadline.into(), wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ProposeError::Unavailable("quorum stopped".into())),
+            Err(_) => Err(ProposeError::Timeout(Duration::ZERO)),
+        }
+    }
+
+    /// Tells the controller this broker is alive.
+    pub async fn heartbeat(&self, incarnation: Uuid) -> Result<(), ProposeError> {
+        match self.controller_id() {
+            Some(id) if id == self.node_id => {
+                self.record_heartbeat(self.node_id, incarnation);
+                Ok(())
+            }
+            Some(id) => {
+                let request = QuorumRequest::Heartbeat {
+                    broker: self.node_id,
+                    incarnation,
+                };
+                match self.call_peer(id, &request).await {
+                    Ok(QuorumResponse::Heartbeat(r)) => r,
+                    Ok(other) => Err(ProposeError::Unavailable(format!("{other:?}"))),
+                    Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+                }
+            }
+            None => Err(ProposeError::NotController {
+                node: self.node_id,
+                leader: None,
+            }),
+        }
+    }
+
+    fn record_heartbeat(&self, broker: i32, incarnation: Uuid) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(broker, (incarnation, Instant::now()));
+    }
+
+    /// When the controller last heard from `broker`'s `incarnation`.
+    pub fn last_heartbeat(&self, broker: i32, incarnation: Uuid) -> Option<Instant> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&broker)
+            .filter(|(inc, _)| *inc == incarnation)
+            .map(|(_, at)| *at)
+    }
+
+    /// Forgets all heartbeats (on becoming controller: the previous
+    /// controller's knowledge is not ours, so everyone gets a fresh grace
+    /// period).
+    pub fn reset_heartbeats(&self) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Answers one quorum request from a peer.
+    pub async fn handle(&self, request: QuorumRequest) -> QuorumResponse {
+        match request {
+            QuorumRequest::AppendEntries(r) => {
+                QuorumResponse::AppendEntries(self.raft.append_entries(r).await)
+            }
+            QuorumRequest::Vote(r) => QuorumResponse::Vote(self.raft.vote(r).await),
+            QuorumRequest::InstallSnapshot(r) => {
+                QuorumResponse::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+            QuorumRequest::Propose(command) => {
+                QuorumResponse::Propose(self.propose_local(command).await)
+            }
+            QuorumRequest::Heartbeat {
+                broker,
+                incarnation,
+            } => QuorumResponse::Heartbeat(if self.is_controller() {
+                self.record_heartbeat(broker, incarnation);
+                Ok(())
+            } else {
+                Err(ProposeError::NotController {
+                    node: self.node_id,
+                    leader: self.controller_id(),
+                })
+            }),
+        }
+    }
+
+    /// Answers a raw quorum frame (without length prefix) with a
+    /// length-prefixed response frame.
+    pub async fn handle_frame(&self, frame: &[u8]) -> Vec<u8> {
+        let (correlation, request) = rpc::decode_request(frame);
+        let response = match request {
+            Ok(r) => self.handle(r).await,
+            Err(e) => QuorumResponse::BadRequest(e),
+        };
+        rpc::encode_response(correlation, &response)
+    }
+
+    /// Raft metrics for /metrics and diagnostics.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<u64, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "quorum did not shut down cleanly");
+        }
+    }
+}
+
+/// Parses `--peers` (`id@host:port,...`) into voter addresses.
+pub fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<i32, String>> {
+    let mut out = BTreeMap::new();
+    for item in peers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .with_context(|| format!("peer '{item}' must be id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .with_context(|| format!("peer '{item}': id '{id}' is not a number"))?;
+        anyhow::ensure!(id >= 0, "peer '{item}': id must be >= 0");
+        let (host, port) = addr
+            .rsplit_once(':')
+            .with_context(|| format!("peer '{item}': address must be host:port"))?;
+        anyhow::ensure!(!host.is_empty(), "peer '{item}': empty host");
+        port.parse::<u16>()
+            .with_context(|| format!("peer '{item}': port '{port}'"))?;
+        anyhow::ensure!(
+            out.insert(id, addr.to_string()).is_none(),
+            "peer id {id} appears twice in peers"
+        );
+    }
+    Ok(out)
+}
+
+/// A one-voter quorum in `dir` with broker 0 registered, for unit tests of
+/// what sits on top of the metadata.
+/// Always compiled (one build for tests and binaries).
+#[doc(hidden)]
+pub async fn single_voter_for_tests(dir: &std::path::Path) -> Arc<Quorum> {
+    let quorum = Quorum::start(QuorumConfig {
+        node_id: 0,
+        voters: [(0, "127.0.0.1:9".to_string())].into(),
+        dir: dir.join("quorum"),
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout: Duration::from_millis(300),
+        snapshot_every: SNAPSHOT_EVERY,
+    })
+    .await
+    .expect("quorum starts");
+    quorum
+        .propose(
+            Command::RegisterBroker {
+                id: 0,
+                host: "127.0.0.1".into(),
+                port: 9092,
+                incarnation: Uuid::new_v4(),
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("committed")
+        .expect("registered");
+    Arc::new(quorum)
+}
+
+#[cfg(test)]
+mod tests;

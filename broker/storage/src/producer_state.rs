@@ -1,0 +1,359 @@
+//! Idempotent-producer state of one partition: for each producer id, its
+//! epoch and the sequence ranges of its last five batches, so a retried
+//! batch is answered with the offsets it got the first time instead of being
+//! written twice. Rebuilt on startup (and after a truncation) from the
+//! latest snapshot plus the batch headers after it, so it is replicated
+//! with the log itself: a new leader knows what its log holds.
+//!
+//! Two kinds of producer ids share it. Client producers (from
+//! InitProducerId) must send consecutive sequences. *Derived* producers
+//! (ids from [`DERIVED_PRODUCER_IDS`] up) are the broker's own, for records
+//! a plugin moved from the partition a client addressed: each routed
+//! sub-batch carries the client batch's last sequence, so their sequences
+//! only increase and may skip (see `sluice_broker::routing`).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use sluice_protocol::batch::BatchHeader;
+
+/// Producer ids from here up are never handed out to clients: the broker
+/// derives them for plugin-routed sub-batches.
+pub const DERIVED_PRODUCER_IDS: i64 = 1 << 62;
+
+pub fn is_derived(producer_id: i64) -> bool {
+    producer_id >= DERIVED_PRODUCER_IDS
+}
+
+/// How many recent batches per producer are remembered (Kafka's value;
+/// clients keep at most five requests in flight per connection).
+pub const BATCHES_KEPT: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchMeta {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    pub batches: VecDeque<BatchMeta>,
+    /// Wall-clock time of the last append, for expiry.
+    pub last_append_ms: i64,
+}
+
+/// Why an idempotent batch was refused; each is the Kafka error of that name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    #[error("producer {pid} epoch {got} is older than the current epoch {current}")]
+    InvalidProducerEpoch { pid: i64, got: i16, current: i16 },
+    #[error("producer {pid}: expected sequence {expected}, got {got}")]
+    OutOfOrderSequence { pid: i64, expected: i32, got: i32 },
+}
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Not idempotent, or the next batch in sequence: append it.
+    Append,
+    /// Already written: answer with the original offsets.
+    Duplicate(BatchMeta),
+}
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX { 0 } else { seq + 1 }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerStates {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+impl ProducerStates {
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Classifies a batch before it is written (Kafka's
+    /// `ProducerAppendInfo.checkSequence` and duplicate lookup).
+    pub fn check(&self, h: &BatchHeader) -> Result<SequenceCheck, SequenceError> {
+        if h.producer_id < 0 {
+            return Ok(SequenceCheck::Append);
+        }
+        let pid = h.producer_id;
+        let first = h.base_sequence;
+        let last = first.wrapping_add(h.last_offset_delta);
+        // Unknown (or forgotten: expired, or its batches removed by
+        // retention): any sequence starts it, as in Kafka since KIP-360.
+        let Some(entry) = self.producers.get(&pid) else {
+            return Ok(SequenceCheck::Append);
+        };
+        if h.producer_epoch < entry.epoch {
+            return Err(SequenceError::InvalidProducerEpoch {
+                pid,
+                got: h.producer_epoch,
+                current: entry.epoch,
+            });
+        }
+        if h.producer_epoch > entry.epoch {
+            // A bumped epoch restarts the sequence.
+            return if first == 0 || is_derived(pid) {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(SequenceError::OutOfOrderSequence {
+                    pid,
+                    expected: 0,
+                    got: first,
+                })
+            };
+        }
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first && b.last_seq == last)
+        {
+            return Ok(SequenceCheck::Duplicate(*dup));
+        }
+        let Some(newest) = entry.batches.back() else {
+            return Ok(SequenceCheck::Append);
+        };
+        if is_derived(pid) {
+            return if first > newest.first_seq {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(SequenceError::OutOfOrderSequence {
+                    pid,
+                    expected: newest.first_seq.saturating_add(1),
+                    got: first,
+                })
+            };
+        }
+        let expected = next_seq(newest.last_seq);
+        if first == expected {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(SequenceError::OutOfOrderSequence {
+                pid,
+                expected,
+                got: first,
+            })
+        }
+    }
+
+    /// The newest batch of `producer_id` and its epoch, if remembered.
+    pub fn latest(&self, producer_id: i64) -> Option<(i16, BatchMeta)> {
+        let entry = self.producers.get(&producer_id)?;
+        Some((entry.epoch, *entry.batches.back()?))
+    }
+
+    /// Every remembered batch of `producer_id` in `epoch`, oldest first.
+    pub fn batches(&self, producer_id: i64, epoch: i16) -> Vec<BatchMeta> {
+        self.producers
+            .get(&producer_id)
+            .filter(|e| e.epoch == epoch)
+            .map(|e| e.batches.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a batch that was written (header carries assigned offsets).
+    pub fn record(&mut self, h: &BatchHeader, now_ms: i64) {
+        if h.producer_id < 0 {
+            return;
+        }
+        let entry = self
+            .producers
+            .entry(h.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: h.producer_epoch,
+                batches: VecDeque::new(),
+                last_append_ms: now_ms,
+            });
+        if h.producer_epoch != entry.epoch {
+            entry.epoch = h.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.batches.push_back(BatchMeta {
+            first_seq: h.base_sequence,
+            last_seq: h.base_sequence.wrapping_add(h.last_offset_delta),
+            first_offset: h.base_offset,
+            last_offset: h.last_offset(),
+            timestamp: h.max_timestamp,
+        });
+        while entry.batches.len() > BATCHES_KEPT {
+            entry.batches.pop_front();
+        }
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+    }
+
+    /// Forgets producers idle longer than `expiration_ms`.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers
+            .retain(|_, e| now_ms.saturating_sub(e.last_append_ms) <= expiration_ms);
+        before - self.producers.len()
+    }
+
+    /// Writes a snapshot of the state as of `offset` (exclusive), CRC-guarded.
+    pub fn save_snapshot(&self, path: &Path) -> io::Result<()> {
+        let body = serde_json::to_vec(&self.producers).map_err(io::Error::other)?;
+        let mut out = format!("{:08x}\n", crc32fast::hash(&body)).into_bytes();
+        out.extend_from_slice(&body);
+        let tmp = path.with_extension("snapshot.tmp");
+        fs::write(&tmp, &out)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, path)
+    }
+
+    /// Loads a snapshot; `None` if missing or corrupt (the caller then
+    /// rebuilds from the log instead).
+    pub fn load_snapshot(path: &Path) -> Option<ProducerStates> {
+        let data = fs::read(path).ok()?;
+        let nl = data.iter().position(|&b| b == b'\n')?;
+        let stored = u32::from_str_radix(std::str::from_utf8(&data[..nl]).ok()?, 16).ok()?;
+        let body = &data[nl + 1..];
+        if crc32fast::hash(body) != stored {
+            return None;
+        }
+        let producers = serde_json::from_slice(body).ok()?;
+        Some(ProducerStates { producers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: i64, epoch: i16, seq: i32, count: i32, base_offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset,
+            len: 100,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: count - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            records_count: count,
+        }
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_are_duplicates() {
+        let mut s = ProducerStates::default();
+        let b0 = header(7, 0, 0, 3, 10);
+        assert_eq!(s.check(&b0), Ok(SequenceCheck::Append));
+        s.record(&b0, 1);
+        let b1 = header(7, 0, 3, 2, 13);
+        assert_eq!(s.check(&b1), Ok(SequenceCheck::Append));
+        s.record(&b1, 2);
+        match s.check(&header(7, 0, 0, 3, -1)) {
+            Ok(SequenceCheck::Duplicate(m)) => {
+                assert_eq!((m.first_offset, m.last_offset), (10, 12))
+            }
+            other => panic!("expected duplicate, got {other:?}"),
+        }
+        assert!(matches!(
+            s.check(&header(7, 0, 9, 1, -1)),
+            Err(SequenceError::OutOfOrderSequence {
+                expected: 5,
+                got: 9,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn epochs_fence_and_reset_sequences() {
+        let mut s = ProducerStates::default();
+        s.record(&header(1, 2, 0, 1, 0), 0);
+        assert!(matches!(
+            s.check(&header(1, 1, 1, 1, -1)),
+            Err(SequenceError::InvalidProducerEpoch { .. })
+        ));
+        assert_eq!(s.check(&header(1, 3, 0, 1, -1)), Ok(SequenceCheck::Append));
+        assert!(s.check(&header(1, 3, 5, 1, -1)).is_err());
+        // An unknown producer may start anywhere (its state may have gone
+        // with retention), as in Kafka.
+        assert_eq!(s.check(&header(2, 0, 4, 1, -1)), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn derived_producers_only_need_increasing_sequences() {
+        let pid = DERIVED_PRODUCER_IDS + 7;
+        let mut s = ProducerStates::default();
+        // Sub-batches carry the client batch's last sequence: 9, then 19.
+        s.record(&header(pid, 0, 9, 3, 0), 0);
+        assert_eq!(
+            s.check(&header(pid, 0, 19, 2, -1)),
+            Ok(SequenceCheck::Append)
+        );
+        s.record(&header(pid, 0, 19, 2, 3), 0);
+        assert!(matches!(
+            s.check(&header(pid, 0, 9, 3, -1)),
+            Ok(SequenceCheck::Duplicate(BatchMeta {
+                first_offset: 0,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            s.check(&header(pid, 0, 15, 1, -1)),
+            Err(SequenceError::OutOfOrderSequence { .. })
+        ));
+        // A client's epoch bump restarts them anywhere.
+        assert_eq!(
+            s.check(&header(pid, 1, 4, 1, -1)),
+            Ok(SequenceCheck::Append)
+        );
+        assert_eq!(s.latest(pid).map(|(e, b)| (e, b.first_seq)), Some((0, 19)));
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            s.record(&header(1, 0, i, 1, i64::from(i)), 0);
+        }
+        assert!(matches!(
+            s.check(&header(1, 0, 6, 1, -1)),
+            Ok(SequenceCheck::Duplicate(_))
+        ));
+        assert!(matches!(
+            s.check(&header(1, 0, 2, 1, -1)),
+            Ok(SequenceCheck::Duplicate(_))
+        ));
+        assert!(s.check(&header(1, 0, 1, 1, -1)).is_err());
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_expiry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = ProducerStates::default();
+        s.record(&header(1, 0, 0, 1, 0), 1_000);
+        s.record(&header(2, 0, 0, 1, 1), 50_000);
+        let p = dir.path().join("x.snapshot");
+        s.save_snapshot(&p).expect("save");
+        assert_eq!(ProducerStates::load_snapshot(&p), Some(s.clone()));
+        let mut bytes = fs::read(&p).expect("read");
+        let n = bytes.len();
+        bytes[n - 2] ^= 1;
+        fs::write(&p, bytes).expect("write");
+        assert_eq!(ProducerStates::load_snapshot(&p), None);
+        assert_eq!(s.expire(60_000, 20_000), 1);
+        assert_eq!(s.len(), 1);
+    }
+}
