@@ -48,7 +48,7 @@ use futures::future::join_all;
 use kafka_protocol::ResponseError;
 use sha2::{Digest, Sha256};
 
-use crate::broker::Broker;
+use crate::api::services::Writes;
 use crate::cluster::topics::Topic;
 use crate::replication::{Acks, LeaderState, WriteError};
 use crate::view::ClusterView;
@@ -189,7 +189,7 @@ struct SubBatch {
 /// among the five each target remembers.
 #[allow(clippy::too_many_arguments)]
 pub async fn produce(
-    b: &Broker,
+    b: &Writes<'_>,
     view: &ClusterView,
     topic: &Arc<Topic>,
     bindings: &Arc<Bindings>,
@@ -450,7 +450,7 @@ struct Landed {
 /// the local write path, the others forwarded to their leaders (one request
 /// per broker). One result per sub-batch.
 async fn store_all(
-    b: &Broker,
+    b: &Writes<'_>,
     view: &ClusterView,
     topic: &Arc<Topic>,
     subs: Vec<SubBatch>,
@@ -474,7 +474,7 @@ async fn store_all(
     let local_writes = local.into_iter().map(|s| async move {
         let ls = b
             .views
-            .leader_for_write(&b.quorum, view, name, s.partition)
+            .leader_for_write(b.quorum, view, name, s.partition)
             .await
             .map_err(|e| WriteError::new(e, format!("{name}-{}: {e:?}", s.partition)))?;
         let (partition, len, records) = (s.partition, s.bytes.len() as u64, s.records);

@@ -16,9 +16,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::services::Admin;
 use super::topics::topic_error;
 use super::{error_code, str_bytes};
-use crate::broker::Broker;
 use sluice_metadata::topic_config::{self, ConfigType};
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -27,8 +27,8 @@ const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let view = b.view();
+pub fn describe_configs(b: &Admin<'_>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let view = b.views.current();
     let mut resp = DescribeConfigsResponse::default();
     for res in req.resources {
         let mut r = DescribeConfigsResult::default();
@@ -42,7 +42,7 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConf
         match res.resource_type {
             RESOURCE_TOPIC => {
                 let Some(topic) = view.image.topics.get(res.resource_name.as_str()) else {
-                    r.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
+                    r.error_code = error_code(b.metrics, ResponseError::UnknownTopicOrPartition);
                     r.error_message = Some(str_bytes(format!(
                         "topic '{}' does not exist",
                         res.resource_name
@@ -78,7 +78,7 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConf
             RESOURCE_BROKER => {
                 let name = res.resource_name.as_str();
                 if !name.is_empty() && name != b.node_id.to_string() {
-                    r.error_code = error_code(b, ResponseError::InvalidRequest);
+                    r.error_code = error_code(b.metrics, ResponseError::InvalidRequest);
                     r.error_message = Some(str_bytes(format!(
                         "this is broker {}, not '{name}'",
                         b.node_id
@@ -97,7 +97,7 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest) -> DescribeConf
                 }
             }
             other => {
-                r.error_code = error_code(b, ResponseError::InvalidRequest);
+                r.error_code = error_code(b.metrics, ResponseError::InvalidRequest);
                 r.error_message =
                     Some(str_bytes(format!("resource type {other} is not supported")));
             }
@@ -115,27 +115,27 @@ fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
     s
 }
 
-fn broker_configs(b: &Broker) -> Vec<(&'static str, String, ConfigType)> {
+fn broker_configs(b: &Admin<'_>) -> Vec<(&'static str, String, ConfigType)> {
     vec![
         ("broker.id", b.node_id.to_string(), ConfigType::Int),
         (
             "num.partitions",
-            b.args.default_partitions.to_string(),
+            b.settings.default_partitions.to_string(),
             ConfigType::Int,
         ),
         (
             "auto.create.topics.enable",
-            b.args.auto_create_topics.to_string(),
+            b.settings.auto_create_topics.to_string(),
             ConfigType::Boolean,
         ),
         (
             "socket.request.max.bytes",
-            b.args.max_request_bytes.to_string(),
+            b.settings.max_request_bytes.to_string(),
             ConfigType::Int,
         ),
         (
             "log.dirs",
-            b.args.data_dir.display().to_string(),
+            b.settings.data_dir.display().to_string(),
             ConfigType::String,
         ),
     ]
@@ -144,7 +144,7 @@ fn broker_configs(b: &Broker) -> Vec<(&'static str, String, ConfigType)> {
 /// Shared path of both alter APIs: check the resource, compute the new
 /// override map, validate it whole, then apply unless validate-only.
 async fn alter_topic(
-    b: &Broker,
+    b: &Admin<'_>,
     resource_type: i8,
     name: &StrBytes,
     validate_only: bool,
@@ -164,7 +164,7 @@ async fn alter_topic(
             format!("{name} is an internal topic; its configs are managed by the broker"),
         ));
     }
-    let view = b.view();
+    let view = b.views.current();
     let topic = view.image.topics.get(name.as_str()).ok_or_else(|| {
         (
             ResponseError::UnknownTopicOrPartition,
@@ -174,7 +174,8 @@ async fn alter_topic(
     let mut configs = topic.configs.clone();
     change(&mut configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
     topic_config::validate_all(&configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
-    super::check_plugin_bindings(b, &configs).map_err(|m| (ResponseError::InvalidConfig, m))?;
+    super::check_plugin_bindings(b.plugins, &configs)
+        .map_err(|m| (ResponseError::InvalidConfig, m))?;
     if validate_only {
         return Ok(());
     }
@@ -183,14 +184,14 @@ async fn alter_topic(
         .set_configs(name.as_str(), configs)
         .await
         .map_err(|e| (topic_error(&e), e.to_string()))?;
-    b.await_view(index)
+    super::committed(b.views, index)
         .await
         .map_err(|e| (topic_error(&e), e.to_string()))?;
     tracing::info!(topic = %name, "topic configs changed");
     Ok(())
 }
 
-pub async fn alter_configs(b: &Broker, req: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter_configs(b: &Admin<'_>, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let mut resp = AlterConfigsResponse::default();
     for res in req.resources {
         let mut r = alter_configs_response::AlterConfigsResourceResponse::default();
@@ -213,7 +214,7 @@ pub async fn alter_configs(b: &Broker, req: AlterConfigsRequest) -> AlterConfigs
         )
         .await;
         if let Err((code, msg)) = outcome {
-            r.error_code = error_code(b, code);
+            r.error_code = error_code(b.metrics, code);
             r.error_message = Some(str_bytes(msg));
         }
         resp.responses.push(r);
@@ -222,7 +223,7 @@ pub async fn alter_configs(b: &Broker, req: AlterConfigsRequest) -> AlterConfigs
 }
 
 pub async fn incremental_alter_configs(
-    b: &Broker,
+    b: &Admin<'_>,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut resp = IncrementalAlterConfigsResponse::default();
@@ -264,7 +265,7 @@ pub async fn incremental_alter_configs(
         )
         .await;
         if let Err((code, msg)) = outcome {
-            r.error_code = error_code(b, code);
+            r.error_code = error_code(b.metrics, code);
             r.error_message = Some(str_bytes(msg));
         }
         resp.responses.push(r);

@@ -18,7 +18,7 @@ use kafka_protocol::messages::fetch_response::{
 use tokio::time::Instant;
 
 use super::error_code;
-use crate::broker::Broker;
+use super::services::Reads;
 use crate::replication::check_leader_epoch;
 use sluice_plugin_host::Bindings;
 use sluice_protocol::batch;
@@ -30,8 +30,8 @@ const MAX_FETCH_BYTES: usize = 55 * 1024 * 1024;
 /// Longest long-poll we honour, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
-pub async fn fetch(b: &Broker, req: FetchRequest) -> FetchResponse {
-    let view = b.view();
+pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
+    let view = b.views.current();
     let replica = (req.replica_id.0 >= 0).then_some(req.replica_id.0);
     let deadline =
         Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
@@ -119,7 +119,7 @@ type Target = (i32, i64, i32, Result<Arc<PartitionLog>, ResponseError>);
 type Targets = [(String, Option<Arc<Bindings>>, Vec<Target>)];
 
 fn read_all(
-    b: &Broker,
+    b: &Reads<'_>,
     targets: &Targets,
     max_bytes: usize,
     replica: bool,
@@ -136,7 +136,7 @@ fn read_all(
             let log = match log {
                 Ok(log) => log,
                 Err(e) => {
-                    pd.error_code = error_code(b, *e);
+                    pd.error_code = error_code(b.metrics, *e);
                     pd.high_watermark = -1;
                     any_error = true;
                     tr.partitions.push(pd);
@@ -182,7 +182,7 @@ fn read_all(
                     pd.records = Some(records);
                 }
                 Err(LogError::OffsetOutOfRange { start, .. }) => {
-                    pd.error_code = error_code(b, ResponseError::OffsetOutOfRange);
+                    pd.error_code = error_code(b.metrics, ResponseError::OffsetOutOfRange);
                     pd.high_watermark = log.high_watermark();
                     pd.last_stable_offset = pd.high_watermark;
                     pd.log_start_offset = start;
@@ -190,7 +190,7 @@ fn read_all(
                 }
                 Err(e) => {
                     tracing::error!(partition = %log.name(), error = %e, "fetch read failed");
-                    pd.error_code = error_code(b, ResponseError::KafkaStorageError);
+                    pd.error_code = error_code(b.metrics, ResponseError::KafkaStorageError);
                     any_error = true;
                 }
             }
@@ -201,7 +201,7 @@ fn read_all(
     (resp, total, any_error)
 }
 
-fn record_out(b: &Broker, resp: &FetchResponse) {
+fn record_out(b: &Reads<'_>, resp: &FetchResponse) {
     for t in &resp.responses {
         let mut bytes = 0u64;
         let mut records = 0u64;

@@ -28,23 +28,23 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName, delete_groups_response,
 };
 
+use super::services::Groups;
 use super::{RequestContext, error_code, str_bytes};
-use crate::broker::Broker;
 use crate::groups::{CommittedOffset, JoinRequest, MAX_METADATA_BYTES};
 use sluice_storage::now_ms;
 
-fn code(b: &Broker, e: Option<ResponseError>) -> i16 {
-    e.map_or(0, |e| error_code(b, e))
+fn code(b: &Groups<'_>, e: Option<ResponseError>) -> i16 {
+    e.map_or(0, |e| error_code(b.metrics, e))
 }
 
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub fn find_coordinator(
-    b: &Broker,
+    b: &Groups<'_>,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let view = b.view();
+    let view = b.views.current();
     let mut resp = FindCoordinatorResponse::default();
     // A group's coordinator is the leader of the offsets partition its id
     // hashes to. Transactions are not implemented, so no transaction
@@ -52,7 +52,7 @@ pub fn find_coordinator(
     let answer = |key: &str| -> Result<(i32, String, i32), (i16, String)> {
         if req.key_type == KEY_TYPE_TRANSACTION {
             return Err((
-                error_code(b, ResponseError::CoordinatorNotAvailable),
+                error_code(b.metrics, ResponseError::CoordinatorNotAvailable),
                 format!("transactions are not supported by this broker (transactional id '{key}')"),
             ));
         }
@@ -60,7 +60,7 @@ pub fn find_coordinator(
             .map(|c| (c.id, c.host.clone(), c.port))
             .ok_or_else(|| {
                 (
-                    error_code(b, ResponseError::CoordinatorNotAvailable),
+                    error_code(b.metrics, ResponseError::CoordinatorNotAvailable),
                     format!("the offsets partition of group '{key}' has no leader right now"),
                 )
             })
@@ -109,7 +109,7 @@ pub fn find_coordinator(
 }
 
 pub async fn join_group(
-    b: &Broker,
+    b: &Groups<'_>,
     ctx: &RequestContext,
     req: JoinGroupRequest,
     version: i16,
@@ -167,7 +167,7 @@ pub async fn join_group(
     r
 }
 
-pub async fn sync_group(b: &Broker, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+pub async fn sync_group(b: &Groups<'_>, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
     let outcome = b
         .groups
         .sync(
@@ -191,7 +191,7 @@ pub async fn sync_group(b: &Broker, req: SyncGroupRequest, version: i16) -> Sync
     r
 }
 
-pub fn heartbeat(b: &Broker, req: HeartbeatRequest) -> HeartbeatResponse {
+pub fn heartbeat(b: &Groups<'_>, req: HeartbeatRequest) -> HeartbeatResponse {
     let mut r = HeartbeatResponse::default();
     r.error_code = code(
         b,
@@ -205,7 +205,7 @@ pub fn heartbeat(b: &Broker, req: HeartbeatRequest) -> HeartbeatResponse {
     r
 }
 
-pub fn leave_group(b: &Broker, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+pub fn leave_group(b: &Groups<'_>, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         req.members
             .iter()
@@ -221,7 +221,7 @@ pub fn leave_group(b: &Broker, req: LeaveGroupRequest, version: i16) -> LeaveGro
     };
     let mut r = LeaveGroupResponse::default();
     match b.groups.leave(req.group_id.0.as_str(), &members) {
-        Err(e) => r.error_code = error_code(b, e),
+        Err(e) => r.error_code = error_code(b.metrics, e),
         Ok(results) if version >= 3 => {
             r.members = members
                 .into_iter()
@@ -241,7 +241,7 @@ pub fn leave_group(b: &Broker, req: LeaveGroupRequest, version: i16) -> LeaveGro
 }
 
 pub async fn offset_commit(
-    b: &Broker,
+    b: &Groups<'_>,
     req: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
@@ -252,7 +252,7 @@ pub async fn offset_commit(
     let mut accepted_at = Vec::new();
     // Any partition that exists in the cluster metadata: the coordinator
     // leads an offsets partition, not the committed topic's partitions.
-    let view = b.view();
+    let view = b.views.current();
     for t in &req.topics {
         let name = t.name.0.to_string();
         let partitions = view
@@ -267,12 +267,12 @@ pub async fn offset_commit(
             pr.partition_index = p.partition_index;
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
             if usize::try_from(p.partition_index).map_or(true, |i| i >= partitions) {
-                pr.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
+                pr.error_code = error_code(b.metrics, ResponseError::UnknownTopicOrPartition);
             } else if metadata
                 .as_ref()
                 .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
             {
-                pr.error_code = error_code(b, ResponseError::OffsetMetadataTooLarge);
+                pr.error_code = error_code(b.metrics, ResponseError::OffsetMetadataTooLarge);
             } else {
                 accepted.push((
                     name.clone(),
@@ -308,7 +308,7 @@ pub async fn offset_commit(
         )
         .await;
     if let Err(e) = result {
-        let c = error_code(b, e);
+        let c = error_code(b.metrics, e);
         for (ti, pi) in accepted_at {
             resp.topics[ti].partitions[pi].error_code = c;
         }
@@ -318,7 +318,7 @@ pub async fn offset_commit(
 
 type Wanted = Option<Vec<(String, Vec<i32>)>>;
 
-pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+pub fn offset_fetch(b: &Groups<'_>, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     let mut resp = OffsetFetchResponse::default();
     if version >= 8 {
         for g in req.groups {
@@ -330,7 +330,7 @@ pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> Offset
             let mut gr = OffsetFetchResponseGroup::default();
             gr.group_id = g.group_id.clone();
             if let Err(e) = b.groups.coordination(g.group_id.0.as_str()) {
-                gr.error_code = error_code(b, e);
+                gr.error_code = error_code(b.metrics, e);
                 resp.groups.push(gr);
                 continue;
             }
@@ -358,7 +358,7 @@ pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> Offset
     if let Err(e) = b.groups.coordination(req.group_id.0.as_str()) {
         // v0/v1 have no top-level error: their clients see no offsets.
         if version >= 2 {
-            resp.error_code = error_code(b, e);
+            resp.error_code = error_code(b.metrics, e);
         }
         return resp;
     }
@@ -388,7 +388,7 @@ pub fn offset_fetch(b: &Broker, req: OffsetFetchRequest, version: i16) -> Offset
     resp
 }
 
-pub fn list_groups(b: &Broker, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+pub fn list_groups(b: &Groups<'_>, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
     let filter: Vec<String> = req
         .states_filter
         .iter()
@@ -417,7 +417,7 @@ pub fn list_groups(b: &Broker, req: ListGroupsRequest, version: i16) -> ListGrou
 }
 
 pub fn describe_groups(
-    b: &Broker,
+    b: &Groups<'_>,
     req: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
@@ -426,7 +426,7 @@ pub fn describe_groups(
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
         if let Err(e) = b.groups.coordination(id.0.as_str()) {
-            g.error_code = error_code(b, e);
+            g.error_code = error_code(b.metrics, e);
             resp.groups.push(g);
             continue;
         }
@@ -460,7 +460,7 @@ pub fn describe_groups(
     resp
 }
 
-pub async fn delete_groups(b: &Broker, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn delete_groups(b: &Groups<'_>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut resp = DeleteGroupsResponse::default();
     for id in req.groups_names {
         let mut r = delete_groups_response::DeletableGroupResult::default();
@@ -471,7 +471,7 @@ pub async fn delete_groups(b: &Broker, req: DeleteGroupsRequest) -> DeleteGroups
     resp
 }
 
-pub async fn offset_delete(b: &Broker, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub async fn offset_delete(b: &Groups<'_>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let mut resp = OffsetDeleteResponse::default();
     let partitions: Vec<(String, i32)> = req
         .topics
@@ -487,7 +487,7 @@ pub async fn offset_delete(b: &Broker, req: OffsetDeleteRequest) -> OffsetDelete
         .delete_offsets(req.group_id.0.as_str(), partitions)
         .await
     {
-        Err(e) => resp.error_code = error_code(b, e),
+        Err(e) => resp.error_code = error_code(b.metrics, e),
         Ok(results) => {
             let mut results = results.into_iter();
             for t in req.topics {

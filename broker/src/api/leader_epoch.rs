@@ -9,14 +9,14 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 
 use super::error_code;
-use crate::broker::Broker;
+use super::services::Reads;
 use crate::replication::check_leader_epoch;
 
 pub fn offset_for_leader_epoch(
-    b: &Broker,
+    b: &Reads<'_>,
     req: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
-    let view = b.view();
+    let view = b.views.current();
     let mut resp = OffsetForLeaderEpochResponse::default();
     for t in req.topics {
         let name = t.topic.0.to_string();
@@ -36,7 +36,7 @@ pub fn offset_for_leader_epoch(
                     r.leader_epoch = epoch;
                     r.end_offset = end;
                 }
-                Err(e) => r.error_code = error_code(b, e),
+                Err(e) => r.error_code = error_code(b.metrics, e),
             }
             tr.partitions.push(r);
         }

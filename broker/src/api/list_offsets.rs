@@ -8,15 +8,15 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 
 use super::error_code;
-use crate::broker::Broker;
+use super::services::Reads;
 use crate::replication::check_leader_epoch;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
-    let view = b.view();
+pub fn list_offsets(b: &Reads<'_>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let view = b.views.current();
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
         let mut tr = ListOffsetsTopicResponse::default();
@@ -33,7 +33,7 @@ pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
                 }) {
                 Ok(log) => log,
                 Err(e) => {
-                    pr.error_code = error_code(b, e);
+                    pr.error_code = error_code(b.metrics, e);
                     tr.partitions.push(pr);
                     continue;
                 }
@@ -45,7 +45,7 @@ pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
                 ts if ts >= 0 => log.offset_for_timestamp(ts),
                 other => {
                     tracing::debug!(timestamp = other, "unsupported ListOffsets timestamp");
-                    pr.error_code = error_code(b, ResponseError::InvalidRequest);
+                    pr.error_code = error_code(b.metrics, ResponseError::InvalidRequest);
                     tr.partitions.push(pr);
                     continue;
                 }
@@ -63,7 +63,7 @@ pub fn list_offsets(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(partition = %log.name(), error = %e, "offset lookup failed");
-                    pr.error_code = error_code(b, ResponseError::KafkaStorageError);
+                    pr.error_code = error_code(b.metrics, ResponseError::KafkaStorageError);
                 }
             }
             tr.partitions.push(pr);

@@ -12,8 +12,8 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, MetadataRequest, TopicName};
 
+use super::services::Admin;
 use super::{error_code, str_bytes};
-use crate::broker::Broker;
 use crate::cluster::topics::{NewTopic, Topic, TopicError, validate_topic_name};
 use sluice_protocol::versions;
 
@@ -21,8 +21,8 @@ pub fn api_versions() -> ApiVersionsResponse {
     versions::api_versions_response()
 }
 
-pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let view = b.view();
+pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let view = b.views.current();
     let mut resp = MetadataResponse::default();
     resp.brokers = view
         .live_brokers()
@@ -48,7 +48,8 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
         return resp;
     };
     // Before v4 there is no flag and Kafka auto-creates whenever enabled.
-    let allow_create = b.args.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let allow_create =
+        b.settings.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
     for t in wanted {
         let name = match (&t.name, t.topic_id.is_nil()) {
             (Some(n), _) => n.0.to_string(),
@@ -60,7 +61,7 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
                 None => {
                     let mut r = MetadataResponseTopic::default();
                     r.topic_id = t.topic_id;
-                    r.error_code = error_code(b, ResponseError::UnknownTopicId);
+                    r.error_code = error_code(b.metrics, ResponseError::UnknownTopicId);
                     resp.topics.push(r);
                     continue;
                 }
@@ -75,12 +76,12 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
         r.name = Some(TopicName(str_bytes(name.clone())));
         if let Err(e) = validate_topic_name(&name) {
             tracing::debug!(topic = %name, error = %e, "metadata for invalid topic name");
-            r.error_code = error_code(b, ResponseError::InvalidTopicException);
+            r.error_code = error_code(b.metrics, ResponseError::InvalidTopicException);
             resp.topics.push(r);
             continue;
         }
         if !allow_create {
-            r.error_code = error_code(b, ResponseError::UnknownTopicOrPartition);
+            r.error_code = error_code(b.metrics, ResponseError::UnknownTopicOrPartition);
             resp.topics.push(r);
             continue;
         }
@@ -89,7 +90,7 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
             .create(
                 NewTopic {
                     name: name.clone(),
-                    partitions: b.args.default_partitions,
+                    partitions: b.settings.default_partitions,
                     replication_factor: 1,
                     assignment: vec![],
                     configs: BTreeMap::new(),
@@ -98,7 +99,7 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
             )
             .await;
         let created = match created {
-            Ok(index) => b.await_view(index).await,
+            Ok(index) => super::committed(b.views, index).await,
             Err(e) => Err(e),
         };
         match created {
@@ -108,20 +109,20 @@ pub async fn metadata(b: &Broker, req: MetadataRequest, version: i16) -> Metadat
                     resp.topics.push(describe(topic));
                 }
                 None => {
-                    r.error_code = error_code(b, ResponseError::LeaderNotAvailable);
+                    r.error_code = error_code(b.metrics, ResponseError::LeaderNotAvailable);
                     resp.topics.push(r);
                 }
             },
             // Another connection created it between our check and now:
             // clients retry on LEADER_NOT_AVAILABLE.
             Err(TopicError::AlreadyExists(_)) => {
-                r.error_code = error_code(b, ResponseError::LeaderNotAvailable);
+                r.error_code = error_code(b.metrics, ResponseError::LeaderNotAvailable);
                 resp.topics.push(r);
             }
             Err(e) => {
                 tracing::warn!(topic = %name, error = %e, "auto-create failed");
                 r.error_code = error_code(
-                    b,
+                    b.metrics,
                     match e {
                         TopicError::InvalidName(_) => ResponseError::InvalidTopicException,
                         _ => ResponseError::LeaderNotAvailable,
@@ -160,8 +161,8 @@ fn describe(t: &Topic) -> MetadataResponseTopic {
     r
 }
 
-pub fn describe_cluster(b: &Broker, _req: DescribeClusterRequest) -> DescribeClusterResponse {
-    let view = b.view();
+pub fn describe_cluster(b: &Admin<'_>, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let view = b.views.current();
     let mut r = DescribeClusterResponse::default();
     r.cluster_id = str_bytes(view.cluster_id());
     r.controller_id = BrokerId(b.quorum.controller_id().unwrap_or(-1));

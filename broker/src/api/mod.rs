@@ -22,6 +22,130 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::Broker;
 use sluice_protocol::DecodedRequest;
 
+/// What each family of handlers gets: the services it uses, not the whole
+/// broker (its settings, lifecycle and the metadata applier stay out of
+/// reach). Built per request from the broker; all are references.
+pub mod services {
+    use sluice_metadata::producer_ids::ProducerIdAllocator;
+    use sluice_metadata::quorum::Quorum;
+    use sluice_plugin_host::PluginHost;
+
+    use crate::broker::Broker;
+    use crate::cluster::topics::TopicRegistry;
+    use crate::config::ServeArgs;
+    use crate::forward::Forwarder;
+    use crate::groups::GroupCoordinator;
+    use crate::metrics::Metrics;
+    use crate::replication::ReplicaManager;
+    use crate::view::Views;
+
+    /// Produce, forwarded produce and routing through plugins.
+    #[derive(Clone, Copy)]
+    pub struct Writes<'a> {
+        pub node_id: i32,
+        pub views: &'a Views,
+        pub quorum: &'a Quorum,
+        pub replicas: &'a ReplicaManager,
+        pub plugins: &'a PluginHost,
+        pub forwarder: &'a Forwarder,
+        pub metrics: &'a Metrics,
+    }
+
+    /// Fetch, ListOffsets, OffsetForLeaderEpoch.
+    pub struct Reads<'a> {
+        pub views: &'a Views,
+        pub plugins: &'a PluginHost,
+        pub metrics: &'a Metrics,
+    }
+
+    /// Metadata, DescribeCluster, topics and configs.
+    pub struct Admin<'a> {
+        pub node_id: i32,
+        pub settings: &'a ServeArgs,
+        pub views: &'a Views,
+        pub quorum: &'a Quorum,
+        pub topics: &'a TopicRegistry,
+        pub plugins: &'a PluginHost,
+        pub metrics: &'a Metrics,
+    }
+
+    /// The consumer-group APIs.
+    pub struct Groups<'a> {
+        pub views: &'a Views,
+        pub groups: &'a GroupCoordinator,
+        pub metrics: &'a Metrics,
+    }
+
+    /// InitProducerId.
+    pub struct ProducerIds<'a> {
+        pub producer_ids: &'a ProducerIdAllocator,
+        pub metrics: &'a Metrics,
+    }
+
+    impl Broker {
+        pub fn writes(&self) -> Writes<'_> {
+            Writes {
+                node_id: self.node_id,
+                views: &self.views,
+                quorum: &self.quorum,
+                replicas: &self.replicas,
+                plugins: &self.plugins,
+                forwarder: &self.forwarder,
+                metrics: &self.metrics,
+            }
+        }
+
+        pub fn reads(&self) -> Reads<'_> {
+            Reads {
+                views: &self.views,
+                plugins: &self.plugins,
+                metrics: &self.metrics,
+            }
+        }
+
+        pub fn admin(&self) -> Admin<'_> {
+            Admin {
+                node_id: self.node_id,
+                settings: &self.args,
+                views: &self.views,
+                quorum: &self.quorum,
+                topics: &self.topics,
+                plugins: &self.plugins,
+                metrics: &self.metrics,
+            }
+        }
+
+        pub fn group_services(&self) -> Groups<'_> {
+            Groups {
+                views: &self.views,
+                groups: &self.groups,
+                metrics: &self.metrics,
+            }
+        }
+
+        pub fn producer_id_services(&self) -> ProducerIds<'_> {
+            ProducerIds {
+                producer_ids: &self.producer_ids,
+                metrics: &self.metrics,
+            }
+        }
+    }
+}
+
+/// Waits until the view includes quorum index `index` (a change this
+/// broker just committed), so the handler reads its own write.
+pub(crate) async fn committed(
+    views: &crate::view::Views,
+    index: u64,
+) -> Result<Arc<crate::view::ClusterView>, crate::cluster::topics::TopicError> {
+    use crate::cluster::topics::PROPOSE_TIMEOUT;
+    views.wait_for(index, PROPOSE_TIMEOUT).await.ok_or_else(|| {
+        crate::cluster::topics::TopicError::Controller(format!(
+            "committed change {index} was not applied here within {PROPOSE_TIMEOUT:?}"
+        ))
+    })
+}
+
 /// Who sent a request, for the handlers that record it (group members).
 pub struct RequestContext {
     pub peer: std::net::SocketAddr,
@@ -50,7 +174,7 @@ pub async fn handle<'a>(
     } = req;
     let req = match body {
         RequestKind::Produce(r) => {
-            let pending = produce::produce(broker, r).await;
+            let pending = produce::produce(broker.writes(), r).await;
             return Box::pin(async move { pending.await.map(ResponseKind::Produce) });
         }
         body => DecodedRequest {
@@ -81,61 +205,73 @@ async fn handle_whole(
     };
     Some(match req.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(metadata::api_versions()),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(b, r, v).await),
-        RequestKind::DescribeCluster(r) => {
-            ResponseKind::DescribeCluster(metadata::describe_cluster(b, r))
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(metadata::metadata(&b.admin(), r, v).await)
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(b, r).await),
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(&b.admin(), r))
+        }
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(&b.reads(), r).await),
         RequestKind::OffsetForLeaderEpoch(r) => {
-            ResponseKind::OffsetForLeaderEpoch(leader_epoch::offset_for_leader_epoch(b, r))
+            ResponseKind::OffsetForLeaderEpoch(leader_epoch::offset_for_leader_epoch(&b.reads(), r))
         }
         RequestKind::ListOffsets(r) => {
-            ResponseKind::ListOffsets(list_offsets::list_offsets(b, r, v))
+            ResponseKind::ListOffsets(list_offsets::list_offsets(&b.reads(), r, v))
         }
         RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(topics::create_topics(b, r, v).await)
+            ResponseKind::CreateTopics(topics::create_topics(&b.admin(), r, v).await)
         }
         RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(topics::delete_topics(b, r).await)
+            ResponseKind::DeleteTopics(topics::delete_topics(&b.admin(), r).await)
         }
         RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(topics::create_partitions(b, r).await)
+            ResponseKind::CreatePartitions(topics::create_partitions(&b.admin(), r).await)
         }
         RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(configs::describe_configs(b, r))
+            ResponseKind::DescribeConfigs(configs::describe_configs(&b.admin(), r))
         }
         RequestKind::AlterConfigs(r) => {
-            ResponseKind::AlterConfigs(configs::alter_configs(b, r).await)
+            ResponseKind::AlterConfigs(configs::alter_configs(&b.admin(), r).await)
         }
-        RequestKind::IncrementalAlterConfigs(r) => {
-            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(b, r).await)
-        }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter_configs(&b.admin(), r).await,
+        ),
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(b, r, v))
+            ResponseKind::FindCoordinator(groups::find_coordinator(&b.group_services(), r, v))
         }
         RequestKind::JoinGroup(r) => {
-            ResponseKind::JoinGroup(groups::join_group(b, &ctx, r, v).await)
+            ResponseKind::JoinGroup(groups::join_group(&b.group_services(), &ctx, r, v).await)
         }
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(b, r, v).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(b, r)),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave_group(b, r, v)),
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(groups::sync_group(&b.group_services(), r, v).await)
+        }
+        RequestKind::Heartbeat(r) => {
+            ResponseKind::Heartbeat(groups::heartbeat(&b.group_services(), r))
+        }
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(&b.group_services(), r, v))
+        }
         RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(b, r, v).await)
+            ResponseKind::OffsetCommit(groups::offset_commit(&b.group_services(), r, v).await)
         }
-        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(b, r, v)),
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(b, r, v)),
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(&b.group_services(), r, v))
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(groups::list_groups(&b.group_services(), r, v))
+        }
         RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(groups::describe_groups(b, r, v))
+            ResponseKind::DescribeGroups(groups::describe_groups(&b.group_services(), r, v))
         }
         RequestKind::DeleteGroups(r) => {
-            ResponseKind::DeleteGroups(groups::delete_groups(b, r).await)
+            ResponseKind::DeleteGroups(groups::delete_groups(&b.group_services(), r).await)
         }
         RequestKind::OffsetDelete(r) => {
-            ResponseKind::OffsetDelete(groups::offset_delete(b, r).await)
+            ResponseKind::OffsetDelete(groups::offset_delete(&b.group_services(), r).await)
         }
-        RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(producer::init_producer_id(b, r).await)
-        }
+        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(
+            producer::init_producer_id(&b.producer_id_services(), r).await,
+        ),
         other => {
             // The decoder only lets through APIs listed in protocol::versions,
             // and each of those has an arm above.
@@ -151,17 +287,17 @@ pub async fn handle_forwarded_produce<'a>(
     broker: &'a Arc<Broker>,
     req: kafka_protocol::messages::ProduceRequest,
 ) -> BoxFuture<'a, kafka_protocol::messages::ProduceResponse> {
-    produce::forwarded_produce(broker, req).await
+    produce::forwarded_produce(broker.writes(), req).await
 }
 
 /// Bound plugins must be uploaded and of the kind they are bound as.
 pub(crate) fn check_plugin_bindings(
-    b: &Broker,
+    plugins: &sluice_plugin_host::PluginHost,
     configs: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), String> {
     let bindings = sluice_plugin_host::Bindings::from_configs(configs);
     for (name, kind) in bindings.named() {
-        match b.plugins.registry.kind(name) {
+        match plugins.registry.kind(name) {
             None => {
                 return Err(format!(
                     "plugin '{name}' is not uploaded; upload it before binding it"
@@ -182,11 +318,8 @@ pub(crate) fn check_plugin_bindings(
 }
 
 /// Returns the wire code of `e`, counting it in the error metric.
-pub(crate) fn error_code(b: &Broker, e: ResponseError) -> i16 {
-    b.metrics
-        .errors
-        .with_label_values(&[&format!("{e:?}")])
-        .inc();
+pub(crate) fn error_code(metrics: &crate::metrics::Metrics, e: ResponseError) -> i16 {
+    metrics.errors.with_label_values(&[&format!("{e:?}")]).inc();
     e.code()
 }
 

@@ -14,8 +14,8 @@ use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 
+use super::services::Writes;
 use super::{error_code, str_bytes};
-use crate::broker::Broker;
 use crate::replication::{Acks, Appended, Staged, WriteError};
 use crate::routing;
 use crate::view::ClusterView;
@@ -36,11 +36,12 @@ struct Outcome {
 /// Validates and appends every partition's batch (all partitions at once,
 /// the request as a whole before the connection's next one), and returns
 /// the future that waits for the acks and answers.
-pub async fn produce(
-    b: &Broker,
+pub async fn produce<'a>(
+    w: Writes<'a>,
     mut req: ProduceRequest,
-) -> BoxFuture<'_, Option<ProduceResponse>> {
-    let view = b.view();
+) -> BoxFuture<'a, Option<ProduceResponse>> {
+    let b = &w;
+    let view = b.views.current();
     let acks = Acks::from_wire(req.acks);
     let deadline = deadline(req.timeout_ms);
     let partitions = take_batches(&mut req);
@@ -58,6 +59,7 @@ pub async fn produce(
     }))
     .await;
     Box::pin(async move {
+        let b = &w;
         let outcomes = join_all(staged.into_iter().map(|s| s.finish(b, deadline))).await;
         let resp = respond(b, &req, outcomes);
         (acks != Some(Acks::None)).then_some(resp)
@@ -97,7 +99,7 @@ enum Stage {
 }
 
 impl Stage {
-    async fn finish(self, b: &Broker, deadline: Instant) -> Result<Outcome, WriteError> {
+    async fn finish(self, b: &Writes<'_>, deadline: Instant) -> Result<Outcome, WriteError> {
         match self {
             Stage::Done(r) => r,
             Stage::Appended {
@@ -148,7 +150,7 @@ fn deadline(timeout_ms: i32) -> Instant {
 
 /// The response, in the request's order.
 fn respond(
-    b: &Broker,
+    b: &Writes<'_>,
     req: &ProduceRequest,
     outcomes: Vec<Result<Outcome, WriteError>>,
 ) -> ProduceResponse {
@@ -168,12 +170,12 @@ fn respond(
                     pr.error_message = o.message.map(str_bytes);
                 }
                 Some(Err(e)) => {
-                    pr.error_code = error_code(b, e.code);
+                    pr.error_code = error_code(b.metrics, e.code);
                     pr.base_offset = -1;
                     pr.error_message = Some(str_bytes(e.message));
                 }
                 None => {
-                    pr.error_code = error_code(b, ResponseError::UnknownServerError);
+                    pr.error_code = error_code(b.metrics, ResponseError::UnknownServerError);
                     pr.base_offset = -1;
                 }
             }
@@ -185,7 +187,7 @@ fn respond(
 }
 
 async fn stage_partition(
-    b: &Broker,
+    b: &Writes<'_>,
     view: &ClusterView,
     topic: &str,
     partition: i32,
@@ -200,7 +202,7 @@ async fn stage_partition(
 }
 
 async fn try_stage(
-    b: &Broker,
+    b: &Writes<'_>,
     view: &ClusterView,
     topic: &str,
     partition: i32,
@@ -229,7 +231,7 @@ async fn try_stage(
     }
     let ls = b
         .views
-        .leader_for_write(&b.quorum, view, topic, partition)
+        .leader_for_write(b.quorum, view, topic, partition)
         .await
         .map_err(|e| {
             WriteError::new(
@@ -277,7 +279,7 @@ async fn try_stage(
     })
 }
 
-fn count(b: &Broker, topic: &str, a: &Appended, size: u64) {
+fn count(b: &Writes<'_>, topic: &str, a: &Appended, size: u64) {
     if a.duplicate {
         b.metrics
             .duplicate_batches
@@ -296,11 +298,12 @@ fn count(b: &Broker, topic: &str, a: &Appended, size: u64) {
 /// not run again): each goes through this broker's leader write path as
 /// is, appended now; the returned future waits for the acks. Always
 /// answered, whatever the acks.
-pub async fn forwarded_produce(
-    b: &Broker,
+pub async fn forwarded_produce<'a>(
+    w: Writes<'a>,
     mut req: ProduceRequest,
-) -> BoxFuture<'_, ProduceResponse> {
-    let view = b.view();
+) -> BoxFuture<'a, ProduceResponse> {
+    let b = &w;
+    let view = b.views.current();
     let acks = Acks::from_wire(req.acks).unwrap_or(Acks::All);
     let deadline = deadline(req.timeout_ms);
     let partitions = take_batches(&mut req);
@@ -316,7 +319,7 @@ pub async fn forwarded_produce(
                 })?;
                 let ls = b
                     .views
-                    .leader_for_write(&b.quorum, view, &topic, partition)
+                    .leader_for_write(b.quorum, view, &topic, partition)
                     .await
                     .map_err(|e| {
                         WriteError::new(
@@ -341,6 +344,7 @@ pub async fn forwarded_produce(
     }))
     .await;
     Box::pin(async move {
+        let b = &w;
         let outcomes = join_all(staged.into_iter().map(|s| s.finish(b, deadline))).await;
         respond(b, &req, outcomes)
     })

@@ -6,14 +6,17 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
 use super::error_code;
-use crate::broker::Broker;
+use super::services::ProducerIds;
 
-pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn init_producer_id(
+    b: &ProducerIds<'_>,
+    req: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
     r.producer_id = ProducerId(-1);
     r.producer_epoch = -1;
     if req.transactional_id.is_some() {
-        r.error_code = error_code(b, ResponseError::NotCoordinator);
+        r.error_code = error_code(b.metrics, ResponseError::NotCoordinator);
         return r;
     }
     // Like Kafka, an idempotent producer (even one asking for an epoch bump)
@@ -35,7 +38,7 @@ pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest) -> InitPro
         }
         Err(e) => {
             tracing::error!(error = %e, "producer id allocation failed");
-            r.error_code = error_code(b, ResponseError::CoordinatorNotAvailable);
+            r.error_code = error_code(b.metrics, ResponseError::CoordinatorNotAvailable);
         }
     }
     r

@@ -17,8 +17,8 @@ use kafka_protocol::messages::{
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, TopicName,
 };
 
+use super::services::Admin;
 use super::{error_code, str_bytes};
-use crate::broker::Broker;
 use crate::cluster::topics::{NewTopic, TopicError};
 use sluice_metadata::topic_config;
 
@@ -38,7 +38,7 @@ pub(crate) fn topic_error(e: &TopicError) -> ResponseError {
 }
 
 pub async fn create_topics(
-    b: &Broker,
+    b: &Admin<'_>,
     req: CreateTopicsRequest,
     version: i16,
 ) -> CreateTopicsResponse {
@@ -47,7 +47,7 @@ pub async fn create_topics(
     for t in &req.topics {
         *counts.entry(t.name.0.to_string()).or_default() += 1;
     }
-    let brokers = b.view().broker_ids();
+    let brokers = b.views.current().broker_ids();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatableTopicResult::default();
@@ -55,7 +55,7 @@ pub async fn create_topics(
         r.num_partitions = -1;
         r.replication_factor = -1;
         let fail = |r: &mut CreatableTopicResult, code: ResponseError, msg: String| {
-            r.error_code = error_code(b, code);
+            r.error_code = error_code(b.metrics, code);
             r.error_message = Some(str_bytes(msg));
         };
         if counts.get(&name).copied().unwrap_or(0) > 1 {
@@ -101,7 +101,7 @@ pub async fn create_topics(
         let new = NewTopic {
             name: name.clone(),
             partitions: if t.num_partitions == -1 {
-                b.args.default_partitions
+                b.settings.default_partitions
             } else {
                 t.num_partitions
             },
@@ -113,7 +113,7 @@ pub async fn create_topics(
             assignment: assignment.into_iter().map(|(_, r)| r).collect(),
             configs: configs.clone(),
         };
-        if let Err(msg) = super::check_plugin_bindings(b, &configs) {
+        if let Err(msg) = super::check_plugin_bindings(b.plugins, &configs) {
             fail(&mut r, ResponseError::InvalidConfig, msg);
             resp.topics.push(r);
             continue;
@@ -124,7 +124,7 @@ pub async fn create_topics(
                 .map(|replicas| (replicas, uuid::Uuid::nil()))
         } else {
             match b.topics.create(new, &brokers).await {
-                Ok(index) => b.await_view(index).await.and_then(|view| {
+                Ok(index) => super::committed(b.views, index).await.and_then(|view| {
                     view.image
                         .topics
                         .get(&name)
@@ -163,7 +163,7 @@ pub async fn create_topics(
     resp
 }
 
-pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete_topics(b: &Admin<'_>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let mut resp = DeleteTopicsResponse::default();
     // v6 names topics by name or id; older versions by name only.
     let mut wanted: Vec<(Option<String>, uuid::Uuid)> = req
@@ -181,7 +181,8 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
         let resolved = match (&name, id.is_nil()) {
             (Some(n), _) => Some(n.clone()),
             (None, false) => b
-                .view()
+                .views
+                .current()
                 .image
                 .topics
                 .values()
@@ -192,7 +193,7 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
         r.topic_id = id;
         let Some(name) = resolved else {
             r.error_code = error_code(
-                b,
+                b.metrics,
                 if id.is_nil() {
                     ResponseError::InvalidRequest
                 } else {
@@ -204,7 +205,7 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
         };
         r.name = Some(TopicName(str_bytes(name.clone())));
         if crate::broker::is_internal_topic(&name) {
-            r.error_code = error_code(b, ResponseError::InvalidRequest);
+            r.error_code = error_code(b.metrics, ResponseError::InvalidRequest);
             r.error_message = Some(str_bytes(format!(
                 "{name} is an internal topic and cannot be deleted"
             )));
@@ -212,7 +213,7 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
             continue;
         }
         let deleted = match b.topics.delete(&name).await {
-            Ok((id, index)) => b.await_view(index).await.map(|_| id),
+            Ok((id, index)) => super::committed(b.views, index).await.map(|_| id),
             Err(e) => Err(e),
         };
         match deleted {
@@ -221,7 +222,7 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
                 tracing::info!(topic = %name, "deleted topic");
             }
             Err(e) => {
-                r.error_code = error_code(b, topic_error(&e));
+                r.error_code = error_code(b.metrics, topic_error(&e));
                 r.error_message = Some(str_bytes(e.to_string()));
             }
         }
@@ -231,11 +232,11 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest) -> DeleteTopics
 }
 
 pub async fn create_partitions(
-    b: &Broker,
+    b: &Admin<'_>,
     req: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut resp = CreatePartitionsResponse::default();
-    let brokers = b.view().broker_ids();
+    let brokers = b.views.current().broker_ids();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatePartitionsTopicResult::default();
@@ -246,7 +247,7 @@ pub async fn create_partitions(
                 .collect()
         });
         if crate::broker::is_internal_topic(&name) {
-            r.error_code = error_code(b, ResponseError::InvalidRequest);
+            r.error_code = error_code(b.metrics, ResponseError::InvalidRequest);
             r.error_message = Some(str_bytes(format!(
                 "{name} is an internal topic; its partition count is fixed"
             )));
@@ -258,14 +259,14 @@ pub async fn create_partitions(
             .add_partitions(&name, t.count, assignment, &brokers, req.validate_only)
             .await
         {
-            Ok(Some(index)) => b.await_view(index).await.map(|_| ()),
+            Ok(Some(index)) => super::committed(b.views, index).await.map(|_| ()),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
         match added {
             Ok(()) => tracing::info!(topic = %name, count = t.count, "partitions added"),
             Err(e) => {
-                r.error_code = error_code(b, topic_error(&e));
+                r.error_code = error_code(b.metrics, topic_error(&e));
                 r.error_message = Some(str_bytes(e.to_string()));
             }
         }
