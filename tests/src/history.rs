@@ -150,7 +150,8 @@ impl History {
     /// `route(id)` names (offsets are not checked: the client was told the
     /// partition it addressed), and within each partition the records from
     /// one addressed partition must keep their sequence order (records
-    /// from different addressed partitions may interleave).
+    /// from different addressed partitions may interleave). A negative
+    /// `route(id)` means a filter drops the record: it must not be read.
     pub fn check_routed(&self, reads: &[Read], route: impl Fn(&str) -> i32) -> Report {
         let mut report = Report {
             acked: self.acked.len(),
@@ -169,7 +170,7 @@ impl History {
             }
         }
         for payload in self.acked.keys() {
-            if !seen.contains_key(payload.as_str()) {
+            if !seen.contains_key(payload.as_str()) && route(payload) >= 0 {
                 report.lost.push(payload.clone());
             }
         }
@@ -287,5 +288,9 @@ mod tests {
         );
         assert_eq!(r.duplicated, vec![payload(1, 0)]);
         assert_eq!(r.lost, vec![payload(0, 1)]);
+        // A record a filter drops (route -1) must be absent, not lost.
+        let dropping = |p: &str| if p == payload(0, 1) { -1 } else { route(p) };
+        assert!(h.check_routed(&good[..3], dropping).is_clean());
+        assert_eq!(h.check_routed(&good, dropping).moved, vec![payload(0, 1)]);
     }
 }

@@ -53,6 +53,24 @@ pub fn id_in(value: &str) -> String {
     }
 }
 
+/// Like [`tenant_json`], with `"level":"debug"` on every seventh record,
+/// which the `keep-filter` example drops.
+pub fn tenant_json_with_debug(id: &str) -> String {
+    let level = if filtered_out(id) { "debug" } else { "info" };
+    format!(
+        r#"{{"tenant":"{}","id":"{id}","level":"{level}","email":"{id}@example.com"}}"#,
+        tenant_of(id)
+    )
+}
+
+/// Whether [`tenant_json_with_debug`] marks `id` for the filter to drop.
+pub fn filtered_out(id: &str) -> bool {
+    id.rsplit('-')
+        .next()
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|seq| seq % 7 == 3)
+}
+
 /// Where the `tenant-router` example puts a tenant (FNV-1a, like the plugin).
 pub fn tenant_partition(tenant: &str, partitions: i32) -> i32 {
     let h = tenant.bytes().fold(0x811c_9dc5u32, |h, x| {

@@ -15,8 +15,8 @@ use rdkafka::topic_partition_list::Offset;
 use sluice_tests::cluster::{Cluster, FAST_FAILOVER};
 use sluice_tests::history::History;
 use sluice_tests::load::{
-    Load, all_in_sync, id_in, read_all, replicas_identical, tenant_json, tenant_of,
-    tenant_partition,
+    Load, ValueOf, all_in_sync, filtered_out, id_in, read_all, replicas_identical, tenant_json,
+    tenant_json_with_debug, tenant_of, tenant_partition,
 };
 use sluice_tests::{
     admin_client, admin_opts, assign, await_deliveries, consume_n, enqueue, future_producer,
@@ -163,14 +163,15 @@ fn kill_and_restart_leader(cluster: &mut Cluster, topic: &str, partition: i32) -
     })
 }
 
-/// Runs the tenant workload into `topic` while the leaders of partitions
-/// 0 and 1 are SIGKILLed and restarted one after the other; returns the
-/// history once every delivery report is in.
+/// Runs the tenant workload (values from `value`) into `topic` while the
+/// leaders of partitions 0 and 1 are SIGKILLed and restarted one after the
+/// other; returns the history once every delivery report is in.
 async fn tenant_load_through_two_leader_kills(
     cluster: &mut Cluster,
     topic: &str,
+    value: ValueOf,
 ) -> Result<History> {
-    let load = Load::start(&cluster.bootstrap(), topic, PARTITIONS, tenant_json)?;
+    let load = Load::start(&cluster.bootstrap(), topic, PARTITIONS, value)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for p in [0, 1] {
         kill_and_restart_leader(cluster, topic, p)?;
@@ -201,7 +202,7 @@ async fn routed_records_survive_leader_kills_exactly_once_where_the_partitioner_
     )?;
     let topic = unique_name("routed");
     create_replicated(&cluster, &topic, &[("sluice.partitioner", "tenant-router")]).await?;
-    let history = tenant_load_through_two_leader_kills(&mut cluster, &topic).await?;
+    let history = tenant_load_through_two_leader_kills(&mut cluster, &topic, tenant_json).await?;
     let reads = read_all(&cluster.bootstrap(), &topic, PARTITIONS, id_in).await?;
     let report = history.check_routed(&reads, routed_by_tenant);
     eprintln!("history: {report}");
@@ -210,22 +211,17 @@ async fn routed_records_survive_leader_kills_exactly_once_where_the_partitioner_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interceptor_chain_with_a_partitioner_keeps_exactly_once_through_leader_kills()
+async fn an_interceptor_chain_a_filter_and_a_partitioner_keep_exactly_once_through_leader_kills()
 -> Result<()> {
     let mut cluster = Cluster::start(3, &fault_args())?;
-    upload(
-        &cluster,
-        "tenant-router",
-        "partitioner",
-        &module("tenant_router.wasm")?,
-    )?;
-    upload(
-        &cluster,
-        "stamp",
-        "interceptor",
-        &module("stamp_header.wasm")?,
-    )?;
-    upload(&cluster, "redact", "interceptor", &module("redact.wasm")?)?;
+    for (name, kind, file) in [
+        ("tenant-router", "partitioner", "tenant_router.wasm"),
+        ("stamp", "interceptor", "stamp_header.wasm"),
+        ("redact", "interceptor", "redact.wasm"),
+        ("keep", "filter", "keep_filter.wasm"),
+    ] {
+        upload(&cluster, name, kind, &module(file)?)?;
+    }
     let topic = unique_name("chained");
     create_replicated(
         &cluster,
@@ -233,12 +229,21 @@ async fn an_interceptor_chain_with_a_partitioner_keeps_exactly_once_through_lead
         &[
             ("sluice.partitioner", "tenant-router"),
             ("sluice.interceptors", "stamp,redact"),
+            ("sluice.filters", "keep"),
         ],
     )
     .await?;
-    let history = tenant_load_through_two_leader_kills(&mut cluster, &topic).await?;
+    let history =
+        tenant_load_through_two_leader_kills(&mut cluster, &topic, tenant_json_with_debug).await?;
     let reads = read_all(&cluster.bootstrap(), &topic, PARTITIONS, id_in).await?;
-    let report = history.check_routed(&reads, routed_by_tenant);
+    // Debug records are dropped by the filter: none may be read.
+    let report = history.check_routed(&reads, |id| {
+        if filtered_out(id) {
+            -1
+        } else {
+            routed_by_tenant(id)
+        }
+    });
     eprintln!("history: {report}");
     assert!(report.is_clean(), "{report}");
     // Every stored record went through both interceptors.
@@ -276,7 +281,7 @@ async fn dead_lettered_batches_land_exactly_once_through_leader_kills() -> Resul
         ],
     )
     .await?;
-    let history = tenant_load_through_two_leader_kills(&mut cluster, &topic).await?;
+    let history = tenant_load_through_two_leader_kills(&mut cluster, &topic, tenant_json).await?;
     // Every batch failed the partitioner: all of it is in the dead-letter
     // partition matching the one the client addressed.
     let reads = read_all(&cluster.bootstrap(), &dlt, PARTITIONS, id_in).await?;
