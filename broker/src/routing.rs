@@ -176,8 +176,17 @@ fn check_sequence(
 /// One sub-batch to store.
 struct SubBatch {
     partition: i32,
-    bytes: Bytes,
-    records: i64,
+    batch: ValidatedBatch,
+}
+
+impl SubBatch {
+    /// A batch the plugins' output was encoded into (checked like any
+    /// batch that did not come through produce validation).
+    fn encoded(partition: i32, bytes: Bytes) -> Result<SubBatch, WriteError> {
+        let batch = ValidatedBatch::trusted(bytes)
+            .map_err(|e| WriteError::new(ResponseError::CorruptMessage, e.to_string()))?;
+        Ok(SubBatch { partition, batch })
+    }
 }
 
 /// Produces `batch` (addressed to `client_partition`, which `ls` leads
@@ -240,7 +249,7 @@ pub async fn produce(
     };
     // Records borrow from this handle (a refcount, not a copy), so the
     // batch itself can still be stored as is.
-    let bytes = batch.bytes.clone();
+    let bytes = batch.to_bytes();
     let (_, records) = plugin_records::decode(&bytes)
         .map_err(|e| WriteError::new(ResponseError::InvalidRecord, e.to_string()))?;
     let count = records.len() as i64;
@@ -256,15 +265,14 @@ pub async fn produce(
             client_partition,
         )
     });
-    let restamp = |original: &Bytes| {
-        let mut out = bytes::BytesMut::from(&original[..]);
-        batch::set_producer(
-            &mut out,
-            producer.id,
-            producer.epoch,
-            producer.base_sequence,
-        );
-        out.freeze()
+    // The client's batch as is, under the derived producer when
+    // idempotent (a new header; the records are not copied).
+    let as_received = |original: &ValidatedBatch| {
+        if idempotent {
+            original.with_producer(producer.id, producer.epoch, producer.base_sequence)
+        } else {
+            original.clone()
+        }
     };
     let encode_err =
         |e: batch::BatchError| WriteError::new(ResponseError::InvalidRecord, e.to_string());
@@ -306,12 +314,7 @@ pub async fn produce(
                 .records(&plugin, &topic.meta.name, "dead_lettered", count as u64);
             let sub = SubBatch {
                 partition: d,
-                bytes: if idempotent {
-                    restamp(&batch.bytes)
-                } else {
-                    batch.bytes.clone()
-                },
-                records: count,
+                batch: as_received(&batch),
             };
             (
                 Some(dlt.clone()),
@@ -328,21 +331,18 @@ pub async fn produce(
             let single = groups.len() == 1 && groups[0].1.len() as i64 == count;
             let mut subs = Vec::with_capacity(groups.len());
             for (p, recs) in &groups {
-                let bytes = if untouched && single {
-                    if idempotent {
-                        restamp(&batch.bytes)
-                    } else {
-                        batch.bytes.clone()
+                subs.push(if untouched && single {
+                    SubBatch {
+                        partition: *p,
+                        batch: as_received(&batch),
                     }
                 } else {
-                    plugin_records::encode(recs, h.compression(), false, producer)
-                        .map_err(encode_err)?
-                        .freeze()
-                };
-                subs.push(SubBatch {
-                    partition: *p,
-                    bytes,
-                    records: recs.len() as i64,
+                    SubBatch::encoded(
+                        *p,
+                        plugin_records::encode(recs, h.compression(), false, producer)
+                            .map_err(encode_err)?
+                            .freeze(),
+                    )?
                 });
             }
             (None, subs, None)
@@ -367,13 +367,12 @@ pub async fn produce(
         }
     };
     if anchor.is_none() && idempotent {
-        anchor = Some(SubBatch {
-            partition: client_partition,
-            bytes: plugin_records::encode_empty(h.max_timestamp, producer)
+        anchor = Some(SubBatch::encoded(
+            client_partition,
+            plugin_records::encode_empty(h.max_timestamp, producer)
                 .map_err(encode_err)?
                 .freeze(),
-            records: 0,
-        });
+        )?);
     }
     if !idempotent && let Some(a) = anchor.take() {
         // Nothing to order: the client's partition goes with the rest.
@@ -414,13 +413,11 @@ pub async fn produce(
         }
     }
     if let Some(a) = anchor {
-        let len = a.bytes.len() as u64;
-        let records = a.records;
-        let batch = ValidatedBatch::trusted(a.bytes)
-            .map_err(|e| WriteError::new(ResponseError::CorruptMessage, e.to_string()))?;
+        let len = a.batch.len() as u64;
+        let records = a.batch.records();
         let r = b
             .replicas
-            .append(ls, batch, acks, topic.min_insync_replicas, deadline)
+            .append(ls, a.batch, acks, topic.min_insync_replicas, deadline)
             .await?;
         if !r.duplicate {
             bytes_in += len;
@@ -477,12 +474,10 @@ async fn store_all(
             .leader_for_write(b.quorum, view, name, s.partition)
             .await
             .map_err(|e| WriteError::new(e, format!("{name}-{}: {e:?}", s.partition)))?;
-        let (partition, len, records) = (s.partition, s.bytes.len() as u64, s.records);
-        let batch = ValidatedBatch::trusted(s.bytes)
-            .map_err(|e| WriteError::new(ResponseError::CorruptMessage, e.to_string()))?;
+        let (partition, len, records) = (s.partition, s.batch.len() as u64, s.batch.records());
         let r = b
             .replicas
-            .append(&ls, batch, acks, topic.min_insync_replicas, deadline)
+            .append(&ls, s.batch, acks, topic.min_insync_replicas, deadline)
             .await?;
         Ok(Landed {
             partition,
@@ -496,14 +491,16 @@ async fn store_all(
     let remote_writes = remote.into_iter().map(|(broker, subs)| async move {
         let meta: Vec<(i32, u64, i64)> = subs
             .iter()
-            .map(|s| (s.partition, s.bytes.len() as u64, s.records))
+            .map(|s| (s.partition, s.batch.len() as u64, s.batch.records()))
             .collect();
         let sent = b
             .forwarder
             .produce(
                 broker,
                 name,
-                subs.into_iter().map(|s| (s.partition, s.bytes)).collect(),
+                subs.into_iter()
+                    .map(|s| (s.partition, s.batch.to_bytes()))
+                    .collect(),
                 acks,
                 deadline,
             )

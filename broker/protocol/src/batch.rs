@@ -268,31 +268,54 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
 }
 
 /// Stamps LogAppendTime: sets the timestamp-type bit and the max timestamp,
-/// then recomputes the CRC because both are covered by it.
-/// `head` is the batch's 61-byte header and `rest` everything after it, so
-/// the caller can stamp a copy of the header without copying the records.
-pub fn set_log_append_time(head: &mut [u8; HEADER_LEN], rest: &[u8], now_ms: i64) {
+/// and patches the CRC because both are covered by it. `head` is the
+/// batch's 61-byte header with a CRC that is correct for the `body_len`
+/// bytes after it, which are not read (see `patch_crc`).
+pub fn set_log_append_time(head: &mut [u8; HEADER_LEN], body_len: usize, now_ms: i64) {
+    let before = *head;
     let attributes = be_i16(head, ATTRIBUTES) | TIMESTAMP_TYPE_BIT;
     head[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
     head[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[ATTRIBUTES..]), rest);
-    head[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    patch_crc(&before, head, body_len);
 }
 
-/// Turns an idempotent batch into a plain one (producer id, epoch and base
-/// sequence -1), recomputing the CRC they are covered by.
-pub fn clear_producer(batch: &mut [u8]) {
-    set_producer(batch, -1, -1, -1);
+/// Sets the producer id, epoch and base sequence in a batch header and
+/// patches the CRC (which covers them) without reading the records; the
+/// header's CRC must be correct for the `body_len` bytes after it.
+pub fn set_producer(
+    head: &mut [u8; HEADER_LEN],
+    body_len: usize,
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+) {
+    let before = *head;
+    head[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    head[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
+    head[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    patch_crc(&before, head, body_len);
 }
 
-/// Restamps a whole batch's producer id, epoch and base sequence and
-/// recomputes its CRC (which covers them).
-pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
-    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
-    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());
-    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
-    let crc = compute_crc(batch);
-    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+/// Rewrites `after`'s CRC field for a batch whose header changed from
+/// `before` (CRC correct) to `after`, with `body_len` unchanged bytes
+/// behind the header, in time logarithmic in `body_len`: CRC-32C is affine,
+/// so for inputs of one length crc(a) ^ crc(b) ^ crc(c) = crc(a ^ b ^ c).
+/// With a = old, b = old ^ new (the header difference, then zeros) and
+/// c = all zeros: crc(new) = crc(old) ^ crc(diff ++ 0^n) ^ crc(0^40 ++ 0^n),
+/// and appending n zeros to both is one `crc32c_combine` shift of their
+/// XOR (the zeros' own CRC cancels).
+fn patch_crc(before: &[u8; HEADER_LEN], after: &mut [u8; HEADER_LEN], body_len: usize) {
+    let mut diff = [0u8; HEADER_LEN - ATTRIBUTES];
+    for (d, (a, b)) in diff
+        .iter_mut()
+        .zip(before[ATTRIBUTES..].iter().zip(&after[ATTRIBUTES..]))
+    {
+        *d = a ^ b;
+    }
+    let zeros = [0u8; HEADER_LEN - ATTRIBUTES];
+    let delta = crc32c::crc32c(&diff) ^ crc32c::crc32c(&zeros);
+    let crc = be_u32(before, CRC) ^ crc32c::crc32c_combine(delta, 0, body_len);
+    after[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// The timestamp and offset of each record in an uncompressed batch, used by
@@ -319,17 +342,93 @@ pub fn record_timestamps(batch: &[u8], header: &BatchHeader) -> Option<Vec<(i64,
     Some(out)
 }
 
-/// A batch validated on the way in, with its parsed header. The bytes are
-/// the request's own buffer (no copy); the log writes the fields it stamps
-/// from a patched copy of the 61-byte header.
+/// A batch validated on the way in, with its parsed header. The records
+/// are the request's own buffer (no copy); the header is a 61-byte copy
+/// that the broker may restamp (producer fields, and in the log the base
+/// offset, leader epoch and LogAppendTime) without touching the records.
+/// Cloning shares the records.
+#[derive(Clone)]
 pub struct ValidatedBatch {
-    pub bytes: Bytes,
+    /// The batch as received; its first `HEADER_LEN` bytes are superseded
+    /// by `head`.
+    bytes: Bytes,
+    head: [u8; HEADER_LEN],
     pub header: BatchHeader,
 }
 
 impl ValidatedBatch {
+    fn new(bytes: Bytes, header: BatchHeader) -> ValidatedBatch {
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&bytes[..HEADER_LEN]);
+        ValidatedBatch {
+            bytes,
+            head,
+            header,
+        }
+    }
+
     pub fn records(&self) -> i64 {
         i64::from(self.header.records_count)
+    }
+
+    /// The whole batch's length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The header as it is to be stored.
+    pub fn head(&self) -> &[u8; HEADER_LEN] {
+        &self.head
+    }
+
+    /// Everything after the header: the records, as received.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+
+    /// The batch as one buffer: the received one when the header is
+    /// unchanged, else a copy with the restamped header.
+    pub fn to_bytes(&self) -> Bytes {
+        if self.bytes[..HEADER_LEN] == self.head {
+            return self.bytes.clone();
+        }
+        let mut out = bytes::BytesMut::with_capacity(self.bytes.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(self.body());
+        out.freeze()
+    }
+
+    /// The same records under another producer id, epoch and base
+    /// sequence: a new header sharing the records (no copy, no pass over
+    /// them).
+    pub fn with_producer(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    ) -> ValidatedBatch {
+        let mut head = self.head;
+        set_producer(
+            &mut head,
+            self.body().len(),
+            producer_id,
+            epoch,
+            base_sequence,
+        );
+        let mut header = self.header;
+        header.producer_id = producer_id;
+        header.producer_epoch = epoch;
+        header.base_sequence = base_sequence;
+        header.crc = be_u32(&head, CRC);
+        ValidatedBatch {
+            bytes: self.bytes.clone(),
+            head,
+            header,
+        }
     }
 
     /// A batch the broker built itself (or another broker forwarded after
@@ -343,7 +442,15 @@ impl ValidatedBatch {
                 bytes.len().saturating_sub(header.len)
             )));
         }
-        Ok(ValidatedBatch { bytes, header })
+        Ok(ValidatedBatch::new(bytes, header))
+    }
+
+    /// Tests only: a batch that skips produce validation (say, one
+    /// claiming more offsets than a segment can index).
+    #[doc(hidden)]
+    pub fn unchecked_for_tests(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
+        let header = parse_and_verify(&bytes)?;
+        Ok(ValidatedBatch::new(bytes, header))
     }
 }
 
@@ -376,10 +483,7 @@ pub fn validate_produce(
             "clients may not write control batches".into(),
         ));
     }
-    Ok(ValidatedBatch {
-        bytes: payload,
-        header: h,
-    })
+    Ok(ValidatedBatch::new(payload, h))
 }
 
 /// Real batches for tests (this crate's and the crates above it). Always
@@ -484,11 +588,52 @@ pub mod tests {
         let mut b = encoded_batch(2, Compression::None, 0);
         let mut head = [0u8; HEADER_LEN];
         head.copy_from_slice(&b[..HEADER_LEN]);
-        set_log_append_time(&mut head, &b[HEADER_LEN..], 777);
+        set_log_append_time(&mut head, b.len() - HEADER_LEN, 777);
         b[..HEADER_LEN].copy_from_slice(&head);
         let h = parse_and_verify(&b).expect("valid after stamping");
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 777);
+    }
+
+    /// The patched CRC equals a full recomputation, for bodies from empty
+    /// to larger than one CRC block, compressed or not.
+    #[test]
+    fn restamping_the_producer_patches_the_crc_without_reading_the_records() {
+        let empty = crate::records::encode_empty(5, crate::records::Producer::NONE)
+            .expect("encode")
+            .freeze();
+        assert_eq!(
+            empty.len(),
+            HEADER_LEN,
+            "a batch with no records is all header"
+        );
+        let stamped = ValidatedBatch::trusted(empty)
+            .expect("valid")
+            .with_producer(9, 1, 2)
+            .to_bytes();
+        parse_and_verify(&stamped).expect("CRC of a header-only batch");
+        for (records, compression) in [
+            (1, Compression::None),
+            (7, Compression::None),
+            (3000, Compression::None),
+            (500, Compression::Gzip),
+        ] {
+            let b = encoded_batch(records, compression, 5).freeze();
+            let original = ValidatedBatch::trusted(b.clone()).expect("valid");
+            for (pid, epoch, seq) in [(0, 0, 0), (1 << 62 | 12345, 7, i32::MAX), (-1, -1, -1)] {
+                let restamped = original.with_producer(pid, epoch, seq);
+                let bytes = restamped.to_bytes();
+                let h = parse_and_verify(&bytes).expect("CRC still valid");
+                assert_eq!(
+                    (h.producer_id, h.producer_epoch, h.base_sequence),
+                    (pid, epoch, seq)
+                );
+                assert_eq!(h, restamped.header, "header kept in step");
+                assert_eq!(&bytes[HEADER_LEN..], &b[HEADER_LEN..], "records untouched");
+            }
+            // An unchanged header hands back the received buffer itself.
+            assert_eq!(original.to_bytes().as_ptr(), b.as_ptr());
+        }
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub enum Acks {
     None,
     /// acks=1: written to the leader's log (page cache).
     Leader,
-    /// acks=all: fsynced on the leader and on every in-sync replica.
+    /// acks=all: fsynced on the leader and written to every in-sync
+    /// replica's log (the followers fsync per `flush.ms`, as in Kafka).
     All,
 }
 

@@ -116,21 +116,20 @@ pub struct ReadResult {
     pub log_start_offset: i64,
 }
 
-/// Writes a batch whose first 61 bytes are replaced by `head`. Small
-/// batches are assembled and written with one call; big ones are written as
-/// header plus the untouched body, which saves copying megabytes to save a
-/// syscall. A crash between the two leaves a torn tail that recovery cuts.
+/// Writes a batch as its (stamped) 61-byte header and its records. Small
+/// batches are assembled and written with one call; big ones with two,
+/// which saves copying megabytes to save a syscall. A crash between the two
+/// leaves a torn tail that recovery cuts.
 fn write_batch(
     file: &std::fs::File,
     position: u64,
     head: &[u8; batch::HEADER_LEN],
-    batch_bytes: &[u8],
+    body: &[u8],
 ) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     const ASSEMBLE_BELOW: usize = 16 * 1024;
-    let body = &batch_bytes[batch::HEADER_LEN..];
-    if batch_bytes.len() < ASSEMBLE_BELOW {
-        let mut whole = Vec::with_capacity(batch_bytes.len());
+    if head.len() + body.len() < ASSEMBLE_BELOW {
+        let mut whole = Vec::with_capacity(head.len() + body.len());
         whole.extend_from_slice(head);
         whole.extend_from_slice(body);
         return file.write_all_at(&whole, position);
@@ -183,14 +182,14 @@ impl LogState {
     fn write_at_end(
         &mut self,
         head: &[u8; batch::HEADER_LEN],
-        bytes: &[u8],
+        body: &[u8],
         h: &BatchHeader,
         now: i64,
     ) -> Result<(), LogError> {
         let interval = self.config.index_interval_bytes;
         let active = self.active_mut();
         let start_pos = active.size;
-        if let Err(e) = write_batch(&active.file, start_pos, head, bytes) {
+        if let Err(e) = write_batch(&active.file, start_pos, head, body) {
             // Leave no partial batch behind: cut back to the last good end.
             let _ = active.file.set_len(start_pos);
             return Err(LogError::Io(e));
@@ -336,11 +335,7 @@ impl PartitionLog {
     /// cache before this returns, so a process crash cannot lose them. A
     /// retried idempotent batch is not written again: the offsets it got
     /// the first time come back instead.
-    pub fn append(
-        &self,
-        mut batch: ValidatedBatch,
-        term: &LeaderTerm,
-    ) -> Result<AppendInfo, LogError> {
+    pub fn append(&self, batch: ValidatedBatch, term: &LeaderTerm) -> Result<AppendInfo, LogError> {
         let now = now_ms();
         let leader_epoch = term.epoch();
         let mut st = self.lock();
@@ -368,25 +363,23 @@ impl PartitionLog {
                 });
             }
         }
-        let total = batch.bytes.len() as u64;
+        let total = batch.len() as u64;
         let last_offset = st.log_end_offset() + i64::from(batch.header.last_offset_delta);
         if st.needs_roll(now, total, last_offset) {
             self.roll(&mut st, now)?;
         }
         let base_offset = st.log_end_offset();
         let log_append_time = st.config.log_append_time;
-        let h = &mut batch.header;
-        let mut head = [0u8; batch::HEADER_LEN];
-        head.copy_from_slice(&batch.bytes[..batch::HEADER_LEN]);
+        let mut h = batch.header;
+        let mut head = *batch.head();
         batch::set_base_offset(&mut head, base_offset);
         batch::set_partition_leader_epoch(&mut head, leader_epoch);
         if log_append_time {
-            batch::set_log_append_time(&mut head, &batch.bytes[batch::HEADER_LEN..], now);
+            batch::set_log_append_time(&mut head, batch.body().len(), now);
             h.max_timestamp = now;
         }
         h.base_offset = base_offset;
-        let h = *h;
-        st.write_at_end(&head, &batch.bytes, &h, now)?;
+        st.write_at_end(&head, batch.body(), &h, now)?;
         let flush_due = st.records_since_flush >= st.config.flush_messages;
         let info = AppendInfo {
             base_offset,
@@ -1157,9 +1150,8 @@ mod tests {
                 validate_batches(bytes.clone(), 1 << 20).is_err(),
                 "produce refuses it"
             );
-            let header = batch::parse_and_verify(&bytes).expect("crc ok");
-            log.append(ValidatedBatch { bytes, header }, &lead(&log, 0))
-                .expect("append");
+            let batch = ValidatedBatch::unchecked_for_tests(bytes).expect("crc ok");
+            log.append(batch, &lead(&log, 0)).expect("append");
         }
         assert_eq!(log.log_end_offset(), 4_500_000_000);
         let segs = fs::read_dir(dir.path().join("t-0"))

@@ -146,7 +146,8 @@ struct Args {
     /// Cluster mode: leader kills timed (median, min and max reported).
     #[arg(long, default_value_t = 5)]
     failover_rounds: usize,
-    /// Topic name (default: a fresh unique name).
+    /// An existing topic to use, e.g. one with replication factor 3 on a
+    /// cluster given by `--bootstrap` (default: a fresh one is created).
     #[arg(long)]
     topic: Option<String>,
 }
@@ -480,9 +481,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    runtime
-        .block_on(create_topic(&bootstrap, &topic, args.partitions, &[]))
-        .with_context(|| format!("cannot create topic {topic}"))?;
+    if args.topic.is_none() {
+        runtime
+            .block_on(create_topic(&bootstrap, &topic, args.partitions, &[]))
+            .with_context(|| format!("cannot create topic {topic}"))?;
+    }
 
     let produced = match args.client {
         Client::Rdkafka => produce(&args, &bootstrap, &topic)?,
@@ -953,6 +956,11 @@ fn plugins_main(args: &Args) -> Result<()> {
             bail!("uploading {name}: {} {}", resp.status, resp.body);
         }
     }
+    let brokers: Vec<&Broker> = match (&broker, &cluster) {
+        (Some(b), _) => vec![b],
+        (None, Some(c)) => c.brokers.iter().collect(),
+        (None, None) => bail!("no broker"),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -972,7 +980,7 @@ fn plugins_main(args: &Args) -> Result<()> {
     // Rounds run every scenario once, in order; each scenario's median over
     // the rounds is reported, so one slow phase of a noisy machine does not
     // decide a ratio.
-    let mut samples: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
+    let mut samples: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
     for round in 0..args.plugin_rounds.max(1) {
         for (i, (label, configs)) in scenarios.iter().enumerate() {
             let topic = format!("sluice-bench-plugins-{}-{round}-{i}", std::process::id());
@@ -985,26 +993,30 @@ fn plugins_main(args: &Args) -> Result<()> {
                     configs,
                 ))
                 .with_context(|| format!("cannot create topic {topic}"))?;
+            let measured = Round::prepare(&runtime, &bootstrap, &brokers, &topic, args.partitions)?;
             let r = produce(args, &bootstrap, &topic)?;
+            let cpu = measured.finish(&runtime)?;
             if r.failed > 0 {
                 eprintln!("warning: {label}: {} records failed delivery", r.failed);
             }
             let rps = rate(r.acked as f64, r.elapsed);
             let mbs = rate((r.acked * args.record_size as u64) as f64 / MB, r.elapsed);
             let p99 = r.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            let cpu_us = cpu.as_secs_f64() * 1e6 / r.acked.max(1) as f64;
             println!(
-                "round {round}: {label}: {} acked in {:.3} s",
+                "round {round}: {label}: {} acked in {:.3} s, broker CPU {:.3} s ({cpu_us:.2} µs/record)",
                 r.acked,
-                r.elapsed.as_secs_f64()
+                r.elapsed.as_secs_f64(),
+                cpu.as_secs_f64()
             );
-            samples[i].push((rps, mbs, p99));
+            samples[i].push((rps, mbs, p99, cpu_us));
         }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let rows: Vec<(String, f64, f64, f64)> = scenarios
+    let rows: Vec<(String, f64, f64, f64, f64)> = scenarios
         .iter()
         .zip(&samples)
         .map(|((label, _), s)| {
@@ -1013,26 +1025,31 @@ fn plugins_main(args: &Args) -> Result<()> {
                 median(&mut s.iter().map(|x| x.0).collect()),
                 median(&mut s.iter().map(|x| x.1).collect()),
                 median(&mut s.iter().map(|x| x.2).collect()),
+                median(&mut s.iter().map(|x| x.3).collect()),
             )
         })
         .collect();
-    let (_, base_rps, _, base_p99) = rows[0].clone();
+    let (_, base_rps, _, base_p99, base_cpu) = rows[0].clone();
     println!();
     println!(
-        "| plugin | produce rec/s | MB/s | p99 latency ms | throughput vs no plugin | p99 vs no plugin |"
+        "| plugin | produce rec/s | MB/s | p99 latency ms | broker CPU µs/record | throughput vs no plugin | p99 vs no plugin | broker CPU vs no plugin |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (label, rps, mbs, p99) in &rows {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, rps, mbs, p99, cpu) in &rows {
         println!(
-            "| {label} | {rps:.0} | {mbs:.1} | {p99:.1} | {:.2} | {:.2} |",
+            "| {label} | {rps:.0} | {mbs:.1} | {p99:.1} | {cpu:.2} | {:.2} | {:.2} | {:.2} |",
             rps / base_rps,
-            p99 / base_p99.max(1e-9)
+            p99 / base_p99.max(1e-9),
+            cpu / base_cpu.max(1e-9)
         );
     }
     println!();
     println!(
         "Medians of {} rounds. Throughput counts acknowledged records (the filter's dropped half included).",
         args.plugin_rounds.max(1)
+    );
+    println!(
+        "Broker CPU: user+system time of every broker process from the round's first record to the last replica caught up, per acknowledged record."
     );
     println!("Latency is open-loop (see the default mode).");
     Ok(())
@@ -1105,45 +1122,51 @@ fn cluster_main(args: &Args) -> Result<()> {
             Ok(())
         })
     };
-    // (records/s, MB/s, p50 ms, p99 ms) per acks setting, per round.
-    let mut samples: [Vec<(f64, f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    // Per acks setting, per round.
+    let mut samples: [Vec<ClusterSample>; 2] = [Vec::new(), Vec::new()];
     for round in 0..args.cluster_rounds.max(1) {
         for (i, acks) in ["1", "all"].iter().enumerate() {
             let topic = format!("sluice-bench-cluster-{}-{round}-{acks}", std::process::id());
             create(&topic)?;
+            let brokers: Vec<&Broker> = cluster.brokers.iter().collect();
+            let measured = Round::prepare(&runtime, &bootstrap, &brokers, &topic, args.partitions)?;
             let mut a = args.clone();
             a.acks = acks.to_string();
             let r = produce(&a, &bootstrap, &topic)?;
+            let cpu = measured.finish(&runtime)?;
             if r.failed > 0 {
                 eprintln!("warning: acks={acks}: {} records failed delivery", r.failed);
             }
             let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
+            let cpu_us = cpu.as_secs_f64() * 1e6 / r.acked.max(1) as f64;
             println!(
-                "round {round}: acks={acks}: {} acked in {:.3} s",
+                "round {round}: acks={acks}: {} acked in {:.3} s, broker CPU {:.3} s ({cpu_us:.2} µs/record)",
                 r.acked,
-                r.elapsed.as_secs_f64()
+                r.elapsed.as_secs_f64(),
+                cpu.as_secs_f64()
             );
-            samples[i].push((
-                rate(r.acked as f64, r.elapsed),
-                rate((r.acked * args.record_size as u64) as f64 / MB, r.elapsed),
-                ms(0.5),
-                ms(0.99),
-            ));
+            samples[i].push(ClusterSample {
+                records_per_s: rate(r.acked as f64, r.elapsed),
+                mb_per_s: rate((r.acked * args.record_size as u64) as f64 / MB, r.elapsed),
+                p50_ms: ms(0.5),
+                p99_ms: ms(0.99),
+                cpu_us_per_record: cpu_us,
+            });
         }
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let rows: Vec<(f64, f64, f64, f64)> = samples
+    // Each column's median over the rounds.
+    let rows: Vec<ClusterSample> = samples
         .iter()
-        .map(|s| {
-            (
-                median(s.iter().map(|x| x.0).collect()),
-                median(s.iter().map(|x| x.1).collect()),
-                median(s.iter().map(|x| x.2).collect()),
-                median(s.iter().map(|x| x.3).collect()),
-            )
+        .map(|s| ClusterSample {
+            records_per_s: median(s.iter().map(|x| x.records_per_s).collect()),
+            mb_per_s: median(s.iter().map(|x| x.mb_per_s).collect()),
+            p50_ms: median(s.iter().map(|x| x.p50_ms).collect()),
+            p99_ms: median(s.iter().map(|x| x.p99_ms).collect()),
+            cpu_us_per_record: median(s.iter().map(|x| x.cpu_us_per_record).collect()),
         })
         .collect();
 
@@ -1158,14 +1181,21 @@ fn cluster_main(args: &Args) -> Result<()> {
 
     println!();
     println!(
-        "| acks (RF 3) | produce rec/s | MB/s | p50 ms | p99 ms | throughput vs acks=1 | p99 vs acks=1 |"
+        "| acks (RF 3) | produce rec/s | MB/s | p50 ms | p99 ms | brokers' CPU µs/record | throughput vs acks=1 | p99 vs acks=1 | CPU vs acks=1 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (label, (rps, mbs, p50, p99)) in ["1", "all"].iter().zip(&rows) {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let base = &rows[0];
+    for (label, r) in ["1", "all"].iter().zip(&rows) {
         println!(
-            "| {label} | {rps:.0} | {mbs:.1} | {p50:.1} | {p99:.1} | {:.2} | {:.2} |",
-            rps / rows[0].0,
-            p99 / rows[0].3.max(1e-9)
+            "| {label} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.records_per_s,
+            r.mb_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_us_per_record,
+            r.records_per_s / base.records_per_s,
+            r.p99_ms / base.p99_ms.max(1e-9),
+            r.cpu_us_per_record / base.cpu_us_per_record.max(1e-9)
         );
     }
     let mut sorted = failovers.clone();
@@ -1179,6 +1209,201 @@ fn cluster_main(args: &Args) -> Result<()> {
         sorted.len()
     );
     Ok(())
+}
+
+/// One measured round on a fresh topic, isolated from the rounds around
+/// it. Before: one acks=all record per partition (a fresh topic's
+/// followers start fetching once they applied its creation; that start-up
+/// is not throughput) and an idle cluster. After: the replicas converged
+/// (acks=1 returns before the followers have the data; the next round must
+/// not pay for this one's replication), the topic deleted and the page
+/// cache written out. Without the delete, each round runs slower than the
+/// one before on these VMs: writing to memory the guest has not touched
+/// yet costs more than reusing freed pages, whatever the broker does.
+struct Round<'a> {
+    bootstrap: &'a str,
+    brokers: &'a [&'a Broker],
+    topic: &'a str,
+    partitions: i32,
+    /// The brokers' CPU time when the round started.
+    cpu_at_start: Duration,
+}
+
+impl<'a> Round<'a> {
+    fn prepare(
+        runtime: &tokio::runtime::Runtime,
+        bootstrap: &'a str,
+        brokers: &'a [&'a Broker],
+        topic: &'a str,
+        partitions: i32,
+    ) -> Result<Round<'a>> {
+        let mut round = Round {
+            bootstrap,
+            brokers,
+            topic,
+            partitions,
+            cpu_at_start: Duration::ZERO,
+        };
+        runtime.block_on(round.warm_up())?;
+        round.settle()?;
+        round.cpu_at_start = brokers_cpu(brokers)?;
+        Ok(round)
+    }
+
+    /// Returns the brokers' CPU time from the start until every replica had
+    /// the round's records (the replication an acks=1 producer does not
+    /// wait for is part of the round's cost).
+    fn finish(self, runtime: &tokio::runtime::Runtime) -> Result<Duration> {
+        self.converge()?;
+        let cpu = brokers_cpu(self.brokers)?.saturating_sub(self.cpu_at_start);
+        runtime.block_on(async {
+            let admin = sluice_tests::admin_client(self.bootstrap)?;
+            for r in admin
+                .delete_topics(&[self.topic], &sluice_tests::admin_opts())
+                .await?
+            {
+                r.map_err(|(n, e)| anyhow::anyhow!("delete {n}: {e:?}"))?;
+            }
+            anyhow::Ok(())
+        })?;
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while self
+            .brokers
+            .iter()
+            .any(|b| b.partition_dir(self.topic, 0).exists())
+        {
+            if Instant::now() > give_up {
+                bail!(
+                    "{}: partition directories not removed after delete",
+                    self.topic
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sync_disks()?;
+        Ok(cpu)
+    }
+
+    async fn warm_up(&self) -> Result<()> {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = sluice_tests::producer_config(self.bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .create()
+            .context("producer")?;
+        for p in 0..self.partitions {
+            producer
+                .send(
+                    FutureRecord::<[u8], [u8]>::to(self.topic)
+                        .payload(b"warm-up")
+                        .partition(p),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("warm-up write to {}-{p}: {e}", self.topic))?;
+        }
+        Ok(())
+    }
+
+    /// The replicas converged and the dirty pages written out.
+    fn settle(&self) -> Result<()> {
+        self.converge()?;
+        sync_disks()
+    }
+
+    /// Waits until every replica of every partition stores as many bytes
+    /// as the others.
+    fn converge(&self) -> Result<()> {
+        let stored = |b: &Broker, p: i32| -> Result<u64> {
+            let mut total = 0;
+            for seg in sluice_tests::segment_files(&b.partition_dir(self.topic, p))? {
+                total += fs::metadata(&seg)?.len();
+            }
+            Ok(total)
+        };
+        let give_up = Instant::now() + Duration::from_secs(120);
+        for p in 0..self.partitions {
+            loop {
+                let sizes: Vec<u64> = self
+                    .brokers
+                    .iter()
+                    .map(|b| stored(b, p))
+                    .collect::<Result<_>>()?;
+                if sizes.windows(2).all(|w| w[0] == w[1]) {
+                    break;
+                }
+                if Instant::now() > give_up {
+                    bail!(
+                        "{}-{p}: replicas did not converge: {sizes:?} bytes",
+                        self.topic
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// User plus system CPU time of the broker processes so far (all their
+/// threads, exited ones included), from `/proc/PID/stat`.
+fn brokers_cpu(brokers: &[&Broker]) -> Result<Duration> {
+    let mut ticks = 0u64;
+    for b in brokers {
+        let pid = b.pid().context("broker not running")?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces), from 3:
+        // utime and stime are fields 14 and 15.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed /proc/PID/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .context("malformed /proc/PID/stat")?;
+        }
+    }
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second()?,
+    ))
+}
+
+fn clock_ticks_per_second() -> Result<f64> {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    if let Some(t) = TICKS.get() {
+        return Ok(*t);
+    }
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("cannot run getconf CLK_TCK")?;
+    let t: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("getconf CLK_TCK printed no number")?;
+    Ok(*TICKS.get_or_init(|| t))
+}
+
+fn sync_disks() -> Result<()> {
+    let synced = std::process::Command::new("sync")
+        .status()
+        .context("cannot run sync")?;
+    anyhow::ensure!(synced.success(), "sync failed: {synced}");
+    Ok(())
+}
+
+/// One cluster-mode round's figures.
+struct ClusterSample {
+    records_per_s: f64,
+    mb_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// The brokers' CPU time per acknowledged record.
+    cpu_us_per_record: f64,
 }
 
 /// One leader kill under a steady trickle of acks=all records; returns the
