@@ -55,6 +55,32 @@ async fn read_range(bs: &str, topic: &str, from: i64, to: i64) {
     }
 }
 
+/// Retention passes may run while records are still being produced, and the
+/// pass after the last write can delete one more segment. With no more
+/// writes retention reaches a fixed point: returns the watermarks once the
+/// log start is at least `min_low` and has stayed put for five check
+/// intervals (the brokers here check every 200 ms).
+async fn settled_watermarks(bs: &str, topic: &str, min_low: i64, setting: &str) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = watermarks(bs, topic);
+    let mut stable_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = watermarks(bs, topic);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if now.0 >= min_low && stable_since.elapsed() >= Duration::from_secs(1) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log start {} (wanted >= {min_low}, settled) not reached within 10 s with {setting}",
+            now.0
+        );
+    }
+}
+
 fn watermarks(bs: &str, topic: &str) -> (i64, i64) {
     stream_consumer(bs, &[])
         .expect("consumer")
@@ -138,20 +164,7 @@ async fn retention_bytes_deletes_oldest_segments_and_advances_log_start() {
     .expect("create topic");
     produce_each(&bs, &topic, 0..30, None).await;
 
-    // Retention passes may run while the records are still being produced;
-    // wait until a pass has run after the last one (log start well past 0).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (low, high) = loop {
-        let (low, high) = watermarks(&bs, &topic);
-        if low >= 15 {
-            break (low, high);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log start offset only {low} after 10 s with retention.bytes=2048"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (low, high) = settled_watermarks(&bs, &topic, 15, "retention.bytes=2048").await;
     assert_eq!(high, 30);
     assert!(
         low < 30,
@@ -196,19 +209,8 @@ async fn retention_ms_deletes_segments_with_expired_timestamps() {
     produce_each(&bs, &topic, 0..10, Some(now - 7_200_000)).await;
     produce_each(&bs, &topic, 10..20, None).await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let low = loop {
-        let (low, high) = watermarks(&bs, &topic);
-        assert_eq!(high, 20);
-        if low > 0 {
-            break low;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expired segments not deleted within 10 s (retention.ms=60000)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (low, high) = settled_watermarks(&bs, &topic, 1, "retention.ms=60000").await;
+    assert_eq!(high, 20);
     assert!(low <= 10, "current records were deleted: log start {low}");
     read_range(&bs, &topic, low, 20).await;
 }

@@ -287,6 +287,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Reads a `len`-byte frame into fresh capacity: no zero-filling first
+/// (follower fetch responses run to megabytes).
+async fn read_frame(rd: &mut OwnedReadHalf, len: usize) -> std::io::Result<Bytes> {
+    let mut frame = BytesMut::with_capacity(len);
+    while frame.len() < len {
+        let want = (len - frame.len()) as u64;
+        if (&mut *rd).take(want).read_buf(&mut frame).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(frame.freeze())
+}
+
 /// Reads response frames and hands each to the call waiting for its
 /// correlation id. On any failure every waiting call gets the error and
 /// the connection is marked closed.
@@ -318,14 +331,15 @@ async fn read_responses(
                 detail: format!("response length {len}"),
             };
         };
-        let mut frame = BytesMut::zeroed(len);
-        if let Err(source) = rd.read_exact(&mut frame).await {
-            break ClientError::Io {
-                addr: addr.clone(),
-                source,
-            };
-        }
-        let frame = frame.freeze();
+        let frame = match read_frame(&mut rd, len).await {
+            Ok(frame) => frame,
+            Err(source) => {
+                break ClientError::Io {
+                    addr: addr.clone(),
+                    source,
+                };
+            }
+        };
         let correlation = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
         // A waiter that timed out is gone: its late response is dropped.
         if let Some(tx) = lock(&pending).remove(&correlation) {
