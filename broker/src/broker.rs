@@ -6,7 +6,7 @@
 //! into local state (see `crate::view`).
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -47,6 +47,9 @@ pub struct Broker {
     pub metrics: Metrics,
     /// Set once logs are recovered and both listeners are bound.
     pub ready: AtomicBool,
+    /// Cut off from the controller quorum for a session timeout: lead
+    /// nothing (set by `crate::liveness`, applied by `apply_metadata`).
+    pub cut_off: AtomicBool,
     /// One application of metadata at a time, in order.
     applying: Mutex<()>,
 }
@@ -126,6 +129,7 @@ impl Broker {
             topics,
             metrics,
             ready: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
             applying: Mutex::new(()),
             args,
         };
@@ -148,20 +152,25 @@ impl Broker {
         let _one = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let latest = self.quorum.view();
         let previous = self.views.current();
-        if latest.applied_index <= previous.applied_index && previous.applied_index > 0 {
+        let cut_off = self.cut_off.load(Ordering::Acquire);
+        if latest.applied_index <= previous.applied_index
+            && previous.applied_index > 0
+            && cut_off == previous.cut_off()
+        {
             return;
         }
         self.plugins.registry.sync(&latest.image.plugins);
         let topics = self.topics.materialize(&latest.image);
         let leaders = self
             .replicas
-            .apply_roles(&previous.leaders, &latest.image, &topics);
+            .apply_roles(&previous.leaders, &latest.image, &topics, cut_off);
         self.views.publish(ClusterView::new(
             self.node_id,
             latest.applied_index,
             latest.image.clone(),
             topics,
             Arc::new(leaders),
+            cut_off,
         ));
         self.groups.refresh_ownership();
     }

@@ -78,6 +78,39 @@ pub struct ServeArgs {
     /// Largest request frame accepted; bigger frames close the connection.
     #[arg(long, env = "SLUICE_MAX_REQUEST_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_request_bytes: usize,
+    /// On SIGTERM, move this broker's partition leaderships to in-sync
+    /// followers before stopping (Kafka's controlled.shutdown.enable).
+    #[arg(long, env = "SLUICE_CONTROLLED_SHUTDOWN_ENABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controlled_shutdown_enable: bool,
+    /// Longest a controlled shutdown waits for the controller to move the
+    /// leaderships, and then for open requests to finish, before the
+    /// broker stops anyway.
+    #[arg(
+        long,
+        env = "SLUICE_CONTROLLED_SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub controlled_shutdown_timeout_ms: u64,
+    /// Most Kafka-listener connections open at once; beyond it the listener
+    /// stops accepting until one closes (Kafka's max.connections).
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 2_147_483_647)]
+    pub max_connections: usize,
+    /// Most connections from one IP address; more are closed on arrival
+    /// (Kafka's max.connections.per.ip).
+    #[arg(
+        long,
+        env = "SLUICE_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 2_147_483_647
+    )]
+    pub max_connections_per_ip: usize,
+    /// Close a connection that sent no request and has nothing in progress
+    /// for this long (Kafka's connections.max.idle.ms).
+    #[arg(
+        long,
+        env = "SLUICE_CONNECTIONS_MAX_IDLE_MS",
+        default_value_t = 600_000
+    )]
+    pub connections_max_idle_ms: u64,
     /// Create unknown topics when a client asks for their metadata (Kafka's default).
     #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_create_topics: bool,
@@ -239,6 +272,19 @@ fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!(
             "max-request-bytes must be at least 1024, got {}",
             args.max_request_bytes
+        );
+    }
+    if args.max_connections < 1 || args.max_connections_per_ip < 1 {
+        bail!(
+            "max-connections ({}) and max-connections-per-ip ({}) must be >= 1",
+            args.max_connections,
+            args.max_connections_per_ip
+        );
+    }
+    if args.connections_max_idle_ms < 100 {
+        bail!(
+            "connections-max-idle-ms must be at least 100, got {}",
+            args.connections_max_idle_ms
         );
     }
     if args.offsets_topic_partitions < 1 {

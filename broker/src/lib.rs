@@ -9,8 +9,11 @@
 //! - `routing` and `forward`: produce through plugins, sub-batches
 //!   forwarded to other brokers' leaders;
 //! - `groups` and `lag`: the group coordinator;
+//! - `liveness`: stepping down when cut off from the controller quorum,
+//!   controlled shutdown;
 //! - `cluster::topics`: topics materialized with their local logs;
-//! - `api` (one module per Kafka API family), `server` (the listener),
+//! - `api` (one module per Kafka API family), `server` (the listener) and
+//!   `connections` (its limits and accounting),
 //!   `admin` (HTTP), `metrics`, `config`, `maintenance`, `cli`.
 //!
 //! The `sluice-broker` binary wires them together.
@@ -21,9 +24,11 @@ pub mod broker;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod forward;
 pub mod groups;
 pub mod lag;
+pub mod liveness;
 pub mod maintenance;
 pub mod metrics;
 pub mod replication;

@@ -10,7 +10,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_broker::broker::Broker;
 use sluice_broker::cli::{self, PluginCommand};
 use sluice_broker::config::{self, ServeArgs};
-use sluice_broker::{admin, maintenance, replication, server};
+use sluice_broker::connections::{ConnectionLimits, Connections};
+use sluice_broker::{admin, liveness, maintenance, replication, server};
 use sluice_metadata::controller::{self, Registration};
 use sluice_metadata::quorum::{self, Quorum, QuorumConfig};
 use sluice_metadata::topic_config::META_DIR;
@@ -124,22 +125,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await?,
     );
+    let connections = Connections::new(ConnectionLimits {
+        max_connections: args.max_connections,
+        max_per_ip: args.max_connections_per_ip,
+        idle_timeout: Duration::from_millis(args.connections_max_idle_ms),
+    })?;
     let listener = Arc::new(server::Listener {
         quorum: quorum.clone(),
         broker: OnceLock::new(),
         max_request_bytes: args.max_request_bytes,
+        connections: connections.clone(),
+        draining: tokio::sync::watch::Sender::new(false),
     });
     tokio::spawn(server::serve(listener.clone(), kafka));
     let heartbeat = Duration::from_millis(args.broker_heartbeat_interval_ms);
     let session = Duration::from_millis(args.broker_session_timeout_ms);
     let broker = Arc::new(Broker::open(args, quorum.clone(), registration.clone()).await?);
+    for c in connections.metrics.collectors() {
+        broker.metrics.register(c);
+    }
     let _ = listener.broker.set(broker.clone());
     tokio::spawn(controller::heartbeat_loop(
         quorum.clone(),
         registration,
         heartbeat,
     ));
-    tokio::spawn(controller::fence_loop(quorum.clone(), session));
+    tokio::spawn(liveness::watch_quorum_contact(broker.clone(), session));
+    tokio::spawn(controller::fence_loop(quorum.clone(), session, heartbeat));
     tokio::spawn(controller::controller_watch(quorum.clone()));
     tokio::spawn(maintenance::metadata_sync(broker.clone()));
     let views = broker.views.clone();
@@ -169,8 +181,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     stop.await;
-    tracing::info!("shutting down: flushing logs");
+    tracing::info!("shutting down");
     broker.ready.store(false, Ordering::Release);
+    let shutdown_timeout = Duration::from_millis(broker.args.controlled_shutdown_timeout_ms);
+    let started = std::time::Instant::now();
+    if broker.args.controlled_shutdown_enable {
+        liveness::controlled_shutdown(&broker, shutdown_timeout).await;
+    }
+    // Requests in progress are answered (acks=all waits here have failed
+    // over to NOT_LEADER_OR_FOLLOWER), then the connections close.
+    listener.drain();
+    let deadline = started + shutdown_timeout;
+    while connections.metrics.active.get() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(
+        open_connections = connections.metrics.active.get(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "connections closed; flushing logs"
+    );
     for t in broker.topics.materialized().values() {
         for p in t.local_partitions() {
             if let Err(e) = p.close() {

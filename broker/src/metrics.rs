@@ -3,8 +3,8 @@
 //! path does not pay for them.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use std::sync::atomic::Ordering;
@@ -24,9 +24,6 @@ pub struct Metrics {
     pub bytes_out: IntCounterVec,
     pub records_out: IntCounterVec,
     pub duplicate_batches: IntCounterVec,
-    pub connections_active: IntGauge,
-    pub connections_total: IntCounter,
-    pub connections_closed_bad_input: IntCounterVec,
     log_end_offset: IntGaugeVec,
     log_start_offset: IntGaugeVec,
     log_size_bytes: IntGaugeVec,
@@ -110,21 +107,6 @@ impl Metrics {
             "sluice_duplicate_batches_total",
             "Retried idempotent batches answered from producer state instead of written again, by topic.",
             &["topic"],
-        );
-        let connections_active = must(IntGauge::new(
-            "sluice_connections_active",
-            "Open Kafka client connections.",
-        ));
-        must(registry.register(Box::new(connections_active.clone())));
-        let connections_total = must(IntCounter::new(
-            "sluice_connections_total",
-            "Kafka client connections accepted.",
-        ));
-        must(registry.register(Box::new(connections_total.clone())));
-        let connections_closed_bad_input = counter(
-            "sluice_connections_closed_bad_input_total",
-            "Connections closed because the client sent something unusable, by reason.",
-            &["reason"],
         );
         let log_end_offset = gauge(
             "sluice_partition_log_end_offset",
@@ -210,9 +192,6 @@ impl Metrics {
             bytes_out,
             records_out,
             duplicate_batches,
-            connections_active,
-            connections_total,
-            connections_closed_bad_input,
             log_end_offset,
             log_start_offset,
             log_size_bytes,

@@ -1,25 +1,29 @@
 //! The Kafka listener: one task per connection, frames read with a bounded
-//! size, requests answered strictly in order (a produce's appends happen in
-//! order; its wait for the followers may overlap the next requests, see
-//! `PIPELINE`). Anything unusable a client
-//! sends closes that connection with a logged reason; other clients never
-//! notice. Quorum traffic from peer brokers shares the listener (see
-//! `cluster::quorum::rpc`) and is served from the start, before this
-//! broker has joined the cluster; Kafka clients are served once it has.
+//! size into buffers that grow with the bytes that arrive, requests
+//! answered strictly in order (a produce's appends happen in order; its wait
+//! for the followers may overlap the next requests, see `PIPELINE`).
+//! Anything unusable a client sends closes that connection with a logged
+//! (rate-limited) reason; other clients never notice. Admission (connection
+//! limits) and accounting are `crate::connections`'. Quorum traffic from
+//! peer brokers shares the listener (see `cluster::quorum::rpc`) and is
+//! served from the start, before this broker has joined the cluster; Kafka
+//! clients are served once it has.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
 use crate::broker::Broker;
+use crate::connections::Connections;
 use sluice_metadata::quorum::{Quorum, rpc};
 use sluice_protocol::{self as protocol, FrameError};
 
@@ -28,29 +32,59 @@ pub struct Listener {
     pub quorum: Arc<Quorum>,
     pub broker: OnceLock<Arc<Broker>>,
     pub max_request_bytes: usize,
+    pub connections: Arc<Connections>,
+    /// Set on shutdown: stop accepting, let every connection finish the
+    /// requests it has and close.
+    pub draining: tokio::sync::watch::Sender<bool>,
+}
+
+impl Listener {
+    /// Stops taking connections and requests; open connections close once
+    /// their requests in progress are answered. `connections.metrics.active`
+    /// reaches zero when all have.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
 }
 
 /// Once a length prefix has arrived, the rest of the frame must follow within
 /// this time; a client that stalls mid-frame holds buffers and a task.
 const FRAME_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// A connection's first read buffer, and the smallest step it grows by.
+const READ_CHUNK: usize = 4 * 1024;
+
+/// Response bytes buffered before a write; bigger chunks (fetched records)
+/// go to the socket directly.
+const WRITE_BUFFER: usize = 8 * 1024;
+
 pub async fn serve(node: Arc<Listener>, listener: TcpListener) {
+    let mut draining = node.draining.subscribe();
     loop {
-        match listener.accept().await {
+        // Kafka's acceptor waits while the broker is at max.connections.
+        let slot = tokio::select! {
+            slot = node.connections.slot() => slot,
+            () = drained(&mut draining) => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Dropping the listener closes the port: clients fail over at
+            // once instead of connecting to a broker that is leaving.
+            () = drained(&mut draining) => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
+                let Ok(admitted) = node.connections.admit(peer, slot) else {
+                    // Over max.connections.per.ip: closed on arrival.
+                    drop(stream);
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let broker = node.broker.get().cloned();
-                    if let Some(b) = &broker {
-                        b.metrics.connections_active.inc();
-                        b.metrics.connections_total.inc();
-                    }
                     if let Err(e) = connection(&node, stream, peer).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
                     }
-                    if let Some(b) = &broker {
-                        b.metrics.connections_active.dec();
-                    }
+                    drop(admitted);
                 });
             }
             Err(e) => {
@@ -97,26 +131,27 @@ impl Drop for AbortOnDrop {
 async fn connection(node: &Listener, stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (rd, wr) = stream.into_split();
-    let mut writer = BufWriter::with_capacity(64 * 1024, wr);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, wr);
     // Capacity 1: the reader holds at most one frame the connection has not
     // taken yet; `PIPELINE` and `PIPELINE_BYTES` bound the rest.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let _reader = AbortOnDrop(tokio::spawn(read_frames(
-        BufReader::with_capacity(64 * 1024, rd),
-        node.max_request_bytes,
-        tx,
-    )));
+    let _reader = AbortOnDrop(tokio::spawn(read_frames(rd, node.max_request_bytes, tx)));
     let mut pending: FuturesOrdered<BoxFuture<'_, (usize, Reply)>> = FuturesOrdered::new();
     let mut in_flight_bytes = 0usize;
     let mut reading = true;
     let mut closing: Option<(&'static str, String)> = None;
+    // connections.max.idle.ms: from the last request or response.
+    let idle_timeout = node.connections.limits.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut draining = node.draining.subscribe();
     loop {
         if !reading && pending.is_empty() {
             writer.flush().await?;
-            return match closing {
-                Some((reason, detail)) => close(node.broker.get(), peer, reason, detail),
-                None => Ok(()),
-            };
+            if let Some((reason, detail)) = closing {
+                node.connections.closed_for_bad_input(peer, reason, &detail);
+            }
+            return Ok(());
         }
         let room = pending.len() < PIPELINE && in_flight_bytes < PIPELINE_BYTES;
         tokio::select! {
@@ -137,6 +172,7 @@ async fn connection(node: &Listener, stream: TcpStream, peer: SocketAddr) -> std
                     }
                 }
                 writer.flush().await?;
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
             }
             incoming = rx.recv(), if reading && room => match incoming {
                 None => reading = false,
@@ -145,14 +181,30 @@ async fn connection(node: &Listener, stream: TcpStream, peer: SocketAddr) -> std
                     reading = false;
                 }
                 Some(Incoming::Frame(frame)) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     let len = frame.len();
                     in_flight_bytes += len;
-                    let reply = dispatch(node, peer, frame).await;
+                    let reply = Box::pin(dispatch(node, peer, frame)).await;
                     pending.push_back(Box::pin(async move { (len, reply.await) }));
                 }
             },
+            () = drained(&mut draining), if reading => {
+                // Shutting down: answer what is in progress, then close.
+                reading = false;
+            }
+            () = &mut idle, if reading && pending.is_empty() => {
+                node.connections.metrics.idle_closed.inc();
+                tracing::debug!(%peer, idle_ms = idle_timeout.as_millis(), "closing idle connection (connections-max-idle-ms)");
+                reading = false;
+            }
         }
     }
+}
+
+/// Resolves once the listener drains (the guard `wait_for` returns must
+/// not live across the connection's awaits).
+async fn drained(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
 }
 
 /// Writes one reply; false when the connection must close.
@@ -255,18 +307,22 @@ async fn dispatch<'a>(node: &'a Listener, peer: SocketAddr, frame: Bytes) -> Box
 }
 
 /// Reads length-prefixed frames and hands them over, until the client
-/// closes or sends something unusable.
-async fn read_frames(
-    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    max: usize,
-    tx: tokio::sync::mpsc::Sender<Incoming>,
-) {
+/// closes or sends something unusable. A declared length is a limit, not an
+/// allocation: the buffer grows fourfold as the bytes arrive (so a frame in
+/// progress holds at most about four times what has arrived, plus
+/// `READ_CHUNK`), except up to the largest frame this connection has
+/// already delivered in full, which gets its whole buffer at once (a
+/// producer's steady stream of 1 MB requests is read without copies).
+async fn read_frames(mut rd: OwnedReadHalf, max: usize, tx: tokio::sync::mpsc::Sender<Incoming>) {
+    let mut buf = BytesMut::new();
+    let mut proven = 0usize;
     loop {
-        let len = match reader.read_i32().await {
-            Ok(n) => n,
-            // EOF or a reset: the connection is over.
-            Err(_) => return,
-        };
+        match fill(&mut rd, &mut buf, 4, 0).await {
+            Ok(true) => {}
+            // EOF or a reset between frames: the connection is over.
+            Ok(false) | Err(_) => return,
+        }
+        let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         if len < 0 || len as usize > max {
             let _ = tx
                 .send(Incoming::Refused(
@@ -276,11 +332,8 @@ async fn read_frames(
                 .await;
             return;
         }
-        // Grow the buffer as bytes arrive rather than trusting the prefix
-        // with an up-front allocation.
-        let mut frame = BytesMut::new();
-        let mut limited = (&mut reader).take(len as u64);
-        let body = limited.read_buf_exact(&mut frame, len as usize);
+        let len = len as usize;
+        let body = fill(&mut rd, &mut buf, 4 + len, proven);
         let refusal = match tokio::time::timeout(FRAME_BODY_TIMEOUT, body).await {
             Err(_) => Some((
                 "slow_frame",
@@ -290,15 +343,22 @@ async fn read_frames(
                 ),
             )),
             Ok(Err(_)) => return,
-            Ok(Ok(got)) if got < len as usize => Some((
+            Ok(Ok(false)) => Some((
                 "truncated_frame",
-                format!("connection closed after {got} of {len} frame bytes"),
+                format!(
+                    "connection closed after {} of {len} frame bytes",
+                    buf.len().saturating_sub(4)
+                ),
             )),
-            Ok(Ok(_)) => None,
+            Ok(Ok(true)) => None,
         };
         let incoming = match refusal {
             Some((reason, detail)) => Incoming::Refused(reason, detail),
-            None => Incoming::Frame(frame.freeze()),
+            None => {
+                buf.advance(4);
+                proven = proven.max(len);
+                Incoming::Frame(buf.split_to(len).freeze())
+            }
         };
         let last = matches!(incoming, Incoming::Refused(..));
         if tx.send(incoming).await.is_err() || last {
@@ -307,35 +367,27 @@ async fn read_frames(
     }
 }
 
-fn close(
-    broker: Option<&Arc<Broker>>,
-    peer: SocketAddr,
-    reason: &'static str,
-    detail: String,
-) -> std::io::Result<()> {
-    if let Some(b) = broker {
-        b.metrics
-            .connections_closed_bad_input
-            .with_label_values(&[reason])
-            .inc();
-    }
-    tracing::warn!(%peer, reason, "closing connection: {detail}");
-    Ok(())
-}
-
-/// `AsyncReadExt::take` + read until `len` bytes or EOF.
-trait ReadBufExact {
-    async fn read_buf_exact(&mut self, buf: &mut BytesMut, len: usize) -> std::io::Result<usize>;
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> ReadBufExact for tokio::io::Take<R> {
-    async fn read_buf_exact(&mut self, buf: &mut BytesMut, len: usize) -> std::io::Result<usize> {
-        while buf.len() < len {
-            buf.reserve((len - buf.len()).min(1 << 20));
-            if self.read_buf(buf).await? == 0 {
-                break;
-            }
+/// Reads until `buf` holds `need` bytes; false on EOF first. Room is added
+/// as described at `read_frames`.
+async fn fill(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    need: usize,
+    proven: usize,
+) -> std::io::Result<bool> {
+    while buf.len() < need {
+        if buf.capacity() == buf.len() {
+            // (Reading ahead into the next frame is fine: the buffer is kept.)
+            let target = if need > 4 && need - 4 <= proven {
+                need
+            } else {
+                need.max(READ_CHUNK).min((buf.len() * 4).max(READ_CHUNK))
+            };
+            buf.reserve(target - buf.len());
         }
-        Ok(buf.len())
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(false);
+        }
     }
+    Ok(true)
 }

@@ -36,6 +36,9 @@ pub struct ClusterView {
     /// The partitions this broker leads in this view, with their terms.
     pub leaders: Arc<Leaders>,
     node_id: i32,
+    /// This broker is cut off from the controller quorum: it leads
+    /// nothing, whatever the (stale) image says (see `crate::liveness`).
+    cut_off: bool,
 }
 
 impl ClusterView {
@@ -47,6 +50,7 @@ impl ClusterView {
             topics: Arc::default(),
             leaders: Arc::default(),
             node_id,
+            cut_off: false,
         }
     }
 
@@ -56,6 +60,7 @@ impl ClusterView {
         image: Arc<MetadataImage>,
         topics: Arc<BTreeMap<String, Arc<Topic>>>,
         leaders: Arc<Leaders>,
+        cut_off: bool,
     ) -> ClusterView {
         ClusterView {
             applied_index,
@@ -63,11 +68,28 @@ impl ClusterView {
             topics,
             leaders,
             node_id,
+            cut_off,
         }
     }
 
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// Cut off from the controller quorum: the image's leaderships naming
+    /// this broker are stale, and it does not act on them.
+    pub fn cut_off(&self) -> bool {
+        self.cut_off
+    }
+
+    /// The leader clients are told about: none where this broker, cut off,
+    /// is named (another broker has probably been elected by now).
+    pub fn advertised_leader(&self, state: &PartitionImage) -> i32 {
+        if self.cut_off && state.leader == self.node_id {
+            NO_LEADER
+        } else {
+            state.leader
+        }
     }
 
     pub fn topic(&self, name: &str) -> Option<&Arc<Topic>> {
@@ -114,6 +136,16 @@ impl ClusterView {
     /// Registered, unfenced brokers: the only ones clients are sent to.
     pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerImage> {
         self.image.brokers.values().filter(|b| !b.fenced)
+    }
+
+    /// The brokers clients are told about: the live ones, except this
+    /// broker while it is cut off from the quorum. A client that finds its
+    /// broker gone from the list drops it and asks the others, which know
+    /// the leaders elected since (librdkafka keeps asking the broker it is
+    /// connected to otherwise, and would never learn them).
+    pub fn advertised_brokers(&self) -> impl Iterator<Item = &BrokerImage> {
+        let hide = self.cut_off.then_some(self.node_id);
+        self.live_brokers().filter(move |b| Some(b.id) != hide)
     }
 
     /// Ids of the live brokers, sorted: where new replicas may go.

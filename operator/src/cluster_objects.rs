@@ -31,6 +31,12 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::Cluster;
 
+/// Time a broker pod gets between SIGTERM and SIGKILL: covers the broker's
+/// controlled shutdown (moving its leaderships, then answering the
+/// requests in progress; at most `controlled-shutdown-timeout-ms`, 30 s by
+/// default, and usually well under a second) plus flushing its logs.
+pub const TERMINATION_GRACE_SECONDS: i64 = 60;
+
 pub const KAFKA_PORT: i32 = 9092;
 pub const ADMIN_PORT: i32 = 9644;
 const DATA_DIR: &str = "/var/lib/sluice";
@@ -266,6 +272,7 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
                 metadata: Some(template_meta),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),

@@ -124,6 +124,11 @@ fn brokers_know_their_id_and_address() {
         ),
         "every broker knows the whole quorum"
     );
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(60),
+        "long enough for the brokers' controlled shutdown"
+    );
     let sc = c.security_context.as_ref().expect("security context");
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.run_as_non_root, Some(true));

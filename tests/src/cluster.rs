@@ -125,6 +125,17 @@ impl Cluster {
         self.brokers[id].restart()
     }
 
+    /// SIGTERMs broker `id` (controlled shutdown) and waits for it to exit;
+    /// returns how long it took.
+    pub fn terminate(&mut self, id: usize) -> Result<Duration> {
+        self.brokers[id].terminate(Duration::from_secs(40))
+    }
+
+    /// Starts a stopped broker `id` again.
+    pub fn start_again(&mut self, id: usize) -> Result<()> {
+        self.brokers[id].restart()
+    }
+
     /// Metadata for `topic` as broker `via` sees it.
     pub fn metadata(&self, via: usize, topic: Option<&str>) -> Result<Metadata> {
         let admin = admin_client(self.addr(via))?;

@@ -388,6 +388,42 @@ impl Broker {
         self.spawn()
     }
 
+    /// SIGTERMs the broker (a clean, controlled shutdown) and waits up to
+    /// `wait` for it to exit, SIGKILLing it after that. Returns how long it
+    /// took to exit on its own; an error if it had to be killed or did not
+    /// exit cleanly.
+    pub fn terminate(&mut self, wait: Duration) -> Result<Duration> {
+        let Some(mut child) = self.child.take() else {
+            bail!("broker is not running");
+        };
+        let started = Instant::now();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).context("broker pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .context("sending SIGTERM")?;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for the broker")? {
+                if !status.success() {
+                    bail!("broker exited with {status} after SIGTERM");
+                }
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > wait {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("broker did not exit within {wait:?} of SIGTERM; killed");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`Broker::terminate`], then starts it again on the same data
+    /// directory.
+    pub fn restart_gracefully(&mut self, wait: Duration) -> Result<Duration> {
+        let took = self.terminate(wait)?;
+        self.spawn()?;
+        Ok(took)
+    }
+
     /// Everything the broker wrote to stderr (all generations, separated by
     /// harness marker lines) plus stray stdout lines.
     pub fn stderr_log(&self) -> String {

@@ -7,11 +7,11 @@
 //! with a partitioner plugin get a JSON value carrying that id and a
 //! tenant, so the test can compute where the plugin must have put it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rdkafka::Message;
@@ -97,8 +97,28 @@ pub fn idempotent_producer(bootstrap: &str) -> Result<Arc<FutureProducer>> {
 /// A running load and its history.
 pub struct Load {
     history: Arc<Mutex<History>>,
+    gaps: Arc<Mutex<AckGaps>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Result<()>>,
+}
+
+/// Per partition: when its last acknowledgement arrived, and the longest
+/// time it went without one (how long it was unavailable to the producer).
+#[derive(Default)]
+struct AckGaps {
+    last: HashMap<i32, Instant>,
+    longest: HashMap<i32, Duration>,
+}
+
+impl AckGaps {
+    fn acked(&mut self, partition: i32) {
+        let now = Instant::now();
+        if let Some(last) = self.last.insert(partition, now) {
+            let gap = now.duration_since(last);
+            let longest = self.longest.entry(partition).or_default();
+            *longest = (*longest).max(gap);
+        }
+    }
 }
 
 impl Load {
@@ -106,9 +126,15 @@ impl Load {
     /// `topic` (values from `value`) until stopped.
     pub fn start(bootstrap: &str, topic: &str, partitions: i32, value: ValueOf) -> Result<Load> {
         let history = Arc::new(Mutex::new(History::default()));
+        let gaps = Arc::new(Mutex::new(AckGaps::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let producer = idempotent_producer(bootstrap)?;
-        let (h, s, topic) = (history.clone(), stop.clone(), topic.to_string());
+        let (h, g, s, topic) = (
+            history.clone(),
+            gaps.clone(),
+            stop.clone(),
+            topic.to_string(),
+        );
         let task = tokio::spawn(async move {
             let mut waiters = tokio::task::JoinSet::new();
             let mut seq = 0u64;
@@ -121,12 +147,17 @@ impl Load {
                         FutureRecord::to(&topic).payload(v.as_bytes()).partition(p),
                     )
                     .await?;
-                    let h = h.clone();
+                    let (h, g) = (h.clone(), g.clone());
                     waiters.spawn(async move {
                         let outcome = fut.await;
                         let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
                         match outcome {
-                            Ok(Ok(d)) => h.acked(id, d.partition, d.offset),
+                            Ok(Ok(d)) => {
+                                h.acked(id, d.partition, d.offset);
+                                g.lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .acked(d.partition);
+                            }
                             _ => h.failed(),
                         }
                     });
@@ -139,9 +170,35 @@ impl Load {
         });
         Ok(Load {
             history,
+            gaps,
             stop,
             task,
         })
+    }
+
+    /// Forgets the gaps so far: `longest_ack_gap` measures from now on.
+    pub fn reset_ack_gaps(&self) {
+        let mut g = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        g.longest.clear();
+        let now = Instant::now();
+        for last in g.last.values_mut() {
+            *last = now;
+        }
+    }
+
+    /// The longest time any partition went without an acknowledgement so
+    /// far (counting the time since its last one), and that partition.
+    pub fn longest_ack_gap(&self) -> (i32, Duration) {
+        let g = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        g.last
+            .iter()
+            .map(|(p, last)| {
+                let longest = g.longest.get(p).copied().unwrap_or_default();
+                (*p, longest.max(now.duration_since(*last)))
+            })
+            .max_by_key(|(_, gap)| *gap)
+            .unwrap_or((-1, Duration::ZERO))
     }
 
     /// Stops the load and waits for every delivery report.

@@ -179,3 +179,140 @@ async fn idle_and_half_open_connections_do_not_block_other_clients() {
     drop(idle);
     drop(stuck);
 }
+
+/// The broker's resident memory, from `/proc` (Linux).
+fn resident_bytes(broker: &Broker) -> u64 {
+    let pid = broker.pid().expect("broker pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS in /proc/PID/status")
+}
+
+fn metric(broker: &Broker, series: &str) -> f64 {
+    let resp = sluice_tests::http_get(broker.admin_addr(), "/metrics").expect("GET /metrics");
+    resp.body
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// 1,000 connections that each declare a 1 MB request and send 100 bytes
+/// of it: a declared size is a limit, not an allocation, so they cost the
+/// broker little memory, and a good client keeps producing and consuming.
+#[tokio::test]
+async fn half_open_flood_costs_little_memory_and_good_clients_keep_working() {
+    const FLOOD: usize = 1000;
+    let (mut broker, topic) = setup().await;
+    let before = resident_bytes(&broker);
+    let mut half_open = Vec::with_capacity(FLOOD);
+    let mut prefix = 1_000_000i32.to_be_bytes().to_vec();
+    prefix.extend_from_slice(&pseudo_random_bytes(9, 100));
+    for _ in 0..FLOOD {
+        let mut s = TcpStream::connect_timeout(&broker.kafka_addr(), Duration::from_secs(5))
+            .expect("connect");
+        s.write_all(&prefix).expect("write a partial frame");
+        half_open.push(s);
+    }
+    // The broker has read them all once the connections gauge says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&broker, "sluice_connections_active ") < FLOOD as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker did not accept {FLOOD} connections within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_still_serving(&mut broker, &topic, "a half-open connection flood").await;
+    let during = resident_bytes(&broker);
+    let grown = during.saturating_sub(before);
+    eprintln!(
+        "resident memory: {} MB before, {} MB with {FLOOD} half-open connections (+{} KB each)",
+        before >> 20,
+        during >> 20,
+        grown / FLOOD as u64 / 1024
+    );
+    assert!(
+        grown < 50 << 20,
+        "{FLOOD} half-open connections cost {} MB (bound: 50 MB)",
+        grown >> 20
+    );
+    drop(half_open);
+}
+
+/// Kafka's `max.connections.per.ip` closes connections over the limit on
+/// arrival; `connections.max.idle.ms` closes connections that send nothing.
+#[tokio::test]
+async fn connection_limits_and_idle_timeout_are_enforced() {
+    let broker = Broker::start_with_args(&[
+        "--max-connections-per-ip",
+        "3",
+        "--connections-max-idle-ms",
+        "1000",
+    ])
+    .expect("broker should start");
+    let connect = || {
+        let s = TcpStream::connect_timeout(&broker.kafka_addr(), Duration::from_secs(5))
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("set read timeout");
+        s
+    };
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+    // Make sure the broker admitted all three before the fourth.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&broker, "sluice_connections_active ") < 3.0 {
+        assert!(Instant::now() < deadline, "three connections not admitted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut fourth = connect();
+    let mut byte = [0u8; 1];
+    let refused_at = Instant::now();
+    loop {
+        match fourth.read(&mut byte) {
+            Ok(0) => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                assert!(
+                    refused_at.elapsed() < Duration::from_millis(900),
+                    "a fourth connection from one address stayed open (max-connections-per-ip 3)"
+                );
+            }
+            Ok(_) | Err(_) => break,
+        }
+    }
+    assert_eq!(
+        metric(
+            &broker,
+            "sluice_connections_refused_total{limit=\"per_ip\"} "
+        ),
+        1.0
+    );
+    // The held connections never send anything: closed after ~1 s idle.
+    let started = Instant::now();
+    for s in &mut held {
+        loop {
+            match s.read(&mut byte) {
+                Ok(0) => break,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "an idle connection was not closed within 10 s (connections-max-idle-ms 1000)"
+                    );
+                }
+                Ok(_) | Err(_) => break,
+            }
+        }
+    }
+    assert!(metric(&broker, "sluice_connections_idle_closed_total ") >= 3.0);
+    // With the idle connections gone there is room again.
+    let mut fresh = connect();
+    assert!(
+        matches!(fresh.read(&mut byte), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "a connection after the idle ones closed is admitted"
+    );
+}

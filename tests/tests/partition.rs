@@ -12,6 +12,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::Offset;
 use sluice_tests::cluster::{FAST_FAILOVER, PartitionableCluster};
 use sluice_tests::history::{History, Read, payload};
+use sluice_tests::load::{Load, plain, read_all};
 use sluice_tests::{
     admin_client, admin_opts, assign, enqueue, future_producer, raw_client, stream_consumer,
     unique_name,
@@ -139,6 +140,56 @@ async fn an_isolated_leader_acknowledges_nothing_and_truncates_after_healing() -
     assert_eq!(
         lone, 0,
         "the isolated leader's unacknowledged batch survived"
+    );
+    Ok(())
+}
+
+/// The partition's producers are unavailable for at most the session
+/// timeout plus 2 s while its leader is cut off from the other brokers:
+/// the isolated leader steps down after the session timeout (answering
+/// NOT_LEADER_OR_FOLLOWER, no longer naming itself leader), so clients
+/// find the leader the majority elected, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_steps_down_and_clients_move_within_the_session_timeout() -> Result<()> {
+    const SESSION: Duration = Duration::from_millis(1500);
+    let mut args: Vec<&str> = FAST_FAILOVER.to_vec();
+    args.extend(["--replica-lag-time-max-ms", "2000"]);
+    let pc = PartitionableCluster::start(3, &args)?;
+    let c = &pc.cluster;
+    let topic = unique_name("stepdown");
+    let admin = admin_client(&c.bootstrap())?;
+    let t = NewTopic::new(&topic, 1, TopicReplication::Variable(&[&[0, 1, 2]]))
+        .set("min.insync.replicas", "2");
+    for r in admin.create_topics([&t], &admin_opts()).await? {
+        r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+    }
+    let load = Load::start(&c.bootstrap(), &topic, 1, plain)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.leader_and_isr(0, &topic, 0)?.0, 0);
+    load.reset_ack_gaps();
+
+    pc.isolate(0, true);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, gap) = load.longest_ack_gap();
+    pc.isolate(0, false);
+    c.wait_until(
+        "the old leader rejoins the ISR",
+        Duration::from_secs(30),
+        |c| Ok(c.leader_and_isr(1, &topic, 0)?.1.len() == 3),
+    )?;
+    let history = load.stop().await?;
+    let reads = read_all(&c.bootstrap(), &topic, 1, plain).await?;
+    let report = history.check(&reads);
+    eprintln!("unavailable for {gap:?} of an 8 s cut; history: {report}");
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        gap <= SESSION + Duration::from_secs(2),
+        "the partition went {gap:?} without an acknowledgement (bound: session timeout {SESSION:?} + 2 s)"
+    );
+    let log = c.brokers[0].stderr_log();
+    assert!(
+        log.contains("stepping down as leader"),
+        "the isolated broker says it stepped down"
     );
     Ok(())
 }

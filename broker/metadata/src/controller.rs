@@ -7,6 +7,7 @@
 //! broker that finds itself fenced (it was cut off, then came back)
 //! registers again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,9 +72,18 @@ pub async fn heartbeat_loop(quorum: Arc<Quorum>, me: Registration, interval: Dur
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = quorum.heartbeat(me.incarnation).await {
-            tracing::debug!(error = %e, "heartbeat not delivered");
-            continue;
+        // Bounded: a controller checking its majority, or a call to an
+        // unreachable controller, must not hold up the next heartbeats.
+        match tokio::time::timeout(interval * 2, quorum.heartbeat(me.incarnation)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "heartbeat not delivered");
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("heartbeat not answered in time");
+                continue;
+            }
         }
         if !me.is_live_in(&quorum) {
             tracing::warn!(
@@ -87,17 +97,26 @@ pub async fn heartbeat_loop(quorum: Arc<Quorum>, me: Registration, interval: Dur
     }
 }
 
-/// On the controller: fences brokers whose heartbeats stopped.
-pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration) {
-    let mut tick = tokio::time::interval(session_timeout / 6);
+/// On the controller: fences brokers whose heartbeats stopped for
+/// `session_timeout`, or sooner, once silent for two heartbeat intervals,
+/// when their listener refuses connections (the process is gone: a
+/// SIGKILLed or crashed broker's port is closed by the kernel at once; a
+/// broker that is merely slow or cut off still accepts, or does not
+/// answer, and gets the whole session).
+pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration, heartbeat: Duration) {
+    let mut tick = tokio::time::interval((heartbeat / 2).max(Duration::from_millis(20)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When this broker became controller: everyone gets a full session
     // from then, since heartbeats went to the previous controller.
     let mut controller_since: Option<Instant> = None;
+    // When this controller first saw each incarnation registered: a broker
+    // that just registered gets a full session for its first heartbeat.
+    let mut registered: HashMap<(i32, Uuid), Instant> = HashMap::new();
     loop {
         tick.tick().await;
         if !quorum.is_controller() {
             controller_since = None;
+            registered.clear();
             continue;
         }
         let since = *controller_since.get_or_insert_with(|| {
@@ -105,17 +124,35 @@ pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration) {
             Instant::now()
         });
         let image = quorum.image();
+        registered.retain(|(id, inc), _| {
+            image
+                .brokers
+                .get(id)
+                .is_some_and(|b| b.incarnation == *inc && !b.fenced)
+        });
         for b in image.brokers.values().filter(|b| !b.fenced) {
+            let first_seen = *registered
+                .entry((b.id, b.incarnation))
+                .or_insert_with(Instant::now);
             let last = quorum
                 .last_heartbeat(b.id, b.incarnation)
-                .map_or(since, |t| t.max(since));
-            if last.elapsed() < session_timeout {
+                .map_or(since, |t| t.max(since))
+                .max(first_seen);
+            let silent = last.elapsed();
+            let why = if silent >= session_timeout {
+                "silent for the session timeout"
+            } else if silent >= heartbeat * 2
+                && b.id != quorum.node_id()
+                && listener_refuses(&b.host, b.port, heartbeat).await
+            {
+                "silent, and its listener refuses connections"
+            } else {
                 continue;
-            }
+            };
             tracing::warn!(
                 broker = b.id,
-                silent_ms = last.elapsed().as_millis() as u64,
-                "fencing a silent broker"
+                silent_ms = silent.as_millis() as u64,
+                "fencing a broker: {why}"
             );
             let fence = Command::FenceBroker {
                 id: b.id,
@@ -126,6 +163,16 @@ pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration) {
             }
         }
     }
+}
+
+/// Does `host:port` actively refuse a TCP connection? (A timeout or a name
+/// that does not resolve proves nothing.)
+async fn listener_refuses(host: &str, port: i32, wait: Duration) -> bool {
+    let connect = tokio::net::TcpStream::connect(format!("{host}:{port}"));
+    matches!(
+        tokio::time::timeout(wait, connect).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// On the controller: moves leadership back to each partition's preferred
@@ -145,7 +192,7 @@ pub async fn preferred_leader_loop(quorum: Arc<Quorum>, interval: Duration) {
                 let Some(&preferred) = p.replicas.first() else {
                     continue;
                 };
-                let live = image.brokers.get(&preferred).is_some_and(|b| !b.fenced);
+                let live = image.brokers.get(&preferred).is_some_and(|b| b.eligible());
                 if p.leader == preferred || !live || !p.isr.contains(&preferred) {
                     continue;
                 }

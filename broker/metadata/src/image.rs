@@ -87,6 +87,19 @@ pub struct BrokerImage {
     pub incarnation: Uuid,
     /// A fenced broker leads nothing and is in no ISR.
     pub fenced: bool,
+    /// In controlled shutdown: its leaderships have moved, it joins no ISR
+    /// and is elected nowhere, but clients still see it listed until it
+    /// stops (it is fenced then), so none loses track of a partition in
+    /// the middle of moving it.
+    #[serde(default)]
+    pub shutting_down: bool,
+}
+
+impl BrokerImage {
+    /// May lead partitions and be in sync.
+    pub fn eligible(&self) -> bool {
+        !self.fenced && !self.shutting_down
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +166,13 @@ pub enum Command {
     },
     /// The controller stopped hearing from this incarnation.
     FenceBroker {
+        id: i32,
+        incarnation: Uuid,
+    },
+    /// This incarnation is stopping (SIGTERM): move its leaderships to
+    /// other in-sync replicas and take it out of every ISR, without an
+    /// unclean election (Kafka's controlled shutdown).
+    ControlledShutdown {
         id: i32,
         incarnation: Uuid,
     },
@@ -255,11 +275,12 @@ pub enum MetadataError {
 pub type CommandResult = Result<Applied, MetadataError>;
 
 impl MetadataImage {
-    /// Ids of brokers that may hold replicas (registered, not fenced), sorted.
+    /// Ids of brokers that may lead and hold replicas (registered, not
+    /// fenced, not shutting down), sorted.
     pub fn live_brokers(&self) -> Vec<i32> {
         self.brokers
             .values()
-            .filter(|b| !b.fenced)
+            .filter(|b| b.eligible())
             .map(|b| b.id)
             .collect()
     }
@@ -269,8 +290,10 @@ impl MetadataImage {
         self.topics.get(topic)?.partitions.get(index)
     }
 
+    /// Registered, not fenced and not shutting down: may lead, join an ISR
+    /// and get a new partition's replicas in sync.
     fn is_live(&self, id: i32) -> bool {
-        self.brokers.get(&id).is_some_and(|b| !b.fenced)
+        self.brokers.get(&id).is_some_and(BrokerImage::eligible)
     }
 
     /// Applies one committed command. Deterministic: every broker computes
@@ -305,6 +328,7 @@ impl MetadataImage {
                         port: *port,
                         incarnation: *incarnation,
                         fenced: false,
+                        shutting_down: false,
                     },
                 );
                 self.elect_leaderless(*id);
@@ -313,6 +337,16 @@ impl MetadataImage {
             Command::FenceBroker { id, incarnation } => match self.brokers.get(id) {
                 Some(b) if b.incarnation == *incarnation && !b.fenced => {
                     self.fence(*id);
+                    Ok(Applied::Done)
+                }
+                _ => Ok(Applied::Ignored {
+                    reason: format!("broker {id} incarnation {incarnation} is not live"),
+                }),
+            },
+            Command::ControlledShutdown { id, incarnation } => match self.brokers.get_mut(id) {
+                Some(b) if b.incarnation == *incarnation && !b.fenced => {
+                    b.shutting_down = true;
+                    self.move_off(*id, false);
                     Ok(Applied::Done)
                 }
                 _ => Ok(Applied::Ignored {
@@ -517,7 +551,12 @@ impl MetadataImage {
         partition_epoch: i32,
         isr: &[i32],
     ) -> CommandResult {
-        let live: Vec<i32> = isr.iter().copied().filter(|r| !self.is_live(*r)).collect();
+        // (A leader in controlled shutdown still leads what could not move.)
+        let live: Vec<i32> = isr
+            .iter()
+            .copied()
+            .filter(|r| !self.is_live(*r) && *r != leader)
+            .collect();
         let p = self.partition_mut(topic, partition)?;
         if p.leader != leader || p.leader_epoch != leader_epoch {
             return Err(MetadataError::FencedLeaderEpoch(format!(
@@ -564,10 +603,19 @@ impl MetadataImage {
         if let Some(b) = self.brokers.get_mut(&id) {
             b.fenced = true;
         }
+        self.move_off(id, true);
+    }
+
+    /// Takes broker `id` out of every ISR with other members and hands its
+    /// leaderships to eligible ISR members. Where none is, an unclean
+    /// election (if the topic allows it and `unclean_possible`) or no
+    /// leader; for a controlled shutdown (`unclean_possible` false) the
+    /// broker keeps such a leadership: it can only move by losing data.
+    fn move_off(&mut self, id: i32, unclean_possible: bool) {
         let live: Vec<i32> = self.live_brokers();
         let mut unclean_elections = 0;
         for topic in self.topics.values_mut() {
-            let unclean = unclean_allowed(&topic.configs);
+            let unclean = unclean_possible && unclean_allowed(&topic.configs);
             for p in &mut topic.partitions {
                 if !p.replicas.contains(&id) {
                     continue;
@@ -590,6 +638,7 @@ impl MetadataImage {
                                 None => p.leader = NO_LEADER,
                             }
                         }
+                        None if !unclean_possible && p.leader == id => {}
                         None => p.leader = NO_LEADER,
                     }
                 }
@@ -716,6 +765,56 @@ mod tests {
             .expect("applies");
         assert!(matches!(again, Applied::Ignored { .. }));
         assert!(!image.brokers[&0].fenced);
+    }
+
+    #[test]
+    fn controlled_shutdown_moves_leaders_keeps_the_broker_listed_and_never_loses_data() {
+        let (mut image, inc) = three_brokers();
+        let mut unclean = BTreeMap::new();
+        unclean.insert(UNCLEAN_LEADER_ELECTION.to_string(), "true".to_string());
+        create(&mut image, "t", vec![vec![0, 1, 2], vec![1, 0, 2]]);
+        image
+            .apply(&Command::CreateTopic {
+                name: "alone".into(),
+                id: Uuid::new_v4(),
+                assignment: vec![vec![0, 1]],
+                configs: unclean,
+            })
+            .expect("create");
+        // "alone" has only broker 0 in sync: moving it would lose data.
+        image
+            .apply(&Command::AlterIsr {
+                topic: "alone".into(),
+                partition: 0,
+                leader: 0,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                isr: vec![0],
+            })
+            .expect("shrink");
+        let shutdown = Command::ControlledShutdown {
+            id: 0,
+            incarnation: inc[0],
+        };
+        image.apply(&shutdown).expect("controlled shutdown");
+        let p0 = image.partition("t", 0).expect("p0");
+        assert_eq!((p0.leader, p0.leader_epoch), (1, 1));
+        assert_eq!(p0.isr, vec![1, 2]);
+        assert_eq!(image.partition("t", 1).expect("p1").isr, vec![1, 2]);
+        let alone = image.partition("alone", 0).expect("alone");
+        assert_eq!((alone.leader, alone.isr.clone()), (0, vec![0]));
+        let b = &image.brokers[&0];
+        assert!(!b.fenced && b.shutting_down && !b.eligible());
+        assert_eq!(image.live_brokers(), vec![1, 2]);
+        // Not elected back while shutting down; a new incarnation is.
+        let elect = Command::ElectLeader {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+        };
+        assert!(image.apply(&elect).is_err());
+        register(&mut image, 0);
+        assert!(image.brokers[&0].eligible());
     }
 
     #[test]

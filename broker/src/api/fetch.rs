@@ -33,6 +33,9 @@ const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
     let view = b.views.current();
     let replica = (req.replica_id.0 >= 0).then_some(req.replica_id.0);
+    if let Some(follower) = replica {
+        b.quorum.heard_from(follower);
+    }
     let deadline =
         Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let targets: Vec<(String, Option<Arc<Bindings>>, Vec<Target>)> = req

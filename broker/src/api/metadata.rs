@@ -15,6 +15,7 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, MetadataRequest
 use super::services::Admin;
 use super::{error_code, str_bytes};
 use crate::cluster::topics::{NewTopic, Topic, TopicError, validate_topic_name};
+use crate::view::ClusterView;
 use sluice_protocol::versions;
 
 pub fn api_versions() -> ApiVersionsResponse {
@@ -25,7 +26,7 @@ pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> Meta
     let view = b.views.current();
     let mut resp = MetadataResponse::default();
     resp.brokers = view
-        .live_brokers()
+        .advertised_brokers()
         .map(|x| {
             let mut broker = MetadataResponseBroker::default();
             broker.node_id = BrokerId(x.id);
@@ -44,7 +45,7 @@ pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> Meta
         Some(t) => Some(t),
     };
     let Some(wanted) = wanted else {
-        resp.topics = view.topics.values().map(|t| describe(t)).collect();
+        resp.topics = view.topics.values().map(|t| describe(&view, t)).collect();
         return resp;
     };
     // Before v4 there is no flag and Kafka auto-creates whenever enabled.
@@ -55,7 +56,7 @@ pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> Meta
             (Some(n), _) => n.0.to_string(),
             (None, false) => match view.topics.values().find(|x| x.meta.id == t.topic_id) {
                 Some(found) => {
-                    resp.topics.push(describe(found));
+                    resp.topics.push(describe(&view, found));
                     continue;
                 }
                 None => {
@@ -69,7 +70,7 @@ pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> Meta
             (None, true) => String::new(),
         };
         if let Some(topic) = view.topic(&name) {
-            resp.topics.push(describe(topic));
+            resp.topics.push(describe(&view, topic));
             continue;
         }
         let mut r = MetadataResponseTopic::default();
@@ -106,7 +107,7 @@ pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> Meta
             Ok(now) => match now.topic(&name) {
                 Some(topic) => {
                     tracing::info!(topic = %name, partitions = topic.partitions.len(), "auto-created topic");
-                    resp.topics.push(describe(topic));
+                    resp.topics.push(describe(&now, topic));
                 }
                 None => {
                     r.error_code = error_code(b.metrics, ResponseError::LeaderNotAvailable);
@@ -135,7 +136,7 @@ pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> Meta
     resp
 }
 
-fn describe(t: &Topic) -> MetadataResponseTopic {
+fn describe(view: &ClusterView, t: &Topic) -> MetadataResponseTopic {
     let mut r = MetadataResponseTopic::default();
     r.name = Some(TopicName(str_bytes(t.meta.name.clone())));
     r.topic_id = t.meta.id;
@@ -148,11 +149,12 @@ fn describe(t: &Topic) -> MetadataResponseTopic {
         .map(|(i, state)| {
             let mut p = MetadataResponsePartition::default();
             p.partition_index = i as i32;
-            p.leader_id = BrokerId(state.leader);
+            let leader = view.advertised_leader(state);
+            p.leader_id = BrokerId(leader);
             p.leader_epoch = state.leader_epoch;
             p.replica_nodes = state.replicas.iter().map(|&id| BrokerId(id)).collect();
             p.isr_nodes = state.isr.iter().map(|&id| BrokerId(id)).collect();
-            if state.leader < 0 {
+            if leader < 0 {
                 p.error_code = ResponseError::LeaderNotAvailable.code();
             }
             p
@@ -168,7 +170,7 @@ pub fn describe_cluster(b: &Admin<'_>, _req: DescribeClusterRequest) -> Describe
     r.controller_id = BrokerId(b.quorum.controller_id().unwrap_or(-1));
     r.endpoint_type = 1;
     r.brokers = view
-        .live_brokers()
+        .advertised_brokers()
         .map(|x| {
             let mut broker = DescribeClusterBroker::default();
             broker.broker_id = BrokerId(x.id);

@@ -56,6 +56,8 @@ pub mod services {
         pub views: &'a Views,
         pub plugins: &'a PluginHost,
         pub metrics: &'a Metrics,
+        /// A follower's fetch is contact with a peer (see `crate::liveness`).
+        pub quorum: &'a Quorum,
     }
 
     /// Metadata, DescribeCluster, topics and configs.
@@ -100,6 +102,7 @@ pub mod services {
                 views: &self.views,
                 plugins: &self.plugins,
                 metrics: &self.metrics,
+                quorum: &self.quorum,
             }
         }
 

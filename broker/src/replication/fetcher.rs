@@ -184,6 +184,12 @@ impl FetcherTask {
                 0 => self.fetch(c, &parts).await,
                 _ => self.truncate(c, &parts).await,
             };
+            if result.is_ok() {
+                // Replication traffic is contact with a peer: brokers that
+                // replicate from each other are not cut off, even while the
+                // controller quorum elects a new controller.
+                self.quorum.heard_from(self.leader);
+            }
             match result {
                 Ok(true) => {}
                 Ok(false) => tokio::time::sleep(BACKOFF).await,

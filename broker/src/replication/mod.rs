@@ -225,20 +225,25 @@ impl ReplicaManager {
     /// partition (or epoch) resign first, so their term is revoked before
     /// anything else touches the log; new leaders begin their epoch;
     /// followers (re)start fetching from their leader. Returns the
-    /// leaderships of the new view.
+    /// leaderships of the new view. `cut_off`: this broker has lost the
+    /// controller quorum, so the image's leaderships naming it are stale;
+    /// it resigns them all and leads nothing (pending acks=all writes fail
+    /// NOT_LEADER_OR_FOLLOWER, clients go find the new leader).
     pub fn apply_roles(
         &self,
         previous: &Leaders,
         image: &MetadataImage,
         topics: &BTreeMap<String, Arc<Topic>>,
+        cut_off: bool,
     ) -> Leaders {
         let mut leaders: Leaders = HashMap::new();
         let mut follows = HashMap::new();
         // Resign everything not led in the same epoch any more.
         for (topic, partition, ls) in each_leader(previous) {
-            let same = image
-                .partition(topic, partition)
-                .is_some_and(|p| p.leader == self.node_id && p.leader_epoch == ls.leader_epoch)
+            let same = !cut_off
+                && image
+                    .partition(topic, partition)
+                    .is_some_and(|p| p.leader == self.node_id && p.leader_epoch == ls.leader_epoch)
                 && topics
                     .get(topic)
                     .and_then(|t| t.partition(partition))
@@ -265,6 +270,10 @@ impl ReplicaManager {
                 let Some(log) = topic.partitions.get(i).cloned().flatten() else {
                     continue;
                 };
+                if state.leader == self.node_id && cut_off {
+                    // Neither leading nor following: wait for contact.
+                    continue;
+                }
                 if state.leader == self.node_id {
                     let kept = previous
                         .get(&t.name)
@@ -359,7 +368,7 @@ impl ReplicaManager {
     pub fn check_isr(self: &Arc<Self>, leaders: &Leaders) {
         let now = Instant::now();
         let image = self.quorum.image();
-        let live = |id: &i32| image.brokers.get(id).is_some_and(|b| !b.fenced);
+        let live = |id: &i32| image.brokers.get(id).is_some_and(|b| b.eligible());
         for (topic, partition, ls) in each_leader(leaders) {
             if !ls.is_current() {
                 continue;

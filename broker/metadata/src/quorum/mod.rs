@@ -3,6 +3,7 @@
 //! the controller. Brokers read the applied image locally and send changes
 //! through `propose`, which forwards to the controller when needed.
 
+mod contact;
 mod log_store;
 mod network;
 pub mod rpc;
@@ -65,6 +66,8 @@ pub struct Quorum {
     peers: Pool,
     /// Last heartbeat per broker, kept by whoever is controller.
     heartbeats: Mutex<HashMap<i32, (Uuid, Instant)>>,
+    /// Last exchange with each other voter.
+    contact: Arc<contact::PeerContact>,
     /// Time from proposing a metadata change to seeing it applied here.
     pub commit_seconds: prometheus::Histogram,
     /// Controller changes this broker has seen.
@@ -100,6 +103,10 @@ impl Quorum {
         }
         .validate()
         .context("quorum timing settings")?;
+        let contact = Arc::new(contact::PeerContact::new(
+            config.node_id,
+            config.voters.len(),
+        ));
         let raft = Raft::new(
             config.node_id as u64,
             Arc::new(raft_config),
@@ -107,6 +114,7 @@ impl Quorum {
                 node_id: config.node_id,
                 voters: config.voters.clone(),
                 retry: config.heartbeat_interval,
+                contact: contact.clone(),
             },
             log,
             sm,
@@ -138,6 +146,7 @@ impl Quorum {
             view,
             voters: config.voters,
             heartbeats: Mutex::new(HashMap::new()),
+            contact,
             commit_seconds: prometheus::Histogram::with_opts(
                 prometheus::HistogramOpts::new(
                     "sluice_quorum_commit_duration_seconds",
@@ -244,10 +253,19 @@ impl Quorum {
 
     async fn propose_local(&self, command: Command) -> Result<Proposed, ProposeError> {
         match self.raft.client_write(command).await {
-            Ok(r) => Ok(Proposed {
-                index: r.log_id.index,
-                result: r.data,
-            }),
+            Ok(r) => {
+                // Tell the followers the new commit index now rather than
+                // with the next heartbeat (up to 100 ms later): every broker
+                // should apply a leadership change before clients ask it
+                // where the new leader is.
+                if let Err(e) = self.raft.trigger().heartbeat().await {
+                    tracing::debug!(error = %e, "could not trigger a quorum heartbeat");
+                }
+                Ok(Proposed {
+                    index: r.log_id.index,
+                    result: r.data,
+                })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ProposeError::NotController {
                     node: self.node_id,
@@ -277,8 +295,9 @@ impl Quorum {
     async fn call_peer(&self, id: i32, request: &QuorumRequest) -> std::io::Result<QuorumResponse> {
         let conn = self.peers.get(id).await.map_err(rpc::to_io)?;
         let result = rpc::call(&conn, request, RPC_TIMEOUT).await;
-        if result.is_err() {
-            self.peers.reset(id).await;
+        match &result {
+            Ok(_) => self.contact.heard_from(id),
+            Err(_) => self.peers.reset(id).await,
         }
         result
     }
@@ -297,8 +316,19 @@ impl Quorum {
     pub async fn heartbeat(&self, incarnation: Uuid) -> Result<(), ProposeError> {
         match self.controller_id() {
             Some(id) if id == self.node_id => {
-                self.record_heartbeat(self.node_id, incarnation);
-                Ok(())
+                // The controller's own heartbeat counts only while a
+                // majority of voters still acknowledges its leadership (a
+                // controller cut off from them believes it leads until it
+                // hears of a newer term).
+                match self.raft.get_read_log_id().await {
+                    Ok(_) => {
+                        self.record_heartbeat(self.node_id, incarnation);
+                        Ok(())
+                    }
+                    Err(e) => Err(ProposeError::Unavailable(format!(
+                        "no majority of the controller quorum acknowledges this controller: {e}"
+                    ))),
+                }
             }
             Some(id) => {
                 let request = QuorumRequest::Heartbeat {
@@ -345,8 +375,31 @@ impl Quorum {
             .clear();
     }
 
+    /// A message from broker `peer` arrived here, or one to it was
+    /// answered: any broker-to-broker traffic (quorum RPC, heartbeats,
+    /// replication) shows the peer is within reach.
+    pub fn heard_from(&self, peer: i32) {
+        self.contact.heard_from(peer);
+    }
+
+    /// How long since this broker last had a majority of the voters
+    /// within reach (see `contact`): a cut-off broker's silence grows.
+    pub fn quorum_silence(&self) -> Duration {
+        self.contact.silence()
+    }
+
     /// Answers one quorum request from a peer.
     pub async fn handle(&self, request: QuorumRequest) -> QuorumResponse {
+        let sender = match &request {
+            QuorumRequest::AppendEntries(r) => r.vote.leader_id().voted_for(),
+            QuorumRequest::Vote(r) => r.vote.leader_id().voted_for(),
+            QuorumRequest::InstallSnapshot(r) => r.vote.leader_id().voted_for(),
+            QuorumRequest::Heartbeat { broker, .. } => u64::try_from(*broker).ok(),
+            QuorumRequest::Propose(_) => None,
+        };
+        if let Some(peer) = sender.and_then(|id| i32::try_from(id).ok()) {
+            self.contact.heard_from(peer);
+        }
         match request {
             QuorumRequest::AppendEntries(r) => {
                 QuorumResponse::AppendEntries(self.raft.append_entries(r).await)

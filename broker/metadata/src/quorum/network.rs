@@ -1,6 +1,7 @@
 //! openraft's view of the other voters: one `PeerConnection` per target.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -14,6 +15,7 @@ use openraft::raft::{
 };
 
 use super::TypeConfig;
+use super::contact::PeerContact;
 use super::rpc::{PeerConnection, QuorumRequest, QuorumResponse};
 
 type NodeId = u64;
@@ -28,6 +30,7 @@ pub struct NetworkFactory {
     pub voters: BTreeMap<i32, String>,
     /// How soon to retry an unreachable peer (see `PeerNetwork::backoff`).
     pub retry: Duration,
+    pub contact: Arc<PeerContact>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -42,6 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             conn: PeerConnection::new(addr, format!("sluice-quorum-{}", self.node_id)),
             retry: self.retry,
+            contact: self.contact.clone(),
         }
     }
 }
@@ -50,6 +54,7 @@ pub struct PeerNetwork {
     target: NodeId,
     conn: PeerConnection,
     retry: Duration,
+    contact: Arc<PeerContact>,
 }
 
 impl PeerNetwork {
@@ -58,7 +63,13 @@ impl PeerNetwork {
         request: QuorumRequest,
         timeout: Duration,
     ) -> Result<QuorumResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
-        self.conn.call(&request, timeout).await.map_err(|e| {
+        let answer = self.conn.call(&request, timeout).await;
+        if answer.is_ok()
+            && let Ok(peer) = i32::try_from(self.target)
+        {
+            self.contact.heard_from(peer);
+        }
+        answer.map_err(|e| {
             // A refused or reset connection means the peer is down: back
             // off instead of retrying in a tight loop.
             match e.kind() {
