@@ -24,6 +24,8 @@ pub struct Metrics {
     pub bytes_out: IntCounterVec,
     pub records_out: IntCounterVec,
     pub duplicate_batches: IntCounterVec,
+    /// Distinct corrupt batches found in partition logs.
+    pub storage_corrupt_batches: IntCounter,
     log_end_offset: IntGaugeVec,
     log_start_offset: IntGaugeVec,
     log_size_bytes: IntGaugeVec,
@@ -108,6 +110,11 @@ impl Metrics {
             "Retried idempotent batches answered from producer state instead of written again, by topic.",
             &["topic"],
         );
+        let storage_corrupt_batches = must(IntCounter::new(
+            "sluice_storage_corrupt_batches_total",
+            "Stored batches found corrupt (header, offset chain or CRC) when read; each is also logged with its partition, segment and position.",
+        ));
+        must(registry.register(Box::new(storage_corrupt_batches.clone())));
         let log_end_offset = gauge(
             "sluice_partition_log_end_offset",
             "Offset the next record will get.",
@@ -192,6 +199,7 @@ impl Metrics {
             bytes_out,
             records_out,
             duplicate_batches,
+            storage_corrupt_batches,
             log_end_offset,
             log_start_offset,
             log_size_bytes,

@@ -413,3 +413,115 @@ async fn torn_partial_batch_at_segment_end_is_truncated_on_restart() {
         "no truncation line naming {topic}: {lines:?}"
     );
 }
+
+/// Flips one byte of `segment` at `position`.
+fn flip_byte(segment: &std::path::Path, position: u64) {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment)
+        .expect("open segment for corruption");
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(position)).expect("seek");
+    f.read_exact(&mut b).expect("read byte");
+    b[0] ^= 0x5A;
+    f.seek(SeekFrom::Start(position)).expect("seek");
+    f.write_all(&b).expect("write flipped byte");
+    f.sync_all().expect("sync");
+}
+
+/// Reads from the start until the consumer reports an error; returns the
+/// offsets delivered before it and the error.
+async fn consume_until_error(bs: &str, topic: &str) -> (Vec<i64>, String) {
+    let consumer = stream_consumer(bs, &[]).expect("consumer");
+    assign(&consumer, &[(topic, 0, Offset::Beginning)]).expect("assign");
+    let mut offsets = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => offsets.push(m.offset()),
+            Ok(Err(e)) => return (offsets, e.to_string()),
+            Err(_) => panic!(
+                "no consumer error within 20 s; delivered offsets {offsets:?} (a silent stall)"
+            ),
+        }
+    }
+}
+
+/// A byte flipped in a sealed segment, in a batch header outside the CRC
+/// (the base offset) and inside a record (caught by the CRC): sealed
+/// segments are not re-read at startup, so the damage is found when a
+/// fetch reaches it. The batches before it are served, then the consumer
+/// gets an error at that offset instead of empty answers below the high
+/// watermark; the broker logs the partition, segment and position and
+/// counts it once.
+#[tokio::test]
+async fn corruption_in_a_sealed_segment_is_reported_and_never_a_silent_stall() {
+    let mut broker = Broker::start().expect("broker should start");
+    let topic = unique_name("sealedrot");
+    create_topic(&broker.bootstrap(), &topic, 1, &[("segment.bytes", "1024")])
+        .await
+        .expect("create topic");
+    produce_one_per_batch(&broker.bootstrap(), &topic, 20).await;
+    broker.kill();
+    let segments = segment_files(&broker.partition_dir(&topic, 0)).expect("segments");
+    assert!(segments.len() >= 4, "several sealed segments: {segments:?}");
+    // Second batch of the first segment: low byte of its base offset.
+    let first = read_batches(&segments[0]).expect("parse segment");
+    let header_victim = first[1];
+    flip_byte(&segments[0], header_victim.position + 7);
+    // A record byte in the first batch of the third segment.
+    let third = read_batches(&segments[2]).expect("parse segment");
+    let record_victim = third[0];
+    flip_byte(
+        &segments[2],
+        record_victim.position + record_victim.size - 20,
+    );
+    broker.restart().expect("broker starts");
+    let bs = broker.bootstrap();
+
+    let (delivered, error) = consume_until_error(&bs, &topic).await;
+    assert_eq!(
+        delivered,
+        vec![0],
+        "the batch before the damaged header is served, nothing after it"
+    );
+    // CORRUPT_MESSAGE (error code 2), which librdkafka calls
+    // "Broker: Invalid message".
+    assert!(
+        error.contains("InvalidMessage") || error.to_lowercase().contains("corrupt"),
+        "the consumer is told why: {error}"
+    );
+    // Reading past the first damage reaches the second.
+    let consumer = stream_consumer(&bs, &[]).expect("consumer");
+    let past = record_victim.base_offset - 1;
+    assign(&consumer, &[(&topic, 0, Offset::Offset(past))]).expect("assign");
+    let m = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+        .await
+        .expect("a record before the damaged one")
+        .expect("record");
+    assert_eq!(m.offset(), past);
+    let e = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .expect("an error, not a stall");
+    assert!(e.is_err(), "the damaged record batch is not delivered");
+
+    let reported = log_lines_since_last_start(&broker, "corrupt batch");
+    assert!(
+        reported.iter().any(|l| l.contains(&format!("{topic}-0"))
+            && l.contains(&format!("position {}", header_victim.position))),
+        "the header damage is logged with partition and position: {reported:?}"
+    );
+    assert!(
+        reported.iter().any(|l| l.contains("CRC mismatch")),
+        "the record damage is logged as a CRC mismatch: {reported:?}"
+    );
+    let metrics = sluice_tests::http_get(broker.admin_addr(), "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .body
+            .contains("sluice_storage_corrupt_batches_total 2"),
+        "each damaged batch is counted once, however often it is read"
+    );
+}

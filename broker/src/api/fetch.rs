@@ -191,6 +191,19 @@ fn read_all(
                     pd.log_start_offset = start;
                     any_error = true;
                 }
+                Err(e @ LogError::Corrupt { first_report, .. }) => {
+                    // The client surfaces it (librdkafka: a consumer error
+                    // at that offset) instead of waiting on empty answers.
+                    if first_report {
+                        b.metrics.storage_corrupt_batches.inc();
+                        tracing::error!(error = %e, "corrupt batch found on read; fetches at this offset fail with CORRUPT_MESSAGE until the partition is repaired");
+                    }
+                    pd.error_code = error_code(b.metrics, ResponseError::CorruptMessage);
+                    pd.high_watermark = log.high_watermark();
+                    pd.last_stable_offset = pd.high_watermark;
+                    pd.log_start_offset = log.log_start_offset();
+                    any_error = true;
+                }
                 Err(e) => {
                     tracing::error!(partition = %log.name(), error = %e, "fetch read failed");
                     pd.error_code = error_code(b.metrics, ResponseError::KafkaStorageError);

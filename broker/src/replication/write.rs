@@ -104,9 +104,10 @@ impl WriteError {
                 ResponseError::OutOfOrderSequenceNumber
             }
             LogError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
-            LogError::Leading(_) | LogError::OffsetOutOfRange { .. } | LogError::Io(_) => {
-                ResponseError::KafkaStorageError
-            }
+            LogError::Leading(_)
+            | LogError::OffsetOutOfRange { .. }
+            | LogError::Corrupt { .. }
+            | LogError::Io(_) => ResponseError::KafkaStorageError,
         };
         WriteError::new(code, e.to_string())
     }

@@ -31,13 +31,20 @@ pub struct SegmentIndex {
 impl SegmentIndex {
     /// Position of the last indexed batch starting at or before `relative`.
     pub fn position_for(&self, relative: u32) -> u32 {
+        self.entry_for(relative).1
+    }
+
+    /// Relative base offset and position of the last indexed batch starting
+    /// at or before `relative` (the segment's first batch if none is).
+    pub fn entry_for(&self, relative: u32) -> (u32, u32) {
         let i = self
             .offsets
             .partition_point(|e| e.relative_offset <= relative);
         if i == 0 {
-            0
+            (0, 0)
         } else {
-            self.offsets[i - 1].position
+            let e = &self.offsets[i - 1];
+            (e.relative_offset, e.position)
         }
     }
 

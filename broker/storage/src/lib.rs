@@ -82,8 +82,42 @@ pub enum LogError {
     /// A follower operation on a log this broker leads.
     #[error("{0}: leading this partition; a leader's log is not overwritten from another replica")]
     Leading(String),
+    /// A stored batch failed its checks when read: a flipped bit on disk,
+    /// or a file changed behind the broker's back.
+    #[error(
+        "{partition}: corrupt batch at file position {position} of segment {segment} (reading offset {offset}): {reason}"
+    )]
+    Corrupt {
+        partition: String,
+        segment: i64,
+        offset: i64,
+        position: u64,
+        reason: String,
+        /// The first time this process found this batch corrupt (report
+        /// it); later reads of it fail the same way.
+        first_report: bool,
+    },
     #[error("storage error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A stored batch header must continue the offset chain (`expected` is
+/// where the previous batch ended) and fit in the segment.
+fn check_header(h: &BatchHeader, expected: i64, at: u64, seg_end: u64) -> Result<(), String> {
+    if h.base_offset != expected || h.last_offset_delta < 0 {
+        return Err(format!(
+            "batch header says offsets {}..={}, expected a batch starting at {expected}",
+            h.base_offset,
+            h.last_offset()
+        ));
+    }
+    if at + h.len as u64 > seg_end {
+        return Err(format!(
+            "batch of {} bytes runs past the segment's end ({seg_end})",
+            h.len
+        ));
+    }
+    Ok(())
 }
 
 pub fn now_ms() -> i64 {
@@ -196,6 +230,13 @@ impl LogState {
         }
         active.track_batch(h, start_pos, interval);
         active.size = start_pos + h.len as u64;
+        // Validated on the way in: checked, as far as it was before.
+        let _ = active.verified.compare_exchange(
+            start_pos,
+            active.size,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
         self.producers.record(h, now);
         self.records_since_flush += i64::from(h.records_count);
         Ok(())
@@ -223,6 +264,9 @@ pub struct PartitionLog {
     /// sequence record, so a retried idempotent batch cannot slip past the
     /// check while the first copy is still in the plugins.
     pub plugin_produce: tokio::sync::Mutex<()>,
+    /// Corrupt batches already reported, by (segment, position): each is
+    /// logged and counted once, however often clients retry the read.
+    corruptions: Mutex<std::collections::HashSet<(i64, u64)>>,
 }
 
 impl PartitionLog {
@@ -296,6 +340,7 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(leo),
             hw_follows_leo: std::sync::atomic::AtomicBool::new(true),
             epochs: Mutex::new(epochs),
+            corruptions: Mutex::new(std::collections::HashSet::new()),
             flush_lock: tokio::sync::Mutex::new(()),
             appended: Notify::new(),
             plugin_produce: tokio::sync::Mutex::new(()),
@@ -479,9 +524,17 @@ impl PartitionLog {
         self.read_upto(offset, max_bytes, i64::MAX)
     }
 
+    /// Whole batches from the one holding `offset`, up to `max_bytes` (at
+    /// least that one batch) and below `limit`. Every batch is checked
+    /// before it is served: its header against the offset chain from the
+    /// index, and, the first time this process reads it, its CRC (see
+    /// `Segment::verified`). A batch that fails is an error naming the
+    /// partition, segment and position when it is the first one asked for
+    /// (the batches before it are served first), so a consumer never
+    /// stalls on an empty answer below the high watermark.
     fn read_upto(&self, offset: i64, max_bytes: usize, limit: i64) -> Result<ReadResult, LogError> {
         let hw = self.high_watermark();
-        let (file, base, hint, seg_end, start) = {
+        let (file, base, (entry_relative, hint), seg_end, start, verified) = {
             let st = self.lock();
             let start = st.log_start_offset();
             let end = st.log_end_offset();
@@ -507,41 +560,100 @@ impl PartitionLog {
             (
                 seg.file.clone(),
                 seg.base_offset,
-                u64::from(seg.index.position_for(relative)),
+                seg.index.entry_for(relative),
                 seg.size,
                 start,
+                seg.verified.clone(),
             )
         };
-        let _ = base;
-        // Walk batch headers from the index hint to the batch holding `offset`.
-        let mut pos = hint;
+        let corrupt = |position: u64, reason: String| LogError::Corrupt {
+            partition: self.name.clone(),
+            segment: base,
+            offset,
+            position,
+            reason,
+            first_report: self
+                .corruptions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((base, position)),
+        };
+        // Walk batch headers from the index hint to the batch holding
+        // `offset`; each must start where the one before ended.
+        let mut pos = u64::from(hint);
+        let mut expected = base + i64::from(entry_relative);
         let mut header_buf = [0u8; batch::HEADER_LEN];
         let first = loop {
             if pos >= seg_end {
-                return Ok(ReadResult {
-                    records: Bytes::new(),
-                    high_watermark: hw,
-                    log_start_offset: start,
-                });
+                return Err(corrupt(
+                    pos,
+                    format!(
+                        "the segment ends before offset {offset} (next batch expected at offset {expected})"
+                    ),
+                ));
             }
             use std::os::unix::fs::FileExt;
             file.read_exact_at(&mut header_buf, pos)?;
-            let h = batch::parse_header_fields(&header_buf)?;
+            let h = batch::parse_header_fields(&header_buf)
+                .map_err(|e| corrupt(pos, format!("unreadable batch header: {e}")))?;
+            check_header(&h, expected, pos, seg_end).map_err(|r| corrupt(pos, r))?;
             if h.last_offset() >= offset {
                 break h;
             }
+            expected = h.next_offset();
             pos += h.len as u64;
         };
         let available = (seg_end - pos) as usize;
         let want = max_bytes.max(first.len).min(available);
         let data = read_exact_at(&file, pos, want)?;
-        // Trim a trailing partial batch, and batches past the limit.
+        // Keep whole, sound batches below the limit; check the CRC of those
+        // not checked before.
         let mut end = 0usize;
+        let mut checked_to = verified.load(Ordering::Acquire);
+        let mut failure = None;
         while end < data.len() {
-            match batch::parse_header_fields(&data[end..]) {
-                Ok(h) if end + h.len <= data.len() && h.base_offset < limit => end += h.len,
-                _ => break,
+            let at = pos + end as u64;
+            let h = match batch::parse_header_fields(&data[end..]) {
+                Ok(h) => h,
+                // A partial header at the end of what was read.
+                Err(_) if data.len() - end < batch::HEADER_LEN => break,
+                Err(e) => {
+                    failure = Some((at, format!("unreadable batch header: {e}")));
+                    break;
+                }
+            };
+            if let Err(reason) = check_header(&h, expected, at, seg_end) {
+                failure = Some((at, reason));
+                break;
             }
+            if end + h.len > data.len() || h.base_offset >= limit {
+                break;
+            }
+            let end_at = at + h.len as u64;
+            if end_at > checked_to {
+                let computed = batch::compute_crc(&data[end..end + h.len]);
+                if computed != h.crc {
+                    failure = Some((
+                        at,
+                        format!(
+                            "CRC mismatch in the batch at offset {} (stored {:#010x}, computed {computed:#010x})",
+                            h.base_offset, h.crc
+                        ),
+                    ));
+                    break;
+                }
+                if at <= checked_to {
+                    checked_to = end_at;
+                }
+            }
+            expected = h.next_offset();
+            end += h.len;
+        }
+        verified.fetch_max(checked_to, Ordering::AcqRel);
+        if let Some((at, reason)) = failure
+            && end == 0
+        {
+            return Err(corrupt(at, reason));
         }
         let mut data = data;
         data.truncate(end);
@@ -890,6 +1002,50 @@ mod tests {
         assert_eq!(log.log_end_offset(), 16);
         append_n(&log, 1, 4, 0);
         assert_eq!(log.log_end_offset(), 20);
+    }
+
+    #[test]
+    fn damage_in_a_sealed_segment_is_found_on_read_once_and_the_batches_before_it_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        {
+            let log =
+                PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("open");
+            append_n(&log, 20, 5, 0);
+        }
+        // Batch 1 of segment 0 (offsets 5..=9): flip a byte of a record.
+        let seg0 = path.join(format!("{}.log", segment::file_stem(0)));
+        let mut bytes = fs::read(&seg0).expect("read segment");
+        let first_len = batch::parse_header_fields(&bytes).expect("header").len;
+        let second_len = batch::parse_header_fields(&bytes[first_len..])
+            .expect("header")
+            .len;
+        bytes[first_len + second_len - 3] ^= 0xFF;
+        fs::write(&seg0, &bytes).expect("write segment");
+        let log = PartitionLog::open("t-0".into(), path.clone(), small_segments()).expect("reopen");
+        // Sealed segments are trusted at open; the damage shows on read.
+        let r = log.read(0, 1 << 20).expect("the batch before the damage");
+        assert_eq!(offsets_in(&r.records), vec![(0, 4)]);
+        for expect_first in [true, false] {
+            match log.read(5, 1 << 20) {
+                Err(LogError::Corrupt {
+                    position,
+                    first_report,
+                    reason,
+                    ..
+                }) => {
+                    assert_eq!(position, first_len as u64);
+                    assert_eq!(first_report, expect_first);
+                    assert!(reason.contains("CRC mismatch"), "{reason}");
+                }
+                other => panic!("expected a corrupt batch, got {other:?}"),
+            }
+        }
+        // Undamaged segments read as before.
+        assert_eq!(
+            offsets_in(&log.read(60, 1).expect("read").records),
+            vec![(60, 64)]
+        );
     }
 
     #[test]

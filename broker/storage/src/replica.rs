@@ -276,6 +276,8 @@ fn cut_segment(seg: &mut Segment, offset: i64) -> io::Result<()> {
     seg.file.set_len(pos)?;
     seg.file.sync_all()?;
     seg.size = pos;
+    seg.verified
+        .fetch_min(pos, std::sync::atomic::Ordering::AcqRel);
     seg.next_offset = next;
     seg.max_timestamp = max_ts;
     seg.max_timestamp_batch = max_ts_batch;

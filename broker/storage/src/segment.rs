@@ -8,6 +8,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::index::{self, OffsetEntry, SegmentIndex, TimeEntry};
 use sluice_protocol::batch::{self, BatchHeader, HEADER_LEN};
@@ -30,6 +31,11 @@ pub struct Segment {
     pub max_timestamp_batch: i64,
     /// Wall-clock time this segment was created, for `segment.ms` rolls.
     pub created_ms: i64,
+    /// Bytes from the start whose batches this process has CRC-checked:
+    /// written here (validated on the way in), recovered at startup, or
+    /// checked when first read. A sealed segment opened with a trusted
+    /// index starts at 0 and is checked lazily, as fetches reach it.
+    pub verified: Arc<AtomicU64>,
     bytes_since_index: usize,
     bytes_since_time_index: usize,
 }
@@ -72,6 +78,7 @@ impl Segment {
             max_timestamp: -1,
             max_timestamp_batch: base_offset,
             created_ms: now_ms,
+            verified: Arc::new(AtomicU64::new(0)),
             bytes_since_index: 0,
             bytes_since_time_index: 0,
         })
@@ -100,6 +107,7 @@ impl Segment {
             max_timestamp: -1,
             max_timestamp_batch: base_offset,
             created_ms: now_ms,
+            verified: Arc::new(AtomicU64::new(0)),
             bytes_since_index: 0,
             bytes_since_time_index: 0,
         };
@@ -112,6 +120,7 @@ impl Segment {
             }
         }
         let truncation = seg.recover(index_interval)?;
+        seg.verified.store(seg.size, Ordering::Release);
         Ok((seg, truncation, sealed))
     }
 
