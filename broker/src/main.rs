@@ -91,6 +91,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding admin listener {}", args.admin_listen))?;
     let kafka_addr = kafka.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    // The admin port answers /healthz and /readyz from the start, saying
+    // what a starting broker waits for; the full API follows once it is
+    // open (same socket, two handles).
+    let admin_socket = admin_listener.into_std()?;
+    let starting_admin = TcpListener::from_std(admin_socket.try_clone()?)?;
+    let admin_listener = TcpListener::from_std(admin_socket)?;
+    let phase: admin::StartupPhase =
+        Arc::new(std::sync::Mutex::new("opening the controller quorum"));
+    let (opened, opened_rx) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(admin::serve_starting(
+        starting_admin,
+        phase.clone(),
+        async move {
+            let _ = opened_rx.await;
+        },
+    ));
+    tokio::spawn(maintenance::disk_probe(args.data_dir.clone()));
     let (host, port) = match &args.advertised_listen {
         Some(a) => {
             let (h, p) = a
@@ -140,6 +157,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(server::serve(listener.clone(), kafka));
     let heartbeat = Duration::from_millis(args.broker_heartbeat_interval_ms);
     let session = Duration::from_millis(args.broker_session_timeout_ms);
+    *phase.lock().unwrap_or_else(|e| e.into_inner()) =
+        "joining the cluster (registering with the controller quorum, opening partitions)";
     let broker = Arc::new(Broker::open(args, quorum.clone(), registration.clone()).await?);
     for c in connections.metrics.collectors() {
         broker.metrics.register(c);
@@ -163,6 +182,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             quorum.clone(),
             Duration::from_millis(broker.args.leader_imbalance_check_interval_ms),
         ));
+    }
+    let _ = opened.send(());
+    if let Ok(Err(e)) = starting.await {
+        tracing::warn!(error = %e, "startup admin server stopped");
     }
     tokio::spawn(admin_serve(broker.clone(), admin_listener));
     tokio::spawn(maintenance::flusher(broker.clone()));

@@ -1,5 +1,6 @@
-//! Background upkeep of the logs: time-based flushing (`flush.ms`) and
-//! retention (`retention.ms`, `retention.bytes`).
+//! Background upkeep of the logs: time-based flushing (`flush.ms`),
+//! retention (`retention.ms`, `retention.bytes`), and probing a disk whose
+//! writes failed until they work again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,23 @@ pub async fn flusher(broker: Arc<Broker>) {
                 }
             }
         }
+    }
+}
+
+/// While disk writes are failing, tries a small write in `data_dir` every
+/// second, so the broker reports ready again as soon as space is freed,
+/// even if no client writes in the meantime.
+pub async fn disk_probe(data_dir: std::path::PathBuf) {
+    let disk = sluice_storage::health::disk();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if disk.problem().is_none() {
+            continue;
+        }
+        let dir = data_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || disk.probe(&dir)).await;
     }
 }
 

@@ -3,8 +3,8 @@
 //! path does not pay for them.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use std::sync::atomic::Ordering;
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub duplicate_batches: IntCounterVec,
     /// Distinct corrupt batches found in partition logs.
     pub storage_corrupt_batches: IntCounter,
+    storage_write_errors: IntCounterVec,
+    storage_disk_problem: IntGauge,
     log_end_offset: IntGaugeVec,
     log_start_offset: IntGaugeVec,
     log_size_bytes: IntGaugeVec,
@@ -115,6 +117,16 @@ impl Metrics {
             "Stored batches found corrupt (header, offset chain or CRC) when read; each is also logged with its partition, segment and position.",
         ));
         must(registry.register(Box::new(storage_corrupt_batches.clone())));
+        let storage_write_errors = counter(
+            "sluice_storage_write_errors_total",
+            "Failed disk writes (partition logs, fsyncs, the controller quorum's log), by kind: no_space (ENOSPC, EDQUOT) or io.",
+            &["kind"],
+        );
+        let storage_disk_problem = must(IntGauge::new(
+            "sluice_storage_disk_problem",
+            "1 while disk writes are failing (the broker reports not ready; /readyz says why), else 0.",
+        ));
+        must(registry.register(Box::new(storage_disk_problem.clone())));
         let log_end_offset = gauge(
             "sluice_partition_log_end_offset",
             "Offset the next record will get.",
@@ -200,6 +212,8 @@ impl Metrics {
             records_out,
             duplicate_batches,
             storage_corrupt_batches,
+            storage_write_errors,
+            storage_disk_problem,
             log_end_offset,
             log_start_offset,
             log_size_bytes,
@@ -217,6 +231,14 @@ impl Metrics {
     ) -> String {
         self.render_groups(groups, high_watermark);
         self.render_cluster(quorum);
+        let disk = sluice_storage::health::disk();
+        let (no_space, io) = disk.error_counts();
+        for (kind, total) in [("no_space", no_space), ("io", io)] {
+            let c = self.storage_write_errors.with_label_values(&[kind]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+        self.storage_disk_problem
+            .set(i64::from(disk.problem().is_some()));
         if let Some(r) = replicas {
             self.render_replication(r, &view.leaders, quorum);
         }

@@ -229,10 +229,13 @@ impl Broker {
             .arg("--data-dir")
             .arg(self.data.path())
             .arg("--listen")
-            .arg(&self.listen)
-            .arg("--admin-listen")
-            .arg("127.0.0.1:0")
-            .args(&self.extra_args)
+            .arg(&self.listen);
+        // An ephemeral admin port, unless the test fixed one (to reach
+        // /readyz before the broker is ready).
+        if !self.extra_args.iter().any(|a| a == "--admin-listen") {
+            cmd.arg("--admin-listen").arg("127.0.0.1:0");
+        }
+        cmd.args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));

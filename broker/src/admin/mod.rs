@@ -1,6 +1,8 @@
 //! HTTP admin API: Prometheus `/metrics`, liveness `/healthz`, readiness
-//! `/readyz` (200 once logs are recovered and the Kafka listener is up), and
-//! the plugin registry under `/v1/plugins` (see `plugins`).
+//! `/readyz` (200 once logs are recovered and the Kafka listener is up, and
+//! while disk writes work; otherwise 503 with the reason), and the plugin
+//! registry under `/v1/plugins` (see `plugins`). While the broker starts,
+//! `serve_starting` answers `/healthz` and `/readyz` alone.
 
 mod plugins;
 
@@ -62,9 +64,48 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(b): State<Arc<Broker>>) -> impl IntoResponse {
-    if b.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    if let Some(problem) = sluice_storage::health::disk().problem() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {problem}\n"),
+        );
     }
+    if b.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or shutting down\n".to_string(),
+        )
+    }
+}
+
+/// What a starting broker is waiting for, for `/readyz`.
+pub type StartupPhase = Arc<std::sync::Mutex<&'static str>>;
+
+/// Serves `/healthz` and `/readyz` until `opened` resolves (the full API
+/// needs the open broker): readiness says what the broker is waiting for,
+/// and names the disk problem when there is one (a broker restarted on a
+/// full disk waits for space rather than failing).
+pub async fn serve_starting(
+    listener: TcpListener,
+    phase: StartupPhase,
+    opened: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let readyz = move || {
+        let phase = *phase.lock().unwrap_or_else(|e| e.into_inner());
+        async move {
+            let reason = match sluice_storage::health::disk().problem() {
+                Some(problem) => format!("starting ({phase}): {problem}\n"),
+                None => format!("starting: {phase}\n"),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, reason)
+        }
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(opened)
+        .await
 }

@@ -11,6 +11,7 @@
 //! never blocks the async workers that serve other partitions.
 
 mod epochs;
+pub mod health;
 pub mod index;
 pub mod producer_state;
 mod replica;
@@ -226,8 +227,10 @@ impl LogState {
         if let Err(e) = write_batch(&active.file, start_pos, head, body) {
             // Leave no partial batch behind: cut back to the last good end.
             let _ = active.file.set_len(start_pos);
+            health::disk().failed(&active.path, h.len, &e);
             return Err(LogError::Io(e));
         }
+        health::disk().succeeded(h.len);
         active.track_batch(h, start_pos, interval);
         active.size = start_pos + h.len as u64;
         // Validated on the way in: checked, as far as it was before.
@@ -473,9 +476,13 @@ impl PartitionLog {
             st.last_flush_ms = now_ms();
             (st.active().file.clone(), st.log_end_offset())
         };
-        tokio::task::spawn_blocking(move || file.sync_data())
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
             .await
-            .map_err(io::Error::other)??;
+            .map_err(io::Error::other)?;
+        if let Err(e) = synced {
+            health::disk().failed(&self.dir, 0, &e);
+            return Err(e);
+        }
         self.flushed_offset.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }

@@ -173,6 +173,37 @@ fn write_err(e: io::Error) -> StorageError<NodeId> {
     StorageIOError::write_logs(&e).into()
 }
 
+/// How soon a write that failed for want of space is tried again.
+const NO_SPACE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs a write of `path`; while it fails for want of space, reports that
+/// (logs, readiness, metric) and tries again. The quorum cannot go on
+/// without its log, and openraft treats a storage error as fatal: it
+/// would stop for good, and the broker with it, even once space is freed.
+/// `attempt` must leave nothing half-written when it fails.
+async fn until_written<T>(
+    path: &Path,
+    bytes: usize,
+    mut attempt: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let disk = sluice_storage::health::disk();
+    loop {
+        match attempt() {
+            Ok(v) => {
+                disk.succeeded(bytes);
+                return Ok(v);
+            }
+            Err(e) => {
+                disk.failed(path, bytes, &e);
+                if !sluice_storage::health::is_no_space(&e) {
+                    return Err(e);
+                }
+                tokio::time::sleep(NO_SPACE_RETRY).await;
+            }
+        }
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -204,10 +235,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.lock();
-        write_json_atomic(&inner.dir.join(VOTE_FILE), vote, true)
+        let path = self.lock().dir.join(VOTE_FILE);
+        until_written(&path, 256, || write_json_atomic(&path, vote, true))
+            .await
             .map_err(|e| StorageError::from(StorageIOError::write_vote(&e)))?;
-        inner.vote = Some(*vote);
+        self.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -222,9 +254,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.lock();
-        write_json_atomic(&inner.dir.join(COMMITTED_FILE), &committed, false).map_err(write_err)?;
-        inner.committed = committed;
+        let path = self.lock().dir.join(COMMITTED_FILE);
+        until_written(&path, 256, || write_json_atomic(&path, &committed, false))
+            .await
+            .map_err(write_err)?;
+        self.lock().committed = committed;
         Ok(())
     }
 
@@ -241,17 +275,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut inner = self.lock();
         let mut buf = Vec::new();
         let mut added = Vec::new();
         for e in entries {
             frame_into(&mut buf, &e).map_err(write_err)?;
             added.push(e);
         }
-        let result = inner
-            .file
-            .write_all(&buf)
-            .and_then(|()| inner.file.sync_data());
+        let path = self.lock().dir.join(LOG_FILE);
+        let result = until_written(&path, buf.len(), || {
+            let mut inner = self.lock();
+            let len = inner.file.metadata()?.len();
+            let written = inner
+                .file
+                .write_all(&buf)
+                .and_then(|()| inner.file.sync_data());
+            if written.is_err() {
+                // No half entry left behind for the next attempt.
+                let _ = inner.file.set_len(len);
+            }
+            written
+        })
+        .await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "quorum log append failed");
         }
@@ -260,6 +304,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .err()
             .map(|e| io::Error::new(e.kind(), e.to_string()));
         if result.is_ok() {
+            let mut inner = self.lock();
             for e in added {
                 inner.entries.insert(e.log_id.index, e);
             }
@@ -272,19 +317,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.lock();
-        let _ = inner.entries.split_off(&log_id.index);
-        inner.rewrite().map_err(write_err)
+        let path = {
+            let mut inner = self.lock();
+            let _ = inner.entries.split_off(&log_id.index);
+            inner.dir.join(LOG_FILE)
+        };
+        until_written(&path, 0, || self.lock().rewrite())
+            .await
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.lock();
         // Record the purge first: a crash between the two leaves entries
         // that are merely redundant, never a gap.
-        write_json_atomic(&inner.dir.join(PURGED_FILE), &log_id, true).map_err(write_err)?;
-        inner.last_purged = Some(log_id);
-        inner.entries = inner.entries.split_off(&(log_id.index + 1));
-        inner.rewrite().map_err(write_err)
+        let (purged, path) = {
+            let inner = self.lock();
+            (inner.dir.join(PURGED_FILE), inner.dir.join(LOG_FILE))
+        };
+        until_written(&purged, 256, || write_json_atomic(&purged, &log_id, true))
+            .await
+            .map_err(write_err)?;
+        {
+            let mut inner = self.lock();
+            inner.last_purged = Some(log_id);
+            inner.entries = inner.entries.split_off(&(log_id.index + 1));
+        }
+        until_written(&path, 0, || self.lock().rewrite())
+            .await
+            .map_err(write_err)
     }
 }
 
