@@ -325,3 +325,172 @@ impl Target {
         }
     }
 }
+
+/// A cluster whose brokers each live in their own network namespace, all
+/// on one bridge (in a namespace of its own) that the test process reaches
+/// through one veth, so a test can cut a broker off from the others
+/// (blackhole routes inside the namespaces) while clients still reach
+/// every broker: a real network partition, not a proxy. Needs root and
+/// iproute2; `start` returns the reason when namespaces cannot be made,
+/// for the test to print and skip. Everything is removed on drop.
+pub struct NetnsCluster {
+    pub cluster: Cluster,
+    net: Netns,
+}
+
+struct Netns {
+    tag: String,
+    prefix: String,
+    brokers: usize,
+}
+
+fn ip(args: &[&str]) -> std::result::Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Namespaces `<tag>-hub` (the bridge) and `<tag>-b<i>`, broker `i` at
+    /// `<prefix>.<2+i>/24`, the test process at `<prefix>.1`.
+    fn create(n: usize) -> std::result::Result<Netns, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let unique = std::process::id() % 1000 * 10
+            + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let net = Netns {
+            tag: format!("sl{unique}"),
+            prefix: format!("10.251.{}", unique % 250),
+            brokers: n,
+        };
+        // On failure `net` is dropped here, removing what was made.
+        net.build()?;
+        Ok(net)
+    }
+
+    fn hub(&self) -> String {
+        format!("{}-hub", self.tag)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("{}-b{i}", self.tag)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, 2 + i)
+    }
+
+    fn build(&self) -> std::result::Result<(), String> {
+        let (tag, hub) = (&self.tag, self.hub());
+        ip(&["netns", "add", &hub])?;
+        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        let attach = |outer: &str| -> std::result::Result<(), String> {
+            ip(&["link", "set", outer, "netns", &hub])?;
+            ip(&["-n", &hub, "link", "set", outer, "master", "br0"])?;
+            ip(&["-n", &hub, "link", "set", outer, "up"])
+        };
+        for i in 0..self.brokers {
+            let ns = self.ns(i);
+            let (inner, outer) = (format!("{tag}b{i}"), format!("{tag}p{i}"));
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer])?;
+            ip(&["link", "set", &inner, "netns", &ns])?;
+            attach(&outer)?;
+            let cidr = format!("{}/24", self.addr(i));
+            ip(&["-n", &ns, "addr", "add", &cidr, "dev", &inner])?;
+            ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+        }
+        let (host, outer) = (format!("{tag}h"), format!("{tag}g"));
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &outer])?;
+        attach(&outer)?;
+        ip(&["addr", "add", &format!("{}.1/24", self.prefix), "dev", &host])?;
+        ip(&["link", "set", &host, "up"])?;
+        Ok(())
+    }
+
+    /// Cuts (or heals) broker `id` off from the other brokers, in both
+    /// directions; the test process still reaches it.
+    fn isolate(&self, id: usize, cut: bool) {
+        let verb = if cut { "add" } else { "del" };
+        for j in (0..self.brokers).filter(|j| *j != id) {
+            for (from, to) in [(id, j), (j, id)] {
+                let dst = format!("{}/32", self.addr(to));
+                if let Err(e) = ip(&["-n", &self.ns(from), "route", verb, "blackhole", &dst]) {
+                    eprintln!("{e}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends in it, and so their
+        // peers; the host end is deleted explicitly in case it was not
+        // attached yet.
+        let _ = ip(&["link", "del", &format!("{}h", self.tag)]);
+        for i in 0..self.brokers {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+        }
+        let _ = ip(&["netns", "del", &self.hub()]);
+    }
+}
+
+impl NetnsCluster {
+    /// Starts `n` brokers, each in its own namespace; `Err` with the reason
+    /// when namespaces cannot be created here.
+    pub fn start(n: usize, extra_args: &[&str]) -> std::result::Result<Result<NetnsCluster>, String> {
+        let net = Netns::create(n)?;
+        Ok(Self::start_on(net, n, extra_args))
+    }
+
+    fn start_on(net: Netns, n: usize, extra_args: &[&str]) -> Result<NetnsCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-netns-cluster-")
+            .tempdir()
+            .context("cluster temp dir")?;
+        let addrs: Vec<String> = (0..n).map(|i| format!("{}:9092", net.addr(i))).collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i}@{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut brokers = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i.to_string();
+            let admin = format!("{}:9644", net.addr(i));
+            let mut args = vec!["--node-id", &id, "--peers", &peers, "--admin-listen", &admin];
+            args.extend_from_slice(extra_args);
+            let mut b = Broker::new_member(&dir.path().join(format!("broker-{i}")), addr, &args)?;
+            b.set_netns(&net.ns(i));
+            brokers.push(b);
+        }
+        launch_all(&mut brokers)?;
+        Ok(NetnsCluster {
+            cluster: Cluster {
+                brokers,
+                addrs,
+                _dir: dir,
+            },
+            net,
+        })
+    }
+
+    /// Cuts (or heals) every link between broker `id` and the others.
+    pub fn isolate(&self, id: usize, isolated: bool) {
+        self.net.isolate(id, isolated);
+    }
+}

@@ -123,6 +123,8 @@ pub struct Broker {
     /// `--listen` address: ephemeral for a lone broker, fixed for a cluster
     /// member (its peers know it by that address across restarts).
     listen: String,
+    /// Network namespace the process runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 /// A broker process launched but not yet confirmed ready.
@@ -195,6 +197,7 @@ impl Broker {
             generation: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             listen: listen.to_string(),
+            netns: None,
         };
         Ok(broker)
     }
@@ -224,7 +227,14 @@ impl Broker {
             .try_clone()
             .context("cannot clone the broker log handle for stderr")?;
 
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data.path())
@@ -352,6 +362,12 @@ impl Broker {
     /// Directory for a topic-partition inside the data dir.
     pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
         self.data_dir().join(format!("{topic}-{partition}"))
+    }
+
+    /// Runs the broker in network namespace `ns` from its next start on
+    /// (`ip netns exec` execs it: the process keeps its pid).
+    pub fn set_netns(&mut self, ns: &str) {
+        self.netns = Some(ns.to_string());
     }
 
     /// OS process id of the running broker, if any.
