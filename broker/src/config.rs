@@ -117,6 +117,16 @@ pub struct ServeArgs {
     /// Partitions of auto-created topics and of CreateTopics requests that leave it to the broker.
     #[arg(long, env = "SLUICE_DEFAULT_PARTITIONS", default_value_t = 1)]
     pub default_partitions: i32,
+    /// Background scrub: bytes of sealed segments per second re-read and
+    /// checked (offset chain, CRC) for corruption on disk; a follower that
+    /// finds some cuts its log back and fetches the rest from the leader
+    /// again. 0 turns it off.
+    #[arg(
+        long,
+        env = "SLUICE_LOG_SCRUB_BYTES_PER_SECOND",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub log_scrub_bytes_per_second: usize,
     /// How often retention is enforced, in milliseconds.
     #[arg(
         long,

@@ -190,6 +190,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(admin_serve(broker.clone(), admin_listener));
     tokio::spawn(maintenance::flusher(broker.clone()));
     tokio::spawn(maintenance::retention(broker.clone()));
+    tokio::spawn(maintenance::scrubber(broker.clone()));
     tokio::spawn(maintenance::group_timers(broker.clone()));
     tokio::spawn(sluice_broker::lag::refresh_loop(broker.clone()));
     let stop = shutdown_signal();

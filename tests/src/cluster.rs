@@ -405,7 +405,9 @@ impl Netns {
             let (inner, outer) = (format!("{tag}b{i}"), format!("{tag}p{i}"));
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer])?;
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ])?;
             ip(&["link", "set", &inner, "netns", &ns])?;
             attach(&outer)?;
             let cidr = format!("{}/24", self.addr(i));
@@ -415,7 +417,13 @@ impl Netns {
         let (host, outer) = (format!("{tag}h"), format!("{tag}g"));
         ip(&["link", "add", &host, "type", "veth", "peer", "name", &outer])?;
         attach(&outer)?;
-        ip(&["addr", "add", &format!("{}.1/24", self.prefix), "dev", &host])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.1/24", self.prefix),
+            "dev",
+            &host,
+        ])?;
         ip(&["link", "set", &host, "up"])?;
         Ok(())
     }
@@ -451,7 +459,10 @@ impl Drop for Netns {
 impl NetnsCluster {
     /// Starts `n` brokers, each in its own namespace; `Err` with the reason
     /// when namespaces cannot be created here.
-    pub fn start(n: usize, extra_args: &[&str]) -> std::result::Result<Result<NetnsCluster>, String> {
+    pub fn start(
+        n: usize,
+        extra_args: &[&str],
+    ) -> std::result::Result<Result<NetnsCluster>, String> {
         let net = Netns::create(n)?;
         Ok(Self::start_on(net, n, extra_args))
     }
@@ -472,7 +483,14 @@ impl NetnsCluster {
         for (i, addr) in addrs.iter().enumerate() {
             let id = i.to_string();
             let admin = format!("{}:9644", net.addr(i));
-            let mut args = vec!["--node-id", &id, "--peers", &peers, "--admin-listen", &admin];
+            let mut args = vec![
+                "--node-id",
+                &id,
+                "--peers",
+                &peers,
+                "--admin-listen",
+                &admin,
+            ];
             args.extend_from_slice(extra_args);
             let mut b = Broker::new_member(&dir.path().join(format!("broker-{i}")), addr, &args)?;
             b.set_netns(&net.ns(i));

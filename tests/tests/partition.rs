@@ -200,8 +200,7 @@ async fn isolated_leader_steps_down(c: &Cluster, isolate: impl Fn(bool)) -> Resu
 
 /// The cut made by proxies between the brokers (runs anywhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_isolated_leader_steps_down_and_clients_move_within_the_session_timeout() -> Result<()>
-{
+async fn an_isolated_leader_steps_down_and_clients_move_within_the_session_timeout() -> Result<()> {
     let pc = PartitionableCluster::start(3, &step_down_args())?;
     isolated_leader_steps_down(&pc.cluster, |cut| pc.isolate(0, cut)).await
 }

@@ -204,3 +204,75 @@ async fn too_few_in_sync_replicas_refuse_acks_all_but_not_acks_1() -> Result<()>
         .map_err(|(e, _)| anyhow::anyhow!("acks=1 refused: {e}"))?;
     Ok(())
 }
+
+/// A byte flipped on disk in a follower's sealed segment: the background
+/// scrub finds it, the follower cuts its log back to the damaged batch and
+/// fetches the rest from the leader again, ending with the leader's exact
+/// batches, while the partition stays writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_replica_repairs_itself_from_the_leader() -> Result<()> {
+    let mut cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("scrubbed");
+    create(
+        &cluster,
+        &topic,
+        1,
+        3,
+        &[("min.insync.replicas", "2"), ("segment.bytes", "2048")],
+    )
+    .await?;
+    let producer = future_producer(&cluster.bootstrap(), &[("acks", "all"), ("linger.ms", "0")])?;
+    for i in 0..60 {
+        write_records(&producer, &topic, i..i + 1).await?;
+    }
+    let (leader, _) = cluster.leader_and_isr(0, &topic, 0)?;
+    let victim = (usize::try_from(leader)? + 1) % 3;
+    cluster.wait_until("replicas identical", Duration::from_secs(20), |c| {
+        Ok(sluice_tests::load::replicas_identical(c, &topic, 1).is_ok())
+    })?;
+    cluster.kill(victim);
+    let dir = cluster.brokers[victim].partition_dir(&topic, 0);
+    let segments = sluice_tests::segment_files(&dir)?;
+    anyhow::ensure!(segments.len() >= 3, "sealed segments: {segments:?}");
+    let batches = sluice_tests::read_batches(&segments[1])?;
+    let b = batches[1];
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segments[1])?;
+        let at = b.position + b.size - 5;
+        let mut byte = [0u8; 1];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut byte)?;
+        byte[0] ^= 0x81;
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&byte)?;
+        f.sync_all()?;
+    }
+    cluster.restart(victim)?;
+    cluster.wait_until(
+        "the scrub finds the damage and the replica repairs itself",
+        Duration::from_secs(30),
+        |c| {
+            Ok(c.brokers[victim]
+                .stderr_log()
+                .contains("scrub: corrupt batch in a replica")
+                && sluice_tests::load::replicas_identical(c, &topic, 1).is_ok())
+        },
+    )?;
+    assert_eq!(
+        cluster.metric(victim, "sluice_storage_corrupt_batches_total")?,
+        1.0
+    );
+    // Still writable, and every record readable.
+    write_records(&producer, &topic, 60..61).await?;
+    let consumer = stream_consumer(&cluster.bootstrap(), &[])?;
+    assign(&consumer, &[(&topic, 0, Offset::Beginning)])?;
+    let got = consume_n(&consumer, 61, Duration::from_secs(20)).await?;
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload(), Some(format!("record-{i}").as_bytes()));
+    }
+    Ok(())
+}

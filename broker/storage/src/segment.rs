@@ -36,6 +36,9 @@ pub struct Segment {
     /// checked when first read. A sealed segment opened with a trusted
     /// index starts at 0 and is checked lazily, as fetches reach it.
     pub verified: Arc<AtomicU64>,
+    /// How far the background scrub has checked this segment: (position,
+    /// offset the batch there must start at); `None` before it starts.
+    pub scrub_cursor: Arc<std::sync::Mutex<Option<(u64, i64)>>>,
     bytes_since_index: usize,
     bytes_since_time_index: usize,
 }
@@ -79,6 +82,7 @@ impl Segment {
             max_timestamp_batch: base_offset,
             created_ms: now_ms,
             verified: Arc::new(AtomicU64::new(0)),
+            scrub_cursor: Arc::default(),
             bytes_since_index: 0,
             bytes_since_time_index: 0,
         })
@@ -108,6 +112,7 @@ impl Segment {
             max_timestamp_batch: base_offset,
             created_ms: now_ms,
             verified: Arc::new(AtomicU64::new(0)),
+            scrub_cursor: Arc::default(),
             bytes_since_index: 0,
             bytes_since_time_index: 0,
         };
