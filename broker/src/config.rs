@@ -68,11 +68,13 @@ pub struct ServeArgs {
     )]
     pub leader_imbalance_check_interval_ms: u64,
     /// Controller quorum members start an election after this long (randomized
-    /// up to twice as long) without hearing from a controller.
+    /// up to 1.5× as long) without hearing from a controller; they refuse
+    /// to vote for others for 1.5× as long after the last one. The quorum
+    /// heartbeats every 100 ms.
     #[arg(
         long,
         env = "SLUICE_CONTROLLER_ELECTION_TIMEOUT_MS",
-        default_value_t = 1000
+        default_value_t = 500
     )]
     pub controller_election_timeout_ms: u64,
     /// Largest request frame accepted; bigger frames close the connection.

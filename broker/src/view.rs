@@ -138,14 +138,22 @@ impl ClusterView {
         self.image.brokers.values().filter(|b| !b.fenced)
     }
 
-    /// The brokers clients are told about: the live ones, except this
-    /// broker while it is cut off from the quorum. A client that finds its
-    /// broker gone from the list drops it and asks the others, which know
-    /// the leaders elected since (librdkafka keeps asking the broker it is
-    /// connected to otherwise, and would never learn them).
+    /// The brokers clients are told about: every registered broker, fenced
+    /// ones included, except this broker while it is cut off from the
+    /// quorum. A fenced broker leads nothing, so clients have no reason to
+    /// connect to it, but dropping it from the list in the same answer that
+    /// moves its leaderships makes librdkafka decommission it mid-move and
+    /// lose the partition's new leader until its next topic scan (a second
+    /// later). A client that finds the broker it talks to gone from the
+    /// list, on the other hand, drops it and asks the others: that is what
+    /// a cut-off broker wants (librdkafka keeps asking the broker it is
+    /// connected to otherwise, and would never learn the new leaders).
     pub fn advertised_brokers(&self) -> impl Iterator<Item = &BrokerImage> {
         let hide = self.cut_off.then_some(self.node_id);
-        self.live_brokers().filter(move |b| Some(b.id) != hide)
+        self.image
+            .brokers
+            .values()
+            .filter(move |b| Some(b.id) != hide)
     }
 
     /// Ids of the live brokers, sorted: where new replicas may go.

@@ -112,8 +112,9 @@ fn a_killed_broker_is_fenced_its_partitions_move_and_it_rejoins() -> Result<()> 
             let ok = layout(&md, &topic).iter().all(|(leader, _, isr)| {
                 *leader != victim as i32 && !isr.contains(&(victim as i32))
             });
-            let gone = md.brokers().iter().all(|b| b.id() != victim as i32);
-            Ok(ok && gone)
+            // Fenced (it stays listed to clients: it leads nothing).
+            let fenced = c.metric(0, "sluice_brokers{state=\"fenced\"}")? == 1.0;
+            Ok(ok && fenced)
         },
     )?;
     // Partition 1 preferred broker 1; its next in-sync replica (2) leads.
@@ -122,11 +123,12 @@ fn a_killed_broker_is_fenced_its_partitions_move_and_it_rejoins() -> Result<()> 
 
     cluster.restart(victim)?;
     cluster.wait_until(
-        "the restarted broker is advertised again",
+        "the restarted broker is live again",
         Duration::from_secs(20),
         |c| {
             let md = c.metadata(0, None)?;
-            Ok(md.brokers().iter().any(|b| b.id() == victim as i32))
+            Ok(md.brokers().iter().any(|b| b.id() == victim as i32)
+                && c.metric(0, "sluice_brokers{state=\"fenced\"}")? == 0.0)
         },
     )?;
     Ok(())

@@ -98,13 +98,14 @@ pub async fn heartbeat_loop(quorum: Arc<Quorum>, me: Registration, interval: Dur
 }
 
 /// On the controller: fences brokers whose heartbeats stopped for
-/// `session_timeout`, or sooner, once silent for two heartbeat intervals,
-/// when their listener refuses connections (the process is gone: a
-/// SIGKILLed or crashed broker's port is closed by the kernel at once; a
-/// broker that is merely slow or cut off still accepts, or does not
-/// answer, and gets the whole session).
+/// `session_timeout`, or sooner when their listener refuses connections
+/// (the process is gone: a SIGKILLed or crashed broker's port is closed by
+/// the kernel at once; a broker that is merely slow or cut off still
+/// accepts, or does not answer, and gets the whole session). The port is
+/// probed once a heartbeat is half an interval late, or as soon as the
+/// quorum's own traffic to that broker was refused.
 pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration, heartbeat: Duration) {
-    let mut tick = tokio::time::interval((heartbeat / 2).max(Duration::from_millis(20)));
+    let mut tick = tokio::time::interval((heartbeat / 5).max(Duration::from_millis(20)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When this broker became controller: everyone gets a full session
     // from then, since heartbeats went to the previous controller.
@@ -134,16 +135,22 @@ pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration, heartbea
             let first_seen = *registered
                 .entry((b.id, b.incarnation))
                 .or_insert_with(Instant::now);
-            let last = quorum
-                .last_heartbeat(b.id, b.incarnation)
+            let heard = quorum.last_heartbeat(b.id, b.incarnation);
+            let silent = heard
                 .map_or(since, |t| t.max(since))
-                .max(first_seen);
-            let silent = last.elapsed();
+                .max(first_seen)
+                .elapsed();
+            // A refused connection needs no grace: right after an election
+            // (heartbeats went to the old controller) every broker not
+            // heard from yet is probed, and a dead one is fenced at once.
+            let late =
+                heard.is_none_or(|t| t.elapsed() >= heartbeat * 3 / 2) || quorum.peer_refused(b.id);
             let why = if silent >= session_timeout {
                 "silent for the session timeout"
-            } else if silent >= heartbeat * 2
+            } else if late
                 && b.id != quorum.node_id()
-                && listener_refuses(&b.host, b.port, heartbeat).await
+                && listener_refuses(&b.host, b.port, heartbeat.min(Duration::from_millis(200)))
+                    .await
             {
                 "silent, and its listener refuses connections"
             } else {

@@ -15,6 +15,8 @@ pub struct PeerContact {
     voters: usize,
     started: Instant,
     last: Mutex<HashMap<i32, Instant>>,
+    /// Peers whose port refused a connection since last heard from.
+    refused: Mutex<HashMap<i32, Instant>>,
 }
 
 impl PeerContact {
@@ -24,6 +26,7 @@ impl PeerContact {
             voters,
             started: Instant::now(),
             last: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -36,6 +39,28 @@ impl PeerContact {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer, Instant::now());
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+    }
+
+    /// `peer`'s port refused a connection: its process is probably gone
+    /// (the controller checks before fencing it).
+    pub fn refused_by(&self, peer: i32) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer)
+            .or_insert_with(Instant::now);
+    }
+
+    /// Whether `peer` refused a connection since it was last heard from.
+    pub fn refused(&self, peer: i32) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&peer)
     }
 
     /// How long since this voter last had a majority of the quorum within

@@ -95,8 +95,11 @@ impl Quorum {
         let raft_config = openraft::Config {
             cluster_name: "sluice".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            // openraft's followers refuse votes for `election_timeout_max`
+            // after the last heartbeat (the leader lease), so the spread is
+            // also how long a dead controller's followers wait.
             election_timeout_min: election,
-            election_timeout_max: election * 2,
+            election_timeout_max: election * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: config.snapshot_every / 10,
             ..Default::default()
@@ -380,6 +383,13 @@ impl Quorum {
     /// replication) shows the peer is within reach.
     pub fn heard_from(&self, peer: i32) {
         self.contact.heard_from(peer);
+    }
+
+    /// Whether voter `peer` refused a quorum connection since it was last
+    /// heard from (the controller's replication reaches every voter every
+    /// 100 ms, so a dead one shows here within about that).
+    pub fn peer_refused(&self, peer: i32) -> bool {
+        self.contact.refused(peer)
     }
 
     /// How long since this broker last had a majority of the voters

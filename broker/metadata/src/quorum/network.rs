@@ -64,10 +64,14 @@ impl PeerNetwork {
         timeout: Duration,
     ) -> Result<QuorumResponse, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
         let answer = self.conn.call(&request, timeout).await;
-        if answer.is_ok()
-            && let Ok(peer) = i32::try_from(self.target)
-        {
-            self.contact.heard_from(peer);
+        if let Ok(peer) = i32::try_from(self.target) {
+            match &answer {
+                Ok(_) => self.contact.heard_from(peer),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    self.contact.refused_by(peer);
+                }
+                Err(_) => {}
+            }
         }
         answer.map_err(|e| {
             // A refused or reset connection means the peer is down: back
