@@ -80,6 +80,11 @@ pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
     } else {
         (req.max_bytes as usize).min(MAX_FETCH_BYTES)
     };
+    // A follower's long poll also ends when this broker's view changes: a
+    // partition whose leadership just moved here is not in the poll, and
+    // the new leader's high watermark waits for every in-sync follower's
+    // first fetch of it (the follower asks again at once, with it).
+    let mut views = replica.map(|_| b.views.subscribe());
     loop {
         // Register interest before reading so an append in between still wakes us.
         let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = targets
@@ -105,8 +110,22 @@ pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
             }
             return resp;
         }
-        let woken = tokio::time::timeout(deadline - now, select_all(waits.drain(..))).await;
-        if woken.is_err() {
+        let view_changed = async {
+            match views.as_mut() {
+                Some(rx) => {
+                    let _ = rx.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let woken = tokio::time::timeout(deadline - now, async {
+            tokio::select! {
+                _ = select_all(waits.drain(..)) => false,
+                () = view_changed => true,
+            }
+        })
+        .await;
+        if woken.is_err() || woken == Ok(true) {
             let (resp, _, _) = read_all(b, &targets, max_bytes, replica.is_some());
             if replica.is_none() {
                 record_out(b, &resp);
