@@ -90,6 +90,12 @@ async fn random_broker_kills_under_idempotent_load_lose_and_duplicate_nothing() 
     eprintln!("nemesis: {kills} kills in {secs} s (seed {seed}); history: {report}");
     assert!(kills >= 3, "the nemesis ran: {kills} kills");
     assert!(report.acked > 1000, "the load ran: {report}");
+    if !report.is_clean() {
+        // Every broker's log, for the post-mortem.
+        for b in &cluster.brokers {
+            b.dump_log();
+        }
+    }
     assert!(report.is_clean(), "{report}");
     Ok(())
 }
