@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use rdkafka::metadata::Metadata;
 use tempfile::TempDir;
 
-use crate::{Broker, OP_TIMEOUT, admin_client, http_get};
+use crate::{Broker, OP_TIMEOUT, admin_client};
 
 /// Timings short enough for tests: a silent broker is fenced after 1.5 s.
 pub const FAST_FAILOVER: &[&str] = &[
@@ -40,6 +40,16 @@ fn reserve_ports(n: usize) -> Result<Vec<u16>> {
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
+}
+
+/// `--peers` for members at `addrs` (ids are their positions).
+fn peers_arg(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i}@{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Launches every member, then waits for each: none is ready before a
@@ -80,12 +90,7 @@ impl Cluster {
             .into_iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{i}@{a}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers_arg(&addrs);
         let mut brokers = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let id = i.to_string();
@@ -168,15 +173,7 @@ impl Cluster {
 
     /// One series (`name{labels}` exactly as exposed) from broker `id`'s /metrics.
     pub fn metric(&self, id: usize, series: &str) -> Result<f64> {
-        let r = http_get(self.brokers[id].admin_addr(), "/metrics")?;
-        let needle = format!("{series} ");
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&needle))
-            .with_context(|| format!("{series} missing"))?
-            .trim()
-            .parse()
-            .context("metric value")
+        self.brokers[id].metric(series)
     }
 
     /// The controller's id as broker `via` knows it.
@@ -473,12 +470,7 @@ impl NetnsCluster {
             .tempdir()
             .context("cluster temp dir")?;
         let addrs: Vec<String> = (0..n).map(|i| format!("{}:9092", net.addr(i))).collect();
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{i}@{a}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers_arg(&addrs);
         let mut brokers = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let id = i.to_string();

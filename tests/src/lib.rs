@@ -370,6 +370,20 @@ impl Broker {
         self.netns = Some(ns.to_string());
     }
 
+    /// One series of the broker's `/metrics`, e.g.
+    /// `sluice_brokers{state="fenced"}`.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let r = http_get(self.admin_addr(), "/metrics")?;
+        let needle = format!("{series} ");
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .with_context(|| format!("{series} missing"))?
+            .trim()
+            .parse()
+            .context("metric value")
+    }
+
     /// OS process id of the running broker, if any.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -121,6 +121,19 @@ fn check_header(h: &BatchHeader, expected: i64, at: u64, seg_end: u64) -> Result
     Ok(())
 }
 
+/// A stored batch's CRC must match its bytes (`batch` is the whole batch).
+fn check_crc(h: &BatchHeader, batch: &[u8]) -> Result<(), String> {
+    let computed = batch::compute_crc(batch);
+    if computed == h.crc {
+        Ok(())
+    } else {
+        Err(format!(
+            "CRC mismatch in the batch at offset {} (stored {:#010x}, computed {computed:#010x})",
+            h.base_offset, h.crc
+        ))
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -573,18 +586,7 @@ impl PartitionLog {
                 seg.verified.clone(),
             )
         };
-        let corrupt = |position: u64, reason: String| LogError::Corrupt {
-            partition: self.name.clone(),
-            segment: base,
-            offset,
-            position,
-            reason,
-            first_report: self
-                .corruptions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((base, position)),
-        };
+        let corrupt = |position: u64, reason: String| self.corrupt(base, offset, position, reason);
         // Walk batch headers from the index hint to the batch holding
         // `offset`; each must start where the one before ended.
         let mut pos = u64::from(hint);
@@ -638,15 +640,8 @@ impl PartitionLog {
             }
             let end_at = at + h.len as u64;
             if end_at > checked_to {
-                let computed = batch::compute_crc(&data[end..end + h.len]);
-                if computed != h.crc {
-                    failure = Some((
-                        at,
-                        format!(
-                            "CRC mismatch in the batch at offset {} (stored {:#010x}, computed {computed:#010x})",
-                            h.base_offset, h.crc
-                        ),
-                    ));
+                if let Err(reason) = check_crc(&h, &data[end..end + h.len]) {
+                    failure = Some((at, reason));
                     break;
                 }
                 if at <= checked_to {
@@ -669,6 +664,24 @@ impl PartitionLog {
             high_watermark: hw,
             log_start_offset: start,
         })
+    }
+
+    /// The error for a corrupt batch at `position` of segment `segment`,
+    /// found reading `offset`; `first_report` only the first time.
+    fn corrupt(&self, segment: i64, offset: i64, position: u64, reason: String) -> LogError {
+        let first_report = self
+            .corruptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((segment, position));
+        LogError::Corrupt {
+            partition: self.name.clone(),
+            segment,
+            offset,
+            position,
+            reason,
+            first_report,
+        }
     }
 
     /// Background scrub: checks up to `budget` bytes of sealed segments not
@@ -706,39 +719,19 @@ impl PartitionLog {
         for (file, base, size, verified, cursor) in targets {
             let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
             let (mut pos, mut expected) = cursor.unwrap_or((0, base));
-            let corrupt = |position: u64, offset: i64, reason: String| LogError::Corrupt {
-                partition: self.name.clone(),
-                segment: base,
-                offset,
-                position,
-                reason,
-                first_report: self
-                    .corruptions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((base, position)),
-            };
             while pos < size && spent < budget {
                 let mut head = [0u8; batch::HEADER_LEN];
                 {
                     use std::os::unix::fs::FileExt;
                     file.read_exact_at(&mut head, pos)?;
                 }
-                let h = batch::parse_header_fields(&head)
-                    .map_err(|e| corrupt(pos, expected, format!("unreadable batch header: {e}")))?;
-                check_header(&h, expected, pos, size).map_err(|r| corrupt(pos, expected, r))?;
+                let h = batch::parse_header_fields(&head).map_err(|e| {
+                    self.corrupt(base, expected, pos, format!("unreadable batch header: {e}"))
+                })?;
+                check_header(&h, expected, pos, size)
+                    .map_err(|r| self.corrupt(base, expected, pos, r))?;
                 let bytes = read_exact_at(&file, pos, h.len)?;
-                let computed = batch::compute_crc(&bytes);
-                if computed != h.crc {
-                    return Err(corrupt(
-                        pos,
-                        expected,
-                        format!(
-                            "CRC mismatch in the batch at offset {} (stored {:#010x}, computed {computed:#010x})",
-                            h.base_offset, h.crc
-                        ),
-                    ));
-                }
+                check_crc(&h, &bytes).map_err(|r| self.corrupt(base, expected, pos, r))?;
                 pos += h.len as u64;
                 expected = h.next_offset();
                 spent += h.len;
