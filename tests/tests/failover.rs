@@ -52,6 +52,12 @@ async fn finish_and_check(
     let report = history.check(&reads);
     eprintln!("history: {report}");
     assert!(report.acked > min_acked, "the load ran: {report}");
+    if !report.is_clean() {
+        // Every broker's log, for the post-mortem.
+        for b in &cluster.brokers {
+            b.dump_log();
+        }
+    }
     assert!(report.is_clean(), "{report}");
     Ok(())
 }
