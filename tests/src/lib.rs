@@ -484,8 +484,20 @@ impl Broker {
 
     /// Prints the tail of the broker log to stderr (captured by the test
     /// runner and shown for failing tests).
+    /// With `SLUICE_TEST_KEEP_FAILED=<dir>` set, the whole log and the data
+    /// directory are also copied there, for a post-mortem of faults that
+    /// reproduce once in many long runs.
     pub fn dump_log(&self) {
         eprintln!("{}", self.log_excerpt());
+        if let Some(keep) = std::env::var_os("SLUICE_TEST_KEEP_FAILED") {
+            let to = Path::new(&keep).join(format!("broker-{}", self.kafka_addr.port()));
+            let kept = copy_tree(self.data.path(), &to.join("data"))
+                .and_then(|()| fs::copy(&self.log_path, to.join("stderr.log")).map(drop));
+            match kept {
+                Ok(()) => eprintln!("broker log and data kept in {}", to.display()),
+                Err(e) => eprintln!("could not keep broker files in {}: {e}", to.display()),
+            }
+        }
     }
 
     /// Kafka node id reported by the broker in metadata.
@@ -500,6 +512,21 @@ impl Broker {
             .map(|b| b.id())
             .ok_or_else(|| anyhow!("metadata lists no brokers"))
     }
+}
+
+/// Copies a directory tree (files and directories only).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Broker {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use rdkafka::Message;
@@ -103,11 +103,12 @@ pub struct Load {
 }
 
 /// Per partition: when its last acknowledgement arrived, and the longest
-/// time it went without one (how long it was unavailable to the producer).
+/// time it went without one (how long it was unavailable to the producer)
+/// with the wall-clock time that gap ended (to find it in broker logs).
 #[derive(Default)]
 struct AckGaps {
     last: HashMap<i32, Instant>,
-    longest: HashMap<i32, Duration>,
+    longest: HashMap<i32, (Duration, SystemTime)>,
 }
 
 impl AckGaps {
@@ -115,9 +116,37 @@ impl AckGaps {
         let now = Instant::now();
         if let Some(last) = self.last.insert(partition, now) {
             let gap = now.duration_since(last);
-            let longest = self.longest.entry(partition).or_default();
-            *longest = (*longest).max(gap);
+            let longest = self
+                .longest
+                .entry(partition)
+                .or_insert((Duration::ZERO, UNIX_EPOCH));
+            if gap > longest.0 {
+                *longest = (gap, SystemTime::now());
+            }
         }
+    }
+}
+
+/// The longest a partition went without an acknowledgement.
+#[derive(Clone, Copy)]
+pub struct AckGap {
+    pub partition: i32,
+    pub length: Duration,
+    /// When it ended (now, if it has not).
+    pub ended: SystemTime,
+}
+
+impl std::fmt::Debug for AckGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unix = self.ended.duration_since(UNIX_EPOCH).unwrap_or_default();
+        write!(
+            f,
+            "{:?} on partition {} (ended at unix time {}.{:03})",
+            self.length,
+            self.partition,
+            unix.as_secs(),
+            unix.subsec_millis()
+        )
     }
 }
 
@@ -187,18 +216,36 @@ impl Load {
     }
 
     /// The longest time any partition went without an acknowledgement so
-    /// far (counting the time since its last one), and that partition.
-    pub fn longest_ack_gap(&self) -> (i32, Duration) {
+    /// far (counting the time since its last one).
+    pub fn longest_ack_gap(&self) -> AckGap {
         let g = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         g.last
             .iter()
             .map(|(p, last)| {
-                let longest = g.longest.get(p).copied().unwrap_or_default();
-                (*p, longest.max(now.duration_since(*last)))
+                let (longest, ended) = g
+                    .longest
+                    .get(p)
+                    .copied()
+                    .unwrap_or((Duration::ZERO, UNIX_EPOCH));
+                let current = now.duration_since(*last);
+                let (length, ended) = if current > longest {
+                    (current, SystemTime::now())
+                } else {
+                    (longest, ended)
+                };
+                AckGap {
+                    partition: *p,
+                    length,
+                    ended,
+                }
             })
-            .max_by_key(|(_, gap)| *gap)
-            .unwrap_or((-1, Duration::ZERO))
+            .max_by_key(|gap| gap.length)
+            .unwrap_or(AckGap {
+                partition: -1,
+                length: Duration::ZERO,
+                ended: SystemTime::now(),
+            })
     }
 
     /// Stops the load and waits for every delivery report.

@@ -68,6 +68,18 @@ async fn connect(addr: &str) -> Result<Connection> {
 
 /// One v2 batch of `n` records taken from `values`.
 fn encode_batch(values: &[Vec<u8>], n: usize) -> Result<Bytes> {
+    encode_batch_as(values, n, None)
+}
+
+/// An idempotent producer's identity and the batch's first sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotent {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub first_sequence: i32,
+}
+
+fn encode_batch_as(values: &[Vec<u8>], n: usize, producer: Option<Idempotent>) -> Result<Bytes> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -77,13 +89,13 @@ fn encode_batch(values: &[Vec<u8>], n: usize) -> Result<Bytes> {
             transactional: false,
             control: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: producer.map_or(-1, |p| p.producer_id),
+            producer_epoch: producer.map_or(-1, |p| p.producer_epoch),
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch wherever offset - sequence
             // changes; this keeps one batch with base sequence -1 (none).
-            sequence: i as i32 - 1,
+            sequence: producer.map_or(-1, |p| p.first_sequence) + i as i32,
             timestamp: now,
             key: None,
             value: Some(Bytes::copy_from_slice(&values[i % values.len()])),
@@ -152,13 +164,52 @@ pub fn produce_once(
     values: &[Vec<u8>],
     timeout_ms: i32,
 ) -> Result<()> {
+    let resp = produce_answer(
+        addr,
+        topic,
+        partition,
+        acks,
+        values,
+        timeout_ms,
+        PRODUCE_VERSION,
+    )?;
+    check_produced(&resp)
+}
+
+/// [`produce_once`] in Produce `version`, returning the broker's answer
+/// whatever it is.
+pub fn produce_answer(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    values: &[Vec<u8>],
+    timeout_ms: i32,
+    version: i16,
+) -> Result<ProduceResponse> {
     let batch = encode_batch(values, values.len())?;
     let req = produce_request(topic, partition, acks, &batch, timeout_ms);
     let wait = Duration::from_millis(timeout_ms.max(0) as u64 + 5_000);
     runtime()?.block_on(async {
         let conn = connect(addr).await?;
-        let resp = conn.send(&req, PRODUCE_VERSION, wait).await?;
-        check_produced(&resp)
+        Ok(conn.send(&req, version, wait).await?)
+    })
+}
+
+/// One idempotent batch of `values` to the broker at `addr` (acks=all,
+/// Produce v9), returning the broker's answer whatever it is.
+pub fn produce_idempotent(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    producer: Idempotent,
+    values: &[Vec<u8>],
+) -> Result<ProduceResponse> {
+    let batch = encode_batch_as(values, values.len(), Some(producer))?;
+    let req = produce_request(topic, partition, -1, &batch, 5_000);
+    runtime()?.block_on(async {
+        let conn = connect(addr).await?;
+        Ok(conn.send(&req, 9, CALL_TIMEOUT).await?)
     })
 }
 

@@ -215,3 +215,51 @@ fn every_broker_reports_the_one_cluster_id_across_restarts() -> Result<()> {
     assert_eq!(again, ids, "the id survives a restart");
     Ok(())
 }
+
+/// KIP-951: a broker that does not lead a partition answers a Produce
+/// (v10+) with NOT_LEADER_OR_FOLLOWER *and* the current leader's id, epoch
+/// and address, so clients retry there without asking for metadata first.
+#[test]
+fn a_produce_to_a_follower_names_the_current_leader() -> Result<()> {
+    use sluice_tests::raw_client::produce_answer;
+    let cluster = Cluster::start(3, FAST_FAILOVER)?;
+    let topic = unique_name("kip951");
+    create(
+        &cluster,
+        0,
+        NewTopic::new(&topic, 1, TopicReplication::Fixed(3)),
+    )?;
+    let (leader, _) = cluster.leader_and_isr(0, &topic, 0)?;
+    let follower = (0..3).find(|&i| i != leader).expect("three brokers") as usize;
+    let values = [b"v".to_vec()];
+    let resp = produce_answer(cluster.addr(follower), &topic, 0, -1, &values, 5_000, 10)?;
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!(
+        p.error_code, 6,
+        "NOT_LEADER_OR_FOLLOWER: {:?}",
+        p.error_message
+    );
+    assert_eq!(p.current_leader.leader_id.0, leader);
+    assert!(p.current_leader.leader_epoch >= 0, "{:?}", p.current_leader);
+    let endpoint = resp
+        .node_endpoints
+        .iter()
+        .find(|e| e.node_id.0 == leader)
+        .expect("the leader's endpoint is included");
+    assert_eq!(
+        format!("{}:{}", endpoint.host, endpoint.port),
+        cluster.addr(leader as usize)
+    );
+    // The same request to the named leader is acknowledged.
+    let resp = produce_answer(
+        cluster.addr(leader as usize),
+        &topic,
+        0,
+        -1,
+        &values,
+        5_000,
+        10,
+    )?;
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+    Ok(())
+}

@@ -354,3 +354,52 @@ fn idempotent_state_survives_broker_restart() {
          restart but the restarted broker reports no duplicate batch"
     );
 }
+
+/// A batch that arrives ahead of the producer's next sequence (an earlier
+/// pipelined batch failed and is being retried) gets a retriable error,
+/// not OUT_OF_ORDER_SEQUENCE_NUMBER: on that, librdkafka bumps its epoch
+/// and resends the earlier batch under the new one, storing it twice if
+/// it had been stored after all. Behind the window it is out of order.
+#[test]
+fn a_sequence_gap_is_retriable_and_fills_in_order() {
+    use sluice_tests::raw_client::{Idempotent, produce_idempotent};
+    let broker = Broker::start().expect("broker");
+    let topic = unique_name("gap");
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(create_topic(&broker.bootstrap(), &topic, 1, &[]))
+        .expect("topic");
+    let send = |first_sequence: i32| {
+        let producer = Idempotent {
+            producer_id: 4242,
+            producer_epoch: 0,
+            first_sequence,
+        };
+        let resp = produce_idempotent(&broker.bootstrap(), &topic, 0, producer, &[b"x".to_vec()])
+            .expect("an answer");
+        let p = resp.responses[0].partition_responses[0].clone();
+        (
+            p.error_code,
+            p.base_offset,
+            p.error_message.map(|m| m.to_string()),
+        )
+    };
+    assert_eq!(send(0).0, 0);
+    let (code, _, message) = send(2);
+    assert_eq!(code, 7, "REQUEST_TIMED_OUT (retriable): {message:?}");
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("arrived before 1")),
+        "{message:?}"
+    );
+    assert_eq!(send(1), (0, 1, None));
+    assert_eq!(send(2), (0, 2, None));
+    // A retry of a stored batch is answered with its first offset.
+    assert_eq!(send(1), (0, 1, None));
+    for seq in 3..10 {
+        assert_eq!(send(seq).0, 0);
+    }
+    // Behind the five remembered batches: out of order (Kafka's answer).
+    assert_eq!(send(1).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+}

@@ -88,6 +88,20 @@ async fn random_broker_kills_under_idempotent_load_lose_and_duplicate_nothing() 
     let reads = read_all(&cluster.bootstrap(), &topic, PARTITIONS, plain).await?;
     let report = history.check(&reads);
     eprintln!("nemesis: {kills} kills in {secs} s (seed {seed}); history: {report}");
+    // What an idempotent producer's exactly-once rests on, from the brokers'
+    // own logs: refused sequences and the epoch bumps that follow them.
+    let lines = |what: &str| -> usize {
+        cluster
+            .brokers
+            .iter()
+            .map(|b| b.stderr_log().lines().filter(|l| l.contains(what)).count())
+            .sum()
+    };
+    eprintln!(
+        "nemesis: idempotent batches refused {}, producer epoch bumps {}",
+        lines("idempotent batch refused"),
+        lines("idempotent producer reset")
+    );
     assert!(kills >= 3, "the nemesis ran: {kills} kills");
     assert!(report.acked > 1000, "the load ran: {report}");
     if !report.is_clean() {

@@ -174,7 +174,7 @@ async fn isolated_leader_steps_down(c: &Cluster, isolate: impl Fn(bool)) -> Resu
 
     isolate(true);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let (_, gap) = load.longest_ack_gap();
+    let gap = load.longest_ack_gap().length;
     isolate(false);
     c.wait_until(
         "the old leader rejoins the ISR",

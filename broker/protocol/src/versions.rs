@@ -7,7 +7,7 @@ use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsRes
 
 /// (api, min, max) that the handlers in `api/` implement.
 const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
+    (ApiKey::Produce, 3, 10),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),

@@ -5,13 +5,15 @@
 //! `acks` (see `replication::write`). Also the forwarded produce another
 //! broker sends for records a plugin routed here (`forwarded_produce`).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, join_all};
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    NodeEndpoint, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 
 use super::services::Writes;
@@ -156,6 +158,11 @@ fn respond(
 ) -> ProduceResponse {
     let mut outcomes = outcomes.into_iter();
     let mut resp = ProduceResponse::default();
+    // KIP-951: a partition refused for leadership names its current leader
+    // (from the newest view: leadership may have moved while this request
+    // waited), so the client retries there without a metadata round trip.
+    let latest = b.views.current();
+    let mut leaders_named = BTreeSet::new();
     for t in &req.topic_data {
         let mut tr = TopicProduceResponse::default();
         tr.name = t.name.clone();
@@ -170,6 +177,14 @@ fn respond(
                     pr.error_message = o.message.map(str_bytes);
                 }
                 Some(Err(e)) => {
+                    if e.code == ResponseError::NotLeaderOrFollower
+                        && let Some(state) = latest.partition(&t.name, pd.index)
+                    {
+                        let leader = latest.advertised_leader(state);
+                        pr.current_leader.leader_id = BrokerId(leader);
+                        pr.current_leader.leader_epoch = state.leader_epoch;
+                        leaders_named.insert(leader);
+                    }
                     pr.error_code = error_code(b.metrics, e.code);
                     pr.base_offset = -1;
                     pr.error_message = Some(str_bytes(e.message));
@@ -183,6 +198,17 @@ fn respond(
         }
         resp.responses.push(tr);
     }
+    resp.node_endpoints = latest
+        .advertised_brokers()
+        .filter(|x| leaders_named.contains(&x.id))
+        .map(|x| {
+            let mut endpoint = NodeEndpoint::default();
+            endpoint.node_id = BrokerId(x.id);
+            endpoint.host = str_bytes(x.host.clone());
+            endpoint.port = x.port;
+            endpoint
+        })
+        .collect();
     resp
 }
 

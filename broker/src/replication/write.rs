@@ -103,6 +103,9 @@ impl WriteError {
             LogError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
                 ResponseError::OutOfOrderSequenceNumber
             }
+            // Retriable, not persisted: the earlier batch's retry comes
+            // first (see `SequenceError::Gap`; routed writes do the same).
+            LogError::Sequence(SequenceError::Gap { .. }) => ResponseError::RequestTimedOut,
             LogError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
             LogError::Leading(_)
             | LogError::OffsetOutOfRange { .. }
@@ -216,10 +219,15 @@ impl ReplicaManager {
                 ),
             ));
         }
-        let info = ls
-            .log
-            .append(batch, &ls.term)
-            .map_err(|e| WriteError::from_log(&e))?;
+        let producer = (batch.header.producer_id, batch.header.producer_epoch);
+        let info = ls.log.append(batch, &ls.term).map_err(|e| {
+            if let LogError::Sequence(_) = e {
+                // Rare and telling: an idempotent client bumps its epoch
+                // (and may resend what is already stored) after one.
+                tracing::info!(partition = %ls.log.name(), epoch = ls.leader_epoch, ?producer, error = %e, "idempotent batch refused");
+            }
+            WriteError::from_log(&e)
+        })?;
         Ok(Staged {
             ls: ls.clone(),
             acks,

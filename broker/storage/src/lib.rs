@@ -1375,10 +1375,7 @@ mod tests {
         assert_eq!(retry.base_offset, 84);
         assert!(matches!(
             append_idempotent(&log, 42, 0, 99, 1),
-            Err(LogError::Sequence(SequenceError::OutOfOrderSequence {
-                expected: 90,
-                ..
-            }))
+            Err(LogError::Sequence(SequenceError::Gap { expected: 90, .. }))
         ));
         // A producer this partition never saw may start anywhere (Kafka).
         assert!(

@@ -57,6 +57,17 @@ pub enum SequenceError {
     InvalidProducerEpoch { pid: i64, got: i16, current: i16 },
     #[error("producer {pid}: expected sequence {expected}, got {got}")]
     OutOfOrderSequence { pid: i64, expected: i32, got: i32 },
+    /// Ahead of the next expected sequence: an earlier batch of the
+    /// producer has not arrived, normally one that failed with a retriable
+    /// error and is being retried (pipelined requests). Kafka answers
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER, on which librdkafka bumps its epoch
+    /// and resends the earlier batch under it; if that batch was stored
+    /// after all (on a replica that later leads), it is stored twice. A
+    /// retriable answer lets the earlier batch's retry come first.
+    #[error(
+        "producer {pid}: sequence {got} arrived before {expected} (an earlier batch is still being retried); retry"
+    )]
+    Gap { pid: i64, expected: i32, got: i32 },
 }
 
 /// What to do with an incoming batch.
@@ -70,6 +81,14 @@ pub enum SequenceCheck {
 
 fn next_seq(seq: i32) -> i32 {
     if seq == i32::MAX { 0 } else { seq + 1 }
+}
+
+/// Is `seq` ahead of `expected` (by less than half the sequence space,
+/// which wraps from `i32::MAX` to 0)?
+fn is_ahead(seq: i32, expected: i32) -> bool {
+    let space = 1i64 << 31;
+    let distance = (i64::from(seq) - i64::from(expected)).rem_euclid(space);
+    distance > 0 && distance < space / 2
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +161,12 @@ impl ProducerStates {
         let expected = next_seq(newest.last_seq);
         if first == expected {
             Ok(SequenceCheck::Append)
+        } else if is_ahead(first, expected) {
+            Err(SequenceError::Gap {
+                pid,
+                expected,
+                got: first,
+            })
         } else {
             Err(SequenceError::OutOfOrderSequence {
                 pid,
@@ -269,11 +294,35 @@ mod tests {
         }
         assert!(matches!(
             s.check(&header(7, 0, 9, 1, -1)),
-            Err(SequenceError::OutOfOrderSequence {
+            Err(SequenceError::Gap {
                 expected: 5,
                 got: 9,
                 ..
             })
+        ));
+        // Behind, but not one of the remembered batches: out of order.
+        assert!(matches!(
+            s.check(&header(7, 0, 1, 1, -1)),
+            Err(SequenceError::OutOfOrderSequence {
+                expected: 5,
+                got: 1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn sequences_wrap_from_max_to_zero() {
+        assert!(is_ahead(0, i32::MAX));
+        assert!(is_ahead(3, i32::MAX - 2));
+        assert!(!is_ahead(i32::MAX, 0));
+        assert!(!is_ahead(5, 5));
+        let mut s = ProducerStates::default();
+        s.record(&header(1, 0, i32::MAX - 1, 2, 0), 0);
+        assert_eq!(s.check(&header(1, 0, 0, 1, -1)), Ok(SequenceCheck::Append));
+        assert!(matches!(
+            s.check(&header(1, 0, 4, 1, -1)),
+            Err(SequenceError::Gap { expected: 0, .. })
         ));
     }
 
