@@ -71,12 +71,15 @@ fn encode_batch(values: &[Vec<u8>], n: usize) -> Result<Bytes> {
     encode_batch_as(values, n, None)
 }
 
-/// An idempotent producer's identity and the batch's first sequence.
+/// An idempotent producer's identity and the batch's first sequence;
+/// `transactional` marks the batch as part of the producer's open
+/// transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct Idempotent {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub first_sequence: i32,
+    pub transactional: bool,
 }
 
 fn encode_batch_as(values: &[Vec<u8>], n: usize, producer: Option<Idempotent>) -> Result<Bytes> {
@@ -86,7 +89,7 @@ fn encode_batch_as(values: &[Vec<u8>], n: usize, producer: Option<Idempotent>) -
         .unwrap_or_default();
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
-            transactional: false,
+            transactional: producer.is_some_and(|p| p.transactional),
             control: false,
             partition_leader_epoch: -1,
             producer_id: producer.map_or(-1, |p| p.producer_id),
@@ -210,6 +213,44 @@ pub fn produce_idempotent(
     runtime()?.block_on(async {
         let conn = connect(addr).await?;
         Ok(conn.send(&req, 9, CALL_TIMEOUT).await?)
+    })
+}
+
+/// Ends producer `producer`'s transaction (`commit` or abort) in
+/// `partitions` of `topic` with WriteTxnMarkers to the broker at `addr`,
+/// as a transaction coordinator does; returns each partition's error code.
+pub fn write_txn_markers(
+    addr: &str,
+    (producer_id, producer_epoch): (i64, i16),
+    commit: bool,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<(i32, i16)>> {
+    use kafka_protocol::messages::WriteTxnMarkersRequest;
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    let mut t = WritableTxnMarkerTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partition_indexes = partitions.to_vec();
+    let mut m = WritableTxnMarker::default();
+    m.producer_id = kafka_protocol::messages::ProducerId(producer_id);
+    m.producer_epoch = producer_epoch;
+    m.transaction_result = commit;
+    m.coordinator_epoch = 0;
+    m.topics = vec![t];
+    let mut req = WriteTxnMarkersRequest::default();
+    req.markers = vec![m];
+    runtime()?.block_on(async {
+        let conn = connect(addr).await?;
+        let resp = conn.send(&req, 1, CALL_TIMEOUT).await?;
+        Ok(resp
+            .markers
+            .iter()
+            .flat_map(|m| m.topics.iter())
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| (p.partition_index, p.error_code))
+            .collect())
     })
 }
 

@@ -374,6 +374,7 @@ fn a_sequence_gap_is_retriable_and_fills_in_order() {
             producer_id: 4242,
             producer_epoch: 0,
             first_sequence,
+            transactional: false,
         };
         let resp = produce_idempotent(&broker.bootstrap(), &topic, 0, producer, &[b"x".to_vec()])
             .expect("an answer");

@@ -26,8 +26,8 @@ const RECORDS_COUNT: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
-const TRANSACTIONAL_BIT: i16 = 0x10;
-const CONTROL_BIT: i16 = 0x20;
+pub const TRANSACTIONAL_BIT: i16 = 0x10;
+pub const CONTROL_BIT: i16 = 0x20;
 
 /// Why a batch was refused. Each maps to the Kafka error a client expects.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -483,6 +483,11 @@ pub fn validate_produce(
             "clients may not write control batches".into(),
         ));
     }
+    if h.is_transactional() && h.producer_id < 0 {
+        return Err(BatchError::Invalid(
+            "a transactional batch needs the producer id InitProducerId returned".into(),
+        ));
+    }
     Ok(ValidatedBatch::new(payload, h))
 }
 
@@ -521,9 +526,42 @@ pub mod tests {
         producer_epoch: i16,
         first_seq: i32,
     ) -> BytesMut {
+        batch_of(
+            n,
+            compression,
+            ts,
+            (producer_id, producer_epoch, first_seq),
+            false,
+        )
+    }
+
+    /// `n` records of a transactional producer, uncompressed.
+    pub fn transactional_batch(
+        n: usize,
+        ts: i64,
+        producer_id: i64,
+        producer_epoch: i16,
+        first_seq: i32,
+    ) -> BytesMut {
+        batch_of(
+            n,
+            Compression::None,
+            ts,
+            (producer_id, producer_epoch, first_seq),
+            true,
+        )
+    }
+
+    fn batch_of(
+        n: usize,
+        compression: Compression,
+        ts: i64,
+        (producer_id, producer_epoch, first_seq): (i64, i16, i32),
+        transactional: bool,
+    ) -> BytesMut {
         let records: Vec<Record> = (0..n)
             .map(|i| Record {
-                transactional: false,
+                transactional,
                 control: false,
                 partition_leader_epoch: 0,
                 producer_id,

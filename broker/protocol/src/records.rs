@@ -190,6 +190,7 @@ pub fn encode(
         log_append_time,
         producer,
         partition_leader_epoch: -1,
+        flags: 0,
     };
     encode_entries(&entries, &shape)
 }
@@ -211,6 +212,7 @@ pub fn encode_empty(timestamp: i64, producer: Producer) -> Result<BytesMut, Batc
         log_append_time: false,
         producer,
         partition_leader_epoch: -1,
+        flags: 0,
     };
     encode_entries(&[], &shape)
 }
@@ -233,8 +235,91 @@ pub fn encode_filtered(
             base_sequence: h.base_sequence,
         },
         partition_leader_epoch: h.partition_leader_epoch,
+        flags: h.attributes & (batch::TRANSACTIONAL_BIT | batch::CONTROL_BIT),
     };
     encode_entries(&entries, &shape)
+}
+
+/// How a transaction ended: the type in a control record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    Abort,
+    Commit,
+}
+
+impl Marker {
+    fn code(self) -> i16 {
+        match self {
+            Marker::Abort => 0,
+            Marker::Commit => 1,
+        }
+    }
+}
+
+/// The transaction marker a control batch carries (its first record's
+/// key: version 0, then the type). Kafka ignores control records of other
+/// types; so does this (`Ok(None)`).
+pub fn parse_marker(bytes: &[u8]) -> Result<Option<Marker>, BatchError> {
+    let (h, records) = decode(bytes)?;
+    if !h.is_control() {
+        return Err(invalid("not a control batch"));
+    }
+    let key = records
+        .first()
+        .and_then(|r| r.key())
+        .ok_or_else(|| invalid("control batch without a keyed record"))?;
+    if key.len() < 4 {
+        return Err(invalid("control record key shorter than 4 bytes"));
+    }
+    let version = i16::from_be_bytes([key[0], key[1]]);
+    if version < 0 {
+        return Err(invalid(format!("control record key version {version}")));
+    }
+    Ok(match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Some(Marker::Abort),
+        1 => Some(Marker::Commit),
+        _ => None,
+    })
+}
+
+/// A transaction marker as the coordinator has it written to each
+/// partition of the transaction: a control batch of one record, the
+/// producer's id and epoch, no sequence.
+pub fn encode_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: Marker,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Result<BytesMut, BatchError> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&marker.code().to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let record = Record {
+        timestamp,
+        key: Some(Cow::Owned(key)),
+        value: Some(Cow::Owned(value)),
+        headers: Vec::new(),
+    };
+    let shape = Shape {
+        base_offset: 0,
+        last_offset_delta: 0,
+        base_timestamp: timestamp,
+        max_timestamp: timestamp,
+        codec: 0,
+        log_append_time: false,
+        producer: Producer {
+            id: producer_id,
+            epoch: producer_epoch,
+            base_sequence: -1,
+        },
+        partition_leader_epoch: -1,
+        flags: batch::TRANSACTIONAL_BIT | batch::CONTROL_BIT,
+    };
+    encode_entries(&[(0, &record)], &shape)
 }
 
 /// Batch-level fields of an encoded batch.
@@ -247,6 +332,8 @@ struct Shape {
     log_append_time: bool,
     producer: Producer,
     partition_leader_epoch: i32,
+    /// Transactional and control bits of the attributes.
+    flags: i16,
 }
 
 fn varint_len(v: i64) -> usize {
@@ -316,7 +403,7 @@ fn encode_entries(entries: &[(i32, &Record<'_>)], shape: &Shape) -> Result<Bytes
         out.extend_from_slice(&body);
     }
     let body_len = out.len() - HEADER_LEN;
-    let attributes = codec | if shape.log_append_time { 0x08 } else { 0 };
+    let attributes = codec | shape.flags | if shape.log_append_time { 0x08 } else { 0 };
     let mut header = &mut out[..HEADER_LEN];
     header.put_i64(shape.base_offset);
     header.put_i32((HEADER_LEN - batch::LOG_OVERHEAD + body_len) as i32);
@@ -358,6 +445,35 @@ mod tests {
                 headers: vec![("h".into(), Some(b"1"[..].into())), ("h".into(), None)],
             })
             .collect()
+    }
+
+    #[test]
+    fn transaction_markers_round_trip_and_filtering_keeps_the_transactional_bit() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        for marker in [Marker::Abort, Marker::Commit] {
+            let b = encode_marker(7, 3, marker, 11, 1_000).expect("encode");
+            let h = batch::parse_and_verify(&b).expect("a valid batch");
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (7, 3, -1)
+            );
+            assert_eq!(parse_marker(&b).expect("parse"), Some(marker));
+            // Clients decode it as a control record of that type.
+            let mut buf = bytes::Bytes::from(b.to_vec());
+            let set = RecordBatchDecoder::decode(&mut buf).expect("kafka-protocol decodes it");
+            assert!(set.records[0].control);
+        }
+        let plain = encode(&sample(), 0, false, Producer::NONE).expect("encode");
+        assert!(parse_marker(&plain).is_err(), "not a control batch");
+        let txn = crate::batch::tests::transactional_batch(3, 1_000, 5, 0, 0);
+        let (h, entries) = decode_entries(&txn).expect("decode");
+        let kept = encode_filtered(&h, &entries[1..]).expect("filter");
+        assert!(
+            batch::parse_header(&kept)
+                .expect("header")
+                .is_transactional()
+        );
     }
 
     /// The batches Sluice writes decode with kafka-protocol's decoder too.

@@ -32,6 +32,7 @@ const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// Our version range for `key`, if we implement it at all.

@@ -1,9 +1,10 @@
 //! Fetch: whole stored batches from each requested offset, within the
 //! request's byte budgets (but at least one batch, KIP-74), long-polling up
 //! to `max_wait_ms` until `min_bytes` are available. Consumers read up to
-//! the high watermark; follower brokers (a replica id in the request) read
-//! up to the log end, and their fetch offsets tell the leader how far they
-//! have replicated.
+//! the high watermark (read_uncommitted) or the last stable offset, with
+//! the aborted transactions in what they get (read_committed); follower
+//! brokers (a replica id in the request) read up to the log end, and their
+//! fetch offsets tell the leader how far they have replicated.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,10 +12,10 @@ use std::time::Duration;
 
 use futures::future::select_all;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::messages::fetch_response::{
-    FetchResponse, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
 };
+use kafka_protocol::messages::{FetchRequest, ProducerId};
 use tokio::time::Instant;
 
 use super::error_code;
@@ -85,6 +86,11 @@ pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
     // the new leader's high watermark waits for every in-sync follower's
     // first fetch of it (the follower asks again at once, with it).
     let mut views = replica.map(|_| b.views.subscribe());
+    let how = match (replica, req.isolation_level) {
+        (Some(_), _) => ReadAs::Replica,
+        (None, 1) => ReadAs::Committed,
+        (None, _) => ReadAs::Uncommitted,
+    };
     loop {
         // Register interest before reading so an append in between still wakes us.
         let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = targets
@@ -97,7 +103,7 @@ pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
                 n
             })
             .collect();
-        let (resp, bytes, any_error) = read_all(b, &targets, max_bytes, replica.is_some());
+        let (resp, bytes, any_error) = read_all(b, &targets, max_bytes, how);
         let now = Instant::now();
         if bytes >= min_bytes.max(1)
             || any_error
@@ -126,7 +132,7 @@ pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
         })
         .await;
         if woken.is_err() || woken == Ok(true) {
-            let (resp, _, _) = read_all(b, &targets, max_bytes, replica.is_some());
+            let (resp, _, _) = read_all(b, &targets, max_bytes, how);
             if replica.is_none() {
                 record_out(b, &resp);
             }
@@ -140,11 +146,22 @@ pub async fn fetch(b: &Reads<'_>, req: FetchRequest) -> FetchResponse {
 type Target = (i32, i64, i32, Result<Arc<PartitionLog>, ResponseError>);
 type Targets = [(String, Option<Arc<Bindings>>, Vec<Target>)];
 
+/// Who reads, so how far.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadAs {
+    /// A follower broker: up to the log end.
+    Replica,
+    /// A read_uncommitted consumer: up to the high watermark.
+    Uncommitted,
+    /// A read_committed consumer: up to the last stable offset.
+    Committed,
+}
+
 fn read_all(
     b: &Reads<'_>,
     targets: &Targets,
     max_bytes: usize,
-    replica: bool,
+    how: ReadAs,
 ) -> (FetchResponse, usize, bool) {
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
@@ -170,13 +187,15 @@ fn read_all(
             // Response budget spent: report offsets only, read nothing.
             let budget_spent = total > 0 && budget == 0;
             let budget = if budget_spent { 0 } else { budget };
-            let read = if replica {
-                log.read_for_replica(*offset, budget)
-            } else {
-                log.read(*offset, budget)
+            let read = match how {
+                ReadAs::Replica => log.read_for_replica(*offset, budget).map(|r| (r, None)),
+                ReadAs::Uncommitted => log.read(*offset, budget).map(|r| (r, None)),
+                ReadAs::Committed => log
+                    .read_committed(*offset, budget)
+                    .map(|(r, aborted)| (r, Some(aborted))),
             };
             match read {
-                Ok(read) => {
+                Ok((read, aborted)) => {
                     // KIP-74: only the first data in the response may exceed
                     // its budget; later partitions wait for the next fetch.
                     let mut records = if budget_spent || (total > 0 && read.records.len() > budget)
@@ -199,14 +218,24 @@ fn read_all(
                     }
                     total += records.len();
                     pd.high_watermark = read.high_watermark;
-                    pd.last_stable_offset = read.high_watermark;
+                    pd.last_stable_offset = read.last_stable_offset;
                     pd.log_start_offset = read.log_start_offset;
+                    pd.aborted_transactions = aborted.map(|list| {
+                        list.iter()
+                            .map(|t| {
+                                let mut a = AbortedTransaction::default();
+                                a.producer_id = ProducerId(t.producer_id);
+                                a.first_offset = t.first_offset;
+                                a
+                            })
+                            .collect()
+                    });
                     pd.records = Some(records);
                 }
                 Err(LogError::OffsetOutOfRange { start, .. }) => {
                     pd.error_code = error_code(b.metrics, ResponseError::OffsetOutOfRange);
                     pd.high_watermark = log.high_watermark();
-                    pd.last_stable_offset = pd.high_watermark;
+                    pd.last_stable_offset = log.last_stable_offset();
                     pd.log_start_offset = start;
                     any_error = true;
                 }
@@ -219,7 +248,7 @@ fn read_all(
                     }
                     pd.error_code = error_code(b.metrics, ResponseError::CorruptMessage);
                     pd.high_watermark = log.high_watermark();
-                    pd.last_stable_offset = pd.high_watermark;
+                    pd.last_stable_offset = log.last_stable_offset();
                     pd.log_start_offset = log.log_start_offset();
                     any_error = true;
                 }

@@ -1,5 +1,8 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), and the
-//! first offset whose timestamp is >= a given time.
+//! first offset whose timestamp is >= a given time. As in Kafka, what a
+//! consumer of the request's isolation level could fetch bounds the
+//! answers: the high watermark (read_uncommitted) or the last stable
+//! offset (read_committed).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::ListOffsetsRequest;
@@ -38,11 +41,18 @@ pub fn list_offsets(b: &Reads<'_>, req: ListOffsetsRequest, version: i16) -> Lis
                     continue;
                 }
             };
+            let fetchable = if req.isolation_level == 1 {
+                log.last_stable_offset()
+            } else {
+                log.high_watermark()
+            };
+            let below_fetchable =
+                |found: Option<(i64, i64)>| found.filter(|(offset, _)| *offset < fetchable);
             let found = match p.timestamp {
-                LATEST => Ok(Some((log.high_watermark(), -1))),
+                LATEST => Ok(Some((fetchable, -1))),
                 EARLIEST => Ok(Some((log.log_start_offset(), -1))),
-                MAX_TIMESTAMP => log.max_timestamp_offset(),
-                ts if ts >= 0 => log.offset_for_timestamp(ts),
+                MAX_TIMESTAMP => log.max_timestamp_offset().map(below_fetchable),
+                ts if ts >= 0 => log.offset_for_timestamp(ts).map(below_fetchable),
                 other => {
                     tracing::debug!(timestamp = other, "unsupported ListOffsets timestamp");
                     pr.error_code = error_code(b.metrics, ResponseError::InvalidRequest);

@@ -11,6 +11,7 @@ mod metadata;
 mod produce;
 mod producer;
 mod topics;
+mod txn_markers;
 
 use std::sync::Arc;
 
@@ -271,6 +272,9 @@ async fn handle_whole(
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(&b.group_services(), r).await)
+        }
+        RequestKind::WriteTxnMarkers(r) => {
+            ResponseKind::WriteTxnMarkers(txn_markers::write_txn_markers(&b.writes(), r).await)
         }
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(
             producer::init_producer_id(&b.producer_id_services(), r).await,

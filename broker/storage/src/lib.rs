@@ -16,6 +16,7 @@ pub mod index;
 pub mod producer_state;
 mod replica;
 pub mod segment;
+pub mod txn;
 
 pub use replica::LeaderTerm;
 
@@ -29,10 +30,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use producer_state::{ProducerStates, SequenceCheck, SequenceError};
+use producer_state::{CompletedTxn, ProducerStates, SequenceCheck, SequenceError};
 use segment::{Segment, read_exact_at};
 use sluice_protocol::batch::{self, BatchError, BatchHeader, ValidatedBatch};
-use sluice_protocol::records;
+use sluice_protocol::records::{self, Marker};
+use txn::{AbortedTxn, TxnIndex};
 
 /// Storage settings of one partition, resolved from topic config.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +163,8 @@ pub struct AppendInfo {
 pub struct ReadResult {
     pub records: Bytes,
     pub high_watermark: i64,
+    /// Below it every transaction has ended (see `last_stable_offset`).
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
 }
 
@@ -184,6 +188,29 @@ fn write_batch(
     }
     file.write_all_at(head, position)?;
     file.write_all_at(body, position + batch::HEADER_LEN as u64)
+}
+
+/// What bounds a read besides its `limit`.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// Only `limit`.
+    Given,
+    /// Also the last stable offset (read_committed).
+    Committed,
+}
+
+/// The last offset of the last whole batch in `records`.
+fn last_offset_in(records: &[u8]) -> Option<i64> {
+    let mut pos = 0;
+    let mut last = None;
+    while let Ok(h) = batch::parse_header_fields(&records[pos..]) {
+        if pos + h.len > records.len() || h.len == 0 {
+            break;
+        }
+        last = Some(h.last_offset());
+        pos += h.len;
+    }
+    last
 }
 
 struct LogState {
@@ -211,6 +238,11 @@ impl LogState {
     }
     fn log_start_offset(&self) -> i64 {
         self.segments[0].base_offset
+    }
+    fn last_stable_offset(&mut self, hw: i64) -> i64 {
+        self.producers
+            .first_unstable_offset(hw)
+            .map_or(hw, |first| first.min(hw))
     }
     /// Must a batch of `bytes` ending at `last_offset` go to a new segment?
     fn needs_roll(&self, now: i64, bytes: u64, last_offset: i64) -> bool {
@@ -253,8 +285,19 @@ impl LogState {
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
-        self.producers.record(h, now);
+        let marker = h.is_control().then(|| read_marker(head, body)).flatten();
+        let ended = self.producers.record(h, marker, now);
         self.records_since_flush += i64::from(h.records_count);
+        if let Some(done) = ended.filter(|t| t.aborted) {
+            let active = self.active_mut();
+            if let Err(e) = active.txn_index.append(aborted_txn(&done)) {
+                // The marker is stored; the index entry is rebuilt when the
+                // log next replays (restart, truncation). Until then the
+                // writer retries and the disk is reported unhealthy.
+                health::disk().failed(&TxnIndex::path_for(&active.path), 34, &e);
+                return Err(LogError::Io(e));
+            }
+        }
         Ok(())
     }
     fn size(&self) -> u64 {
@@ -339,7 +382,7 @@ impl PartitionLog {
             sync_dir(&dir)?;
         }
         let leo = segments[segments.len() - 1].next_offset;
-        let producers = load_producer_state(&name, &dir, &segments)?;
+        let producers = load_producer_state(&name, &dir, &mut segments)?;
         let epochs = epochs::EpochCache::open(&dir, leo)?;
         Ok(PartitionLog {
             name,
@@ -536,12 +579,12 @@ impl PartitionLog {
     /// record never stalls a consumer. Batches are never split.
     /// Consumers read committed records only: up to the high watermark.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
-        self.read_upto(offset, max_bytes, self.high_watermark())
+        self.read_upto(offset, max_bytes, self.high_watermark(), Limit::Given)
     }
 
     /// Followers read everything the leader has, up to the log end.
     pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
-        self.read_upto(offset, max_bytes, i64::MAX)
+        self.read_upto(offset, max_bytes, i64::MAX, Limit::Given)
     }
 
     /// Whole batches from the one holding `offset`, up to `max_bytes` (at
@@ -552,10 +595,21 @@ impl PartitionLog {
     /// partition, segment and position when it is the first one asked for
     /// (the batches before it are served first), so a consumer never
     /// stalls on an empty answer below the high watermark.
-    fn read_upto(&self, offset: i64, max_bytes: usize, limit: i64) -> Result<ReadResult, LogError> {
+    fn read_upto(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        limit: i64,
+        limit_kind: Limit,
+    ) -> Result<ReadResult, LogError> {
         let hw = self.high_watermark();
-        let (file, base, (entry_relative, hint), seg_end, start, verified) = {
-            let st = self.lock();
+        let (file, base, (entry_relative, hint), seg_end, start, verified, lso, limit) = {
+            let mut st = self.lock();
+            let lso = st.last_stable_offset(hw);
+            let limit = match limit_kind {
+                Limit::Committed => limit.min(lso),
+                Limit::Given => limit,
+            };
             let start = st.log_start_offset();
             let end = st.log_end_offset();
             if offset < start || offset > end {
@@ -565,6 +619,7 @@ impl PartitionLog {
                 return Ok(ReadResult {
                     records: Bytes::new(),
                     high_watermark: hw,
+                    last_stable_offset: lso,
                     log_start_offset: start,
                 });
             }
@@ -584,6 +639,8 @@ impl PartitionLog {
                 seg.size,
                 start,
                 seg.verified.clone(),
+                lso,
+                limit,
             )
         };
         let corrupt = |position: u64, reason: String| self.corrupt(base, offset, position, reason);
@@ -662,8 +719,41 @@ impl PartitionLog {
         Ok(ReadResult {
             records: Bytes::from(data),
             high_watermark: hw,
+            last_stable_offset: lso,
             log_start_offset: start,
         })
+    }
+
+    /// The last stable offset: below it every transaction has ended and
+    /// its marker is on every in-sync replica; read_committed consumers
+    /// read only below it. Without open transactions, the high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.lock().last_stable_offset(hw)
+    }
+
+    /// What a read_committed consumer gets: batches below the last stable
+    /// offset, and the aborted transactions overlapping them (whose records
+    /// it drops), from the segments' indexes.
+    pub fn read_committed(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<(ReadResult, Vec<AbortedTxn>), LogError> {
+        let read = self.read_upto(offset, max_bytes, i64::MAX, Limit::Committed)?;
+        let Some(upto) = last_offset_in(&read.records).map(|last| last + 1) else {
+            return Ok((read, Vec::new()));
+        };
+        let mut aborted = Vec::new();
+        let st = self.lock();
+        let first = st.segments.partition_point(|s| s.next_offset <= offset);
+        for seg in &st.segments[first..] {
+            if seg.txn_index.collect(offset, upto, &mut aborted) {
+                break;
+            }
+        }
+        drop(st);
+        Ok((read, aborted))
     }
 
     /// The error for a corrupt batch at `position` of segment `segment`,
@@ -880,9 +970,39 @@ fn prune_snapshots(dir: &Path, upto: i64) {
     }
 }
 
+/// The marker a control batch (header `head`, rest `body`) carries; a
+/// malformed one ends nothing (logged).
+fn read_marker(head: &[u8], body: &[u8]) -> Option<Marker> {
+    let mut bytes = Vec::with_capacity(head.len() + body.len());
+    bytes.extend_from_slice(head);
+    bytes.extend_from_slice(body);
+    match records::parse_marker(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a malformed control batch");
+            None
+        }
+    }
+}
+
+fn aborted_txn(t: &CompletedTxn) -> AbortedTxn {
+    AbortedTxn {
+        producer_id: t.producer_id,
+        first_offset: t.first_offset,
+        last_offset: t.last_offset,
+        last_stable_offset: t.last_stable_offset,
+    }
+}
+
 /// Newest valid snapshot at or below the log end, then every batch header
-/// after it. Snapshots beyond the end (the tail was truncated) are dropped.
-fn load_producer_state(name: &str, dir: &Path, segments: &[Segment]) -> io::Result<ProducerStates> {
+/// after it (and the markers of control batches, whose aborted
+/// transactions go back into the segments' indexes). Snapshots beyond the
+/// end (the tail was truncated) are dropped.
+fn load_producer_state(
+    name: &str,
+    dir: &Path,
+    segments: &mut [Segment],
+) -> io::Result<ProducerStates> {
     let leo = segments[segments.len() - 1].next_offset;
     let start = segments[0].base_offset;
     let mut state = ProducerStates::default();
@@ -900,7 +1020,8 @@ fn load_producer_state(name: &str, dir: &Path, segments: &[Segment]) -> io::Resu
         tracing::warn!(partition = %name, offset = o, "ignoring corrupt producer-state snapshot");
     }
     let now = now_ms();
-    for seg in segments.iter().filter(|s| s.next_offset > from) {
+    for seg in segments.iter_mut().filter(|s| s.next_offset > from) {
+        seg.txn_index.truncate_from(from)?;
         let mut pos = u64::from(
             seg.index
                 .position_for(from.saturating_sub(seg.base_offset).max(0) as u32),
@@ -908,7 +1029,16 @@ fn load_producer_state(name: &str, dir: &Path, segments: &[Segment]) -> io::Resu
         while pos < seg.size {
             let h = seg.read_header(pos)?;
             if h.base_offset >= from {
-                state.record(&h, now);
+                let marker = if h.is_control() {
+                    let bytes = read_exact_at(&seg.file, pos, h.len)?;
+                    let (head, body) = bytes.split_at(batch::HEADER_LEN);
+                    read_marker(head, body)
+                } else {
+                    None
+                };
+                if let Some(done) = state.record(&h, marker, now).filter(|t| t.aborted) {
+                    seg.txn_index.append(aborted_txn(&done))?;
+                }
             }
             pos += h.len as u64;
         }
@@ -1476,5 +1606,97 @@ mod tests {
         );
         let r = log.read(cut_at, 1).expect("read in the gap");
         assert_eq!(offsets_in(&r.records)[0].0, second_base);
+    }
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    use super::*;
+    use sluice_protocol::batch::tests::{encoded_batch, transactional_batch};
+    use sluice_protocol::records::encode_marker;
+
+    fn append(log: &PartitionLog, bytes: bytes::BytesMut) -> AppendInfo {
+        let batch = ValidatedBatch::trusted(bytes.freeze()).expect("a valid batch");
+        log.append(batch, &log.lead(0).expect("lead"))
+            .expect("append")
+    }
+
+    fn offsets(records: &Bytes) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < records.len() {
+            let h = batch::parse_header_fields(&records[pos..]).expect("header");
+            out.extend(h.base_offset..=h.last_offset());
+            pos += h.len;
+        }
+        out
+    }
+
+    fn aborted(pid: i64, first: i64, last: i64, lso: i64) -> AbortedTxn {
+        AbortedTxn {
+            producer_id: pid,
+            first_offset: first,
+            last_offset: last,
+            last_stable_offset: lso,
+        }
+    }
+
+    #[test]
+    fn read_committed_stops_at_open_transactions_and_names_aborted_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        let log =
+            PartitionLog::open("t-0".into(), path.clone(), LogConfig::default()).expect("open");
+        log.set_hw_follows_leo(false);
+        let plain = encoded_batch(2, kafka_protocol::records::Compression::None, 1_000);
+        append(&log, plain); // 0..=1
+        append(&log, transactional_batch(3, 1_000, 1, 0, 0)); // 2..=4, producer 1
+        append(&log, transactional_batch(2, 1_000, 2, 0, 0)); // 5..=6, producer 2
+        log.set_high_watermark(7);
+        assert_eq!(log.last_stable_offset(), 2);
+        let (read, none) = log.read_committed(0, 1 << 20).expect("read");
+        assert_eq!(offsets(&read.records), vec![0, 1]);
+        assert_eq!((read.high_watermark, read.last_stable_offset), (7, 2));
+        assert!(none.is_empty());
+        // read_uncommitted sees everything below the high watermark.
+        assert_eq!(
+            offsets(&log.read(0, 1 << 20).expect("read").records).len(),
+            7
+        );
+
+        append(
+            &log,
+            encode_marker(1, 0, Marker::Abort, 0, 2_000).expect("marker"),
+        ); // 7
+        append(
+            &log,
+            encode_marker(2, 0, Marker::Commit, 0, 2_000).expect("marker"),
+        ); // 8
+        log.set_high_watermark(8);
+        // Producer 2's commit marker is not replicated yet.
+        assert_eq!(log.last_stable_offset(), 5);
+        log.set_high_watermark(9);
+        assert_eq!(log.last_stable_offset(), 9);
+        let (read, ab) = log.read_committed(0, 1 << 20).expect("read");
+        assert_eq!(offsets(&read.records), (0..9).collect::<Vec<_>>());
+        assert_eq!(ab, vec![aborted(1, 2, 7, 5)]);
+        // From past the abort marker, nothing to drop.
+        assert!(log.read_committed(8, 1 << 20).expect("read").1.is_empty());
+
+        // A restart without a clean close replays the log: the same answer.
+        drop(log);
+        let log =
+            PartitionLog::open("t-0".into(), path.clone(), LogConfig::default()).expect("reopen");
+        log.set_hw_follows_leo(false);
+        log.set_high_watermark(9);
+        let (_, again) = log.read_committed(0, 1 << 20).expect("read");
+        assert_eq!(again, vec![aborted(1, 2, 7, 5)]);
+        // So does a truncation below the markers, which drops their entry
+        // and leaves both transactions open again.
+        log.resign();
+        log.truncate_to(7).expect("truncate");
+        assert!(log.read_committed(0, 1 << 20).expect("read").1.is_empty());
+        assert_eq!(log.last_stable_offset(), 2);
+        assert!(!txn::TxnIndex::path_for(&Segment::log_path(&path, 0)).exists());
     }
 }

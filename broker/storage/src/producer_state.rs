@@ -5,6 +5,10 @@
 //! latest snapshot plus the batch headers after it, so it is replicated
 //! with the log itself: a new leader knows what its log holds.
 //!
+//! It also knows each producer's open transaction here (where it began),
+//! hence the last stable offset, and hands the transactions that markers
+//! end to the aborted-transaction index (`txn`).
+//!
 //! Two kinds of producer ids share it. Client producers (from
 //! InitProducerId) must send consecutive sequences. *Derived* producers
 //! (ids from [`DERIVED_PRODUCER_IDS`] up) are the broker's own, for records
@@ -12,7 +16,7 @@
 //! sub-batch carries the client batch's last sequence, so their sequences
 //! only increase and may skip (see `sluice_broker::routing`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -20,6 +24,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use sluice_protocol::batch::BatchHeader;
+use sluice_protocol::records::Marker;
 
 /// Producer ids from here up are never handed out to clients: the broker
 /// derives them for plugin-routed sub-batches.
@@ -48,6 +53,24 @@ pub struct ProducerEntry {
     pub batches: VecDeque<BatchMeta>,
     /// Wall-clock time of the last append, for expiry.
     pub last_append_ms: i64,
+    /// Offset of the first record of the producer's open transaction in
+    /// this partition (none open: `None`).
+    #[serde(default)]
+    pub txn_first_offset: Option<i64>,
+}
+
+/// A transaction that ended in this partition: its marker was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    /// Its first record here (the marker's own offset if it wrote none).
+    pub first_offset: i64,
+    /// Its marker.
+    pub last_offset: i64,
+    pub aborted: bool,
+    /// The first offset of the oldest transaction still open once this one
+    /// ended (or just past the marker): see `txn::AbortedTxn`.
+    pub last_stable_offset: i64,
 }
 
 /// Why an idempotent batch was refused; each is the Kafka error of that name.
@@ -91,9 +114,16 @@ fn is_ahead(seq: i32, expected: i32) -> bool {
     distance > 0 && distance < space / 2
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProducerStates {
     producers: HashMap<i64, ProducerEntry>,
+    /// Open transactions: first offset → producer id (derived from
+    /// `producers`, kept for the last stable offset).
+    ongoing: BTreeMap<i64, i64>,
+    /// Ended transactions whose marker the high watermark has not passed
+    /// yet: until it has, a new leader may not have the marker, so they
+    /// still hold the last stable offset back (as in Kafka).
+    unreplicated: VecDeque<CompletedTxn>,
 }
 
 impl ProducerStates {
@@ -111,6 +141,20 @@ impl ProducerStates {
             return Ok(SequenceCheck::Append);
         }
         let pid = h.producer_id;
+        if h.is_control() {
+            // A transaction marker carries no sequence; an older epoch's
+            // marker comes from a fenced coordinator or producer.
+            return match self.producers.get(&pid) {
+                Some(entry) if h.producer_epoch < entry.epoch => {
+                    Err(SequenceError::InvalidProducerEpoch {
+                        pid,
+                        got: h.producer_epoch,
+                        current: entry.epoch,
+                    })
+                }
+                _ => Ok(SequenceCheck::Append),
+            };
+        }
         let first = h.base_sequence;
         let last = first.wrapping_add(h.last_offset_delta);
         // Unknown (or forgotten: expired, or its batches removed by
@@ -191,10 +235,17 @@ impl ProducerStates {
             .unwrap_or_default()
     }
 
-    /// Records a batch that was written (header carries assigned offsets).
-    pub fn record(&mut self, h: &BatchHeader, now_ms: i64) {
+    /// Records a batch that was written (header carries assigned offsets);
+    /// `marker` is what a control batch says. Returns the transaction a
+    /// marker ended.
+    pub fn record(
+        &mut self,
+        h: &BatchHeader,
+        marker: Option<Marker>,
+        now_ms: i64,
+    ) -> Option<CompletedTxn> {
         if h.producer_id < 0 {
-            return;
+            return None;
         }
         let entry = self
             .producers
@@ -203,10 +254,39 @@ impl ProducerStates {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
                 last_append_ms: now_ms,
+                txn_first_offset: None,
             });
         if h.producer_epoch != entry.epoch {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
+        }
+        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        if h.is_control() {
+            // Control records of unknown types end nothing (Kafka skips them).
+            marker?;
+            let first = entry.txn_first_offset.take();
+            if let Some(f) = first {
+                self.ongoing.remove(&f);
+            }
+            let last_stable_offset = self
+                .ongoing
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(h.base_offset + 1);
+            let done = CompletedTxn {
+                producer_id: h.producer_id,
+                first_offset: first.unwrap_or(h.base_offset),
+                last_offset: h.base_offset,
+                aborted: marker == Some(Marker::Abort),
+                last_stable_offset,
+            };
+            self.unreplicated.push_back(done);
+            return Some(done);
+        }
+        if h.is_transactional() && entry.txn_first_offset.is_none() {
+            entry.txn_first_offset = Some(h.base_offset);
+            self.ongoing.insert(h.base_offset, h.producer_id);
         }
         entry.batches.push_back(BatchMeta {
             first_seq: h.base_sequence,
@@ -218,14 +298,41 @@ impl ProducerStates {
         while entry.batches.len() > BATCHES_KEPT {
             entry.batches.pop_front();
         }
-        entry.last_append_ms = entry.last_append_ms.max(now_ms);
+        None
     }
 
-    /// Forgets producers idle longer than `expiration_ms`.
+    /// The first offset a read_committed consumer may not read yet, given
+    /// the high watermark `hw`: the start of the oldest open transaction,
+    /// or of an ended one whose marker is not below `hw` yet. `None`:
+    /// nothing holds it back (the last stable offset is `hw`).
+    pub fn first_unstable_offset(&mut self, hw: i64) -> Option<i64> {
+        while self
+            .unreplicated
+            .front()
+            .is_some_and(|t| t.last_offset < hw)
+        {
+            self.unreplicated.pop_front();
+        }
+        let open = self.ongoing.keys().next().copied();
+        let unreplicated = self.unreplicated.iter().map(|t| t.first_offset).min();
+        match (open, unreplicated) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Producers with an open transaction here and its first offset.
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.ongoing.iter().map(|(first, pid)| (*pid, *first))
+    }
+
+    /// Forgets producers idle longer than `expiration_ms` (never one with
+    /// an open transaction: its coordinator will end it).
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
-        self.producers
-            .retain(|_, e| now_ms.saturating_sub(e.last_append_ms) <= expiration_ms);
+        self.producers.retain(|_, e| {
+            e.txn_first_offset.is_some() || now_ms.saturating_sub(e.last_append_ms) <= expiration_ms
+        });
         before - self.producers.len()
     }
 
@@ -250,8 +357,16 @@ impl ProducerStates {
         if crc32fast::hash(body) != stored {
             return None;
         }
-        let producers = serde_json::from_slice(body).ok()?;
-        Some(ProducerStates { producers })
+        let producers: HashMap<i64, ProducerEntry> = serde_json::from_slice(body).ok()?;
+        let ongoing = producers
+            .iter()
+            .filter_map(|(pid, e)| Some((e.txn_first_offset?, *pid)))
+            .collect();
+        Some(ProducerStates {
+            producers,
+            ongoing,
+            unreplicated: VecDeque::new(),
+        })
     }
 }
 
@@ -282,10 +397,10 @@ mod tests {
         let mut s = ProducerStates::default();
         let b0 = header(7, 0, 0, 3, 10);
         assert_eq!(s.check(&b0), Ok(SequenceCheck::Append));
-        s.record(&b0, 1);
+        s.record(&b0, None, 1);
         let b1 = header(7, 0, 3, 2, 13);
         assert_eq!(s.check(&b1), Ok(SequenceCheck::Append));
-        s.record(&b1, 2);
+        s.record(&b1, None, 2);
         match s.check(&header(7, 0, 0, 3, -1)) {
             Ok(SequenceCheck::Duplicate(m)) => {
                 assert_eq!((m.first_offset, m.last_offset), (10, 12))
@@ -318,7 +433,7 @@ mod tests {
         assert!(!is_ahead(i32::MAX, 0));
         assert!(!is_ahead(5, 5));
         let mut s = ProducerStates::default();
-        s.record(&header(1, 0, i32::MAX - 1, 2, 0), 0);
+        s.record(&header(1, 0, i32::MAX - 1, 2, 0), None, 0);
         assert_eq!(s.check(&header(1, 0, 0, 1, -1)), Ok(SequenceCheck::Append));
         assert!(matches!(
             s.check(&header(1, 0, 4, 1, -1)),
@@ -329,7 +444,7 @@ mod tests {
     #[test]
     fn epochs_fence_and_reset_sequences() {
         let mut s = ProducerStates::default();
-        s.record(&header(1, 2, 0, 1, 0), 0);
+        s.record(&header(1, 2, 0, 1, 0), None, 0);
         assert!(matches!(
             s.check(&header(1, 1, 1, 1, -1)),
             Err(SequenceError::InvalidProducerEpoch { .. })
@@ -346,12 +461,12 @@ mod tests {
         let pid = DERIVED_PRODUCER_IDS + 7;
         let mut s = ProducerStates::default();
         // Sub-batches carry the client batch's last sequence: 9, then 19.
-        s.record(&header(pid, 0, 9, 3, 0), 0);
+        s.record(&header(pid, 0, 9, 3, 0), None, 0);
         assert_eq!(
             s.check(&header(pid, 0, 19, 2, -1)),
             Ok(SequenceCheck::Append)
         );
-        s.record(&header(pid, 0, 19, 2, 3), 0);
+        s.record(&header(pid, 0, 19, 2, 3), None, 0);
         assert!(matches!(
             s.check(&header(pid, 0, 9, 3, -1)),
             Ok(SequenceCheck::Duplicate(BatchMeta {
@@ -371,11 +486,80 @@ mod tests {
         assert_eq!(s.latest(pid).map(|(e, b)| (e, b.first_seq)), Some((0, 19)));
     }
 
+    fn with_attributes(mut h: BatchHeader, attributes: i16) -> BatchHeader {
+        h.attributes = attributes;
+        h
+    }
+
+    #[test]
+    fn transactions_hold_the_last_stable_offset_until_their_marker_is_replicated() {
+        use sluice_protocol::batch::{CONTROL_BIT, TRANSACTIONAL_BIT};
+        let txn = |pid, seq, count, base| {
+            with_attributes(header(pid, 0, seq, count, base), TRANSACTIONAL_BIT)
+        };
+        let marker = |pid, base| {
+            let mut h =
+                with_attributes(header(pid, 0, -1, 1, base), TRANSACTIONAL_BIT | CONTROL_BIT);
+            h.base_sequence = -1;
+            h
+        };
+        let mut s = ProducerStates::default();
+        s.record(&header(9, 0, 0, 5, 0), None, 0);
+        assert_eq!(s.first_unstable_offset(5), None, "plain batches are stable");
+        s.record(&txn(1, 0, 2, 5), None, 0);
+        s.record(&txn(2, 0, 2, 7), None, 0);
+        s.record(&txn(1, 2, 2, 9), None, 0);
+        assert_eq!(s.first_unstable_offset(11), Some(5));
+        assert_eq!(
+            s.open_transactions().collect::<Vec<_>>(),
+            vec![(1, 5), (2, 7)]
+        );
+        // A marker is checked for its epoch only, never for a sequence.
+        assert_eq!(s.check(&marker(1, 11)), Ok(SequenceCheck::Append));
+        let done = s
+            .record(&marker(1, 11), Some(Marker::Abort), 0)
+            .expect("ended");
+        assert_eq!(
+            done,
+            CompletedTxn {
+                producer_id: 1,
+                first_offset: 5,
+                last_offset: 11,
+                aborted: true,
+                last_stable_offset: 7,
+            }
+        );
+        // Producer 2 is still open from 7; producer 1's marker is at 11.
+        assert_eq!(
+            s.first_unstable_offset(11),
+            Some(5),
+            "marker not replicated yet"
+        );
+        assert_eq!(s.first_unstable_offset(12), Some(7));
+        let done = s
+            .record(&marker(2, 12), Some(Marker::Commit), 0)
+            .expect("ended");
+        assert!(!done.aborted);
+        assert_eq!(done.last_stable_offset, 13);
+        assert_eq!(s.first_unstable_offset(13), None);
+        // The sequence carries on after the marker.
+        assert_eq!(s.check(&txn(1, 4, 1, 13)), Ok(SequenceCheck::Append));
+        // An open transaction survives a snapshot; its producer never expires.
+        s.record(&txn(3, 0, 1, 13), None, 0);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.snapshot");
+        s.save_snapshot(&p).expect("save");
+        let mut loaded = ProducerStates::load_snapshot(&p).expect("load");
+        assert_eq!(loaded.first_unstable_offset(14), Some(13));
+        assert_eq!(loaded.expire(i64::MAX, 0), 3, "all but the open one");
+        assert_eq!(loaded.len(), 1);
+    }
+
     #[test]
     fn only_the_last_five_batches_are_remembered() {
         let mut s = ProducerStates::default();
         for i in 0..7 {
-            s.record(&header(1, 0, i, 1, i64::from(i)), 0);
+            s.record(&header(1, 0, i, 1, i64::from(i)), None, 0);
         }
         assert!(matches!(
             s.check(&header(1, 0, 6, 1, -1)),
@@ -392,8 +576,8 @@ mod tests {
     fn snapshot_round_trip_and_expiry() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = ProducerStates::default();
-        s.record(&header(1, 0, 0, 1, 0), 1_000);
-        s.record(&header(2, 0, 0, 1, 1), 50_000);
+        s.record(&header(1, 0, 0, 1, 0), None, 1_000);
+        s.record(&header(2, 0, 0, 1, 1), None, 50_000);
         let p = dir.path().join("x.snapshot");
         s.save_snapshot(&p).expect("save");
         assert_eq!(ProducerStates::load_snapshot(&p), Some(s.clone()));

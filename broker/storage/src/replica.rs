@@ -212,7 +212,12 @@ impl PartitionLog {
         // What producers wrote before the cut is still here: rebuild their
         // state from the log (Kafka reloads it the same way), rather than
         // forgetting every producer whose recent batches were cut.
-        st.producers = load_producer_state(&self.name, &self.dir, &st.segments)?;
+        let super::LogState {
+            segments,
+            producers,
+            ..
+        } = &mut *st;
+        *producers = load_producer_state(&self.name, &self.dir, segments)?;
         drop(st);
         self.flushed_offset.fetch_min(leo, Ordering::AcqRel);
         self.high_watermark.fetch_min(leo, Ordering::AcqRel);
@@ -283,7 +288,7 @@ fn cut_segment(seg: &mut Segment, offset: i64) -> io::Result<()> {
     seg.max_timestamp_batch = max_ts_batch;
     seg.index
         .truncate((next - seg.base_offset) as u32, pos as u32);
-    Ok(())
+    seg.txn_index.truncate_from(next)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::index::{self, OffsetEntry, SegmentIndex, TimeEntry};
+use super::txn::TxnIndex;
 use sluice_protocol::batch::{self, BatchHeader, HEADER_LEN};
 
 pub fn file_stem(base_offset: i64) -> String {
@@ -39,6 +40,8 @@ pub struct Segment {
     /// How far the background scrub has checked this segment: (position,
     /// offset the batch there must start at); `None` before it starts.
     pub scrub_cursor: Arc<std::sync::Mutex<Option<(u64, i64)>>>,
+    /// Transactions whose abort marker is in this segment.
+    pub txn_index: TxnIndex,
     bytes_since_index: usize,
     bytes_since_time_index: usize,
 }
@@ -71,6 +74,7 @@ impl Segment {
             .create(true)
             .truncate(true)
             .open(&path)?;
+        let txn_index = TxnIndex::create(&path)?;
         Ok(Segment {
             base_offset,
             next_offset: base_offset,
@@ -83,6 +87,7 @@ impl Segment {
             created_ms: now_ms,
             verified: Arc::new(AtomicU64::new(0)),
             scrub_cursor: Arc::default(),
+            txn_index,
             bytes_since_index: 0,
             bytes_since_time_index: 0,
         })
@@ -101,6 +106,7 @@ impl Segment {
     ) -> io::Result<(Segment, Option<Truncation>, bool)> {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = file.metadata()?.len();
+        let txn_index = TxnIndex::load(&path)?;
         let mut seg = Segment {
             base_offset,
             next_offset: base_offset,
@@ -113,6 +119,7 @@ impl Segment {
             created_ms: now_ms,
             verified: Arc::new(AtomicU64::new(0)),
             scrub_cursor: Arc::default(),
+            txn_index,
             bytes_since_index: 0,
             bytes_since_time_index: 0,
         };
@@ -125,6 +132,8 @@ impl Segment {
             }
         }
         let truncation = seg.recover(index_interval)?;
+        let end = seg.next_offset;
+        seg.txn_index.truncate_from(end)?;
         seg.verified.store(seg.size, Ordering::Release);
         Ok((seg, truncation, sealed))
     }
@@ -263,11 +272,13 @@ impl Segment {
     /// Seals the segment: data and indexes made durable.
     pub fn seal(&self) -> io::Result<()> {
         self.file.sync_data()?;
+        self.txn_index.sync()?;
         let (ip, tp) = self.index_paths();
         index::save(&self.index, &ip, &tp, self.size)
     }
 
     pub fn delete_files(&self) -> io::Result<()> {
+        self.txn_index.delete()?;
         let (ip, tp) = self.index_paths();
         for p in [&self.path, &ip, &tp] {
             match fs::remove_file(p) {
