@@ -205,14 +205,12 @@ impl Load {
         })
     }
 
-    /// Forgets the gaps so far: `longest_ack_gap` measures from now on.
+    /// Forgets the gaps that ended so far: `longest_ack_gap` measures from
+    /// now on, except that a gap still open counts whole (a stall that
+    /// spans two measured steps is not split between them).
     pub fn reset_ack_gaps(&self) {
         let mut g = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
         g.longest.clear();
-        let now = Instant::now();
-        for last in g.last.values_mut() {
-            *last = now;
-        }
     }
 
     /// The longest time any partition went without an acknowledgement so

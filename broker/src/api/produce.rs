@@ -271,6 +271,15 @@ async fn try_stage(
         tracing::warn!(partition = %ls.log.name(), error = %e, "produce refused");
         WriteError::from_batch(&e)
     })?;
+    if batch.header.is_transactional() {
+        // Nothing could ever end the transaction (no coordinator yet), and
+        // an open one holds read_committed consumers back for good.
+        return refuse(
+            ResponseError::InvalidTxnState,
+            "transactions are not supported yet: this cluster has no transaction coordinator"
+                .to_string(),
+        );
+    }
     if is_derived(batch.header.producer_id) {
         return refuse(
             ResponseError::InvalidRecord,

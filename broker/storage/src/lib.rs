@@ -190,15 +190,6 @@ fn write_batch(
     file.write_all_at(body, position + batch::HEADER_LEN as u64)
 }
 
-/// What bounds a read besides its `limit`.
-#[derive(Clone, Copy)]
-enum Limit {
-    /// Only `limit`.
-    Given,
-    /// Also the last stable offset (read_committed).
-    Committed,
-}
-
 /// The last offset of the last whole batch in `records`.
 fn last_offset_in(records: &[u8]) -> Option<i64> {
     let mut pos = 0;
@@ -239,10 +230,13 @@ impl LogState {
     fn log_start_offset(&self) -> i64 {
         self.segments[0].base_offset
     }
+    /// Never below the log start: retention may have removed the start
+    /// of an open transaction (Kafka clamps the same way).
     fn last_stable_offset(&mut self, hw: i64) -> i64 {
+        let start = self.log_start_offset();
         self.producers
             .first_unstable_offset(hw)
-            .map_or(hw, |first| first.min(hw))
+            .map_or(hw, |first| first.max(start).min(hw))
     }
     /// Must a batch of `bytes` ending at `last_offset` go to a new segment?
     fn needs_roll(&self, now: i64, bytes: u64, last_offset: i64) -> bool {
@@ -291,11 +285,10 @@ impl LogState {
         if let Some(done) = ended.filter(|t| t.aborted) {
             let active = self.active_mut();
             if let Err(e) = active.txn_index.append(aborted_txn(&done)) {
-                // The marker is stored; the index entry is rebuilt when the
-                // log next replays (restart, truncation). Until then the
-                // writer retries and the disk is reported unhealthy.
+                // The marker is stored and the entry is in memory (reads
+                // are right); the file is rewritten at the next append or
+                // seal. The disk is reported unhealthy meanwhile.
                 health::disk().failed(&TxnIndex::path_for(&active.path), 34, &e);
-                return Err(LogError::Io(e));
             }
         }
         Ok(())
@@ -349,13 +342,23 @@ impl PartitionLog {
             }
         }
         bases.sort_unstable();
+        // An aborted-transaction index whose segment is gone (a crash while
+        // deleting it) must not be taken up by a new segment at that base.
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "txnindex")
+                && !path.with_extension("log").exists()
+            {
+                let _ = fs::remove_file(&path);
+            }
+        }
         let now = now_ms();
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let count = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
             let sealed = i + 1 < count;
             let path = Segment::log_path(&dir, base);
-            let (seg, truncation, rebuilt) =
+            let (mut seg, truncation, rebuilt) =
                 Segment::open(path, base, sealed, config.index_interval_bytes, now)?;
             if let Some(t) = truncation {
                 tracing::warn!(
@@ -500,7 +503,7 @@ impl PartitionLog {
     }
 
     fn roll(&self, st: &mut LogState, now: i64) -> io::Result<()> {
-        st.active().seal()?;
+        st.active_mut().seal()?;
         let base = st.log_end_offset();
         // Producer state as of the new segment's base, so a restart replays
         // only the active segment's headers.
@@ -554,8 +557,13 @@ impl PartitionLog {
     }
 
     /// Forgets idempotent producers idle longer than `expiration_ms`.
+    /// Also forgets ended transactions every in-sync replica has (on a
+    /// follower nothing else does).
     pub fn expire_producers(&self, now: i64, expiration_ms: i64) -> usize {
-        self.lock().producers.expire(now, expiration_ms)
+        let hw = self.high_watermark();
+        let mut st = self.lock();
+        st.producers.forget_replicated(hw);
+        st.producers.expire(now, expiration_ms)
     }
 
     /// Flushes if `flush.ms` has passed since the last flush and data is dirty.
@@ -579,12 +587,12 @@ impl PartitionLog {
     /// record never stalls a consumer. Batches are never split.
     /// Consumers read committed records only: up to the high watermark.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
-        self.read_upto(offset, max_bytes, self.high_watermark(), Limit::Given)
+        self.read_upto(offset, max_bytes, self.high_watermark())
     }
 
     /// Followers read everything the leader has, up to the log end.
     pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
-        self.read_upto(offset, max_bytes, i64::MAX, Limit::Given)
+        self.read_upto(offset, max_bytes, i64::MAX)
     }
 
     /// Whole batches from the one holding `offset`, up to `max_bytes` (at
@@ -595,21 +603,11 @@ impl PartitionLog {
     /// partition, segment and position when it is the first one asked for
     /// (the batches before it are served first), so a consumer never
     /// stalls on an empty answer below the high watermark.
-    fn read_upto(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        limit: i64,
-        limit_kind: Limit,
-    ) -> Result<ReadResult, LogError> {
+    fn read_upto(&self, offset: i64, max_bytes: usize, limit: i64) -> Result<ReadResult, LogError> {
         let hw = self.high_watermark();
-        let (file, base, (entry_relative, hint), seg_end, start, verified, lso, limit) = {
+        let (file, base, (entry_relative, hint), seg_end, start, verified, lso) = {
             let mut st = self.lock();
             let lso = st.last_stable_offset(hw);
-            let limit = match limit_kind {
-                Limit::Committed => limit.min(lso),
-                Limit::Given => limit,
-            };
             let start = st.log_start_offset();
             let end = st.log_end_offset();
             if offset < start || offset > end {
@@ -640,7 +638,6 @@ impl PartitionLog {
                 start,
                 seg.verified.clone(),
                 lso,
-                limit,
             )
         };
         let corrupt = |position: u64, reason: String| self.corrupt(base, offset, position, reason);
@@ -740,19 +737,27 @@ impl PartitionLog {
         offset: i64,
         max_bytes: usize,
     ) -> Result<(ReadResult, Vec<AbortedTxn>), LogError> {
-        let read = self.read_upto(offset, max_bytes, i64::MAX, Limit::Committed)?;
-        let Some(upto) = last_offset_in(&read.records).map(|last| last + 1) else {
-            return Ok((read, Vec::new()));
-        };
-        let mut aborted = Vec::new();
-        let st = self.lock();
-        let first = st.segments.partition_point(|s| s.next_offset <= offset);
-        for seg in &st.segments[first..] {
-            if seg.txn_index.collect(offset, upto, &mut aborted) {
-                break;
+        // The aborted transactions below the last stable offset first, in
+        // the same critical section that fixes that offset: retention may
+        // delete a segment (and its index) before the data is read, and a
+        // transaction named but not in the answer costs the client nothing.
+        let hw = self.high_watermark();
+        let (lso, mut aborted) = {
+            let mut st = self.lock();
+            let lso = st.last_stable_offset(hw);
+            let mut aborted = Vec::new();
+            let first = st.segments.partition_point(|s| s.next_offset <= offset);
+            for seg in &st.segments[first..] {
+                if seg.txn_index.collect(offset, lso, &mut aborted) {
+                    break;
+                }
             }
-        }
-        drop(st);
+            (lso, aborted)
+        };
+        let read = self.read_upto(offset, max_bytes, lso)?;
+        // Name only what overlaps the batches returned.
+        let upto = last_offset_in(&read.records).map_or(offset, |last| last + 1);
+        aborted.retain(|t| t.first_offset < upto);
         Ok((read, aborted))
     }
 
@@ -921,8 +926,12 @@ impl PartitionLog {
     /// Clean shutdown: data on disk and a producer-state snapshot at the
     /// end of the log, so the restart replays nothing.
     pub fn close(&self) -> io::Result<()> {
-        let st = self.lock();
+        let mut st = self.lock();
         st.active().file.sync_data()?;
+        // The snapshot at the log end means no replay at the next start:
+        // the active segment's aborted-transaction index must be on disk.
+        st.active_mut().txn_index.sync()?;
+        sync_dir(&self.dir)?;
         let leo = st.log_end_offset();
         st.producers.save_snapshot(&snapshot_path(&self.dir, leo))?;
         prune_snapshots(&self.dir, leo);
@@ -1042,7 +1051,11 @@ fn load_producer_state(
             }
             pos += h.len as u64;
         }
+        // Rewritten indexes are durable before a later snapshot can make
+        // the next start skip this replay.
+        seg.txn_index.sync()?;
     }
+    sync_dir(dir)?;
     Ok(state)
 }
 
@@ -1698,5 +1711,57 @@ mod transaction_tests {
         assert!(log.read_committed(0, 1 << 20).expect("read").1.is_empty());
         assert_eq!(log.last_stable_offset(), 2);
         assert!(!txn::TxnIndex::path_for(&Segment::log_path(&path, 0)).exists());
+    }
+
+    #[test]
+    fn aborted_transactions_span_segments_and_survive_a_clean_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t-0");
+        let config = LogConfig {
+            segment_bytes: 200,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open("t-0".into(), path.clone(), config.clone()).expect("open");
+        // Producer 1's transaction starts in the first segment; batches of
+        // others roll the log before its abort marker.
+        append(&log, transactional_batch(2, 1_000, 1, 0, 0)); // 0..=1
+        for i in 0..6 {
+            append(
+                &log,
+                encoded_batch(3, kafka_protocol::records::Compression::None, 1_000 + i),
+            );
+        } // 2..=19
+        append(
+            &log,
+            encode_marker(1, 0, Marker::Abort, 0, 2_000).expect("marker"),
+        ); // 20
+        // A marker for a producer with nothing open ends nothing: no entry.
+        append(
+            &log,
+            encode_marker(2, 0, Marker::Abort, 0, 2_000).expect("marker"),
+        ); // 21
+        append(&log, transactional_batch(1, 1_000, 1, 0, 2)); // 22, producer 1 again
+        assert!(log.lock().segments.len() > 2, "the log rolled");
+        let expected = vec![aborted(1, 0, 20, 21)];
+        let (read, ab) = log.read_committed(0, 1 << 20).expect("read");
+        assert_eq!(ab, expected);
+        assert_eq!(
+            read.last_stable_offset, 22,
+            "producer 1's new transaction is open"
+        );
+        // Read from the middle: the transaction's marker lies ahead.
+        let (_, ab) = log.read_committed(10, 1 << 20).expect("read");
+        assert_eq!(ab, expected);
+        // A clean close snapshots at the log end: no replay at the next
+        // start, so the indexes come from their files.
+        log.close().expect("close");
+        drop(log);
+        let log = PartitionLog::open("t-0".into(), path, config).expect("reopen");
+        let (read, ab) = log.read_committed(0, 1 << 20).expect("read");
+        assert_eq!(ab, expected);
+        assert_eq!(
+            read.last_stable_offset, 22,
+            "the open transaction came back"
+        );
     }
 }

@@ -262,12 +262,12 @@ impl ProducerStates {
         }
         entry.last_append_ms = entry.last_append_ms.max(now_ms);
         if h.is_control() {
-            // Control records of unknown types end nothing (Kafka skips them).
+            // Control records of unknown types end nothing (Kafka skips
+            // them); nor does a marker for a producer with nothing open
+            // here (a coordinator's retry): as in Kafka, no index entry.
             marker?;
-            let first = entry.txn_first_offset.take();
-            if let Some(f) = first {
-                self.ongoing.remove(&f);
-            }
+            let first = entry.txn_first_offset.take()?;
+            self.ongoing.remove(&first);
             let last_stable_offset = self
                 .ongoing
                 .keys()
@@ -276,7 +276,7 @@ impl ProducerStates {
                 .unwrap_or(h.base_offset + 1);
             let done = CompletedTxn {
                 producer_id: h.producer_id,
-                first_offset: first.unwrap_or(h.base_offset),
+                first_offset: first,
                 last_offset: h.base_offset,
                 aborted: marker == Some(Marker::Abort),
                 last_stable_offset,
@@ -306,19 +306,19 @@ impl ProducerStates {
     /// or of an ended one whose marker is not below `hw` yet. `None`:
     /// nothing holds it back (the last stable offset is `hw`).
     pub fn first_unstable_offset(&mut self, hw: i64) -> Option<i64> {
-        while self
-            .unreplicated
-            .front()
-            .is_some_and(|t| t.last_offset < hw)
-        {
-            self.unreplicated.pop_front();
-        }
+        self.forget_replicated(hw);
         let open = self.ongoing.keys().next().copied();
         let unreplicated = self.unreplicated.iter().map(|t| t.first_offset).min();
         match (open, unreplicated) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Drops ended transactions whose markers are below the high
+    /// watermark `hw` (every in-sync replica has them).
+    pub fn forget_replicated(&mut self, hw: i64) {
+        self.unreplicated.retain(|t| t.last_offset >= hw);
     }
 
     /// Producers with an open transaction here and its first offset.

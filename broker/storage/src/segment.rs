@@ -270,7 +270,7 @@ impl Segment {
     }
 
     /// Seals the segment: data and indexes made durable.
-    pub fn seal(&self) -> io::Result<()> {
+    pub fn seal(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
         self.txn_index.sync()?;
         let (ip, tp) = self.index_paths();
@@ -278,8 +278,10 @@ impl Segment {
     }
 
     pub fn delete_files(&self) -> io::Result<()> {
-        self.txn_index.delete()?;
         let (ip, tp) = self.index_paths();
+        // The log first: a crash part way leaves index files without a log
+        // (removed when the partition is opened), never a log without its
+        // aborted-transaction index.
         for p in [&self.path, &ip, &tp] {
             match fs::remove_file(p) {
                 Ok(()) => {}
@@ -287,7 +289,7 @@ impl Segment {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        self.txn_index.delete()
     }
 }
 

@@ -65,6 +65,9 @@ impl AbortedTxn {
 pub struct TxnIndex {
     path: PathBuf,
     entries: Vec<AbortedTxn>,
+    /// A write failed: the file lags `entries` and is rewritten whole at
+    /// the next append or sync.
+    stale_file: bool,
 }
 
 impl TxnIndex {
@@ -81,6 +84,7 @@ impl TxnIndex {
         Ok(TxnIndex {
             path,
             entries: Vec::new(),
+            stale_file: false,
         })
     }
 
@@ -103,21 +107,44 @@ impl TxnIndex {
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len((entries.len() * ENTRY_LEN) as u64)?;
         }
-        Ok(TxnIndex { path, entries })
+        Ok(TxnIndex {
+            path,
+            entries,
+            stale_file: false,
+        })
     }
 
     pub fn entries(&self) -> &[AbortedTxn] {
         &self.entries
     }
 
-    /// Records an abort marker just appended to the segment.
+    /// Records an abort marker just appended to the segment. The entry
+    /// counts at once (reads use the memory copy); if the file write fails
+    /// the error is returned and the file is rewritten whole later.
     pub fn append(&mut self, entry: AbortedTxn) -> io::Result<()> {
-        let mut file = OpenOptions::new()
+        self.entries.push(entry);
+        if self.stale_file {
+            return self.rewrite();
+        }
+        let written = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.path)?;
-        file.write_all(&entry.encode())?;
-        self.entries.push(entry);
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(&entry.encode()));
+        if written.is_err() {
+            self.stale_file = true;
+        }
+        written
+    }
+
+    /// Writes every entry to a fresh file that replaces the old one.
+    fn rewrite(&mut self) -> io::Result<()> {
+        let tmp = self.path.with_extension("txnindex.tmp");
+        let bytes: Vec<u8> = self.entries.iter().flat_map(|e| e.encode()).collect();
+        fs::write(&tmp, bytes)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &self.path)?;
+        self.stale_file = false;
         Ok(())
     }
 
@@ -129,6 +156,9 @@ impl TxnIndex {
             return Ok(());
         }
         self.entries.truncate(keep);
+        if self.stale_file {
+            return self.rewrite();
+        }
         if self.entries.is_empty() {
             return remove_if_present(&self.path);
         }
@@ -140,7 +170,13 @@ impl TxnIndex {
     /// abort marker at or after `from`, a first record before `upto`).
     /// True once no later entry (here or in later segments) can overlap.
     pub fn collect(&self, from: i64, upto: i64, out: &mut Vec<AbortedTxn>) -> bool {
-        for e in &self.entries {
+        // Entries are in marker order: skip those that ended before `from`.
+        let first = self.entries.partition_point(|e| e.last_offset < from);
+        // Last stable offsets only grow along the log.
+        if first > 0 && self.entries[first - 1].last_stable_offset >= upto {
+            return true;
+        }
+        for e in &self.entries[first..] {
             if e.last_offset >= from && e.first_offset < upto {
                 out.push(*e);
             }
@@ -151,7 +187,10 @@ impl TxnIndex {
         false
     }
 
-    pub fn sync(&self) -> io::Result<()> {
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.stale_file {
+            return self.rewrite();
+        }
         if self.entries.is_empty() {
             return Ok(());
         }
