@@ -14,11 +14,13 @@ use anyhow::Context;
 use crate::cluster::topics::{META_DIR, NewTopic, PROPOSE_TIMEOUT, TopicError, TopicRegistry};
 use crate::config::ServeArgs;
 use crate::forward::Forwarder;
-use crate::groups::store::{OffsetStore, ReplicatedOffsets};
+use crate::groups::store::OffsetStore;
 use crate::groups::{GroupConfig, GroupCoordinator, OFFSETS_TOPIC};
+use crate::internal_log::ReplicatedLog;
 use crate::lag::HighWatermarks;
 use crate::metrics::Metrics;
 use crate::replication::{ReplicaManager, ReplicationConfig};
+use crate::transactions::{TXN_TOPIC, TxnCoordinator};
 use crate::view::{ClusterView, Views};
 use sluice_metadata::controller::{self, Registration};
 use sluice_metadata::image::Command;
@@ -37,9 +39,10 @@ pub struct Broker {
     pub views: Arc<Views>,
     pub topics: TopicRegistry,
     pub groups: GroupCoordinator,
+    pub transactions: Arc<TxnCoordinator>,
     pub replicas: Arc<ReplicaManager>,
     /// Sub-batches for partitions other brokers lead.
-    pub forwarder: Forwarder,
+    pub forwarder: Arc<Forwarder>,
     /// Other leaders' high watermarks, for consumer lag.
     pub high_watermarks: HighWatermarks,
     pub producer_ids: ProducerIdAllocator,
@@ -82,9 +85,23 @@ impl Broker {
             },
             quorum.clone(),
         ));
-        ensure_offsets_topic(&topics, &quorum, args.offsets_topic_partitions).await?;
+        ensure_internal_topic(
+            &topics,
+            &quorum,
+            OFFSETS_TOPIC,
+            args.offsets_topic_partitions,
+        )
+        .await?;
+        ensure_internal_topic(
+            &topics,
+            &quorum,
+            TXN_TOPIC,
+            args.transaction_topic_partitions,
+        )
+        .await?;
         let views = Arc::new(Views::new(args.node_id));
-        let offsets = OffsetStore::new(Arc::new(ReplicatedOffsets {
+        let offsets = OffsetStore::new(Arc::new(ReplicatedLog {
+            topic: OFFSETS_TOPIC,
             views: views.clone(),
             replicas: replicas.clone(),
             quorum: quorum.clone(),
@@ -96,6 +113,21 @@ impl Broker {
             ..GroupConfig::default()
         };
         let groups = GroupCoordinator::open(offsets, group_config);
+        let forwarder = Arc::new(Forwarder::new(args.node_id, quorum.clone()));
+        let transactions = TxnCoordinator::new(
+            args.node_id,
+            args.transaction_max_timeout_ms,
+            Arc::new(ReplicatedLog {
+                topic: TXN_TOPIC,
+                views: views.clone(),
+                replicas: replicas.clone(),
+                quorum: quorum.clone(),
+            }),
+            views.clone(),
+            quorum.clone(),
+            replicas.clone(),
+            forwarder.clone(),
+        );
         let producer_ids = ProducerIdAllocator::new(quorum.clone());
         let plugin_dir = args.data_dir.join(META_DIR).join("plugins");
         let plugins = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginHost> {
@@ -115,7 +147,8 @@ impl Broker {
         }
         let broker = Broker {
             groups,
-            forwarder: Forwarder::new(args.node_id, quorum.clone()),
+            transactions,
+            forwarder,
             high_watermarks: HighWatermarks::new(args.node_id, quorum.clone()),
             replicas,
             producer_ids,
@@ -173,6 +206,7 @@ impl Broker {
             cut_off,
         ));
         self.groups.refresh_ownership();
+        self.transactions.refresh_ownership();
     }
 
     /// Waits until the view includes quorum index `index` (a change this
@@ -221,27 +255,29 @@ async fn agree_on_cluster_id(quorum: &Quorum, data_dir: &Path) -> anyhow::Result
     Ok(())
 }
 
-/// The internal topic holding committed offsets, created on first start.
-/// Never deleted by retention: offsets must outlive the data they point at.
-async fn ensure_offsets_topic(
+/// An internal topic (committed offsets, transaction state), created on
+/// first start. Never deleted by retention: offsets must outlive the data
+/// they point at, and a transactional id its producer's sessions.
+async fn ensure_internal_topic(
     topics: &TopicRegistry,
     quorum: &Quorum,
+    name: &str,
     partitions: i32,
 ) -> anyhow::Result<()> {
-    if quorum.image().topics.contains_key(OFFSETS_TOPIC) {
+    if quorum.image().topics.contains_key(name) {
         return Ok(());
     }
     let mut configs = std::collections::BTreeMap::new();
     configs.insert("retention.ms".to_string(), "-1".to_string());
     configs.insert("segment.bytes".to_string(), "104857600".to_string());
-    // Every broker holds every offsets partition, so whichever leads a
-    // partition after failures has its groups.
+    // Every broker holds every partition, so whichever leads a partition
+    // after failures has its groups or transactions.
     let voters = quorum.voter_ids();
     wait_for_registration(quorum, &voters).await;
     let created = topics
         .create(
             NewTopic {
-                name: OFFSETS_TOPIC.to_string(),
+                name: name.to_string(),
                 partitions,
                 replication_factor: voters.len() as i16,
                 assignment: sluice_placement::assign(
@@ -250,7 +286,7 @@ async fn ensure_offsets_topic(
                     partitions.max(1) as usize,
                     voters.len(),
                 )
-                .map_err(|e| anyhow::anyhow!("placing the offsets topic: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("placing {name}: {e}"))?,
                 configs,
             },
             &voters,
@@ -258,7 +294,7 @@ async fn ensure_offsets_topic(
         .await;
     match created {
         Ok(_) | Err(TopicError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e).context("creating the internal offsets topic"),
+        Err(e) => Err(e).with_context(|| format!("creating the internal topic {name}")),
     }
 }
 
@@ -328,7 +364,7 @@ async fn migrate_plugins(quorum: &Quorum, plugins: PluginHost) -> anyhow::Result
 
 /// Topics clients may not write to or delete.
 pub fn is_internal_topic(name: &str) -> bool {
-    name == OFFSETS_TOPIC
+    name == OFFSETS_TOPIC || name == TXN_TOPIC
 }
 
 /// The cluster id this data dir belongs to, like Kafka's `meta.properties`.

@@ -147,6 +147,29 @@ pub struct ServeArgs {
     /// Partitions of the internal `__consumer_offsets` topic (fixed once created).
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS", default_value_t = 16)]
     pub offsets_topic_partitions: i32,
+    /// Partitions of the internal `__transaction_state` topic (fixed once created).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTION_TOPIC_PARTITIONS",
+        default_value_t = 16
+    )]
+    pub transaction_topic_partitions: i32,
+    /// Longest transaction timeout a producer may ask for (Kafka's
+    /// transaction.max.timeout.ms).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTION_MAX_TIMEOUT_MS",
+        default_value_t = 900_000
+    )]
+    pub transaction_max_timeout_ms: i32,
+    /// How often the coordinator aborts transactions open longer than their
+    /// timeout (Kafka's transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
     /// Forget an idempotent producer's sequence state after this much idleness.
     #[arg(
         long,
@@ -297,6 +320,24 @@ fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!(
             "connections-max-idle-ms must be at least 100, got {}",
             args.connections_max_idle_ms
+        );
+    }
+    if args.transaction_topic_partitions < 1 {
+        bail!(
+            "transaction-topic-partitions must be >= 1, got {}",
+            args.transaction_topic_partitions
+        );
+    }
+    if args.transaction_max_timeout_ms < 1 {
+        bail!(
+            "transaction-max-timeout-ms must be >= 1, got {}",
+            args.transaction_max_timeout_ms
+        );
+    }
+    if args.transaction_abort_timed_out_transaction_cleanup_interval_ms < 10 {
+        bail!(
+            "transaction-abort-timed-out-transaction-cleanup-interval-ms must be at least 10, got {}",
+            args.transaction_abort_timed_out_transaction_cleanup_interval_ms
         );
     }
     if args.offsets_topic_partitions < 1 {

@@ -1,18 +1,19 @@
-//! Forwarded produce: sub-batches a plugin routed to partitions another
-//! broker leads travel to that leader over one persistent connection per
-//! broker (`sluice_client::Pool`), as a private inter-broker request (a
-//! Produce body under its own API key, see `protocol::FORWARDED_PRODUCE_API_KEY`)
-//! that the leader stores as is, through its leader write path, without
-//! running the topic's plugins again.
+//! Requests one broker sends another's leaders, over one persistent
+//! connection per broker (`sluice_client::Pool`): forwarded produce
+//! (sub-batches a plugin routed to partitions another broker leads, as a
+//! private inter-broker request, a Produce body under its own API key, see
+//! `protocol::FORWARDED_PRODUCE_API_KEY`, that the leader stores as is,
+//! through its leader write path, without running the topic's plugins
+//! again) and a transaction coordinator's WriteTxnMarkers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::ProduceRequest;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use kafka_protocol::protocol::StrBytes;
 use sluice_client::{Pool, Resolve};
 
@@ -149,5 +150,30 @@ impl Forwarder {
                 }
             })
             .collect()
+    }
+
+    /// Sends a coordinator's transaction markers to `broker`, the leader of
+    /// their partitions. A broker that cannot be reached is an error (the
+    /// coordinator retries).
+    pub async fn write_txn_markers(
+        &self,
+        broker: i32,
+        req: &WriteTxnMarkersRequest,
+        timeout: Duration,
+    ) -> Result<WriteTxnMarkersResponse, String> {
+        let conn = self
+            .pool
+            .get(broker)
+            .await
+            .map_err(|e| format!("cannot reach broker {broker}: {e}"))?;
+        match conn.send(req, 1, timeout + SLACK).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                if e.is_connection_error() {
+                    self.pool.reset(broker).await;
+                }
+                Err(format!("WriteTxnMarkers to broker {broker}: {e}"))
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@
 //!   leader write path;
 //! - `routing` and `forward`: produce through plugins, sub-batches
 //!   forwarded to other brokers' leaders;
-//! - `groups` and `lag`: the group coordinator;
+//! - `groups` and `lag`: the group coordinator; `transactions`: the
+//!   transaction coordinator; `internal_log`: the internal topics both
+//!   keep their state in;
 //! - `liveness`: stepping down when cut off from the controller quorum,
 //!   controlled shutdown;
 //! - `cluster::topics`: topics materialized with their local logs;
@@ -27,6 +29,7 @@ pub mod config;
 pub mod connections;
 pub mod forward;
 pub mod groups;
+pub mod internal_log;
 pub mod lag;
 pub mod liveness;
 pub mod maintenance;
@@ -34,4 +37,5 @@ pub mod metrics;
 pub mod replication;
 pub mod routing;
 pub mod server;
+pub mod transactions;
 pub mod view;

@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker. With no flags: single node, 127.0.0.1:9092, data in ./sluice-data.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage WebAssembly plugins on a running broker (via its admin API).
     Plugin {
         /// The broker's admin address.
@@ -177,6 +177,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(replication::isr_loop(broker.replicas.clone(), move || {
         views.current().leaders.clone()
     }));
+    tokio::spawn(
+        broker
+            .transactions
+            .clone()
+            .abort_timed_out(Duration::from_millis(
+                broker
+                    .args
+                    .transaction_abort_timed_out_transaction_cleanup_interval_ms,
+            )),
+    );
     if broker.args.auto_leader_rebalance_enable {
         tokio::spawn(controller::preferred_leader_loop(
             quorum.clone(),

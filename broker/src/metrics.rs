@@ -404,7 +404,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let quorum = sluice_metadata::quorum::single_voter_for_tests(dir.path()).await;
         let groups = crate::groups::GroupCoordinator::open(
-            crate::groups::store::OffsetStore::new(crate::groups::store::LocalOffsets::open(
+            crate::groups::store::OffsetStore::new(crate::internal_log::LocalLogs::open(
                 dir.path(),
                 1,
             )),

@@ -310,16 +310,36 @@ impl Target {
                 b.restart()
             }
             Target::Three(c) => {
-                let hash = group
-                    .encode_utf16()
-                    .fold(0i32, |h, x| h.wrapping_mul(31).wrapping_add(i32::from(x)));
-                let p = (hash.unsigned_abs() % OFFSETS_PARTITIONS as u32) as i32;
+                let p = internal_partition(group, OFFSETS_PARTITIONS);
                 let leader = c.leader_and_isr(0, "__consumer_offsets", p)?.0;
                 let id = usize::try_from(leader).context("offsets partition has no leader")?;
                 c.kill(id);
                 c.restart(id)
             }
         }
+    }
+}
+
+/// The partition of an internal topic with `partitions` partitions that
+/// holds `id` (a group or transactional id), as Kafka maps them.
+fn internal_partition(id: &str, partitions: i32) -> i32 {
+    let hash = id
+        .encode_utf16()
+        .fold(0i32, |h, x| h.wrapping_mul(31).wrapping_add(i32::from(x)));
+    (hash.unsigned_abs() % partitions as u32) as i32
+}
+
+/// Partitions of `__transaction_state` (the broker's default).
+const TRANSACTION_PARTITIONS: i32 = 16;
+
+impl Cluster {
+    /// The broker coordinating `transactional_id`: the leader of its
+    /// transaction state partition.
+    pub fn transaction_coordinator(&self, transactional_id: &str) -> Result<i32> {
+        let p = internal_partition(transactional_id, TRANSACTION_PARTITIONS);
+        let leader = self.leader_and_isr(0, "__transaction_state", p)?.0;
+        anyhow::ensure!(leader >= 0, "transaction state partition {p} has no leader");
+        Ok(leader)
     }
 }
 

@@ -1,97 +1,241 @@
-//! Transactions on a three-broker cluster, as far as they go today (issue
-//! #15): the partition side (last stable offset, aborted-transaction index,
-//! read_committed fetches) is built and unit-tested in `sluice-storage`;
-//! the transaction coordinator is not. Until it is, a transactional batch
-//! is refused at once with a non-retriable error (nothing could end its
-//! transaction, and an open one would hold read_committed consumers back
-//! for good), and WriteTxnMarkers (what a coordinator sends each partition
-//! leader) writes a marker that both kinds of consumer step over.
+//! Kafka transactions on a three-broker cluster, through librdkafka's
+//! transactional producer and read_committed / read_uncommitted consumers:
+//! commits and aborts across topics and partitions, a transaction left
+//! open (it holds read_committed consumers back until it ends), fencing of
+//! an old producer instance, the coordinator SIGKILLed mid-transaction,
+//! and a transaction aborted by the coordinator when it times out.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, ensure};
 use rdkafka::Message;
 use rdkafka::admin::{NewTopic, TopicReplication};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
 use sluice_tests::cluster::{Cluster, FAST_FAILOVER};
-use sluice_tests::raw_client::{Idempotent, produce_idempotent, produce_once, write_txn_markers};
+use sluice_tests::raw_client::write_txn_markers;
 use sluice_tests::{
-    admin_client, admin_opts, assign, consume_n, drain_extra, stream_consumer, unique_name,
+    admin_client, admin_opts, assign, await_deliveries, consume_n, drain_extra, enqueue,
+    future_producer, stream_consumer, unique_name,
 };
 
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(30);
 
-/// The values a consumer with `isolation` reads from the start of the
-/// partition: `expected` of them, then nothing more for a second.
-async fn values(
-    bootstrap: &str,
-    topic: &str,
-    isolation: &str,
-    expected: usize,
-) -> Result<Vec<String>> {
-    let consumer = stream_consumer(bootstrap, &[("isolation.level", isolation)])?;
-    assign(&consumer, &[(topic, 0, Offset::Beginning)])?;
-    let mut got = consume_n(&consumer, expected, WAIT).await?;
-    got.extend(drain_extra(&consumer, Duration::from_secs(1)).await);
-    Ok(got
-        .iter()
-        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
-        .collect())
+/// Broker flags: quick failover and quick aborts of timed-out transactions.
+fn args() -> Vec<&'static str> {
+    let mut a = FAST_FAILOVER.to_vec();
+    a.extend([
+        "--transaction-abort-timed-out-transaction-cleanup-interval-ms",
+        "200",
+    ]);
+    a
 }
 
-/// The raw client blocks; the consumers and the admin client are async.
-#[test]
-fn transactional_batches_fail_fast_and_markers_are_invisible_to_consumers() -> Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
-    let cluster = Cluster::start(3, FAST_FAILOVER)?;
-    let topic = unique_name("txn");
+async fn create(cluster: &Cluster, topics: &[(&str, i32)]) -> Result<()> {
     let admin = admin_client(&cluster.bootstrap())?;
-    let t = NewTopic::new(&topic, 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
-    for r in rt.block_on(admin.create_topics([&t], &admin_opts()))? {
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| {
+            NewTopic::new(t, *p, TopicReplication::Fixed(3)).set("min.insync.replicas", "2")
+        })
+        .collect();
+    for r in admin.create_topics(&new, &admin_opts()).await? {
         r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
     }
-    let (leader, _) = cluster.leader_and_isr(0, &topic, 0)?;
-    let addr = cluster.addr(leader as usize).to_string();
-    produce_once(&addr, &topic, 0, -1, &[b"plain".to_vec()], 5_000)?;
+    Ok(())
+}
 
-    let producer = Idempotent {
-        producer_id: 1001,
-        producer_epoch: 0,
-        first_sequence: 0,
-        transactional: true,
-    };
-    let resp = produce_idempotent(&addr, &topic, 0, producer, &[b"in-a-txn".to_vec()])?;
-    let p = &resp.responses[0].partition_responses[0];
-    assert_eq!(p.error_code, 48, "INVALID_TXN_STATE: {:?}", p.error_message);
-    assert!(
-        p.error_message
-            .as_ref()
-            .is_some_and(|m| m.contains("no transaction coordinator")),
-        "{:?}",
-        p.error_message
-    );
+fn transactional(cluster: &Cluster, id: &str, timeout_ms: &str) -> Result<FutureProducer> {
+    let p = future_producer(
+        &cluster.bootstrap(),
+        &[
+            ("transactional.id", id),
+            ("enable.idempotence", "true"),
+            ("transaction.timeout.ms", timeout_ms),
+            ("message.timeout.ms", timeout_ms),
+            // librdkafka: at most the transaction timeout.
+            ("socket.timeout.ms", timeout_ms),
+        ],
+    )?;
+    tokio::task::block_in_place(|| p.init_transactions(WAIT)).context("init_transactions")?;
+    Ok(p)
+}
 
-    // A marker for a producer with nothing open here: written (acks=all),
-    // ends nothing, and no consumer sees it.
-    assert_eq!(
-        write_txn_markers(&addr, (1001, 0), false, &topic, &[0])?,
-        vec![(0, 0)]
-    );
-    produce_once(&addr, &topic, 0, -1, &[b"after".to_vec()], 5_000)?;
-    let bootstrap = cluster.bootstrap();
-    for isolation in ["read_committed", "read_uncommitted"] {
-        assert_eq!(
-            rt.block_on(values(&bootstrap, &topic, isolation, 2))?,
-            vec!["plain", "after"],
-            "{isolation}"
-        );
+/// Sends `<prefix>-<partition>-<i>` for `n` records to each partition.
+async fn send(p: &FutureProducer, targets: &[(&str, i32)], prefix: &str, n: usize) -> Result<()> {
+    let mut pending = Vec::new();
+    for (topic, partition) in targets {
+        for i in 0..n {
+            let v = format!("{prefix}-{partition}-{i}");
+            pending.push(
+                enqueue(
+                    p,
+                    FutureRecord::to(topic)
+                        .payload(v.as_bytes())
+                        .partition(*partition),
+                )
+                .await?,
+            );
+        }
     }
-    // Markers go to partition leaders only.
+    await_deliveries(pending).await?;
+    Ok(())
+}
+
+/// Values per prefix that a consumer with `isolation` reads from the
+/// start of `parts`, waiting for at least `expected`, then a quiet second.
+async fn read(
+    cluster: &Cluster,
+    parts: &[(&str, i32)],
+    isolation: &str,
+    expected: usize,
+) -> Result<BTreeMap<String, usize>> {
+    let consumer = stream_consumer(&cluster.bootstrap(), &[("isolation.level", isolation)])?;
+    let assignment: Vec<(&str, i32, Offset)> = parts
+        .iter()
+        .map(|(t, p)| (*t, *p, Offset::Beginning))
+        .collect();
+    assign(&consumer, &assignment)?;
+    let mut got = consume_n(&consumer, expected, WAIT).await?;
+    got.extend(drain_extra(&consumer, Duration::from_secs(1)).await);
+    let mut by_prefix = BTreeMap::new();
+    for m in &got {
+        let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+        let prefix = v.split('-').next().unwrap_or_default().to_string();
+        *by_prefix.entry(prefix).or_insert(0) += 1;
+    }
+    Ok(by_prefix)
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_aborts_and_open_transactions_across_topics() -> Result<()> {
+    let cluster = Cluster::start(3, &args())?;
+    let (a, b) = (unique_name("txn-a"), unique_name("txn-b"));
+    create(&cluster, &[(&a, 2), (&b, 1)]).await?;
+    let parts = [(a.as_str(), 0), (a.as_str(), 1), (b.as_str(), 0)];
+    let p = transactional(&cluster, &unique_name("tid"), "60000")?;
+
+    p.begin_transaction()?;
+    send(&p, &parts, "committed", 10).await?;
+    tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
+    p.begin_transaction()?;
+    send(&p, &parts, "aborted", 10).await?;
+    tokio::task::block_in_place(|| p.abort_transaction(WAIT))?;
+    p.begin_transaction()?;
+    send(&p, &parts, "open", 5).await?;
+
+    // The open transaction holds read_committed consumers at its start.
+    assert_eq!(
+        read(&cluster, &parts, "read_committed", 30).await?,
+        counts(&[("committed", 30)])
+    );
+    assert_eq!(
+        read(&cluster, &parts, "read_uncommitted", 75).await?,
+        counts(&[("aborted", 30), ("committed", 30), ("open", 15)])
+    );
+    tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
+    assert_eq!(
+        read(&cluster, &parts, "read_committed", 45).await?,
+        counts(&[("committed", 30), ("open", 15)])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_fences_the_old_one_and_aborts_its_transaction() -> Result<()> {
+    let cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("txn-fence");
+    create(&cluster, &[(&topic, 1)]).await?;
+    let parts = [(topic.as_str(), 0)];
+    let id = unique_name("tid");
+    let old = transactional(&cluster, &id, "60000")?;
+    old.begin_transaction()?;
+    send(&old, &parts, "zombie", 5).await?;
+
+    let new = transactional(&cluster, &id, "60000")?;
+    new.begin_transaction()?;
+    send(&new, &parts, "new", 5).await?;
+    tokio::task::block_in_place(|| new.commit_transaction(WAIT))?;
+
+    let fenced = tokio::task::block_in_place(|| old.commit_transaction(WAIT));
+    ensure!(fenced.is_err(), "the old instance's commit must fail");
+    assert_eq!(
+        read(&cluster, &parts, "read_committed", 5).await?,
+        counts(&[("new", 5)])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_survives_the_coordinator_being_killed_mid_transaction() -> Result<()> {
+    let mut cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("txn-coord");
+    create(&cluster, &[(&topic, 3)]).await?;
+    let parts = [
+        (topic.as_str(), 0),
+        (topic.as_str(), 1),
+        (topic.as_str(), 2),
+    ];
+    let id = unique_name("tid");
+    let p = transactional(&cluster, &id, "60000")?;
+    p.begin_transaction()?;
+    send(&p, &parts, "before", 5).await?;
+
+    let coordinator = cluster.transaction_coordinator(&id)?;
+    cluster.kill(coordinator as usize);
+    send(&p, &parts, "after", 5).await?;
+    tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
+    cluster.restart(coordinator as usize)?;
+    assert_eq!(
+        read(&cluster, &parts, "read_committed", 30).await?,
+        counts(&[("after", 15), ("before", 15)])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_aborts_a_transaction_that_outlives_its_timeout() -> Result<()> {
+    let cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("txn-timeout");
+    create(&cluster, &[(&topic, 1)]).await?;
+    let parts = [(topic.as_str(), 0)];
+    let p = transactional(&cluster, &unique_name("tid"), "3000")?;
+    p.begin_transaction()?;
+    send(&p, &parts, "abandoned", 5).await?;
+    // A plain producer's record after it stays invisible to read_committed
+    // consumers until the coordinator aborts the transaction.
+    let plain = future_producer(&cluster.bootstrap(), &[])?;
+    send(&plain, &parts, "later", 1).await?;
+    assert_eq!(
+        read(&cluster, &parts, "read_committed", 1).await?,
+        counts(&[("later", 1)])
+    );
+    // The producer was fenced: its commit fails.
+    ensure!(
+        tokio::task::block_in_place(|| p.commit_transaction(WAIT)).is_err(),
+        "a commit after the coordinator aborted must fail"
+    );
+    Ok(())
+}
+
+/// Markers go to partition leaders only: a follower answers
+/// NOT_LEADER_OR_FOLLOWER to WriteTxnMarkers.
+#[test]
+fn write_txn_markers_to_a_follower_is_refused() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let cluster = Cluster::start(3, FAST_FAILOVER)?;
+    let topic = unique_name("txn-markers");
+    rt.block_on(create(&cluster, &[(&topic, 1)]))?;
+    let (leader, _) = cluster.leader_and_isr(0, &topic, 0)?;
     let follower = (0..3).find(|&i| i != leader).expect("three brokers") as usize;
     assert_eq!(
         write_txn_markers(cluster.addr(follower), (1001, 0), true, &topic, &[0])?,
-        vec![(0, 6)],
-        "NOT_LEADER_OR_FOLLOWER"
+        vec![(0, 6)]
     );
     Ok(())
 }

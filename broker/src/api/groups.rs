@@ -47,14 +47,20 @@ pub fn find_coordinator(
     let view = b.views.current();
     let mut resp = FindCoordinatorResponse::default();
     // A group's coordinator is the leader of the offsets partition its id
-    // hashes to. Transactions are not implemented, so no transaction
-    // coordinator exists.
+    // hashes to; a transactional id's, that of its transaction state
+    // partition.
     let answer = |key: &str| -> Result<(i32, String, i32), (i16, String)> {
         if req.key_type == KEY_TYPE_TRANSACTION {
-            return Err((
-                error_code(b.metrics, ResponseError::CoordinatorNotAvailable),
-                format!("transactions are not supported by this broker (transactional id '{key}')"),
-            ));
+            return crate::transactions::coordinator_of(&view, key)
+                .map(|c| (c.id, c.host.clone(), c.port))
+                .ok_or_else(|| {
+                    (
+                        error_code(b.metrics, ResponseError::CoordinatorNotAvailable),
+                        format!(
+                            "the transaction state partition of '{key}' has no leader right now"
+                        ),
+                    )
+                });
         }
         crate::groups::coordinator_of(&view, key)
             .map(|c| (c.id, c.host.clone(), c.port))

@@ -11,6 +11,7 @@ mod metadata;
 mod produce;
 mod producer;
 mod topics;
+mod transactions;
 mod txn_markers;
 
 use std::sync::Arc;
@@ -38,7 +39,9 @@ pub mod services {
     use crate::groups::GroupCoordinator;
     use crate::metrics::Metrics;
     use crate::replication::ReplicaManager;
+    use crate::transactions::TxnCoordinator;
     use crate::view::Views;
+    use std::sync::Arc;
 
     /// Produce, forwarded produce and routing through plugins.
     #[derive(Clone, Copy)]
@@ -82,6 +85,14 @@ pub mod services {
     /// InitProducerId.
     pub struct ProducerIds<'a> {
         pub producer_ids: &'a ProducerIdAllocator,
+        pub transactions: &'a Arc<TxnCoordinator>,
+        pub metrics: &'a Metrics,
+    }
+
+    /// The transaction coordinator's APIs.
+    pub struct Transactions<'a> {
+        pub views: &'a Views,
+        pub transactions: &'a Arc<TxnCoordinator>,
         pub metrics: &'a Metrics,
     }
 
@@ -130,6 +141,15 @@ pub mod services {
         pub fn producer_id_services(&self) -> ProducerIds<'_> {
             ProducerIds {
                 producer_ids: &self.producer_ids,
+                transactions: &self.transactions,
+                metrics: &self.metrics,
+            }
+        }
+
+        pub fn transaction_services(&self) -> Transactions<'_> {
+            Transactions {
+                views: &self.views,
+                transactions: &self.transactions,
                 metrics: &self.metrics,
             }
         }
@@ -277,8 +297,14 @@ async fn handle_whole(
             ResponseKind::WriteTxnMarkers(txn_markers::write_txn_markers(&b.writes(), r).await)
         }
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(
-            producer::init_producer_id(&b.producer_id_services(), r).await,
+            producer::init_producer_id(&b.producer_id_services(), r, v).await,
         ),
+        RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
+            transactions::add_partitions_to_txn(&b.transaction_services(), r, v).await,
+        ),
+        RequestKind::EndTxn(r) => {
+            ResponseKind::EndTxn(transactions::end_txn(&b.transaction_services(), r, v).await)
+        }
         other => {
             // The decoder only lets through APIs listed in protocol::versions,
             // and each of those has an arm above.

@@ -1363,7 +1363,7 @@ mod tests {
 
     fn coordinator(dir: &std::path::Path, delay_ms: u64) -> Arc<GroupCoordinator> {
         let c = GroupCoordinator::open(
-            OffsetStore::new(store::LocalOffsets::open(dir, 2)),
+            OffsetStore::new(crate::internal_log::LocalLogs::open(dir, 2)),
             GroupConfig {
                 initial_rebalance_delay: Duration::from_millis(delay_ms),
                 ..GroupConfig::default()

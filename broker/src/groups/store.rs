@@ -9,16 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_plugin::Record;
 
-use futures::future::BoxFuture;
-
-use crate::replication::{Acks, ReplicaManager};
-use crate::view::Views;
-use sluice_metadata::quorum::Quorum;
-use sluice_protocol::batch::{self, ValidatedBatch, validate_produce as validate_batches};
-use sluice_protocol::records::{self, Producer};
-use sluice_storage::{LogError, PartitionLog, now_ms};
+use crate::internal_log::{InternalLog, batch_of, replay};
+pub use crate::internal_log::{java_hash, partition_for};
+use sluice_storage::LogError;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -100,95 +94,12 @@ pub struct LoadedGroup {
     pub offsets: HashMap<(String, i32), CommittedOffset>,
 }
 
-/// Java's `String.hashCode`, so the group → partition mapping matches Kafka's.
-pub fn java_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
-}
-
-pub fn partition_for(group: &str, partitions: usize) -> usize {
-    (java_hash(group).unsigned_abs() as usize) % partitions.max(1)
-}
-
-/// Where a coordinator's group records go: the partitions of
-/// `__consumer_offsets`, appended to as their leader. In a broker that is
-/// the leader write path (`ReplicatedOffsets`); a unit test can fake it
-/// with local logs.
-pub trait OffsetsLog: Send + Sync {
-    /// Partitions of the offsets topic.
-    fn partition_count(&self) -> usize;
-    /// The leader epoch of partition `p` if this broker leads it now.
-    fn leader_epoch(&self, p: usize) -> Option<i32>;
-    /// This broker's log of partition `p`, to load groups from.
-    fn log(&self, p: usize) -> Option<Arc<PartitionLog>>;
-    /// Appends `batch` to partition `p` as its leader and resolves once it
-    /// is durable on every in-sync replica (acks=all).
-    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>>;
-}
-
-/// The offsets topic as the broker writes it: through the leader write
-/// path, with acks=all, whatever broker currently leads each partition.
-pub struct ReplicatedOffsets {
-    pub views: Arc<Views>,
-    pub replicas: Arc<ReplicaManager>,
-    pub quorum: Arc<Quorum>,
-}
-
-/// How long a group write may wait for the offsets partition's ISR.
-const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl OffsetsLog for ReplicatedOffsets {
-    fn partition_count(&self) -> usize {
-        self.views
-            .current()
-            .image
-            .topics
-            .get(OFFSETS_TOPIC)
-            .map_or(0, |t| t.partitions.len())
-    }
-
-    fn leader_epoch(&self, p: usize) -> Option<i32> {
-        let view = self.views.current();
-        let ls = view.leader(OFFSETS_TOPIC, i32::try_from(p).ok()?)?;
-        ls.is_current().then_some(ls.leader_epoch)
-    }
-
-    fn log(&self, p: usize) -> Option<Arc<PartitionLog>> {
-        self.views
-            .current()
-            .topic(OFFSETS_TOPIC)?
-            .partition(i32::try_from(p).ok()?)
-            .cloned()
-    }
-
-    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let partition = i32::try_from(p).map_err(|e| e.to_string())?;
-            let view = self.views.current();
-            let ls = self
-                .views
-                .leader_for_write(&self.quorum, &view, OFFSETS_TOPIC, partition)
-                .await
-                .map_err(|e| format!("{OFFSETS_TOPIC}-{p}: {e:?}"))?;
-            let min_isr = view
-                .topic(OFFSETS_TOPIC)
-                .map_or(1, |t| t.min_insync_replicas);
-            let deadline = std::time::Instant::now() + COMMIT_TIMEOUT;
-            self.replicas
-                .append(&ls, batch, Acks::All, min_isr, deadline)
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("{:?}: {}", e.code, e.message))
-        })
-    }
-}
-
 pub struct OffsetStore {
-    log: Arc<dyn OffsetsLog>,
+    log: Arc<dyn InternalLog>,
 }
 
 impl OffsetStore {
-    pub fn new(log: Arc<dyn OffsetsLog>) -> OffsetStore {
+    pub fn new(log: Arc<dyn InternalLog>) -> OffsetStore {
         OffsetStore { log }
     }
 
@@ -207,21 +118,14 @@ impl OffsetStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        let records: Vec<Record> = changes
+        let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = changes
             .iter()
             .map(|c| {
                 let (key, value) = encode_change(group, c);
-                Record {
-                    timestamp: now,
-                    key: Some(key.to_vec().into()),
-                    value: value.map(|v| v.to_vec().into()),
-                    headers: Vec::new(),
-                }
+                (key.to_vec(), value.map(|v| v.to_vec()))
             })
             .collect();
-        let buf = records::encode(&records, 0, false, Producer::NONE).map_err(|e| e.to_string())?;
-        let batch = validate_batches(buf.freeze(), usize::MAX).map_err(|e| e.to_string())?;
+        let batch = batch_of(&records)?;
         let p = partition_for(group, self.log.partition_count());
         self.log.append(p, batch).await
     }
@@ -234,75 +138,9 @@ impl OffsetStore {
     ) -> Result<HashMap<String, LoadedGroup>, LogError> {
         let mut groups: HashMap<String, LoadedGroup> = HashMap::new();
         for log in which.into_iter().filter_map(|p| self.log.log(p)) {
-            let mut offset = log.log_start_offset();
-            let end = log.log_end_offset();
-            while offset < end {
-                let read = log.read_for_replica(offset, 1 << 20)?;
-                if read.records.is_empty() {
-                    break;
-                }
-                let data = &read.records;
-                let mut pos = 0;
-                while pos < data.len() {
-                    let (h, entries) = records::decode_entries(
-                        &data[pos..pos + batch::parse_header(&data[pos..])?.len],
-                    )?;
-                    for (_, r) in entries {
-                        apply_record(&mut groups, r.key.as_deref(), r.value.as_deref());
-                    }
-                    pos += h.len;
-                    offset = h.next_offset();
-                }
-            }
+            replay(&log, |key, value| apply_record(&mut groups, key, value))?;
         }
         Ok(groups)
-    }
-}
-
-/// Local offsets logs this test leads in epoch 0 (no replication).
-#[cfg(test)]
-pub struct LocalOffsets {
-    logs: Vec<(Arc<PartitionLog>, sluice_storage::LeaderTerm)>,
-}
-
-#[cfg(test)]
-impl LocalOffsets {
-    pub fn open(dir: &std::path::Path, partitions: usize) -> Arc<LocalOffsets> {
-        let logs = (0..partitions)
-            .map(|p| {
-                let log = PartitionLog::open(
-                    format!("o-{p}"),
-                    dir.join(format!("o-{p}")),
-                    sluice_storage::LogConfig::default(),
-                )
-                .expect("open");
-                let term = log.lead(0).expect("lead");
-                (Arc::new(log), term)
-            })
-            .collect();
-        Arc::new(LocalOffsets { logs })
-    }
-}
-
-#[cfg(test)]
-impl OffsetsLog for LocalOffsets {
-    fn partition_count(&self) -> usize {
-        self.logs.len()
-    }
-    fn leader_epoch(&self, p: usize) -> Option<i32> {
-        self.logs.get(p).map(|_| 0)
-    }
-    fn log(&self, p: usize) -> Option<Arc<PartitionLog>> {
-        self.logs.get(p).map(|(l, _)| l.clone())
-    }
-    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let (log, term) = self.logs.get(p).ok_or("no such partition")?;
-            let info = log.append(batch, term).map_err(|e| e.to_string())?;
-            log.flush_up_to(info.last_offset + 1)
-                .await
-                .map_err(|e| e.to_string())
-        })
     }
 }
 
@@ -390,19 +228,10 @@ fn apply_record(
 mod tests {
     use super::*;
 
-    #[test]
-    fn java_hash_matches_kafka() {
-        // Values from java.lang.String#hashCode.
-        assert_eq!(java_hash(""), 0);
-        assert_eq!(java_hash("a"), 97);
-        assert_eq!(java_hash("my-group"), -1_906_497_762);
-        assert!(partition_for("my-group", 50) < 50);
-    }
-
     #[tokio::test]
     async fn commits_and_deletes_replay_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let logs = LocalOffsets::open(dir.path(), 3);
+        let logs = crate::internal_log::LocalLogs::open(dir.path(), 3);
         let store = OffsetStore::new(logs.clone());
         let v = |o| CommittedOffset {
             offset: o,

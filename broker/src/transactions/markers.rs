@@ -1,0 +1,79 @@
+//! Writing one transaction marker to one partition this broker leads: a
+//! control batch (commit or abort, the producer's id and epoch, the
+//! coordinator's epoch) appended through the leader write path with
+//! acks=all, so it is on every in-sync replica before the coordinator
+//! moves on. Serves WriteTxnMarkers from other brokers' coordinators and
+//! this broker's own coordinator.
+
+use std::time::Instant;
+
+use kafka_protocol::ResponseError;
+
+use crate::replication::{Acks, ReplicaManager, WriteError};
+use crate::view::{ClusterView, Views};
+use sluice_metadata::quorum::Quorum;
+use sluice_protocol::batch::ValidatedBatch;
+use sluice_protocol::records::{Marker, encode_marker};
+
+/// One partition's end of one transaction.
+#[derive(Debug, Clone)]
+pub struct TxnEnd {
+    pub topic: String,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub marker: Marker,
+    pub coordinator_epoch: i32,
+}
+
+/// The services a marker write uses.
+#[derive(Clone, Copy)]
+pub struct MarkerWriter<'a> {
+    pub node_id: i32,
+    pub views: &'a Views,
+    pub quorum: &'a Quorum,
+    pub replicas: &'a ReplicaManager,
+}
+
+impl MarkerWriter<'_> {
+    pub async fn write(
+        &self,
+        view: &ClusterView,
+        end: &TxnEnd,
+        deadline: Instant,
+    ) -> Result<(), WriteError> {
+        let topic = view.topic(&end.topic).ok_or_else(|| {
+            WriteError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {} does not exist", end.topic),
+            )
+        })?;
+        let ls = self
+            .views
+            .leader_for_write(self.quorum, view, &end.topic, end.partition)
+            .await
+            .map_err(|e| {
+                WriteError::new(
+                    e,
+                    format!(
+                        "broker {} is not leading {}-{}",
+                        self.node_id, end.topic, end.partition
+                    ),
+                )
+            })?;
+        let bytes = encode_marker(
+            end.producer_id,
+            end.producer_epoch,
+            end.marker,
+            end.coordinator_epoch,
+            sluice_storage::now_ms(),
+        )
+        .map_err(|e| WriteError::from_batch(&e))?;
+        let batch =
+            ValidatedBatch::trusted(bytes.freeze()).map_err(|e| WriteError::from_batch(&e))?;
+        self.replicas
+            .append(&ls, batch, Acks::All, topic.min_insync_replicas, deadline)
+            .await
+            .map(drop)
+    }
+}

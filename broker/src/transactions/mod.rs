@@ -1,0 +1,594 @@
+//! The transaction coordinator (Kafka's). Each transactional id belongs to
+//! one partition of the internal topic `__transaction_state` (by the hash
+//! of the id, as in Kafka); the leader of that partition coordinates it,
+//! the partition's leader epoch being the coordinator epoch. Every state
+//! change of a transaction (`state::TxnMeta`) is persisted there through
+//! the leader write path (acks=all) before it counts, and a broker that
+//! becomes leader of a partition replays it and takes over: transactions
+//! it finds half-ended (markers not all written) it finishes.
+//!
+//! One operation at a time per transactional id: while one is in flight
+//! (or the markers of an ending transaction are being written) others get
+//! CONCURRENT_TRANSACTIONS, which clients retry, as in Kafka. EndTxn is
+//! answered once the decision (PrepareCommit / PrepareAbort) is durable;
+//! the markers go to every partition's leader in the background (this
+//! broker's own through its write path, others' with WriteTxnMarkers),
+//! retried until each is written, then CompleteCommit / CompleteAbort is
+//! persisted. Transactions open longer than their timeout, and the open
+//! transaction of a producer whose new instance calls InitProducerId, are
+//! aborted with a bumped epoch, which fences the old instance.
+
+pub mod markers;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use kafka_protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::forward::Forwarder;
+use crate::internal_log::{InternalLog, batch_of, partition_for, replay};
+use crate::replication::ReplicaManager;
+use crate::view::{ClusterView, Views};
+use markers::{MarkerWriter, TxnEnd};
+use sluice_metadata::producer_ids::ProducerIdAllocator;
+use sluice_metadata::quorum::Quorum;
+use sluice_protocol::records::Marker;
+use sluice_storage::now_ms;
+use state::{TxnMeta, TxnState};
+
+pub const TXN_TOPIC: &str = "__transaction_state";
+
+/// How long one round of marker writes may wait for the leaders.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker coordinating `transactional_id` in `view`.
+pub fn coordinator_of<'a>(
+    view: &'a ClusterView,
+    transactional_id: &str,
+) -> Option<&'a sluice_metadata::image::BrokerImage> {
+    let topic = view.image.topics.get(TXN_TOPIC)?;
+    let p = partition_for(transactional_id, topic.partitions.len());
+    view.live_broker(topic.partitions.get(p)?.leader)
+}
+
+/// A transactional id as the coordinator holds it.
+struct Entry {
+    /// `None` while its first InitProducerId is being persisted.
+    meta: Option<TxnMeta>,
+    /// An operation (or the markers of an ending transaction) in flight.
+    busy: bool,
+}
+
+#[derive(Default)]
+struct Owned {
+    /// Partitions of the state topic led and loaded here, with the
+    /// coordinator epoch (their leader epoch) they were loaded in.
+    epochs: HashMap<usize, i32>,
+    txns: HashMap<String, Entry>,
+}
+
+pub struct TxnCoordinator {
+    node_id: i32,
+    /// The longest timeout a producer may ask for.
+    max_timeout_ms: i32,
+    log: Arc<dyn InternalLog>,
+    views: Arc<Views>,
+    quorum: Arc<Quorum>,
+    replicas: Arc<ReplicaManager>,
+    forwarder: Arc<Forwarder>,
+    owned: Mutex<Owned>,
+}
+
+/// How an operation left the transactional id.
+enum Step {
+    /// This state was persisted: install it.
+    Persisted(TxnMeta),
+    /// Nothing changed.
+    Unchanged,
+    /// A transaction is ending in the background; it stays busy.
+    Ending,
+}
+
+/// What InitProducerId hands the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerIdAndEpoch {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+impl TxnCoordinator {
+    pub fn new(
+        node_id: i32,
+        max_timeout_ms: i32,
+        log: Arc<dyn InternalLog>,
+        views: Arc<Views>,
+        quorum: Arc<Quorum>,
+        replicas: Arc<ReplicaManager>,
+        forwarder: Arc<Forwarder>,
+    ) -> Arc<TxnCoordinator> {
+        Arc::new(TxnCoordinator {
+            node_id,
+            max_timeout_ms,
+            log,
+            views,
+            quorum,
+            replicas,
+            forwarder,
+            owned: Mutex::new(Owned::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Owned> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn partition_of(&self, id: &str) -> usize {
+        partition_for(id, self.log.partition_count())
+    }
+
+    /// Starts an operation on `id` here: its state (if any) and the
+    /// coordinator epoch, with the id marked busy until `finish`.
+    fn begin(&self, id: &str) -> Result<(Option<TxnMeta>, i32), ResponseError> {
+        let p = self.partition_of(id);
+        let mut owned = self.lock();
+        let Some(&epoch) = owned.epochs.get(&p) else {
+            return Err(if self.log.leader_epoch(p).is_some() {
+                ResponseError::CoordinatorLoadInProgress
+            } else {
+                ResponseError::NotCoordinator
+            });
+        };
+        match owned.txns.get_mut(id) {
+            Some(e) if e.busy => Err(ResponseError::ConcurrentTransactions),
+            Some(e) => {
+                e.busy = true;
+                Ok((e.meta.clone(), epoch))
+            }
+            None => {
+                owned.txns.insert(
+                    id.to_string(),
+                    Entry {
+                        meta: None,
+                        busy: true,
+                    },
+                );
+                Ok((None, epoch))
+            }
+        }
+    }
+
+    /// Ends an operation begun with `begin`.
+    fn finish(&self, id: &str, step: &Result<Step, ResponseError>) {
+        let mut owned = self.lock();
+        let Some(e) = owned.txns.get_mut(id) else {
+            return;
+        };
+        match step {
+            Ok(Step::Ending) => return,
+            Ok(Step::Persisted(meta)) => e.meta = Some(meta.clone()),
+            Ok(Step::Unchanged) | Err(_) => {}
+        }
+        e.busy = false;
+        if e.meta.is_none() {
+            owned.txns.remove(id);
+        }
+    }
+
+    /// Persists `meta` as `id`'s state (acks=all on the state partition).
+    async fn persist(&self, id: &str, meta: &TxnMeta) -> Result<(), ResponseError> {
+        let value = serde_json::to_vec(meta).map_err(|_| ResponseError::UnknownServerError)?;
+        let batch = batch_of(&[(id.as_bytes().to_vec(), Some(value))]).map_err(|e| {
+            tracing::error!(transactional_id = id, error = %e, "encoding transaction state failed");
+            ResponseError::UnknownServerError
+        })?;
+        let p = self.partition_of(id);
+        self.log.append(p, batch).await.map_err(|e| {
+            tracing::warn!(transactional_id = id, partition = p, error = %e, "transaction state not persisted");
+            // Retriable: the client finds the coordinator again.
+            ResponseError::NotCoordinator
+        })
+    }
+
+    /// InitProducerId with a transactional id: the producer id and a new
+    /// epoch for it. An open transaction of an earlier instance is
+    /// aborted first (the caller retries on CONCURRENT_TRANSACTIONS).
+    pub async fn init_producer(
+        self: &Arc<Self>,
+        id: &str,
+        timeout_ms: i32,
+        current: Option<ProducerIdAndEpoch>,
+        ids: &ProducerIdAllocator,
+    ) -> Result<ProducerIdAndEpoch, ResponseError> {
+        if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
+            return Err(ResponseError::InvalidTransactionTimeout);
+        }
+        let (meta, coordinator_epoch) = self.begin(id)?;
+        let step = self
+            .init_step(id, meta, timeout_ms, current, ids, coordinator_epoch)
+            .await;
+        self.finish(id, &step);
+        match step? {
+            Step::Persisted(m) => Ok(ProducerIdAndEpoch {
+                producer_id: m.producer_id,
+                producer_epoch: m.producer_epoch,
+            }),
+            Step::Ending | Step::Unchanged => Err(ResponseError::ConcurrentTransactions),
+        }
+    }
+
+    async fn init_step(
+        self: &Arc<Self>,
+        id: &str,
+        meta: Option<TxnMeta>,
+        timeout_ms: i32,
+        current: Option<ProducerIdAndEpoch>,
+        ids: &ProducerIdAllocator,
+        coordinator_epoch: i32,
+    ) -> Result<Step, ResponseError> {
+        let now = now_ms();
+        let allocate = || async {
+            ids.allocate().await.map_err(|e| {
+                tracing::warn!(error = %e, "producer id allocation failed");
+                ResponseError::CoordinatorNotAvailable
+            })
+        };
+        let next = match meta {
+            None => TxnMeta::new(allocate().await?, timeout_ms, now),
+            Some(m) => {
+                // KIP-360: a producer that already has an id says which.
+                if let Some(c) = current
+                    && c.producer_id >= 0
+                    && (c.producer_id != m.producer_id || c.producer_epoch != m.producer_epoch)
+                {
+                    return Err(ResponseError::ProducerFenced);
+                }
+                match m.state {
+                    TxnState::Ongoing => {
+                        let Some(aborting) = m.prepare_abort_fencing(now) else {
+                            return Err(ResponseError::InvalidTxnState);
+                        };
+                        self.persist(id, &aborting).await?;
+                        self.install_ending(id, &aborting);
+                        self.spawn_completion(id.to_string(), aborting, coordinator_epoch);
+                        return Ok(Step::Ending);
+                    }
+                    TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                        return Err(ResponseError::ConcurrentTransactions);
+                    }
+                    _ => {
+                        let fresh = if m.epochs_exhausted() {
+                            Some(allocate().await?)
+                        } else {
+                            None
+                        };
+                        m.reinit(timeout_ms, fresh, now)
+                    }
+                }
+            }
+        };
+        self.persist(id, &next).await?;
+        Ok(Step::Persisted(next))
+    }
+
+    /// AddPartitionsToTxn (and AddOffsetsToTxn's offsets partition).
+    pub async fn add_partitions(
+        &self,
+        id: &str,
+        producer: ProducerIdAndEpoch,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<(), ResponseError> {
+        let (meta, _) = self.begin(id)?;
+        let step = async {
+            let m = meta.ok_or(ResponseError::InvalidProducerIdMapping)?;
+            m.check_producer(producer.producer_id, producer.producer_epoch)?;
+            let next = m.add_partitions(partitions, now_ms())?;
+            if next.state == m.state && next.partitions == m.partitions {
+                return Ok(Step::Unchanged);
+            }
+            self.persist(id, &next).await?;
+            Ok(Step::Persisted(next))
+        }
+        .await;
+        self.finish(id, &step);
+        step.map(drop)
+    }
+
+    /// EndTxn: answered once the decision is durable; the markers follow.
+    pub async fn end(
+        self: &Arc<Self>,
+        id: &str,
+        producer: ProducerIdAndEpoch,
+        commit: bool,
+    ) -> Result<(), ResponseError> {
+        let (meta, coordinator_epoch) = self.begin(id)?;
+        let step = async {
+            let m = meta.ok_or(ResponseError::InvalidProducerIdMapping)?;
+            m.check_producer(producer.producer_id, producer.producer_epoch)?;
+            let Some(prepared) = m.prepare_end(commit, now_ms())? else {
+                return Ok(Step::Unchanged);
+            };
+            self.persist(id, &prepared).await?;
+            self.install_ending(id, &prepared);
+            self.spawn_completion(id.to_string(), prepared, coordinator_epoch);
+            Ok(Step::Ending)
+        }
+        .await;
+        self.finish(id, &step);
+        step.map(drop)
+    }
+
+    /// Records a persisted Prepare* state, the id staying busy.
+    fn install_ending(&self, id: &str, prepared: &TxnMeta) {
+        if let Some(e) = self.lock().txns.get_mut(id) {
+            e.meta = Some(prepared.clone());
+            e.busy = true;
+        }
+    }
+
+    fn still_coordinating(&self, id: &str, coordinator_epoch: i32) -> bool {
+        let p = self.partition_of(id);
+        self.lock().epochs.get(&p) == Some(&coordinator_epoch)
+    }
+
+    fn spawn_completion(self: &Arc<Self>, id: String, prepared: TxnMeta, coordinator_epoch: i32) {
+        let me = self.clone();
+        tokio::spawn(async move { me.complete(id, prepared, coordinator_epoch).await });
+    }
+
+    /// Writes the markers of a transaction that is ending to every partition
+    /// it wrote to, retrying until all are written (or the partition is
+    /// gone), then persists the completed state. Stops if this broker stops
+    /// coordinating the id: the new coordinator finishes it.
+    async fn complete(&self, id: String, prepared: TxnMeta, coordinator_epoch: i32) {
+        let marker = if prepared.state == TxnState::PrepareCommit {
+            Marker::Commit
+        } else {
+            Marker::Abort
+        };
+        let mut remaining: Vec<(String, i32)> = prepared.partitions.iter().cloned().collect();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if !self.still_coordinating(&id, coordinator_epoch) {
+                tracing::info!(transactional_id = %id, "no longer coordinating; the new coordinator finishes the transaction");
+                return;
+            }
+            if !remaining.is_empty() {
+                let end = |(topic, partition): &(String, i32)| TxnEnd {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    producer_id: prepared.producer_id,
+                    producer_epoch: prepared.producer_epoch,
+                    marker,
+                    coordinator_epoch,
+                };
+                remaining = self
+                    .write_markers(remaining.iter().map(end).collect())
+                    .await;
+            }
+            if remaining.is_empty() {
+                let done = prepared.complete(now_ms());
+                match self.persist(&id, &done).await {
+                    Ok(()) => {
+                        tracing::debug!(transactional_id = %id, state = ?done.state, "transaction completed");
+                        self.finish(&id, &Ok(Step::Persisted(done)));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(transactional_id = %id, error = ?e, "completing the transaction not persisted; retrying")
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Writes `ends` to their leaders; returns the partitions still
+    /// without their marker.
+    async fn write_markers(&self, ends: Vec<TxnEnd>) -> Vec<(String, i32)> {
+        let view = self.views.current();
+        let mut by_leader: BTreeMap<i32, Vec<TxnEnd>> = BTreeMap::new();
+        let mut left = Vec::new();
+        for end in ends {
+            match view.partition(&end.topic, end.partition) {
+                // Deleted: nothing left to end.
+                None => {}
+                Some(p) if p.leader < 0 => left.push((end.topic, end.partition)),
+                Some(p) => by_leader.entry(p.leader).or_default().push(end),
+            }
+        }
+        let deadline = Instant::now() + MARKER_TIMEOUT;
+        for (leader, ends) in by_leader {
+            let failed: Vec<(String, i32)> = if leader == self.node_id {
+                let writer = MarkerWriter {
+                    node_id: self.node_id,
+                    views: &self.views,
+                    quorum: &self.quorum,
+                    replicas: &self.replicas,
+                };
+                let mut failed = Vec::new();
+                for end in ends {
+                    match writer.write(&view, &end, deadline).await {
+                        Ok(()) => {}
+                        Err(e) if e.code == ResponseError::UnknownTopicOrPartition => {}
+                        Err(e) => {
+                            tracing::debug!(topic = %end.topic, partition = end.partition, error = %e.message, "marker not written; retrying");
+                            failed.push((end.topic, end.partition));
+                        }
+                    }
+                }
+                failed
+            } else {
+                self.send_markers(leader, ends).await
+            };
+            left.extend(failed);
+        }
+        left
+    }
+
+    /// WriteTxnMarkers to another broker; returns what failed there.
+    async fn send_markers(&self, leader: i32, ends: Vec<TxnEnd>) -> Vec<(String, i32)> {
+        let all: Vec<(String, i32)> = ends
+            .iter()
+            .map(|e| (e.topic.clone(), e.partition))
+            .collect();
+        let Some(first) = ends.first() else {
+            return all;
+        };
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for e in &ends {
+            by_topic.entry(&e.topic).or_default().push(e.partition);
+        }
+        let mut m = WritableTxnMarker::default();
+        m.producer_id = ProducerId(first.producer_id);
+        m.producer_epoch = first.producer_epoch;
+        m.transaction_result = first.marker == Marker::Commit;
+        m.coordinator_epoch = first.coordinator_epoch;
+        m.topics = by_topic
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let mut t = WritableTxnMarkerTopic::default();
+                t.name = TopicName(StrBytes::from_string(topic.to_string()));
+                t.partition_indexes = partitions;
+                t
+            })
+            .collect();
+        let mut req = WriteTxnMarkersRequest::default();
+        req.markers = vec![m];
+        let resp = match self
+            .forwarder
+            .write_txn_markers(leader, &req, MARKER_TIMEOUT)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(broker = leader, error = %e, "markers not delivered; retrying");
+                return all;
+            }
+        };
+        let mut failed = Vec::new();
+        for t in resp.markers.iter().flat_map(|m| m.topics.iter()) {
+            for p in &t.partitions {
+                let code = ResponseError::try_from_code(p.error_code);
+                if code.is_some() && code != Some(ResponseError::UnknownTopicOrPartition) {
+                    failed.push((t.name.as_str().to_string(), p.partition_index));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Follows `__transaction_state` leadership (called by the metadata
+    /// applier after each view): ids of partitions this broker stopped
+    /// leading are dropped; partitions it started leading, or leads in a
+    /// new epoch, are replayed, and their half-ended transactions finished.
+    pub fn refresh_ownership(self: &Arc<Self>) {
+        let count = self.log.partition_count();
+        let now: HashMap<usize, i32> = (0..count)
+            .filter_map(|p| self.log.leader_epoch(p).map(|e| (p, e)))
+            .collect();
+        let gained: Vec<usize> = {
+            let owned = self.lock();
+            if owned.epochs == now {
+                return;
+            }
+            now.iter()
+                .filter(|(p, e)| owned.epochs.get(p) != Some(e))
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        let mut loaded: HashMap<String, TxnMeta> = HashMap::new();
+        for p in &gained {
+            let Some(log) = self.log.log(*p) else {
+                continue;
+            };
+            let replayed = replay(&log, |key, value| {
+                let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+                    return;
+                };
+                match value.and_then(|v| serde_json::from_slice::<TxnMeta>(v).ok()) {
+                    Some(meta) => loaded.insert(id.to_string(), meta),
+                    None => loaded.remove(id),
+                };
+            });
+            if let Err(e) = replayed {
+                tracing::error!(partition = p, error = %e, "loading transactions of a newly led {TXN_TOPIC} partition failed");
+            }
+        }
+        let mut ending = Vec::new();
+        {
+            let mut owned = self.lock();
+            owned.txns.retain(|id, _| {
+                let p = partition_for(id, count);
+                now.contains_key(&p) && !gained.contains(&p)
+            });
+            for (id, meta) in loaded {
+                let busy = meta.state.is_preparing();
+                if busy {
+                    let epoch = now.get(&partition_for(&id, count)).copied().unwrap_or(-1);
+                    ending.push((id.clone(), meta.clone(), epoch));
+                }
+                owned.txns.insert(
+                    id,
+                    Entry {
+                        meta: Some(meta),
+                        busy,
+                    },
+                );
+            }
+            owned.epochs = now;
+        }
+        if !gained.is_empty() {
+            tracing::info!(gained = ?gained, resuming = ending.len(), "transaction coordination moved");
+        }
+        for (id, meta, epoch) in ending {
+            self.spawn_completion(id, meta, epoch);
+        }
+    }
+
+    /// Aborts transactions open longer than their timeout (with a bumped
+    /// epoch, fencing the producer), every `every`.
+    pub async fn abort_timed_out(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            let expired: Vec<String> = self
+                .lock()
+                .txns
+                .iter()
+                .filter(|(_, e)| !e.busy && e.meta.as_ref().is_some_and(|m| m.timed_out(now)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                let Ok((meta, coordinator_epoch)) = self.begin(&id) else {
+                    continue;
+                };
+                let step = async {
+                    let meta = meta.ok_or(ResponseError::InvalidTxnState)?;
+                    if !meta.timed_out(now_ms()) {
+                        return Ok(Step::Unchanged);
+                    }
+                    let aborting = meta
+                        .prepare_abort_fencing(now_ms())
+                        .ok_or(ResponseError::InvalidTxnState)?;
+                    self.persist(&id, &aborting).await?;
+                    tracing::info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "aborting a transaction open longer than its timeout");
+                    self.install_ending(&id, &aborting);
+                    self.spawn_completion(id.clone(), aborting, coordinator_epoch);
+                    Ok(Step::Ending)
+                }
+                .await;
+                self.finish(&id, &step);
+            }
+        }
+    }
+}
