@@ -20,7 +20,7 @@ use crate::internal_log::ReplicatedLog;
 use crate::lag::HighWatermarks;
 use crate::metrics::Metrics;
 use crate::replication::{ReplicaManager, ReplicationConfig};
-use crate::transactions::{TXN_TOPIC, TxnCoordinator};
+use crate::transactions::{MarkerServices, TXN_TOPIC, TxnCoordinator};
 use crate::view::{ClusterView, Views};
 use sluice_metadata::controller::{self, Registration};
 use sluice_metadata::image::Command;
@@ -38,7 +38,7 @@ pub struct Broker {
     /// The applied metadata: take `view()` once per request.
     pub views: Arc<Views>,
     pub topics: TopicRegistry,
-    pub groups: GroupCoordinator,
+    pub groups: Arc<GroupCoordinator>,
     pub transactions: Arc<TxnCoordinator>,
     pub replicas: Arc<ReplicaManager>,
     /// Sub-batches for partitions other brokers lead.
@@ -112,10 +112,9 @@ impl Broker {
             ),
             ..GroupConfig::default()
         };
-        let groups = GroupCoordinator::open(offsets, group_config);
+        let groups = Arc::new(GroupCoordinator::open(offsets, group_config));
         let forwarder = Arc::new(Forwarder::new(args.node_id, quorum.clone()));
         let transactions = TxnCoordinator::new(
-            args.node_id,
             args.transaction_max_timeout_ms,
             Arc::new(ReplicatedLog {
                 topic: TXN_TOPIC,
@@ -123,10 +122,14 @@ impl Broker {
                 replicas: replicas.clone(),
                 quorum: quorum.clone(),
             }),
-            views.clone(),
-            quorum.clone(),
-            replicas.clone(),
-            forwarder.clone(),
+            MarkerServices {
+                node_id: args.node_id,
+                views: views.clone(),
+                quorum: quorum.clone(),
+                replicas: replicas.clone(),
+                groups: groups.clone(),
+                forwarder: forwarder.clone(),
+            },
         );
         let producer_ids = ProducerIdAllocator::new(quorum.clone());
         let plugin_dir = args.data_dir.join(META_DIR).join("plugins");

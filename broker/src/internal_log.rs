@@ -2,8 +2,11 @@
 //! a coordinator appends keyed records to the partitions it leads, through
 //! the leader write path with acks=all, and replays a partition's records
 //! when it takes the partition over. The records are JSON keys and values
-//! in ordinary batches. A unit test fakes the topic with local logs.
+//! in ordinary batches, or in a producer's transaction (transactional
+//! offset commits), which its commit or abort marker settles. A unit test
+//! fakes the topic with local logs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -13,7 +16,7 @@ use crate::view::Views;
 use sluice_metadata::quorum::Quorum;
 use sluice_plugin::Record;
 use sluice_protocol::batch::{self, ValidatedBatch, validate_produce};
-use sluice_protocol::records::{self, Producer};
+use sluice_protocol::records::{self, Marker, Producer};
 use sluice_storage::{LogError, PartitionLog, now_ms};
 
 /// Java's `String.hashCode`, so ids map to partitions as in Kafka.
@@ -38,8 +41,15 @@ pub trait InternalLog: Send + Sync {
     /// This broker's log of partition `p`, to replay.
     fn log(&self, p: usize) -> Option<Arc<PartitionLog>>;
     /// Appends `batch` to partition `p` as its leader and resolves once it
-    /// is durable on every in-sync replica (acks=all).
-    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>>;
+    /// is durable on every in-sync replica (acks=all); with `in_epoch`,
+    /// only as leader in that epoch (a coordinator that loaded the
+    /// partition then, not one that lost and regained it since).
+    fn append(
+        &self,
+        p: usize,
+        batch: ValidatedBatch,
+        in_epoch: Option<i32>,
+    ) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// An internal topic as the broker writes it: through the leader write
@@ -78,7 +88,12 @@ impl InternalLog for ReplicatedLog {
             .cloned()
     }
 
-    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>> {
+    fn append(
+        &self,
+        p: usize,
+        batch: ValidatedBatch,
+        in_epoch: Option<i32>,
+    ) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let topic = self.topic;
             let partition = i32::try_from(p).map_err(|e| e.to_string())?;
@@ -88,6 +103,12 @@ impl InternalLog for ReplicatedLog {
                 .leader_for_write(&self.quorum, &view, topic, partition)
                 .await
                 .map_err(|e| format!("{topic}-{p}: {e:?}"))?;
+            if let Some(e) = in_epoch.filter(|e| *e != ls.leader_epoch) {
+                return Err(format!(
+                    "{topic}-{p}: led in epoch {} now, not {e}",
+                    ls.leader_epoch
+                ));
+            }
             let min_isr = view.topic(topic).map_or(1, |t| t.min_insync_replicas);
             let deadline = std::time::Instant::now() + WRITE_TIMEOUT;
             self.replicas
@@ -99,8 +120,12 @@ impl InternalLog for ReplicatedLog {
     }
 }
 
-/// One batch of keyed records (a `None` value deletes the key), stamped now.
-pub fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<ValidatedBatch, String> {
+/// One batch of keyed records (a `None` value deletes the key), stamped
+/// now; written in `producer`'s open transaction (id, epoch) if given.
+pub fn batch_of(
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+    producer: Option<(i64, i16)>,
+) -> Result<ValidatedBatch, String> {
     let now = now_ms();
     let records: Vec<Record> = records
         .iter()
@@ -111,17 +136,28 @@ pub fn batch_of(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<ValidatedBatch
             headers: Vec::new(),
         })
         .collect();
-    let buf = records::encode(&records, 0, false, Producer::NONE).map_err(|e| e.to_string())?;
+    let buf = match producer {
+        None => records::encode(&records, 0, false, Producer::NONE),
+        Some((id, epoch)) => records::encode_in_transaction(&records, id, epoch),
+    }
+    .map_err(|e| e.to_string())?;
     validate_produce(buf.freeze(), usize::MAX).map_err(|e| e.to_string())
 }
 
-/// Every record of `log` (its whole copy, committed or not yet: a
-/// coordinator taking a partition over reads what it has) as
-/// `(key, value)`, in order. Control batches carry no records of ours.
+/// A keyed record of an internal topic.
+pub type KeyedRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Replays `log` (its whole copy, committed or not yet: a coordinator
+/// taking a partition over reads what it has), calling `apply` with each
+/// record's key and value in log order. Records written in a producer's
+/// transaction are applied where its commit marker is, and dropped at an
+/// abort marker; those of transactions still open at the end are
+/// returned, by producer id, in order.
 pub fn replay(
     log: &PartitionLog,
     mut apply: impl FnMut(Option<&[u8]>, Option<&[u8]>),
-) -> Result<(), LogError> {
+) -> Result<HashMap<i64, Vec<KeyedRecord>>, LogError> {
+    let mut open: HashMap<i64, Vec<KeyedRecord>> = HashMap::new();
     let mut offset = log.log_start_offset();
     let end = log.log_end_offset();
     while offset < end {
@@ -133,8 +169,25 @@ pub fn replay(
         let mut pos = 0;
         while pos < data.len() {
             let len = batch::parse_header(&data[pos..])?.len;
-            let (h, entries) = records::decode_entries(&data[pos..pos + len])?;
-            if !h.is_control() {
+            let bytes = &data[pos..pos + len];
+            let (h, entries) = records::decode_entries(bytes)?;
+            if h.is_control() {
+                let pending = open.remove(&h.producer_id).unwrap_or_default();
+                if records::parse_marker(bytes)? == Some(Marker::Commit) {
+                    for (k, v) in &pending {
+                        apply(k.as_deref(), v.as_deref());
+                    }
+                }
+            } else if h.is_transactional() {
+                open.entry(h.producer_id)
+                    .or_default()
+                    .extend(entries.iter().map(|(_, r)| {
+                        (
+                            r.key.as_deref().map(<[u8]>::to_vec),
+                            r.value.as_deref().map(<[u8]>::to_vec),
+                        )
+                    }));
+            } else {
                 for (_, r) in entries {
                     apply(r.key.as_deref(), r.value.as_deref());
                 }
@@ -143,7 +196,7 @@ pub fn replay(
             offset = h.next_offset();
         }
     }
-    Ok(())
+    Ok(open)
 }
 
 /// Local logs a test leads in epoch 0 (no replication).
@@ -182,7 +235,12 @@ impl InternalLog for LocalLogs {
     fn log(&self, p: usize) -> Option<Arc<PartitionLog>> {
         self.logs.get(p).map(|(l, _)| l.clone())
     }
-    fn append(&self, p: usize, batch: ValidatedBatch) -> BoxFuture<'_, Result<(), String>> {
+    fn append(
+        &self,
+        p: usize,
+        batch: ValidatedBatch,
+        _in_epoch: Option<i32>,
+    ) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let (log, term) = self.logs.get(p).ok_or("no such partition")?;
             let info = log.append(batch, term).map_err(|e| e.to_string())?;

@@ -163,7 +163,13 @@ async fn a_new_instance_fences_the_old_one_and_aborts_its_transaction() -> Resul
     tokio::task::block_in_place(|| new.commit_transaction(WAIT))?;
 
     let fenced = tokio::task::block_in_place(|| old.commit_transaction(WAIT));
-    ensure!(fenced.is_err(), "the old instance's commit must fail");
+    let e = format!(
+        "{:?}",
+        fenced
+            .err()
+            .context("the old instance's commit must fail")?
+    );
+    ensure!(e.contains("fenced"), "fenced, not {e}");
     assert_eq!(
         read(&cluster, &parts, "read_committed", 5).await?,
         counts(&[("new", 5)])
@@ -215,11 +221,13 @@ async fn the_coordinator_aborts_a_transaction_that_outlives_its_timeout() -> Res
         read(&cluster, &parts, "read_committed", 1).await?,
         counts(&[("later", 1)])
     );
-    // The producer was fenced: its commit fails.
-    ensure!(
-        tokio::task::block_in_place(|| p.commit_transaction(WAIT)).is_err(),
-        "a commit after the coordinator aborted must fail"
+    // The producer was fenced (the abort bumped its epoch): its commit fails.
+    let fenced = tokio::task::block_in_place(|| p.commit_transaction(WAIT));
+    let e = format!(
+        "{:?}",
+        fenced.err().context("a commit after the abort must fail")?
     );
+    ensure!(e.contains("fenced"), "fenced, not {e}");
     Ok(())
 }
 
@@ -237,5 +245,115 @@ fn write_txn_markers_to_a_follower_is_refused() -> Result<()> {
         write_txn_markers(cluster.addr(follower), (1001, 0), true, &topic, &[0])?,
         vec![(0, 6)]
     );
+    Ok(())
+}
+
+/// Consume-transform-produce: a group consumer reads the input, a
+/// transactional producer writes one output record per input record and
+/// commits the consumer's positions in the same transaction. The output
+/// holds every input record exactly once, and the group's committed
+/// offsets move only with committed transactions: an aborted one (its
+/// output and its offsets) leaves no trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_transform_produce_commits_output_and_offsets_together() -> Result<()> {
+    use rdkafka::consumer::Consumer;
+    let mut a = args();
+    a.extend(["--group-initial-rebalance-delay-ms", "0"]);
+    let cluster = Cluster::start(3, &a)?;
+    let (input, output) = (unique_name("ctp-in"), unique_name("ctp-out"));
+    create(&cluster, &[(&input, 2), (&output, 2)]).await?;
+    let records = 200;
+    let plain = future_producer(&cluster.bootstrap(), &[])?;
+    send(
+        &plain,
+        &[(input.as_str(), 0), (input.as_str(), 1)],
+        "in",
+        records / 2,
+    )
+    .await?;
+
+    let group = unique_name("ctp-group");
+    let consumer = stream_consumer(
+        &cluster.bootstrap(),
+        &[
+            ("group.id", group.as_str()),
+            ("isolation.level", "read_committed"),
+            ("enable.auto.commit", "false"),
+        ],
+    )?;
+    consumer.subscribe(&[input.as_str()])?;
+    let p = transactional(&cluster, &unique_name("tid"), "60000")?;
+    let mut processed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while processed < records {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "processed only {processed} of {records}"
+        );
+        let batch = consume_n(&consumer, 1, WAIT).await?;
+        let mut more = drain_extra(&consumer, Duration::from_millis(200)).await;
+        let mut batch = batch;
+        batch.append(&mut more);
+        p.begin_transaction()?;
+        for m in &batch {
+            let v = format!(
+                "out-{}",
+                String::from_utf8_lossy(m.payload().unwrap_or_default())
+            );
+            enqueue(
+                &p,
+                FutureRecord::to(&output)
+                    .payload(v.as_bytes())
+                    .partition(m.partition()),
+            )
+            .await?;
+        }
+        let positions = consumer.position()?;
+        let metadata = consumer
+            .group_metadata()
+            .context("the consumer is in a group")?;
+        tokio::task::block_in_place(|| {
+            p.send_offsets_to_transaction(&positions, &metadata, WAIT)?;
+            p.commit_transaction(WAIT)
+        })?;
+        processed += batch.len();
+    }
+    assert_eq!(processed, records, "every input record read once");
+
+    // An aborted transaction: output and offsets past the end, both dropped.
+    let committed = tokio::task::block_in_place(|| consumer.committed(WAIT))?;
+    p.begin_transaction()?;
+    send(&p, &[(output.as_str(), 0)], "ghost", 3).await?;
+    let mut beyond = rdkafka::TopicPartitionList::new();
+    beyond.add_partition_offset(&input, 0, Offset::Offset(10_000))?;
+    let metadata = consumer.group_metadata().context("group metadata")?;
+    tokio::task::block_in_place(|| {
+        p.send_offsets_to_transaction(&beyond, &metadata, WAIT)?;
+        p.abort_transaction(WAIT)
+    })?;
+    let after = tokio::task::block_in_place(|| consumer.committed(WAIT))?;
+    assert_eq!(
+        after.to_topic_map(),
+        committed.to_topic_map(),
+        "an aborted transaction's offsets never count"
+    );
+    let total: i64 = after
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, records as i64, "committed offsets cover the input");
+
+    let out = read(
+        &cluster,
+        &[(output.as_str(), 0), (output.as_str(), 1)],
+        "read_committed",
+        records,
+    )
+    .await?;
+    assert_eq!(out, counts(&[("out", records)]), "exactly once, no ghosts");
     Ok(())
 }

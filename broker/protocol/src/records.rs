@@ -171,6 +171,16 @@ pub fn encode(
     log_append_time: bool,
     producer: Producer,
 ) -> Result<BytesMut, BatchError> {
+    encode_with(records, codec, log_append_time, producer, 0)
+}
+
+fn encode_with(
+    records: &[Record<'_>],
+    codec: i16,
+    log_append_time: bool,
+    producer: Producer,
+    flags: i16,
+) -> Result<BytesMut, BatchError> {
     if records.is_empty() {
         return Err(invalid("cannot encode an empty batch"));
     }
@@ -190,9 +200,25 @@ pub fn encode(
         log_append_time,
         producer,
         partition_leader_epoch: -1,
-        flags: 0,
+        flags,
     };
     encode_entries(&entries, &shape)
+}
+
+/// A new uncompressed batch of `records` in a producer's open transaction,
+/// written by a coordinator on its behalf (transactional offset commits):
+/// the transactional bit, the producer's id and epoch, no sequence.
+pub fn encode_in_transaction(
+    records: &[Record<'_>],
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<BytesMut, BatchError> {
+    let producer = Producer {
+        id: producer_id,
+        epoch: producer_epoch,
+        base_sequence: -1,
+    };
+    encode_with(records, 0, false, producer, batch::TRANSACTIONAL_BIT)
 }
 
 /// A stored batch with some records filtered out, as compaction would leave

@@ -31,6 +31,10 @@ use kafka_protocol::messages::{
 use super::services::Groups;
 use super::{RequestContext, error_code, str_bytes};
 use crate::groups::{CommittedOffset, JoinRequest, MAX_METADATA_BYTES};
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 use sluice_storage::now_ms;
 
 fn code(b: &Groups<'_>, e: Option<ResponseError>) -> i16 {
@@ -251,81 +255,147 @@ pub async fn offset_commit(
     req: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let now = now_ms();
+    let plan = CommitPlan::check(
+        &b.views.current(),
+        req.topics.iter().map(|t| {
+            let offsets = t.partitions.iter().map(|p| OffsetIn {
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: if version >= 6 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                },
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+            });
+            (t.name.0.to_string(), offsets.collect())
+        }),
+    );
+    let outcome = if plan.accepted.is_empty() {
+        Ok(())
+    } else {
+        b.groups
+            .commit(
+                req.group_id.0.as_str(),
+                req.generation_id_or_member_epoch,
+                req.member_id.as_str(),
+                req.group_instance_id.as_ref().map(|s| s.as_str()),
+                plan.accepted.clone(),
+            )
+            .await
+    };
     let mut resp = OffsetCommitResponse::default();
-    let mut accepted = Vec::new();
-    // (topic index, partition index) of accepted entries, to fill in errors.
-    let mut accepted_at = Vec::new();
-    // Any partition that exists in the cluster metadata: the coordinator
-    // leads an offsets partition, not the committed topic's partitions.
-    let view = b.views.current();
-    for t in &req.topics {
-        let name = t.name.0.to_string();
-        let partitions = view
-            .image
-            .topics
-            .get(&name)
-            .map_or(0, |t| t.partitions.len());
+    for (name, partitions) in plan.answers(outcome) {
         let mut tr = OffsetCommitResponseTopic::default();
-        tr.name = t.name.clone();
-        for p in &t.partitions {
+        tr.name = TopicName(str_bytes(name));
+        for (index, error) in partitions {
             let mut pr = OffsetCommitResponsePartition::default();
-            pr.partition_index = p.partition_index;
-            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
-            if usize::try_from(p.partition_index).map_or(true, |i| i >= partitions) {
-                pr.error_code = error_code(b.metrics, ResponseError::UnknownTopicOrPartition);
-            } else if metadata
-                .as_ref()
-                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
-            {
-                pr.error_code = error_code(b.metrics, ResponseError::OffsetMetadataTooLarge);
-            } else {
-                accepted.push((
-                    name.clone(),
-                    p.partition_index,
-                    CommittedOffset {
-                        offset: p.committed_offset,
-                        leader_epoch: if version >= 6 {
-                            p.committed_leader_epoch
-                        } else {
-                            -1
-                        },
-                        metadata,
-                        commit_ms: now,
-                    },
-                ));
-                accepted_at.push((resp.topics.len(), tr.partitions.len()));
-            }
+            pr.partition_index = index;
+            pr.error_code = code(b, error);
             tr.partitions.push(pr);
         }
         resp.topics.push(tr);
     }
-    if accepted.is_empty() {
-        return resp;
-    }
-    let result = b
-        .groups
-        .commit(
-            req.group_id.0.as_str(),
-            req.generation_id_or_member_epoch,
-            req.member_id.as_str(),
-            req.group_instance_id.as_ref().map(|s| s.as_str()),
-            accepted,
-        )
-        .await;
-    if let Err(e) = result {
-        let c = error_code(b.metrics, e);
-        for (ti, pi) in accepted_at {
-            resp.topics[ti].partitions[pi].error_code = c;
-        }
-    }
     resp
+}
+
+/// One partition's offset as a commit request carries it.
+struct OffsetIn {
+    partition: i32,
+    offset: i64,
+    leader_epoch: i32,
+    metadata: Option<String>,
+}
+
+/// A topic's partitions and each one's answer (`None`: no error).
+type TopicAnswers = (String, Vec<(i32, Option<ResponseError>)>);
+
+/// An offset commit's partitions, checked the same way for OffsetCommit
+/// and TxnOffsetCommit: what to commit, and each partition's answer.
+struct CommitPlan {
+    accepted: Vec<(String, i32, CommittedOffset)>,
+    /// Per topic, each partition and its error found now (`None`: it is
+    /// committed, and gets the commit's outcome).
+    checked: Vec<TopicAnswers>,
+}
+
+impl CommitPlan {
+    /// Any partition that exists in the cluster metadata may be committed
+    /// (the coordinator leads an offsets partition, not the committed
+    /// topic's partitions), with metadata up to `MAX_METADATA_BYTES`.
+    fn check(
+        view: &crate::view::ClusterView,
+        topics: impl Iterator<Item = (String, Vec<OffsetIn>)>,
+    ) -> CommitPlan {
+        let now = now_ms();
+        let mut plan = CommitPlan {
+            accepted: Vec::new(),
+            checked: Vec::new(),
+        };
+        for (name, offsets) in topics {
+            let partitions = view
+                .image
+                .topics
+                .get(&name)
+                .map_or(0, |t| t.partitions.len());
+            let mut answers = Vec::new();
+            for o in offsets {
+                let error = if usize::try_from(o.partition).map_or(true, |i| i >= partitions) {
+                    Some(ResponseError::UnknownTopicOrPartition)
+                } else if o
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+                {
+                    Some(ResponseError::OffsetMetadataTooLarge)
+                } else {
+                    plan.accepted.push((
+                        name.clone(),
+                        o.partition,
+                        CommittedOffset {
+                            offset: o.offset,
+                            leader_epoch: o.leader_epoch,
+                            metadata: o.metadata,
+                            commit_ms: now,
+                        },
+                    ));
+                    None
+                };
+                answers.push((o.partition, error));
+            }
+            plan.checked.push((name, answers));
+        }
+        plan
+    }
+
+    /// Each partition's answer once the commit of the accepted ones came
+    /// to `outcome`.
+    fn answers(self, outcome: Result<(), ResponseError>) -> Vec<TopicAnswers> {
+        let failed = outcome.err();
+        self.checked
+            .into_iter()
+            .map(|(name, parts)| {
+                let parts = parts
+                    .into_iter()
+                    .map(|(p, error)| (p, error.or(failed)))
+                    .collect();
+                (name, parts)
+            })
+            .collect()
+    }
 }
 
 type Wanted = Option<Vec<(String, Vec<i32>)>>;
 
 pub fn offset_fetch(b: &Groups<'_>, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     let mut resp = OffsetFetchResponse::default();
+    // require_stable (v7+, read_committed consumers): an offset a
+    // transaction committed but has not ended yet is not answered; the
+    // client asks again (Kafka's UNSTABLE_OFFSET_COMMIT).
+    let unstable = |group: &str, topic: &str, partition: i32| {
+        (version >= 7 && req.require_stable && b.groups.has_pending_offset(group, topic, partition))
+            .then(|| error_code(b.metrics, ResponseError::UnstableOffsetCommit))
+    };
     if version >= 8 {
         for g in req.groups {
             let wanted: Wanted = g.topics.map(|ts| {
@@ -342,12 +412,17 @@ pub fn offset_fetch(b: &Groups<'_>, req: OffsetFetchRequest, version: i16) -> Of
             }
             for (topic, parts) in b.groups.fetch_offsets(g.group_id.0.as_str(), wanted) {
                 let mut tr = OffsetFetchResponseTopics::default();
-                tr.name = TopicName(str_bytes(topic));
+                tr.name = TopicName(str_bytes(topic.clone()));
                 tr.partitions = parts
                     .into_iter()
                     .map(|(p, v)| {
                         let mut pr = OffsetFetchResponsePartitions::default();
                         pr.partition_index = p;
+                        if let Some(code) = unstable(g.group_id.0.as_str(), &topic, p) {
+                            pr.error_code = code;
+                            pr.committed_offset = -1;
+                            return pr;
+                        }
                         pr.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
                         pr.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
                         pr.metadata =
@@ -375,12 +450,17 @@ pub fn offset_fetch(b: &Groups<'_>, req: OffsetFetchRequest, version: i16) -> Of
     });
     for (topic, parts) in b.groups.fetch_offsets(req.group_id.0.as_str(), wanted) {
         let mut tr = OffsetFetchResponseTopic::default();
-        tr.name = TopicName(str_bytes(topic));
+        tr.name = TopicName(str_bytes(topic.clone()));
         tr.partitions = parts
             .into_iter()
             .map(|(p, v)| {
                 let mut pr = OffsetFetchResponsePartition::default();
                 pr.partition_index = p;
+                if let Some(code) = unstable(req.group_id.0.as_str(), &topic, p) {
+                    pr.error_code = code;
+                    pr.committed_offset = -1;
+                    return pr;
+                }
                 pr.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
                 if version >= 5 {
                     pr.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
@@ -508,6 +588,57 @@ pub async fn offset_delete(b: &Groups<'_>, req: OffsetDeleteRequest) -> OffsetDe
                 resp.topics.push(tr);
             }
         }
+    }
+    resp
+}
+
+/// TxnOffsetCommit: offsets a transactional producer commits for a group
+/// within its transaction (see `GroupCoordinator::txn_commit`).
+pub async fn txn_offset_commit(
+    b: &Groups<'_>,
+    req: TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    let plan = CommitPlan::check(
+        &b.views.current(),
+        req.topics.iter().map(|t| {
+            let offsets = t.partitions.iter().map(|p| OffsetIn {
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: if version >= 2 {
+                    p.committed_leader_epoch
+                } else {
+                    -1
+                },
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+            });
+            (t.name.0.to_string(), offsets.collect())
+        }),
+    );
+    let outcome = if plan.accepted.is_empty() {
+        Ok(())
+    } else {
+        b.groups
+            .txn_commit(
+                req.group_id.0.as_str(),
+                (req.producer_id.0, req.producer_epoch),
+                req.generation_id,
+                req.member_id.as_str(),
+                plan.accepted.clone(),
+            )
+            .await
+    };
+    let mut resp = TxnOffsetCommitResponse::default();
+    for (name, partitions) in plan.answers(outcome) {
+        let mut tr = TxnOffsetCommitResponseTopic::default();
+        tr.name = TopicName(str_bytes(name));
+        for (index, error) in partitions {
+            let mut pr = TxnOffsetCommitResponsePartition::default();
+            pr.partition_index = index;
+            pr.error_code = code(b, error);
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
     }
     resp
 }

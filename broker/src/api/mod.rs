@@ -52,6 +52,8 @@ pub mod services {
         pub replicas: &'a ReplicaManager,
         pub plugins: &'a PluginHost,
         pub forwarder: &'a Forwarder,
+        /// Transaction markers in offsets partitions settle offsets.
+        pub groups: &'a GroupCoordinator,
         pub metrics: &'a Metrics,
     }
 
@@ -105,6 +107,7 @@ pub mod services {
                 replicas: &self.replicas,
                 plugins: &self.plugins,
                 forwarder: &self.forwarder,
+                groups: &self.groups,
                 metrics: &self.metrics,
             }
         }
@@ -301,6 +304,12 @@ async fn handle_whole(
         ),
         RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
             transactions::add_partitions_to_txn(&b.transaction_services(), r, v).await,
+        ),
+        RequestKind::AddOffsetsToTxn(r) => ResponseKind::AddOffsetsToTxn(
+            transactions::add_offsets_to_txn(&b.transaction_services(), r, v).await,
+        ),
+        RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
+            groups::txn_offset_commit(&b.group_services(), r, v).await,
         ),
         RequestKind::EndTxn(r) => {
             ResponseKind::EndTxn(transactions::end_txn(&b.transaction_services(), r, v).await)

@@ -1,18 +1,21 @@
 //! The transaction coordinator's client APIs (AddPartitionsToTxn v0-3,
-//! EndTxn v0-3; InitProducerId is in `producer`, FindCoordinator in
-//! `groups`): request decoding and error mapping around
-//! `crate::transactions`.
+//! AddOffsetsToTxn v0-3, EndTxn v0-3; InitProducerId is in `producer`,
+//! FindCoordinator and the group side, TxnOffsetCommit, in `groups`):
+//! request decoding and error mapping around `crate::transactions`.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse,
 };
 
 use super::error_code;
 use super::services::Transactions;
+use crate::groups::OFFSETS_TOPIC;
+use crate::internal_log::partition_for;
 use crate::transactions::ProducerIdAndEpoch;
 
 /// PRODUCER_FENCED exists from these request versions on (KIP-588);
@@ -94,6 +97,43 @@ pub async fn end_txn(b: &Transactions<'_>, req: EndTxnRequest, version: i16) -> 
     if let Err(e) = b
         .transactions
         .end(req.transactional_id.as_str(), producer, req.committed)
+        .await
+    {
+        resp.error_code = error_code(b.metrics, fenced_for(e, version, 2));
+    }
+    resp
+}
+
+/// AddOffsetsToTxn: the group's offsets partition joins the transaction,
+/// so its markers settle the offsets TxnOffsetCommit writes there.
+pub async fn add_offsets_to_txn(
+    b: &Transactions<'_>,
+    req: AddOffsetsToTxnRequest,
+    version: i16,
+) -> AddOffsetsToTxnResponse {
+    let view = b.views.current();
+    let mut resp = AddOffsetsToTxnResponse::default();
+    let partitions = view
+        .image
+        .topics
+        .get(OFFSETS_TOPIC)
+        .map_or(0, |t| t.partitions.len());
+    if partitions == 0 {
+        resp.error_code = error_code(b.metrics, ResponseError::CoordinatorNotAvailable);
+        return resp;
+    }
+    let partition = partition_for(req.group_id.as_str(), partitions) as i32;
+    let producer = ProducerIdAndEpoch {
+        producer_id: req.producer_id.0,
+        producer_epoch: req.producer_epoch,
+    };
+    if let Err(e) = b
+        .transactions
+        .add_partitions(
+            req.transactional_id.as_str(),
+            producer,
+            vec![(OFFSETS_TOPIC.to_string(), partition)],
+        )
         .await
     {
         resp.error_code = error_code(b.metrics, fenced_for(e, version, 2));

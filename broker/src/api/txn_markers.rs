@@ -30,6 +30,7 @@ pub async fn write_txn_markers(
         views: w.views,
         quorum: w.quorum,
         replicas: w.replicas,
+        groups: w.groups,
     };
     let deadline = Instant::now() + MARKER_TIMEOUT;
     let mut resp = WriteTxnMarkersResponse::default();

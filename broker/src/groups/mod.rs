@@ -179,6 +179,9 @@ struct Group {
     /// End of the initial delay of a rebalance that started from Empty.
     delay_deadline: Option<Instant>,
     offsets: HashMap<(String, i32), CommittedOffset>,
+    /// Offsets committed in transactions not ended yet, by producer id
+    /// (TxnOffsetCommit): they count once the commit marker is written.
+    txn_offsets: HashMap<i64, HashMap<(String, i32), CommittedOffset>>,
     /// Persisted as existing (has a group record in the offsets topic).
     persisted: bool,
     /// Emptied since its last persisted Stable snapshot; the timer task
@@ -193,6 +196,7 @@ impl Group {
         group.protocol_type = g.protocol_type;
         group.persisted = group.protocol_type.is_some();
         group.offsets = g.offsets;
+        group.txn_offsets = g.txn_offsets;
         if let Some(meta) = g.metadata.filter(|m| !m.members.is_empty()) {
             group.restore(meta);
         }
@@ -213,6 +217,7 @@ impl Group {
             rebalance_deadline: None,
             delay_deadline: None,
             offsets: HashMap::new(),
+            txn_offsets: HashMap::new(),
             persisted: false,
             needs_snapshot: false,
         }
@@ -1139,6 +1144,86 @@ impl GroupCoordinator {
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// TxnOffsetCommit: offsets committed in `producer`'s (id, epoch) open
+    /// transaction, persisted in it; they count for the group once its
+    /// commit marker reaches the offsets partition (`end_transaction`).
+    /// As in Kafka, the generation and member are checked only when given.
+    pub async fn txn_commit(
+        &self,
+        group_id: &str,
+        producer: (i64, i16),
+        generation: i32,
+        member_id: &str,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+    ) -> Result<(), ResponseError> {
+        self.coordination(group_id)?;
+        {
+            let groups = self.lock();
+            if let Some(group) = groups.get(group_id) {
+                if !member_id.is_empty() && !group.members.contains_key(member_id) {
+                    return Err(ResponseError::UnknownMemberId);
+                }
+                if generation >= 0 && generation != group.generation {
+                    return Err(ResponseError::IllegalGeneration);
+                }
+            }
+        }
+        let changes: Vec<Change> = offsets
+            .iter()
+            .map(|(t, p, v)| Change::Commit {
+                topic: t.clone(),
+                partition: *p,
+                value: v.clone(),
+            })
+            .collect();
+        self.store
+            .persist_in_transaction(group_id, &changes, producer)
+            .await
+            .map_err(|e| {
+                tracing::error!(group = %group_id, error = %e, "transactional offset commit not persisted");
+                ResponseError::CoordinatorNotAvailable
+            })?;
+        let mut groups = self.lock();
+        let group = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(group_id.to_string()));
+        let pending = group.txn_offsets.entry(producer.0).or_default();
+        for (t, p, v) in offsets {
+            pending.insert((t, p), v);
+        }
+        Ok(())
+    }
+
+    /// A transaction marker was written to offsets partition `partition`:
+    /// the offsets `producer_id` committed in that transaction, for the
+    /// groups of that partition, now count (commit) or are dropped.
+    pub fn end_transaction(&self, partition: usize, producer_id: i64, commit: bool) {
+        let count = self.store.partition_count();
+        let mut groups = self.lock();
+        for group in groups
+            .values_mut()
+            .filter(|g| store::partition_for(&g.id, count) == partition)
+        {
+            let Some(pending) = group.txn_offsets.remove(&producer_id) else {
+                continue;
+            };
+            if commit {
+                group.offsets.extend(pending);
+            }
+        }
+    }
+
+    /// Whether a transaction not ended yet committed an offset for
+    /// `topic`-`partition` in the group (OffsetFetch with require_stable
+    /// then answers UNSTABLE_OFFSET_COMMIT, and the client asks again).
+    pub fn has_pending_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        self.lock().get(group_id).is_some_and(|g| {
+            g.txn_offsets
+                .values()
+                .any(|o| o.contains_key(&(topic.to_string(), partition)))
+        })
     }
 
     /// Committed offsets of a group: all of them, or those asked for.

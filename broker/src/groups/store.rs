@@ -92,6 +92,8 @@ pub struct LoadedGroup {
     pub protocol_type: Option<String>,
     pub metadata: Option<GroupValue>,
     pub offsets: HashMap<(String, i32), CommittedOffset>,
+    /// Offsets committed in transactions still open, by producer id.
+    pub txn_offsets: HashMap<i64, HashMap<(String, i32), CommittedOffset>>,
 }
 
 pub struct OffsetStore {
@@ -115,6 +117,26 @@ impl OffsetStore {
     /// Appends `changes` as one batch and waits until it is on disk and,
     /// in a cluster, on every in-sync replica of the offsets partition.
     pub async fn persist(&self, group: &str, changes: &[Change]) -> Result<(), String> {
+        self.persist_as(group, changes, None).await
+    }
+
+    /// Like `persist`, in the open transaction of `producer` (id, epoch):
+    /// its commit marker makes the changes count, an abort drops them.
+    pub async fn persist_in_transaction(
+        &self,
+        group: &str,
+        changes: &[Change],
+        producer: (i64, i16),
+    ) -> Result<(), String> {
+        self.persist_as(group, changes, Some(producer)).await
+    }
+
+    async fn persist_as(
+        &self,
+        group: &str,
+        changes: &[Change],
+        producer: Option<(i64, i16)>,
+    ) -> Result<(), String> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -125,9 +147,9 @@ impl OffsetStore {
                 (key.to_vec(), value.map(|v| v.to_vec()))
             })
             .collect();
-        let batch = batch_of(&records)?;
+        let batch = batch_of(&records, producer)?;
         let p = partition_for(group, self.log.partition_count());
-        self.log.append(p, batch).await
+        self.log.append(p, batch, None).await
     }
 
     /// Replays the given partitions (a coordinator taking them over reads
@@ -138,7 +160,12 @@ impl OffsetStore {
     ) -> Result<HashMap<String, LoadedGroup>, LogError> {
         let mut groups: HashMap<String, LoadedGroup> = HashMap::new();
         for log in which.into_iter().filter_map(|p| self.log.log(p)) {
-            replay(&log, |key, value| apply_record(&mut groups, key, value))?;
+            let open = replay(&log, |key, value| apply_record(&mut groups, key, value))?;
+            for (producer_id, records) in open {
+                for (key, value) in records {
+                    apply_pending(&mut groups, producer_id, key.as_deref(), value.as_deref());
+                }
+            }
         }
         Ok(groups)
     }
@@ -182,6 +209,34 @@ fn encode_change(group: &str, c: &Change) -> (Bytes, Option<Bytes>) {
         Bytes::from(serde_json::to_vec(&key).unwrap_or_default()),
         value.map(Bytes::from),
     )
+}
+
+/// An offset committed in a transaction still open (TxnOffsetCommit).
+fn apply_pending(
+    groups: &mut HashMap<String, LoadedGroup>,
+    producer_id: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) {
+    let key = key.and_then(|k| serde_json::from_slice::<Key>(k).ok());
+    let value = value.and_then(|v| serde_json::from_slice::<CommittedOffset>(v).ok());
+    if let (
+        Some(Key::Offset {
+            group,
+            topic,
+            partition,
+        }),
+        Some(value),
+    ) = (key, value)
+    {
+        groups
+            .entry(group)
+            .or_default()
+            .txn_offsets
+            .entry(producer_id)
+            .or_default()
+            .insert((topic, partition), value);
+    }
 }
 
 fn apply_record(

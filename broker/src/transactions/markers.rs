@@ -3,12 +3,14 @@
 //! coordinator's epoch) appended through the leader write path with
 //! acks=all, so it is on every in-sync replica before the coordinator
 //! moves on. Serves WriteTxnMarkers from other brokers' coordinators and
-//! this broker's own coordinator.
+//! this broker's own coordinator. A marker in an offsets partition also
+//! settles the offsets the producer committed in that transaction.
 
 use std::time::Instant;
 
 use kafka_protocol::ResponseError;
 
+use crate::groups::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::replication::{Acks, ReplicaManager, WriteError};
 use crate::view::{ClusterView, Views};
 use sluice_metadata::quorum::Quorum;
@@ -33,6 +35,9 @@ pub struct MarkerWriter<'a> {
     pub views: &'a Views,
     pub quorum: &'a Quorum,
     pub replicas: &'a ReplicaManager,
+    /// Told when a marker lands in an offsets partition (transactional
+    /// offset commits then count, or are dropped).
+    pub groups: &'a GroupCoordinator,
 }
 
 impl MarkerWriter<'_> {
@@ -73,7 +78,13 @@ impl MarkerWriter<'_> {
             ValidatedBatch::trusted(bytes.freeze()).map_err(|e| WriteError::from_batch(&e))?;
         self.replicas
             .append(&ls, batch, Acks::All, topic.min_insync_replicas, deadline)
-            .await
-            .map(drop)
+            .await?;
+        if end.topic == OFFSETS_TOPIC
+            && let Ok(partition) = usize::try_from(end.partition)
+        {
+            self.groups
+                .end_transaction(partition, end.producer_id, end.marker == Marker::Commit);
+        }
+        Ok(())
     }
 }

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
@@ -33,6 +34,7 @@ use kafka_protocol::messages::{ProducerId, TopicName, WriteTxnMarkersRequest};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::forward::Forwarder;
+use crate::groups::GroupCoordinator;
 use crate::internal_log::{InternalLog, batch_of, partition_for, replay};
 use crate::replication::ReplicaManager;
 use crate::view::{ClusterView, Views};
@@ -64,25 +66,54 @@ struct Entry {
     meta: Option<TxnMeta>,
     /// An operation (or the markers of an ending transaction) in flight.
     busy: bool,
+    /// The operation that holds it busy (see `Ticket`).
+    op: u64,
+}
+
+/// A state partition led and loaded here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Load {
+    /// The coordinator epoch: the partition's leader epoch.
+    epoch: i32,
+    /// Which load this is: a partition lost and regained (even in the same
+    /// epoch) is loaded anew, and what began before belongs to no load.
+    generation: u64,
 }
 
 #[derive(Default)]
 struct Owned {
-    /// Partitions of the state topic led and loaded here, with the
-    /// coordinator epoch (their leader epoch) they were loaded in.
-    epochs: HashMap<usize, i32>,
+    loads: HashMap<usize, Load>,
     txns: HashMap<String, Entry>,
+    /// Counters for `Load::generation` and `Entry::op`.
+    next: u64,
+}
+
+/// One operation on a transactional id, from `begin`: it may change the
+/// id only while the partition is still in the load it began in and the
+/// id is still held by this operation (a reload, or a newer operation
+/// after one, makes everything it would still do a no-op).
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    partition: usize,
+    load: Load,
+    op: u64,
+}
+
+/// The broker services a coordinator uses to write markers.
+pub struct MarkerServices {
+    pub node_id: i32,
+    pub views: Arc<Views>,
+    pub quorum: Arc<Quorum>,
+    pub replicas: Arc<ReplicaManager>,
+    pub groups: Arc<GroupCoordinator>,
+    pub forwarder: Arc<Forwarder>,
 }
 
 pub struct TxnCoordinator {
-    node_id: i32,
     /// The longest timeout a producer may ask for.
     max_timeout_ms: i32,
     log: Arc<dyn InternalLog>,
-    views: Arc<Views>,
-    quorum: Arc<Quorum>,
-    replicas: Arc<ReplicaManager>,
-    forwarder: Arc<Forwarder>,
+    services: MarkerServices,
     owned: Mutex<Owned>,
 }
 
@@ -92,6 +123,8 @@ enum Step {
     Persisted(TxnMeta),
     /// Nothing changed.
     Unchanged,
+    /// Nothing changed; answer with this state (a retried InitProducerId).
+    Answer(TxnMeta),
     /// A transaction is ending in the background; it stays busy.
     Ending,
 }
@@ -105,22 +138,14 @@ pub struct ProducerIdAndEpoch {
 
 impl TxnCoordinator {
     pub fn new(
-        node_id: i32,
         max_timeout_ms: i32,
         log: Arc<dyn InternalLog>,
-        views: Arc<Views>,
-        quorum: Arc<Quorum>,
-        replicas: Arc<ReplicaManager>,
-        forwarder: Arc<Forwarder>,
+        services: MarkerServices,
     ) -> Arc<TxnCoordinator> {
         Arc::new(TxnCoordinator {
-            node_id,
             max_timeout_ms,
             log,
-            views,
-            quorum,
-            replicas,
-            forwarder,
+            services,
             owned: Mutex::new(Owned::default()),
         })
     }
@@ -134,22 +159,30 @@ impl TxnCoordinator {
     }
 
     /// Starts an operation on `id` here: its state (if any) and the
-    /// coordinator epoch, with the id marked busy until `finish`.
-    fn begin(&self, id: &str) -> Result<(Option<TxnMeta>, i32), ResponseError> {
-        let p = self.partition_of(id);
+    /// operation's ticket, with the id marked busy until `finish`.
+    fn begin(&self, id: &str) -> Result<(Option<TxnMeta>, Ticket), ResponseError> {
+        let partition = self.partition_of(id);
         let mut owned = self.lock();
-        let Some(&epoch) = owned.epochs.get(&p) else {
-            return Err(if self.log.leader_epoch(p).is_some() {
+        let Some(&load) = owned.loads.get(&partition) else {
+            return Err(if self.log.leader_epoch(partition).is_some() {
                 ResponseError::CoordinatorLoadInProgress
             } else {
                 ResponseError::NotCoordinator
             });
         };
+        owned.next += 1;
+        let op = owned.next;
+        let ticket = Ticket {
+            partition,
+            load,
+            op,
+        };
         match owned.txns.get_mut(id) {
             Some(e) if e.busy => Err(ResponseError::ConcurrentTransactions),
             Some(e) => {
                 e.busy = true;
-                Ok((e.meta.clone(), epoch))
+                e.op = op;
+                Ok((e.meta.clone(), ticket))
             }
             None => {
                 owned.txns.insert(
@@ -157,23 +190,33 @@ impl TxnCoordinator {
                     Entry {
                         meta: None,
                         busy: true,
+                        op,
                     },
                 );
-                Ok((None, epoch))
+                Ok((None, ticket))
             }
         }
     }
 
-    /// Ends an operation begun with `begin`.
-    fn finish(&self, id: &str, step: &Result<Step, ResponseError>) {
+    /// The entry `ticket`'s operation still holds.
+    fn held<'a>(owned: &'a mut Owned, id: &str, ticket: &Ticket) -> Option<&'a mut Entry> {
+        if owned.loads.get(&ticket.partition) != Some(&ticket.load) {
+            return None;
+        }
+        owned.txns.get_mut(id).filter(|e| e.op == ticket.op)
+    }
+
+    /// Ends an operation begun with `begin` (nothing, if it no longer
+    /// holds the id).
+    fn finish(&self, id: &str, ticket: &Ticket, step: &Result<Step, ResponseError>) {
         let mut owned = self.lock();
-        let Some(e) = owned.txns.get_mut(id) else {
+        let Some(e) = Self::held(&mut owned, id, ticket) else {
             return;
         };
         match step {
             Ok(Step::Ending) => return,
             Ok(Step::Persisted(meta)) => e.meta = Some(meta.clone()),
-            Ok(Step::Unchanged) | Err(_) => {}
+            Ok(Step::Unchanged | Step::Answer(_)) | Err(_) => {}
         }
         e.busy = false;
         if e.meta.is_none() {
@@ -181,15 +224,24 @@ impl TxnCoordinator {
         }
     }
 
-    /// Persists `meta` as `id`'s state (acks=all on the state partition).
-    async fn persist(&self, id: &str, meta: &TxnMeta) -> Result<(), ResponseError> {
+    /// Persists `meta` as `id`'s state (acks=all on the state partition,
+    /// as its leader in the ticket's epoch).
+    async fn persist(
+        &self,
+        id: &str,
+        ticket: &Ticket,
+        meta: &TxnMeta,
+    ) -> Result<(), ResponseError> {
         let value = serde_json::to_vec(meta).map_err(|_| ResponseError::UnknownServerError)?;
-        let batch = batch_of(&[(id.as_bytes().to_vec(), Some(value))]).map_err(|e| {
+        let batch = batch_of(&[(id.as_bytes().to_vec(), Some(value))], None).map_err(|e| {
             tracing::error!(transactional_id = id, error = %e, "encoding transaction state failed");
             ResponseError::UnknownServerError
         })?;
-        let p = self.partition_of(id);
-        self.log.append(p, batch).await.map_err(|e| {
+        let p = ticket.partition;
+        self.log
+            .append(p, batch, Some(ticket.load.epoch))
+            .await
+            .map_err(|e| {
             tracing::warn!(transactional_id = id, partition = p, error = %e, "transaction state not persisted");
             // Retriable: the client finds the coordinator again.
             ResponseError::NotCoordinator
@@ -209,13 +261,13 @@ impl TxnCoordinator {
         if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
-        let (meta, coordinator_epoch) = self.begin(id)?;
+        let (meta, ticket) = self.begin(id)?;
         let step = self
-            .init_step(id, meta, timeout_ms, current, ids, coordinator_epoch)
+            .init_step(id, meta, timeout_ms, current, ids, ticket)
             .await;
-        self.finish(id, &step);
+        self.finish(id, &ticket, &step);
         match step? {
-            Step::Persisted(m) => Ok(ProducerIdAndEpoch {
+            Step::Persisted(m) | Step::Answer(m) => Ok(ProducerIdAndEpoch {
                 producer_id: m.producer_id,
                 producer_epoch: m.producer_epoch,
             }),
@@ -230,7 +282,7 @@ impl TxnCoordinator {
         timeout_ms: i32,
         current: Option<ProducerIdAndEpoch>,
         ids: &ProducerIdAllocator,
-        coordinator_epoch: i32,
+        ticket: Ticket,
     ) -> Result<Step, ResponseError> {
         let now = now_ms();
         let allocate = || async {
@@ -242,21 +294,27 @@ impl TxnCoordinator {
         let next = match meta {
             None => TxnMeta::new(allocate().await?, timeout_ms, now),
             Some(m) => {
-                // KIP-360: a producer that already has an id says which.
-                if let Some(c) = current
-                    && c.producer_id >= 0
-                    && (c.producer_id != m.producer_id || c.producer_epoch != m.producer_epoch)
-                {
-                    return Err(ResponseError::ProducerFenced);
+                // KIP-360: a producer that already has an id says which;
+                // one retrying a bump whose answer it lost gets it again.
+                if let Some(c) = current.filter(|c| c.producer_id >= 0) {
+                    if c.producer_id == m.producer_id
+                        && m.state == TxnState::Empty
+                        && m.last_producer_epoch == Some(c.producer_epoch)
+                    {
+                        return Ok(Step::Answer(m));
+                    }
+                    if c.producer_id != m.producer_id || c.producer_epoch != m.producer_epoch {
+                        return Err(ResponseError::ProducerFenced);
+                    }
                 }
                 match m.state {
                     TxnState::Ongoing => {
                         let Some(aborting) = m.prepare_abort_fencing(now) else {
                             return Err(ResponseError::InvalidTxnState);
                         };
-                        self.persist(id, &aborting).await?;
-                        self.install_ending(id, &aborting);
-                        self.spawn_completion(id.to_string(), aborting, coordinator_epoch);
+                        self.persist(id, &ticket, &aborting).await?;
+                        self.install_ending(id, &ticket, &aborting);
+                        self.spawn_completion(id.to_string(), aborting, ticket);
                         return Ok(Step::Ending);
                     }
                     TxnState::PrepareCommit | TxnState::PrepareAbort => {
@@ -273,7 +331,7 @@ impl TxnCoordinator {
                 }
             }
         };
-        self.persist(id, &next).await?;
+        self.persist(id, &ticket, &next).await?;
         Ok(Step::Persisted(next))
     }
 
@@ -284,7 +342,7 @@ impl TxnCoordinator {
         producer: ProducerIdAndEpoch,
         partitions: Vec<(String, i32)>,
     ) -> Result<(), ResponseError> {
-        let (meta, _) = self.begin(id)?;
+        let (meta, ticket) = self.begin(id)?;
         let step = async {
             let m = meta.ok_or(ResponseError::InvalidProducerIdMapping)?;
             m.check_producer(producer.producer_id, producer.producer_epoch)?;
@@ -292,11 +350,11 @@ impl TxnCoordinator {
             if next.state == m.state && next.partitions == m.partitions {
                 return Ok(Step::Unchanged);
             }
-            self.persist(id, &next).await?;
+            self.persist(id, &ticket, &next).await?;
             Ok(Step::Persisted(next))
         }
         .await;
-        self.finish(id, &step);
+        self.finish(id, &ticket, &step);
         step.map(drop)
     }
 
@@ -307,46 +365,47 @@ impl TxnCoordinator {
         producer: ProducerIdAndEpoch,
         commit: bool,
     ) -> Result<(), ResponseError> {
-        let (meta, coordinator_epoch) = self.begin(id)?;
+        let (meta, ticket) = self.begin(id)?;
         let step = async {
             let m = meta.ok_or(ResponseError::InvalidProducerIdMapping)?;
             m.check_producer(producer.producer_id, producer.producer_epoch)?;
             let Some(prepared) = m.prepare_end(commit, now_ms())? else {
                 return Ok(Step::Unchanged);
             };
-            self.persist(id, &prepared).await?;
-            self.install_ending(id, &prepared);
-            self.spawn_completion(id.to_string(), prepared, coordinator_epoch);
+            self.persist(id, &ticket, &prepared).await?;
+            self.install_ending(id, &ticket, &prepared);
+            self.spawn_completion(id.to_string(), prepared, ticket);
             Ok(Step::Ending)
         }
         .await;
-        self.finish(id, &step);
+        self.finish(id, &ticket, &step);
         step.map(drop)
     }
 
     /// Records a persisted Prepare* state, the id staying busy.
-    fn install_ending(&self, id: &str, prepared: &TxnMeta) {
-        if let Some(e) = self.lock().txns.get_mut(id) {
+    fn install_ending(&self, id: &str, ticket: &Ticket, prepared: &TxnMeta) {
+        if let Some(e) = Self::held(&mut self.lock(), id, ticket) {
             e.meta = Some(prepared.clone());
             e.busy = true;
         }
     }
 
-    fn still_coordinating(&self, id: &str, coordinator_epoch: i32) -> bool {
-        let p = self.partition_of(id);
-        self.lock().epochs.get(&p) == Some(&coordinator_epoch)
+    /// Whether `ticket`'s operation still holds `id`.
+    fn still_holds(&self, id: &str, ticket: &Ticket) -> bool {
+        Self::held(&mut self.lock(), id, ticket).is_some()
     }
 
-    fn spawn_completion(self: &Arc<Self>, id: String, prepared: TxnMeta, coordinator_epoch: i32) {
+    fn spawn_completion(self: &Arc<Self>, id: String, prepared: TxnMeta, ticket: Ticket) {
         let me = self.clone();
-        tokio::spawn(async move { me.complete(id, prepared, coordinator_epoch).await });
+        tokio::spawn(async move { me.complete(id, prepared, ticket).await });
     }
 
     /// Writes the markers of a transaction that is ending to every partition
     /// it wrote to, retrying until all are written (or the partition is
     /// gone), then persists the completed state. Stops if this broker stops
     /// coordinating the id: the new coordinator finishes it.
-    async fn complete(&self, id: String, prepared: TxnMeta, coordinator_epoch: i32) {
+    async fn complete(&self, id: String, prepared: TxnMeta, ticket: Ticket) {
+        let coordinator_epoch = ticket.load.epoch;
         let marker = if prepared.state == TxnState::PrepareCommit {
             Marker::Commit
         } else {
@@ -354,8 +413,9 @@ impl TxnCoordinator {
         };
         let mut remaining: Vec<(String, i32)> = prepared.partitions.iter().cloned().collect();
         let mut backoff = Duration::from_millis(50);
+        let mut rounds = 0u32;
         loop {
-            if !self.still_coordinating(&id, coordinator_epoch) {
+            if !self.still_holds(&id, &ticket) {
                 tracing::info!(transactional_id = %id, "no longer coordinating; the new coordinator finishes the transaction");
                 return;
             }
@@ -372,18 +432,22 @@ impl TxnCoordinator {
                     .write_markers(remaining.iter().map(end).collect())
                     .await;
             }
-            if remaining.is_empty() {
+            if remaining.is_empty() && self.still_holds(&id, &ticket) {
                 let done = prepared.complete(now_ms());
-                match self.persist(&id, &done).await {
+                match self.persist(&id, &ticket, &done).await {
                     Ok(()) => {
                         tracing::debug!(transactional_id = %id, state = ?done.state, "transaction completed");
-                        self.finish(&id, &Ok(Step::Persisted(done)));
+                        self.finish(&id, &ticket, &Ok(Step::Persisted(done)));
                         return;
                     }
                     Err(e) => {
                         tracing::warn!(transactional_id = %id, error = ?e, "completing the transaction not persisted; retrying")
                     }
                 }
+            }
+            rounds += 1;
+            if rounds.is_multiple_of(20) {
+                tracing::warn!(transactional_id = %id, rounds, waiting_for = ?remaining, "transaction markers still not written; retrying");
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -393,7 +457,7 @@ impl TxnCoordinator {
     /// Writes `ends` to their leaders; returns the partitions still
     /// without their marker.
     async fn write_markers(&self, ends: Vec<TxnEnd>) -> Vec<(String, i32)> {
-        let view = self.views.current();
+        let view = self.services.views.current();
         let mut by_leader: BTreeMap<i32, Vec<TxnEnd>> = BTreeMap::new();
         let mut left = Vec::new();
         for end in ends {
@@ -404,30 +468,34 @@ impl TxnCoordinator {
                 Some(p) => by_leader.entry(p.leader).or_default().push(end),
             }
         }
-        let deadline = Instant::now() + MARKER_TIMEOUT;
-        for (leader, ends) in by_leader {
-            let failed: Vec<(String, i32)> = if leader == self.node_id {
-                let writer = MarkerWriter {
-                    node_id: self.node_id,
-                    views: &self.views,
-                    quorum: &self.quorum,
-                    replicas: &self.replicas,
-                };
-                let mut failed = Vec::new();
-                for end in ends {
-                    match writer.write(&view, &end, deadline).await {
-                        Ok(()) => {}
-                        Err(e) if e.code == ResponseError::UnknownTopicOrPartition => {}
-                        Err(e) => {
-                            tracing::debug!(topic = %end.topic, partition = end.partition, error = %e.message, "marker not written; retrying");
-                            failed.push((end.topic, end.partition));
-                        }
+        let writer = MarkerWriter {
+            node_id: self.services.node_id,
+            views: &self.services.views,
+            quorum: &self.services.quorum,
+            replicas: &self.services.replicas,
+            groups: &self.services.groups,
+        };
+        let view = &view;
+        // Every leader at once, and each local partition at once.
+        let rounds = by_leader.into_iter().map(|(leader, ends)| async move {
+            if leader != self.services.node_id {
+                return self.send_markers(leader, ends).await;
+            }
+            let deadline = Instant::now() + MARKER_TIMEOUT;
+            let written = join_all(ends.iter().map(|end| writer.write(view, end, deadline))).await;
+            ends.into_iter()
+                .zip(written)
+                .filter_map(|(end, w)| match w {
+                    Ok(()) => None,
+                    Err(e) if e.code == ResponseError::UnknownTopicOrPartition => None,
+                    Err(e) => {
+                        tracing::debug!(topic = %end.topic, partition = end.partition, error = %e.message, "marker not written; retrying");
+                        Some((end.topic, end.partition))
                     }
-                }
-                failed
-            } else {
-                self.send_markers(leader, ends).await
-            };
+                })
+                .collect::<Vec<_>>()
+        });
+        for failed in join_all(rounds).await {
             left.extend(failed);
         }
         left
@@ -463,6 +531,7 @@ impl TxnCoordinator {
         let mut req = WriteTxnMarkersRequest::default();
         req.markers = vec![m];
         let resp = match self
+            .services
             .forwarder
             .write_txn_markers(leader, &req, MARKER_TIMEOUT)
             .await
@@ -473,16 +542,27 @@ impl TxnCoordinator {
                 return all;
             }
         };
-        let mut failed = Vec::new();
-        for t in resp.markers.iter().flat_map(|m| m.topics.iter()) {
-            for p in &t.partitions {
-                let code = ResponseError::try_from_code(p.error_code);
-                if code.is_some() && code != Some(ResponseError::UnknownTopicOrPartition) {
-                    failed.push((t.name.as_str().to_string(), p.partition_index));
-                }
-            }
-        }
-        failed
+        let answered: Vec<((String, i32), Option<ResponseError>)> = resp
+            .markers
+            .iter()
+            .flat_map(|m| m.topics.iter())
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        (t.name.as_str().to_string(), p.partition_index),
+                        ResponseError::try_from_code(p.error_code),
+                    )
+                })
+            })
+            .collect();
+        // Written, or gone; anything else (or not answered) is retried.
+        all.into_iter()
+            .filter(|tp| {
+                !answered.iter().any(|(a, code)| {
+                    a == tp && matches!(code, None | Some(ResponseError::UnknownTopicOrPartition))
+                })
+            })
+            .collect()
     }
 
     /// Follows `__transaction_state` leadership (called by the metadata
@@ -491,75 +571,117 @@ impl TxnCoordinator {
     /// new epoch, are replayed, and their half-ended transactions finished.
     pub fn refresh_ownership(self: &Arc<Self>) {
         let count = self.log.partition_count();
-        let now: HashMap<usize, i32> = (0..count)
+        let led: HashMap<usize, i32> = (0..count)
             .filter_map(|p| self.log.leader_epoch(p).map(|e| (p, e)))
             .collect();
-        let gained: Vec<usize> = {
+        let (gained, lost): (Vec<(usize, i32)>, bool) = {
             let owned = self.lock();
-            if owned.epochs == now {
-                return;
-            }
-            now.iter()
-                .filter(|(p, e)| owned.epochs.get(p) != Some(e))
-                .map(|(p, _)| *p)
-                .collect()
+            let gained = led
+                .iter()
+                .filter(|(p, e)| owned.loads.get(p).map(|l| l.epoch) != Some(**e))
+                .map(|(p, e)| (*p, *e))
+                .collect();
+            let lost = owned.loads.keys().any(|p| !led.contains_key(p));
+            (gained, lost)
         };
-        let mut loaded: HashMap<String, TxnMeta> = HashMap::new();
-        for p in &gained {
-            let Some(log) = self.log.log(*p) else {
+        if gained.is_empty() && !lost {
+            return;
+        }
+        // Replayed before taking the lock; a partition that fails to load
+        // is not served (LOAD_IN_PROGRESS) and is tried again later.
+        let mut loaded: Vec<(usize, i32, HashMap<String, TxnMeta>)> = Vec::new();
+        for &(p, epoch) in &gained {
+            let Some(log) = self.log.log(p) else {
                 continue;
             };
+            let mut metas: HashMap<String, TxnMeta> = HashMap::new();
             let replayed = replay(&log, |key, value| {
                 let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+                    tracing::warn!(
+                        partition = p,
+                        "skipping a {TXN_TOPIC} record without a readable key"
+                    );
                     return;
                 };
-                match value.and_then(|v| serde_json::from_slice::<TxnMeta>(v).ok()) {
-                    Some(meta) => loaded.insert(id.to_string(), meta),
-                    None => loaded.remove(id),
-                };
+                match value.map(serde_json::from_slice::<TxnMeta>) {
+                    Some(Ok(meta)) => {
+                        metas.insert(id.to_string(), meta);
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(partition = p, transactional_id = id, error = %e, "unreadable transaction state record");
+                    }
+                    None => {
+                        metas.remove(id);
+                    }
+                }
             });
-            if let Err(e) = replayed {
-                tracing::error!(partition = p, error = %e, "loading transactions of a newly led {TXN_TOPIC} partition failed");
+            match replayed {
+                Ok(_) => loaded.push((p, epoch, metas)),
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "loading transactions of a newly led {TXN_TOPIC} partition failed; will retry")
+                }
             }
         }
         let mut ending = Vec::new();
+        let resumed: Vec<usize> = loaded.iter().map(|(p, _, _)| *p).collect();
         {
             let mut owned = self.lock();
-            owned.txns.retain(|id, _| {
-                let p = partition_for(id, count);
-                now.contains_key(&p) && !gained.contains(&p)
-            });
-            for (id, meta) in loaded {
-                let busy = meta.state.is_preparing();
-                if busy {
-                    let epoch = now.get(&partition_for(&id, count)).copied().unwrap_or(-1);
-                    ending.push((id.clone(), meta.clone(), epoch));
+            let owned = &mut *owned;
+            // Gone: partitions no longer led, and those being reloaded.
+            owned
+                .loads
+                .retain(|p, l| led.get(p) == Some(&l.epoch) && !resumed.contains(p));
+            let loads = &owned.loads;
+            owned
+                .txns
+                .retain(|id, _| loads.contains_key(&partition_for(id, count)));
+            for (p, epoch, metas) in loaded {
+                owned.next += 1;
+                let load = Load {
+                    epoch,
+                    generation: owned.next,
+                };
+                owned.loads.insert(p, load);
+                for (id, meta) in metas {
+                    owned.next += 1;
+                    let op = owned.next;
+                    let busy = meta.state.is_preparing();
+                    if busy {
+                        let ticket = Ticket {
+                            partition: p,
+                            load,
+                            op,
+                        };
+                        ending.push((id.clone(), meta.clone(), ticket));
+                    }
+                    owned.txns.insert(
+                        id,
+                        Entry {
+                            meta: Some(meta),
+                            busy,
+                            op,
+                        },
+                    );
                 }
-                owned.txns.insert(
-                    id,
-                    Entry {
-                        meta: Some(meta),
-                        busy,
-                    },
-                );
             }
-            owned.epochs = now;
         }
-        if !gained.is_empty() {
-            tracing::info!(gained = ?gained, resuming = ending.len(), "transaction coordination moved");
+        if !resumed.is_empty() {
+            tracing::info!(loaded = ?resumed, resuming = ending.len(), "transaction coordination moved");
         }
-        for (id, meta, epoch) in ending {
-            self.spawn_completion(id, meta, epoch);
+        for (id, meta, ticket) in ending {
+            self.spawn_completion(id, meta, ticket);
         }
     }
 
-    /// Aborts transactions open longer than their timeout (with a bumped
-    /// epoch, fencing the producer), every `every`.
+    /// Every `every`: aborts transactions open longer than their timeout
+    /// (with a bumped epoch, fencing the producer), and loads state
+    /// partitions whose load failed before.
     pub async fn abort_timed_out(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            tokio::task::block_in_place(|| self.refresh_ownership());
             let now = now_ms();
             let expired: Vec<String> = self
                 .lock()
@@ -569,7 +691,7 @@ impl TxnCoordinator {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in expired {
-                let Ok((meta, coordinator_epoch)) = self.begin(&id) else {
+                let Ok((meta, ticket)) = self.begin(&id) else {
                     continue;
                 };
                 let step = async {
@@ -580,14 +702,14 @@ impl TxnCoordinator {
                     let aborting = meta
                         .prepare_abort_fencing(now_ms())
                         .ok_or(ResponseError::InvalidTxnState)?;
-                    self.persist(&id, &aborting).await?;
+                    self.persist(&id, &ticket, &aborting).await?;
                     tracing::info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "aborting a transaction open longer than its timeout");
-                    self.install_ending(&id, &aborting);
-                    self.spawn_completion(id.clone(), aborting, coordinator_epoch);
+                    self.install_ending(&id, &ticket, &aborting);
+                    self.spawn_completion(id.clone(), aborting, ticket);
                     Ok(Step::Ending)
                 }
                 .await;
-                self.finish(&id, &step);
+                self.finish(&id, &ticket, &step);
             }
         }
     }

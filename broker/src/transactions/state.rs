@@ -41,6 +41,12 @@ pub struct TxnMeta {
     /// When the current transaction began (its first partition).
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// The epoch before the last bump by InitProducerId: a producer that
+    /// retries that call (its answer was lost) gets the current epoch
+    /// again instead of being fenced (KIP-360). Cleared when the
+    /// coordinator itself bumps the epoch to fence a producer.
+    #[serde(default)]
+    pub last_producer_epoch: Option<i16>,
 }
 
 impl TxnMeta {
@@ -53,6 +59,7 @@ impl TxnMeta {
             partitions: BTreeSet::new(),
             started_ms: now,
             updated_ms: now,
+            last_producer_epoch: None,
         }
     }
 
@@ -116,6 +123,7 @@ impl TxnMeta {
         }
         let mut next = self.clone();
         next.producer_epoch += 1;
+        next.last_producer_epoch = None;
         next.state = TxnState::PrepareAbort;
         next.updated_ms = now;
         Some(next)
@@ -142,8 +150,12 @@ impl TxnMeta {
             Some(id) => {
                 next.producer_id = id;
                 next.producer_epoch = 0;
+                next.last_producer_epoch = None;
             }
-            None => next.producer_epoch += 1,
+            None => {
+                next.last_producer_epoch = Some(self.producer_epoch);
+                next.producer_epoch += 1;
+            }
         }
         next.timeout_ms = timeout_ms;
         next.state = TxnState::Empty;
@@ -238,7 +250,17 @@ mod tests {
             (again.producer_epoch, again.state, again.timeout_ms),
             (2, TxnState::Empty, 5_000)
         );
+        assert_eq!(
+            again.last_producer_epoch,
+            Some(1),
+            "a lost answer can be retried"
+        );
+        assert_eq!(
+            aborting.last_producer_epoch, None,
+            "a fenced producer cannot"
+        );
         let fresh = again.reinit(5_000, Some(99), 1_500);
         assert_eq!((fresh.producer_id, fresh.producer_epoch), (99, 0));
+        assert_eq!(fresh.last_producer_epoch, None);
     }
 }

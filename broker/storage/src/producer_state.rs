@@ -141,9 +141,11 @@ impl ProducerStates {
             return Ok(SequenceCheck::Append);
         }
         let pid = h.producer_id;
-        if h.is_control() {
-            // A transaction marker carries no sequence; an older epoch's
-            // marker comes from a fenced coordinator or producer.
+        if h.is_control() || h.base_sequence < 0 {
+            // A transaction marker, or a coordinator's own write in a
+            // producer's transaction (transactional offset commits), carries
+            // no sequence; an older epoch's comes from a fenced coordinator
+            // or producer.
             return match self.producers.get(&pid) {
                 Some(entry) if h.producer_epoch < entry.epoch => {
                     Err(SequenceError::InvalidProducerEpoch {
@@ -287,6 +289,10 @@ impl ProducerStates {
         if h.is_transactional() && entry.txn_first_offset.is_none() {
             entry.txn_first_offset = Some(h.base_offset);
             self.ongoing.insert(h.base_offset, h.producer_id);
+        }
+        if h.base_sequence < 0 {
+            // No sequence (a coordinator's write): nothing to deduplicate.
+            return None;
         }
         entry.batches.push_back(BatchMeta {
             first_seq: h.base_sequence,
