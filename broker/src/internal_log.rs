@@ -173,7 +173,7 @@ pub fn replay(
             let (h, entries) = records::decode_entries(bytes)?;
             if h.is_control() {
                 let pending = open.remove(&h.producer_id).unwrap_or_default();
-                if records::parse_marker(bytes)? == Some(Marker::Commit) {
+                if records::parse_marker(bytes)?.map(|(m, _)| m) == Some(Marker::Commit) {
                     for (k, v) in &pending {
                         apply(k.as_deref(), v.as_deref());
                     }

@@ -22,6 +22,10 @@ use sluice_tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// One 3-broker cluster at a time: six at once on two cores starve the
+/// brokers of CPU until their sessions expire (spurious failovers).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Broker flags: quick failover and quick aborts of timed-out transactions.
 fn args() -> Vec<&'static str> {
     let mut a = FAST_FAILOVER.to_vec();
@@ -114,6 +118,7 @@ fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_aborts_and_open_transactions_across_topics() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3, &args())?;
     let (a, b) = (unique_name("txn-a"), unique_name("txn-b"));
     create(&cluster, &[(&a, 2), (&b, 1)]).await?;
@@ -148,6 +153,7 @@ async fn commits_aborts_and_open_transactions_across_topics() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_instance_fences_the_old_one_and_aborts_its_transaction() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3, &args())?;
     let topic = unique_name("txn-fence");
     create(&cluster, &[(&topic, 1)]).await?;
@@ -179,6 +185,7 @@ async fn a_new_instance_fences_the_old_one_and_aborts_its_transaction() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_survives_the_coordinator_being_killed_mid_transaction() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(3, &args())?;
     let topic = unique_name("txn-coord");
     create(&cluster, &[(&topic, 3)]).await?;
@@ -206,6 +213,7 @@ async fn a_commit_survives_the_coordinator_being_killed_mid_transaction() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_aborts_a_transaction_that_outlives_its_timeout() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3, &args())?;
     let topic = unique_name("txn-timeout");
     create(&cluster, &[(&topic, 1)]).await?;
@@ -235,6 +243,7 @@ async fn the_coordinator_aborts_a_transaction_that_outlives_its_timeout() -> Res
 /// NOT_LEADER_OR_FOLLOWER to WriteTxnMarkers.
 #[test]
 fn write_txn_markers_to_a_follower_is_refused() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.blocking_lock();
     let rt = tokio::runtime::Runtime::new()?;
     let cluster = Cluster::start(3, FAST_FAILOVER)?;
     let topic = unique_name("txn-markers");
@@ -256,6 +265,7 @@ fn write_txn_markers_to_a_follower_is_refused() -> Result<()> {
 /// output and its offsets) leaves no trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_transform_produce_commits_output_and_offsets_together() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     use rdkafka::consumer::Consumer;
     let mut a = args();
     a.extend(["--group-initial-rebalance-delay-ms", "0"]);

@@ -283,17 +283,24 @@ impl Marker {
 }
 
 /// The transaction marker a control batch carries (its first record's
-/// key: version 0, then the type). Kafka ignores control records of other
-/// types; so does this (`Ok(None)`).
-pub fn parse_marker(bytes: &[u8]) -> Result<Option<Marker>, BatchError> {
+/// key: version 0, then the type) and the epoch of the coordinator that
+/// wrote it (the value: version, then the epoch; -1 if absent). Kafka
+/// ignores control records of other types; so does this (`Ok(None)`).
+pub fn parse_marker(bytes: &[u8]) -> Result<Option<(Marker, i32)>, BatchError> {
     let (h, records) = decode(bytes)?;
     if !h.is_control() {
         return Err(invalid("not a control batch"));
     }
-    let key = records
+    let first = records
         .first()
-        .and_then(|r| r.key())
+        .ok_or_else(|| invalid("control batch without a record"))?;
+    let key = first
+        .key()
         .ok_or_else(|| invalid("control batch without a keyed record"))?;
+    let coordinator_epoch = first
+        .value()
+        .filter(|v| v.len() >= 6)
+        .map_or(-1, |v| i32::from_be_bytes([v[2], v[3], v[4], v[5]]));
     if key.len() < 4 {
         return Err(invalid("control record key shorter than 4 bytes"));
     }
@@ -301,11 +308,12 @@ pub fn parse_marker(bytes: &[u8]) -> Result<Option<Marker>, BatchError> {
     if version < 0 {
         return Err(invalid(format!("control record key version {version}")));
     }
-    Ok(match i16::from_be_bytes([key[2], key[3]]) {
-        0 => Some(Marker::Abort),
-        1 => Some(Marker::Commit),
-        _ => None,
-    })
+    let marker = match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Marker::Abort,
+        1 => Marker::Commit,
+        _ => return Ok(None),
+    };
+    Ok(Some((marker, coordinator_epoch)))
 }
 
 /// A transaction marker as the coordinator has it written to each
@@ -484,7 +492,7 @@ mod tests {
                 (h.producer_id, h.producer_epoch, h.base_sequence),
                 (7, 3, -1)
             );
-            assert_eq!(parse_marker(&b).expect("parse"), Some(marker));
+            assert_eq!(parse_marker(&b).expect("parse"), Some((marker, 11)));
             // Clients decode it as a control record of that type.
             let mut buf = bytes::Bytes::from(b.to_vec());
             let set = RecordBatchDecoder::decode(&mut buf).expect("kafka-protocol decodes it");

@@ -106,6 +106,9 @@ impl WriteError {
             // Retriable, not persisted: the earlier batch's retry comes
             // first (see `SequenceError::Gap`; routed writes do the same).
             LogError::Sequence(SequenceError::Gap { .. }) => ResponseError::RequestTimedOut,
+            LogError::Sequence(SequenceError::CoordinatorFenced { .. }) => {
+                ResponseError::TransactionCoordinatorFenced
+            }
             LogError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
             LogError::Leading(_)
             | LogError::OffsetOutOfRange { .. }

@@ -452,7 +452,12 @@ impl PartitionLog {
                 epoch: leader_epoch,
             });
         }
-        match st.producers.check(&batch.header)? {
+        let coordinator_epoch = if batch.header.is_control() {
+            read_marker(batch.head(), batch.body()).map(|(_, epoch)| epoch)
+        } else {
+            None
+        };
+        match st.producers.check(&batch.header, coordinator_epoch)? {
             SequenceCheck::Append => {}
             SequenceCheck::Duplicate(original) => {
                 return Ok(AppendInfo {
@@ -981,7 +986,7 @@ fn prune_snapshots(dir: &Path, upto: i64) {
 
 /// The marker a control batch (header `head`, rest `body`) carries; a
 /// malformed one ends nothing (logged).
-fn read_marker(head: &[u8], body: &[u8]) -> Option<Marker> {
+fn read_marker(head: &[u8], body: &[u8]) -> Option<(Marker, i32)> {
     let mut bytes = Vec::with_capacity(head.len() + body.len());
     bytes.extend_from_slice(head);
     bytes.extend_from_slice(body);

@@ -57,6 +57,15 @@ pub struct ProducerEntry {
     /// this partition (none open: `None`).
     #[serde(default)]
     pub txn_first_offset: Option<i64>,
+    /// Epoch of the newest coordinator that wrote a marker for it here: an
+    /// older one's markers are refused (a coordinator that lost its role
+    /// must not end the producer's next transaction).
+    #[serde(default = "no_coordinator_epoch")]
+    pub coordinator_epoch: i32,
+}
+
+fn no_coordinator_epoch() -> i32 {
+    -1
 }
 
 /// A transaction that ended in this partition: its marker was appended.
@@ -80,6 +89,10 @@ pub enum SequenceError {
     InvalidProducerEpoch { pid: i64, got: i16, current: i16 },
     #[error("producer {pid}: expected sequence {expected}, got {got}")]
     OutOfOrderSequence { pid: i64, expected: i32, got: i32 },
+    #[error(
+        "producer {pid}: a marker from coordinator epoch {got}, older than {current} (no longer its coordinator)"
+    )]
+    CoordinatorFenced { pid: i64, got: i32, current: i32 },
     /// Ahead of the next expected sequence: an earlier batch of the
     /// producer has not arrived, normally one that failed with a retriable
     /// error and is being retried (pipelined requests). Kafka answers
@@ -136,7 +149,12 @@ impl ProducerStates {
 
     /// Classifies a batch before it is written (Kafka's
     /// `ProducerAppendInfo.checkSequence` and duplicate lookup).
-    pub fn check(&self, h: &BatchHeader) -> Result<SequenceCheck, SequenceError> {
+    /// `coordinator_epoch`: a marker's writer's epoch.
+    pub fn check(
+        &self,
+        h: &BatchHeader,
+        coordinator_epoch: Option<i32>,
+    ) -> Result<SequenceCheck, SequenceError> {
         if h.producer_id < 0 {
             return Ok(SequenceCheck::Append);
         }
@@ -152,6 +170,13 @@ impl ProducerStates {
                         pid,
                         got: h.producer_epoch,
                         current: entry.epoch,
+                    })
+                }
+                Some(entry) if coordinator_epoch.is_some_and(|e| e < entry.coordinator_epoch) => {
+                    Err(SequenceError::CoordinatorFenced {
+                        pid,
+                        got: coordinator_epoch.unwrap_or(-1),
+                        current: entry.coordinator_epoch,
                     })
                 }
                 _ => Ok(SequenceCheck::Append),
@@ -243,7 +268,7 @@ impl ProducerStates {
     pub fn record(
         &mut self,
         h: &BatchHeader,
-        marker: Option<Marker>,
+        marker: Option<(Marker, i32)>,
         now_ms: i64,
     ) -> Option<CompletedTxn> {
         if h.producer_id < 0 {
@@ -257,6 +282,7 @@ impl ProducerStates {
                 batches: VecDeque::new(),
                 last_append_ms: now_ms,
                 txn_first_offset: None,
+                coordinator_epoch: -1,
             });
         if h.producer_epoch != entry.epoch {
             entry.epoch = h.producer_epoch;
@@ -267,7 +293,8 @@ impl ProducerStates {
             // Control records of unknown types end nothing (Kafka skips
             // them); nor does a marker for a producer with nothing open
             // here (a coordinator's retry): as in Kafka, no index entry.
-            marker?;
+            let (marker, coordinator_epoch) = marker?;
+            entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
             let first = entry.txn_first_offset.take()?;
             self.ongoing.remove(&first);
             let last_stable_offset = self
@@ -280,7 +307,7 @@ impl ProducerStates {
                 producer_id: h.producer_id,
                 first_offset: first,
                 last_offset: h.base_offset,
-                aborted: marker == Some(Marker::Abort),
+                aborted: marker == Marker::Abort,
                 last_stable_offset,
             };
             self.unreplicated.push_back(done);
@@ -402,19 +429,19 @@ mod tests {
     fn in_order_batches_append_and_retries_are_duplicates() {
         let mut s = ProducerStates::default();
         let b0 = header(7, 0, 0, 3, 10);
-        assert_eq!(s.check(&b0), Ok(SequenceCheck::Append));
+        assert_eq!(s.check(&b0, None), Ok(SequenceCheck::Append));
         s.record(&b0, None, 1);
         let b1 = header(7, 0, 3, 2, 13);
-        assert_eq!(s.check(&b1), Ok(SequenceCheck::Append));
+        assert_eq!(s.check(&b1, None), Ok(SequenceCheck::Append));
         s.record(&b1, None, 2);
-        match s.check(&header(7, 0, 0, 3, -1)) {
+        match s.check(&header(7, 0, 0, 3, -1), None) {
             Ok(SequenceCheck::Duplicate(m)) => {
                 assert_eq!((m.first_offset, m.last_offset), (10, 12))
             }
             other => panic!("expected duplicate, got {other:?}"),
         }
         assert!(matches!(
-            s.check(&header(7, 0, 9, 1, -1)),
+            s.check(&header(7, 0, 9, 1, -1), None),
             Err(SequenceError::Gap {
                 expected: 5,
                 got: 9,
@@ -423,7 +450,7 @@ mod tests {
         ));
         // Behind, but not one of the remembered batches: out of order.
         assert!(matches!(
-            s.check(&header(7, 0, 1, 1, -1)),
+            s.check(&header(7, 0, 1, 1, -1), None),
             Err(SequenceError::OutOfOrderSequence {
                 expected: 5,
                 got: 1,
@@ -440,9 +467,12 @@ mod tests {
         assert!(!is_ahead(5, 5));
         let mut s = ProducerStates::default();
         s.record(&header(1, 0, i32::MAX - 1, 2, 0), None, 0);
-        assert_eq!(s.check(&header(1, 0, 0, 1, -1)), Ok(SequenceCheck::Append));
+        assert_eq!(
+            s.check(&header(1, 0, 0, 1, -1), None),
+            Ok(SequenceCheck::Append)
+        );
         assert!(matches!(
-            s.check(&header(1, 0, 4, 1, -1)),
+            s.check(&header(1, 0, 4, 1, -1), None),
             Err(SequenceError::Gap { expected: 0, .. })
         ));
     }
@@ -452,14 +482,20 @@ mod tests {
         let mut s = ProducerStates::default();
         s.record(&header(1, 2, 0, 1, 0), None, 0);
         assert!(matches!(
-            s.check(&header(1, 1, 1, 1, -1)),
+            s.check(&header(1, 1, 1, 1, -1), None),
             Err(SequenceError::InvalidProducerEpoch { .. })
         ));
-        assert_eq!(s.check(&header(1, 3, 0, 1, -1)), Ok(SequenceCheck::Append));
-        assert!(s.check(&header(1, 3, 5, 1, -1)).is_err());
+        assert_eq!(
+            s.check(&header(1, 3, 0, 1, -1), None),
+            Ok(SequenceCheck::Append)
+        );
+        assert!(s.check(&header(1, 3, 5, 1, -1), None).is_err());
         // An unknown producer may start anywhere (its state may have gone
         // with retention), as in Kafka.
-        assert_eq!(s.check(&header(2, 0, 4, 1, -1)), Ok(SequenceCheck::Append));
+        assert_eq!(
+            s.check(&header(2, 0, 4, 1, -1), None),
+            Ok(SequenceCheck::Append)
+        );
     }
 
     #[test]
@@ -469,24 +505,24 @@ mod tests {
         // Sub-batches carry the client batch's last sequence: 9, then 19.
         s.record(&header(pid, 0, 9, 3, 0), None, 0);
         assert_eq!(
-            s.check(&header(pid, 0, 19, 2, -1)),
+            s.check(&header(pid, 0, 19, 2, -1), None),
             Ok(SequenceCheck::Append)
         );
         s.record(&header(pid, 0, 19, 2, 3), None, 0);
         assert!(matches!(
-            s.check(&header(pid, 0, 9, 3, -1)),
+            s.check(&header(pid, 0, 9, 3, -1), None),
             Ok(SequenceCheck::Duplicate(BatchMeta {
                 first_offset: 0,
                 ..
             }))
         ));
         assert!(matches!(
-            s.check(&header(pid, 0, 15, 1, -1)),
+            s.check(&header(pid, 0, 15, 1, -1), None),
             Err(SequenceError::OutOfOrderSequence { .. })
         ));
         // A client's epoch bump restarts them anywhere.
         assert_eq!(
-            s.check(&header(pid, 1, 4, 1, -1)),
+            s.check(&header(pid, 1, 4, 1, -1), None),
             Ok(SequenceCheck::Append)
         );
         assert_eq!(s.latest(pid).map(|(e, b)| (e, b.first_seq)), Some((0, 19)));
@@ -521,9 +557,9 @@ mod tests {
             vec![(1, 5), (2, 7)]
         );
         // A marker is checked for its epoch only, never for a sequence.
-        assert_eq!(s.check(&marker(1, 11)), Ok(SequenceCheck::Append));
+        assert_eq!(s.check(&marker(1, 11), None), Ok(SequenceCheck::Append));
         let done = s
-            .record(&marker(1, 11), Some(Marker::Abort), 0)
+            .record(&marker(1, 11), Some((Marker::Abort, 0)), 0)
             .expect("ended");
         assert_eq!(
             done,
@@ -543,13 +579,28 @@ mod tests {
         );
         assert_eq!(s.first_unstable_offset(12), Some(7));
         let done = s
-            .record(&marker(2, 12), Some(Marker::Commit), 0)
+            .record(&marker(2, 12), Some((Marker::Commit, 0)), 0)
             .expect("ended");
         assert!(!done.aborted);
         assert_eq!(done.last_stable_offset, 13);
         assert_eq!(s.first_unstable_offset(13), None);
+        // A coordinator older than the last one to write a marker is fenced.
+        s.record(&txn(1, 4, 1, 13), None, 0);
+        let later = s
+            .record(&marker(1, 14), Some((Marker::Abort, 3)), 0)
+            .expect("ended");
+        assert!(later.aborted);
+        assert!(matches!(
+            s.check(&marker(1, 15), Some(2)),
+            Err(SequenceError::CoordinatorFenced {
+                got: 2,
+                current: 3,
+                ..
+            })
+        ));
+        assert_eq!(s.check(&marker(1, 15), Some(3)), Ok(SequenceCheck::Append));
         // The sequence carries on after the marker.
-        assert_eq!(s.check(&txn(1, 4, 1, 13)), Ok(SequenceCheck::Append));
+        assert_eq!(s.check(&txn(1, 5, 1, 15), None), Ok(SequenceCheck::Append));
         // An open transaction survives a snapshot; its producer never expires.
         s.record(&txn(3, 0, 1, 13), None, 0);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -568,14 +619,14 @@ mod tests {
             s.record(&header(1, 0, i, 1, i64::from(i)), None, 0);
         }
         assert!(matches!(
-            s.check(&header(1, 0, 6, 1, -1)),
+            s.check(&header(1, 0, 6, 1, -1), None),
             Ok(SequenceCheck::Duplicate(_))
         ));
         assert!(matches!(
-            s.check(&header(1, 0, 2, 1, -1)),
+            s.check(&header(1, 0, 2, 1, -1), None),
             Ok(SequenceCheck::Duplicate(_))
         ));
-        assert!(s.check(&header(1, 0, 1, 1, -1)).is_err());
+        assert!(s.check(&header(1, 0, 1, 1, -1), None).is_err());
     }
 
     #[test]
