@@ -367,3 +367,148 @@ async fn consume_transform_produce_commits_output_and_offsets_together() -> Resu
     assert_eq!(out, counts(&[("out", records)]), "exactly once, no ghosts");
     Ok(())
 }
+
+/// ListTransactions, DescribeTransactions and DescribeProducers (KIP-664)
+/// show an open transaction, then its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_apis_show_open_and_ended_transactions() -> Result<()> {
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    use kafka_protocol::messages::{
+        DescribeProducersRequest, DescribeProducersResponse, DescribeTransactionsRequest,
+        ListTransactionsRequest, TopicName, TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use sluice_client::Connection;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("txn-admin");
+    create(&cluster, &[(&topic, 2)]).await?;
+    let id = unique_name("tid");
+    let p = transactional(&cluster, &id, "60000")?;
+    p.begin_transaction()?;
+    send(&p, &[(topic.as_str(), 0)], "open", 3).await?;
+
+    let conn = |i: usize| Connection::connect(cluster.addr(i), "txn-admin-test", WAIT);
+    let listed = |states: &[&str]| {
+        let mut req = ListTransactionsRequest::default();
+        req.state_filters = states
+            .iter()
+            .map(|s| StrBytes::from_string(s.to_string()))
+            .collect();
+        req
+    };
+    let describe = |ids: &[&str]| {
+        let mut req = DescribeTransactionsRequest::default();
+        req.transactional_ids = ids
+            .iter()
+            .map(|i| TransactionalId(StrBytes::from_string(i.to_string())))
+            .collect();
+        req
+    };
+    let producers = || {
+        let mut t = TopicRequest::default();
+        t.name = TopicName(StrBytes::from_string(topic.clone()));
+        t.partition_indexes = vec![0];
+        let mut req = DescribeProducersRequest::default();
+        req.topics = vec![t];
+        req
+    };
+
+    let mut found = Vec::new();
+    for i in 0..3 {
+        let resp = conn(i).await?.send(&listed(&[]), 1, WAIT).await?;
+        assert_eq!(resp.error_code, 0);
+        found.extend(
+            resp.transaction_states
+                .iter()
+                .filter(|t| t.transactional_id.as_str() == id)
+                .map(|t| (t.producer_id.0, t.transaction_state.to_string())),
+        );
+    }
+    assert_eq!(found.len(), 1, "one coordinator lists it: {found:?}");
+    let (producer_id, state) = found.remove(0);
+    assert_eq!(state, "Ongoing");
+
+    let coordinator = cluster.transaction_coordinator(&id)? as usize;
+    let resp = conn(coordinator)
+        .await?
+        .send(&describe(&[&id]), 0, WAIT)
+        .await?;
+    let t = &resp.transaction_states[0];
+    assert_eq!(
+        (
+            t.error_code,
+            t.transaction_state.as_str(),
+            t.producer_id.0,
+            t.transaction_timeout_ms
+        ),
+        (0, "Ongoing", producer_id, 60_000)
+    );
+    assert_eq!(t.topics.len(), 1);
+    assert_eq!(
+        (t.topics[0].topic.as_str(), t.topics[0].partitions.clone()),
+        (topic.as_str(), vec![0])
+    );
+    // An id nobody used, asked of its coordinator and of another broker.
+    let unknown = "never-seen";
+    let at = cluster.transaction_coordinator(unknown)? as usize;
+    let resp = conn(at).await?.send(&describe(&[unknown]), 0, WAIT).await?;
+    assert_eq!(
+        resp.transaction_states[0].error_code, 105,
+        "TRANSACTIONAL_ID_NOT_FOUND"
+    );
+    let resp = conn((at + 1) % 3)
+        .await?
+        .send(&describe(&[unknown]), 0, WAIT)
+        .await?;
+    assert_eq!(resp.transaction_states[0].error_code, 16, "NOT_COORDINATOR");
+
+    let (leader, _) = cluster.leader_and_isr(0, &topic, 0)?;
+    let txn_start = |resp: &DescribeProducersResponse| {
+        resp.topics[0].partitions[0]
+            .active_producers
+            .iter()
+            .find(|a| a.producer_id.0 == producer_id)
+            .map(|a| a.current_txn_start_offset)
+    };
+    let resp = conn(leader as usize)
+        .await?
+        .send(&producers(), 0, WAIT)
+        .await?;
+    assert_eq!(
+        txn_start(&resp),
+        Some(0),
+        "the open transaction starts at 0"
+    );
+
+    tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let resp = conn(coordinator)
+            .await?
+            .send(&describe(&[&id]), 0, WAIT)
+            .await?;
+        if resp.transaction_states[0].transaction_state.as_str() == "CompleteCommit" {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = conn(leader as usize)
+        .await?
+        .send(&producers(), 0, WAIT)
+        .await?;
+    assert_eq!(txn_start(&resp), Some(-1), "nothing open after the marker");
+    let resp = conn(coordinator)
+        .await?
+        .send(&listed(&["Ongoing", "Bogus"]), 1, WAIT)
+        .await?;
+    assert!(
+        !resp
+            .transaction_states
+            .iter()
+            .any(|t| t.transactional_id.as_str() == id)
+    );
+    assert_eq!(resp.unknown_state_filters.len(), 1, "Bogus is not a state");
+    Ok(())
+}

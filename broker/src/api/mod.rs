@@ -311,6 +311,15 @@ async fn handle_whole(
         RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
             groups::txn_offset_commit(&b.group_services(), r, v).await,
         ),
+        RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(
+            transactions::list_transactions(&b.transaction_services(), r),
+        ),
+        RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(
+            transactions::describe_transactions(&b.transaction_services(), r),
+        ),
+        RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(
+            transactions::describe_producers(&b.transaction_services(), r),
+        ),
         RequestKind::EndTxn(r) => {
             ResponseKind::EndTxn(transactions::end_txn(&b.transaction_services(), r, v).await)
         }

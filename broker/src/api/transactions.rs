@@ -1,22 +1,35 @@
 //! The transaction coordinator's client APIs (AddPartitionsToTxn v0-3,
 //! AddOffsetsToTxn v0-3, EndTxn v0-3; InitProducerId is in `producer`,
-//! FindCoordinator and the group side, TxnOffsetCommit, in `groups`):
-//! request decoding and error mapping around `crate::transactions`.
+//! FindCoordinator and the group side, TxnOffsetCommit, in `groups`) and
+//! the admin APIs of KIP-664 (ListTransactions, DescribeTransactions, and
+//! DescribeProducers at partition leaders): request decoding and error
+//! mapping around `crate::transactions`.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse as DescribedPartition, ProducerState as ActiveProducer,
+    TopicResponse as DescribedTopic,
+};
+use kafka_protocol::messages::describe_transactions_response::{
+    TopicData, TransactionState as DescribedTransaction,
+};
+use kafka_protocol::messages::list_transactions_response::TransactionState as ListedTransaction;
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse,
+    AddPartitionsToTxnResponse, DescribeProducersRequest, DescribeProducersResponse,
+    DescribeTransactionsRequest, DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse,
+    ListTransactionsRequest, ListTransactionsResponse, ProducerId, TopicName, TransactionalId,
 };
 
-use super::error_code;
 use super::services::Transactions;
+use super::{error_code, str_bytes};
 use crate::groups::OFFSETS_TOPIC;
 use crate::internal_log::partition_for;
 use crate::transactions::ProducerIdAndEpoch;
+use crate::transactions::state::TxnState;
 
 /// PRODUCER_FENCED exists from these request versions on (KIP-588);
 /// older clients get INVALID_PRODUCER_EPOCH for it, as from Kafka.
@@ -137,6 +150,137 @@ pub async fn add_offsets_to_txn(
         .await
     {
         resp.error_code = error_code(b.metrics, fenced_for(e, version, 2));
+    }
+    resp
+}
+
+/// ListTransactions (KIP-664, v0-1): the transactions this broker
+/// coordinates; an admin client asks every broker.
+pub fn list_transactions(
+    b: &Transactions<'_>,
+    req: ListTransactionsRequest,
+) -> ListTransactionsResponse {
+    let mut resp = ListTransactionsResponse::default();
+    let mut states = Vec::new();
+    for name in &req.state_filters {
+        match TxnState::ALL.iter().find(|s| s.name() == name.as_str()) {
+            Some(s) => states.push(*s),
+            None => resp.unknown_state_filters.push(name.clone()),
+        }
+    }
+    // Only unknown names asked for: nothing can match.
+    if states.is_empty() && !req.state_filters.is_empty() {
+        return resp;
+    }
+    let producer_ids: Vec<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
+    match b
+        .transactions
+        .list(&states, &producer_ids, req.duration_filter)
+    {
+        Ok(list) => {
+            resp.transaction_states = list
+                .into_iter()
+                .map(|(id, producer_id, state)| {
+                    let mut t = ListedTransaction::default();
+                    t.transactional_id = TransactionalId(str_bytes(id));
+                    t.producer_id = ProducerId(producer_id);
+                    t.transaction_state = str_bytes(state.name());
+                    t
+                })
+                .collect();
+        }
+        Err(e) => resp.error_code = error_code(b.metrics, e),
+    }
+    resp
+}
+
+/// DescribeTransactions (KIP-664): state, timeout, start, producer and
+/// partitions of transactional ids this broker coordinates.
+pub fn describe_transactions(
+    b: &Transactions<'_>,
+    req: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
+    let mut resp = DescribeTransactionsResponse::default();
+    for id in req.transactional_ids {
+        let mut t = DescribedTransaction::default();
+        match b.transactions.describe(id.as_str()) {
+            Ok(meta) => {
+                t.transaction_state = str_bytes(meta.state.name());
+                t.transaction_timeout_ms = meta.timeout_ms;
+                t.transaction_start_time_ms = if meta.state == TxnState::Empty {
+                    -1
+                } else {
+                    meta.started_ms
+                };
+                t.producer_id = ProducerId(meta.producer_id);
+                t.producer_epoch = meta.producer_epoch;
+                let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> =
+                    std::collections::BTreeMap::new();
+                for (topic, partition) in meta.partitions {
+                    by_topic.entry(topic).or_default().push(partition);
+                }
+                t.topics = by_topic
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        let mut d = TopicData::default();
+                        d.topic = TopicName(str_bytes(topic));
+                        d.partitions = partitions;
+                        d
+                    })
+                    .collect();
+            }
+            Err(e) => t.error_code = error_code(b.metrics, e),
+        }
+        t.transactional_id = id;
+        resp.transaction_states.push(t);
+    }
+    resp
+}
+
+/// DescribeProducers (KIP-664): the producers each partition this broker
+/// leads remembers, with their open transaction's first offset.
+pub fn describe_producers(
+    b: &Transactions<'_>,
+    req: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let view = b.views.current();
+    let mut resp = DescribeProducersResponse::default();
+    for t in req.topics {
+        let mut tr = DescribedTopic::default();
+        for p in t.partition_indexes {
+            let mut pr = DescribedPartition::default();
+            pr.partition_index = p;
+            match view.lead(t.name.as_str(), p) {
+                Ok(ls) => {
+                    pr.active_producers = ls
+                        .log
+                        .producers()
+                        .into_iter()
+                        .map(|s| {
+                            let mut a = ActiveProducer::default();
+                            a.producer_id = ProducerId(s.producer_id);
+                            a.producer_epoch = i32::from(s.producer_epoch);
+                            a.last_sequence = s.last_sequence;
+                            a.last_timestamp = s.last_timestamp;
+                            a.coordinator_epoch = s.coordinator_epoch;
+                            a.current_txn_start_offset = s.txn_first_offset.unwrap_or(-1);
+                            a
+                        })
+                        .collect();
+                }
+                Err(e) => {
+                    pr.error_code = error_code(b.metrics, e);
+                    pr.error_message = Some(str_bytes(format!(
+                        "broker {} does not lead {}-{p}",
+                        view.node_id(),
+                        t.name.as_str()
+                    )));
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        tr.name = t.name;
+        resp.topics.push(tr);
     }
     resp
 }

@@ -673,6 +673,68 @@ impl TxnCoordinator {
         }
     }
 
+    /// Fails with LOAD_IN_PROGRESS while a state partition led here is not
+    /// loaded yet (its transactions would be missing from an answer).
+    fn all_loaded(&self) -> Result<(), ResponseError> {
+        let count = self.log.partition_count();
+        let owned = self.lock();
+        let loading =
+            (0..count).any(|p| self.log.leader_epoch(p).is_some() && !owned.loads.contains_key(&p));
+        if loading {
+            Err(ResponseError::CoordinatorLoadInProgress)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// ListTransactions (KIP-664): the transactional ids coordinated here,
+    /// with their producer id and state, filtered by state (none: all),
+    /// producer id (none: all) and, for running transactions, how long
+    /// they have been open (`min_duration_ms` < 0: no filter).
+    pub fn list(
+        &self,
+        states: &[TxnState],
+        producer_ids: &[i64],
+        min_duration_ms: i64,
+    ) -> Result<Vec<(String, i64, TxnState)>, ResponseError> {
+        self.all_loaded()?;
+        let now = now_ms();
+        let owned = self.lock();
+        let mut out: Vec<(String, i64, TxnState)> = owned
+            .txns
+            .iter()
+            .filter_map(|(id, e)| Some((id, e.meta.as_ref()?)))
+            .filter(|(_, m)| states.is_empty() || states.contains(&m.state))
+            .filter(|(_, m)| producer_ids.is_empty() || producer_ids.contains(&m.producer_id))
+            .filter(|(_, m)| {
+                min_duration_ms < 0
+                    || (m.state == TxnState::Ongoing
+                        && now.saturating_sub(m.started_ms) >= min_duration_ms)
+            })
+            .map(|(id, m)| (id.clone(), m.producer_id, m.state))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// DescribeTransactions (KIP-664): one transactional id's state.
+    pub fn describe(&self, id: &str) -> Result<TxnMeta, ResponseError> {
+        let p = self.partition_of(id);
+        let owned = self.lock();
+        if !owned.loads.contains_key(&p) {
+            return Err(if self.log.leader_epoch(p).is_some() {
+                ResponseError::CoordinatorLoadInProgress
+            } else {
+                ResponseError::NotCoordinator
+            });
+        }
+        owned
+            .txns
+            .get(id)
+            .and_then(|e| e.meta.clone())
+            .ok_or(ResponseError::TransactionalIdNotFound)
+    }
+
     /// Every `every`: aborts transactions open longer than their timeout
     /// (with a bumped epoch, fencing the producer), and loads state
     /// partitions whose load failed before.

@@ -23,6 +23,28 @@ pub enum TxnState {
 }
 
 impl TxnState {
+    /// Kafka's name for the state (ListTransactions, DescribeTransactions).
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnState::Empty => "Empty",
+            TxnState::Ongoing => "Ongoing",
+            TxnState::PrepareCommit => "PrepareCommit",
+            TxnState::PrepareAbort => "PrepareAbort",
+            TxnState::CompleteCommit => "CompleteCommit",
+            TxnState::CompleteAbort => "CompleteAbort",
+        }
+    }
+
+    /// Every state, for filters by name.
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+    ];
+
     /// Markers are being written: nothing else may happen to it.
     pub fn is_preparing(self) -> bool {
         matches!(self, TxnState::PrepareCommit | TxnState::PrepareAbort)

@@ -556,6 +556,11 @@ impl PartitionLog {
         self.lock().producers.latest(producer_id)
     }
 
+    /// Every producer this partition remembers, by id.
+    pub fn producers(&self) -> Vec<producer_state::ProducerSummary> {
+        self.lock().producers.describe()
+    }
+
     /// Every remembered batch of a producer in one epoch, oldest first.
     pub fn producer_batches(&self, producer_id: i64, epoch: i16) -> Vec<producer_state::BatchMeta> {
         self.lock().producers.batches(producer_id, epoch)

@@ -68,6 +68,18 @@ fn no_coordinator_epoch() -> i32 {
     -1
 }
 
+/// What DescribeProducers shows of one producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// -1: none remembered.
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+    pub coordinator_epoch: i32,
+    pub txn_first_offset: Option<i64>,
+}
+
 /// A transaction that ended in this partition: its marker was appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompletedTxn {
@@ -352,6 +364,24 @@ impl ProducerStates {
     /// watermark `hw` (every in-sync replica has them).
     pub fn forget_replicated(&mut self, hw: i64) {
         self.unreplicated.retain(|t| t.last_offset >= hw);
+    }
+
+    /// Every producer this partition remembers (DescribeProducers).
+    pub fn describe(&self) -> Vec<ProducerSummary> {
+        let mut out: Vec<ProducerSummary> = self
+            .producers
+            .iter()
+            .map(|(pid, e)| ProducerSummary {
+                producer_id: *pid,
+                producer_epoch: e.epoch,
+                last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
+                last_timestamp: e.batches.back().map_or(-1, |b| b.timestamp),
+                coordinator_epoch: e.coordinator_epoch,
+                txn_first_offset: e.txn_first_offset,
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
     }
 
     /// Producers with an open transaction here and its first offset.
