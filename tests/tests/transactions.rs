@@ -95,6 +95,21 @@ async fn read(
     isolation: &str,
     expected: usize,
 ) -> Result<BTreeMap<String, usize>> {
+    let mut by_prefix = BTreeMap::new();
+    for v in read_values(cluster, parts, isolation, expected).await? {
+        let prefix = v.split('-').next().unwrap_or_default().to_string();
+        *by_prefix.entry(prefix).or_insert(0) += 1;
+    }
+    Ok(by_prefix)
+}
+
+/// The values themselves, in the order read.
+async fn read_values(
+    cluster: &Cluster,
+    parts: &[(&str, i32)],
+    isolation: &str,
+    expected: usize,
+) -> Result<Vec<String>> {
     let consumer = stream_consumer(&cluster.bootstrap(), &[("isolation.level", isolation)])?;
     let assignment: Vec<(&str, i32, Offset)> = parts
         .iter()
@@ -103,13 +118,10 @@ async fn read(
     assign(&consumer, &assignment)?;
     let mut got = consume_n(&consumer, expected, WAIT).await?;
     got.extend(drain_extra(&consumer, Duration::from_secs(1)).await);
-    let mut by_prefix = BTreeMap::new();
-    for m in &got {
-        let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-        let prefix = v.split('-').next().unwrap_or_default().to_string();
-        *by_prefix.entry(prefix).or_insert(0) += 1;
-    }
-    Ok(by_prefix)
+    Ok(got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect())
 }
 
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
@@ -510,5 +522,225 @@ async fn the_admin_apis_show_open_and_ended_transactions() -> Result<()> {
             .any(|t| t.transactional_id.as_str() == id)
     );
     assert_eq!(resp.unknown_state_filters.len(), 1, "Bogus is not a state");
+    Ok(())
+}
+
+/// How a consume-transform-produce loop recovers from an error, as a real
+/// application must (librdkafka's transactional API contract).
+enum Recovery {
+    /// Retriable: try the same call again.
+    Retry,
+    /// Abort the transaction and start again from the committed offsets.
+    Abort,
+    /// The producer is unusable (fenced, fatal): a new instance, then
+    /// start again from the committed offsets.
+    NewProducer,
+}
+
+fn recovery(e: &rdkafka::error::KafkaError) -> Recovery {
+    match e {
+        rdkafka::error::KafkaError::Transaction(t) if t.is_fatal() => Recovery::NewProducer,
+        rdkafka::error::KafkaError::Transaction(t) if t.txn_requires_abort() => Recovery::Abort,
+        rdkafka::error::KafkaError::Transaction(t) if t.is_retriable() => Recovery::Retry,
+        _ => Recovery::Abort,
+    }
+}
+
+/// Consume-transform-produce while a random broker is SIGKILLed every few
+/// seconds (the transaction coordinator, the group coordinator and
+/// partition leaders among them) and restarted: every input record's
+/// output is in the output topic exactly once for read_committed
+/// consumers, and the group's committed offsets cover the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_transform_produce_is_exactly_once_while_brokers_are_killed() -> Result<()> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(3, &args())?;
+    let (input, output) = (unique_name("eos-in"), unique_name("eos-out"));
+    create(&cluster, &[(&input, 3), (&output, 3)]).await?;
+    let parts: Vec<(&str, i32)> = (0..3).map(|p| (input.as_str(), p)).collect();
+    let per_partition = 400;
+    let records = per_partition * 3;
+    let seeder = future_producer(
+        &cluster.bootstrap(),
+        &[
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "30000"),
+        ],
+    )?;
+    send(&seeder, &parts, "in", per_partition).await?;
+
+    let group = unique_name("eos-group");
+    let consumer: StreamConsumer = stream_consumer(
+        &cluster.bootstrap(),
+        &[
+            ("group.id", group.as_str()),
+            ("isolation.level", "read_committed"),
+            ("enable.auto.commit", "false"),
+        ],
+    )?;
+    // From the committed offsets (the beginning before the first commit).
+    let rewind = |consumer: &StreamConsumer| -> Result<()> {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition(&input, p);
+        }
+        let committed = consumer.committed_offsets(tpl, WAIT)?;
+        let mut from = rdkafka::TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            from.add_partition_offset(e.topic(), e.partition(), offset)?;
+        }
+        consumer.unassign()?;
+        consumer.assign(&from)?;
+        Ok(())
+    };
+    rewind(&consumer)?;
+    let id = unique_name("tid");
+    let mut p = transactional(&cluster, &id, "60000")?;
+
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(150);
+    let mut next_kill = started + Duration::from_secs(2);
+    let mut down: Option<(usize, tokio::time::Instant)> = None;
+    let mut victim = 0usize;
+    let (mut kills, mut aborts, mut new_producers) = (0, 0, 0);
+    let mut committed_total = 0i64;
+    while committed_total < records as i64 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{committed_total} of {records} committed before the deadline ({kills} kills, {aborts} aborts)"
+        );
+        let now = tokio::time::Instant::now();
+        match down {
+            Some((v, until)) if now >= until => {
+                cluster.restart(v)?;
+                down = None;
+                next_kill = now + Duration::from_secs(2);
+            }
+            None if now >= next_kill && kills < 8 => {
+                victim = (victim + 1) % 3;
+                cluster.kill(victim);
+                kills += 1;
+                down = Some((victim, now + Duration::from_millis(1500)));
+            }
+            _ => {}
+        }
+        // Small transactions, so the run spans several kills.
+        let mut batch = Vec::new();
+        while batch.len() < 10 {
+            match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let attempt: Result<(), rdkafka::error::KafkaError> = async {
+            p.begin_transaction()?;
+            for m in &batch {
+                let v = format!(
+                    "out-{}",
+                    String::from_utf8_lossy(m.payload().unwrap_or_default())
+                );
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&output)
+                    .payload(v.as_bytes())
+                    .partition(m.partition());
+                // Delivery failures surface in commit_transaction.
+                loop {
+                    match p.send_result(record) {
+                        Ok(_) => break,
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull,
+                            ),
+                            again,
+                        )) => {
+                            record = again;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err((e, _)) => return Err(e),
+                    }
+                }
+            }
+            let positions = consumer.position()?;
+            let metadata = consumer
+                .group_metadata()
+                .ok_or(rdkafka::error::KafkaError::NoMessageReceived)?;
+            tokio::task::block_in_place(|| {
+                p.send_offsets_to_transaction(&positions, &metadata, WAIT)?;
+                loop {
+                    match p.commit_transaction(WAIT) {
+                        Err(e) if matches!(recovery(&e), Recovery::Retry) => continue,
+                        other => return other,
+                    }
+                }
+            })
+        }
+        .await;
+        match attempt {
+            Ok(()) => {}
+            Err(e) => {
+                match recovery(&e) {
+                    Recovery::NewProducer => {
+                        new_producers += 1;
+                        p = transactional(&cluster, &id, "60000")?;
+                    }
+                    Recovery::Abort | Recovery::Retry => {
+                        aborts += 1;
+                        if let Err(e) = tokio::task::block_in_place(|| p.abort_transaction(WAIT)) {
+                            eprintln!("abort failed ({e}); a new producer instance");
+                            new_producers += 1;
+                            p = transactional(&cluster, &id, "60000")?;
+                        }
+                    }
+                }
+                rewind(&consumer)?;
+            }
+        }
+        let committed = tokio::task::block_in_place(|| consumer.committed(WAIT));
+        if let Ok(c) = committed {
+            committed_total = c
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                })
+                .sum();
+        }
+    }
+    if let Some((v, _)) = down {
+        cluster.restart(v)?;
+    }
+    eprintln!(
+        "eos: {records} records in {:?}, {kills} kills, {aborts} aborted transactions, {new_producers} new producer instances",
+        started.elapsed()
+    );
+    ensure!(kills >= 2, "the nemesis ran: {kills} kills");
+    let mut out = read_values(
+        &cluster,
+        &[
+            (output.as_str(), 0),
+            (output.as_str(), 1),
+            (output.as_str(), 2),
+        ],
+        "read_committed",
+        records,
+    )
+    .await?;
+    out.sort();
+    let mut want: Vec<String> = (0..3)
+        .flat_map(|p| (0..per_partition).map(move |i| format!("out-in-{p}-{i}")))
+        .collect();
+    want.sort();
+    assert!(
+        out == want,
+        "every input record's output exactly once: {} read, {} expected; first difference: {:?}",
+        out.len(),
+        want.len(),
+        out.iter().zip(&want).find(|(a, b)| a != b)
+    );
     Ok(())
 }
