@@ -164,6 +164,18 @@ impl Member {
     }
 }
 
+/// The persisted changes of committing `offsets`.
+fn commit_changes(offsets: &[(String, i32, CommittedOffset)]) -> Vec<Change> {
+    offsets
+        .iter()
+        .map(|(t, p, v)| Change::Commit {
+            topic: t.clone(),
+            partition: *p,
+            value: v.clone(),
+        })
+        .collect()
+}
+
 struct Group {
     id: String,
     state: GroupState,
@@ -1100,14 +1112,7 @@ impl GroupCoordinator {
     ) -> Result<(), ResponseError> {
         self.coordination(group_id)?;
         self.check_commit(group_id, generation, member_id, instance_id)?;
-        let mut changes: Vec<Change> = offsets
-            .iter()
-            .map(|(t, p, v)| Change::Commit {
-                topic: t.clone(),
-                partition: *p,
-                value: v.clone(),
-            })
-            .collect();
+        let mut changes = commit_changes(&offsets);
         let needs_group_record = {
             let mut groups = self.lock();
             match groups.get_mut(group_id) {
@@ -1170,14 +1175,7 @@ impl GroupCoordinator {
                 }
             }
         }
-        let changes: Vec<Change> = offsets
-            .iter()
-            .map(|(t, p, v)| Change::Commit {
-                topic: t.clone(),
-                partition: *p,
-                value: v.clone(),
-            })
-            .collect();
+        let changes = commit_changes(&offsets);
         self.store
             .persist_in_transaction(group_id, &changes, producer)
             .await

@@ -253,11 +253,13 @@ impl LogState {
     /// Writes a batch (its header `head`, possibly restamped, then the rest
     /// of `bytes`) at the end of the active segment and accounts for it:
     /// indexes, size, producer state, records since the last flush.
+    /// `marker` is what a control batch says (`control_marker`).
     fn write_at_end(
         &mut self,
         head: &[u8; batch::HEADER_LEN],
         body: &[u8],
         h: &BatchHeader,
+        marker: Option<(Marker, i32)>,
         now: i64,
     ) -> Result<(), LogError> {
         let interval = self.config.index_interval_bytes;
@@ -279,7 +281,6 @@ impl LogState {
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
-        let marker = h.is_control().then(|| read_marker(head, body)).flatten();
         let ended = self.producers.record(h, marker, now);
         self.records_since_flush += i64::from(h.records_count);
         if let Some(done) = ended.filter(|t| t.aborted) {
@@ -452,12 +453,11 @@ impl PartitionLog {
                 epoch: leader_epoch,
             });
         }
-        let coordinator_epoch = if batch.header.is_control() {
-            read_marker(batch.head(), batch.body()).map(|(_, epoch)| epoch)
-        } else {
-            None
-        };
-        match st.producers.check(&batch.header, coordinator_epoch)? {
+        let marker = control_marker(&batch.header, batch.head(), batch.body());
+        match st
+            .producers
+            .check(&batch.header, marker.map(|(_, epoch)| epoch))?
+        {
             SequenceCheck::Append => {}
             SequenceCheck::Duplicate(original) => {
                 return Ok(AppendInfo {
@@ -491,7 +491,7 @@ impl PartitionLog {
             h.max_timestamp = now;
         }
         h.base_offset = base_offset;
-        st.write_at_end(&head, batch.body(), &h, now)?;
+        st.write_at_end(&head, batch.body(), &h, marker, now)?;
         let flush_due = st.records_since_flush >= st.config.flush_messages;
         let info = AppendInfo {
             base_offset,
@@ -987,6 +987,12 @@ fn prune_snapshots(dir: &Path, upto: i64) {
             let _ = fs::remove_file(snapshot_path(dir, o));
         }
     }
+}
+
+/// The marker (and its coordinator's epoch) a batch carries if it is a
+/// control batch (header `h`, raw header `head`, rest `body`).
+fn control_marker(h: &BatchHeader, head: &[u8], body: &[u8]) -> Option<(Marker, i32)> {
+    h.is_control().then(|| read_marker(head, body)).flatten()
 }
 
 /// The marker a control batch (header `head`, rest `body`) carries; a
@@ -1635,6 +1641,7 @@ mod tests {
 #[cfg(test)]
 mod transaction_tests {
     use super::*;
+    use crate::txn::tests::aborted;
     use sluice_protocol::batch::tests::{encoded_batch, transactional_batch};
     use sluice_protocol::records::encode_marker;
 
@@ -1653,15 +1660,6 @@ mod transaction_tests {
             pos += h.len;
         }
         out
-    }
-
-    fn aborted(pid: i64, first: i64, last: i64, lso: i64) -> AbortedTxn {
-        AbortedTxn {
-            producer_id: pid,
-            first_offset: first,
-            last_offset: last,
-            last_stable_offset: lso,
-        }
     }
 
     #[test]

@@ -159,7 +159,9 @@ impl PartitionLog {
         // Verbatim: the leader's header, offsets and epoch included.
         let mut head = [0u8; batch::HEADER_LEN];
         head.copy_from_slice(&bytes[..batch::HEADER_LEN]);
-        st.write_at_end(&head, &bytes[batch::HEADER_LEN..], h, now)?;
+        let body = &bytes[batch::HEADER_LEN..];
+        let marker = super::control_marker(h, &head, body);
+        st.write_at_end(&head, body, h, marker, now)?;
         drop(st);
         if h.partition_leader_epoch > self.latest_epoch() {
             self.epochs()

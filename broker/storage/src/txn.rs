@@ -211,10 +211,10 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn aborted(pid: i64, first: i64, last: i64, lso: i64) -> AbortedTxn {
+    pub(crate) fn aborted(pid: i64, first: i64, last: i64, lso: i64) -> AbortedTxn {
         AbortedTxn {
             producer_id: pid,
             first_offset: first,
