@@ -4,16 +4,18 @@
 //! private inter-broker request, a Produce body under its own API key, see
 //! `protocol::FORWARDED_PRODUCE_API_KEY`, that the leader stores as is,
 //! through its leader write path, without running the topic's plugins
-//! again) and a transaction coordinator's WriteTxnMarkers.
+//! again) and the transaction requests: a coordinator's WriteTxnMarkers,
+//! a router's AddPartitionsToTxn.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::ProduceRequest;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
+use kafka_protocol::protocol::Request;
 use kafka_protocol::protocol::StrBytes;
 use sluice_client::{Pool, Resolve};
 
@@ -152,27 +154,30 @@ impl Forwarder {
             .collect()
     }
 
-    /// Sends a coordinator's transaction markers to `broker`, the leader of
-    /// their partitions. A broker that cannot be reached is an error (the
-    /// coordinator retries).
-    pub async fn write_txn_markers(
+    /// Sends a transaction request to `broker`: a coordinator's
+    /// WriteTxnMarkers to the leader of their partitions (version 1), or a
+    /// router's AddPartitionsToTxn to the transaction's coordinator
+    /// (version 3, as the client's own). A broker that cannot be reached is
+    /// an error (the caller retries).
+    pub async fn transaction_request<R: Request>(
         &self,
         broker: i32,
-        req: &WriteTxnMarkersRequest,
+        req: &R,
+        version: i16,
         timeout: Duration,
-    ) -> Result<WriteTxnMarkersResponse, String> {
+    ) -> Result<R::Response, String> {
         let conn = self
             .pool
             .get(broker)
             .await
             .map_err(|e| format!("cannot reach broker {broker}: {e}"))?;
-        match conn.send(req, 1, timeout + SLACK).await {
+        match conn.send(req, version, timeout + SLACK).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 if e.is_connection_error() {
                     self.pool.reset(broker).await;
                 }
-                Err(format!("WriteTxnMarkers to broker {broker}: {e}"))
+                Err(format!("API key {} to broker {broker}: {e}", R::KEY))
             }
         }
     }

@@ -34,6 +34,23 @@
 //!   its epoch and re-send the half-stored batch under new sequences) until
 //!   the client's retry of the earlier batch completes it.
 //!
+//! ## Transactions
+//!
+//! A transactional producer's routed records belong to its transaction:
+//!
+//! - Before any sub-batch is written, the partitions it goes to join the
+//!   client's transaction at its coordinator (AddPartitionsToTxn on the
+//!   client's behalf), so the transaction's markers reach them.
+//! - Sub-batches (the anchor too) are transactional, under a derived id
+//!   that names the client's producer (`txn_derived_producer_id`: the
+//!   client's partition and producer id), so a partition that gets the
+//!   client producer's marker finds the derived producers it must end as
+//!   well (`transactions::markers`), and writes each its own marker, which
+//!   is what read_committed consumers look for. It is all in the log, so a
+//!   new leader ends them the same way.
+//! - Dead-lettering is not available inside a transaction: the batch is
+//!   rejected instead (its transaction then aborts).
+//!
 //! Re-running plugins on a retry routes the records the same way as long
 //! as the plugin (and its version) is deterministic, which the sandbox
 //! requires: a plugin upgraded between a failed attempt and its retry may
@@ -46,16 +63,22 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::{AddPartitionsToTxnRequest, ProducerId, TopicName, TransactionalId};
+use kafka_protocol::protocol::StrBytes;
 use sha2::{Digest, Sha256};
 
 use crate::api::services::Writes;
 use crate::cluster::topics::Topic;
 use crate::replication::{Acks, LeaderState, WriteError};
+use crate::transactions::{ProducerIdAndEpoch, coordinator_of};
 use crate::view::ClusterView;
 use sluice_plugin_host::{Bindings, FailurePolicy, Outcome};
 use sluice_protocol::batch::{self, ValidatedBatch};
 use sluice_protocol::records::{self as plugin_records, Producer};
-use sluice_storage::producer_state::DERIVED_PRODUCER_IDS;
+use sluice_storage::producer_state::{
+    DERIVED_PRODUCER_IDS, TXN_DERIVED_PRODUCER_IDS, txn_derived_producer_id,
+};
 
 /// The answer for the client's partition.
 #[derive(Debug, Clone)]
@@ -77,7 +100,8 @@ pub struct RoutedAnswer {
 /// to `topic_id`-`partition` that it stores elsewhere (or rewrites). Never
 /// one InitProducerId hands out (those stay far below 2^62); a hash, so two
 /// sources colliding on one target partition has probability 2^-62 per
-/// pair.
+/// pair. (Transactional producers' sub-batches use
+/// `txn_derived_producer_id` instead, see "Transactions" above.)
 pub fn derived_producer_id(topic_id: uuid::Uuid, partition: i32, producer_id: i64) -> i64 {
     let mut h = Sha256::new();
     h.update(topic_id.as_bytes());
@@ -86,7 +110,8 @@ pub fn derived_producer_id(topic_id: uuid::Uuid, partition: i32, producer_id: i6
     let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    DERIVED_PRODUCER_IDS | (i64::from_be_bytes(first) & (DERIVED_PRODUCER_IDS - 1))
+    DERIVED_PRODUCER_IDS
+        | (i64::from_be_bytes(first) & (TXN_DERIVED_PRODUCER_IDS - DERIVED_PRODUCER_IDS - 1))
 }
 
 /// What the anchor in the client's partition says about an incoming batch.
@@ -205,12 +230,34 @@ pub async fn produce(
     client_partition: i32,
     ls: &Arc<LeaderState>,
     batch: ValidatedBatch,
+    transactional_id: Option<&str>,
     acks: Acks,
     deadline: Instant,
 ) -> Result<RoutedAnswer, WriteError> {
     let h = batch.header;
     let idempotent = h.producer_id >= 0;
-    let dp = derived_producer_id(topic.meta.id, client_partition, h.producer_id);
+    let transaction = match (h.is_transactional(), transactional_id) {
+        (false, _) => None,
+        (true, Some(id)) if idempotent => Some(id),
+        (true, _) => {
+            return Err(WriteError::new(
+                ResponseError::InvalidTxnState,
+                "a transactional batch needs a producer id and the request's transactional id",
+            ));
+        }
+    };
+    let dp = match transaction {
+        None => derived_producer_id(topic.meta.id, client_partition, h.producer_id),
+        Some(_) => txn_derived_producer_id(client_partition, h.producer_id).ok_or_else(|| {
+            WriteError::new(
+                ResponseError::InvalidTxnState,
+                format!(
+                    "producer {} or partition {client_partition} is beyond what transactions through plugins support (ids below 2^40, partitions below 2^21)",
+                    h.producer_id
+                ),
+            )
+        })?,
+    };
     let last_seq = h.base_sequence.wrapping_add(h.last_offset_delta);
     // Offsets are exact only when every record is sure to stay put.
     let all_stay = bindings.partitioner.is_none()
@@ -243,6 +290,7 @@ pub async fn produce(
             id: dp,
             epoch: h.producer_epoch,
             base_sequence: last_seq,
+            transactional: transaction.is_some(),
         }
     } else {
         Producer::NONE
@@ -292,6 +340,14 @@ pub async fn produce(
                 ResponseError::PolicyViolation,
                 format!(
                     "{error}; the topic's plugin failure policy is 'reject' (plugin '{plugin}')"
+                ),
+            ));
+        }
+        Outcome::DeadLetter { plugin, error } if transaction.is_some() => {
+            return Err(WriteError::new(
+                ResponseError::PolicyViolation,
+                format!(
+                    "{error} (plugin '{plugin}'); inside a transaction the batch is rejected, not dead-lettered"
                 ),
             ));
         }
@@ -386,6 +442,10 @@ pub async fn produce(
     } else {
         acks
     };
+    if let Some(id) = transaction {
+        let partitions = others.iter().chain(&anchor).map(|s| s.partition).collect();
+        join_transaction(b, view, id, &h, target, partitions, deadline).await?;
+    }
     let mut bytes_in = 0u64;
     let mut records_in = 0i64;
     let stored = store_all(b, view, target, others, sub_acks, deadline).await;
@@ -431,6 +491,81 @@ pub async fn produce(
     answer.records = records_in;
     answer.bytes = bytes_in;
     Ok(answer)
+}
+
+/// Adds `partitions` of `topic` to the client's transaction `id` at its
+/// coordinator (here, or forwarded as the client's own AddPartitionsToTxn
+/// would be): partitions already in it change nothing there.
+async fn join_transaction(
+    b: &Writes<'_>,
+    view: &ClusterView,
+    id: &str,
+    h: &batch::BatchHeader,
+    topic: &Topic,
+    partitions: Vec<i32>,
+    deadline: Instant,
+) -> Result<(), WriteError> {
+    let Some(coordinator) = coordinator_of(view, id).map(|c| c.id) else {
+        return Err(WriteError::new(
+            ResponseError::RequestTimedOut,
+            format!("transaction {id} has no coordinator right now; retry"),
+        ));
+    };
+    let outcome = if coordinator == b.node_id {
+        let producer = ProducerIdAndEpoch {
+            producer_id: h.producer_id,
+            producer_epoch: h.producer_epoch,
+        };
+        let named = partitions
+            .iter()
+            .map(|p| (topic.meta.name.clone(), *p))
+            .collect();
+        b.transactions.add_partitions(id, producer, named).await
+    } else {
+        let mut t = AddPartitionsToTxnTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.meta.name.clone()));
+        t.partitions = partitions;
+        let mut req = AddPartitionsToTxnRequest::default();
+        req.v3_and_below_transactional_id = TransactionalId(StrBytes::from_string(id.to_string()));
+        req.v3_and_below_producer_id = ProducerId(h.producer_id);
+        req.v3_and_below_producer_epoch = h.producer_epoch;
+        req.v3_and_below_topics = vec![t];
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match b
+            .forwarder
+            .transaction_request(coordinator, &req, 3, timeout)
+            .await
+        {
+            Ok(resp) => resp
+                .results_by_topic_v3_and_below
+                .iter()
+                .flat_map(|t| &t.results_by_partition)
+                .find_map(|p| ResponseError::try_from_code(p.partition_error_code))
+                .map_or(Ok(()), Err),
+            Err(message) => {
+                return Err(WriteError::new(ResponseError::RequestTimedOut, message));
+            }
+        }
+    };
+    outcome.map_err(|e| {
+        let code = match e {
+            ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch => {
+                ResponseError::InvalidProducerEpoch
+            }
+            ResponseError::InvalidTxnState
+            | ResponseError::InvalidProducerIdMapping
+            | ResponseError::TransactionalIdAuthorizationFailed => e,
+            // Coordinator moving or busy: the client retries the produce.
+            _ => ResponseError::RequestTimedOut,
+        };
+        WriteError::new(
+            code,
+            format!(
+                "adding {} partitions routed to by plugins to transaction {id}: {e:?}",
+                topic.meta.name
+            ),
+        )
+    })
 }
 
 /// Where one sub-batch landed.

@@ -181,6 +181,23 @@ impl Cluster {
         Ok(self.cluster_gauge(via, "controller_id")? as i32)
     }
 
+    /// Uploads a plugin through broker 0's admin API and waits until every
+    /// broker has installed it (the registry is cluster metadata).
+    pub fn upload_plugin(&self, name: &str, kind: &str, module: &[u8]) -> Result<()> {
+        let r = crate::http_post(
+            self.brokers[0].admin_addr(),
+            &format!("/v1/plugins/{name}?kind={kind}"),
+            module,
+        )?;
+        anyhow::ensure!(r.status == 201, "upload {name}: {} {}", r.status, r.body);
+        self.wait_until("every broker installs it", Duration::from_secs(10), |c| {
+            Ok(c.brokers.iter().all(|b| {
+                crate::http_get(b.admin_addr(), &format!("/v1/plugins/{name}"))
+                    .is_ok_and(|r| r.status == 200)
+            }))
+        })
+    }
+
     /// Polls `check` until it returns `Ok(true)` or `timeout` passes.
     pub fn wait_until(
         &self,

@@ -564,6 +564,14 @@ fn parse_ready_line(line: &str) -> Result<(SocketAddr, SocketAddr)> {
 // rdkafka helpers
 // ---------------------------------------------------------------------------
 
+/// An example plugin built from the SDK (`scripts/build-plugins`).
+pub fn example_plugin(file: &str) -> Result<Vec<u8>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
+        .join(file);
+    fs::read(&path).with_context(|| format!("{} (run scripts/build-plugins)", path.display()))
+}
+
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
 /// A topic name unique within this process (tests share nothing anyway,

@@ -19,8 +19,8 @@ use sluice_tests::load::{
     tenant_json_with_debug, tenant_of, tenant_partition,
 };
 use sluice_tests::{
-    admin_client, admin_opts, assign, await_deliveries, consume_n, enqueue, future_producer,
-    header_pairs, http_delete, http_get, http_post, stream_consumer, unique_name,
+    admin_client, admin_opts, assign, await_deliveries, consume_n, enqueue, example_plugin,
+    future_producer, header_pairs, http_delete, http_get, http_post, stream_consumer, unique_name,
 };
 
 /// A `.wat` fixture from `plugins/fixtures` (the broker compiles text too).
@@ -31,17 +31,10 @@ fn fixture(name: &str) -> Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| path.display().to_string())
 }
 
-fn module(file: &str) -> Result<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
-        .join(file);
-    std::fs::read(&path).with_context(|| format!("{} (run scripts/build-plugins)", path.display()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_uploaded_to_one_broker_runs_on_every_leader() -> Result<()> {
     let cluster = Cluster::start(3, FAST_FAILOVER)?;
-    let wasm = module("stamp_header.wasm")?;
+    let wasm = example_plugin("stamp_header.wasm")?;
     let up = http_post(
         cluster.brokers[1].admin_addr(),
         "/v1/plugins/stamp?kind=interceptor",
@@ -116,21 +109,6 @@ fn fault_args() -> Vec<&'static str> {
     a
 }
 
-fn upload(cluster: &Cluster, name: &str, kind: &str, module: &[u8]) -> Result<()> {
-    let r = http_post(
-        cluster.brokers[0].admin_addr(),
-        &format!("/v1/plugins/{name}?kind={kind}"),
-        module,
-    )?;
-    anyhow::ensure!(r.status == 201, "upload {name}: {} {}", r.status, r.body);
-    cluster.wait_until("every broker installs it", Duration::from_secs(10), |c| {
-        Ok((0..3).all(|i| {
-            http_get(c.brokers[i].admin_addr(), &format!("/v1/plugins/{name}"))
-                .is_ok_and(|r| r.status == 200)
-        }))
-    })
-}
-
 /// 6 partitions, RF 3, min.insync.replicas 2, plus `configs`.
 async fn create_replicated(cluster: &Cluster, topic: &str, configs: &[(&str, &str)]) -> Result<()> {
     let admin = admin_client(&cluster.bootstrap())?;
@@ -194,11 +172,10 @@ fn routed_by_tenant(id: &str) -> i32 {
 async fn routed_records_survive_leader_kills_exactly_once_where_the_partitioner_put_them()
 -> Result<()> {
     let mut cluster = Cluster::start(3, &fault_args())?;
-    upload(
-        &cluster,
+    cluster.upload_plugin(
         "tenant-router",
         "partitioner",
-        &module("tenant_router.wasm")?,
+        &example_plugin("tenant_router.wasm")?,
     )?;
     let topic = unique_name("routed");
     create_replicated(&cluster, &topic, &[("sluice.partitioner", "tenant-router")]).await?;
@@ -220,7 +197,7 @@ async fn an_interceptor_chain_a_filter_and_a_partitioner_keep_exactly_once_throu
         ("redact", "interceptor", "redact.wasm"),
         ("keep", "filter", "keep_filter.wasm"),
     ] {
-        upload(&cluster, name, kind, &module(file)?)?;
+        cluster.upload_plugin(name, kind, &example_plugin(file)?)?;
     }
     let topic = unique_name("chained");
     create_replicated(
@@ -267,7 +244,7 @@ async fn an_interceptor_chain_a_filter_and_a_partitioner_keep_exactly_once_throu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_lettered_batches_land_exactly_once_through_leader_kills() -> Result<()> {
     let mut cluster = Cluster::start(3, &fault_args())?;
-    upload(&cluster, "trap", "partitioner", &fixture("trap")?)?;
+    cluster.upload_plugin("trap", "partitioner", &fixture("trap")?)?;
     let topic = unique_name("poisoned");
     let dlt = unique_name("dead-letters");
     create_replicated(&cluster, &dlt, &[]).await?;

@@ -14,10 +14,11 @@ use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
 use sluice_tests::cluster::{Cluster, FAST_FAILOVER};
+use sluice_tests::load::{id_in, tenant_json, tenant_of, tenant_partition};
 use sluice_tests::raw_client::write_txn_markers;
 use sluice_tests::{
     admin_client, admin_opts, assign, await_deliveries, consume_n, drain_extra, enqueue,
-    future_producer, stream_consumer, unique_name,
+    example_plugin, future_producer, stream_consumer, unique_name,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -110,6 +111,20 @@ async fn read_values(
     isolation: &str,
     expected: usize,
 ) -> Result<Vec<String>> {
+    Ok(read_placed(cluster, parts, isolation, expected)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// The values with the partition each was read from.
+async fn read_placed(
+    cluster: &Cluster,
+    parts: &[(&str, i32)],
+    isolation: &str,
+    expected: usize,
+) -> Result<Vec<(i32, String)>> {
     let consumer = stream_consumer(&cluster.bootstrap(), &[("isolation.level", isolation)])?;
     let assignment: Vec<(&str, i32, Offset)> = parts
         .iter()
@@ -120,7 +135,10 @@ async fn read_values(
     got.extend(drain_extra(&consumer, Duration::from_secs(1)).await);
     Ok(got
         .iter()
-        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .map(|m| {
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            (m.partition(), v)
+        })
         .collect())
 }
 
@@ -159,6 +177,99 @@ async fn commits_aborts_and_open_transactions_across_topics() -> Result<()> {
     assert_eq!(
         read(&cluster, &parts, "read_committed", 45).await?,
         counts(&[("committed", 30), ("open", 15)])
+    );
+    Ok(())
+}
+
+/// Records a partitioner plugin routes to other partitions belong to the
+/// producer's transaction: read_committed consumers see a committed
+/// transaction's records where the plugin put them and never an aborted
+/// one's, and nothing holds the partitions back once the transactions
+/// ended, also when a target partition's leader was SIGKILLed before the
+/// commit (its successor ends the routed records from its own log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_partitioner_routes_belong_to_the_transaction() -> Result<()> {
+    const PARTITIONS: i32 = 6;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(3, &args())?;
+    cluster.upload_plugin(
+        "tenant-router",
+        "partitioner",
+        &example_plugin("tenant_router.wasm")?,
+    )?;
+    let topic = unique_name("txn-routed");
+    let admin = admin_client(&cluster.bootstrap())?;
+    let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(3))
+        .set("min.insync.replicas", "2")
+        .set("sluice.partitioner", "tenant-router");
+    for r in admin.create_topics([&new], &admin_opts()).await? {
+        r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+    }
+    let tid = unique_name("tid");
+    let p = transactional(&cluster, &tid, "60000")?;
+    // Each transaction addresses one partition; the plugin spreads the
+    // records over all six by tenant.
+    let run = |prefix: &'static str, partition: i32| {
+        let (p, topic) = (&p, &topic);
+        async move {
+            p.begin_transaction()?;
+            let mut pending = Vec::new();
+            for i in 0..60 {
+                let value = tenant_json(&format!("{prefix}{i}"));
+                pending.push(
+                    enqueue(
+                        p,
+                        FutureRecord::to(topic)
+                            .payload(value.as_bytes())
+                            .partition(partition),
+                    )
+                    .await?,
+                );
+            }
+            await_deliveries(pending).await?;
+            anyhow::Ok(())
+        }
+    };
+    run("c", 0).await?;
+    tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
+    run("a", 1).await?;
+    tokio::task::block_in_place(|| p.abort_transaction(WAIT))?;
+    run("k", 2).await?;
+    // The leader of a partition the plugin routed to dies before the commit.
+    let target = tenant_partition(&tenant_of("k0"), PARTITIONS);
+    let leader = usize::try_from(cluster.leader_and_isr(0, &topic, target)?.0)?;
+    let coordinator = usize::try_from(cluster.transaction_coordinator(&tid)?)?;
+    if leader != coordinator {
+        cluster.kill(leader);
+    }
+    tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
+    if leader != coordinator {
+        cluster.restart(leader)?;
+    }
+
+    let parts: Vec<(&str, i32)> = (0..PARTITIONS).map(|i| (topic.as_str(), i)).collect();
+    let committed = read_placed(&cluster, &parts, "read_committed", 120).await?;
+    let mut seen = BTreeMap::new();
+    for (partition, value) in &committed {
+        let id = id_in(value);
+        ensure!(!id.starts_with('a'), "aborted record {id} read committed");
+        ensure!(
+            *partition == tenant_partition(&tenant_of(&id), PARTITIONS),
+            "{id} in partition {partition}, not where the plugin put it"
+        );
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    ensure!(
+        seen.len() == 120 && seen.values().all(|n| *n == 1),
+        "every committed record once: {} distinct of {} read",
+        seen.len(),
+        committed.len()
+    );
+    let everything = read_values(&cluster, &parts, "read_uncommitted", 180).await?;
+    assert_eq!(
+        everything.len(),
+        180,
+        "read_uncommitted sees the aborted too"
     );
     Ok(())
 }

@@ -153,6 +153,9 @@ pub struct Producer {
     pub id: i64,
     pub epoch: i16,
     pub base_sequence: i32,
+    /// The batch belongs to the producer's open transaction (the
+    /// attributes' transactional bit).
+    pub transactional: bool,
 }
 
 impl Producer {
@@ -160,6 +163,7 @@ impl Producer {
         id: -1,
         epoch: -1,
         base_sequence: -1,
+        transactional: false,
     };
 }
 
@@ -170,16 +174,6 @@ pub fn encode(
     codec: i16,
     log_append_time: bool,
     producer: Producer,
-) -> Result<BytesMut, BatchError> {
-    encode_with(records, codec, log_append_time, producer, 0)
-}
-
-fn encode_with(
-    records: &[Record<'_>],
-    codec: i16,
-    log_append_time: bool,
-    producer: Producer,
-    flags: i16,
 ) -> Result<BytesMut, BatchError> {
     if records.is_empty() {
         return Err(invalid("cannot encode an empty batch"));
@@ -200,7 +194,7 @@ fn encode_with(
         log_append_time,
         producer,
         partition_leader_epoch: -1,
-        flags,
+        flags: transactional_bit(producer),
     };
     encode_entries(&entries, &shape)
 }
@@ -217,8 +211,9 @@ pub fn encode_in_transaction(
         id: producer_id,
         epoch: producer_epoch,
         base_sequence: -1,
+        transactional: true,
     };
-    encode_with(records, 0, false, producer, batch::TRANSACTIONAL_BIT)
+    encode(records, 0, false, producer)
 }
 
 /// A stored batch with some records filtered out, as compaction would leave
@@ -238,7 +233,7 @@ pub fn encode_empty(timestamp: i64, producer: Producer) -> Result<BytesMut, Batc
         log_append_time: false,
         producer,
         partition_leader_epoch: -1,
-        flags: 0,
+        flags: transactional_bit(producer),
     };
     encode_entries(&[], &shape)
 }
@@ -259,6 +254,7 @@ pub fn encode_filtered(
             id: h.producer_id,
             epoch: h.producer_epoch,
             base_sequence: h.base_sequence,
+            transactional: h.is_transactional(),
         },
         partition_leader_epoch: h.partition_leader_epoch,
         flags: h.attributes & (batch::TRANSACTIONAL_BIT | batch::CONTROL_BIT),
@@ -349,11 +345,20 @@ pub fn encode_marker(
             id: producer_id,
             epoch: producer_epoch,
             base_sequence: -1,
+            transactional: true,
         },
         partition_leader_epoch: -1,
         flags: batch::TRANSACTIONAL_BIT | batch::CONTROL_BIT,
     };
     encode_entries(&[(0, &record)], &shape)
+}
+
+fn transactional_bit(producer: Producer) -> i16 {
+    if producer.transactional {
+        batch::TRANSACTIONAL_BIT
+    } else {
+        0
+    }
 }
 
 /// Batch-level fields of an encoded batch.

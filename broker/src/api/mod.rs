@@ -54,6 +54,8 @@ pub mod services {
         pub forwarder: &'a Forwarder,
         /// Transaction markers in offsets partitions settle offsets.
         pub groups: &'a GroupCoordinator,
+        /// Partitions plugins route a transaction's records to join it.
+        pub transactions: &'a Arc<TxnCoordinator>,
         pub metrics: &'a Metrics,
     }
 
@@ -108,6 +110,7 @@ pub mod services {
                 plugins: &self.plugins,
                 forwarder: &self.forwarder,
                 groups: &self.groups,
+                transactions: &self.transactions,
                 metrics: &self.metrics,
             }
         }

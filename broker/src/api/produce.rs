@@ -47,6 +47,7 @@ pub async fn produce<'a>(
     let acks = Acks::from_wire(req.acks);
     let deadline = deadline(req.timeout_ms);
     let partitions = take_batches(&mut req);
+    let transactional_id = req.transactional_id.as_ref().map(|id| id.as_str());
     let staged = join_all(partitions.into_iter().map(|(topic, partition, records)| {
         let view = &view;
         async move {
@@ -56,7 +57,16 @@ pub async fn produce<'a>(
                     format!("acks={} is not one of -1, 0, 1", req.acks),
                 )));
             };
-            stage_partition(b, view, &topic, partition, records, acks, deadline).await
+            let input = Input {
+                topic: &topic,
+                partition,
+                records,
+                transactional_id,
+            };
+            match try_stage(b, view, input, acks, deadline).await {
+                Ok(s) => s,
+                Err(e) => Stage::Done(Err(e)),
+            }
         }
     }))
     .await;
@@ -212,30 +222,28 @@ fn respond(
     resp
 }
 
-async fn stage_partition(
-    b: &Writes<'_>,
-    view: &ClusterView,
-    topic: &str,
+/// One partition's part of a client's Produce request.
+struct Input<'r> {
+    topic: &'r str,
     partition: i32,
     records: Option<bytes::Bytes>,
-    acks: Acks,
-    deadline: Instant,
-) -> Stage {
-    match try_stage(b, view, topic, partition, records, acks, deadline).await {
-        Ok(s) => s,
-        Err(e) => Stage::Done(Err(e)),
-    }
+    /// The request's (transactional batches name their transaction here).
+    transactional_id: Option<&'r str>,
 }
 
 async fn try_stage(
     b: &Writes<'_>,
     view: &ClusterView,
-    topic: &str,
-    partition: i32,
-    records: Option<bytes::Bytes>,
+    input: Input<'_>,
     acks: Acks,
     deadline: Instant,
 ) -> Result<Stage, WriteError> {
+    let Input {
+        topic,
+        partition,
+        records,
+        transactional_id,
+    } = input;
     let refuse = |code: ResponseError, message: String| Err(WriteError::new(code, message));
     if crate::broker::is_internal_topic(topic) {
         return refuse(
@@ -271,16 +279,6 @@ async fn try_stage(
         tracing::warn!(partition = %ls.log.name(), error = %e, "produce refused");
         WriteError::from_batch(&e)
     })?;
-    let routed = t.bindings.as_ref().is_some_and(|x| x.on_produce());
-    if batch.header.is_transactional() && routed {
-        // Routed sub-batches are stored under the broker's derived producer
-        // ids, which the transaction's markers do not name: nothing could
-        // end them (see issue #15, plugins inside transactions).
-        return refuse(
-            ResponseError::InvalidTxnState,
-            format!("{topic} has produce plugins; transactions through them are not supported yet"),
-        );
-    }
     if is_derived(batch.header.producer_id) {
         return refuse(
             ResponseError::InvalidRecord,
@@ -291,16 +289,27 @@ async fn try_stage(
         );
     }
     if let Some(bindings) = t.bindings.as_ref().filter(|x| x.on_produce()) {
-        let answer = routing::produce(b, view, t, bindings, partition, &ls, batch, acks, deadline)
-            .await
-            .inspect_err(|e| {
-                tracing::info!(
-                    topic,
-                    partition,
-                    "produce through plugins refused: {}",
-                    e.message
-                )
-            })?;
+        let answer = routing::produce(
+            b,
+            view,
+            t,
+            bindings,
+            partition,
+            &ls,
+            batch,
+            transactional_id,
+            acks,
+            deadline,
+        )
+        .await
+        .inspect_err(|e| {
+            tracing::info!(
+                topic,
+                partition,
+                "produce through plugins refused: {}",
+                e.message
+            )
+        })?;
         return Ok(Stage::Routed {
             answer,
             topic: topic.to_string(),

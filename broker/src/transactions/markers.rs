@@ -5,6 +5,11 @@
 //! moves on. Serves WriteTxnMarkers from other brokers' coordinators and
 //! this broker's own coordinator. A marker in an offsets partition also
 //! settles the offsets the producer committed in that transaction.
+//!
+//! Records a produce plugin routed here in the transaction are under the
+//! broker's derived producers of the client's producer (`routing`): each
+//! gets its own marker, written just before the client producer's, since
+//! consumers look for a marker of the producer whose records they skip.
 
 use std::time::Instant;
 
@@ -66,19 +71,28 @@ impl MarkerWriter<'_> {
                     ),
                 )
             })?;
-        let bytes = encode_marker(
-            end.producer_id,
-            end.producer_epoch,
-            end.marker,
-            end.coordinator_epoch,
-            sluice_storage::now_ms(),
-        )
-        .map_err(|e| WriteError::from_batch(&e))?;
-        let batch =
-            ValidatedBatch::trusted(bytes.freeze()).map_err(|e| WriteError::from_batch(&e))?;
-        self.replicas
-            .append(&ls, batch, Acks::All, topic.min_insync_replicas, deadline)
-            .await?;
+        // A retry after some of these were written finds only the rest open.
+        let derived = ls.log.open_derived_of(end.producer_id);
+        let mut staged = Vec::with_capacity(derived.len() + 1);
+        for producer_id in derived.into_iter().chain([end.producer_id]) {
+            let bytes = encode_marker(
+                producer_id,
+                end.producer_epoch,
+                end.marker,
+                end.coordinator_epoch,
+                sluice_storage::now_ms(),
+            )
+            .map_err(|e| WriteError::from_batch(&e))?;
+            let batch =
+                ValidatedBatch::trusted(bytes.freeze()).map_err(|e| WriteError::from_batch(&e))?;
+            staged.push(
+                self.replicas
+                    .stage(&ls, batch, Acks::All, topic.min_insync_replicas)?,
+            );
+        }
+        for s in staged {
+            s.complete(deadline).await?;
+        }
         if end.topic == OFFSETS_TOPIC
             && let Ok(partition) = usize::try_from(end.partition)
         {

@@ -533,7 +533,7 @@ impl TxnCoordinator {
         let resp = match self
             .services
             .forwarder
-            .write_txn_markers(leader, &req, MARKER_TIMEOUT)
+            .transaction_request(leader, &req, 1, MARKER_TIMEOUT)
             .await
         {
             Ok(r) => r,

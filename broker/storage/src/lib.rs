@@ -561,6 +561,12 @@ impl PartitionLog {
         self.lock().producers.describe()
     }
 
+    /// Derived producers of `owner` with a transaction open here (see
+    /// `ProducerStates::open_derived_of`).
+    pub fn open_derived_of(&self, owner: i64) -> Vec<i64> {
+        self.lock().producers.open_derived_of(owner)
+    }
+
     /// Every remembered batch of a producer in one epoch, oldest first.
     pub fn producer_batches(&self, producer_id: i64, epoch: i16) -> Vec<producer_state::BatchMeta> {
         self.lock().producers.batches(producer_id, epoch)

@@ -34,6 +34,33 @@ pub fn is_derived(producer_id: i64) -> bool {
     producer_id >= DERIVED_PRODUCER_IDS
 }
 
+/// The upper half of the derived ids is for sub-batches of *transactional*
+/// producers, laid out so every partition can tell whose they are: a
+/// marker for the client's producer must end them too (see
+/// [`ProducerStates::open_derived_of`]). Below it, the routing layer's
+/// hashed ids.
+pub const TXN_DERIVED_PRODUCER_IDS: i64 = DERIVED_PRODUCER_IDS | (1 << 61);
+
+/// Bits of a transactional derived id: the client's producer id, then the
+/// partition the client addressed.
+const OWNER_BITS: u32 = 40;
+const PARTITION_BITS: u32 = 21;
+
+/// The id for records of transactional producer `producer_id`'s batches to
+/// `client_partition` that a plugin stored elsewhere. `None` past the
+/// layout's range (producer ids from 2^40, partitions from 2^21), which
+/// InitProducerId and topic limits keep far away.
+pub fn txn_derived_producer_id(client_partition: i32, producer_id: i64) -> Option<i64> {
+    let partition = i64::from(client_partition);
+    ((0..1 << OWNER_BITS).contains(&producer_id) && (0..1 << PARTITION_BITS).contains(&partition))
+        .then_some(TXN_DERIVED_PRODUCER_IDS | (partition << OWNER_BITS) | producer_id)
+}
+
+/// The client producer a transactional derived id stands for.
+pub fn txn_owner(producer_id: i64) -> Option<i64> {
+    (producer_id >= TXN_DERIVED_PRODUCER_IDS).then_some(producer_id & ((1 << OWNER_BITS) - 1))
+}
+
 /// How many recent batches per producer are remembered (Kafka's value;
 /// clients keep at most five requests in flight per connection).
 pub const BATCHES_KEPT: usize = 5;
@@ -389,6 +416,17 @@ impl ProducerStates {
         self.ongoing.iter().map(|(first, pid)| (*pid, *first))
     }
 
+    /// The broker's derived producers of client producer `owner` with a
+    /// transaction open here (plugin-routed records of its transaction):
+    /// a marker for `owner` ends them first.
+    pub fn open_derived_of(&self, owner: i64) -> Vec<i64> {
+        self.ongoing
+            .values()
+            .copied()
+            .filter(|pid| txn_owner(*pid) == Some(owner))
+            .collect()
+    }
+
     /// Forgets producers idle longer than `expiration_ms` (never one with
     /// an open transaction: its coordinator will end it).
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
@@ -556,6 +594,48 @@ mod tests {
             Ok(SequenceCheck::Append)
         );
         assert_eq!(s.latest(pid).map(|(e, b)| (e, b.first_seq)), Some((0, 19)));
+    }
+
+    #[test]
+    fn transactional_derived_ids_name_their_owner() {
+        use sluice_protocol::batch::TRANSACTIONAL_BIT;
+        let d = txn_derived_producer_id(3, 42).expect("in range");
+        assert!(is_derived(d));
+        assert_eq!(txn_owner(d), Some(42));
+        assert_ne!(d, txn_derived_producer_id(4, 42).expect("in range"));
+        assert_eq!(txn_owner(DERIVED_PRODUCER_IDS + 7), None, "hashed ids");
+        assert_eq!(txn_owner(42), None);
+        assert_eq!(txn_derived_producer_id(3, 1 << 40), None);
+        assert_eq!(txn_derived_producer_id(-1, 42), None);
+        let max = txn_derived_producer_id((1 << 21) - 1, (1 << 40) - 1).expect("in range");
+        assert!(max > 0, "stays positive: {max}");
+        assert_eq!(txn_owner(max), Some((1 << 40) - 1));
+        // Open transactions of 42's derived producers, not another's.
+        let other = txn_derived_producer_id(3, 43).expect("in range");
+        let mut s = ProducerStates::default();
+        s.record(
+            &with_attributes(header(d, 2, 9, 1, 0), TRANSACTIONAL_BIT),
+            None,
+            0,
+        );
+        s.record(
+            &with_attributes(header(other, 0, 9, 1, 1), TRANSACTIONAL_BIT),
+            None,
+            0,
+        );
+        s.record(
+            &header(
+                txn_derived_producer_id(5, 42).expect("in range"),
+                0,
+                0,
+                1,
+                2,
+            ),
+            None,
+            0,
+        );
+        assert_eq!(s.open_derived_of(42), vec![d]);
+        assert!(s.open_derived_of(7).is_empty());
     }
 
     fn with_attributes(mut h: BatchHeader, attributes: i16) -> BatchHeader {
