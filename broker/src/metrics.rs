@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use crate::groups::{GroupCoordinator, GroupState};
 use crate::replication::{Leaders, ReplicaManager};
+use crate::transactions::TxnCoordinator;
 use crate::view::ClusterView;
 use sluice_metadata::quorum::Quorum;
 
@@ -41,6 +42,9 @@ pub struct Metrics {
     replica_lag_messages: IntGaugeVec,
     replica_lag_seconds: prometheus::GaugeVec,
     replication_events: IntGaugeVec,
+    last_stable_offset_lag: IntGaugeVec,
+    transactions: IntGaugeVec,
+    transaction_events: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -191,7 +195,25 @@ impl Metrics {
             "Replication events since this broker started: isr_shrinks, isr_expands, leader_elections (partitions this broker began to lead), controller_changes.",
             &["event"],
         );
+        let last_stable_offset_lag = gauge(
+            "sluice_partition_last_stable_offset_lag",
+            "High watermark minus last stable offset (records read_committed consumers wait for while transactions are open), partitions led here.",
+            &["topic", "partition"],
+        );
+        let transactions = gauge(
+            "sluice_transactions",
+            "Transactional ids this broker coordinates, by state (Ongoing: a transaction is open).",
+            &["state"],
+        );
+        let transaction_events = counter(
+            "sluice_transaction_events_total",
+            "Transaction decisions made by this broker's coordinator: commit, abort (EndTxn), timeout_abort (open longer than its timeout), fenced (InitProducerId gave an existing id a new epoch, fencing older instances).",
+            &["event"],
+        );
         Metrics {
+            last_stable_offset_lag,
+            transactions,
+            transaction_events,
             replica_lag_messages,
             replica_lag_seconds,
             replication_events,
@@ -228,8 +250,12 @@ impl Metrics {
         high_watermark: &dyn Fn(&str, i32) -> Option<i64>,
         quorum: &Quorum,
         replicas: Option<&ReplicaManager>,
+        transactions: Option<&TxnCoordinator>,
     ) -> String {
         self.render_groups(groups, high_watermark);
+        if let Some(t) = transactions {
+            self.render_transactions(t);
+        }
         self.render_cluster(quorum);
         let disk = sluice_storage::health::disk();
         let (no_space, io) = disk.error_counts();
@@ -245,6 +271,7 @@ impl Metrics {
         self.log_end_offset.reset();
         self.log_start_offset.reset();
         self.log_size_bytes.reset();
+        self.last_stable_offset_lag.reset();
         for t in view.topics.values() {
             if t.meta.view_of().is_some() {
                 continue;
@@ -261,6 +288,11 @@ impl Metrics {
                 self.log_size_bytes
                     .with_label_values(&labels)
                     .set(p.size_bytes() as i64);
+                if view.leader(&t.meta.name, i as i32).is_some() {
+                    self.last_stable_offset_lag
+                        .with_label_values(&labels)
+                        .set(p.high_watermark() - p.last_stable_offset());
+                }
             }
         }
         let mut out = Vec::new();
@@ -315,6 +347,26 @@ impl Metrics {
             &self.group_commits,
             groups.stats.commits.load(Ordering::Relaxed),
         );
+    }
+}
+
+impl Metrics {
+    fn render_transactions(&self, coordinator: &TxnCoordinator) {
+        for (state, n) in coordinator.states() {
+            self.transactions
+                .with_label_values(&[state.name()])
+                .set(n as i64);
+        }
+        let s = &coordinator.stats;
+        for (event, v) in [
+            ("commit", &s.commits),
+            ("abort", &s.aborts),
+            ("timeout_abort", &s.timeout_aborts),
+            ("fenced", &s.fenced),
+        ] {
+            let c = self.transaction_events.with_label_values(&[event]);
+            c.inc_by(v.load(Ordering::Relaxed).saturating_sub(c.get()));
+        }
     }
 }
 
@@ -411,7 +463,7 @@ mod tests {
             crate::groups::GroupConfig::default(),
         );
         let view = crate::view::ClusterView::empty(0);
-        let text = m.render(&view, &groups, &|_, _| None, &quorum, None);
+        let text = m.render(&view, &groups, &|_, _| None, &quorum, None, None);
         assert!(text.contains("sluice_requests_total{api=\"Produce\"} 1"));
         assert!(text.contains("sluice_groups{state=\"Stable\"} 0"));
         assert!(text.contains("sluice_cluster{value=\"controller_id\"} 0"));

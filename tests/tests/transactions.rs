@@ -153,7 +153,8 @@ async fn commits_aborts_and_open_transactions_across_topics() -> Result<()> {
     let (a, b) = (unique_name("txn-a"), unique_name("txn-b"));
     create(&cluster, &[(&a, 2), (&b, 1)]).await?;
     let parts = [(a.as_str(), 0), (a.as_str(), 1), (b.as_str(), 0)];
-    let p = transactional(&cluster, &unique_name("tid"), "60000")?;
+    let tid = unique_name("tid");
+    let p = transactional(&cluster, &tid, "60000")?;
 
     p.begin_transaction()?;
     send(&p, &parts, "committed", 10).await?;
@@ -173,11 +174,34 @@ async fn commits_aborts_and_open_transactions_across_topics() -> Result<()> {
         read(&cluster, &parts, "read_uncommitted", 75).await?,
         counts(&[("aborted", 30), ("committed", 30), ("open", 15)])
     );
+    // The metrics say so too: one open transaction at its coordinator, and
+    // the partition's leader reports the 5 records held back.
+    let coordinator = usize::try_from(cluster.transaction_coordinator(&tid)?)?;
+    let leader = usize::try_from(cluster.leader_and_isr(0, &b, 0)?.0)?;
+    let lag = format!("sluice_partition_last_stable_offset_lag{{partition=\"0\",topic=\"{b}\"}}");
+    let event = |e: &str| {
+        cluster.metric(
+            coordinator,
+            &format!("sluice_transaction_events_total{{event=\"{e}\"}}"),
+        )
+    };
+    assert_eq!(
+        cluster.metric(coordinator, "sluice_transactions{state=\"Ongoing\"}")?,
+        1.0
+    );
+    assert_eq!((event("commit")?, event("abort")?), (1.0, 1.0));
+    assert_eq!(cluster.metric(leader, &lag)?, 5.0);
     tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
     assert_eq!(
         read(&cluster, &parts, "read_committed", 45).await?,
         counts(&[("committed", 30), ("open", 15)])
     );
+    assert_eq!(
+        cluster.metric(coordinator, "sluice_transactions{state=\"Ongoing\"}")?,
+        0.0
+    );
+    assert_eq!(event("commit")?, 2.0);
+    assert_eq!(cluster.metric(leader, &lag)?, 0.0);
     Ok(())
 }
 
@@ -303,6 +327,15 @@ async fn a_new_instance_fences_the_old_one_and_aborts_its_transaction() -> Resul
         read(&cluster, &parts, "read_committed", 5).await?,
         counts(&[("new", 5)])
     );
+    let coordinator = usize::try_from(cluster.transaction_coordinator(&id)?)?;
+    assert_eq!(
+        cluster.metric(
+            coordinator,
+            "sluice_transaction_events_total{event=\"fenced\"}"
+        )?,
+        1.0,
+        "one new instance fenced the old one"
+    );
     Ok(())
 }
 
@@ -341,7 +374,8 @@ async fn the_coordinator_aborts_a_transaction_that_outlives_its_timeout() -> Res
     let topic = unique_name("txn-timeout");
     create(&cluster, &[(&topic, 1)]).await?;
     let parts = [(topic.as_str(), 0)];
-    let p = transactional(&cluster, &unique_name("tid"), "3000")?;
+    let tid = unique_name("tid");
+    let p = transactional(&cluster, &tid, "3000")?;
     p.begin_transaction()?;
     send(&p, &parts, "abandoned", 5).await?;
     // A plain producer's record after it stays invisible to read_committed
@@ -359,6 +393,14 @@ async fn the_coordinator_aborts_a_transaction_that_outlives_its_timeout() -> Res
         fenced.err().context("a commit after the abort must fail")?
     );
     ensure!(e.contains("fenced"), "fenced, not {e}");
+    let coordinator = usize::try_from(cluster.transaction_coordinator(&tid)?)?;
+    assert_eq!(
+        cluster.metric(
+            coordinator,
+            "sluice_transaction_events_total{event=\"timeout_abort\"}"
+        )?,
+        1.0
+    );
     Ok(())
 }
 

@@ -58,6 +58,7 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
                 &|t, p| b.high_watermarks.get(&view, t, p),
                 &b.quorum,
                 Some(&b.replicas),
+                Some(&b.transactions),
             )
         },
     )

@@ -22,6 +22,8 @@ pub mod markers;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -115,6 +117,23 @@ pub struct TxnCoordinator {
     log: Arc<dyn InternalLog>,
     services: MarkerServices,
     owned: Mutex<Owned>,
+    pub stats: TxnStats,
+}
+
+/// Counters the coordinator reports to the metrics module: decisions
+/// made durable here (each counted once, by the coordinator that made it).
+#[derive(Default)]
+pub struct TxnStats {
+    /// EndTxn commits.
+    pub commits: AtomicU64,
+    /// EndTxn aborts.
+    pub aborts: AtomicU64,
+    /// Transactions aborted for outliving their timeout.
+    pub timeout_aborts: AtomicU64,
+    /// InitProducerId calls that gave an existing id a new epoch, fencing
+    /// any older instance of the producer (its open transaction, if any,
+    /// was aborted first).
+    pub fenced: AtomicU64,
 }
 
 /// How an operation left the transactional id.
@@ -147,6 +166,7 @@ impl TxnCoordinator {
             log,
             services,
             owned: Mutex::new(Owned::default()),
+            stats: TxnStats::default(),
         })
     }
 
@@ -291,6 +311,8 @@ impl TxnCoordinator {
                 ResponseError::CoordinatorNotAvailable
             })
         };
+        // A new epoch for an id that had one fences its older instances.
+        let bumps = meta.is_some();
         let next = match meta {
             None => TxnMeta::new(allocate().await?, timeout_ms, now),
             Some(m) => {
@@ -332,6 +354,9 @@ impl TxnCoordinator {
             }
         };
         self.persist(id, &ticket, &next).await?;
+        if bumps {
+            self.stats.fenced.fetch_add(1, Relaxed);
+        }
         Ok(Step::Persisted(next))
     }
 
@@ -373,6 +398,12 @@ impl TxnCoordinator {
                 return Ok(Step::Unchanged);
             };
             self.persist(id, &ticket, &prepared).await?;
+            let decided = if commit {
+                &self.stats.commits
+            } else {
+                &self.stats.aborts
+            };
+            decided.fetch_add(1, Relaxed);
             self.install_ending(id, &ticket, &prepared);
             self.spawn_completion(id.to_string(), prepared, ticket);
             Ok(Step::Ending)
@@ -691,6 +722,22 @@ impl TxnCoordinator {
     /// with their producer id and state, filtered by state (none: all),
     /// producer id (none: all) and, for running transactions, how long
     /// they have been open (`min_duration_ms` < 0: no filter).
+    /// How many transactional ids coordinated here are in each state.
+    pub fn states(&self) -> Vec<(TxnState, usize)> {
+        let owned = self.lock();
+        TxnState::ALL
+            .iter()
+            .map(|state| {
+                let n = owned
+                    .txns
+                    .values()
+                    .filter(|e| e.meta.as_ref().is_some_and(|m| m.state == *state))
+                    .count();
+                (*state, n)
+            })
+            .collect()
+    }
+
     pub fn list(
         &self,
         states: &[TxnState],
@@ -765,6 +812,7 @@ impl TxnCoordinator {
                         .prepare_abort_fencing(now_ms())
                         .ok_or(ResponseError::InvalidTxnState)?;
                     self.persist(&id, &ticket, &aborting).await?;
+                    self.stats.timeout_aborts.fetch_add(1, Relaxed);
                     tracing::info!(transactional_id = %id, timeout_ms = meta.timeout_ms, "aborting a transaction open longer than its timeout");
                     self.install_ending(&id, &ticket, &aborting);
                     self.spawn_completion(id.clone(), aborting, ticket);
