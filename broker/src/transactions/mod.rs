@@ -117,8 +117,15 @@ pub struct TxnCoordinator {
     log: Arc<dyn InternalLog>,
     services: MarkerServices,
     owned: Mutex<Owned>,
+    /// Told whenever an operation lets go of an id (see `begin_waiting`).
+    freed: tokio::sync::Notify,
     pub stats: TxnStats,
 }
+
+/// How long a request waits for another operation on its transactional id
+/// (normally the markers of the transaction the producer just ended) before
+/// it is answered CONCURRENT_TRANSACTIONS.
+const CONCURRENT_WAIT: Duration = Duration::from_secs(1);
 
 /// Counters the coordinator reports to the metrics module: decisions
 /// made durable here (each counted once, by the coordinator that made it).
@@ -166,6 +173,7 @@ impl TxnCoordinator {
             log,
             services,
             owned: Mutex::new(Owned::default()),
+            freed: tokio::sync::Notify::new(),
             stats: TxnStats::default(),
         })
     }
@@ -218,6 +226,31 @@ impl TxnCoordinator {
         }
     }
 
+    /// `begin`, waiting up to `CONCURRENT_WAIT` while another operation
+    /// holds the id. EndTxn is answered once the decision is durable and
+    /// the markers follow, so a producer's next AddPartitionsToTxn usually
+    /// arrives while they are being written; answering it
+    /// CONCURRENT_TRANSACTIONS at once would make librdkafka wait its
+    /// retry.backoff.ms (100 ms) each time, capping one producer at about
+    /// ten transactions a second.
+    async fn begin_waiting(&self, id: &str) -> Result<(Option<TxnMeta>, Ticket), ResponseError> {
+        let deadline = tokio::time::Instant::now() + CONCURRENT_WAIT;
+        loop {
+            // Registered before the check, so a release in between is seen.
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            match self.begin(id) {
+                Err(ResponseError::ConcurrentTransactions)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let _ = tokio::time::timeout_at(deadline, freed).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The entry `ticket`'s operation still holds.
     fn held<'a>(owned: &'a mut Owned, id: &str, ticket: &Ticket) -> Option<&'a mut Entry> {
         if owned.loads.get(&ticket.partition) != Some(&ticket.load) {
@@ -242,6 +275,7 @@ impl TxnCoordinator {
         if e.meta.is_none() {
             owned.txns.remove(id);
         }
+        self.freed.notify_waiters();
     }
 
     /// Persists `meta` as `id`'s state (acks=all on the state partition,
@@ -281,7 +315,7 @@ impl TxnCoordinator {
         if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
-        let (meta, ticket) = self.begin(id)?;
+        let (meta, ticket) = self.begin_waiting(id).await?;
         let step = self
             .init_step(id, meta, timeout_ms, current, ids, ticket)
             .await;
@@ -367,7 +401,7 @@ impl TxnCoordinator {
         producer: ProducerIdAndEpoch,
         partitions: Vec<(String, i32)>,
     ) -> Result<(), ResponseError> {
-        let (meta, ticket) = self.begin(id)?;
+        let (meta, ticket) = self.begin_waiting(id).await?;
         let step = async {
             let m = meta.ok_or(ResponseError::InvalidProducerIdMapping)?;
             m.check_producer(producer.producer_id, producer.producer_epoch)?;
@@ -390,7 +424,7 @@ impl TxnCoordinator {
         producer: ProducerIdAndEpoch,
         commit: bool,
     ) -> Result<(), ResponseError> {
-        let (meta, ticket) = self.begin(id)?;
+        let (meta, ticket) = self.begin_waiting(id).await?;
         let step = async {
             let m = meta.ok_or(ResponseError::InvalidProducerIdMapping)?;
             m.check_producer(producer.producer_id, producer.producer_epoch)?;

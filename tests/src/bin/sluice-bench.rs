@@ -10,6 +10,11 @@
 //! acks=all with replication factor 3, and how long producing stalls when
 //! a partition leader is killed.
 //!
+//! `--mode transactions` measures transactional produce (librdkafka,
+//! `--records-per-transaction` records per transaction) against idempotent
+//! acks=all produce of the same records in the same run, on one broker or
+//! (`--brokers 3`) a replicated cluster, and commit latency.
+//!
 //! `--mode groups` measures consumer groups instead: how long a 3-member
 //! group takes to rebalance when its third member subscribes, and how many
 //! offset commits (synchronous, and asynchronous with a bounded number in
@@ -37,7 +42,9 @@ use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_tests::{Broker, base_config, create_topic, http_get, http_post, pseudo_random_bytes};
@@ -54,6 +61,8 @@ enum Mode {
     /// A 3-broker cluster: acks=1 vs acks=all throughput and latency with
     /// RF 3, and failover time after SIGKILL of a partition leader.
     Cluster,
+    /// Transactional produce vs idempotent produce, and commit latency.
+    Transactions,
 }
 
 /// Which producer drives the produce phase.
@@ -99,11 +108,19 @@ struct Args {
     /// (built by scripts/build-plugins).
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
-    /// Plugins mode: brokers to run (3: a cluster, topics with replication
-    /// factor 3 and min.insync.replicas 2, so routed records are forwarded
-    /// to the brokers leading their partitions).
+    /// Plugins and transactions modes: brokers to run (3: a cluster,
+    /// topics with replication factor 3 and min.insync.replicas 2; in
+    /// plugins mode routed records are forwarded to the brokers leading
+    /// their partitions).
     #[arg(long, default_value_t = 1)]
     brokers: usize,
+    /// Transactions mode: records per transaction, one scenario per value
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    records_per_transaction: Vec<u64>,
+    /// Transactions mode: rounds over all scenarios (medians reported).
+    #[arg(long, default_value_t = 3)]
+    transaction_rounds: usize,
     /// Broker to benchmark; if absent, a sluice-broker is spawned.
     #[arg(long)]
     bootstrap: Option<String>,
@@ -419,6 +436,9 @@ fn main() -> Result<()> {
     }
     if args.mode == Mode::Cluster {
         return cluster_main(&args);
+    }
+    if args.mode == Mode::Transactions {
+        return transactions_main(&args);
     }
     if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
         bail!("--partitions, --records and --record-size must be positive");
@@ -1052,6 +1072,284 @@ fn plugins_main(args: &Args) -> Result<()> {
         "Broker CPU: user+system time of every broker process from the round's first record to the last replica caught up, per acknowledged record."
     );
     println!("Latency is open-loop (see the default mode).");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// --mode transactions
+
+/// One transactional produce run: the records' throughput and how long
+/// each commit took once its records were acknowledged.
+struct TransactionalResult {
+    produced: ProduceResult,
+    commits: u64,
+    commit_latency_us: Histogram<u64>,
+}
+
+/// Produces `args.records` records with a transactional librdkafka
+/// producer, `per_txn` per transaction: begin, enqueue, flush (the
+/// records acknowledged), commit (timed: EndTxn until the decision is
+/// durable). acks=all and idempotence, as transactions require.
+fn produce_transactional(
+    args: &Args,
+    bootstrap: &str,
+    topic: &str,
+    per_txn: u64,
+) -> Result<TransactionalResult> {
+    let stats = Arc::new(Stats {
+        origin: Instant::now(),
+        latency_us: Mutex::new(
+            Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?,
+        ),
+        acked: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        last_ack_us: AtomicU64::new(0),
+    });
+    let mut cfg: ClientConfig = base_config(bootstrap);
+    cfg.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "transactional.id",
+            format!("sluice-bench-{}-{topic}", std::process::id()),
+        )
+        .set("compression.type", &args.compression)
+        .set("linger.ms", args.linger_ms.to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        // librdkafka: at most transaction.timeout.ms (60 s by default).
+        .set("message.timeout.ms", "60000");
+    if let Some(b) = args.batch_size {
+        cfg.set("batch.size", b.to_string());
+    }
+    // Polled here, not by a background thread: ThreadedProducer's flush
+    // waits out the thread's 100 ms poll interval, once per transaction.
+    let producer: BaseProducer<BenchContext> = cfg
+        .create_with_context(BenchContext(stats.clone()))
+        .context("cannot create producer")?;
+    let timeout = Duration::from_secs(60);
+    producer
+        .init_transactions(timeout)
+        .context("init_transactions")?;
+    let mut commit_latency_us =
+        Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?;
+    let pool = payload_pool(args.record_size);
+    let start_us = stats.micros_now();
+    let per_txn = per_txn.max(1);
+    let mut commits = 0;
+    let mut seq = 0;
+    while seq < args.records {
+        producer.begin_transaction().context("begin_transaction")?;
+        let end = (seq + per_txn).min(args.records);
+        for i in seq..end {
+            let value = &pool[(i % pool.len() as u64) as usize];
+            let mut record =
+                BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, stats.micros_now() as usize)
+                    .partition((i % args.partitions as u64) as i32)
+                    .payload(value.as_slice());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), mut r)) => {
+                        producer.poll(Duration::from_micros(200));
+                        r.delivery_opaque = stats.micros_now() as usize;
+                        record = r;
+                    }
+                    Err((e, _)) => bail!("cannot enqueue record {i}: {e}"),
+                }
+            }
+        }
+        // Every record acknowledged. Not `flush()`: with delivery reports
+        // as events (rdkafka-rs) librdkafka's flush sleeps in 100 ms steps.
+        let give_up = Instant::now() + timeout;
+        while producer.in_flight_count() > 0 {
+            if Instant::now() > give_up {
+                bail!("records of transaction {commits} not acknowledged within {timeout:?}");
+            }
+            producer.poll(Duration::from_millis(1));
+        }
+        let committing = Instant::now();
+        producer
+            .commit_transaction(timeout)
+            .context("commit_transaction")?;
+        commit_latency_us.saturating_record((committing.elapsed().as_micros() as u64).max(1));
+        commits += 1;
+        seq = end;
+    }
+    let end_us = stats.micros_now();
+    let latency = stats
+        .latency_us
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    Ok(TransactionalResult {
+        produced: ProduceResult {
+            acked: stats.acked.load(Ordering::Relaxed),
+            failed: stats.failed.load(Ordering::Relaxed),
+            elapsed: Duration::from_micros(end_us.saturating_sub(start_us)),
+            latency,
+        },
+        commits,
+        commit_latency_us,
+    })
+}
+
+/// Transactional produce throughput as a ratio to idempotent acks=all
+/// produce of the same records in the same run, and commit latency.
+fn transactions_main(args: &Args) -> Result<()> {
+    if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
+        bail!("--partitions, --records and --record-size must be positive");
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    println!("command: {}", argv.join(" "));
+    println!(
+        "settings: mode=transactions brokers={} rounds={} records={} record_size={} partitions={} records_per_transaction={:?} compression={} linger_ms={}",
+        args.brokers,
+        args.transaction_rounds,
+        args.records,
+        args.record_size,
+        args.partitions,
+        args.records_per_transaction,
+        args.compression,
+        args.linger_ms
+    );
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let temp = tempfile::Builder::new()
+        .prefix("sluice-bench-")
+        .tempdir_in(&cwd)
+        .context("cannot create a temp dir in the current directory")?;
+    let (broker, cluster, rf) = if args.brokers > 1 {
+        let c = sluice_tests::cluster::Cluster::start_in(temp.path(), args.brokers, &[])
+            .context("cannot start the cluster")?;
+        (None, Some(c), args.brokers as i32)
+    } else {
+        let b = Broker::start_in(temp.path()).context("cannot start sluice-broker")?;
+        (Some(b), None, 1)
+    };
+    let (bootstrap, brokers): (String, Vec<&Broker>) = match (&broker, &cluster) {
+        (Some(b), _) => (b.bootstrap(), vec![b]),
+        (None, Some(c)) => (c.bootstrap(), c.brokers.iter().collect()),
+        (None, None) => bail!("no broker"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    // Scenario 0 is the baseline: idempotent, acks=all, pipelined.
+    let mut labels = vec!["idempotent (baseline)".to_string()];
+    labels.extend(
+        args.records_per_transaction
+            .iter()
+            .map(|n| format!("transactional, {n} records/txn")),
+    );
+    struct Sample {
+        records_per_s: f64,
+        p99_ms: f64,
+        cpu_us: f64,
+        commit_p50_ms: f64,
+        commit_p99_ms: f64,
+    }
+    let mut samples: Vec<Vec<Sample>> = (0..labels.len()).map(|_| Vec::new()).collect();
+    for round in 0..args.transaction_rounds.max(1) {
+        for (i, label) in labels.iter().enumerate() {
+            let topic = format!("sluice-bench-txn-{}-{round}-{i}", std::process::id());
+            runtime
+                .block_on(create_replicated_topic(
+                    &bootstrap,
+                    &topic,
+                    args.partitions,
+                    rf,
+                    &[],
+                ))
+                .with_context(|| format!("cannot create topic {topic}"))?;
+            let measured = Round::prepare(&runtime, &bootstrap, &brokers, &topic, args.partitions)?;
+            let (r, commits) = if i == 0 {
+                let mut a = args.clone();
+                a.acks = "all".to_string();
+                (produce(&a, &bootstrap, &topic)?, None)
+            } else {
+                let t = produce_transactional(
+                    args,
+                    &bootstrap,
+                    &topic,
+                    args.records_per_transaction[i - 1],
+                )?;
+                (t.produced, Some((t.commits, t.commit_latency_us)))
+            };
+            let cpu = measured.finish(&runtime)?;
+            if r.failed > 0 {
+                eprintln!("warning: {label}: {} records failed delivery", r.failed);
+            }
+            let cpu_us = cpu.as_secs_f64() * 1e6 / r.acked.max(1) as f64;
+            let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "round {round}: {label}: {} acked in {:.3} s{}, broker CPU {:.3} s ({cpu_us:.2} µs/record)",
+                r.acked,
+                r.elapsed.as_secs_f64(),
+                commits
+                    .as_ref()
+                    .map(|(n, _)| format!(" in {n} transactions"))
+                    .unwrap_or_default(),
+                cpu.as_secs_f64()
+            );
+            samples[i].push(Sample {
+                records_per_s: rate(r.acked as f64, r.elapsed),
+                p99_ms: ms(&r.latency, 0.99),
+                cpu_us,
+                commit_p50_ms: commits.as_ref().map_or(0.0, |(_, h)| ms(h, 0.5)),
+                commit_p99_ms: commits.as_ref().map_or(0.0, |(_, h)| ms(h, 0.99)),
+            });
+        }
+    }
+    let median = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rows: Vec<[f64; 5]> = samples
+        .iter()
+        .map(|s| {
+            [
+                median(s.iter().map(|x| x.records_per_s).collect()),
+                median(s.iter().map(|x| x.p99_ms).collect()),
+                median(s.iter().map(|x| x.cpu_us).collect()),
+                median(s.iter().map(|x| x.commit_p50_ms).collect()),
+                median(s.iter().map(|x| x.commit_p99_ms).collect()),
+            ]
+        })
+        .collect();
+    let base = rows[0];
+    println!();
+    println!(
+        "| producer ({} broker{}) | rec/s | MB/s | p99 record latency ms | commit p50 ms | commit p99 ms | broker CPU µs/record | throughput vs idempotent | CPU vs idempotent |",
+        args.brokers,
+        if args.brokers > 1 { "s, RF 3" } else { "" }
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, r) in labels.iter().zip(&rows) {
+        println!(
+            "| {label} | {:.0} | {:.1} | {:.1} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            r[0],
+            r[0] * args.record_size as f64 / MB,
+            r[1],
+            if r[3] > 0.0 {
+                format!("{:.1}", r[3])
+            } else {
+                "-".into()
+            },
+            if r[4] > 0.0 {
+                format!("{:.1}", r[4])
+            } else {
+                "-".into()
+            },
+            r[2],
+            r[0] / base[0].max(1e-9),
+            r[2] / base[2].max(1e-9)
+        );
+    }
+    println!();
+    println!(
+        "Medians of {} rounds. Transactions run one after another (begin, produce, flush, commit), as a consume-transform-produce loop does; commit latency is commit_transaction() after the flush.",
+        args.transaction_rounds.max(1)
+    );
     Ok(())
 }
 
