@@ -264,3 +264,60 @@ def test_idempotent_producer_exactly_once_in_order(broker, bootstrap, admin):
         got = [r.value for r in sorted((r for r in recs if r.partition == p), key=lambda r: r.offset)]
         want = [f"seq-{i}".encode() for i in range(p, n, nparts)]
         assert got == want, f"partition {p}: duplicates, gaps or reordering"
+
+
+def test_transactional_consume_transform_produce(bootstrap, admin):
+    """kafka-python's transactional producer in a consume-transform-produce
+    loop: a group's input read with read_committed, each record's output
+    and the group's offsets committed together; an aborted transaction's
+    output is visible only to read_uncommitted consumers and its offsets
+    never count."""
+    nparts = 2
+    source = create_topic(admin, f"kp-txn-in-{uuid.uuid4().hex[:8]}", nparts)
+    sink = create_topic(admin, f"kp-txn-out-{uuid.uuid4().hex[:8]}", nparts)
+    produce(bootstrap, source, nparts, 20, "in")
+    group = new_group("kp-txn")
+    consumer = group_consumer(bootstrap, group, source, isolation_level="read_committed")
+    producer = kp_producer(bootstrap, transactional_id=f"kp-txn-{uuid.uuid4().hex[:8]}",
+                           enable_idempotence=True, acks="all")
+    try:
+        producer.init_transactions()
+        records = kp_consume(consumer, 20, timeout=30)
+        # One transaction for the first ten records, committed; one for the
+        # rest, aborted.
+        for batch, commit in ((records[:10], True), (records[10:], False)):
+            producer.begin_transaction()
+            for r in batch:
+                producer.send(sink, value=r.value.replace(b"in-", b"out-"), partition=r.partition)
+            ends = {}
+            for r in batch:
+                tp = TopicPartition(r.topic, r.partition)
+                ends[tp] = max(ends.get(tp, 0), r.offset + 1)
+            producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in ends.items()}, consumer.group_metadata())
+            if commit:
+                producer.commit_transaction()
+                committed_ends = ends
+            else:
+                producer.flush(timeout=20)
+                producer.abort_transaction()
+    finally:
+        producer.close(timeout=5)
+        consumer.close(autocommit=False)
+
+    def read(isolation, n):
+        c = kp_consumer(bootstrap, isolation_level=isolation)
+        try:
+            tps = [TopicPartition(sink, p) for p in range(nparts)]
+            c.assign(tps)
+            c.seek_to_beginning(*tps)
+            recs = kp_consume(c, n, timeout=20)
+            extra = c.poll(timeout_ms=1000)
+            return sorted(r.value for r in recs + [x for v in extra.values() for x in v])
+        finally:
+            c.close(autocommit=False)
+
+    assert read("read_committed", 10) == sorted(r.value.replace(b"in-", b"out-") for r in records[:10])
+    assert len(read("read_uncommitted", 20)) == 20
+    offsets = admin.list_consumer_group_offsets(group)
+    assert {tp: om.offset for tp, om in offsets.items()} == committed_ends

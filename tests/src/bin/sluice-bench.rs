@@ -42,9 +42,7 @@ use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_tests::{Broker, base_config, create_topic, http_get, http_post, pseudo_random_bytes};
@@ -1078,24 +1076,30 @@ fn plugins_main(args: &Args) -> Result<()> {
 // ---------------------------------------------------------------------------
 // --mode transactions
 
-/// One transactional produce run: the records' throughput and how long
-/// each commit took once its records were acknowledged.
-struct TransactionalResult {
+/// One run of a producer that writes in rounds: the records' throughput,
+/// and how long each round took from its last record's enqueue to done
+/// (its records acknowledged; for a transaction, committed too).
+struct RoundsResult {
     produced: ProduceResult,
-    commits: u64,
-    commit_latency_us: Histogram<u64>,
+    rounds: u64,
+    round_wait_us: Histogram<u64>,
+    /// commit_transaction() alone (transactional only).
+    commit_us: Histogram<u64>,
 }
 
-/// Produces `args.records` records with a transactional librdkafka
-/// producer, `per_txn` per transaction: begin, enqueue, flush (the
-/// records acknowledged), commit (timed: EndTxn until the decision is
-/// durable). acks=all and idempotence, as transactions require.
-fn produce_transactional(
+/// Produces `args.records` records (acks=all, idempotent) in rounds of
+/// `per_round`, one after another, as a consume-transform-produce loop
+/// does: enqueue, wait for the acks, and when transactional begin before
+/// and `commit_transaction()` after (EndTxn until the decision is
+/// durable), so the two differ by the transaction alone. linger.ms 0: a
+/// round waits for its records, not for the linger timer.
+fn produce_in_rounds(
     args: &Args,
     bootstrap: &str,
     topic: &str,
-    per_txn: u64,
-) -> Result<TransactionalResult> {
+    per_round: u64,
+    transactional: bool,
+) -> Result<RoundsResult> {
     let stats = Arc::new(Stats {
         origin: Instant::now(),
         latency_us: Mutex::new(
@@ -1108,37 +1112,60 @@ fn produce_transactional(
     let mut cfg: ClientConfig = base_config(bootstrap);
     cfg.set("acks", "all")
         .set("enable.idempotence", "true")
-        .set(
-            "transactional.id",
-            format!("sluice-bench-{}-{topic}", std::process::id()),
-        )
         .set("compression.type", &args.compression)
-        .set("linger.ms", args.linger_ms.to_string())
         .set("queue.buffering.max.messages", "1000000")
         // librdkafka: at most transaction.timeout.ms (60 s by default).
-        .set("message.timeout.ms", "60000");
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "0");
+    if transactional {
+        cfg.set(
+            "transactional.id",
+            format!("sluice-bench-{}-{topic}", std::process::id()),
+        );
+    }
     if let Some(b) = args.batch_size {
         cfg.set("batch.size", b.to_string());
     }
-    // Polled here, not by a background thread: ThreadedProducer's flush
-    // waits out the thread's 100 ms poll interval, once per transaction.
-    let producer: BaseProducer<BenchContext> = cfg
+    let producer: ThreadedProducer<BenchContext> = cfg
         .create_with_context(BenchContext(stats.clone()))
         .context("cannot create producer")?;
     let timeout = Duration::from_secs(60);
-    producer
-        .init_transactions(timeout)
-        .context("init_transactions")?;
-    let mut commit_latency_us =
+    if transactional {
+        producer
+            .init_transactions(timeout)
+            .context("init_transactions")?;
+    } else {
+        // The idempotent producer gets its producer id on first use (about
+        // half a second in librdkafka): before the clock starts, as
+        // init_transactions does for the other.
+        producer
+            .send(BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, 0).payload(b"warm-up"))
+            .map_err(|(e, _)| anyhow::anyhow!("warm-up record: {e}"))?;
+        let started = Instant::now();
+        while producer.in_flight_count() > 0 {
+            if started.elapsed() > timeout {
+                bail!("warm-up record not acknowledged within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stats.acked.store(0, Ordering::Relaxed);
+        if let Ok(mut h) = stats.latency_us.lock() {
+            h.reset();
+        }
+    }
+    let mut round_wait_us =
         Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?;
+    let mut commit_us = round_wait_us.clone();
     let pool = payload_pool(args.record_size);
     let start_us = stats.micros_now();
-    let per_txn = per_txn.max(1);
-    let mut commits = 0;
+    let per_round = per_round.max(1);
+    let mut rounds = 0;
     let mut seq = 0;
     while seq < args.records {
-        producer.begin_transaction().context("begin_transaction")?;
-        let end = (seq + per_txn).min(args.records);
+        if transactional {
+            producer.begin_transaction().context("begin_transaction")?;
+        }
+        let end = (seq + per_round).min(args.records);
         for i in seq..end {
             let value = &pool[(i % pool.len() as u64) as usize];
             let mut record =
@@ -1149,7 +1176,7 @@ fn produce_transactional(
                 match producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), mut r)) => {
-                        producer.poll(Duration::from_micros(200));
+                        std::thread::sleep(Duration::from_micros(200));
                         r.delivery_opaque = stats.micros_now() as usize;
                         record = r;
                     }
@@ -1157,21 +1184,25 @@ fn produce_transactional(
                 }
             }
         }
-        // Every record acknowledged. Not `flush()`: with delivery reports
-        // as events (rdkafka-rs) librdkafka's flush sleeps in 100 ms steps.
-        let give_up = Instant::now() + timeout;
+        let waiting = Instant::now();
+        // Not `flush()` (nor commit_transaction's own flush): with delivery
+        // reports as events, served by the producer's polling thread,
+        // both wait in 100 ms steps.
         while producer.in_flight_count() > 0 {
-            if Instant::now() > give_up {
-                bail!("records of transaction {commits} not acknowledged within {timeout:?}");
+            if waiting.elapsed() > timeout {
+                bail!("round {rounds} not acknowledged within {timeout:?}");
             }
-            producer.poll(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(50));
         }
-        let committing = Instant::now();
-        producer
-            .commit_transaction(timeout)
-            .context("commit_transaction")?;
-        commit_latency_us.saturating_record((committing.elapsed().as_micros() as u64).max(1));
-        commits += 1;
+        if transactional {
+            let committing = Instant::now();
+            producer
+                .commit_transaction(timeout)
+                .context("commit_transaction")?;
+            commit_us.saturating_record((committing.elapsed().as_micros() as u64).max(1));
+        }
+        round_wait_us.saturating_record((waiting.elapsed().as_micros() as u64).max(1));
+        rounds += 1;
         seq = end;
     }
     let end_us = stats.micros_now();
@@ -1180,20 +1211,23 @@ fn produce_transactional(
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
-    Ok(TransactionalResult {
+    Ok(RoundsResult {
         produced: ProduceResult {
             acked: stats.acked.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
             elapsed: Duration::from_micros(end_us.saturating_sub(start_us)),
             latency,
         },
-        commits,
-        commit_latency_us,
+        rounds,
+        round_wait_us,
+        commit_us,
     })
 }
 
-/// Transactional produce throughput as a ratio to idempotent acks=all
-/// produce of the same records in the same run, and commit latency.
+/// Transactional produce throughput as ratios to idempotent acks=all
+/// produce of the same records in the same run: pipelined (a producer that
+/// never waits), and in rounds of the same size without the transaction
+/// (the transaction's own cost); and how long each commit takes.
 fn transactions_main(args: &Args) -> Result<()> {
     if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
         bail!("--partitions, --records and --record-size must be positive");
@@ -1233,23 +1267,25 @@ fn transactions_main(args: &Args) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    // Scenario 0 is the baseline: idempotent, acks=all, pipelined.
-    let mut labels = vec!["idempotent (baseline)".to_string()];
-    labels.extend(
-        args.records_per_transaction
-            .iter()
-            .map(|n| format!("transactional, {n} records/txn")),
-    );
+    // (label, records per round (0: pipelined), transactional)
+    let mut scenarios: Vec<(String, u64, bool)> =
+        vec![("idempotent, pipelined".to_string(), 0, false)];
+    for &n in &args.records_per_transaction {
+        scenarios.push((format!("idempotent, rounds of {n}"), n, false));
+        scenarios.push((format!("transactional, {n} records/txn"), n, true));
+    }
     struct Sample {
         records_per_s: f64,
         p99_ms: f64,
         cpu_us: f64,
+        wait_p50_ms: f64,
+        wait_p99_ms: f64,
         commit_p50_ms: f64,
         commit_p99_ms: f64,
     }
-    let mut samples: Vec<Vec<Sample>> = (0..labels.len()).map(|_| Vec::new()).collect();
+    let mut samples: Vec<Vec<Sample>> = scenarios.iter().map(|_| Vec::new()).collect();
     for round in 0..args.transaction_rounds.max(1) {
-        for (i, label) in labels.iter().enumerate() {
+        for (i, (label, per_round, transactional)) in scenarios.iter().enumerate() {
             let topic = format!("sluice-bench-txn-{}-{round}-{i}", std::process::id());
             runtime
                 .block_on(create_replicated_topic(
@@ -1261,18 +1297,13 @@ fn transactions_main(args: &Args) -> Result<()> {
                 ))
                 .with_context(|| format!("cannot create topic {topic}"))?;
             let measured = Round::prepare(&runtime, &bootstrap, &brokers, &topic, args.partitions)?;
-            let (r, commits) = if i == 0 {
+            let (r, rounds) = if *per_round == 0 {
                 let mut a = args.clone();
                 a.acks = "all".to_string();
                 (produce(&a, &bootstrap, &topic)?, None)
             } else {
-                let t = produce_transactional(
-                    args,
-                    &bootstrap,
-                    &topic,
-                    args.records_per_transaction[i - 1],
-                )?;
-                (t.produced, Some((t.commits, t.commit_latency_us)))
+                let t = produce_in_rounds(args, &bootstrap, &topic, *per_round, *transactional)?;
+                (t.produced, Some((t.rounds, t.round_wait_us, t.commit_us)))
             };
             let cpu = measured.finish(&runtime)?;
             if r.failed > 0 {
@@ -1284,9 +1315,9 @@ fn transactions_main(args: &Args) -> Result<()> {
                 "round {round}: {label}: {} acked in {:.3} s{}, broker CPU {:.3} s ({cpu_us:.2} µs/record)",
                 r.acked,
                 r.elapsed.as_secs_f64(),
-                commits
+                rounds
                     .as_ref()
-                    .map(|(n, _)| format!(" in {n} transactions"))
+                    .map(|(n, _, _)| format!(" in {n} rounds"))
                     .unwrap_or_default(),
                 cpu.as_secs_f64()
             );
@@ -1294,8 +1325,10 @@ fn transactions_main(args: &Args) -> Result<()> {
                 records_per_s: rate(r.acked as f64, r.elapsed),
                 p99_ms: ms(&r.latency, 0.99),
                 cpu_us,
-                commit_p50_ms: commits.as_ref().map_or(0.0, |(_, h)| ms(h, 0.5)),
-                commit_p99_ms: commits.as_ref().map_or(0.0, |(_, h)| ms(h, 0.99)),
+                wait_p50_ms: rounds.as_ref().map_or(0.0, |(_, h, _)| ms(h, 0.5)),
+                wait_p99_ms: rounds.as_ref().map_or(0.0, |(_, h, _)| ms(h, 0.99)),
+                commit_p50_ms: rounds.as_ref().map_or(0.0, |(_, _, h)| ms(h, 0.5)),
+                commit_p99_ms: rounds.as_ref().map_or(0.0, |(_, _, h)| ms(h, 0.99)),
             });
         }
     }
@@ -1304,50 +1337,58 @@ fn transactions_main(args: &Args) -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let rows: Vec<[f64; 5]> = samples
+    let rows: Vec<[f64; 7]> = samples
         .iter()
         .map(|s| {
             [
                 median(s.iter().map(|x| x.records_per_s).collect()),
                 median(s.iter().map(|x| x.p99_ms).collect()),
                 median(s.iter().map(|x| x.cpu_us).collect()),
+                median(s.iter().map(|x| x.wait_p50_ms).collect()),
+                median(s.iter().map(|x| x.wait_p99_ms).collect()),
                 median(s.iter().map(|x| x.commit_p50_ms).collect()),
                 median(s.iter().map(|x| x.commit_p99_ms).collect()),
             ]
         })
         .collect();
-    let base = rows[0];
+    let pipelined = rows[0];
+    let cell = |v: f64| {
+        if v > 0.0 {
+            format!("{v:.2}")
+        } else {
+            "-".to_string()
+        }
+    };
     println!();
     println!(
-        "| producer ({} broker{}) | rec/s | MB/s | p99 record latency ms | commit p50 ms | commit p99 ms | broker CPU µs/record | throughput vs idempotent | CPU vs idempotent |",
+        "| producer ({} broker{}) | rec/s | MB/s | p99 record latency ms | round wait p50 ms | round wait p99 ms | commit p50 ms | commit p99 ms | broker CPU µs/record | throughput vs pipelined | throughput vs same rounds without txn | CPU vs pipelined |",
         args.brokers,
         if args.brokers > 1 { "s, RF 3" } else { "" }
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (label, r) in labels.iter().zip(&rows) {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, ((label, _, transactional), r)) in scenarios.iter().zip(&rows).enumerate() {
+        let vs_rounds = if *transactional {
+            format!("{:.2}", r[0] / rows[i - 1][0].max(1e-9))
+        } else {
+            "-".to_string()
+        };
         println!(
-            "| {label} | {:.0} | {:.1} | {:.1} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {label} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {:.2} | {:.2} | {vs_rounds} | {:.2} |",
             r[0],
             r[0] * args.record_size as f64 / MB,
             r[1],
-            if r[3] > 0.0 {
-                format!("{:.1}", r[3])
-            } else {
-                "-".into()
-            },
-            if r[4] > 0.0 {
-                format!("{:.1}", r[4])
-            } else {
-                "-".into()
-            },
+            cell(r[3]),
+            cell(r[4]),
+            cell(r[5]),
+            cell(r[6]),
             r[2],
-            r[0] / base[0].max(1e-9),
-            r[2] / base[2].max(1e-9)
+            r[0] / pipelined[0].max(1e-9),
+            r[2] / pipelined[2].max(1e-9)
         );
     }
     println!();
     println!(
-        "Medians of {} rounds. Transactions run one after another (begin, produce, flush, commit), as a consume-transform-produce loop does; commit latency is commit_transaction() after the flush.",
+        "Medians of {} rounds. Rounds run one after another, as a consume-transform-produce loop does; a round's wait runs from its last record's enqueue until its records are acknowledged (and, transactional, commit_transaction() returned: the decision durable).",
         args.transaction_rounds.max(1)
     );
     Ok(())
