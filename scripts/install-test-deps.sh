@@ -3,8 +3,11 @@
 #   Debian: kcat (CLI client), cmake + libcurl4-openssl-dev (build deps for
 #           crates that compile librdkafka, e.g. rdkafka's cmake-build feature),
 #           and what librdkafka's own test runner links (scripts/librdkafka-suite)
-#   PyPI:   kafka-python, confluent-kafka (bundles librdkafka), pytest, and the
-#           codec libraries kafka-python needs for lz4, zstd and snappy
+#   PyPI:   kafka-python, confluent-kafka (bundles librdkafka), aiokafka,
+#           pytest, and the codec libraries kafka-python needs for lz4, zstd
+#           and snappy
+#   npm:    kafkajs into tests/js/node_modules (node and npm from Debian if
+#           missing)
 #
 # Idempotent and quiet when everything is already present. Meant to run as
 # root on a fresh Debian 12 machine (CI); uses sudo for apt when not root.
@@ -14,7 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(kcat cmake libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev liblz4-dev zlib1g-dev pkg-config)
 # "pip-name:import-name"
-PIP_PACKAGES=(kafka-python:kafka confluent-kafka:confluent_kafka pytest:pytest lz4:lz4.frame zstandard:zstandard python-snappy:snappy)
+PIP_PACKAGES=(kafka-python:kafka confluent-kafka:confluent_kafka aiokafka:aiokafka pytest:pytest lz4:lz4.frame zstandard:zstandard python-snappy:snappy)
 
 PYTHON="${PYTHON:-python3}"
 
@@ -88,6 +91,17 @@ if [ "${#missing_pip[@]}" -gt 0 ]; then
         import_name="${spec##*:}"
         "$PYTHON" -c "import ${import_name}" || { log "failed to import ${import_name} after install"; exit 1; }
     done
+fi
+
+# --- KafkaJS (tests/js, run by tests/python/test_kafkajs.py) ----------------
+JS_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/js"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing node and npm"
+    apt_install nodejs npm
+fi
+if [ ! -f "$JS_DIR/node_modules/kafkajs/package.json" ]; then
+    log "installing kafkajs into $JS_DIR/node_modules"
+    (cd "$JS_DIR" && npm install --no-audit --no-fund --silent)
 fi
 
 # --- helm (chart tests) ------------------------------------------------------

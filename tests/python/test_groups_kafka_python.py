@@ -319,5 +319,5 @@ def test_transactional_consume_transform_produce(bootstrap, admin):
 
     assert read("read_committed", 10) == sorted(r.value.replace(b"in-", b"out-") for r in records[:10])
     assert len(read("read_uncommitted", 20)) == 20
-    offsets = admin.list_consumer_group_offsets(group)
+    offsets = admin.list_group_offsets({group: None})[group]
     assert {tp: om.offset for tp, om in offsets.items()} == committed_ends
