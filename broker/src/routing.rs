@@ -63,15 +63,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-use kafka_protocol::messages::{AddPartitionsToTxnRequest, ProducerId, TopicName, TransactionalId};
-use kafka_protocol::protocol::StrBytes;
 use sha2::{Digest, Sha256};
 
 use crate::api::services::Writes;
 use crate::cluster::topics::Topic;
 use crate::replication::{Acks, LeaderState, WriteError};
-use crate::transactions::{ProducerIdAndEpoch, coordinator_of};
+use crate::transactions::ProducerIdAndEpoch;
+use crate::transactions::membership::{Ask, Txn};
 use crate::view::ClusterView;
 use sluice_plugin_host::{Bindings, FailurePolicy, Outcome};
 use sluice_protocol::batch::{self, ValidatedBatch};
@@ -444,7 +442,16 @@ pub async fn produce(
     };
     if let Some(id) = transaction {
         let partitions = others.iter().chain(&anchor).map(|s| s.partition).collect();
-        join_transaction(b, view, id, &h, target, partitions, deadline).await?;
+        let txn = Txn {
+            id,
+            producer: ProducerIdAndEpoch {
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+            },
+        };
+        b.membership()
+            .ensure(view, txn, &target.meta.name, partitions, Ask::Add, deadline)
+            .await?;
     }
     let mut bytes_in = 0u64;
     let mut records_in = 0i64;
@@ -491,81 +498,6 @@ pub async fn produce(
     answer.records = records_in;
     answer.bytes = bytes_in;
     Ok(answer)
-}
-
-/// Adds `partitions` of `topic` to the client's transaction `id` at its
-/// coordinator (here, or forwarded as the client's own AddPartitionsToTxn
-/// would be): partitions already in it change nothing there.
-async fn join_transaction(
-    b: &Writes<'_>,
-    view: &ClusterView,
-    id: &str,
-    h: &batch::BatchHeader,
-    topic: &Topic,
-    partitions: Vec<i32>,
-    deadline: Instant,
-) -> Result<(), WriteError> {
-    let Some(coordinator) = coordinator_of(view, id).map(|c| c.id) else {
-        return Err(WriteError::new(
-            ResponseError::RequestTimedOut,
-            format!("transaction {id} has no coordinator right now; retry"),
-        ));
-    };
-    let outcome = if coordinator == b.node_id {
-        let producer = ProducerIdAndEpoch {
-            producer_id: h.producer_id,
-            producer_epoch: h.producer_epoch,
-        };
-        let named = partitions
-            .iter()
-            .map(|p| (topic.meta.name.clone(), *p))
-            .collect();
-        b.transactions.add_partitions(id, producer, named).await
-    } else {
-        let mut t = AddPartitionsToTxnTopic::default();
-        t.name = TopicName(StrBytes::from_string(topic.meta.name.clone()));
-        t.partitions = partitions;
-        let mut req = AddPartitionsToTxnRequest::default();
-        req.v3_and_below_transactional_id = TransactionalId(StrBytes::from_string(id.to_string()));
-        req.v3_and_below_producer_id = ProducerId(h.producer_id);
-        req.v3_and_below_producer_epoch = h.producer_epoch;
-        req.v3_and_below_topics = vec![t];
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        match b
-            .forwarder
-            .transaction_request(coordinator, &req, 3, timeout)
-            .await
-        {
-            Ok(resp) => resp
-                .results_by_topic_v3_and_below
-                .iter()
-                .flat_map(|t| &t.results_by_partition)
-                .find_map(|p| ResponseError::try_from_code(p.partition_error_code))
-                .map_or(Ok(()), Err),
-            Err(message) => {
-                return Err(WriteError::new(ResponseError::RequestTimedOut, message));
-            }
-        }
-    };
-    outcome.map_err(|e| {
-        let code = match e {
-            ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch => {
-                ResponseError::InvalidProducerEpoch
-            }
-            ResponseError::InvalidTxnState
-            | ResponseError::InvalidProducerIdMapping
-            | ResponseError::TransactionalIdAuthorizationFailed => e,
-            // Coordinator moving or busy: the client retries the produce.
-            _ => ResponseError::RequestTimedOut,
-        };
-        WriteError::new(
-            code,
-            format!(
-                "adding {} partitions routed to by plugins to transaction {id}: {e:?}",
-                topic.meta.name
-            ),
-        )
-    })
 }
 
 /// Where one sub-batch landed.

@@ -216,6 +216,81 @@ pub fn produce_idempotent(
     })
 }
 
+/// InitProducerId for `transactional_id` at the broker at `addr` (its
+/// coordinator): the producer id and epoch.
+pub fn init_transactional(addr: &str, transactional_id: &str) -> Result<(i64, i16)> {
+    use kafka_protocol::messages::{InitProducerIdRequest, TransactionalId};
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id = Some(TransactionalId(StrBytes::from_string(
+        transactional_id.to_string(),
+    )));
+    req.transaction_timeout_ms = 60_000;
+    req.producer_id = kafka_protocol::messages::ProducerId(-1);
+    req.producer_epoch = -1;
+    let resp = runtime()?.block_on(async {
+        let conn = connect(addr).await?;
+        anyhow::Ok(conn.send(&req, 4, CALL_TIMEOUT).await?)
+    })?;
+    if resp.error_code != 0 {
+        bail!("InitProducerId: error {}", resp.error_code);
+    }
+    Ok((resp.producer_id.0, resp.producer_epoch))
+}
+
+/// AddPartitionsToTxn v3 (a client's) to the coordinator at `addr`; each
+/// partition's error code.
+pub fn add_partitions_to_txn(
+    addr: &str,
+    transactional_id: &str,
+    (producer_id, producer_epoch): (i64, i16),
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<(i32, i16)>> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    use kafka_protocol::messages::{AddPartitionsToTxnRequest, ProducerId, TransactionalId};
+    let mut t = AddPartitionsToTxnTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partitions = partitions.to_vec();
+    let mut req = AddPartitionsToTxnRequest::default();
+    req.v3_and_below_transactional_id =
+        TransactionalId(StrBytes::from_string(transactional_id.to_string()));
+    req.v3_and_below_producer_id = ProducerId(producer_id);
+    req.v3_and_below_producer_epoch = producer_epoch;
+    req.v3_and_below_topics = vec![t];
+    let resp = runtime()?.block_on(async {
+        let conn = connect(addr).await?;
+        anyhow::Ok(conn.send(&req, 3, CALL_TIMEOUT).await?)
+    })?;
+    Ok(resp
+        .results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| &t.results_by_partition)
+        .map(|p| (p.partition_index, p.partition_error_code))
+        .collect())
+}
+
+/// One transactional batch of `values` (acks=all, Produce v9) naming
+/// `transactional_id`, to the broker at `addr`; its answer whatever it is.
+pub fn produce_in_transaction(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    transactional_id: &str,
+    producer: Idempotent,
+    values: &[Vec<u8>],
+) -> Result<ProduceResponse> {
+    use kafka_protocol::messages::TransactionalId;
+    let batch = encode_batch_as(values, values.len(), Some(producer))?;
+    let mut req = produce_request(topic, partition, -1, &batch, 5_000);
+    req.transactional_id = Some(TransactionalId(StrBytes::from_string(
+        transactional_id.to_string(),
+    )));
+    runtime()?.block_on(async {
+        let conn = connect(addr).await?;
+        Ok(conn.send(&req, 9, CALL_TIMEOUT).await?)
+    })
+}
+
 /// Ends producer `producer`'s transaction (`commit` or abort) in
 /// `partitions` of `topic` with WriteTxnMarkers to the broker at `addr`,
 /// as a transaction coordinator does; returns each partition's error code.

@@ -15,7 +15,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
 use sluice_tests::cluster::{Cluster, FAST_FAILOVER};
 use sluice_tests::load::{id_in, tenant_json, tenant_of, tenant_partition};
-use sluice_tests::raw_client::write_txn_markers;
+use sluice_tests::raw_client::{
+    Idempotent, add_partitions_to_txn, init_transactional, produce_idempotent,
+    produce_in_transaction, write_txn_markers,
+};
 use sluice_tests::{
     admin_client, admin_opts, assign, await_deliveries, consume_n, drain_extra, enqueue,
     example_plugin, future_producer, stream_consumer, unique_name,
@@ -419,6 +422,85 @@ fn write_txn_markers_to_a_follower_is_refused() -> Result<()> {
         write_txn_markers(cluster.addr(follower), (1001, 0), true, &topic, &[0])?,
         vec![(0, 6)]
     );
+    Ok(())
+}
+
+/// KIP-890: a transactional batch for a partition that is not in its
+/// producer's open transaction (a zombie's, or a retry that arrives after
+/// its transaction ended) is refused with INVALID_TXN_STATE instead of
+/// opening a transaction no marker would end, which would hold
+/// read_committed consumers back; once the partition is added, the same
+/// batch is stored. Sent to the partition's leader while another broker
+/// coordinates the transaction, so the check crosses brokers.
+#[test]
+fn a_transactional_batch_outside_its_transaction_is_refused() -> Result<()> {
+    const INVALID_TXN_STATE: i16 = 48;
+    let _alone = ONE_AT_A_TIME.blocking_lock();
+    let rt = tokio::runtime::Runtime::new()?;
+    let cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("txn-stray");
+    rt.block_on(create(&cluster, &[(&topic, 1)]))?;
+    let leader = usize::try_from(cluster.leader_and_isr(0, &topic, 0)?.0)?;
+    // A transactional id another broker coordinates.
+    let (tid, coordinator) = (0..100)
+        .map(|_| unique_name("tid"))
+        .find_map(|tid| {
+            let c = usize::try_from(cluster.transaction_coordinator(&tid).ok()?).ok()?;
+            (c != leader).then_some((tid, c))
+        })
+        .context("no transactional id coordinated away from the leader")?;
+    let (producer_id, producer_epoch) = init_transactional(cluster.addr(coordinator), &tid)?;
+    let producer = Idempotent {
+        producer_id,
+        producer_epoch,
+        first_sequence: 0,
+        transactional: true,
+    };
+    let code = |r: &kafka_protocol::messages::ProduceResponse| {
+        r.responses[0].partition_responses[0].error_code
+    };
+    let stray = produce_in_transaction(
+        cluster.addr(leader),
+        &topic,
+        0,
+        &tid,
+        producer,
+        &[b"stray".to_vec()],
+    )?;
+    assert_eq!(code(&stray), INVALID_TXN_STATE, "{stray:?}");
+    // Without the transactional id the partition cannot ask: refused too.
+    let anonymous =
+        produce_idempotent(cluster.addr(leader), &topic, 0, producer, &[b"x".to_vec()])?;
+    assert_eq!(code(&anonymous), INVALID_TXN_STATE, "{anonymous:?}");
+    // Nothing was stored, nothing holds read_committed consumers back.
+    assert_eq!(
+        cluster.metric(
+            leader,
+            &format!(
+                "sluice_partition_last_stable_offset_lag{{partition=\"0\",topic=\"{topic}\"}}"
+            )
+        )?,
+        0.0
+    );
+    assert_eq!(
+        add_partitions_to_txn(
+            cluster.addr(coordinator),
+            &tid,
+            (producer_id, producer_epoch),
+            &topic,
+            &[0]
+        )?,
+        vec![(0, 0)]
+    );
+    let added = produce_in_transaction(
+        cluster.addr(leader),
+        &topic,
+        0,
+        &tid,
+        producer,
+        &[b"in".to_vec()],
+    )?;
+    assert_eq!(code(&added), 0, "{added:?}");
     Ok(())
 }
 

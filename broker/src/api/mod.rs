@@ -100,6 +100,17 @@ pub mod services {
         pub metrics: &'a Metrics,
     }
 
+    impl Writes<'_> {
+        /// Questions to transaction coordinators about partitions.
+        pub fn membership(&self) -> crate::transactions::membership::Membership<'_> {
+            crate::transactions::membership::Membership {
+                node_id: self.node_id,
+                coordinator: self.transactions,
+                forwarder: self.forwarder,
+            }
+        }
+    }
+
     impl Broker {
         pub fn writes(&self) -> Writes<'_> {
             Writes {

@@ -20,6 +20,8 @@ use super::services::Writes;
 use super::{error_code, str_bytes};
 use crate::replication::{Acks, Appended, Staged, WriteError};
 use crate::routing;
+use crate::transactions::ProducerIdAndEpoch;
+use crate::transactions::membership::{Ask, Txn};
 use crate::view::ClusterView;
 use sluice_protocol::batch::{ValidatedBatch, validate_produce};
 use sluice_storage::producer_state::is_derived;
@@ -315,6 +317,29 @@ async fn try_stage(
             topic: topic.to_string(),
             log_start_offset: ls.log.log_start_offset(),
         });
+    }
+    let h = batch.header;
+    if h.is_transactional() && !ls.log.in_transaction(h.producer_id) {
+        // The producer's first transactional batch here: is this partition
+        // in its open transaction? A batch outside any (a zombie's, or a
+        // late retry after its transaction ended) would stay open forever
+        // and hold read_committed consumers back (KIP-890).
+        let Some(id) = transactional_id else {
+            return refuse(
+                ResponseError::InvalidTxnState,
+                "a transactional batch needs the request's transactional id".to_string(),
+            );
+        };
+        let txn = Txn {
+            id,
+            producer: ProducerIdAndEpoch {
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+            },
+        };
+        b.membership()
+            .ensure(view, txn, topic, vec![partition], Ask::Verify, deadline)
+            .await?;
     }
     let staged = b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)?;
     Ok(Stage::Appended {

@@ -1,4 +1,5 @@
-//! The transaction coordinator's client APIs (AddPartitionsToTxn v0-3,
+//! The transaction coordinator's client APIs (AddPartitionsToTxn v0-3, and
+//! v4-5 from partition leaders, batched, with KIP-890's verify_only,
 //! AddOffsetsToTxn v0-3, EndTxn v0-3; InitProducerId is in `producer`,
 //! FindCoordinator and the group side, TxnOffsetCommit, in `groups`) and
 //! the admin APIs of KIP-664 (ListTransactions, DescribeTransactions, and
@@ -7,7 +8,7 @@
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse as DescribedPartition, ProducerState as ActiveProducer,
@@ -46,6 +47,9 @@ pub async fn add_partitions_to_txn(
     req: AddPartitionsToTxnRequest,
     version: i16,
 ) -> AddPartitionsToTxnResponse {
+    if version >= 4 {
+        return add_or_verify_batched(b, req).await;
+    }
     let view = b.views.current();
     let id = req.v3_and_below_transactional_id.as_str();
     let producer = ProducerIdAndEpoch {
@@ -95,6 +99,75 @@ pub async fn add_partitions_to_txn(
             tr.results_by_partition.push(pr);
         }
         resp.results_by_topic_v3_and_below.push(tr);
+    }
+    resp
+}
+
+/// AddPartitionsToTxn v4+: several transactions at once, as partition
+/// leaders send it; with verify_only set, only whether the partitions are
+/// in the open transaction (nothing is added).
+async fn add_or_verify_batched(
+    b: &Transactions<'_>,
+    req: AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
+    let view = b.views.current();
+    let mut resp = AddPartitionsToTxnResponse::default();
+    for txn in req.transactions {
+        let id = txn.transactional_id.as_str();
+        let producer = ProducerIdAndEpoch {
+            producer_id: txn.producer_id.0,
+            producer_epoch: txn.producer_epoch,
+        };
+        let requested: Vec<(String, i32)> = txn
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.as_str().to_string(), *p))
+            })
+            .collect();
+        let known = |(t, p): &(String, i32)| view.partition(t, *p).is_some();
+        let codes: Vec<Option<ResponseError>> = if !requested.iter().all(known) {
+            requested
+                .iter()
+                .map(|p| {
+                    Some(if known(p) {
+                        ResponseError::OperationNotAttempted
+                    } else {
+                        ResponseError::UnknownTopicOrPartition
+                    })
+                })
+                .collect()
+        } else if txn.verify_only {
+            match b.transactions.verify(id, producer, &requested) {
+                Ok(codes) => codes,
+                Err(e) => vec![Some(e); requested.len()],
+            }
+        } else {
+            let added = b
+                .transactions
+                .add_partitions(id, producer, requested.clone())
+                .await;
+            vec![added.err(); requested.len()]
+        };
+        let mut result = AddPartitionsToTxnResult::default();
+        result.transactional_id = txn.transactional_id.clone();
+        let mut codes = codes.into_iter();
+        for t in &txn.topics {
+            let mut tr = AddPartitionsToTxnTopicResult::default();
+            tr.name = t.name.clone();
+            for &p in &t.partitions {
+                let mut pr = AddPartitionsToTxnPartitionResult::default();
+                pr.partition_index = p;
+                if let Some(code) = codes.next().flatten() {
+                    pr.partition_error_code = error_code(b.metrics, code);
+                }
+                tr.results_by_partition.push(pr);
+            }
+            result.topic_results.push(tr);
+        }
+        resp.results_by_transaction.push(result);
     }
     resp
 }

@@ -19,6 +19,7 @@
 //! aborted with a bumped epoch, which fences the old instance.
 
 pub mod markers;
+pub mod membership;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -415,6 +416,42 @@ impl TxnCoordinator {
         .await;
         self.finish(id, &ticket, &step);
         step.map(drop)
+    }
+
+    /// AddPartitionsToTxn with verify_only (KIP-890), from a partition
+    /// leader about to store a producer's first transactional batch there:
+    /// whether each partition is in the producer's open transaction. Reads
+    /// the state as it is; changes nothing. `Err` for the whole request
+    /// (not coordinating here, unknown id, fenced epoch); per partition,
+    /// INVALID_TXN_STATE for one that is not in an open transaction.
+    pub fn verify(
+        &self,
+        id: &str,
+        producer: ProducerIdAndEpoch,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        let partition = self.partition_of(id);
+        let owned = self.lock();
+        if !owned.loads.contains_key(&partition) {
+            return Err(if self.log.leader_epoch(partition).is_some() {
+                ResponseError::CoordinatorLoadInProgress
+            } else {
+                ResponseError::NotCoordinator
+            });
+        }
+        let meta = owned
+            .txns
+            .get(id)
+            .and_then(|e| e.meta.as_ref())
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        meta.check_producer(producer.producer_id, producer.producer_epoch)?;
+        Ok(partitions
+            .iter()
+            .map(|p| {
+                (meta.state != TxnState::Ongoing || !meta.partitions.contains(p))
+                    .then_some(ResponseError::InvalidTxnState)
+            })
+            .collect())
     }
 
     /// EndTxn: answered once the decision is durable; the markers follow.

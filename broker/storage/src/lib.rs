@@ -561,6 +561,11 @@ impl PartitionLog {
         self.lock().producers.describe()
     }
 
+    /// Whether `producer_id` has a transaction open here.
+    pub fn in_transaction(&self, producer_id: i64) -> bool {
+        self.lock().producers.in_transaction(producer_id)
+    }
+
     /// Derived producers of `owner` with a transaction open here (see
     /// `ProducerStates::open_derived_of`).
     pub fn open_derived_of(&self, owner: i64) -> Vec<i64> {

@@ -416,6 +416,13 @@ impl ProducerStates {
         self.ongoing.iter().map(|(first, pid)| (*pid, *first))
     }
 
+    /// Whether `producer_id` has a transaction open here.
+    pub fn in_transaction(&self, producer_id: i64) -> bool {
+        self.producers
+            .get(&producer_id)
+            .is_some_and(|e| e.txn_first_offset.is_some())
+    }
+
     /// The broker's derived producers of client producer `owner` with a
     /// transaction open here (plugin-routed records of its transaction):
     /// a marker for `owner` ends them first.
