@@ -116,6 +116,7 @@ impl Broker {
         let forwarder = Arc::new(Forwarder::new(args.node_id, quorum.clone()));
         let transactions = TxnCoordinator::new(
             args.transaction_max_timeout_ms,
+            args.transactional_id_expiration_ms,
             Arc::new(ReplicatedLog {
                 topic: TXN_TOPIC,
                 views: views.clone(),

@@ -170,6 +170,23 @@ pub struct ServeArgs {
         default_value_t = 10_000
     )]
     pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
+    /// A transactional id whose producer has not begun or ended a
+    /// transaction for this long is forgotten by its coordinator (Kafka's
+    /// transactional.id.expiration.ms, 7 days).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTIONAL_ID_EXPIRATION_MS",
+        default_value_t = 604_800_000
+    )]
+    pub transactional_id_expiration_ms: i64,
+    /// How often the coordinator looks for expired transactional ids
+    /// (Kafka's transaction.remove.expired.transaction.cleanup.interval.ms).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTION_REMOVE_EXPIRED_TRANSACTION_CLEANUP_INTERVAL_MS",
+        default_value_t = 3_600_000
+    )]
+    pub transaction_remove_expired_transaction_cleanup_interval_ms: u64,
     /// Forget an idempotent producer's sequence state after this much idleness.
     #[arg(
         long,
@@ -332,6 +349,18 @@ fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!(
             "transaction-max-timeout-ms must be >= 1, got {}",
             args.transaction_max_timeout_ms
+        );
+    }
+    if args.transactional_id_expiration_ms < 1 {
+        bail!(
+            "transactional-id-expiration-ms must be >= 1, got {}",
+            args.transactional_id_expiration_ms
+        );
+    }
+    if args.transaction_remove_expired_transaction_cleanup_interval_ms < 10 {
+        bail!(
+            "transaction-remove-expired-transaction-cleanup-interval-ms must be at least 10, got {}",
+            args.transaction_remove_expired_transaction_cleanup_interval_ms
         );
     }
     if args.transaction_abort_timed_out_transaction_cleanup_interval_ms < 10 {

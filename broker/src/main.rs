@@ -187,6 +187,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .transaction_abort_timed_out_transaction_cleanup_interval_ms,
             )),
     );
+    tokio::spawn(
+        broker
+            .transactions
+            .clone()
+            .expire_idle_ids(Duration::from_millis(
+                broker
+                    .args
+                    .transaction_remove_expired_transaction_cleanup_interval_ms,
+            )),
+    );
     if broker.args.auto_leader_rebalance_enable {
         tokio::spawn(controller::preferred_leader_loop(
             quorum.clone(),

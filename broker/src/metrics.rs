@@ -207,7 +207,7 @@ impl Metrics {
         );
         let transaction_events = counter(
             "sluice_transaction_events_total",
-            "Transaction decisions made by this broker's coordinator: commit, abort (EndTxn), timeout_abort (open longer than its timeout), fenced (InitProducerId gave an existing id a new epoch, fencing older instances).",
+            "Transaction decisions made by this broker's coordinator: commit, abort (EndTxn), timeout_abort (open longer than its timeout), fenced (InitProducerId gave an existing id a new epoch, fencing older instances), expired (an idle transactional id forgotten).",
             &["event"],
         );
         Metrics {
@@ -363,6 +363,7 @@ impl Metrics {
             ("abort", &s.aborts),
             ("timeout_abort", &s.timeout_aborts),
             ("fenced", &s.fenced),
+            ("expired", &s.expired),
         ] {
             let c = self.transaction_events.with_label_values(&[event]);
             c.inc_by(v.load(Ordering::Relaxed).saturating_sub(c.get()));

@@ -504,6 +504,62 @@ fn a_transactional_batch_outside_its_transaction_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// An idle transactional id is forgotten after
+/// transactional.id.expiration.ms, with a tombstone in its state
+/// partition: after its coordinator is SIGKILLed, the next coordinator
+/// does not know it either, and InitProducerId for it starts afresh with a
+/// new producer id (a known id would keep its producer id and get the next
+/// epoch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transactional_id_expires_on_every_coordinator() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut flags = args();
+    flags.extend([
+        "--transactional-id-expiration-ms",
+        "1000",
+        "--transaction-remove-expired-transaction-cleanup-interval-ms",
+        "200",
+    ]);
+    let mut cluster = Cluster::start(3, &flags)?;
+    // Coordinated away from broker 0, which answers the metadata queries.
+    let (tid, coordinator) = (0..100)
+        .map(|_| unique_name("tid"))
+        .find_map(|tid| {
+            let c = usize::try_from(cluster.transaction_coordinator(&tid).ok()?).ok()?;
+            (c != 0).then_some((tid, c))
+        })
+        .context("no transactional id coordinated away from broker 0")?;
+    let (first, _) =
+        tokio::task::block_in_place(|| init_transactional(cluster.addr(coordinator), &tid))?;
+    cluster.wait_until("the id expires", WAIT, |c| {
+        Ok(c.metric(
+            coordinator,
+            "sluice_transaction_events_total{event=\"expired\"}",
+        )? >= 1.0)
+    })?;
+    cluster.kill(coordinator);
+    cluster.wait_until("another broker coordinates the id", WAIT, |c| {
+        Ok(c.transaction_coordinator(&tid)? != coordinator as i32)
+    })?;
+    let next = usize::try_from(cluster.transaction_coordinator(&tid)?)?;
+    let again = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match init_transactional(cluster.addr(next), &tid) {
+                Ok(p) => return Ok(p),
+                // Loading the partition, or not coordinating it yet.
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })?;
+    assert_ne!(again.0, first, "a new producer id: the id was forgotten");
+    assert_eq!(again.1, 0, "a fresh id starts at epoch 0");
+    Ok(())
+}
+
 /// Consume-transform-produce: a group consumer reads the input, a
 /// transactional producer writes one output record per input record and
 /// commits the consumer's positions in the same transaction. The output

@@ -115,6 +115,8 @@ pub struct MarkerServices {
 pub struct TxnCoordinator {
     /// The longest timeout a producer may ask for.
     max_timeout_ms: i32,
+    /// Idle ids are forgotten after this long (see `expire_idle_ids`).
+    id_expiration_ms: i64,
     log: Arc<dyn InternalLog>,
     services: MarkerServices,
     owned: Mutex<Owned>,
@@ -142,6 +144,8 @@ pub struct TxnStats {
     /// any older instance of the producer (its open transaction, if any,
     /// was aborted first).
     pub fenced: AtomicU64,
+    /// Idle transactional ids forgotten.
+    pub expired: AtomicU64,
 }
 
 /// How an operation left the transactional id.
@@ -152,6 +156,8 @@ enum Step {
     Unchanged,
     /// Nothing changed; answer with this state (a retried InitProducerId).
     Answer(TxnMeta),
+    /// The id's tombstone was persisted: forget it.
+    Forgotten,
     /// A transaction is ending in the background; it stays busy.
     Ending,
 }
@@ -166,11 +172,13 @@ pub struct ProducerIdAndEpoch {
 impl TxnCoordinator {
     pub fn new(
         max_timeout_ms: i32,
+        id_expiration_ms: i64,
         log: Arc<dyn InternalLog>,
         services: MarkerServices,
     ) -> Arc<TxnCoordinator> {
         Arc::new(TxnCoordinator {
             max_timeout_ms,
+            id_expiration_ms,
             log,
             services,
             owned: Mutex::new(Owned::default()),
@@ -270,6 +278,7 @@ impl TxnCoordinator {
         match step {
             Ok(Step::Ending) => return,
             Ok(Step::Persisted(meta)) => e.meta = Some(meta.clone()),
+            Ok(Step::Forgotten) => e.meta = None,
             Ok(Step::Unchanged | Step::Answer(_)) | Err(_) => {}
         }
         e.busy = false;
@@ -288,7 +297,18 @@ impl TxnCoordinator {
         meta: &TxnMeta,
     ) -> Result<(), ResponseError> {
         let value = serde_json::to_vec(meta).map_err(|_| ResponseError::UnknownServerError)?;
-        let batch = batch_of(&[(id.as_bytes().to_vec(), Some(value))], None).map_err(|e| {
+        self.persist_value(id, ticket, Some(value)).await
+    }
+
+    /// Persists `id`'s record: a state, or a tombstone (`None`) that makes
+    /// every later load forget the id.
+    async fn persist_value(
+        &self,
+        id: &str,
+        ticket: &Ticket,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ResponseError> {
+        let batch = batch_of(&[(id.as_bytes().to_vec(), value)], None).map_err(|e| {
             tracing::error!(transactional_id = id, error = %e, "encoding transaction state failed");
             ResponseError::UnknownServerError
         })?;
@@ -326,7 +346,9 @@ impl TxnCoordinator {
                 producer_id: m.producer_id,
                 producer_epoch: m.producer_epoch,
             }),
-            Step::Ending | Step::Unchanged => Err(ResponseError::ConcurrentTransactions),
+            Step::Ending | Step::Unchanged | Step::Forgotten => {
+                Err(ResponseError::ConcurrentTransactions)
+            }
         }
     }
 
@@ -856,6 +878,54 @@ impl TxnCoordinator {
     /// Every `every`: aborts transactions open longer than their timeout
     /// (with a bumped epoch, fencing the producer), and loads state
     /// partitions whose load failed before.
+    /// Forgets, every `every`, the transactional ids coordinated here that
+    /// have had no transaction open or ending for the expiration time
+    /// (Kafka's transactional.id.expiration.ms): a tombstone in the state
+    /// partition, so later coordinators forget them too. The next
+    /// InitProducerId for such an id starts afresh (a new producer id).
+    pub async fn expire_idle_ids(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.expire_idle_now().await;
+        }
+    }
+
+    /// One pass of `expire_idle_ids`.
+    async fn expire_idle_now(&self) {
+        let now = now_ms();
+        let idle: Vec<String> = self
+            .lock()
+            .txns
+            .iter()
+            .filter(|(_, e)| {
+                !e.busy
+                    && e.meta
+                        .as_ref()
+                        .is_some_and(|m| m.expired(now, self.id_expiration_ms))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            let Ok((meta, ticket)) = self.begin(&id) else {
+                continue;
+            };
+            let step = async {
+                // Used again since it was listed: keep it.
+                if !meta.is_some_and(|m| m.expired(now_ms(), self.id_expiration_ms)) {
+                    return Ok(Step::Unchanged);
+                }
+                self.persist_value(&id, &ticket, None).await?;
+                self.stats.expired.fetch_add(1, Relaxed);
+                tracing::info!(transactional_id = %id, expiration_ms = self.id_expiration_ms, "transactional id expired");
+                Ok(Step::Forgotten)
+            }
+            .await;
+            self.finish(&id, &ticket, &step);
+        }
+    }
+
     pub async fn abort_timed_out(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

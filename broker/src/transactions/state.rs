@@ -86,6 +86,16 @@ impl TxnMeta {
     }
 
     /// The request's producer must be the one that owns the id now.
+    /// No transaction open or ending, and nothing done for `expiration_ms`:
+    /// the coordinator may forget the id (Kafka's
+    /// transactional.id.expiration.ms).
+    pub fn expired(&self, now: i64, expiration_ms: i64) -> bool {
+        matches!(
+            self.state,
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+        ) && now.saturating_sub(self.updated_ms) >= expiration_ms
+    }
+
     pub fn check_producer(&self, producer_id: i64, epoch: i16) -> Result<(), ResponseError> {
         if producer_id != self.producer_id {
             return Err(ResponseError::InvalidProducerIdMapping);
@@ -204,6 +214,27 @@ mod tests {
 
     fn tp(t: &str, p: i32) -> (String, i32) {
         (t.to_string(), p)
+    }
+
+    #[test]
+    fn only_an_idle_id_without_a_transaction_expires() {
+        let m = TxnMeta::new(7, 60_000, 1_000);
+        assert!(!m.expired(1_999, 1_000), "not idle long enough");
+        assert!(m.expired(2_000, 1_000));
+        let open = m.add_partitions([tp("t", 0)], 1_000).expect("begins");
+        assert!(
+            !open.expired(i64::MAX, 1_000),
+            "an open transaction never expires"
+        );
+        let ending = open
+            .prepare_end(true, 1_000)
+            .expect("commit")
+            .expect("prepared");
+        assert!(
+            !ending.expired(i64::MAX, 1_000),
+            "nor one whose markers are pending"
+        );
+        assert!(ending.complete(1_000).expired(2_000, 1_000));
     }
 
     #[test]
