@@ -210,7 +210,16 @@ impl Broker {
             cut_off,
         ));
         self.groups.refresh_ownership();
-        self.transactions.refresh_ownership();
+        // Transaction state partitions no longer led (in this epoch) stop
+        // being served now; the ones gained load in the background, so a
+        // long replay does not hold up the leadership changes after it (ids
+        // of a partition still loading get COORDINATOR_LOAD_IN_PROGRESS).
+        self.transactions.release_lost();
+        let transactions = self.transactions.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || transactions.refresh_ownership())),
+            Err(_) => transactions.refresh_ownership(),
+        }
     }
 
     /// Waits until the view includes quorum index `index` (a change this

@@ -120,6 +120,9 @@ pub struct TxnCoordinator {
     log: Arc<dyn InternalLog>,
     services: MarkerServices,
     owned: Mutex<Owned>,
+    /// Held by one `refresh_ownership` at a time (they run on blocking
+    /// threads, each bringing the loads up to the leadership of its time).
+    loading: Mutex<()>,
     /// Told whenever an operation lets go of an id (see `begin_waiting`).
     freed: tokio::sync::Notify,
     pub stats: TxnStats,
@@ -182,6 +185,7 @@ impl TxnCoordinator {
             log,
             services,
             owned: Mutex::new(Owned::default()),
+            loading: Mutex::new(()),
             freed: tokio::sync::Notify::new(),
             stats: TxnStats::default(),
         })
@@ -689,11 +693,31 @@ impl TxnCoordinator {
             .collect()
     }
 
+    /// Stops serving the ids of state partitions this broker no longer
+    /// leads in the epoch it loaded them in (cheap; the metadata applier
+    /// calls it before loading anything gained in the background).
+    pub fn release_lost(&self) {
+        let count = self.log.partition_count();
+        let mut owned = self.lock();
+        let owned = &mut *owned;
+        let before = owned.loads.len();
+        owned
+            .loads
+            .retain(|p, l| self.log.leader_epoch(*p) == Some(l.epoch));
+        if owned.loads.len() != before {
+            let loads = &owned.loads;
+            owned
+                .txns
+                .retain(|id, _| loads.contains_key(&partition_for(id, count)));
+        }
+    }
+
     /// Follows `__transaction_state` leadership (called by the metadata
     /// applier after each view): ids of partitions this broker stopped
     /// leading are dropped; partitions it started leading, or leads in a
     /// new epoch, are replayed, and their half-ended transactions finished.
     pub fn refresh_ownership(self: &Arc<Self>) {
+        let _one = self.loading.lock().unwrap_or_else(|e| e.into_inner());
         let count = self.log.partition_count();
         let led: HashMap<usize, i32> = (0..count)
             .filter_map(|p| self.log.leader_epoch(p).map(|e| (p, e)))
