@@ -370,6 +370,65 @@ async fn a_commit_survives_the_coordinator_being_killed_mid_transaction() -> Res
     Ok(())
 }
 
+/// The coordinator changes *after* the decision: the commit is durable
+/// (EndTxn answered) but one partition's marker cannot be written yet (its
+/// only replica's broker is down), and then the coordinator is SIGKILLed.
+/// The next coordinator finds the decision in the state partition and
+/// writes the missing marker once the partition is back: the transaction
+/// is committed everywhere. Five brokers, so the quorum and the state
+/// partition survive two of them being down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_coordinator_finishes_a_commit_its_predecessor_decided() -> Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(5, &args())?;
+    let (single, replicated) = (unique_name("txn-rf1"), unique_name("txn-rf3"));
+    let admin = admin_client(&cluster.bootstrap())?;
+    let topics = [
+        NewTopic::new(&single, 5, TopicReplication::Fixed(1)),
+        NewTopic::new(&replicated, 1, TopicReplication::Fixed(3)).set("min.insync.replicas", "2"),
+    ];
+    for r in admin.create_topics(&topics, &admin_opts()).await? {
+        r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+    }
+    // Broker 0 answers the metadata queries: the partition's broker and
+    // the coordinator are two others.
+    let (partition, holder) = (0..5)
+        .find_map(|p| {
+            let l = cluster.leader_and_isr(0, &single, p).ok()?.0;
+            (l > 0).then_some((p, l as usize))
+        })
+        .context("a partition away from broker 0")?;
+    let (tid, coordinator) = (0..200)
+        .map(|_| unique_name("tid"))
+        .find_map(|tid| {
+            let c = usize::try_from(cluster.transaction_coordinator(&tid).ok()?).ok()?;
+            (c != 0 && c != holder).then_some((tid, c))
+        })
+        .context("a transactional id coordinated elsewhere")?;
+    let parts = [(single.as_str(), partition), (replicated.as_str(), 0)];
+    let p = transactional(&cluster, &tid, "60000")?;
+    p.begin_transaction()?;
+    send(&p, &parts, "decided", 5).await?;
+    cluster.kill(holder);
+    tokio::task::block_in_place(|| p.commit_transaction(WAIT))?;
+    // Decided; the marker for the partition on the dead broker is pending.
+    assert_eq!(
+        cluster.metric(coordinator, "sluice_transactions{state=\"PrepareCommit\"}")?,
+        1.0
+    );
+    cluster.kill(coordinator);
+    cluster.wait_until("another broker coordinates the id", WAIT, |c| {
+        Ok(c.transaction_coordinator(&tid)? != coordinator as i32)
+    })?;
+    cluster.restart(holder)?;
+    assert_eq!(
+        read(&cluster, &parts, "read_committed", 10).await?,
+        counts(&[("decided", 10)])
+    );
+    cluster.restart(coordinator)?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_aborts_a_transaction_that_outlives_its_timeout() -> Result<()> {
     let _alone = ONE_AT_A_TIME.lock().await;
