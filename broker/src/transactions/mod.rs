@@ -53,6 +53,27 @@ pub const TXN_TOPIC: &str = "__transaction_state";
 /// How long one round of marker writes may wait for the leaders.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether a partition's answer to a marker ends the marker's retries:
+/// written; the partition gone; or the transaction superseded there (the
+/// producer has a newer epoch, or a newer coordinator wrote a marker for
+/// it), where no marker of this one can ever be written and none is
+/// needed. Anything else (leadership moving, the ISR short, a broker
+/// unreachable) is retried.
+fn settles(topic: &str, partition: i32, answer: Option<ResponseError>) -> bool {
+    match answer {
+        None | Some(ResponseError::UnknownTopicOrPartition) => true,
+        Some(
+            e @ (ResponseError::InvalidProducerEpoch
+            | ResponseError::ProducerFenced
+            | ResponseError::TransactionCoordinatorFenced),
+        ) => {
+            tracing::info!(topic, partition, answer = ?e, "transaction marker superseded there; not retried");
+            true
+        }
+        Some(_) => false,
+    }
+}
+
 /// The broker coordinating `transactional_id` in `view`.
 pub fn coordinator_of<'a>(
     view: &'a ClusterView,
@@ -615,7 +636,7 @@ impl TxnCoordinator {
                 .zip(written)
                 .filter_map(|(end, w)| match w {
                     Ok(()) => None,
-                    Err(e) if e.code == ResponseError::UnknownTopicOrPartition => None,
+                    Err(e) if settles(&end.topic, end.partition, Some(e.code)) => None,
                     Err(e) => {
                         tracing::debug!(topic = %end.topic, partition = end.partition, error = %e.message, "marker not written; retrying");
                         Some((end.topic, end.partition))
@@ -683,12 +704,12 @@ impl TxnCoordinator {
                 })
             })
             .collect();
-        // Written, or gone; anything else (or not answered) is retried.
+        // Anything not settled (or not answered) is retried.
         all.into_iter()
             .filter(|tp| {
-                !answered.iter().any(|(a, code)| {
-                    a == tp && matches!(code, None | Some(ResponseError::UnknownTopicOrPartition))
-                })
+                !answered
+                    .iter()
+                    .any(|(a, code)| a == tp && settles(&tp.0, tp.1, *code))
             })
             .collect()
     }
@@ -986,6 +1007,33 @@ impl TxnCoordinator {
                 .await;
                 self.finish(&id, &ticket, &step);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_stop_when_written_gone_or_superseded_only() {
+        for settled in [
+            None,
+            Some(ResponseError::UnknownTopicOrPartition),
+            Some(ResponseError::InvalidProducerEpoch),
+            Some(ResponseError::ProducerFenced),
+            Some(ResponseError::TransactionCoordinatorFenced),
+        ] {
+            assert!(settles("t", 0, settled), "{settled:?}");
+        }
+        for retried in [
+            ResponseError::NotLeaderOrFollower,
+            ResponseError::NotEnoughReplicas,
+            ResponseError::RequestTimedOut,
+            ResponseError::KafkaStorageError,
+            ResponseError::CorruptMessage,
+        ] {
+            assert!(!settles("t", 0, Some(retried)), "{retried:?}");
         }
     }
 }
