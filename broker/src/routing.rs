@@ -68,7 +68,6 @@ use sha2::{Digest, Sha256};
 use crate::api::services::Writes;
 use crate::cluster::topics::Topic;
 use crate::replication::{Acks, LeaderState, WriteError};
-use crate::transactions::ProducerIdAndEpoch;
 use crate::transactions::membership::{Ask, Txn};
 use crate::view::ClusterView;
 use sluice_plugin_host::{Bindings, FailurePolicy, Outcome};
@@ -442,15 +441,15 @@ pub async fn produce(
     };
     if let Some(id) = transaction {
         let partitions = others.iter().chain(&anchor).map(|s| s.partition).collect();
-        let txn = Txn {
-            id,
-            producer: ProducerIdAndEpoch {
-                producer_id: h.producer_id,
-                producer_epoch: h.producer_epoch,
-            },
-        };
         b.membership()
-            .ensure(view, txn, &target.meta.name, partitions, Ask::Add, deadline)
+            .ensure(
+                view,
+                Txn::of(id, &h),
+                &target.meta.name,
+                partitions,
+                Ask::Add,
+                deadline,
+            )
             .await?;
     }
     let mut bytes_in = 0u64;

@@ -20,7 +20,6 @@ use super::services::Writes;
 use super::{error_code, str_bytes};
 use crate::replication::{Acks, Appended, Staged, WriteError};
 use crate::routing;
-use crate::transactions::ProducerIdAndEpoch;
 use crate::transactions::membership::{Ask, Txn};
 use crate::view::ClusterView;
 use sluice_protocol::batch::{ValidatedBatch, validate_produce};
@@ -330,15 +329,15 @@ async fn try_stage(
                 "a transactional batch needs the request's transactional id".to_string(),
             );
         };
-        let txn = Txn {
-            id,
-            producer: ProducerIdAndEpoch {
-                producer_id: h.producer_id,
-                producer_epoch: h.producer_epoch,
-            },
-        };
         b.membership()
-            .ensure(view, txn, topic, vec![partition], Ask::Verify, deadline)
+            .ensure(
+                view,
+                Txn::of(id, &h),
+                topic,
+                vec![partition],
+                Ask::Verify,
+                deadline,
+            )
             .await?;
     }
     let staged = b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)?;

@@ -7,6 +7,7 @@
 //! mapping around `crate::transactions`.
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
@@ -31,6 +32,7 @@ use crate::groups::OFFSETS_TOPIC;
 use crate::internal_log::partition_for;
 use crate::transactions::ProducerIdAndEpoch;
 use crate::transactions::state::TxnState;
+use crate::view::ClusterView;
 
 /// PRODUCER_FENCED exists from these request versions on (KIP-588);
 /// older clients get INVALID_PRODUCER_EPOCH for it, as from Kafka.
@@ -47,17 +49,62 @@ pub async fn add_partitions_to_txn(
     req: AddPartitionsToTxnRequest,
     version: i16,
 ) -> AddPartitionsToTxnResponse {
-    if version >= 4 {
-        return add_or_verify_batched(b, req).await;
-    }
     let view = b.views.current();
-    let id = req.v3_and_below_transactional_id.as_str();
-    let producer = ProducerIdAndEpoch {
-        producer_id: req.v3_and_below_producer_id.0,
-        producer_epoch: req.v3_and_below_producer_epoch,
-    };
-    let requested: Vec<(String, i32)> = req
-        .v3_and_below_topics
+    let mut resp = AddPartitionsToTxnResponse::default();
+    if version < 4 {
+        // A client's: one transaction.
+        let producer = ProducerIdAndEpoch {
+            producer_id: req.v3_and_below_producer_id.0,
+            producer_epoch: req.v3_and_below_producer_epoch,
+        };
+        resp.results_by_topic_v3_and_below = add_or_verify(
+            b,
+            &view,
+            req.v3_and_below_transactional_id.as_str(),
+            producer,
+            &req.v3_and_below_topics,
+            false,
+        )
+        .await
+        .into_results(|e| fenced_for(e, version, 2));
+        return resp;
+    }
+    // A partition leader's: several transactions; with verify_only, only
+    // whether the partitions are in the open transaction (KIP-890).
+    for txn in &req.transactions {
+        let producer = ProducerIdAndEpoch {
+            producer_id: txn.producer_id.0,
+            producer_epoch: txn.producer_epoch,
+        };
+        let mut result = AddPartitionsToTxnResult::default();
+        result.transactional_id = txn.transactional_id.clone();
+        result.topic_results = add_or_verify(
+            b,
+            &view,
+            txn.transactional_id.as_str(),
+            producer,
+            &txn.topics,
+            txn.verify_only,
+        )
+        .await
+        .into_results(std::convert::identity);
+        resp.results_by_transaction.push(result);
+    }
+    resp
+}
+
+/// Each partition's outcome of adding `topics` to transaction `id` (or,
+/// `verify_only`, of checking that they are in it), before the error
+/// codes are written out (`Outcomes::into_results`).
+async fn add_or_verify<'a>(
+    b: &Transactions<'a>,
+    view: &ClusterView,
+    id: &str,
+    producer: ProducerIdAndEpoch,
+    topics: &[AddPartitionsToTxnTopic],
+    verify_only: bool,
+) -> Outcomes<'a> {
+    let requested: Vec<(String, i32)> = topics
         .iter()
         .flat_map(|t| {
             t.partitions
@@ -65,111 +112,71 @@ pub async fn add_partitions_to_txn(
                 .map(|p| (t.name.as_str().to_string(), *p))
         })
         .collect();
+    let known = |(t, p): &(String, i32)| view.partition(t, *p).is_some();
     // All or nothing, as in Kafka: partitions that do not exist fail the
     // request, and the others are not attempted.
-    let unknown: Vec<&(String, i32)> = requested
-        .iter()
-        .filter(|(t, p)| view.partition(t, *p).is_none())
-        .collect();
-    let outcome = if unknown.is_empty() {
-        b.transactions
-            .add_partitions(id, producer, requested.clone())
-            .await
-            .map_err(|e| fenced_for(e, version, 2))
-    } else {
-        Err(ResponseError::OperationNotAttempted)
-    };
-    let mut resp = AddPartitionsToTxnResponse::default();
-    for t in &req.v3_and_below_topics {
-        let mut tr = AddPartitionsToTxnTopicResult::default();
-        tr.name = t.name.clone();
-        for &p in &t.partitions {
-            let mut pr = AddPartitionsToTxnPartitionResult::default();
-            pr.partition_index = p;
-            let code = match outcome {
-                Ok(()) => None,
-                Err(_) if unknown.contains(&&(t.name.as_str().to_string(), p)) => {
-                    Some(ResponseError::UnknownTopicOrPartition)
-                }
-                Err(e) => Some(e),
-            };
-            if let Some(code) = code {
-                pr.partition_error_code = error_code(b.metrics, code);
-            }
-            tr.results_by_partition.push(pr);
+    let codes: Vec<Option<ResponseError>> = if !requested.iter().all(known) {
+        requested
+            .iter()
+            .map(|p| {
+                Some(if known(p) {
+                    ResponseError::OperationNotAttempted
+                } else {
+                    ResponseError::UnknownTopicOrPartition
+                })
+            })
+            .collect()
+    } else if verify_only {
+        match b.transactions.verify(id, producer, &requested) {
+            Ok(codes) => codes,
+            Err(e) => vec![Some(e); requested.len()],
         }
-        resp.results_by_topic_v3_and_below.push(tr);
+    } else {
+        let added = b
+            .transactions
+            .add_partitions(id, producer, requested.clone())
+            .await;
+        vec![added.err(); requested.len()]
+    };
+    Outcomes {
+        metrics: b.metrics,
+        topics: topics.to_vec(),
+        codes,
     }
-    resp
 }
 
-/// AddPartitionsToTxn v4+: several transactions at once, as partition
-/// leaders send it; with verify_only set, only whether the partitions are
-/// in the open transaction (nothing is added).
-async fn add_or_verify_batched(
-    b: &Transactions<'_>,
-    req: AddPartitionsToTxnRequest,
-) -> AddPartitionsToTxnResponse {
-    let view = b.views.current();
-    let mut resp = AddPartitionsToTxnResponse::default();
-    for txn in req.transactions {
-        let id = txn.transactional_id.as_str();
-        let producer = ProducerIdAndEpoch {
-            producer_id: txn.producer_id.0,
-            producer_epoch: txn.producer_epoch,
-        };
-        let requested: Vec<(String, i32)> = txn
-            .topics
+/// Per-partition outcomes of AddPartitionsToTxn, in request order.
+struct Outcomes<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    topics: Vec<AddPartitionsToTxnTopic>,
+    codes: Vec<Option<ResponseError>>,
+}
+
+impl Outcomes<'_> {
+    /// The response's topic results, each error code passed through `f`
+    /// (the version's mapping of PRODUCER_FENCED).
+    fn into_results(
+        self,
+        f: impl Fn(ResponseError) -> ResponseError,
+    ) -> Vec<AddPartitionsToTxnTopicResult> {
+        let mut codes = self.codes.into_iter();
+        self.topics
             .iter()
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .map(|p| (t.name.as_str().to_string(), *p))
-            })
-            .collect();
-        let known = |(t, p): &(String, i32)| view.partition(t, *p).is_some();
-        let codes: Vec<Option<ResponseError>> = if !requested.iter().all(known) {
-            requested
-                .iter()
-                .map(|p| {
-                    Some(if known(p) {
-                        ResponseError::OperationNotAttempted
-                    } else {
-                        ResponseError::UnknownTopicOrPartition
-                    })
-                })
-                .collect()
-        } else if txn.verify_only {
-            match b.transactions.verify(id, producer, &requested) {
-                Ok(codes) => codes,
-                Err(e) => vec![Some(e); requested.len()],
-            }
-        } else {
-            let added = b
-                .transactions
-                .add_partitions(id, producer, requested.clone())
-                .await;
-            vec![added.err(); requested.len()]
-        };
-        let mut result = AddPartitionsToTxnResult::default();
-        result.transactional_id = txn.transactional_id.clone();
-        let mut codes = codes.into_iter();
-        for t in &txn.topics {
-            let mut tr = AddPartitionsToTxnTopicResult::default();
-            tr.name = t.name.clone();
-            for &p in &t.partitions {
-                let mut pr = AddPartitionsToTxnPartitionResult::default();
-                pr.partition_index = p;
-                if let Some(code) = codes.next().flatten() {
-                    pr.partition_error_code = error_code(b.metrics, code);
+            .map(|t| {
+                let mut tr = AddPartitionsToTxnTopicResult::default();
+                tr.name = t.name.clone();
+                for &p in &t.partitions {
+                    let mut pr = AddPartitionsToTxnPartitionResult::default();
+                    pr.partition_index = p;
+                    if let Some(code) = codes.next().flatten() {
+                        pr.partition_error_code = error_code(self.metrics, f(code));
+                    }
+                    tr.results_by_partition.push(pr);
                 }
-                tr.results_by_partition.push(pr);
-            }
-            result.topic_results.push(tr);
-        }
-        resp.results_by_transaction.push(result);
+                tr
+            })
+            .collect()
     }
-    resp
 }
 
 pub async fn end_txn(b: &Transactions<'_>, req: EndTxnRequest, version: i16) -> EndTxnResponse {

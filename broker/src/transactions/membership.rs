@@ -20,6 +20,7 @@ use super::{ProducerIdAndEpoch, TxnCoordinator, coordinator_of};
 use crate::forward::Forwarder;
 use crate::replication::WriteError;
 use crate::view::ClusterView;
+use sluice_protocol::batch::BatchHeader;
 
 /// What to ask the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,19 @@ pub enum Ask {
 pub struct Txn<'a> {
     pub id: &'a str,
     pub producer: ProducerIdAndEpoch,
+}
+
+impl Txn<'_> {
+    /// Transaction `id` of the producer that wrote batch `h`.
+    pub fn of<'a>(id: &'a str, h: &BatchHeader) -> Txn<'a> {
+        Txn {
+            id,
+            producer: ProducerIdAndEpoch {
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+            },
+        }
+    }
 }
 
 /// The services the question needs.

@@ -937,25 +937,12 @@ fn plugins_main(args: &Args) -> Result<()> {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../plugins/examples/target/wasm32-unknown-unknown/release")
     });
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let temp = tempfile::Builder::new()
-        .prefix("sluice-bench-")
-        .tempdir_in(&cwd)
-        .context("cannot create a temp dir in the current directory")?;
-    // One broker, or a cluster whose topics are replicated on all three.
-    let (broker, cluster, rf) = if args.brokers > 1 {
-        let c = sluice_tests::cluster::Cluster::start_in(temp.path(), args.brokers, &[])
-            .context("cannot start the cluster")?;
-        (None, Some(c), args.brokers as i32)
-    } else {
-        let b = Broker::start_in(temp.path()).context("cannot start sluice-broker")?;
-        (Some(b), None, 1)
-    };
-    let (bootstrap, admin_addr) = match (&broker, &cluster) {
-        (Some(b), _) => (b.bootstrap(), b.admin_addr()),
-        (None, Some(c)) => (c.bootstrap(), c.brokers[0].admin_addr()),
-        (None, None) => bail!("no broker"),
-    };
+    let spawned = Spawned::start(args.brokers)?;
+    let (bootstrap, admin_addr, rf) = (
+        spawned.bootstrap(),
+        spawned.brokers()[0].admin_addr(),
+        spawned.replication_factor(),
+    );
     for (name, kind, file) in [
         ("trivial", "partitioner", "trivial_partitioner.wasm"),
         ("stamp", "interceptor", "stamp_header.wasm"),
@@ -974,11 +961,7 @@ fn plugins_main(args: &Args) -> Result<()> {
             bail!("uploading {name}: {} {}", resp.status, resp.body);
         }
     }
-    let brokers: Vec<&Broker> = match (&broker, &cluster) {
-        (Some(b), _) => vec![b],
-        (None, Some(c)) => c.brokers.iter().collect(),
-        (None, None) => bail!("no broker"),
-    };
+    let brokers = spawned.brokers();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1245,24 +1228,12 @@ fn transactions_main(args: &Args) -> Result<()> {
         args.compression,
         args.linger_ms
     );
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let temp = tempfile::Builder::new()
-        .prefix("sluice-bench-")
-        .tempdir_in(&cwd)
-        .context("cannot create a temp dir in the current directory")?;
-    let (broker, cluster, rf) = if args.brokers > 1 {
-        let c = sluice_tests::cluster::Cluster::start_in(temp.path(), args.brokers, &[])
-            .context("cannot start the cluster")?;
-        (None, Some(c), args.brokers as i32)
-    } else {
-        let b = Broker::start_in(temp.path()).context("cannot start sluice-broker")?;
-        (Some(b), None, 1)
-    };
-    let (bootstrap, brokers): (String, Vec<&Broker>) = match (&broker, &cluster) {
-        (Some(b), _) => (b.bootstrap(), vec![b]),
-        (None, Some(c)) => (c.bootstrap(), c.brokers.iter().collect()),
-        (None, None) => bail!("no broker"),
-    };
+    let spawned = Spawned::start(args.brokers)?;
+    let (bootstrap, brokers, rf) = (
+        spawned.bootstrap(),
+        spawned.brokers(),
+        spawned.replication_factor(),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1392,6 +1363,58 @@ fn transactions_main(args: &Args) -> Result<()> {
         args.transaction_rounds.max(1)
     );
     Ok(())
+}
+
+/// The brokers a mode spawns, in a temporary directory under the current
+/// one (the filesystem the baselines measure): one, or a cluster whose
+/// topics are replicated on all of them.
+struct Spawned {
+    // Declared before the directory: the brokers stop before it goes.
+    brokers: Brokers,
+    _dir: tempfile::TempDir,
+}
+
+enum Brokers {
+    One(Broker),
+    Cluster(sluice_tests::cluster::Cluster),
+}
+
+impl Spawned {
+    fn start(brokers: usize) -> Result<Spawned> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-bench-")
+            .tempdir_in(&cwd)
+            .context("cannot create a temp dir in the current directory")?;
+        let brokers = if brokers > 1 {
+            Brokers::Cluster(
+                sluice_tests::cluster::Cluster::start_in(dir.path(), brokers, &[])
+                    .context("cannot start the cluster")?,
+            )
+        } else {
+            Brokers::One(Broker::start_in(dir.path()).context("cannot start sluice-broker")?)
+        };
+        Ok(Spawned { brokers, _dir: dir })
+    }
+
+    fn bootstrap(&self) -> String {
+        match &self.brokers {
+            Brokers::One(b) => b.bootstrap(),
+            Brokers::Cluster(c) => c.bootstrap(),
+        }
+    }
+
+    fn brokers(&self) -> Vec<&Broker> {
+        match &self.brokers {
+            Brokers::One(b) => vec![b],
+            Brokers::Cluster(c) => c.brokers.iter().collect(),
+        }
+    }
+
+    /// Topics are replicated on every broker.
+    fn replication_factor(&self) -> i32 {
+        self.brokers().len() as i32
+    }
 }
 
 /// A topic with `rf` replicas per partition (min.insync.replicas 2 when
