@@ -184,6 +184,24 @@ struct Stats {
 }
 
 impl Stats {
+    fn new() -> Result<Stats> {
+        Ok(Stats {
+            origin: Instant::now(),
+            latency_us: Mutex::new(latency_histogram()?),
+            acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ack_us: AtomicU64::new(0),
+        })
+    }
+
+    /// What the delivery reports recorded so far.
+    fn latency(&self) -> Histogram<u64> {
+        self.latency_us
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
     fn micros_now(&self) -> u64 {
         self.origin.elapsed().as_micros() as u64
     }
@@ -214,6 +232,11 @@ impl ProducerContext for BenchContext {
     }
 }
 
+/// Microseconds from 1 µs to 10 minutes, 3 significant digits.
+fn latency_histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")
+}
+
 /// Payload pool: each value is half pseudo-random, half repetitive text, so
 /// compression codecs have something (but not everything) to gain.
 fn payload_pool(record_size: usize) -> Vec<Vec<u8>> {
@@ -238,15 +261,7 @@ struct ProduceResult {
 }
 
 fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
-    let stats = Arc::new(Stats {
-        origin: Instant::now(),
-        latency_us: Mutex::new(
-            Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?,
-        ),
-        acked: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        last_ack_us: AtomicU64::new(0),
-    });
+    let stats = Arc::new(Stats::new()?);
     let mut cfg: ClientConfig = base_config(bootstrap);
     cfg.set("acks", &args.acks)
         .set("compression.type", &args.compression)
@@ -302,11 +317,7 @@ fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
         0 => stats.micros_now(),
         us => us,
     };
-    let latency = stats
-        .latency_us
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
+    let latency = stats.latency();
     Ok(ProduceResult {
         acked: stats.acked.load(Ordering::Relaxed),
         failed: stats.failed.load(Ordering::Relaxed),
@@ -1083,15 +1094,7 @@ fn produce_in_rounds(
     per_round: u64,
     transactional: bool,
 ) -> Result<RoundsResult> {
-    let stats = Arc::new(Stats {
-        origin: Instant::now(),
-        latency_us: Mutex::new(
-            Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?,
-        ),
-        acked: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        last_ack_us: AtomicU64::new(0),
-    });
+    let stats = Arc::new(Stats::new()?);
     let mut cfg: ClientConfig = base_config(bootstrap);
     cfg.set("acks", "all")
         .set("enable.idempotence", "true")
@@ -1136,8 +1139,7 @@ fn produce_in_rounds(
             h.reset();
         }
     }
-    let mut round_wait_us =
-        Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?;
+    let mut round_wait_us = latency_histogram()?;
     let mut commit_us = round_wait_us.clone();
     let pool = payload_pool(args.record_size);
     let start_us = stats.micros_now();
@@ -1189,11 +1191,7 @@ fn produce_in_rounds(
         seq = end;
     }
     let end_us = stats.micros_now();
-    let latency = stats
-        .latency_us
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
+    let latency = stats.latency();
     Ok(RoundsResult {
         produced: ProduceResult {
             acked: stats.acked.load(Ordering::Relaxed),
