@@ -40,7 +40,9 @@
 //!
 //! - Before any sub-batch is written, the partitions it goes to join the
 //!   client's transaction at its coordinator (AddPartitionsToTxn on the
-//!   client's behalf), so the transaction's markers reach them.
+//!   client's behalf), so the transaction's markers reach them; for the
+//!   batch's first in the transaction, after checking that the client's
+//!   own partition is in it (KIP-890's verification).
 //! - Sub-batches (the anchor too) are transactional, under a derived id
 //!   that names the client's producer (`txn_derived_producer_id`: the
 //!   client's partition and producer id), so a partition that gets the
@@ -440,6 +442,23 @@ pub async fn produce(
         acks
     };
     if let Some(id) = transaction {
+        if !ls.log.in_transaction(dp) {
+            // The batch's first in this transaction here: the client must
+            // have added its partition (KIP-890, as for any transactional
+            // batch). Otherwise a late first attempt of a batch whose
+            // transaction ended would add its targets to the producer's
+            // next transaction and be committed with it.
+            b.membership()
+                .ensure(
+                    view,
+                    Txn::of(id, &h),
+                    &topic.meta.name,
+                    vec![client_partition],
+                    Ask::Verify,
+                    deadline,
+                )
+                .await?;
+        }
         let partitions = others.iter().chain(&anchor).map(|s| s.partition).collect();
         b.membership()
             .ensure(

@@ -527,6 +527,30 @@ fn a_transactional_batch_outside_its_transaction_is_refused() -> Result<()> {
         &[b"stray".to_vec()],
     )?;
     assert_eq!(code(&stray), INVALID_TXN_STATE, "{stray:?}");
+    // The same through a produce plugin: its records would join the
+    // producer's transaction wherever the plugin puts them.
+    cluster.upload_plugin(
+        "tenant-router",
+        "partitioner",
+        &example_plugin("tenant_router.wasm")?,
+    )?;
+    let routed = unique_name("txn-stray-routed");
+    let admin = admin_client(&cluster.bootstrap())?;
+    let new = NewTopic::new(&routed, 1, TopicReplication::Fixed(3))
+        .set("sluice.partitioner", "tenant-router");
+    for r in rt.block_on(admin.create_topics([&new], &admin_opts()))? {
+        r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+    }
+    let routed_leader = usize::try_from(cluster.leader_and_isr(0, &routed, 0)?.0)?;
+    let stray_routed = produce_in_transaction(
+        cluster.addr(routed_leader),
+        &routed,
+        0,
+        &tid,
+        producer,
+        &[tenant_json("stray").into_bytes()],
+    )?;
+    assert_eq!(code(&stray_routed), INVALID_TXN_STATE, "{stray_routed:?}");
     // Without the transactional id the partition cannot ask: refused too.
     let anonymous =
         produce_idempotent(cluster.addr(leader), &topic, 0, producer, &[b"x".to_vec()])?;
