@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// This broker's id.
     #[arg(long, env = "SLUICE_NODE_ID", default_value_t = 0)]
     pub node_id: i32,
+    /// Take the id from where a StatefulSet's pod finds it instead of
+    /// `--node-id`: the `SLUICE_POD_INDEX` env var when set and not empty
+    /// (the `apps.kubernetes.io/pod-index` label, Kubernetes 1.28+), else
+    /// the ordinal that ends the host name (`demo-2` is broker 2).
+    #[arg(long, env = "SLUICE_NODE_ID_FROM_HOSTNAME", default_value_t = false)]
+    pub node_id_from_hostname: bool,
     /// The cluster's brokers as `id@host:port,...` (their Kafka listeners; this
     /// broker may be listed too). Empty: a single-node cluster.
     #[arg(long, env = "SLUICE_PEERS", default_value = "")]
@@ -237,6 +243,36 @@ pub fn resolve(matches: &ArgMatches) -> anyhow::Result<ServeArgs> {
     validate(args)
 }
 
+/// A StatefulSet pod's ordinal: the pod index (from the pod-index label)
+/// when known, else the `-N` that ends its host name, the pod's name.
+pub fn node_id_from(pod_index: Option<&str>, host_name: Option<&str>) -> anyhow::Result<i32> {
+    if let Some(index) = pod_index.map(str::trim).filter(|i| !i.is_empty()) {
+        return index
+            .parse::<i32>()
+            .ok()
+            .filter(|i| *i >= 0)
+            .with_context(|| format!("SLUICE_POD_INDEX is {index:?}, not a pod ordinal"));
+    }
+    let host = host_name.map(str::trim).unwrap_or_default();
+    host.rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse::<i32>().ok())
+        .filter(|i| *i >= 0)
+        .with_context(|| {
+            format!(
+                "node-id-from-hostname: host name {host:?} does not end in -<ordinal> (as a StatefulSet pod's, e.g. demo-0), and SLUICE_POD_INDEX is not set"
+            )
+        })
+}
+
+/// This machine's host name: `HOSTNAME` (container runtimes set it to the
+/// pod's name), else the kernel's.
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+}
+
 /// A file value in the type the setting has (YAML authors quote numbers,
 /// `"3"`, or leave strings bare, `peers: 0@h:9092` is a string anyway):
 /// the setting's current value tells the type.
@@ -290,7 +326,11 @@ fn read_file(path: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::
     Ok(out)
 }
 
-fn validate(args: ServeArgs) -> anyhow::Result<ServeArgs> {
+fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
+    if args.node_id_from_hostname {
+        let pod_index = std::env::var("SLUICE_POD_INDEX").ok();
+        args.node_id = node_id_from(pod_index.as_deref(), host_name().as_deref())?;
+    }
     if args.node_id < 0 {
         bail!("node-id must be >= 0, got {}", args.node_id);
     }
@@ -398,6 +438,21 @@ mod tests {
     fn parse(args: &[&str]) -> anyhow::Result<ServeArgs> {
         let m = Cli::command().try_get_matches_from(args)?;
         resolve(&m)
+    }
+
+    #[test]
+    fn node_ids_come_from_statefulset_host_names_or_the_pod_index() {
+        assert_eq!(node_id_from(None, Some("demo-0")).expect("id"), 0);
+        assert_eq!(node_id_from(None, Some("my-cluster-12\n")).expect("id"), 12);
+        assert_eq!(node_id_from(Some("3"), Some("demo-0")).expect("id"), 3);
+        // The label's env var is empty before Kubernetes 1.28.
+        assert_eq!(node_id_from(Some(""), Some("demo-4")).expect("id"), 4);
+        for bad in ["demo", "demo-x", "demo-", ""] {
+            let e = node_id_from(None, Some(bad)).expect_err(bad).to_string();
+            assert!(e.contains("does not end in -<ordinal>"), "{e}");
+        }
+        assert!(node_id_from(Some("x"), Some("demo-0")).is_err());
+        assert!(node_id_from(None, None).is_err());
     }
 
     #[test]

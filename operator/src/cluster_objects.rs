@@ -180,12 +180,14 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
             name: Some("kafka".into()),
             port: KAFKA_PORT,
             target_port: Some(IntOrString::String("kafka".into())),
+            protocol: Some("TCP".into()),
             ..Default::default()
         },
         ServicePort {
             name: Some("admin".into()),
             port: ADMIN_PORT,
             target_port: Some(IntOrString::String("admin".into())),
+            protocol: Some("TCP".into()),
             ..Default::default()
         },
     ];
@@ -199,8 +201,12 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
         ]),
         env: Some(vec![
             env_from_field("POD_NAME", "metadata.name"),
+            // The id is the pod's ordinal: from the pod-index label where
+            // the API server sets it (1.28+; empty before), else from the
+            // host name, the pod's name (`demo-2`).
+            env("SLUICE_NODE_ID_FROM_HOSTNAME", "true"),
             env_from_field(
-                "SLUICE_NODE_ID",
+                "SLUICE_POD_INDEX",
                 "metadata.labels['apps.kubernetes.io/pod-index']",
             ),
             env("SLUICE_LISTEN", &format!("0.0.0.0:{KAFKA_PORT}")),
@@ -216,11 +222,16 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
             ContainerPort {
                 name: Some("kafka".into()),
                 container_port: KAFKA_PORT,
+                // Explicit: server-side apply keys container ports by
+                // port and protocol, and some API servers refuse a port
+                // whose protocol is left to the default.
+                protocol: Some("TCP".into()),
                 ..Default::default()
             },
             ContainerPort {
                 name: Some("admin".into()),
                 container_port: ADMIN_PORT,
+                protocol: Some("TCP".into()),
                 ..Default::default()
             },
         ]),

@@ -139,8 +139,11 @@ pub struct ClusterSpec {
     pub service_monitor: bool,
 }
 
+/// The broker image of this operator's release (never `:latest`: a pinned
+/// tag is pulled once, works air-gapped, and does not change under a
+/// running cluster).
 fn default_image() -> String {
-    "ghcr.io/sluice/sluice-broker:latest".to_string()
+    concat!("ghcr.io/sluice/sluice-broker:", env!("CARGO_PKG_VERSION")).to_string()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

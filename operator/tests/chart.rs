@@ -253,3 +253,25 @@ fn the_rbac_is_exactly_the_rules_the_contract_tests_authorize_with() {
     no_crds.extend(["--set", "installCRDs=false"]);
     assert_eq!(roles(&no_crds, "ClusterRole"), vec![]);
 }
+
+/// Images are tagged with the release, never `:latest`: the chart's
+/// appVersion (the operator image's default tag) is the crates' version,
+/// which the Cluster's default broker image carries too.
+#[test]
+fn images_default_to_the_release_tag() {
+    let chart =
+        std::fs::read_to_string(repo().join("charts/sluice/Chart.yaml")).expect("Chart.yaml");
+    let chart: Value = serde_yaml::from_str(&chart).expect("yaml");
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+    let c: Cluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": "demo"},
+        "spec": {"brokers": 3}
+    }))
+    .expect("a Cluster with defaults");
+    assert_eq!(
+        c.spec.image,
+        format!("ghcr.io/sluice/sluice-broker:{}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -106,8 +106,16 @@ fn brokers_know_their_id_and_address() {
         })
         .collect();
     assert_eq!(
-        env["SLUICE_NODE_ID"].1.as_deref(),
+        env["SLUICE_NODE_ID_FROM_HOSTNAME"].0.as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        env["SLUICE_POD_INDEX"].1.as_deref(),
         Some("metadata.labels['apps.kubernetes.io/pod-index']")
+    );
+    assert!(
+        !env.contains_key("SLUICE_NODE_ID"),
+        "no id that can be empty"
     );
     assert_eq!(
         env["SLUICE_ADVERTISED_LISTEN"].0.as_deref(),
@@ -205,4 +213,58 @@ fn the_generated_config_file_starts_a_broker() {
     let broker = sluice_tests::Broker::start_with_args(&["--config", &path])
         .expect("a broker starts from the generated config");
     drop(broker);
+}
+
+/// A broker started with the environment the generated StatefulSet gives
+/// pod `demo-2` on a Kubernetes older than 1.28 (the pod-index label, and
+/// so `SLUICE_POD_INDEX`, empty; the runtime's `HOSTNAME` the pod's name)
+/// runs as broker 2. The addresses, data dir and peers are the test's own
+/// (the pod's DNS names do not resolve here); every other variable is the
+/// generated one, resolved as the kubelet would.
+#[test]
+fn a_broker_from_the_generated_pod_env_without_the_label_gets_its_ordinal() {
+    let o = desired(&cluster(3, false));
+    let pod = o
+        .statefulset
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod");
+    let harness_owned = [
+        "SLUICE_LISTEN",
+        "SLUICE_ADMIN_LISTEN",
+        "SLUICE_ADVERTISED_LISTEN",
+        "SLUICE_DATA_DIR",
+        "SLUICE_PEERS",
+    ];
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in pod.containers[0].env.clone().expect("env") {
+        if harness_owned.contains(&e.name.as_str()) {
+            continue;
+        }
+        let field = e.value_from.and_then(|f| f.field_ref).map(|f| f.field_path);
+        let value = match (e.value, field.as_deref()) {
+            (Some(v), _) => v.replace("$(POD_NAME)", "demo-2"),
+            (None, Some("metadata.name")) => "demo-2".to_string(),
+            // A label the API server does not set before 1.28.
+            (None, Some(f)) if f.starts_with("metadata.labels") => String::new(),
+            (None, other) => panic!("{}: unexpected source {other:?}", e.name),
+        };
+        env.push((e.name, value));
+    }
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "SLUICE_POD_INDEX" && v.is_empty()),
+        "{env:?}"
+    );
+    env.push(("HOSTNAME".into(), "demo-2".into()));
+    let broker = sluice_tests::Broker::start_with_env(&[], &env).expect("broker starts");
+    assert_eq!(
+        broker
+            .metric("sluice_cluster{value=\"controller_id\"}")
+            .expect("metric"),
+        2.0,
+        "a lone broker is its own controller: broker 2"
+    );
 }

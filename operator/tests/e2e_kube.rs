@@ -78,8 +78,9 @@ async fn operator_against_a_real_cluster() {
     ));
     let controllers = tokio::spawn(sluice_operator::run::controllers(ctx, Some(ns.clone())));
 
-    let image = std::env::var("SLUICE_E2E_IMAGE")
-        .unwrap_or_else(|_| "ghcr.io/sluice/sluice-broker:latest".into());
+    let image = std::env::var("SLUICE_E2E_IMAGE").unwrap_or_else(|_| {
+        concat!("ghcr.io/sluice/sluice-broker:", env!("CARGO_PKG_VERSION")).into()
+    });
     let clusters = Api::<Cluster>::namespaced(client.clone(), &ns);
     let cluster: Cluster = serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Cluster",

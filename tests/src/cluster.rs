@@ -294,7 +294,7 @@ impl PartitionableCluster {
 /// What a test runs against: one broker, or a three-broker cluster (the
 /// shape users deploy).
 pub enum Target {
-    One(Broker),
+    One(Box<Broker>),
     Three(Cluster),
 }
 
@@ -303,7 +303,7 @@ const OFFSETS_PARTITIONS: i32 = 16;
 
 impl Target {
     pub fn one(args: &[&str]) -> Result<Target> {
-        Ok(Target::One(Broker::start_with_args(args)?))
+        Ok(Target::One(Box::new(Broker::start_with_args(args)?)))
     }
 
     pub fn three(args: &[&str]) -> Result<Target> {

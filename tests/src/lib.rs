@@ -125,6 +125,9 @@ pub struct Broker {
     listen: String,
     /// Network namespace the process runs in (`ip netns exec`), if any.
     netns: Option<String>,
+    /// Environment variables set for the process (after the inherited
+    /// `SLUICE_*` ones are dropped).
+    env: Vec<(String, String)>,
 }
 
 /// A broker process launched but not yet confirmed ready.
@@ -166,6 +169,19 @@ impl Broker {
         Self::spawn_new(DataDir::External(dir), extra_args)
     }
 
+    /// Like [`Broker::start_with_args`], with environment variables (e.g.
+    /// the `SLUICE_*` settings a Kubernetes pod spec gives).
+    pub fn start_with_env(extra_args: &[&str], env: &[(String, String)]) -> Result<Broker> {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-data-")
+            .tempdir()
+            .context("cannot create a temporary data directory")?;
+        let mut broker = Self::new_unstarted(DataDir::Temp(dir), extra_args, "127.0.0.1:0")?;
+        broker.env = env.to_vec();
+        broker.spawn()?;
+        Ok(broker)
+    }
+
     fn spawn_new(data: DataDir, extra_args: &[&str]) -> Result<Broker> {
         let mut broker = Self::new_unstarted(data, extra_args, "127.0.0.1:0")?;
         broker.spawn()?;
@@ -198,6 +214,7 @@ impl Broker {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             listen: listen.to_string(),
             netns: None,
+            env: Vec::new(),
         };
         Ok(broker)
     }
@@ -256,6 +273,7 @@ impl Broker {
                 cmd.env_remove(&key);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // Plain log lines so tests can grep them.
         cmd.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {

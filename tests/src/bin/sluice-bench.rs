@@ -1373,7 +1373,7 @@ struct Spawned {
 }
 
 enum Brokers {
-    One(Broker),
+    One(Box<Broker>),
     Cluster(sluice_tests::cluster::Cluster),
 }
 
@@ -1390,7 +1390,9 @@ impl Spawned {
                     .context("cannot start the cluster")?,
             )
         } else {
-            Brokers::One(Broker::start_in(dir.path()).context("cannot start sluice-broker")?)
+            Brokers::One(Box::new(
+                Broker::start_in(dir.path()).context("cannot start sluice-broker")?,
+            ))
         };
         Ok(Spawned { brokers, _dir: dir })
     }
