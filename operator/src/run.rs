@@ -11,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Controller};
@@ -267,58 +268,147 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.resync,
         Some(opts.identity.clone()),
     ));
-    // Held until the end: dropping the receiver releases the Lease.
     let mut leadership = match &opts.lease_namespace {
         Some(lease_ns) => {
-            let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
-                .with_namespace(lease_ns)
-                .with_identity(&opts.identity)
-                .with_field_manager(crate::context::FIELD_MANAGER)
-                .with_duration(15)
-                .with_grace(5)
-                .build()
-                .await?;
-            let (mut rx, _task) = manager.watch().await;
             tracing::info!(identity = %opts.identity, "waiting for the leader Lease");
             // A follower must still stop promptly on SIGTERM.
-            let won = async {
-                while !*rx.borrow_and_update() {
-                    rx.changed().await?;
-                }
-                anyhow::Ok(())
-            };
-            tokio::select! {
-                r = won => r?,
+            let l = tokio::select! {
+                l = Leadership::acquire(&client, lease_ns, &opts.identity, LEASE_SECONDS) => l?,
                 _ = shutdown() => return Ok(()),
-            }
+            };
             tracing::info!("holding the leader Lease; reconciling");
-            Some(rx)
+            Some(l)
         }
         None => None,
     };
     metrics.leader.set(1);
     let lost = async {
         match leadership.as_mut() {
-            Some(rx) => {
-                while *rx.borrow_and_update() {
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
-            }
+            Some(l) => l.lost().await,
             None => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
+    let outcome = tokio::select! {
         e = watch_namespaces(ctx, &opts.namespaces) => Err(e),
         _ = lost => {
             metrics.leader.set(0);
             // Another replica may already reconcile: stop at once and let
             // the Deployment restart this one as a follower.
-            anyhow::bail!("lost the leader Lease")
+            Err(anyhow::anyhow!("lost the leader Lease"))
         }
-        r = http => anyhow::bail!("the metrics endpoint stopped: {r:?}"),
+        r = http => Err(anyhow::anyhow!("the metrics endpoint stopped: {r:?}")),
         _ = shutdown() => Ok(()),
+    };
+    if let Some(l) = leadership {
+        metrics.leader.set(0);
+        // Free for the standby now, not when the Lease expires.
+        l.release().await;
+    }
+    outcome
+}
+
+/// Whether nobody holds `lease`: released, or its holder's last renewal
+/// has expired.
+fn free(lease: &Lease) -> bool {
+    let Some(spec) = lease.spec.as_ref() else {
+        return true;
+    };
+    if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
+        return true;
+    }
+    match (&spec.renew_time, spec.lease_duration_seconds) {
+        (Some(renewed), Some(seconds)) => {
+            renewed.0 + k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds))
+                < k8s_openapi::jiff::Timestamp::now()
+        }
+        _ => true,
+    }
+}
+
+/// How long the Lease is valid without a renewal (a standby waits this
+/// long for a leader that died without releasing it).
+const LEASE_SECONDS: u64 = 15;
+
+/// Leader election on the operator's Lease. Held once `acquire` returns;
+/// a background task renews it; `release` gives it up and waits until the
+/// Lease says so. (Dropping the watch receiver only asks that task to
+/// release it: a process that exits right after never lets it run, and its
+/// standby waited out the Lease's duration.)
+pub struct Leadership {
+    rx: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+}
+
+/// How often a standby looks at the Lease for a leader that let it go.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+impl Leadership {
+    /// Waits until this replica (`identity`) holds the Lease `LEASE_NAME`
+    /// in `namespace`. A standby takes it as soon as the leader releases
+    /// it: the lease manager alone would look again only when the leader's
+    /// last renewal expires, so the standby also reads the Lease every
+    /// `STANDBY_POLL` and, once it is free, starts over with a manager that
+    /// sees it free.
+    pub async fn acquire(
+        client: &kube::Client,
+        namespace: &str,
+        identity: &str,
+        duration_seconds: u64,
+    ) -> anyhow::Result<Leadership> {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        loop {
+            let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+                .with_namespace(namespace)
+                .with_identity(identity)
+                .with_field_manager(crate::context::FIELD_MANAGER)
+                .with_duration(duration_seconds)
+                .with_grace((duration_seconds / 3).max(1))
+                .build()
+                .await?;
+            let freed = async {
+                loop {
+                    tokio::time::sleep(STANDBY_POLL).await;
+                    if leases
+                        .get_opt(LEASE_NAME)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|l| free(&l))
+                    {
+                        return;
+                    }
+                }
+            };
+            let won = tokio::select! {
+                won = manager.changed() => won?,
+                () = freed => false,
+            };
+            if won {
+                let (rx, task) = manager.watch().await;
+                return Ok(Leadership { rx, task });
+            }
+        }
+    }
+
+    /// Returns once this replica no longer holds the Lease.
+    pub async fn lost(&mut self) {
+        while *self.rx.borrow_and_update() {
+            if self.rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Gives the Lease up (if held) and waits, a few seconds at most, until
+    /// the release is written.
+    pub async fn release(self) {
+        drop(self.rx);
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(_))) => tracing::info!("leader Lease released"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the Lease task ended abnormally"),
+            Err(_) => tracing::warn!("the leader Lease was not released within 5 s"),
+        }
     }
 }
 

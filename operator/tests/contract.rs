@@ -720,6 +720,55 @@ async fn one_replica_holds_the_lease_and_another_takes_over() {
     api.take_requests(); // every Lease call was allowed by the chart's rules
 }
 
+/// A leader that stops (SIGTERM) releases the Lease before it exits: the
+/// release is a write to the Lease (no holder), and the standby, which
+/// looks at the Lease every second, takes over at once instead of waiting
+/// out the leader's last renewal (15 s).
+#[tokio::test]
+async fn a_stopping_leader_releases_the_lease_for_its_standby() {
+    use sluice_operator::run::Leadership;
+    let api = FakeApiServer::start().await;
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/ns/leases";
+    let client = api.client();
+    let leader = tokio::time::timeout(
+        Duration::from_secs(10),
+        Leadership::acquire(&client, "ns", "operator-a", 15),
+    )
+    .await
+    .expect("in time")
+    .expect("a leads");
+    let standby = tokio::spawn({
+        let client = client.clone();
+        async move { Leadership::acquire(&client, "ns", "operator-b", 15).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !standby.is_finished(),
+        "the standby waits while the leader holds the Lease"
+    );
+    api.take_requests();
+    leader.release().await;
+    let released = api
+        .take_writes()
+        .into_iter()
+        .any(|w| w.path.starts_with(leases) && w.body["spec"]["holderIdentity"].is_null());
+    assert!(released, "the leader wrote the Lease free on its way out");
+    let started = std::time::Instant::now();
+    let standby = tokio::time::timeout(Duration::from_secs(5), standby)
+        .await
+        .expect("the standby takes over within seconds, not the 15 s of the leader's last renewal")
+        .expect("task")
+        .expect("b leads");
+    eprintln!(
+        "standby took over {:?} after the release",
+        started.elapsed()
+    );
+    let lease = api.get(leases, "sluice-operator").expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "operator-b");
+    standby.release().await;
+    api.take_requests(); // the standby's reads were allowed by the chart's rules too
+}
+
 #[tokio::test]
 async fn release_finalizers_lets_resources_go_without_the_operator() {
     let api = FakeApiServer::start().await;
