@@ -165,6 +165,26 @@ fn default_manifests_are_valid_and_minimal() {
     );
 }
 
+/// `helm uninstall` cannot hang on its pre-delete Job: the Job has a
+/// deadline, and every Service and container port names its protocol.
+#[test]
+fn the_uninstall_hook_has_a_deadline_and_ports_name_their_protocol() {
+    let docs = render(&[]);
+    let job = docs.iter().find(|d| d["kind"] == "Job").expect("hook job");
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], 120);
+    for doc in &docs {
+        let ports = match doc["kind"].as_str() {
+            Some("Service") => doc["spec"]["ports"].clone(),
+            Some("Deployment") => doc["spec"]["template"]["spec"]["containers"][0]["ports"].clone(),
+            _ => continue,
+        };
+        for port in ports.as_array().expect("ports") {
+            assert_eq!(port["protocol"], "TCP", "{port}");
+        }
+    }
+}
+
 #[test]
 fn every_optional_feature_renders_valid_manifests() {
     let docs = render(ALL_ON);

@@ -52,6 +52,21 @@ fn objects_are_wired_and_owned() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
     assert!(o.service_monitor.is_none());
+    // Explicit protocols: server-side apply keys ports by them.
+    for svc in [&o.headless, &o.bootstrap] {
+        for p in svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .expect("ports")
+        {
+            assert_eq!(p.protocol.as_deref(), Some("TCP"), "{p:?}");
+        }
+    }
+    let pod = sts.template.spec.as_ref().expect("pod");
+    for p in pod.containers[0].ports.as_ref().expect("ports") {
+        assert_eq!(p.protocol.as_deref(), Some("TCP"), "{p:?}");
+    }
     let selector = sts.selector.match_labels.clone().expect("selector");
     assert_eq!(headless.selector.as_ref(), Some(&selector));
     let template_labels = sts
