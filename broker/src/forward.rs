@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::ProduceRequest;
-use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{TopicName, TransactionalId};
 use kafka_protocol::protocol::Request;
 use kafka_protocol::protocol::StrBytes;
 use sluice_client::{Pool, Resolve};
@@ -69,6 +69,7 @@ impl Forwarder {
         broker: i32,
         topic: &str,
         batches: Vec<(i32, Bytes)>,
+        transactional_id: Option<&str>,
         acks: Acks,
         deadline: Instant,
     ) -> Vec<Result<Forwarded, WriteError>> {
@@ -81,6 +82,9 @@ impl Forwarder {
         };
         let mut req = ProduceRequest::default();
         req.acks = acks.to_wire();
+        // Transactional sub-batches: the leader checks the transaction.
+        req.transactional_id =
+            transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string())));
         let remaining = deadline.saturating_duration_since(Instant::now());
         req.timeout_ms = i32::try_from(remaining.as_millis()).unwrap_or(i32::MAX);
         let mut t = TopicProduceData::default();
@@ -156,8 +160,8 @@ impl Forwarder {
 
     /// Sends a transaction request to `broker`: a coordinator's
     /// WriteTxnMarkers to the leader of their partitions (version 1), or a
-    /// router's AddPartitionsToTxn to the transaction's coordinator
-    /// (version 3, as the client's own). A broker that cannot be reached is
+    /// partition leader's AddPartitionsToTxn to the transaction's
+    /// coordinator (version 4, the inter-broker form). A broker that cannot be reached is
     /// an error (the caller retries).
     pub async fn transaction_request<R: Request>(
         &self,

@@ -70,14 +70,13 @@ use sha2::{Digest, Sha256};
 use crate::api::services::Writes;
 use crate::cluster::topics::Topic;
 use crate::replication::{Acks, LeaderState, WriteError};
+use crate::transactions::ProducerIdAndEpoch;
 use crate::transactions::membership::{Ask, Txn};
 use crate::view::ClusterView;
 use sluice_plugin_host::{Bindings, FailurePolicy, Outcome};
 use sluice_protocol::batch::{self, ValidatedBatch};
 use sluice_protocol::records::{self as plugin_records, Producer};
-use sluice_storage::producer_state::{
-    DERIVED_PRODUCER_IDS, TXN_DERIVED_PRODUCER_IDS, txn_derived_producer_id,
-};
+use sluice_storage::producer_state::{DERIVED_PRODUCER_IDS, txn_derived_producer_id, txn_owner};
 
 /// The answer for the client's partition.
 #[derive(Debug, Clone)]
@@ -109,8 +108,7 @@ pub fn derived_producer_id(topic_id: uuid::Uuid, partition: i32, producer_id: i6
     let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    DERIVED_PRODUCER_IDS
-        | (i64::from_be_bytes(first) & (TXN_DERIVED_PRODUCER_IDS - DERIVED_PRODUCER_IDS - 1))
+    DERIVED_PRODUCER_IDS | (i64::from_be_bytes(first) & (DERIVED_PRODUCER_IDS - 1))
 }
 
 /// What the anchor in the client's partition says about an incoming batch.
@@ -442,38 +440,30 @@ pub async fn produce(
         acks
     };
     if let Some(id) = transaction {
-        if !ls.log.in_transaction(dp) {
-            // The batch's first in this transaction here: the client must
-            // have added its partition (KIP-890, as for any transactional
-            // batch). Otherwise a late first attempt of a batch whose
-            // transaction ended would add its targets to the producer's
-            // next transaction and be committed with it.
-            b.membership()
-                .ensure(
-                    view,
-                    Txn::of(id, &h),
-                    &topic.meta.name,
-                    vec![client_partition],
-                    Ask::Verify,
-                    deadline,
-                )
-                .await?;
-        }
-        let partitions = others.iter().chain(&anchor).map(|s| s.partition).collect();
+        // The targets join the open transaction only if it holds the
+        // client's partition (listed first): a late batch whose transaction
+        // ended cannot start, or slip into, another (KIP-890's check).
+        let mut partitions = vec![client_partition];
+        partitions.extend(
+            others
+                .iter()
+                .map(|s| s.partition)
+                .filter(|p| *p != client_partition),
+        );
         b.membership()
             .ensure(
                 view,
                 Txn::of(id, &h),
                 &target.meta.name,
                 partitions,
-                Ask::Add,
+                Ask::AddRouted,
                 deadline,
             )
             .await?;
     }
     let mut bytes_in = 0u64;
     let mut records_in = 0i64;
-    let stored = store_all(b, view, target, others, sub_acks, deadline).await;
+    let stored = store_all(b, view, target, others, transaction, sub_acks, deadline).await;
     let mut answer = RoutedAnswer {
         base_offset: -1,
         log_append_time: -1,
@@ -500,6 +490,19 @@ pub async fn produce(
     if let Some(a) = anchor {
         let len = a.batch.len() as u64;
         let records = a.batch.records();
+        if let Some(id) = transaction {
+            verify_routed(
+                b,
+                view,
+                id,
+                ls,
+                &topic.meta.name,
+                client_partition,
+                &a.batch,
+                deadline,
+            )
+            .await?;
+        }
         let r = b
             .replicas
             .append(ls, a.batch, acks, topic.min_insync_replicas, deadline)
@@ -516,6 +519,43 @@ pub async fn produce(
     answer.records = records_in;
     answer.bytes = bytes_in;
     Ok(answer)
+}
+
+/// Before a transactional sub-batch opens its derived producer's
+/// transaction in a partition (its first there since the last marker):
+/// that partition is in the owner's open transaction. The router added it;
+/// a sub-batch that arrives after the transaction ended (an abort's
+/// markers came first) is refused instead of opening a transaction no
+/// marker would end. Run at the partition's leader, here or on receiving a
+/// forwarded sub-batch.
+#[allow(clippy::too_many_arguments)]
+pub async fn verify_routed(
+    b: &Writes<'_>,
+    view: &ClusterView,
+    id: &str,
+    ls: &LeaderState,
+    topic: &str,
+    partition: i32,
+    batch: &ValidatedBatch,
+    deadline: Instant,
+) -> Result<(), WriteError> {
+    let h = batch.header;
+    let Some(owner) = txn_owner(h.producer_id) else {
+        return Ok(());
+    };
+    if !h.is_transactional() || ls.log.in_transaction(h.producer_id) {
+        return Ok(());
+    }
+    let txn = Txn {
+        id,
+        producer: ProducerIdAndEpoch {
+            producer_id: owner,
+            producer_epoch: h.producer_epoch,
+        },
+    };
+    b.membership()
+        .ensure(view, txn, topic, vec![partition], Ask::Verify, deadline)
+        .await
 }
 
 /// Where one sub-batch landed.
@@ -536,6 +576,7 @@ async fn store_all(
     view: &ClusterView,
     topic: &Arc<Topic>,
     subs: Vec<SubBatch>,
+    transaction: Option<&str>,
     acks: Acks,
     deadline: Instant,
 ) -> Vec<Result<Landed, WriteError>> {
@@ -560,6 +601,9 @@ async fn store_all(
             .await
             .map_err(|e| WriteError::new(e, format!("{name}-{}: {e:?}", s.partition)))?;
         let (partition, len, records) = (s.partition, s.batch.len() as u64, s.batch.records());
+        if let Some(id) = transaction {
+            verify_routed(b, view, id, &ls, name, partition, &s.batch, deadline).await?;
+        }
         let r = b
             .replicas
             .append(&ls, s.batch, acks, topic.min_insync_replicas, deadline)
@@ -586,6 +630,7 @@ async fn store_all(
                 subs.into_iter()
                     .map(|s| (s.partition, s.batch.to_bytes()))
                     .collect(),
+                transaction,
                 acks,
                 deadline,
             )

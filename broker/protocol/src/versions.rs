@@ -33,7 +33,9 @@ const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::WriteTxnMarkers, 1, 1),
-    (ApiKey::AddPartitionsToTxn, 0, 5),
+    // v4: batched, verify_only (KIP-890 part 1), between brokers; v5 would
+    // promise part 2's transaction protocol, which is not offered.
+    (ApiKey::AddPartitionsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),

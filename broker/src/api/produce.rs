@@ -376,6 +376,7 @@ pub async fn forwarded_produce<'a>(
     let acks = Acks::from_wire(req.acks).unwrap_or(Acks::All);
     let deadline = deadline(req.timeout_ms);
     let partitions = take_batches(&mut req);
+    let transactional_id = req.transactional_id.as_ref().map(|id| id.as_str());
     let staged = join_all(partitions.into_iter().map(|(topic, partition, records)| {
         let view = &view;
         async move {
@@ -399,6 +400,12 @@ pub async fn forwarded_produce<'a>(
                 let payload = records.unwrap_or_default();
                 let batch =
                     ValidatedBatch::trusted(payload).map_err(|e| WriteError::from_batch(&e))?;
+                if batch.header.is_transactional()
+                    && let Some(id) = transactional_id
+                {
+                    routing::verify_routed(b, view, id, &ls, &topic, partition, &batch, deadline)
+                        .await?;
+                }
                 b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)
             };
             match staged.await {

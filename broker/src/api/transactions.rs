@@ -1,5 +1,5 @@
 //! The transaction coordinator's client APIs (AddPartitionsToTxn v0-3, and
-//! v4-5 from partition leaders, batched, with KIP-890's verify_only,
+//! v4 from partition leaders, batched, with KIP-890's verify_only,
 //! AddOffsetsToTxn v0-3, EndTxn v0-3; InitProducerId is in `producer`,
 //! FindCoordinator and the group side, TxnOffsetCommit, in `groups`) and
 //! the admin APIs of KIP-664 (ListTransactions, DescribeTransactions, and
@@ -64,6 +64,7 @@ pub async fn add_partitions_to_txn(
             producer,
             &req.v3_and_below_topics,
             false,
+            false,
         )
         .await
         .into_results(|e| fenced_for(e, version, 2));
@@ -85,6 +86,7 @@ pub async fn add_partitions_to_txn(
             producer,
             &txn.topics,
             txn.verify_only,
+            true,
         )
         .await
         .into_results(std::convert::identity);
@@ -103,6 +105,7 @@ async fn add_or_verify<'a>(
     producer: ProducerIdAndEpoch,
     topics: &[AddPartitionsToTxnTopic],
     verify_only: bool,
+    broker_form: bool,
 ) -> Outcomes<'a> {
     let requested: Vec<(String, i32)> = topics
         .iter()
@@ -132,10 +135,18 @@ async fn add_or_verify<'a>(
             Err(e) => vec![Some(e); requested.len()],
         }
     } else {
-        let added = b
-            .transactions
-            .add_partitions(id, producer, requested.clone())
-            .await;
+        // A client's add (v3 and below) may begin a transaction; a partition
+        // leader's (v4+, Sluice brokers routing a plugin's records) only
+        // joins the open one holding the client's partition, listed first.
+        let added = if broker_form {
+            b.transactions
+                .add_routed_partitions(id, producer, requested.clone())
+                .await
+        } else {
+            b.transactions
+                .add_partitions(id, producer, requested.clone())
+                .await
+        };
         vec![added.err(); requested.len()]
     };
     Outcomes {

@@ -8,7 +8,7 @@
 //!
 //! Records a produce plugin routed here in the transaction are under the
 //! broker's derived producers of the client's producer (`routing`): each
-//! gets its own marker, written just before the client producer's, since
+//! gets its own marker, written just after the client producer's, since
 //! consumers look for a marker of the producer whose records they skip.
 
 use std::time::Instant;
@@ -71,10 +71,14 @@ impl MarkerWriter<'_> {
                     ),
                 )
             })?;
-        // A retry after some of these were written finds only the rest open.
+        // The owner's marker first: it is the one checked against the
+        // producer's and the coordinator's epochs here (its derived
+        // producers may never have seen a marker of the newest
+        // coordinator), so a stale coordinator's marker ends nothing. A
+        // retry after some of these were written finds only the rest open.
         let derived = ls.log.open_derived_of(end.producer_id);
         let mut staged = Vec::with_capacity(derived.len() + 1);
-        for producer_id in derived.into_iter().chain([end.producer_id]) {
+        for producer_id in [end.producer_id].into_iter().chain(derived) {
             let bytes = encode_marker(
                 producer_id,
                 end.producer_epoch,

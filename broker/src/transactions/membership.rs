@@ -27,8 +27,9 @@ use sluice_protocol::batch::BatchHeader;
 pub enum Ask {
     /// Are the partitions in the open transaction? (Changes nothing.)
     Verify,
-    /// Add them to it (beginning one if none is open).
-    Add,
+    /// Add them to the open transaction, which must already hold the first
+    /// of them, the partition the client produced to (never begins one).
+    AddRouted,
 }
 
 /// Whose transaction: its id and the producer writing in it.
@@ -86,7 +87,11 @@ impl Membership<'_> {
                         .coordinator
                         .verify(id, producer, &named)
                         .and_then(|codes| codes.into_iter().flatten().next().map_or(Ok(()), Err)),
-                    Ask::Add => self.coordinator.add_partitions(id, producer, named).await,
+                    Ask::AddRouted => {
+                        self.coordinator
+                            .add_routed_partitions(id, producer, named)
+                            .await
+                    }
                 }
             }
             Some(c) => self.forward(c, txn, topic, partitions, ask, deadline).await,
@@ -104,7 +109,7 @@ impl Membership<'_> {
             };
             let what = match ask {
                 Ask::Verify => "checking that it is in",
-                Ask::Add => "adding it to",
+                Ask::AddRouted => "adding it to",
             };
             WriteError::new(
                 code,

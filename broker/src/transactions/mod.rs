@@ -54,14 +54,15 @@ pub const TXN_TOPIC: &str = "__transaction_state";
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a partition's answer to a marker ends the marker's retries:
-/// written; the partition gone; or the transaction superseded there (the
-/// producer has a newer epoch, or a newer coordinator wrote a marker for
-/// it), where no marker of this one can ever be written and none is
-/// needed. Anything else (leadership moving, the ISR short, a broker
-/// unreachable) is retried.
+/// written, or the transaction superseded there (the producer has a newer
+/// epoch, or a newer coordinator wrote a marker for it), where no marker of
+/// this one can ever be written and none is needed. Anything else
+/// (leadership moving, the ISR short, a broker unreachable, a leader whose
+/// view does not have the topic yet) is retried, as in Kafka; a deleted
+/// partition leaves the coordinator's own view and is dropped there.
 fn settles(topic: &str, partition: i32, answer: Option<ResponseError>) -> bool {
     match answer {
-        None | Some(ResponseError::UnknownTopicOrPartition) => true,
+        None => true,
         Some(
             e @ (ResponseError::InvalidProducerEpoch
             | ResponseError::ProducerFenced
@@ -449,11 +450,41 @@ impl TxnCoordinator {
         producer: ProducerIdAndEpoch,
         partitions: Vec<(String, i32)>,
     ) -> Result<(), ResponseError> {
+        self.add(id, producer, None, partitions).await
+    }
+
+    /// A partition leader's AddPartitionsToTxn for partitions a produce
+    /// plugin routed a transaction's records to: joins only an open
+    /// transaction that already holds the client's partition, `partitions[0]`
+    /// (`TxnMeta::add_routed`).
+    pub async fn add_routed_partitions(
+        &self,
+        id: &str,
+        producer: ProducerIdAndEpoch,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<(), ResponseError> {
+        let anchor = partitions
+            .first()
+            .cloned()
+            .ok_or(ResponseError::InvalidRequest)?;
+        self.add(id, producer, Some(anchor), partitions).await
+    }
+
+    async fn add(
+        &self,
+        id: &str,
+        producer: ProducerIdAndEpoch,
+        anchor: Option<(String, i32)>,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<(), ResponseError> {
         let (meta, ticket) = self.begin_waiting(id).await?;
         let step = async {
             let m = meta.ok_or(ResponseError::InvalidProducerIdMapping)?;
             m.check_producer(producer.producer_id, producer.producer_epoch)?;
-            let next = m.add_partitions(partitions, now_ms())?;
+            let next = match &anchor {
+                None => m.add_partitions(partitions, now_ms())?,
+                Some(anchor) => m.add_routed(anchor, partitions, now_ms())?,
+            };
             if next.state == m.state && next.partitions == m.partitions {
                 return Ok(Step::Unchanged);
             }
@@ -730,6 +761,8 @@ impl TxnCoordinator {
             owned
                 .txns
                 .retain(|id, _| loads.contains_key(&partition_for(id, count)));
+            // Requests waiting on those ids are answered NOT_COORDINATOR.
+            self.freed.notify_waiters();
         }
     }
 
@@ -739,6 +772,19 @@ impl TxnCoordinator {
     /// new epoch, are replayed, and their half-ended transactions finished.
     pub fn refresh_ownership(self: &Arc<Self>) {
         let _one = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_loads();
+    }
+
+    /// `refresh_ownership`, skipped while another is loading (the timer's
+    /// retry must not wait behind a long replay).
+    fn refresh_ownership_unless_loading(self: &Arc<Self>) {
+        if let Ok(_one) = self.loading.try_lock() {
+            self.refresh_loads();
+        }
+    }
+
+    /// The body of `refresh_ownership`; the caller holds `loading`.
+    fn refresh_loads(self: &Arc<Self>) {
         let count = self.log.partition_count();
         let led: HashMap<usize, i32> = (0..count)
             .filter_map(|p| self.log.leader_epoch(p).map(|e| (p, e)))
@@ -792,14 +838,20 @@ impl TxnCoordinator {
             }
         }
         let mut ending = Vec::new();
-        let resumed: Vec<usize> = loaded.iter().map(|(p, _, _)| *p).collect();
-        {
+        let resumed = {
             let mut owned = self.lock();
             let owned = &mut *owned;
-            // Gone: partitions no longer led, and those being reloaded.
+            // Leadership may have moved during the replay (it runs in the
+            // background): install only what is still led in the epoch it
+            // was read in, checked under the lock `release_lost` takes
+            // after each new view; the next refresh handles the rest.
+            loaded.retain(|(p, epoch, _)| self.log.leader_epoch(*p) == Some(*epoch));
+            let resumed: Vec<usize> = loaded.iter().map(|(p, _, _)| *p).collect();
+            // Gone: partitions no longer led (now), and those being
+            // reloaded.
             owned
                 .loads
-                .retain(|p, l| led.get(p) == Some(&l.epoch) && !resumed.contains(p));
+                .retain(|p, l| self.log.leader_epoch(*p) == Some(l.epoch) && !resumed.contains(p));
             let loads = &owned.loads;
             owned
                 .txns
@@ -833,7 +885,10 @@ impl TxnCoordinator {
                     );
                 }
             }
-        }
+            resumed
+        };
+        // Ids of reloaded partitions were replaced: waiters look again.
+        self.freed.notify_waiters();
         if !resumed.is_empty() {
             tracing::info!(loaded = ?resumed, resuming = ending.len(), "transaction coordination moved");
         }
@@ -856,10 +911,6 @@ impl TxnCoordinator {
         }
     }
 
-    /// ListTransactions (KIP-664): the transactional ids coordinated here,
-    /// with their producer id and state, filtered by state (none: all),
-    /// producer id (none: all) and, for running transactions, how long
-    /// they have been open (`min_duration_ms` < 0: no filter).
     /// How many transactional ids coordinated here are in each state.
     pub fn states(&self) -> Vec<(TxnState, usize)> {
         let owned = self.lock();
@@ -876,6 +927,10 @@ impl TxnCoordinator {
             .collect()
     }
 
+    /// ListTransactions (KIP-664): the transactional ids coordinated here,
+    /// with their producer id and state, filtered by state (none: all),
+    /// producer id (none: all) and, for running transactions, how long
+    /// they have been open (`min_duration_ms` < 0: no filter).
     pub fn list(
         &self,
         states: &[TxnState],
@@ -920,9 +975,6 @@ impl TxnCoordinator {
             .ok_or(ResponseError::TransactionalIdNotFound)
     }
 
-    /// Every `every`: aborts transactions open longer than their timeout
-    /// (with a bumped epoch, fencing the producer), and loads state
-    /// partitions whose load failed before.
     /// Forgets, every `every`, the transactional ids coordinated here that
     /// have had no transaction open or ending for the expiration time
     /// (Kafka's transactional.id.expiration.ms): a tombstone in the state
@@ -971,12 +1023,15 @@ impl TxnCoordinator {
         }
     }
 
+    /// Every `every`: aborts transactions open longer than their timeout
+    /// (with a bumped epoch, fencing the producer), and loads state
+    /// partitions whose load failed before (unless a load is under way).
     pub async fn abort_timed_out(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            tokio::task::block_in_place(|| self.refresh_ownership());
+            tokio::task::block_in_place(|| self.refresh_ownership_unless_loading());
             let now = now_ms();
             let expired: Vec<String> = self
                 .lock()
@@ -1019,7 +1074,6 @@ mod tests {
     fn markers_stop_when_written_gone_or_superseded_only() {
         for settled in [
             None,
-            Some(ResponseError::UnknownTopicOrPartition),
             Some(ResponseError::InvalidProducerEpoch),
             Some(ResponseError::ProducerFenced),
             Some(ResponseError::TransactionCoordinatorFenced),
@@ -1027,6 +1081,7 @@ mod tests {
             assert!(settles("t", 0, settled), "{settled:?}");
         }
         for retried in [
+            ResponseError::UnknownTopicOrPartition,
             ResponseError::NotLeaderOrFollower,
             ResponseError::NotEnoughReplicas,
             ResponseError::RequestTimedOut,

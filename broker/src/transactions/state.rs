@@ -85,7 +85,6 @@ impl TxnMeta {
         }
     }
 
-    /// The request's producer must be the one that owns the id now.
     /// No transaction open or ending, and nothing done for `expiration_ms`:
     /// the coordinator may forget the id (Kafka's
     /// transactional.id.expiration.ms).
@@ -96,6 +95,7 @@ impl TxnMeta {
         ) && now.saturating_sub(self.updated_ms) >= expiration_ms
     }
 
+    /// The request's producer must be the one that owns the id now.
     pub fn check_producer(&self, producer_id: i64, epoch: i16) -> Result<(), ResponseError> {
         if producer_id != self.producer_id {
             return Err(ResponseError::InvalidProducerIdMapping);
@@ -125,6 +125,26 @@ impl TxnMeta {
         next.state = TxnState::Ongoing;
         next.updated_ms = now;
         Ok(next)
+    }
+
+    /// Partitions a produce plugin routed records of the open transaction
+    /// to join it, on behalf of the client whose `anchor` partition (the
+    /// one it produced to) is in it: never begins a transaction, so a
+    /// batch that arrives after its transaction ended cannot start the
+    /// producer's next one.
+    pub fn add_routed(
+        &self,
+        anchor: &(String, i32),
+        partitions: impl IntoIterator<Item = (String, i32)>,
+        now: i64,
+    ) -> Result<TxnMeta, ResponseError> {
+        if self.state.is_preparing() {
+            return Err(ResponseError::ConcurrentTransactions);
+        }
+        if self.state != TxnState::Ongoing || !self.partitions.contains(anchor) {
+            return Err(ResponseError::InvalidTxnState);
+        }
+        self.add_partitions(partitions, now)
     }
 
     /// EndTxn: `Ok(None)` when the transaction already ended this way (a
@@ -214,6 +234,44 @@ mod tests {
 
     fn tp(t: &str, p: i32) -> (String, i32) {
         (t.to_string(), p)
+    }
+
+    #[test]
+    fn routed_partitions_join_only_an_open_transaction_holding_the_anchor() {
+        let m = TxnMeta::new(7, 60_000, 0);
+        let anchor = tp("t", 0);
+        assert_eq!(
+            m.add_routed(&anchor, [tp("t", 1)], 1).map(drop),
+            Err(ResponseError::InvalidTxnState),
+            "never begins a transaction"
+        );
+        let open = m.add_partitions([tp("u", 0)], 1).expect("begins");
+        assert_eq!(
+            open.add_routed(&anchor, [tp("t", 1)], 2).map(drop),
+            Err(ResponseError::InvalidTxnState),
+            "the client's partition is not in it"
+        );
+        let open = open.add_partitions([anchor.clone()], 2).expect("added");
+        let joined = open
+            .add_routed(&anchor, [anchor.clone(), tp("t", 1)], 3)
+            .expect("joins");
+        assert!(joined.partitions.contains(&tp("t", 1)));
+        let ending = joined
+            .prepare_end(false, 4)
+            .expect("abort")
+            .expect("prepared");
+        assert_eq!(
+            ending.add_routed(&anchor, [tp("t", 2)], 5).map(drop),
+            Err(ResponseError::ConcurrentTransactions)
+        );
+        assert_eq!(
+            ending
+                .complete(6)
+                .add_routed(&anchor, [tp("t", 2)], 7)
+                .map(drop),
+            Err(ResponseError::InvalidTxnState),
+            "a late batch cannot start the next transaction"
+        );
     }
 
     #[test]

@@ -34,11 +34,12 @@ pub fn is_derived(producer_id: i64) -> bool {
     producer_id >= DERIVED_PRODUCER_IDS
 }
 
-/// The upper half of the derived ids is for sub-batches of *transactional*
+/// Derived ids from here up are for sub-batches of *transactional*
 /// producers, laid out so every partition can tell whose they are: a
 /// marker for the client's producer must end them too (see
-/// [`ProducerStates::open_derived_of`]). Below it, the routing layer's
-/// hashed ids.
+/// [`ProducerStates::open_derived_of`]). The routing layer's hashed ids
+/// (non-transactional producers) may take any derived value, here too;
+/// they never open a transaction, which is what tells them apart.
 pub const TXN_DERIVED_PRODUCER_IDS: i64 = DERIVED_PRODUCER_IDS | (1 << 61);
 
 /// Bits of a transactional derived id: the client's producer id, then the
@@ -220,6 +221,19 @@ impl ProducerStates {
                 }
                 _ => Ok(SequenceCheck::Append),
             };
+        }
+        // A routed record of a transaction older than its owner's epoch here
+        // (a marker of a fencing or timeout abort came first): a late
+        // sub-batch would open a transaction no marker ends.
+        if h.is_transactional()
+            && let Some(owner) = txn_owner(pid).and_then(|o| self.producers.get(&o))
+            && owner.epoch > h.producer_epoch
+        {
+            return Err(SequenceError::InvalidProducerEpoch {
+                pid,
+                got: h.producer_epoch,
+                current: owner.epoch,
+            });
         }
         let first = h.base_sequence;
         let last = first.wrapping_add(h.last_offset_delta);
@@ -643,6 +657,24 @@ mod tests {
         );
         assert_eq!(s.open_derived_of(42), vec![d]);
         assert!(s.open_derived_of(7).is_empty());
+        // Once the owner's epoch here is newer (a fencing abort's marker),
+        // a late routed record of the older epoch is refused.
+        s.record(&header(42, 3, 0, 1, 3), None, 0);
+        let late = txn_derived_producer_id(9, 42).expect("in range");
+        assert!(matches!(
+            s.check(
+                &with_attributes(header(late, 2, 9, 1, -1), TRANSACTIONAL_BIT),
+                None
+            ),
+            Err(SequenceError::InvalidProducerEpoch { current: 3, .. })
+        ));
+        assert_eq!(
+            s.check(
+                &with_attributes(header(late, 3, 9, 1, -1), TRANSACTIONAL_BIT),
+                None
+            ),
+            Ok(SequenceCheck::Append)
+        );
     }
 
     fn with_attributes(mut h: BatchHeader, attributes: i16) -> BatchHeader {
