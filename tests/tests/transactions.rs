@@ -51,7 +51,18 @@ async fn create(cluster: &Cluster, topics: &[(&str, i32)]) -> Result<()> {
     for r in admin.create_topics(&new, &admin_opts()).await? {
         r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
     }
-    Ok(())
+    await_leaders(cluster, topics)
+}
+
+/// Waits until broker 0's metadata (which the tests query) has a leader
+/// for every partition of each topic: a creation reaches the brokers'
+/// views shortly after CreateTopics answers.
+fn await_leaders(cluster: &Cluster, topics: &[(&str, i32)]) -> Result<()> {
+    cluster.wait_until("the topics' leaders in metadata", WAIT, |c| {
+        Ok(topics
+            .iter()
+            .all(|(t, n)| (0..*n).all(|p| c.leader_and_isr(0, t, p).is_ok_and(|(l, _)| l >= 0))))
+    })
 }
 
 fn transactional(cluster: &Cluster, id: &str, timeout_ms: &str) -> Result<FutureProducer> {
@@ -232,6 +243,7 @@ async fn records_a_partitioner_routes_belong_to_the_transaction() -> Result<()> 
     for r in admin.create_topics([&new], &admin_opts()).await? {
         r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
     }
+    await_leaders(&cluster, &[(&topic, PARTITIONS)])?;
     let tid = unique_name("tid");
     let p = transactional(&cluster, &tid, "60000")?;
     // Each transaction addresses one partition; the plugin spreads the
@@ -390,6 +402,7 @@ async fn a_new_coordinator_finishes_a_commit_its_predecessor_decided() -> Result
     for r in admin.create_topics(&topics, &admin_opts()).await? {
         r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
     }
+    await_leaders(&cluster, &[(&single, 5), (&replicated, 1)])?;
     // Broker 0 answers the metadata queries: the partition's broker and
     // the coordinator are two others.
     let (partition, holder) = (0..5)
@@ -541,6 +554,7 @@ fn a_transactional_batch_outside_its_transaction_is_refused() -> Result<()> {
     for r in rt.block_on(admin.create_topics([&new], &admin_opts()))? {
         r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
     }
+    await_leaders(&cluster, &[(&routed, 1)])?;
     let routed_leader = usize::try_from(cluster.leader_and_isr(0, &routed, 0)?.0)?;
     let stray_routed = produce_in_transaction(
         cluster.addr(routed_leader),
