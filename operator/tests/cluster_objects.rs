@@ -25,6 +25,18 @@ fn cluster(brokers: i32, monitor: bool) -> Cluster {
     c
 }
 
+/// The broker pods' spec in the StatefulSet.
+fn pod_spec(
+    o: sluice_operator::cluster_objects::ClusterObjects,
+) -> k8s_openapi::api::core::v1::PodSpec {
+    o.statefulset
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+}
+
 #[test]
 fn objects_are_wired_and_owned() {
     let o = desired(&cluster(3, false));
@@ -102,13 +114,7 @@ fn objects_are_wired_and_owned() {
 fn brokers_know_their_id_and_address() {
     let o = desired(&cluster(3, false));
     assert_eq!(claims(&o), ("5Gi".to_string(), Some("fast".to_string())));
-    let pod = o
-        .statefulset
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod");
+    let pod = pod_spec(o);
     let c = &pod.containers[0];
     let env: std::collections::BTreeMap<String, (Option<String>, Option<String>)> = c
         .env
@@ -239,13 +245,7 @@ fn the_generated_config_file_starts_a_broker() {
 #[test]
 fn a_broker_from_the_generated_pod_env_without_the_label_gets_its_ordinal() {
     let o = desired(&cluster(3, false));
-    let pod = o
-        .statefulset
-        .spec
-        .expect("spec")
-        .template
-        .spec
-        .expect("pod");
+    let pod = pod_spec(o);
     let harness_owned = [
         "SLUICE_LISTEN",
         "SLUICE_ADMIN_LISTEN",

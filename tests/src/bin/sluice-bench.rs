@@ -232,6 +232,26 @@ impl ProducerContext for BenchContext {
     }
 }
 
+/// Hands `record` to librdkafka, waiting while its queue is full; the
+/// record's latency counts from the enqueue that succeeded.
+fn enqueue<'a>(
+    producer: &ThreadedProducer<BenchContext>,
+    stats: &Stats,
+    mut record: BaseRecord<'a, [u8], [u8], usize>,
+) -> Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), mut r)) => {
+                std::thread::sleep(Duration::from_micros(200));
+                r.delivery_opaque = stats.micros_now() as usize;
+                record = r;
+            }
+            Err((e, _)) => bail!("cannot enqueue: {e}"),
+        }
+    }
+}
+
 /// Microseconds from 1 µs to 10 minutes, 3 significant digits.
 fn latency_histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")
@@ -297,18 +317,7 @@ fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
         if keyed {
             record = record.key(key.as_bytes());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), mut r)) => {
-                    std::thread::sleep(Duration::from_micros(200));
-                    // Latency is measured from the successful enqueue.
-                    r.delivery_opaque = stats.micros_now() as usize;
-                    record = r;
-                }
-                Err((e, _)) => bail!("cannot enqueue record {seq}: {e}"),
-            }
-        }
+        enqueue(&producer, &stats, record).with_context(|| format!("record {seq}"))?;
     }
     producer
         .flush(Duration::from_secs(300))
@@ -1153,21 +1162,11 @@ fn produce_in_rounds(
         let end = (seq + per_round).min(args.records);
         for i in seq..end {
             let value = &pool[(i % pool.len() as u64) as usize];
-            let mut record =
+            let record =
                 BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, stats.micros_now() as usize)
                     .partition((i % args.partitions as u64) as i32)
                     .payload(value.as_slice());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), mut r)) => {
-                        std::thread::sleep(Duration::from_micros(200));
-                        r.delivery_opaque = stats.micros_now() as usize;
-                        record = r;
-                    }
-                    Err((e, _)) => bail!("cannot enqueue record {i}: {e}"),
-                }
-            }
+            enqueue(&producer, &stats, record).with_context(|| format!("record {i}"))?;
         }
         let waiting = Instant::now();
         // Not `flush()` (nor commit_transaction's own flush): with delivery
