@@ -70,13 +70,12 @@ use sha2::{Digest, Sha256};
 use crate::api::services::Writes;
 use crate::cluster::topics::Topic;
 use crate::replication::{Acks, LeaderState, WriteError};
-use crate::transactions::ProducerIdAndEpoch;
 use crate::transactions::membership::{Ask, Txn};
 use crate::view::ClusterView;
 use sluice_plugin_host::{Bindings, FailurePolicy, Outcome};
 use sluice_protocol::batch::{self, ValidatedBatch};
 use sluice_protocol::records::{self as plugin_records, Producer};
-use sluice_storage::producer_state::{DERIVED_PRODUCER_IDS, txn_derived_producer_id, txn_owner};
+use sluice_storage::producer_state::{DERIVED_PRODUCER_IDS, txn_derived_producer_id};
 
 /// The answer for the client's partition.
 #[derive(Debug, Clone)]
@@ -491,17 +490,10 @@ pub async fn produce(
         let len = a.batch.len() as u64;
         let records = a.batch.records();
         if let Some(id) = transaction {
-            verify_routed(
-                b,
-                view,
-                id,
-                ls,
-                &topic.meta.name,
-                client_partition,
-                &a.batch,
-                deadline,
-            )
-            .await?;
+            let at = (topic.meta.name.as_str(), client_partition);
+            b.membership()
+                .verify_first_batch(view, id, &ls.log, at, &a.batch.header, deadline)
+                .await?;
         }
         let r = b
             .replicas
@@ -519,43 +511,6 @@ pub async fn produce(
     answer.records = records_in;
     answer.bytes = bytes_in;
     Ok(answer)
-}
-
-/// Before a transactional sub-batch opens its derived producer's
-/// transaction in a partition (its first there since the last marker):
-/// that partition is in the owner's open transaction. The router added it;
-/// a sub-batch that arrives after the transaction ended (an abort's
-/// markers came first) is refused instead of opening a transaction no
-/// marker would end. Run at the partition's leader, here or on receiving a
-/// forwarded sub-batch.
-#[allow(clippy::too_many_arguments)]
-pub async fn verify_routed(
-    b: &Writes<'_>,
-    view: &ClusterView,
-    id: &str,
-    ls: &LeaderState,
-    topic: &str,
-    partition: i32,
-    batch: &ValidatedBatch,
-    deadline: Instant,
-) -> Result<(), WriteError> {
-    let h = batch.header;
-    let Some(owner) = txn_owner(h.producer_id) else {
-        return Ok(());
-    };
-    if !h.is_transactional() || ls.log.in_transaction(h.producer_id) {
-        return Ok(());
-    }
-    let txn = Txn {
-        id,
-        producer: ProducerIdAndEpoch {
-            producer_id: owner,
-            producer_epoch: h.producer_epoch,
-        },
-    };
-    b.membership()
-        .ensure(view, txn, topic, vec![partition], Ask::Verify, deadline)
-        .await
 }
 
 /// Where one sub-batch landed.
@@ -602,7 +557,16 @@ async fn store_all(
             .map_err(|e| WriteError::new(e, format!("{name}-{}: {e:?}", s.partition)))?;
         let (partition, len, records) = (s.partition, s.batch.len() as u64, s.batch.records());
         if let Some(id) = transaction {
-            verify_routed(b, view, id, &ls, name, partition, &s.batch, deadline).await?;
+            b.membership()
+                .verify_first_batch(
+                    view,
+                    id,
+                    &ls.log,
+                    (name, partition),
+                    &s.batch.header,
+                    deadline,
+                )
+                .await?;
         }
         let r = b
             .replicas

@@ -20,7 +20,6 @@ use super::services::Writes;
 use super::{error_code, str_bytes};
 use crate::replication::{Acks, Appended, Staged, WriteError};
 use crate::routing;
-use crate::transactions::membership::{Ask, Txn};
 use crate::view::ClusterView;
 use sluice_protocol::batch::{ValidatedBatch, validate_produce};
 use sluice_storage::producer_state::is_derived;
@@ -319,10 +318,8 @@ async fn try_stage(
     }
     let h = batch.header;
     if h.is_transactional() && !ls.log.in_transaction(h.producer_id) {
-        // The producer's first transactional batch here: is this partition
-        // in its open transaction? A batch outside any (a zombie's, or a
-        // late retry after its transaction ended) would stay open forever
-        // and hold read_committed consumers back (KIP-890).
+        // Its first transactional batch here: the partition must be in the
+        // producer's open transaction, which only the coordinator knows.
         let Some(id) = transactional_id else {
             return refuse(
                 ResponseError::InvalidTxnState,
@@ -330,14 +327,7 @@ async fn try_stage(
             );
         };
         b.membership()
-            .ensure(
-                view,
-                Txn::of(id, &h),
-                topic,
-                vec![partition],
-                Ask::Verify,
-                deadline,
-            )
+            .verify_first_batch(view, id, &ls.log, (topic, partition), &h, deadline)
             .await?;
     }
     let staged = b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)?;
@@ -403,7 +393,15 @@ pub async fn forwarded_produce<'a>(
                 if batch.header.is_transactional()
                     && let Some(id) = transactional_id
                 {
-                    routing::verify_routed(b, view, id, &ls, &topic, partition, &batch, deadline)
+                    b.membership()
+                        .verify_first_batch(
+                            view,
+                            id,
+                            &ls.log,
+                            (&topic, partition),
+                            &batch.header,
+                            deadline,
+                        )
                         .await?;
                 }
                 b.replicas.stage(&ls, batch, acks, t.min_insync_replicas)

@@ -21,6 +21,8 @@ use crate::forward::Forwarder;
 use crate::replication::WriteError;
 use crate::view::ClusterView;
 use sluice_protocol::batch::BatchHeader;
+use sluice_storage::PartitionLog;
+use sluice_storage::producer_state::txn_owner;
 
 /// What to ask the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,36 @@ impl Membership<'_> {
                 format!("{topic}: {what} transaction {id} at its coordinator: {e:?}"),
             )
         })
+    }
+
+    /// KIP-890 at a partition leader: before a producer's first
+    /// transactional batch in a partition (none of its transactions open
+    /// there), the partition must be in the producer's open transaction; a
+    /// batch outside it (a zombie's, a late retry, a routed sub-batch whose
+    /// transaction an abort already ended) would open a transaction no
+    /// marker ends. A routed sub-batch is checked for the client producer
+    /// its derived id names.
+    pub async fn verify_first_batch(
+        &self,
+        view: &ClusterView,
+        id: &str,
+        log: &PartitionLog,
+        (topic, partition): (&str, i32),
+        h: &BatchHeader,
+        deadline: Instant,
+    ) -> Result<(), WriteError> {
+        if !h.is_transactional() || log.in_transaction(h.producer_id) {
+            return Ok(());
+        }
+        let txn = Txn {
+            id,
+            producer: ProducerIdAndEpoch {
+                producer_id: txn_owner(h.producer_id).unwrap_or(h.producer_id),
+                producer_epoch: h.producer_epoch,
+            },
+        };
+        self.ensure(view, txn, topic, vec![partition], Ask::Verify, deadline)
+            .await
     }
 
     async fn forward(
