@@ -22,15 +22,62 @@ pub struct ServeArgs {
     /// Directory for partition logs and metadata.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
     pub data_dir: PathBuf,
-    /// Kafka listener address (port 0 picks a free port).
-    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:9092")]
-    pub listen: SocketAddr,
+    /// The Kafka listener's address when there is one listener, named
+    /// PLAINTEXT (port 0 picks a free port) [default: 127.0.0.1:9092].
+    /// Several listeners: `listeners` instead.
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// HTTP admin listener: /metrics, /healthz, /readyz.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9644")]
     pub admin_listen: SocketAddr,
     /// host:port clients are told to connect to (default: the bound listen address).
     #[arg(long, env = "SLUICE_ADVERTISED_LISTEN")]
     pub advertised_listen: Option<String>,
+    /// Kafka's `listeners`: `NAME://host:port,...` (an empty host is every
+    /// interface). Each name needs a security protocol in
+    /// `listener-security-protocol-map`.
+    #[arg(long, env = "SLUICE_LISTENERS")]
+    pub listeners: Option<String>,
+    /// Kafka's `advertised.listeners`: `NAME://host:port,...`, what clients
+    /// that connect to listener NAME are told (default: the bound address).
+    #[arg(long, env = "SLUICE_ADVERTISED_LISTENERS")]
+    pub advertised_listeners: Option<String>,
+    /// Kafka's `listener.security.protocol.map`: `NAME:PROTOCOL,...` with
+    /// PLAINTEXT or SSL [default:
+    /// PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL].
+    #[arg(long, env = "SLUICE_LISTENER_SECURITY_PROTOCOL_MAP")]
+    pub listener_security_protocol_map: Option<String>,
+    /// The listener brokers use among themselves (the controller quorum,
+    /// follower fetches, forwarded produce, transaction markers); those
+    /// requests are refused on every other listener. `--peers` names
+    /// addresses of this listener. Default: the only listener, else the one
+    /// named PLAINTEXT. If it is SSL, peers must present a certificate the
+    /// truststore trusts (mutual TLS).
+    #[arg(long, env = "SLUICE_INTER_BROKER_LISTENER_NAME")]
+    pub inter_broker_listener_name: Option<String>,
+    /// PEM file with this broker's private key and certificate chain, for
+    /// SSL listeners and for connecting to peers (Kafka's
+    /// `ssl.keystore.location` with `ssl.keystore.type=PEM`). Re-read when
+    /// it changes.
+    #[arg(long, env = "SLUICE_SSL_KEYSTORE_LOCATION")]
+    pub ssl_keystore_location: Option<PathBuf>,
+    /// PEM file of the CA certificates that client certificates (and peer
+    /// brokers' certificates) must chain to. Re-read when it changes.
+    #[arg(long, env = "SLUICE_SSL_TRUSTSTORE_LOCATION")]
+    pub ssl_truststore_location: Option<PathBuf>,
+    /// Client certificates on SSL client listeners: none, requested or
+    /// required (Kafka's `ssl.client.auth`).
+    #[arg(long, env = "SLUICE_SSL_CLIENT_AUTH", default_value = "none")]
+    pub ssl_client_auth: String,
+    /// `https`: a peer broker's certificate must name the host it is
+    /// reached at; empty: any name (Kafka's
+    /// `ssl.endpoint.identification.algorithm`).
+    #[arg(
+        long,
+        env = "SLUICE_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+        default_value = "https"
+    )]
+    pub ssl_endpoint_identification_algorithm: String,
     /// This broker's id.
     #[arg(long, env = "SLUICE_NODE_ID", default_value_t = 0)]
     pub node_id: i32,
@@ -202,6 +249,17 @@ pub struct ServeArgs {
     pub producer_id_expiration_ms: i64,
 }
 
+/// `--listen` when no listeners are configured.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9092);
+
+impl ServeArgs {
+    /// The single listener's address (`--listen` or its default).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_LISTEN)
+    }
+}
+
 /// The flags as clap matched them, with config-file values filled in where
 /// neither a flag nor an env var was given. Generic over the settings: the
 /// file is merged into the serialized settings and deserialized back, so
@@ -335,6 +393,7 @@ fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!("node-id must be >= 0, got {}", args.node_id);
     }
     sluice_metadata::quorum::parse_peers(&args.peers).context("peers")?;
+    crate::listeners::from_args(&args)?;
     if args.broker_heartbeat_interval_ms < 10
         || args.broker_session_timeout_ms < 2 * args.broker_heartbeat_interval_ms
     {
@@ -425,7 +484,7 @@ fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
 
@@ -435,7 +494,8 @@ mod tests {
         serve: ServeArgs,
     }
 
-    fn parse(args: &[&str]) -> anyhow::Result<ServeArgs> {
+    /// `serve` settings from a command line (`args[0]` is the program).
+    pub(crate) fn parse(args: &[&str]) -> anyhow::Result<ServeArgs> {
         let m = Cli::command().try_get_matches_from(args)?;
         resolve(&m)
     }
@@ -458,7 +518,7 @@ mod tests {
     #[test]
     fn defaults_need_no_config() {
         let a = parse(&["x"]).expect("defaults");
-        assert_eq!(a.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(a.listen_addr().to_string(), "127.0.0.1:9092");
         assert_eq!(a.admin_listen.to_string(), "127.0.0.1:9644");
         assert!(a.auto_create_topics);
     }
@@ -477,7 +537,7 @@ mod tests {
         assert_eq!(a.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(a.node_id, 3);
         assert!(!a.auto_create_topics);
-        assert_eq!(a.listen.to_string(), "127.0.0.1:5555");
+        assert_eq!(a.listen_addr().to_string(), "127.0.0.1:5555");
     }
 
     #[test]

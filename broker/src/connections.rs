@@ -32,6 +32,10 @@ pub struct ConnectionMetrics {
     pub refused: IntCounterVec,
     pub idle_closed: IntCounter,
     pub log_lines_suppressed: IntCounter,
+    /// Brokers' own requests that arrived on a client listener, by listener
+    /// and request.
+    pub inter_broker_refused: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl ConnectionMetrics {
@@ -67,6 +71,20 @@ impl ConnectionMetrics {
                 "sluice_connection_log_lines_suppressed_total",
                 "Warnings about closed connections left out of the log by its rate limit.",
             )?,
+            inter_broker_refused: IntCounterVec::new(
+                Opts::new(
+                    "sluice_listener_inter_broker_requests_refused_total",
+                    "Brokers' own requests (controller quorum, forwarded produce, follower fetch, transaction markers) refused because they arrived on a listener other than the inter-broker one, by listener and request.",
+                ),
+                &["listener", "request"],
+            )?,
+            tls_handshake_failures: IntCounterVec::new(
+                Opts::new(
+                    "sluice_listener_tls_handshake_failures_total",
+                    "TLS handshakes that failed or timed out, by listener.",
+                ),
+                &["listener"],
+            )?,
         })
     }
 
@@ -78,6 +96,8 @@ impl ConnectionMetrics {
             Box::new(self.refused.clone()),
             Box::new(self.idle_closed.clone()),
             Box::new(self.log_lines_suppressed.clone()),
+            Box::new(self.inter_broker_refused.clone()),
+            Box::new(self.tls_handshake_failures.clone()),
         ]
     }
 }

@@ -17,7 +17,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{TopicName, TransactionalId};
 use kafka_protocol::protocol::Request;
 use kafka_protocol::protocol::StrBytes;
-use sluice_client::{Pool, Resolve};
+use sluice_client::Pool;
 
 use crate::replication::{Acks, WriteError};
 use sluice_metadata::quorum::Quorum;
@@ -42,21 +42,13 @@ impl Forwarder {
     /// Peers are reached at their `--peers` addresses (the inter-broker
     /// network), falling back to the registered ones.
     pub fn new(node_id: i32, quorum: Arc<Quorum>) -> Forwarder {
-        let resolve: Resolve = Arc::new(move |id| {
-            quorum.voter_addr(id).or_else(|| {
-                quorum
-                    .image()
-                    .brokers
-                    .get(&id)
-                    .map(|b| format!("{}:{}", b.host, b.port))
-            })
-        });
         Forwarder {
             pool: Pool::new(
                 format!("sluice-forward-{node_id}"),
-                resolve,
+                quorum.peer_resolver(),
                 Duration::from_secs(3),
-            ),
+            )
+            .with_transport(quorum.peer_transport().clone()),
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use sluice_client::{Pool, Resolve};
+use sluice_client::Pool;
 
 use crate::broker::Broker;
 use crate::view::ClusterView;
@@ -33,22 +33,14 @@ pub struct HighWatermarks {
 
 impl HighWatermarks {
     pub fn new(node_id: i32, quorum: Arc<Quorum>) -> HighWatermarks {
-        let resolve: Resolve = Arc::new(move |id| {
-            quorum.voter_addr(id).or_else(|| {
-                quorum
-                    .image()
-                    .brokers
-                    .get(&id)
-                    .map(|b| format!("{}:{}", b.host, b.port))
-            })
-        });
         HighWatermarks {
             remote: Mutex::new(HashMap::new()),
             pool: Pool::new(
                 format!("sluice-lag-{node_id}"),
-                resolve,
+                quorum.peer_resolver(),
                 Duration::from_secs(3),
-            ),
+            )
+            .with_transport(quorum.peer_transport().clone()),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod forward;
 pub mod groups;
 pub mod internal_log;
 pub mod lag;
+pub mod listeners;
 pub mod liveness;
 pub mod maintenance;
 pub mod metrics;

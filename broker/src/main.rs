@@ -1,5 +1,6 @@
 //! `sluice-broker`: runs the broker (`serve`).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -11,8 +12,9 @@ use sluice_broker::broker::Broker;
 use sluice_broker::cli::{self, PluginCommand};
 use sluice_broker::config::{self, ServeArgs};
 use sluice_broker::connections::{ConnectionLimits, Connections};
-use sluice_broker::{admin, liveness, maintenance, replication, server};
+use sluice_broker::{admin, listeners, liveness, maintenance, replication, server};
 use sluice_metadata::controller::{self, Registration};
+use sluice_metadata::image::Endpoint;
 use sluice_metadata::quorum::{self, Quorum, QuorumConfig};
 use sluice_metadata::topic_config::META_DIR;
 use tokio::net::TcpListener;
@@ -83,13 +85,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let kafka = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding Kafka listener {}", args.listen))?;
+    let specs = listeners::from_args(&args)?;
+    let mut bound = Vec::new();
+    for spec in &specs {
+        let socket = TcpListener::bind(&spec.bind)
+            .await
+            .with_context(|| format!("binding listener {} ({})", spec.name, spec.bind))?;
+        let tls = listeners::server_tls(&args, spec)?;
+        bound.push((spec, socket.local_addr()?, socket, tls));
+    }
+    let peer_transport = listeners::peer_transport(&args, &specs)?;
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding admin listener {}", args.admin_listen))?;
-    let kafka_addr = kafka.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     // The admin port answers /healthz and /readyz from the start, saying
     // what a starting broker waits for; the full API follows once it is
@@ -108,24 +116,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     ));
     tokio::spawn(maintenance::disk_probe(args.data_dir.clone()));
-    let (host, port) = match &args.advertised_listen {
-        Some(a) => {
-            let (h, p) = a
-                .rsplit_once(':')
-                .with_context(|| format!("advertised-listen '{a}' must be host:port"))?;
-            let port: u16 = p
-                .parse()
-                .with_context(|| format!("advertised-listen port '{p}'"))?;
-            (h.to_string(), i32::from(port))
-        }
-        None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
-    };
+    // What clients on each listener are told: its advertised address, else
+    // the bound one (port 0 advertised: the bound port).
+    let advertised: BTreeMap<String, Endpoint> = bound
+        .iter()
+        .map(|(spec, addr, _, _)| {
+            let (host, port) = match &spec.advertised {
+                Some((h, p)) => (h.clone(), if *p == 0 { addr.port() } else { *p }),
+                None => (addr.ip().to_string(), addr.port()),
+            };
+            let port = i32::from(port);
+            (spec.name.clone(), Endpoint { host, port })
+        })
+        .collect();
+    let inter_broker = specs
+        .iter()
+        .find(|s| s.inter_broker)
+        .and_then(|s| advertised.get(&s.name))
+        .context("no inter-broker listener")?
+        .clone();
     let data_dir = args.data_dir.clone();
     let registration = Registration {
         node_id: args.node_id,
-        host,
-        port,
+        host: inter_broker.host,
+        port: inter_broker.port,
         incarnation: uuid::Uuid::new_v4(),
+        // One listener registers as before (its address alone), so a
+        // rolling upgrade's older brokers read the same command.
+        listeners: if specs.len() > 1 {
+            advertised
+        } else {
+            BTreeMap::new()
+        },
     };
     let mut voters = quorum::parse_peers(&args.peers)?;
     voters
@@ -139,6 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(args.controller_election_timeout_ms),
             snapshot_every: quorum::SNAPSHOT_EVERY,
+            transport: peer_transport,
         })
         .await?,
     );
@@ -154,7 +177,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         connections: connections.clone(),
         draining: tokio::sync::watch::Sender::new(false),
     });
-    tokio::spawn(server::serve(listener.clone(), kafka));
+    let several = bound.len() > 1;
+    let mut first = None;
+    let mut named = String::new();
+    for (spec, addr, socket, tls) in bound {
+        let endpoint = Arc::new(server::ListenerContext {
+            name: spec.name.as_str().into(),
+            inter_broker: spec.inter_broker,
+            tls,
+        });
+        // The first listener is `kafka=` (scripts read it); with several,
+        // each is also listed by name at the end.
+        first.get_or_insert(addr);
+        if several {
+            named.push_str(&format!(" listener.{}={addr}", spec.name));
+        }
+        tracing::info!(listener = %spec.name, %addr, protocol = ?spec.protocol, inter_broker = spec.inter_broker, "listening");
+        tokio::spawn(server::serve(listener.clone(), socket, endpoint));
+    }
     let heartbeat = Duration::from_millis(args.broker_heartbeat_interval_ms);
     let session = Duration::from_millis(args.broker_session_timeout_ms);
     *phase.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -215,12 +255,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(sluice_broker::lag::refresh_loop(broker.clone()));
     let stop = shutdown_signal();
     broker.ready.store(true, Ordering::Release);
-    tracing::info!(kafka = %kafka_addr, admin = %admin_addr, data_dir = %data_dir.display(), node_id = broker.node_id, "broker started");
+    tracing::info!(admin = %admin_addr, data_dir = %data_dir.display(), node_id = broker.node_id, "broker started");
     {
         let mut out = std::io::stdout().lock();
+        let kafka = first.context("no listener")?;
         writeln!(
             out,
-            "sluice-broker ready kafka={kafka_addr} admin={admin_addr}"
+            "sluice-broker ready kafka={kafka} admin={admin_addr}{named}"
         )?;
         out.flush()?;
     }

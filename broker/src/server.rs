@@ -4,10 +4,14 @@
 //! for the followers may overlap the next requests, see `PIPELINE`).
 //! Anything unusable a client sends closes that connection with a logged
 //! (rate-limited) reason; other clients never notice. Admission (connection
-//! limits) and accounting are `crate::connections`'. Quorum traffic from
-//! peer brokers shares the listener (see `cluster::quorum::rpc`) and is
-//! served from the start, before this broker has joined the cluster; Kafka
-//! clients are served once it has.
+//! limits) and accounting are `crate::connections`'. Each configured
+//! listener (`crate::listeners`) is served by its own accept loop, over TLS
+//! where its protocol says so. The brokers' own traffic (quorum frames, see
+//! `cluster::quorum::rpc`; forwarded produce; follower fetches;
+//! transaction markers) is served only on the inter-broker listener, from
+//! the start, before this broker has joined the cluster; anywhere else it
+//! is refused and counted. Kafka clients are served once the broker has
+//! joined.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -17,13 +21,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::api;
+use crate::api::{self, Session};
 use crate::broker::Broker;
 use crate::connections::Connections;
+use crate::listeners::ServerTls;
 use sluice_metadata::quorum::{Quorum, rpc};
 use sluice_protocol::{self as protocol, FrameError};
 
@@ -58,7 +62,18 @@ const READ_CHUNK: usize = 4 * 1024;
 /// go to the socket directly.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-pub async fn serve(node: Arc<Listener>, listener: TcpListener) {
+/// What a connection knows of the listener it arrived on.
+pub struct ListenerContext {
+    pub name: Arc<str>,
+    /// Serves the brokers' own requests.
+    pub inter_broker: bool,
+    pub tls: Option<ServerTls>,
+}
+
+/// Longest a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub async fn serve(node: Arc<Listener>, listener: TcpListener, endpoint: Arc<ListenerContext>) {
     let mut draining = node.draining.subscribe();
     loop {
         // Kafka's acceptor waits while the broker is at max.connections.
@@ -80,8 +95,9 @@ pub async fn serve(node: Arc<Listener>, listener: TcpListener) {
                     continue;
                 };
                 let node = node.clone();
+                let endpoint = endpoint.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(&node, stream, peer).await {
+                    if let Err(e) = accepted_connection(&node, &endpoint, stream, peer).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
                     }
                     drop(admitted);
@@ -128,9 +144,53 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn connection(node: &Listener, stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+/// Serves one accepted connection: plain, or after a TLS handshake.
+async fn accepted_connection(
+    node: &Listener,
+    endpoint: &ListenerContext,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let (rd, wr) = stream.into_split();
+    let session = Session {
+        peer,
+        listener: endpoint.name.clone(),
+        inter_broker: endpoint.inter_broker,
+    };
+    let Some(tls) = &endpoint.tls else {
+        let (rd, wr) = stream.into_split();
+        return connection(node, &session, rd, wr).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let failed = |detail: String| {
+        node.connections
+            .metrics
+            .tls_handshake_failures
+            .with_label_values(&[&endpoint.name])
+            .inc();
+        node.connections
+            .closed_for_bad_input(peer, "tls_handshake", &detail);
+        Ok(())
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let (rd, wr) = tokio::io::split(tls);
+            connection(node, &session, rd, wr).await
+        }
+        Ok(Err(e)) => failed(format!("TLS handshake failed: {e}")),
+        Err(_) => failed(format!(
+            "TLS handshake not finished within {}s",
+            TLS_HANDSHAKE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+async fn connection<R, W>(node: &Listener, session: &Session, rd: R, wr: W) -> std::io::Result<()>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin,
+{
+    let peer = session.peer;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, wr);
     // Capacity 1: the reader holds at most one frame the connection has not
     // taken yet; `PIPELINE` and `PIPELINE_BYTES` bound the rest.
@@ -184,7 +244,7 @@ async fn connection(node: &Listener, stream: TcpStream, peer: SocketAddr) -> std
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     let len = frame.len();
                     in_flight_bytes += len;
-                    let reply = Box::pin(dispatch(node, peer, frame)).await;
+                    let reply = Box::pin(dispatch(node, session, frame)).await;
                     pending.push_back(Box::pin(async move { (len, reply.await) }));
                 }
             },
@@ -208,8 +268,8 @@ async fn drained(rx: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Writes one reply; false when the connection must close.
-async fn write_reply(
-    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+async fn write_reply<W: AsyncWrite + Unpin>(
+    writer: &mut BufWriter<W>,
     reply: Reply,
     closing: &mut Option<(&'static str, String)>,
 ) -> std::io::Result<bool> {
@@ -230,8 +290,37 @@ async fn write_reply(
 }
 
 /// Runs one request's ordered part and returns what produces its reply.
-async fn dispatch<'a>(node: &'a Listener, peer: SocketAddr, frame: Bytes) -> BoxFuture<'a, Reply> {
+async fn dispatch<'a>(
+    node: &'a Listener,
+    session: &'a Session,
+    frame: Bytes,
+) -> BoxFuture<'a, Reply> {
     let ready = |r: Reply| -> BoxFuture<'a, Reply> { Box::pin(std::future::ready(r)) };
+    let private = if rpc::is_quorum_frame(&frame) {
+        Some("Quorum")
+    } else if protocol::is_forwarded_produce(&frame) {
+        Some("ForwardedProduce")
+    } else {
+        None
+    };
+    if let Some(request) = private
+        && !session.inter_broker
+    {
+        // Brokers' private APIs: nothing but a peer on the inter-broker
+        // listener may vote, propose metadata changes or forward records.
+        node.connections
+            .metrics
+            .inter_broker_refused
+            .with_label_values(&[&session.listener, request])
+            .inc();
+        return ready(Reply::Close(
+            "inter_broker_request_on_client_listener",
+            format!(
+                "{request} request on listener {}, which is not the inter-broker listener",
+                session.listener
+            ),
+        ));
+    }
     if rpc::is_quorum_frame(&frame) {
         let out = node.quorum.handle_frame(&frame).await;
         return ready(Reply::Chunks(vec![Bytes::from(out)]));
@@ -279,7 +368,11 @@ async fn dispatch<'a>(node: &'a Listener, peer: SocketAddr, frame: Bytes) -> Box
     let version = request.version;
     let correlation_id = request.header.correlation_id;
     let started = Instant::now();
-    let pending = api::handle(broker, peer, request).await;
+    let refused = &node.connections.metrics.inter_broker_refused;
+    let pending = match api::inter_broker::refusal(session, &request, &broker.metrics, refused) {
+        Some(refusal) => Box::pin(std::future::ready(Some(refusal))),
+        None => api::handle(broker, session, request).await,
+    };
     Box::pin(async move {
         let response = pending.await;
         let api_name = format!("{api_key:?}");
@@ -313,7 +406,11 @@ async fn dispatch<'a>(node: &'a Listener, peer: SocketAddr, frame: Bytes) -> Box
 /// `READ_CHUNK`), except up to the largest frame this connection has
 /// already delivered in full, which gets its whole buffer at once (a
 /// producer's steady stream of 1 MB requests is read without copies).
-async fn read_frames(mut rd: OwnedReadHalf, max: usize, tx: tokio::sync::mpsc::Sender<Incoming>) {
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut rd: R,
+    max: usize,
+    tx: tokio::sync::mpsc::Sender<Incoming>,
+) {
     let mut buf = BytesMut::new();
     let mut proven = 0usize;
     loop {
@@ -369,8 +466,8 @@ async fn read_frames(mut rd: OwnedReadHalf, max: usize, tx: tokio::sync::mpsc::S
 
 /// Reads until `buf` holds `need` bytes; false on EOF first. Room is added
 /// as described at `read_frames`.
-async fn fill(
-    rd: &mut OwnedReadHalf,
+async fn fill<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     need: usize,
     proven: usize,

@@ -148,12 +148,25 @@ impl ClusterView {
     /// list, on the other hand, drops it and asks the others: that is what
     /// a cut-off broker wants (librdkafka keeps asking the broker it is
     /// connected to otherwise, and would never learn the new leaders).
-    pub fn advertised_brokers(&self) -> impl Iterator<Item = &BrokerImage> {
+    /// Each broker's address on `listener` (the one the asking client
+    /// connected to); brokers without that listener are left out.
+    pub fn advertised_brokers<'a>(
+        &'a self,
+        listener: &'a str,
+    ) -> impl Iterator<Item = Advertised<'a>> {
         let hide = self.cut_off.then_some(self.node_id);
         self.image
             .brokers
             .values()
             .filter(move |b| Some(b.id) != hide)
+            .filter_map(move |b| {
+                let (host, port) = b.endpoint(listener)?;
+                Some(Advertised {
+                    id: b.id,
+                    host,
+                    port,
+                })
+            })
     }
 
     /// Ids of the live brokers, sorted: where new replicas may go.
@@ -243,4 +256,11 @@ impl Views {
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.tx.subscribe()
     }
+}
+
+/// A broker as a client on some listener is told about it.
+pub struct Advertised<'a> {
+    pub id: i32,
+    pub host: &'a str,
+    pub port: i32,
 }

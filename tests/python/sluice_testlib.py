@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BROKER_BIN = REPO_ROOT / "target" / "debug" / "sluice-broker"
 
 READY_RE = re.compile(
-    r"^sluice-broker ready kafka=(?P<kafka>\S+:\d+) admin=(?P<admin>\S+:\d+)\s*$"
+    r"^sluice-broker ready kafka=(?P<kafka>\S+:\d+) admin=(?P<admin>\S+:\d+)(?: listener\.\S+=\S+)*\s*$"
 )
 
 # How long a broker may take to print its ready line.

@@ -27,8 +27,19 @@ pub const FAST_FAILOVER: &[&str] = &[
 
 pub struct Cluster {
     pub brokers: Vec<Broker>,
+    /// Client addresses (the CLIENT listener's where listeners are split).
     addrs: Vec<String>,
+    /// The inter-broker listener's addresses (`--peers`).
+    internal_addrs: Vec<String>,
     _dir: TempDir,
+}
+
+/// Security protocols of a cluster whose clients and brokers use separate
+/// listeners: CLIENT, and INTERNAL for the brokers' own traffic.
+#[derive(Clone, Copy)]
+pub struct SplitListeners {
+    pub client: &'static str,
+    pub internal: &'static str,
 }
 
 fn reserve_ports(n: usize) -> Result<Vec<u16>> {
@@ -86,15 +97,50 @@ impl Cluster {
     }
 
     fn start_with_dir(dir: TempDir, n: usize, extra_args: &[&str]) -> Result<Cluster> {
-        let addrs: Vec<String> = reserve_ports(n)?
-            .into_iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let peers = peers_arg(&addrs);
+        Self::start_members(dir, n, None, extra_args)
+    }
+
+    /// Starts `n` brokers with a CLIENT listener for clients and an
+    /// INTERNAL one, the inter-broker listener, for their own traffic
+    /// (`--peers` names INTERNAL addresses).
+    pub fn start_split(n: usize, split: SplitListeners, extra_args: &[&str]) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cluster-")
+            .tempdir()
+            .context("cluster temp dir")?;
+        Self::start_members(dir, n, Some(split), extra_args)
+    }
+
+    fn start_members(
+        dir: TempDir,
+        n: usize,
+        split: Option<SplitListeners>,
+        extra_args: &[&str],
+    ) -> Result<Cluster> {
+        let ports = reserve_ports(if split.is_some() { 2 * n } else { n })?;
+        let addr = |p: &u16| format!("127.0.0.1:{p}");
+        let addrs: Vec<String> = ports[..n].iter().map(addr).collect();
+        let internal_addrs: Vec<String> = match split {
+            Some(_) => ports[n..].iter().map(addr).collect(),
+            None => addrs.clone(),
+        };
+        let peers = peers_arg(&internal_addrs);
+        let protocols = split.map(|s| format!("CLIENT:{},INTERNAL:{}", s.client, s.internal));
         let mut brokers = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let id = i.to_string();
             let mut args = vec!["--node-id", &id, "--peers", &peers];
+            let listeners = format!("CLIENT://{addr},INTERNAL://{}", internal_addrs[i]);
+            if let Some(protocols) = &protocols {
+                args.extend_from_slice(&[
+                    "--listeners",
+                    &listeners,
+                    "--listener-security-protocol-map",
+                    protocols,
+                    "--inter-broker-listener-name",
+                    "INTERNAL",
+                ]);
+            }
             args.extend_from_slice(extra_args);
             brokers.push(Broker::new_member(
                 &dir.path().join(format!("broker-{i}")),
@@ -106,8 +152,14 @@ impl Cluster {
         Ok(Cluster {
             brokers,
             addrs,
+            internal_addrs,
             _dir: dir,
         })
+    }
+
+    /// The inter-broker listener's address of broker `id`.
+    pub fn internal_addr(&self, id: usize) -> &str {
+        &self.internal_addrs[id]
     }
 
     /// Every member's Kafka address, for `bootstrap.servers`.
@@ -274,6 +326,7 @@ impl PartitionableCluster {
         Ok(PartitionableCluster {
             cluster: Cluster {
                 brokers,
+                internal_addrs: addrs.clone(),
                 addrs,
                 _dir: dir,
             },
@@ -529,6 +582,7 @@ impl NetnsCluster {
         Ok(NetnsCluster {
             cluster: Cluster {
                 brokers,
+                internal_addrs: addrs.clone(),
                 addrs,
                 _dir: dir,
             },

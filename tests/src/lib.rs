@@ -40,6 +40,7 @@ pub mod history;
 pub mod load;
 pub mod proxy;
 pub mod raw_client;
+pub mod tls;
 
 /// Environment variable that overrides where the broker binary is found.
 pub const BROKER_BIN_ENV: &str = "SLUICE_BROKER_BIN";
@@ -252,11 +253,11 @@ impl Broker {
             }
             None => Command::new(&self.binary),
         };
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .arg("--listen")
-            .arg(&self.listen);
+        cmd.arg("serve").arg("--data-dir").arg(self.data.path());
+        // (A test that configures listeners itself names every address.)
+        if !self.extra_args.iter().any(|a| a == "--listeners") {
+            cmd.arg("--listen").arg(&self.listen);
+        }
         // An ephemeral admin port, unless the test fixed one (to reach
         // /readyz before the broker is ready).
         if !self.extra_args.iter().any(|a| a == "--admin-listen") {

@@ -20,10 +20,16 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
+
+pub mod tls;
+pub use tls::Transport;
+
+/// A connection's halves: plain TCP or TLS over it.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Largest response frame accepted (a fetch may carry tens of megabytes).
 pub const MAX_RESPONSE_BYTES: usize = 128 << 20;
@@ -52,6 +58,12 @@ pub enum ClientError {
     Encode(String),
     #[error("no address known for broker {0}")]
     UnknownPeer(i32),
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -68,7 +80,7 @@ type Pending = Arc<Mutex<HashMap<i32, oneshot::Sender<Result<Bytes, ClientError>
 pub struct Connection {
     addr: String,
     client_id: StrBytes,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf>,
     pending: Pending,
     correlation: AtomicI32,
     closed: Arc<AtomicBool>,
@@ -82,21 +94,26 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Opens a connection to `addr` (`host:port`), giving up after `timeout`.
+    /// Opens a plain TCP connection to `addr` (`host:port`), giving up
+    /// after `timeout`.
     pub async fn connect(
         addr: &str,
         client_id: &str,
         timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        let connect = TcpStream::connect(addr);
-        let stream = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    addr: addr.to_string(),
-                    source,
-                });
-            }
+        Self::open(addr, client_id, timeout, &Transport::Plain).await
+    }
+
+    /// Opens a connection to `addr` over `transport` (the TLS handshake
+    /// included), giving up after `timeout`.
+    pub async fn open(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+        transport: &Transport,
+    ) -> Result<Connection, ClientError> {
+        let (rd, wr) = match tokio::time::timeout(timeout, open_stream(addr, transport)).await {
+            Ok(r) => r?,
             Err(_) => {
                 return Err(ClientError::Connect {
                     addr: addr.to_string(),
@@ -107,11 +124,6 @@ impl Connection {
                 });
             }
         };
-        stream.set_nodelay(true).map_err(|source| ClientError::Io {
-            addr: addr.to_string(),
-            source,
-        })?;
-        let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_responses(
@@ -271,6 +283,49 @@ impl Connection {
     }
 }
 
+/// TCP to `addr`, then the TLS handshake if `transport` asks for it.
+async fn open_stream(
+    addr: &str,
+    transport: &Transport,
+) -> Result<(ReadHalf, WriteHalf), ClientError> {
+    let io = |source| ClientError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    stream.set_nodelay(true).map_err(io)?;
+    match transport {
+        Transport::Plain => {
+            let (rd, wr) = stream.into_split();
+            Ok((Box::new(rd), Box::new(wr)))
+        }
+        Transport::Tls(config) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                ClientError::Tls {
+                    addr: addr.to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                }
+            })?;
+            let tls = tokio_rustls::TlsConnector::from(config.current())
+                .connect(name, stream)
+                .await
+                .map_err(|source| ClientError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let (rd, wr) = tokio::io::split(tls);
+            Ok((Box::new(rd), Box::new(wr)))
+        }
+    }
+}
+
 /// Removes a waiter from the pending map when its call ends.
 struct Forget<'a> {
     pending: &'a Pending,
@@ -289,7 +344,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Reads a `len`-byte frame into fresh capacity: no zero-filling first
 /// (follower fetch responses run to megabytes).
-async fn read_frame(rd: &mut OwnedReadHalf, len: usize) -> std::io::Result<Bytes> {
+async fn read_frame(rd: &mut ReadHalf, len: usize) -> std::io::Result<Bytes> {
     let mut frame = BytesMut::with_capacity(len);
     while frame.len() < len {
         let want = (len - frame.len()) as u64;
@@ -303,12 +358,7 @@ async fn read_frame(rd: &mut OwnedReadHalf, len: usize) -> std::io::Result<Bytes
 /// Reads response frames and hands each to the call waiting for its
 /// correlation id. On any failure every waiting call gets the error and
 /// the connection is marked closed.
-async fn read_responses(
-    mut rd: OwnedReadHalf,
-    addr: String,
-    pending: Pending,
-    closed: Arc<AtomicBool>,
-) {
+async fn read_responses(mut rd: ReadHalf, addr: String, pending: Pending, closed: Arc<AtomicBool>) {
     let failure = loop {
         let len = match rd.read_i32().await {
             Ok(n) => n,
@@ -375,6 +425,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
 pub struct Pool {
     client_id: String,
     resolve: Resolve,
+    transport: Transport,
     connect_timeout: Duration,
     peers: Mutex<HashMap<i32, Slot>>,
 }
@@ -384,9 +435,16 @@ impl Pool {
         Pool {
             client_id: client_id.into(),
             resolve,
+            transport: Transport::Plain,
             connect_timeout,
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Connects over `transport` (TLS to an inter-broker listener).
+    pub fn with_transport(mut self, transport: Transport) -> Pool {
+        self.transport = transport;
+        self
     }
 
     /// The open connection to `peer`, connecting if there is none.
@@ -398,8 +456,15 @@ impl Pool {
             return Ok(c.clone());
         }
         let addr = (self.resolve)(peer).ok_or(ClientError::UnknownPeer(peer))?;
-        let conn =
-            Arc::new(Connection::connect(&addr, &self.client_id, self.connect_timeout).await?);
+        let conn = Arc::new(
+            Connection::open(
+                &addr,
+                &self.client_id,
+                self.connect_timeout,
+                &self.transport,
+            )
+            .await?,
+        );
         *slot = Some(conn.clone());
         Ok(conn)
     }

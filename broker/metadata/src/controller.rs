@@ -20,9 +20,12 @@ use crate::quorum::Quorum;
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub node_id: i32,
+    /// The inter-broker listener's advertised address.
     pub host: String,
     pub port: i32,
     pub incarnation: Uuid,
+    /// Every listener's advertised address (empty: one listener, `host:port`).
+    pub listeners: std::collections::BTreeMap<String, crate::image::Endpoint>,
 }
 
 impl Registration {
@@ -32,6 +35,7 @@ impl Registration {
             host: self.host.clone(),
             port: self.port,
             incarnation: self.incarnation,
+            listeners: self.listeners.clone(),
         }
     }
 

@@ -80,8 +80,14 @@ impl<'de> Deserialize<'de> for Wasm {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BrokerImage {
     pub id: i32,
+    /// The inter-broker listener's advertised address.
     pub host: String,
     pub port: i32,
+    /// Every listener's advertised address, by listener name: a client is
+    /// told the addresses of the listener it connected to. Empty when
+    /// registered by a broker that had one listener (then `host`/`port`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, Endpoint>,
     /// Changes on every process start, so a restarted broker is told apart
     /// from the one whose heartbeats stopped.
     pub incarnation: Uuid,
@@ -95,10 +101,29 @@ pub struct BrokerImage {
     pub shutting_down: bool,
 }
 
+/// Where a listener of a broker is reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: i32,
+}
+
 impl BrokerImage {
     /// May lead partitions and be in sync.
     pub fn eligible(&self) -> bool {
         !self.fenced && !self.shutting_down
+    }
+
+    /// The advertised address of this broker's listener `name`; None if it
+    /// has no such listener (Kafka then leaves it out of the answers a
+    /// client on that listener gets).
+    pub fn endpoint(&self, listener: &str) -> Option<(&str, i32)> {
+        if self.listeners.is_empty() {
+            return Some((self.host.as_str(), self.port));
+        }
+        self.listeners
+            .get(listener)
+            .map(|e| (e.host.as_str(), e.port))
     }
 }
 
@@ -163,6 +188,8 @@ pub enum Command {
         host: String,
         port: i32,
         incarnation: Uuid,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        listeners: BTreeMap<String, Endpoint>,
     },
     /// The controller stopped hearing from this incarnation.
     FenceBroker {
@@ -314,6 +341,7 @@ impl MetadataImage {
                 host,
                 port,
                 incarnation,
+                listeners,
             } => {
                 if let Some(old) = self.brokers.get(id)
                     && old.incarnation != *incarnation
@@ -326,6 +354,7 @@ impl MetadataImage {
                         id: *id,
                         host: host.clone(),
                         port: *port,
+                        listeners: listeners.clone(),
                         incarnation: *incarnation,
                         fenced: false,
                         shutting_down: false,
@@ -690,6 +719,7 @@ mod tests {
                 host: "h".into(),
                 port: 9092 + id,
                 incarnation,
+                listeners: BTreeMap::new(),
             })
             .expect("register");
         incarnation

@@ -43,8 +43,18 @@ fn code(b: &Groups<'_>, e: Option<ResponseError>) -> i16 {
 
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
+/// A coordinator's id and address on the asking client's listener.
+fn on_listener(
+    b: &sluice_metadata::image::BrokerImage,
+    listener: &str,
+) -> Option<(i32, String, i32)> {
+    b.endpoint(listener)
+        .map(|(host, port)| (b.id, host.to_string(), port))
+}
+
 pub fn find_coordinator(
     b: &Groups<'_>,
+    listener: &str,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
@@ -56,7 +66,7 @@ pub fn find_coordinator(
     let answer = |key: &str| -> Result<(i32, String, i32), (i16, String)> {
         if req.key_type == KEY_TYPE_TRANSACTION {
             return crate::transactions::coordinator_of(&view, key)
-                .map(|c| (c.id, c.host.clone(), c.port))
+                .and_then(|c| on_listener(c, listener))
                 .ok_or_else(|| {
                     (
                         error_code(b.metrics, ResponseError::CoordinatorNotAvailable),
@@ -67,7 +77,7 @@ pub fn find_coordinator(
                 });
         }
         crate::groups::coordinator_of(&view, key)
-            .map(|c| (c.id, c.host.clone(), c.port))
+            .and_then(|c| on_listener(c, listener))
             .ok_or_else(|| {
                 (
                     error_code(b.metrics, ResponseError::CoordinatorNotAvailable),

@@ -22,15 +22,20 @@ pub fn api_versions() -> ApiVersionsResponse {
     versions::api_versions_response()
 }
 
-pub async fn metadata(b: &Admin<'_>, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn metadata(
+    b: &Admin<'_>,
+    listener: &str,
+    req: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
     let view = b.views.current();
     let mut resp = MetadataResponse::default();
     resp.brokers = view
-        .advertised_brokers()
+        .advertised_brokers(listener)
         .map(|x| {
             let mut broker = MetadataResponseBroker::default();
             broker.node_id = BrokerId(x.id);
-            broker.host = str_bytes(x.host.clone());
+            broker.host = str_bytes(x.host);
             broker.port = x.port;
             broker
         })
@@ -163,18 +168,22 @@ fn describe(view: &ClusterView, t: &Topic) -> MetadataResponseTopic {
     r
 }
 
-pub fn describe_cluster(b: &Admin<'_>, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    b: &Admin<'_>,
+    listener: &str,
+    _req: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let view = b.views.current();
     let mut r = DescribeClusterResponse::default();
     r.cluster_id = str_bytes(view.cluster_id());
     r.controller_id = BrokerId(b.quorum.controller_id().unwrap_or(-1));
     r.endpoint_type = 1;
     r.brokers = view
-        .advertised_brokers()
+        .advertised_brokers(listener)
         .map(|x| {
             let mut broker = DescribeClusterBroker::default();
             broker.broker_id = BrokerId(x.id);
-            broker.host = str_bytes(x.host.clone());
+            broker.host = str_bytes(x.host);
             broker.port = x.port;
             broker
         })

@@ -5,6 +5,7 @@
 mod configs;
 mod fetch;
 mod groups;
+pub mod inter_broker;
 mod leader_epoch;
 mod list_offsets;
 mod metadata;
@@ -187,6 +188,15 @@ pub(crate) async fn committed(
     })
 }
 
+/// Where a connection's requests come from: the client's address and the
+/// listener it connected to (whose advertised addresses it is told).
+pub struct Session {
+    pub peer: std::net::SocketAddr,
+    pub listener: Arc<str>,
+    /// The inter-broker listener: brokers' own requests are served.
+    pub inter_broker: bool,
+}
+
 /// Who sent a request, for the handlers that record it (group members).
 pub struct RequestContext {
     pub peer: std::net::SocketAddr,
@@ -204,7 +214,7 @@ pub type Completion<'a> = BoxFuture<'a, Option<ResponseKind>>;
 /// handled whole here.
 pub async fn handle<'a>(
     broker: &'a Arc<Broker>,
-    peer: std::net::SocketAddr,
+    session: &Session,
     req: DecodedRequest,
 ) -> Completion<'a> {
     let DecodedRequest {
@@ -215,7 +225,7 @@ pub async fn handle<'a>(
     } = req;
     let req = match body {
         RequestKind::Produce(r) => {
-            let pending = produce::produce(broker.writes(), r).await;
+            let pending = produce::produce(broker.writes(), session.listener.clone(), r).await;
             return Box::pin(async move { pending.await.map(ResponseKind::Produce) });
         }
         body => DecodedRequest {
@@ -225,18 +235,19 @@ pub async fn handle<'a>(
             body,
         },
     };
-    Box::pin(std::future::ready(handle_whole(broker, peer, req).await))
+    Box::pin(std::future::ready(handle_whole(broker, session, req).await))
 }
 
 async fn handle_whole(
     broker: &Arc<Broker>,
-    peer: std::net::SocketAddr,
+    session: &Session,
     req: DecodedRequest,
 ) -> Option<ResponseKind> {
     let v = req.version;
     let b = broker.as_ref();
+    let listener: &str = &session.listener;
     let ctx = RequestContext {
-        peer,
+        peer: session.peer,
         client_id: req
             .header
             .client_id
@@ -247,10 +258,10 @@ async fn handle_whole(
     Some(match req.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(metadata::api_versions()),
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(metadata::metadata(&b.admin(), r, v).await)
+            ResponseKind::Metadata(metadata::metadata(&b.admin(), listener, r, v).await)
         }
         RequestKind::DescribeCluster(r) => {
-            ResponseKind::DescribeCluster(metadata::describe_cluster(&b.admin(), r))
+            ResponseKind::DescribeCluster(metadata::describe_cluster(&b.admin(), listener, r))
         }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(&b.reads(), r).await),
         RequestKind::OffsetForLeaderEpoch(r) => {
@@ -277,9 +288,12 @@ async fn handle_whole(
         RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
             configs::incremental_alter_configs(&b.admin(), r).await,
         ),
-        RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(&b.group_services(), r, v))
-        }
+        RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(groups::find_coordinator(
+            &b.group_services(),
+            listener,
+            r,
+            v,
+        )),
         RequestKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(groups::join_group(&b.group_services(), &ctx, r, v).await)
         }

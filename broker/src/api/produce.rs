@@ -40,6 +40,7 @@ struct Outcome {
 /// the future that waits for the acks and answers.
 pub async fn produce<'a>(
     w: Writes<'a>,
+    listener: std::sync::Arc<str>,
     mut req: ProduceRequest,
 ) -> BoxFuture<'a, Option<ProduceResponse>> {
     let b = &w;
@@ -73,7 +74,7 @@ pub async fn produce<'a>(
     Box::pin(async move {
         let b = &w;
         let outcomes = join_all(staged.into_iter().map(|s| s.finish(b, deadline))).await;
-        let resp = respond(b, &req, outcomes);
+        let resp = respond(b, Some(&listener), &req, outcomes);
         (acks != Some(Acks::None)).then_some(resp)
     })
 }
@@ -163,6 +164,7 @@ fn deadline(timeout_ms: i32) -> Instant {
 /// The response, in the request's order.
 fn respond(
     b: &Writes<'_>,
+    listener: Option<&str>,
     req: &ProduceRequest,
     outcomes: Vec<Result<Outcome, WriteError>>,
 ) -> ProduceResponse {
@@ -208,17 +210,19 @@ fn respond(
         }
         resp.responses.push(tr);
     }
-    resp.node_endpoints = latest
-        .advertised_brokers()
-        .filter(|x| leaders_named.contains(&x.id))
-        .map(|x| {
-            let mut endpoint = NodeEndpoint::default();
-            endpoint.node_id = BrokerId(x.id);
-            endpoint.host = str_bytes(x.host.clone());
-            endpoint.port = x.port;
-            endpoint
-        })
-        .collect();
+    if let Some(listener) = listener {
+        resp.node_endpoints = latest
+            .advertised_brokers(listener)
+            .filter(|x| leaders_named.contains(&x.id))
+            .map(|x| {
+                let mut endpoint = NodeEndpoint::default();
+                endpoint.node_id = BrokerId(x.id);
+                endpoint.host = str_bytes(x.host);
+                endpoint.port = x.port;
+                endpoint
+            })
+            .collect();
+    }
     resp
 }
 
@@ -420,6 +424,7 @@ pub async fn forwarded_produce<'a>(
     Box::pin(async move {
         let b = &w;
         let outcomes = join_all(staged.into_iter().map(|s| s.finish(b, deadline))).await;
-        respond(b, &req, outcomes)
+        // (The forwarding broker tells its client where leaders are.)
+        respond(b, None, &req, outcomes)
     })
 }

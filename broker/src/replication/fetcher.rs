@@ -159,18 +159,13 @@ impl FetcherTask {
             if conn.is_none() {
                 // Brokers reach each other at their `--peers` addresses (the
                 // inter-broker network); clients use the advertised ones.
-                let Some(addr) = self.quorum.voter_addr(self.leader).or_else(|| {
-                    self.quorum
-                        .image()
-                        .brokers
-                        .get(&self.leader)
-                        .map(|b| format!("{}:{}", b.host, b.port))
-                }) else {
+                let Some(addr) = self.quorum.peer_addr(self.leader) else {
                     tokio::time::sleep(BACKOFF).await;
                     continue;
                 };
                 let client_id = format!("sluice-replica-{}", self.node_id);
-                match Connection::connect(&addr, &client_id, CONNECT_TIMEOUT).await {
+                let transport = self.quorum.peer_transport();
+                match Connection::open(&addr, &client_id, CONNECT_TIMEOUT, transport).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         tracing::debug!(leader = self.leader, %addr, error = %e, "cannot reach leader");

@@ -20,7 +20,7 @@ use openraft::{BasicNode, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use sluice_client::{Pool, Resolve};
+use sluice_client::{Pool, Resolve, Transport};
 
 pub use self::rpc::{ProposeError, Proposed, QuorumRequest, QuorumResponse};
 pub use self::state_machine::MetadataView;
@@ -39,8 +39,12 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone)]
 pub struct QuorumConfig {
     pub node_id: i32,
-    /// Every voter's id and Kafka address, this broker included.
+    /// Every voter's id and inter-broker listener address, this broker
+    /// included.
     pub voters: BTreeMap<i32, String>,
+    /// How to connect to the other brokers (TLS on an SSL inter-broker
+    /// listener).
+    pub transport: Transport,
     pub dir: PathBuf,
     pub heartbeat_interval: Duration,
     /// Followers start an election after this long without a leader
@@ -64,6 +68,7 @@ pub struct Quorum {
     /// proposals forwarded to the controller (Raft's own traffic has its
     /// connections in `network`).
     peers: Pool,
+    transport: Transport,
     /// Last heartbeat per broker, kept by whoever is controller.
     heartbeats: Mutex<HashMap<i32, (Uuid, Instant)>>,
     /// Last exchange with each other voter.
@@ -116,6 +121,7 @@ impl Quorum {
             network::NetworkFactory {
                 node_id: config.node_id,
                 voters: config.voters.clone(),
+                transport: config.transport.clone(),
                 retry: config.heartbeat_interval,
                 contact: contact.clone(),
             },
@@ -144,7 +150,9 @@ impl Quorum {
                 format!("sluice-controller-{}", config.node_id),
                 resolve,
                 RPC_TIMEOUT,
-            ),
+            )
+            .with_transport(config.transport.clone()),
+            transport: config.transport,
             raft,
             view,
             voters: config.voters,
@@ -171,6 +179,28 @@ impl Quorum {
     /// The inter-broker address of voter `id`, from `--peers`.
     pub fn voter_addr(&self, id: i32) -> Option<String> {
         self.voters.get(&id).cloned()
+    }
+
+    /// Where broker `id`'s inter-broker listener is reached: its `--peers`
+    /// address, else the one it registered.
+    pub fn peer_addr(&self, id: i32) -> Option<String> {
+        self.voter_addr(id).or_else(|| {
+            self.image()
+                .brokers
+                .get(&id)
+                .map(|b| format!("{}:{}", b.host, b.port))
+        })
+    }
+
+    /// A connection pool's way to find peers (see [`Quorum::peer_addr`]).
+    pub fn peer_resolver(self: &Arc<Self>) -> Resolve {
+        let quorum = self.clone();
+        Arc::new(move |id| quorum.peer_addr(id))
+    }
+
+    /// How to connect to the other brokers.
+    pub fn peer_transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// The voters' broker ids, sorted.
@@ -496,6 +526,7 @@ pub async fn single_voter_for_tests(dir: &std::path::Path) -> Arc<Quorum> {
         heartbeat_interval: Duration::from_millis(50),
         election_timeout: Duration::from_millis(300),
         snapshot_every: SNAPSHOT_EVERY,
+        transport: Transport::Plain,
     })
     .await
     .expect("quorum starts");
@@ -506,6 +537,7 @@ pub async fn single_voter_for_tests(dir: &std::path::Path) -> Arc<Quorum> {
                 host: "127.0.0.1".into(),
                 port: 9092,
                 incarnation: Uuid::new_v4(),
+                listeners: Default::default(),
             },
             Duration::from_secs(10),
         )

@@ -28,6 +28,7 @@ type RpcResult<T, E = openraft::error::Infallible> =
 pub struct NetworkFactory {
     pub node_id: i32,
     pub voters: BTreeMap<i32, String>,
+    pub transport: sluice_client::Transport,
     /// How soon to retry an unreachable peer (see `PeerNetwork::backoff`).
     pub retry: Duration,
     pub contact: Arc<PeerContact>,
@@ -43,7 +44,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .unwrap_or_else(|| node.addr.clone());
         PeerNetwork {
             target,
-            conn: PeerConnection::new(addr, format!("sluice-quorum-{}", self.node_id)),
+            conn: PeerConnection::new(
+                addr,
+                format!("sluice-quorum-{}", self.node_id),
+                self.transport.clone(),
+            ),
             retry: self.retry,
             contact: self.contact.clone(),
         }

@@ -1,6 +1,7 @@
-//! Quorum traffic between brokers, carried on the Kafka listener under a
-//! private API key (far outside Kafka's range, never advertised in
-//! ApiVersions), so a cluster needs one address per broker.
+//! Quorum traffic between brokers, carried on the inter-broker Kafka
+//! listener under a private API key (far outside Kafka's range, never
+//! advertised in ApiVersions), so a cluster needs one address per broker.
+//! Other listeners refuse these frames (`sluice_broker::server`).
 //!
 //! Request frame: `[len: i32][api key: i16][version: i16][correlation: i32][JSON]`,
 //! response frame: `[len: i32][correlation: i32][JSON]`. JSON because the
@@ -14,7 +15,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use sluice_client::{ClientError, Connection};
+use sluice_client::{ClientError, Connection, Transport};
 use uuid::Uuid;
 
 use super::TypeConfig;
@@ -110,14 +111,16 @@ pub fn encode_response(correlation: i32, response: &QuorumResponse) -> Vec<u8> {
 pub struct PeerConnection {
     addr: String,
     client_id: String,
+    transport: Transport,
     conn: Option<Connection>,
 }
 
 impl PeerConnection {
-    pub fn new(addr: String, client_id: String) -> PeerConnection {
+    pub fn new(addr: String, client_id: String, transport: Transport) -> PeerConnection {
         PeerConnection {
             addr,
             client_id,
+            transport,
             conn: None,
         }
     }
@@ -145,7 +148,7 @@ impl PeerConnection {
         timeout: Duration,
     ) -> std::io::Result<QuorumResponse> {
         if !self.conn.as_ref().is_some_and(Connection::is_open) {
-            let c = Connection::connect(&self.addr, &self.client_id, timeout)
+            let c = Connection::open(&self.addr, &self.client_id, timeout, &self.transport)
                 .await
                 .map_err(to_io)?;
             self.conn = Some(c);

@@ -66,6 +66,7 @@ async fn start_with(
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: Duration::from_millis(300),
             snapshot_every,
+            transport: sluice_client::Transport::Plain,
         })
         .await
         .expect("start"),
@@ -110,6 +111,7 @@ async fn register_all(q: &Quorum) {
                 host: "127.0.0.1".into(),
                 port: 1000 + id,
                 incarnation: Uuid::new_v4(),
+                listeners: Default::default(),
             },
             Duration::from_secs(20),
         )

@@ -1,0 +1,256 @@
+//! TLS for Sluice's Kafka-protocol connections: reading PEM files (a
+//! keystore holding a private key and its certificate chain, Kafka's PEM
+//! keystore format; a truststore of CA certificates), picking them up again
+//! when the files change, and the client side a broker uses to reach its
+//! peers' inter-broker listener ([`Transport`]). The server side (the
+//! broker's listeners) builds on the same loaders.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn file_error(path: &Path, detail: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The cryptography every Sluice TLS endpoint uses (ring; set explicitly
+/// so no process-wide default has to be installed first).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A PEM keystore: the private key and the certificate chain (leaf first),
+/// both in one file as Kafka's `ssl.keystore.type=PEM` keeps them.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+pub fn load_identity(path: &Path) -> Result<Identity, TlsError> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if chain.is_empty() {
+        return Err(file_error(path, "no CERTIFICATE in the keystore"));
+    }
+    let key = PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| file_error(path, format!("no usable PRIVATE KEY in the keystore ({e})")))?;
+    Ok(Identity { chain, key })
+}
+
+/// A PEM truststore: the CA certificates peers' certificates must chain to.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
+        let cert = cert.map_err(|e| file_error(path, e))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(file_error(path, "no CERTIFICATE in the truststore"));
+    }
+    Ok(roots)
+}
+
+/// Something built from files (a TLS configuration), built again when one
+/// of the files changes, so certificates are renewed without a restart. A
+/// rebuild that fails (a half-written file) keeps the previous value and
+/// says why; the next look tries again.
+pub struct Reloading<T> {
+    files: Vec<PathBuf>,
+    build: Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>,
+    state: Mutex<Built<T>>,
+}
+
+struct Built<T> {
+    stamps: Vec<Option<SystemTime>>,
+    value: Arc<T>,
+    checked: std::time::Instant,
+}
+
+/// How often the files are looked at, at most (each look is a stat per file).
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl<T> Reloading<T> {
+    /// Builds once now (an error here is a configuration error).
+    pub fn new(
+        files: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
+    ) -> Result<Reloading<T>, TlsError> {
+        let stamps = stamps(&files);
+        let value = Arc::new(build()?);
+        Ok(Reloading {
+            files,
+            build: Box::new(build),
+            state: Mutex::new(Built {
+                stamps,
+                value,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    /// The current value, rebuilt first if a file changed since the last
+    /// build.
+    pub fn current(&self) -> Arc<T> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.checked.elapsed() < RELOAD_CHECK {
+            return state.value.clone();
+        }
+        state.checked = std::time::Instant::now();
+        let now = stamps(&self.files);
+        if now != state.stamps {
+            match (self.build)() {
+                Ok(v) => {
+                    tracing::info!(files = ?self.files, "TLS files changed: reloaded");
+                    state.value = Arc::new(v);
+                    state.stamps = now;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS files changed but cannot be loaded; keeping the previous certificates");
+                }
+            }
+        }
+        state.value.clone()
+    }
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// What a client needs to open TLS connections: whom to trust, its own
+/// certificate (mutual TLS), and whether the server's certificate must
+/// name the host connected to (Kafka's
+/// `ssl.endpoint.identification.algorithm`, `https` by default).
+pub struct ClientTls {
+    pub truststore: PathBuf,
+    pub keystore: Option<PathBuf>,
+    pub verify_hostname: bool,
+}
+
+impl ClientTls {
+    fn build(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let roots = Arc::new(load_roots(&self.truststore)?);
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = if self.verify_hostname {
+            builder.with_root_certificates(roots)
+        } else {
+            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyHostName(inner)))
+        };
+        match &self.keystore {
+            Some(path) => {
+                let id = load_identity(path)?;
+                builder
+                    .with_client_auth_cert(id.chain, id.key)
+                    .map_err(|e| file_error(path, e))
+            }
+            None => Ok(builder.with_no_client_auth()),
+        }
+    }
+}
+
+/// Checks a server certificate's chain and signatures but not the name in
+/// it (`ssl.endpoint.identification.algorithm` set empty).
+#[derive(Debug)]
+struct AnyHostName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// How connections to a server are made: plain TCP, or TLS over it.
+#[derive(Clone, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls(Arc<Reloading<rustls::ClientConfig>>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Plain => write!(f, "Plain"),
+            Transport::Tls(r) => write!(f, "Tls({:?})", r.files),
+        }
+    }
+}
+
+impl Transport {
+    /// A TLS transport from PEM files, re-read when they change.
+    pub fn tls(settings: ClientTls) -> Result<Transport, TlsError> {
+        let mut files = vec![settings.truststore.clone()];
+        files.extend(settings.keystore.clone());
+        let reloading = Reloading::new(files, move || settings.build())?;
+        Ok(Transport::Tls(Arc::new(reloading)))
+    }
+}

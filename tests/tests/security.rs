@@ -1,0 +1,426 @@
+//! Listeners and TLS on a 3-broker cluster: clients on a CLIENT listener,
+//! the brokers' own traffic (controller quorum, follower fetches,
+//! forwarded produce, transaction markers) on an INTERNAL one. Real
+//! clients work end to end on the client listener and are told client
+//! addresses; brokers' requests sent to the client listener are refused,
+//! change nothing and are counted; over TLS, the brokers authenticate one
+//! another with certificates (mutual TLS) and clients verify the brokers'.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::write_txn_markers_request::{
+    WritableTxnMarker, WritableTxnMarkerTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ProducerId, TopicName, WriteTxnMarkersRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_client::Connection;
+use sluice_tests::cluster::{Cluster, FAST_FAILOVER, SplitListeners};
+use sluice_tests::tls::TestPki;
+use sluice_tests::{admin_opts, await_deliveries, base_config, enqueue, unique_name};
+
+const WAIT: Duration = Duration::from_secs(30);
+const RECORDS: usize = 300;
+
+fn config(bootstrap: &str, security: &[(&str, &str)]) -> ClientConfig {
+    let mut c = base_config(bootstrap);
+    for (k, v) in security {
+        c.set(*k, *v);
+    }
+    c
+}
+
+/// What every client does on every listener setup: create a topic (of
+/// `replicas` replicas, 3 on a cluster),
+/// produce acks=all (idempotent), consume it all in a group, commit, and
+/// read the commit back; every record must arrive exactly once. Returns the
+/// broker addresses the client was told.
+async fn workload(
+    bootstrap: &str,
+    replicas: i32,
+    security: &[(&str, &str)],
+) -> Result<Vec<String>> {
+    let topic = unique_name("secure");
+    let admin: AdminClient<DefaultClientContext> = config(bootstrap, security).create()?;
+    let min_insync = (replicas - 1).max(1).to_string();
+    let new = NewTopic::new(&topic, 3, TopicReplication::Fixed(replicas))
+        .set("min.insync.replicas", &min_insync);
+    for r in admin.create_topics([&new], &admin_opts()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e:?}"))?;
+    }
+    let producer: FutureProducer = config(bootstrap, security)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let mut sent = Vec::new();
+    for i in 0..RECORDS {
+        let key = format!("k{i}");
+        let value = format!("v{i}");
+        sent.push(
+            enqueue(
+                &producer,
+                FutureRecord::to(&topic)
+                    .key(key.as_bytes())
+                    .payload(value.as_bytes()),
+            )
+            .await?,
+        );
+    }
+    await_deliveries(sent).await.context("acks=all produce")?;
+    let group = unique_name("secure-group");
+    let consumer: StreamConsumer = config(bootstrap, security)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < RECORDS {
+        let msg = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .with_context(|| format!("consumed {} of {RECORDS}", seen.len()))??;
+        use rdkafka::Message;
+        let value = String::from_utf8_lossy(msg.payload().unwrap_or_default()).to_string();
+        ensure!(seen.insert(value.clone()), "{value} delivered twice");
+    }
+    consumer.commit_consumer_state(CommitMode::Sync)?;
+    let committed = consumer.committed(WAIT)?;
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(0))
+        .sum();
+    ensure!(
+        total == RECORDS as i64,
+        "committed offsets add up to {total}"
+    );
+    let md = admin
+        .inner()
+        .fetch_metadata(Some(&topic), WAIT)
+        .context("metadata")?;
+    Ok(md
+        .brokers()
+        .iter()
+        .map(|b| format!("{}:{}", b.host(), b.port()))
+        .collect())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A quorum frame (private API 32101, request header v0, JSON body).
+async fn quorum_frame(addr: &str, json: &str) -> Result<Bytes, sluice_client::ClientError> {
+    let conn = Connection::connect(addr, "anonymous", Duration::from_secs(5)).await?;
+    conn.send_raw(
+        32_101,
+        0,
+        0,
+        Bytes::copy_from_slice(json.as_bytes()),
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+fn follower_fetch(topic: &str) -> FetchRequest {
+    let mut p = FetchPartition::default();
+    p.partition = 0;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = FetchTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partitions.push(p);
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(1);
+    req.max_bytes = 1 << 20;
+    req.topics.push(t);
+    req
+}
+
+fn marker(topic: &str) -> WriteTxnMarkersRequest {
+    let mut t = WritableTxnMarkerTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partition_indexes.push(0);
+    let mut m = WritableTxnMarker::default();
+    m.producer_id = ProducerId(4242);
+    m.producer_epoch = 0;
+    m.transaction_result = false;
+    m.topics.push(t);
+    let mut req = WriteTxnMarkersRequest::default();
+    req.markers.push(m);
+    req
+}
+
+fn topic_exists(bootstrap: &str, topic: &str) -> Result<bool> {
+    let admin: AdminClient<DefaultClientContext> = config(bootstrap, &[]).create()?;
+    let md = admin.inner().fetch_metadata(None, WAIT)?;
+    Ok(md.topics().iter().any(|t| t.name() == topic))
+}
+
+const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+
+#[test]
+fn brokers_own_requests_are_served_only_on_the_inter_broker_listener() -> Result<()> {
+    let split = SplitListeners {
+        client: "PLAINTEXT",
+        internal: "PLAINTEXT",
+    };
+    let cluster = Cluster::start_split(3, split, FAST_FAILOVER)?;
+    let rt = runtime()?;
+    // Real clients on the client listener, told client addresses only.
+    let told = rt.block_on(workload(&cluster.bootstrap(), 3, &[]))?;
+    let client_addrs: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
+    assert_eq!(sorted(told), sorted(client_addrs));
+
+    let victim = unique_name("victim");
+    rt.block_on(async {
+        let admin: AdminClient<DefaultClientContext> =
+            config(&cluster.bootstrap(), &[]).create()?;
+        let t = NewTopic::new(&victim, 1, TopicReplication::Fixed(3));
+        for r in admin.create_topics([&t], &admin_opts()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e:?}"))?;
+        }
+        anyhow::Ok(())
+    })?;
+    let delete = format!(r#"{{"Propose":{{"type":"delete_topic","name":"{victim}"}}}}"#);
+    let vote = r#"{"Vote":{"vote":{"leader_id":{"term":1000,"node_id":7},"committed":false},"last_log_id":null}}"#;
+    for id in 0..3 {
+        for frame in [delete.as_str(), vote] {
+            let answer = rt.block_on(quorum_frame(cluster.addr(id), frame));
+            let Err(e) = answer else {
+                bail!("broker {id}'s client listener answered a quorum frame: {answer:?}");
+            };
+            assert!(!e.to_string().contains("malformed"), "{e}");
+        }
+        let refused = cluster.metric(
+            id,
+            r#"sluice_listener_inter_broker_requests_refused_total{listener="CLIENT",request="Quorum"}"#,
+        )?;
+        assert_eq!(refused, 2.0, "broker {id}");
+    }
+    // Kafka's brokers-only APIs get authorization errors there.
+    rt.block_on(async {
+        let conn = Connection::connect(cluster.addr(0), "anonymous", WAIT).await?;
+        let fetch = conn.send(&follower_fetch(&victim), 12, WAIT).await?;
+        assert_eq!(
+            fetch.responses[0].partitions[0].error_code,
+            TOPIC_AUTHORIZATION_FAILED
+        );
+        let markers = conn.send(&marker(&victim), 1, WAIT).await?;
+        assert_eq!(
+            markers.markers[0].topics[0].partitions[0].error_code,
+            CLUSTER_AUTHORIZATION_FAILED
+        );
+        // The same follower fetch on the inter-broker listener is served.
+        let internal = Connection::connect(cluster.internal_addr(0), "peer", WAIT).await?;
+        let fetch = internal.send(&follower_fetch(&victim), 12, WAIT).await?;
+        assert_ne!(
+            fetch.responses[0].partitions[0].error_code,
+            TOPIC_AUTHORIZATION_FAILED
+        );
+        anyhow::Ok(())
+    })?;
+    for (request, n) in [("FollowerFetch", 1.0), ("WriteTxnMarkers", 1.0)] {
+        let series = format!(
+            r#"sluice_listener_inter_broker_requests_refused_total{{listener="CLIENT",request="{request}"}}"#
+        );
+        assert_eq!(cluster.metric(0, &series)?, n, "{series}");
+    }
+    // Nothing changed: the topic is there, the cluster still works.
+    assert!(topic_exists(&cluster.bootstrap(), &victim)?);
+    rt.block_on(workload(&cluster.bootstrap(), 3, &[]))?;
+    // The frame itself was a real proposal: on the inter-broker listener
+    // (of the controller, or forwarded by a follower) it deletes the topic.
+    let answer = (0..3).find_map(|id| {
+        rt.block_on(quorum_frame(cluster.internal_addr(id), &delete))
+            .ok()
+            .filter(|a| String::from_utf8_lossy(a).contains("Ok"))
+    });
+    ensure!(answer.is_some(), "no broker committed the proposal");
+    cluster.wait_until("the victim topic deleted", WAIT, |c| {
+        Ok(!topic_exists(&c.bootstrap(), &victim)?)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn tls_for_clients_and_mutual_tls_between_brokers() -> Result<()> {
+    let pki = TestPki::generate()?;
+    let keystore = pki.broker_keystore.to_string_lossy().to_string();
+    let truststore = pki.ca.to_string_lossy().to_string();
+    let split = SplitListeners {
+        client: "SSL",
+        internal: "SSL",
+    };
+    let cluster = Cluster::start_split(
+        3,
+        split,
+        &[
+            FAST_FAILOVER,
+            &[
+                "--ssl-keystore-location",
+                &keystore,
+                "--ssl-truststore-location",
+                &truststore,
+            ],
+        ]
+        .concat(),
+    )?;
+    let rt = runtime()?;
+    let ssl = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", truststore.as_str()),
+    ];
+    let told = rt.block_on(workload(&cluster.bootstrap(), 3, &ssl))?;
+    let client_addrs: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
+    assert_eq!(sorted(told), sorted(client_addrs));
+    // Replication ran over the mutual-TLS inter-broker listener: every
+    // partition has all three replicas in sync.
+    let admin: AdminClient<DefaultClientContext> = config(&cluster.bootstrap(), &ssl).create()?;
+    let md = admin.inner().fetch_metadata(None, WAIT)?;
+    for t in md
+        .topics()
+        .iter()
+        .filter(|t| t.name().starts_with("secure"))
+    {
+        for p in t.partitions() {
+            assert_eq!(
+                p.isr().len(),
+                3,
+                "{} {}: isr {:?}",
+                t.name(),
+                p.id(),
+                p.isr()
+            );
+        }
+    }
+    // A plaintext client on the TLS listener: a failed handshake, counted.
+    let plain = rt.block_on(quorum_frame(cluster.addr(0), "{}"));
+    assert!(plain.is_err(), "{plain:?}");
+    // The inter-broker listener requires a client certificate: a TLS
+    // client without one (a client trusting the CA) is turned away.
+    let no_cert = rt.block_on(async {
+        let transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
+            truststore: pki.ca.clone(),
+            keystore: None,
+            verify_hostname: true,
+        })?;
+        let conn = Connection::open(cluster.internal_addr(0), "anon", WAIT, &transport).await?;
+        conn.send_raw(32_101, 0, 0, Bytes::from_static(b"{}"), WAIT)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    assert!(no_cert.is_err(), "{no_cert:?}");
+    cluster.wait_until("handshake failures counted", WAIT, |c| {
+        let client = c.metric(
+            0,
+            r#"sluice_listener_tls_handshake_failures_total{listener="CLIENT"}"#,
+        )?;
+        let internal = c.metric(
+            0,
+            r#"sluice_listener_tls_handshake_failures_total{listener="INTERNAL"}"#,
+        )?;
+        Ok(client >= 1.0 && internal >= 1.0)
+    })?;
+    // With the broker's certificate (as a peer broker), it is served.
+    rt.block_on(async {
+        let transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
+            truststore: pki.ca.clone(),
+            keystore: Some(pki.broker_keystore.clone()),
+            verify_hostname: true,
+        })?;
+        let conn = Connection::open(cluster.internal_addr(0), "peer", WAIT, &transport).await?;
+        let fetch = conn.send(&follower_fetch("absent"), 12, WAIT).await?;
+        ensure!(fetch.responses.len() == 1, "{fetch:?}");
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+/// One broker whose client listener is SSL, with `pki`'s certificate.
+fn tls_broker(pki: &TestPki, extra_args: &[&str]) -> Result<Cluster> {
+    let keystore = pki.broker_keystore.to_string_lossy().to_string();
+    let args = [&["--ssl-keystore-location", keystore.as_str()], extra_args].concat();
+    let split = SplitListeners {
+        client: "SSL",
+        internal: "PLAINTEXT",
+    };
+    Cluster::start_split(1, split, &args)
+}
+
+#[test]
+fn renewed_certificates_are_served_without_a_restart() -> Result<()> {
+    let pki = TestPki::generate()?;
+    let truststore = pki.ca.to_string_lossy().to_string();
+    let cluster = tls_broker(&pki, &[])?;
+    let old_ca = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", truststore.as_str()),
+    ];
+    sluice_tests::tls::check_connects(&cluster.bootstrap(), &old_ca)?;
+    // A new CA issues the broker a new certificate, written in place.
+    let renewed = TestPki::generate()?;
+    std::fs::copy(&renewed.broker_keystore, &pki.broker_keystore)?;
+    let new_ca = renewed.ca.to_string_lossy().to_string();
+    let new = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", new_ca.as_str()),
+    ];
+    cluster.wait_until("the renewed certificate served", WAIT, |c| {
+        Ok(sluice_tests::tls::check_connects(&c.bootstrap(), &new).is_ok())
+    })?;
+    // Clients that trust only the old CA no longer connect.
+    assert!(sluice_tests::tls::check_connects(&cluster.bootstrap(), &old_ca).is_err());
+    Ok(())
+}
+
+#[test]
+fn client_certificates_when_the_listener_requires_them() -> Result<()> {
+    let pki = TestPki::generate()?;
+    let truststore = pki.ca.to_string_lossy().to_string();
+    let cluster = tls_broker(
+        &pki,
+        &[
+            "--ssl-truststore-location",
+            &truststore,
+            "--ssl-client-auth",
+            "required",
+        ],
+    )?;
+    let cert = pki.client_cert.to_string_lossy().to_string();
+    let key = pki.client_key.to_string_lossy().to_string();
+    let with_cert = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", truststore.as_str()),
+        ("ssl.certificate.location", cert.as_str()),
+        ("ssl.key.location", key.as_str()),
+    ];
+    sluice_tests::tls::check_connects(&cluster.bootstrap(), &with_cert)?;
+    runtime()?.block_on(workload(&cluster.bootstrap(), 1, &with_cert))?;
+    let without = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", truststore.as_str()),
+    ];
+    assert!(sluice_tests::tls::check_connects(&cluster.bootstrap(), &without).is_err());
+    Ok(())
+}
