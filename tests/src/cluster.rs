@@ -157,6 +157,12 @@ impl Cluster {
         })
     }
 
+    /// Every member's inter-broker listener address (for clients that may
+    /// use it, e.g. a plaintext comparison).
+    pub fn internal_bootstrap(&self) -> String {
+        self.internal_addrs.join(",")
+    }
+
     /// The inter-broker listener's address of broker `id`.
     pub fn internal_addr(&self, id: usize) -> &str {
         &self.internal_addrs[id]

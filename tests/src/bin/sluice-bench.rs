@@ -15,6 +15,10 @@
 //! acks=all produce of the same records in the same run, on one broker or
 //! (`--brokers 3`) a replicated cluster, and commit latency.
 //!
+//! `--mode tls` measures librdkafka produce and consume over an SSL
+//! listener against a PLAINTEXT one of the same brokers (`--brokers`), in
+//! the same run, and how long opening a connection takes on each.
+//!
 //! `--mode groups` measures consumer groups instead: how long a 3-member
 //! group takes to rebalance when its third member subscribes, and how many
 //! offset commits (synchronous, and asynchronous with a bounded number in
@@ -61,6 +65,8 @@ enum Mode {
     Cluster,
     /// Transactional produce vs idempotent produce, and commit latency.
     Transactions,
+    /// Produce/consume over TLS vs PLAINTEXT, and connection set-up time.
+    Tls,
 }
 
 /// Which producer drives the produce phase.
@@ -280,9 +286,11 @@ struct ProduceResult {
     latency: Histogram<u64>,
 }
 
-fn produce(args: &Args, bootstrap: &str, topic: &str) -> Result<ProduceResult> {
+/// Produces with librdkafka; `client` holds the bootstrap servers and any
+/// security settings.
+fn produce(args: &Args, client: &ClientConfig, topic: &str) -> Result<ProduceResult> {
     let stats = Arc::new(Stats::new()?);
-    let mut cfg: ClientConfig = base_config(bootstrap);
+    let mut cfg = client.clone();
     cfg.set("acks", &args.acks)
         .set("compression.type", &args.compression)
         .set("linger.ms", args.linger_ms.to_string())
@@ -372,8 +380,8 @@ struct ConsumeResult {
     elapsed: Duration,
 }
 
-fn consume(args: &Args, bootstrap: &str, topic: &str) -> Result<ConsumeResult> {
-    let mut cfg = base_config(bootstrap);
+fn consume(args: &Args, client: &ClientConfig, topic: &str) -> Result<ConsumeResult> {
+    let mut cfg = client.clone();
     cfg.set("group.id", format!("sluice-bench-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -458,6 +466,9 @@ fn main() -> Result<()> {
     if args.mode == Mode::Transactions {
         return transactions_main(&args);
     }
+    if args.mode == Mode::Tls {
+        return tls_main(&args);
+    }
     if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
         bail!("--partitions, --records and --record-size must be positive");
     }
@@ -526,7 +537,7 @@ fn main() -> Result<()> {
     }
 
     let produced = match args.client {
-        Client::Rdkafka => produce(&args, &bootstrap, &topic)?,
+        Client::Rdkafka => produce(&args, &base_config(&bootstrap), &topic)?,
         Client::Raw => produce_raw(&args, &bootstrap, &topic)?,
     };
     if produced.failed > 0 {
@@ -534,7 +545,7 @@ fn main() -> Result<()> {
     }
     let produced_bytes = produced.acked * args.record_size as u64;
     let consumed = match args.client {
-        Client::Rdkafka => consume(&args, &bootstrap, &topic)?,
+        Client::Rdkafka => consume(&args, &base_config(&bootstrap), &topic)?,
         Client::Raw => {
             let r = sluice_tests::raw_client::consume(
                 &bootstrap,
@@ -1015,7 +1026,7 @@ fn plugins_main(args: &Args) -> Result<()> {
                 ))
                 .with_context(|| format!("cannot create topic {topic}"))?;
             let measured = Round::prepare(&runtime, &bootstrap, &brokers, &topic, args.partitions)?;
-            let r = produce(args, &bootstrap, &topic)?;
+            let r = produce(args, &base_config(&bootstrap), &topic)?;
             let cpu = measured.finish(&runtime)?;
             if r.failed > 0 {
                 eprintln!("warning: {label}: {} records failed delivery", r.failed);
@@ -1268,7 +1279,7 @@ fn transactions_main(args: &Args) -> Result<()> {
             let (r, rounds) = if *per_round == 0 {
                 let mut a = args.clone();
                 a.acks = "all".to_string();
-                (produce(&a, &bootstrap, &topic)?, None)
+                (produce(&a, &base_config(&bootstrap), &topic)?, None)
             } else {
                 let t = produce_in_rounds(args, &bootstrap, &topic, *per_round, *transactional)?;
                 (t.produced, Some((t.rounds, t.round_wait_us, t.commit_us)))
@@ -1493,7 +1504,7 @@ fn cluster_main(args: &Args) -> Result<()> {
             let measured = Round::prepare(&runtime, &bootstrap, &brokers, &topic, args.partitions)?;
             let mut a = args.clone();
             a.acks = acks.to_string();
-            let r = produce(&a, &bootstrap, &topic)?;
+            let r = produce(&a, &base_config(&bootstrap), &topic)?;
             let cpu = measured.finish(&runtime)?;
             if r.failed > 0 {
                 eprintln!("warning: acks={acks}: {} records failed delivery", r.failed);
@@ -1827,4 +1838,130 @@ async fn time_failover(
     pending.abort_all();
     cluster.restart(victim)?;
     Ok(took)
+}
+
+// ---------------------------------------------------------------------------
+// --mode tls
+
+/// Rounds of the TLS comparison (medians reported).
+const TLS_ROUNDS: usize = 3;
+/// Connections opened per transport for the set-up time.
+const CONNECTS: usize = 50;
+
+fn tls_main(args: &Args) -> Result<()> {
+    use sluice_tests::cluster::{Cluster, SplitListeners};
+    if args.brokers < 1 || args.partitions < 1 || args.records == 0 {
+        bail!("--brokers, --partitions and --records must be positive");
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    println!("command: {}", argv.join(" "));
+    println!(
+        "settings: brokers={} records={} record_size={} partitions={} acks={} rounds={TLS_ROUNDS}",
+        args.brokers, args.records, args.record_size, args.partitions, args.acks
+    );
+    let pki = sluice_tests::tls::TestPki::generate()?;
+    let keystore = pki.broker_keystore.to_string_lossy().to_string();
+    let ca = pki.ca.to_string_lossy().to_string();
+    // Clients on CLIENT (SSL); the INTERNAL listener (PLAINTEXT, the
+    // brokers' own) serves the plaintext clients of the comparison.
+    let split = SplitListeners {
+        client: "SSL",
+        internal: "PLAINTEXT",
+    };
+    let cluster =
+        Cluster::start_split(args.brokers, split, &["--ssl-keystore-location", &keystore])?;
+    let plain = base_config(&cluster.internal_bootstrap());
+    let mut tls = base_config(&cluster.bootstrap());
+    tls.set("security.protocol", "ssl")
+        .set("ssl.ca.location", &ca);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let rf = args.brokers.min(3) as i32;
+    let mut rates: [[Vec<f64>; 2]; 2] = Default::default();
+    for round in 0..TLS_ROUNDS {
+        for (i, (label, client, bootstrap)) in [
+            ("PLAINTEXT", &plain, cluster.internal_bootstrap()),
+            ("SSL", &tls, cluster.internal_bootstrap()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let topic = format!("sluice-bench-tls-{}-{round}-{i}", std::process::id());
+            runtime.block_on(create_replicated_topic(
+                &bootstrap,
+                &topic,
+                args.partitions,
+                rf,
+                &[],
+            ))?;
+            let p = produce(args, client, &topic)?;
+            if p.failed > 0 {
+                eprintln!("warning: {label}: {} records failed delivery", p.failed);
+            }
+            let c = consume(args, client, &topic)?;
+            let produce_rps = rate(p.acked as f64, p.elapsed);
+            let consume_rps = rate(c.records as f64, c.elapsed);
+            println!(
+                "round {round}: {label}: produce {produce_rps:.0} rec/s, consume {consume_rps:.0} rec/s"
+            );
+            rates[0][i].push(produce_rps);
+            rates[1][i].push(consume_rps);
+        }
+    }
+    let plain_transport = sluice_client::Transport::Plain;
+    let tls_transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
+        truststore: pki.ca.clone(),
+        keystore: None,
+        verify_hostname: true,
+    })?;
+    let plain_connect =
+        runtime.block_on(connect_times(cluster.internal_addr(0), &plain_transport))?;
+    let tls_connect = runtime.block_on(connect_times(cluster.addr(0), &tls_transport))?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!();
+    println!("| | PLAINTEXT rec/s | SSL rec/s | SSL / PLAINTEXT |");
+    println!("|---|---:|---:|---:|");
+    for (what, pair) in ["produce", "consume"].iter().zip(rates.iter_mut()) {
+        let [p, t] = pair;
+        let (p, t) = (median(p), median(t));
+        println!("| {what} | {p:.0} | {t:.0} | {:.2} |", t / p);
+    }
+    println!();
+    println!("| connection set-up (connect, handshake, one ApiVersions) | PLAINTEXT ms | SSL ms |");
+    println!("|---|---:|---:|");
+    for q in [0.5, 0.99] {
+        println!(
+            "| p{} | {:.3} | {:.3} |",
+            q * 100.0,
+            plain_connect.value_at_quantile(q) as f64 / 1000.0,
+            tls_connect.value_at_quantile(q) as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Opens `CONNECTS` connections one after another, each until its first
+/// answer (ApiVersions), in microseconds.
+async fn connect_times(addr: &str, transport: &sluice_client::Transport) -> Result<Histogram<u64>> {
+    use kafka_protocol::messages::ApiVersionsRequest;
+    let mut h = Histogram::<u64>::new(3)?;
+    for _ in 0..CONNECTS {
+        let start = Instant::now();
+        let conn = sluice_client::Connection::open(
+            addr,
+            "sluice-bench",
+            Duration::from_secs(10),
+            transport,
+        )
+        .await?;
+        conn.send(&ApiVersionsRequest::default(), 0, Duration::from_secs(10))
+            .await?;
+        h.record(start.elapsed().as_micros() as u64)?;
+    }
+    Ok(h)
 }
