@@ -5,7 +5,7 @@
 #           and what librdkafka's own test runner links (scripts/librdkafka-suite)
 #   PyPI:   kafka-python, confluent-kafka (bundles librdkafka), aiokafka,
 #           pytest, and the codec libraries kafka-python needs for lz4, zstd
-#           and snappy
+#           and snappy, and cryptography (certificates for the TLS tests)
 #   npm:    kafkajs into tests/js/node_modules (node and npm from Debian if
 #           missing)
 #
@@ -17,7 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 APT_PACKAGES=(kcat cmake libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev liblz4-dev zlib1g-dev pkg-config)
 # "pip-name:import-name"
-PIP_PACKAGES=(kafka-python:kafka confluent-kafka:confluent_kafka aiokafka:aiokafka pytest:pytest lz4:lz4.frame zstandard:zstandard python-snappy:snappy)
+PIP_PACKAGES=(kafka-python:kafka confluent-kafka:confluent_kafka aiokafka:aiokafka pytest:pytest lz4:lz4.frame zstandard:zstandard python-snappy:snappy cryptography:cryptography)
 
 PYTHON="${PYTHON:-python3}"
 

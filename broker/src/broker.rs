@@ -31,9 +31,9 @@ use sluice_plugin_host::{PluginEngine, PluginHost, PluginMetrics, PluginRegistry
 pub struct Broker {
     pub args: ServeArgs,
     pub node_id: i32,
-    pub advertised_host: String,
-    pub advertised_port: i32,
     pub quorum: Arc<Quorum>,
+    /// SASL authentication of connections on SASL listeners.
+    pub auth: crate::auth::Authenticator,
     pub registration: Registration,
     /// The applied metadata: take `view()` once per request.
     pub views: Arc<Views>,
@@ -149,6 +149,11 @@ impl Broker {
         for c in plugins.metrics.collectors() {
             metrics.register(c);
         }
+        let auth = crate::auth::Authenticator::new(
+            crate::listeners::sasl_mechanisms(&args)?,
+            std::time::Duration::from_millis(args.connection_failed_authentication_delay_ms),
+        )?;
+        metrics.register(Box::new(auth.attempts.clone()));
         let broker = Broker {
             groups,
             transactions,
@@ -158,8 +163,7 @@ impl Broker {
             producer_ids,
             plugins,
             node_id: args.node_id,
-            advertised_host: registration.host.clone(),
-            advertised_port: registration.port,
+            auth,
             quorum,
             registration,
             views,

@@ -69,6 +69,25 @@ pub struct ServeArgs {
     /// required (Kafka's `ssl.client.auth`).
     #[arg(long, env = "SLUICE_SSL_CLIENT_AUTH", default_value = "none")]
     pub ssl_client_auth: String,
+    /// SASL mechanisms SASL listeners offer (Kafka's
+    /// `sasl.enabled.mechanisms`): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+    /// Users are the SCRAM credentials AlterUserScramCredentials manages;
+    /// PLAIN checks a password against them. (Kafka's default, GSSAPI, is
+    /// not offered.)
+    #[arg(
+        long,
+        env = "SLUICE_SASL_ENABLED_MECHANISMS",
+        default_value = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    )]
+    pub sasl_enabled_mechanisms: String,
+    /// A failed SASL authentication is answered after this delay, then the
+    /// connection closes (Kafka's `connection.failed.authentication.delay.ms`).
+    #[arg(
+        long,
+        env = "SLUICE_CONNECTION_FAILED_AUTHENTICATION_DELAY_MS",
+        default_value_t = 100
+    )]
+    pub connection_failed_authentication_delay_ms: u64,
     /// `https`: a peer broker's certificate must name the host it is
     /// reached at; empty: any name (Kafka's
     /// `ssl.endpoint.identification.algorithm`).
@@ -394,6 +413,7 @@ fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
     }
     sluice_metadata::quorum::parse_peers(&args.peers).context("peers")?;
     crate::listeners::from_args(&args)?;
+    crate::listeners::sasl_mechanisms(&args)?;
     if args.broker_heartbeat_interval_ms < 10
         || args.broker_session_timeout_ms < 2 * args.broker_heartbeat_interval_ms
     {

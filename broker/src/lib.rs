@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod cluster;

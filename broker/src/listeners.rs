@@ -41,6 +41,37 @@ impl SecurityProtocol {
     pub fn uses_tls(self) -> bool {
         matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
     }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// `--sasl-enabled-mechanisms`, checked.
+pub fn sasl_mechanisms(args: &ServeArgs) -> anyhow::Result<Vec<crate::auth::Mechanism>> {
+    let mut out = Vec::new();
+    for name in args
+        .sasl_enabled_mechanisms
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let m = crate::auth::Mechanism::parse(&name.to_ascii_uppercase()).with_context(|| {
+            format!(
+                "sasl-enabled-mechanisms: '{name}' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+            )
+        })?;
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    if out.is_empty() {
+        bail!("sasl-enabled-mechanisms is empty");
+    }
+    Ok(out)
 }
 
 /// Kafka's default `listener.security.protocol.map`: each protocol's name
@@ -181,12 +212,9 @@ pub fn from_args(args: &ServeArgs) -> anyhow::Result<Vec<ListenerSpec>> {
         let protocol = *protocols.get(&name).with_context(|| {
             format!("listener '{name}' has no security protocol in listener-security-protocol-map")
         })?;
-        if matches!(
-            protocol,
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-        ) {
+        if protocol.uses_sasl() && name == inter_broker {
             bail!(
-                "listener '{name}': SASL listeners are not supported yet (PLAINTEXT and SSL are)"
+                "the inter-broker listener '{name}' must be PLAINTEXT or SSL: brokers authenticate one another with certificates (an SSL inter-broker listener requires them), not SASL"
             );
         }
         if protocol.uses_tls() && args.ssl_keystore_location.is_none() {
@@ -437,6 +465,8 @@ mod tests {
                 .contains("unknown security protocol")
         );
         assert!(err(&["--ssl-client-auth", "maybe"]).contains("none, requested or required"));
+        assert!(err(&["--listeners", "SASL_PLAINTEXT://:1"]).contains("must be PLAINTEXT or SSL"));
+        assert!(err(&["--sasl-enabled-mechanisms", "GSSAPI"]).contains("is not one of"));
         assert!(err(&["--ssl-client-auth", "required"]).contains("ssl-truststore-location"));
         assert!(
             err(&[

@@ -185,6 +185,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             name: spec.name.as_str().into(),
             inter_broker: spec.inter_broker,
             tls,
+            sasl: spec.protocol.uses_sasl(),
         });
         // The first listener is `kafka=` (scripts read it); with several,
         // each is also listed by name at the end.

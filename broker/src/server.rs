@@ -68,6 +68,8 @@ pub struct ListenerContext {
     /// Serves the brokers' own requests.
     pub inter_broker: bool,
     pub tls: Option<ServerTls>,
+    /// Connections authenticate with SASL before anything else.
+    pub sasl: bool,
 }
 
 /// Longest a client may take to finish the TLS handshake.
@@ -133,6 +135,8 @@ enum Reply {
     Chunks(Vec<Bytes>),
     Nothing,
     Close(&'static str, String),
+    /// Write this response, then close for this reason.
+    Last(Vec<Bytes>, &'static str, String),
 }
 
 /// Aborts a task when dropped (the connection's frame reader).
@@ -152,11 +156,12 @@ async fn accepted_connection(
     peer: SocketAddr,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let session = Session {
+    let session = Session::new(
         peer,
-        listener: endpoint.name.clone(),
-        inter_broker: endpoint.inter_broker,
-    };
+        endpoint.name.clone(),
+        endpoint.inter_broker,
+        endpoint.sasl,
+    );
     let Some(tls) = &endpoint.tls else {
         let (rd, wr) = stream.into_split();
         return connection(node, &session, rd, wr).await;
@@ -286,6 +291,13 @@ async fn write_reply<W: AsyncWrite + Unpin>(
             *closing = Some((reason, detail));
             Ok(false)
         }
+        Reply::Last(chunks, reason, detail) => {
+            for chunk in chunks {
+                writer.write_all(&chunk).await?;
+            }
+            *closing = Some((reason, detail));
+            Ok(false)
+        }
     }
 }
 
@@ -365,6 +377,15 @@ async fn dispatch<'a>(
         Err(FrameError::Close { reason, detail }) => return ready(Reply::Close(reason, detail)),
     };
     let api_key = request.api_key;
+    if !session.admits(api_key) {
+        return ready(Reply::Close(
+            "sasl_authentication_required",
+            format!(
+                "{api_key:?} before SASL authentication on listener {}",
+                session.listener
+            ),
+        ));
+    }
     let version = request.version;
     let correlation_id = request.header.correlation_id;
     let started = Instant::now();
@@ -390,6 +411,15 @@ async fn dispatch<'a>(
             return Reply::Nothing;
         };
         match protocol::encode_response_chunks(api_key, version, correlation_id, &body) {
+            // A failed SASL exchange: the answer, then the connection closes.
+            Ok(chunks) if session.auth_failed() => Reply::Last(
+                chunks,
+                "sasl_authentication_failed",
+                format!(
+                    "SASL authentication failed on listener {}",
+                    session.listener
+                ),
+            ),
             Ok(chunks) => Reply::Chunks(chunks),
             Err(e) => Reply::Close(
                 "encode_failed",

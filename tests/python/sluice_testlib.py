@@ -80,8 +80,8 @@ class Broker:
             "serve",
             "--data-dir",
             str(self.data_dir),
-            "--listen",
-            self.listen,
+            # (A broker given --listeners names every address itself.)
+            *(() if "--listeners" in self.extra_args else ("--listen", self.listen)),
             "--admin-listen",
             "127.0.0.1:0",
             *self.extra_args,
@@ -231,20 +231,36 @@ class Cluster:
     stands in for a module's broker: `kafka_addr` is the bootstrap list,
     `metrics()` sums a series over the brokers."""
 
-    def __init__(self, binary: Path, base: Path, n: int = 3, extra_args=()):
-        ports = free_ports(n)
-        peers = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(ports))
+    def __init__(self, binary: Path, base: Path, n: int = 3, extra_args=(), split=None):
+        """`split=(client, internal)`: each broker gets a CLIENT listener of
+        security protocol `client` (what `kafka_addr` lists) and an INTERNAL
+        one of protocol `internal`, the inter-broker listener
+        (`internal_addr`, what `--peers` names)."""
+        ports = free_ports(2 * n if split else n)
+        client, internal = ports[:n], (ports[n:] if split else ports[:n])
+        peers = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(internal))
+
+        def listeners(i):
+            if not split:
+                return ()
+            return (
+                "--listeners", f"CLIENT://127.0.0.1:{client[i]},INTERNAL://127.0.0.1:{internal[i]}",
+                "--listener-security-protocol-map", f"CLIENT:{split[0]},INTERNAL:{split[1]}",
+                "--inter-broker-listener-name", "INTERNAL",
+            )
+
         self.brokers = [
             Broker(
                 binary,
                 data_dir=base / f"broker-{i}" / "data",
                 log_path=base / f"broker-{i}.log",
-                extra_args=("--node-id", str(i), "--peers", peers, *extra_args),
-                listen=f"127.0.0.1:{port}",
+                extra_args=("--node-id", str(i), "--peers", peers, *listeners(i), *extra_args),
+                listen=f"127.0.0.1:{client[i]}",
             )
-            for i, port in enumerate(ports)
+            for i in range(n)
         ]
-        self.kafka_addr = ",".join(f"127.0.0.1:{p}" for p in ports)
+        self.kafka_addr = ",".join(f"127.0.0.1:{p}" for p in client)
+        self.internal_addr = ",".join(f"127.0.0.1:{p}" for p in internal)
         self.log_path = base
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> "Cluster":

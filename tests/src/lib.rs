@@ -40,6 +40,7 @@ pub mod history;
 pub mod load;
 pub mod proxy;
 pub mod raw_client;
+pub mod sasl;
 pub mod tls;
 
 /// Environment variable that overrides where the broker binary is found.

@@ -25,6 +25,9 @@ pub struct TestPki {
     /// `ssl.certificate.location` / `ssl.key.location`.
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The same client key and certificate in one PEM file (a keystore,
+    /// as `sluice_client::tls::ClientTls` takes it).
+    pub client_keystore: PathBuf,
     _dir: TempDir,
 }
 
@@ -74,6 +77,7 @@ impl TestPki {
         Ok(TestPki {
             ca: write("ca.pem", &ca_cert.pem())?,
             broker_keystore: write("broker.pem", &format!("{broker_key}{broker_cert}"))?,
+            client_keystore: write("client.pem", &format!("{client_key}{client_cert}"))?,
             client_cert: write("client.crt", &client_cert)?,
             client_key: write("client.key", &client_key)?,
             _dir: dir,

@@ -15,7 +15,8 @@ use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, ProducerId, TopicName, WriteTxnMarkersRequest,
+    BrokerId, DescribeUserScramCredentialsRequest, FetchRequest, MetadataRequest, ProducerId,
+    SaslAuthenticateRequest, SaslHandshakeRequest, TopicName, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::ClientConfig;
@@ -25,6 +26,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_client::Connection;
 use sluice_tests::cluster::{Cluster, FAST_FAILOVER, SplitListeners};
+use sluice_tests::sasl::{SCRAM_SHA_256, SCRAM_SHA_512, set_password};
 use sluice_tests::tls::TestPki;
 use sluice_tests::{admin_opts, await_deliveries, base_config, enqueue, unique_name};
 
@@ -263,29 +265,29 @@ fn brokers_own_requests_are_served_only_on_the_inter_broker_listener() -> Result
     Ok(())
 }
 
+/// Three brokers whose client listener is of protocol `client` and whose
+/// inter-broker listener is SSL (mutual: `pki`'s CA signs every party).
+fn mtls_cluster(pki: &TestPki, client: &'static str) -> Result<Cluster> {
+    let keystore = pki.broker_keystore.to_string_lossy().to_string();
+    let truststore = pki.ca.to_string_lossy().to_string();
+    let ssl = [
+        "--ssl-keystore-location",
+        keystore.as_str(),
+        "--ssl-truststore-location",
+        truststore.as_str(),
+    ];
+    let split = SplitListeners {
+        client,
+        internal: "SSL",
+    };
+    Cluster::start_split(3, split, &[FAST_FAILOVER, &ssl].concat())
+}
+
 #[test]
 fn tls_for_clients_and_mutual_tls_between_brokers() -> Result<()> {
     let pki = TestPki::generate()?;
-    let keystore = pki.broker_keystore.to_string_lossy().to_string();
     let truststore = pki.ca.to_string_lossy().to_string();
-    let split = SplitListeners {
-        client: "SSL",
-        internal: "SSL",
-    };
-    let cluster = Cluster::start_split(
-        3,
-        split,
-        &[
-            FAST_FAILOVER,
-            &[
-                "--ssl-keystore-location",
-                &keystore,
-                "--ssl-truststore-location",
-                &truststore,
-            ],
-        ]
-        .concat(),
-    )?;
+    let cluster = mtls_cluster(&pki, "SSL")?;
     let rt = runtime()?;
     let ssl = [
         ("security.protocol", "ssl"),
@@ -422,5 +424,208 @@ fn client_certificates_when_the_listener_requires_them() -> Result<()> {
         ("ssl.ca.location", truststore.as_str()),
     ];
     assert!(sluice_tests::tls::check_connects(&cluster.bootstrap(), &without).is_err());
+    Ok(())
+}
+
+/// librdkafka settings for a SASL_SSL user.
+fn sasl_ssl<'a>(
+    ca: &'a str,
+    mechanism: &'a str,
+    user: &'a str,
+    password: &'a str,
+) -> [(&'a str, &'a str); 5] {
+    [
+        ("security.protocol", "sasl_ssl"),
+        ("ssl.ca.location", ca),
+        ("sasl.mechanism", mechanism),
+        ("sasl.username", user),
+        ("sasl.password", password),
+    ]
+}
+
+/// (user, [(mechanism code, iterations)]) as broker `conn` describes them.
+async fn described(conn: &Connection) -> Result<Vec<(String, Vec<(i8, i32)>)>> {
+    let resp = conn
+        .send(&DescribeUserScramCredentialsRequest::default(), 0, WAIT)
+        .await?;
+    Ok(resp
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.user.to_string(),
+                r.credential_infos
+                    .iter()
+                    .map(|c| (c.mechanism, c.iterations))
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn scram_and_plain_users_over_sasl_ssl_on_a_cluster() -> Result<()> {
+    let pki = TestPki::generate()?;
+    let ca = pki.ca.to_string_lossy().to_string();
+    let cluster = mtls_cluster(&pki, "SASL_SSL")?;
+    let rt = runtime()?;
+    // Users are made over the inter-broker listener with a certificate
+    // from the cluster's CA, as Kafka's admin tools on a broker listener.
+    let admin_tls = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
+        truststore: pki.ca.clone(),
+        keystore: Some(pki.client_keystore.clone()),
+        verify_hostname: true,
+    })?;
+    rt.block_on(async {
+        let conn = Connection::open(cluster.internal_addr(0), "admin", WAIT, &admin_tls).await?;
+        set_password(&conn, "alice", "alice-secret", SCRAM_SHA_512).await?;
+        set_password(&conn, "bob", "bob-secret", SCRAM_SHA_256).await?;
+        // Every broker knows them before clients try.
+        for id in 0..3 {
+            let c = Connection::open(cluster.internal_addr(id), "admin", WAIT, &admin_tls).await?;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let users = described(&c).await?;
+                if users
+                    == [
+                        ("alice".to_string(), vec![(SCRAM_SHA_512, 4096)]),
+                        ("bob".to_string(), vec![(SCRAM_SHA_256, 4096)]),
+                    ]
+                {
+                    break;
+                }
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "broker {id}: {users:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let alice = sasl_ssl(&ca, "SCRAM-SHA-512", "alice", "alice-secret");
+    let told = rt.block_on(workload(&cluster.bootstrap(), 3, &alice))?;
+    let client_addrs: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
+    assert_eq!(sorted(told), sorted(client_addrs));
+    // PLAIN checks a password against the SCRAM store.
+    sluice_tests::tls::check_connects(
+        &cluster.bootstrap(),
+        &sasl_ssl(&ca, "PLAIN", "bob", "bob-secret"),
+    )?;
+    sluice_tests::tls::check_connects(
+        &cluster.bootstrap(),
+        &sasl_ssl(&ca, "SCRAM-SHA-256", "bob", "bob-secret"),
+    )?;
+    for (mechanism, user, password) in [
+        ("SCRAM-SHA-512", "alice", "wrong"),
+        ("SCRAM-SHA-512", "carol", "alice-secret"),
+        ("SCRAM-SHA-256", "alice", "alice-secret"),
+        ("PLAIN", "bob", "wrong"),
+    ] {
+        let refused = sluice_tests::tls::check_connects(
+            &cluster.bootstrap(),
+            &sasl_ssl(&ca, mechanism, user, password),
+        );
+        assert!(refused.is_err(), "{mechanism} {user}/{password} was let in");
+    }
+    let failures = |mechanism: &str| -> Result<f64> {
+        let series = format!(
+            r#"sluice_sasl_authentications_total{{listener="CLIENT",mechanism="{mechanism}",result="failure"}}"#
+        );
+        (0..3)
+            .map(|id| Ok(cluster.metric(id, &series).unwrap_or(0.0)))
+            .sum()
+    };
+    assert!(failures("SCRAM-SHA-512")? >= 2.0);
+    assert!(failures("SCRAM-SHA-256")? >= 1.0);
+    assert!(failures("PLAIN")? >= 1.0);
+    Ok(())
+}
+
+const SASL_AUTHENTICATION_FAILED: i16 = 58;
+const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+
+async fn handshake(conn: &Connection, mechanism: &str) -> Result<i16> {
+    let mut req = SaslHandshakeRequest::default();
+    req.mechanism = StrBytes::from_string(mechanism.to_string());
+    Ok(conn.send(&req, 1, WAIT).await?.error_code)
+}
+
+async fn sasl_authenticate(conn: &Connection, bytes: &[u8]) -> Result<(i16, Option<String>)> {
+    let mut req = SaslAuthenticateRequest::default();
+    req.auth_bytes = Bytes::copy_from_slice(bytes);
+    let resp = conn.send(&req, 2, WAIT).await?;
+    Ok((resp.error_code, resp.error_message.map(|m| m.to_string())))
+}
+
+/// Is the connection closed (a Metadata request gets no answer)?
+async fn closed(conn: &Connection) -> bool {
+    conn.send(&MetadataRequest::default(), 12, Duration::from_secs(5))
+        .await
+        .is_err()
+}
+
+#[test]
+fn bad_sasl_exchanges_are_refused_and_close_only_their_connection() -> Result<()> {
+    let split = SplitListeners {
+        client: "SASL_PLAINTEXT",
+        internal: "PLAINTEXT",
+    };
+    let cluster = Cluster::start_split(1, split, &[])?;
+    let client = cluster.addr(0).to_string();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let admin = Connection::connect(cluster.internal_addr(0), "admin", WAIT).await?;
+        set_password(&admin, "alice", "pw", SCRAM_SHA_512).await?;
+        let open = || Connection::connect(&client, "raw", WAIT);
+        // A good PLAIN login; this connection must survive the rest.
+        let good = open().await?;
+        assert_eq!(handshake(&good, "PLAIN").await?, 0);
+        assert_eq!(sasl_authenticate(&good, b"\0alice\0pw").await?.0, 0);
+        assert!(!closed(&good).await);
+        // A request before authenticating.
+        let c = open().await?;
+        assert!(closed(&c).await);
+        // SaslAuthenticate before SaslHandshake.
+        let c = open().await?;
+        assert!(sasl_authenticate(&c, b"\0alice\0pw").await.is_err() || closed(&c).await);
+        // A mechanism not offered.
+        let c = open().await?;
+        assert_eq!(handshake(&c, "GSSAPI").await?, UNSUPPORTED_SASL_MECHANISM);
+        assert!(closed(&c).await);
+        // Wrong password, unknown user, garbage: one answer, one message.
+        let mut messages = Vec::new();
+        for (mechanism, token) in [
+            ("PLAIN", &b"\0alice\0nope"[..]),
+            ("PLAIN", b"\0mallory\0pw"),
+            ("SCRAM-SHA-512", b"\xff\x00garbage"),
+        ] {
+            let c = open().await?;
+            assert_eq!(handshake(&c, mechanism).await?, 0);
+            let (code, message) = sasl_authenticate(&c, token).await?;
+            assert_eq!(code, SASL_AUTHENTICATION_FAILED, "{mechanism} {token:?}");
+            messages.push(message.unwrap_or_default());
+            assert!(closed(&c).await);
+        }
+        assert_eq!(
+            messages[0], messages[1],
+            "the answer tells which part was wrong"
+        );
+        assert!(!messages[0].contains("mallory"), "{}", messages[0]);
+        // A SCRAM exchange abandoned half way.
+        let c = open().await?;
+        assert_eq!(handshake(&c, "SCRAM-SHA-512").await?, 0);
+        let (code, _) = sasl_authenticate(&c, b"n,,n=alice,r=abcdef").await?;
+        assert_eq!(code, 0);
+        drop(c);
+        // None of it touched the good connection.
+        assert!(!closed(&good).await);
+        anyhow::Ok(())
+    })?;
+    let failures = cluster.metric(
+        0,
+        r#"sluice_sasl_authentications_total{listener="CLIENT",mechanism="PLAIN",result="failure"}"#,
+    )?;
+    assert_eq!(failures, 2.0);
     Ok(())
 }

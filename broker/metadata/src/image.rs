@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::plugins::PluginKind;
 use crate::plugins::VersionInfo;
+use crate::scram::{ScramCredential, ScramMechanism};
 
 /// Topic config that lets a partition with no live in-sync replica elect an
 /// out-of-sync one (losing whatever the ISR had that it lacks).
@@ -39,6 +40,9 @@ pub struct MetadataImage {
     /// The plugin registry: every broker installs what is here.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginImage>,
+    /// SCRAM credentials by user, then mechanism.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
 }
 
 /// A plugin's version history and the module of its current version.
@@ -252,6 +256,17 @@ pub enum Command {
     DeletePlugin {
         name: String,
     },
+    /// Sets a user's credential for one mechanism (derived by the proposer
+    /// from the salted password AlterUserScramCredentials carries).
+    UpsertScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+        credential: ScramCredential,
+    },
+    DeleteScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+    },
 }
 
 /// What an applied command produced.
@@ -297,6 +312,8 @@ pub enum MetadataError {
     UnknownBroker(String),
     #[error("{0}")]
     Plugin(String),
+    #[error("{0}")]
+    ResourceNotFound(String),
 }
 
 pub type CommandResult = Result<Applied, MetadataError>;
@@ -509,6 +526,33 @@ impl MetadataImage {
                     "plugin '{name}' does not exist"
                 ))),
             },
+            Command::UpsertScramCredential {
+                user,
+                mechanism,
+                credential,
+            } => {
+                self.scram_credentials
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(*mechanism, credential.clone());
+                Ok(Applied::Done)
+            }
+            Command::DeleteScramCredential { user, mechanism } => {
+                let Some(mechanisms) = self.scram_credentials.get_mut(user) else {
+                    return Err(MetadataError::ResourceNotFound(format!(
+                        "user '{user}' has no SCRAM credentials"
+                    )));
+                };
+                if mechanisms.remove(mechanism).is_none() {
+                    return Err(MetadataError::ResourceNotFound(format!(
+                        "user '{user}' has no {mechanism} credential"
+                    )));
+                }
+                if mechanisms.is_empty() {
+                    self.scram_credentials.remove(user);
+                }
+                Ok(Applied::Done)
+            }
             Command::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;
                 self.next_producer_id = first.saturating_add((*count).max(1));

@@ -14,6 +14,7 @@ pub mod image;
 pub mod plugins;
 pub mod producer_ids;
 pub mod quorum;
+pub mod scram;
 pub mod topic_config;
 
 /// fsyncs a directory, so a rename or create in it is durable.

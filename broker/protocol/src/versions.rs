@@ -42,6 +42,13 @@ const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::DescribeProducers, 0, 0),
+    // v0's raw tokens after the handshake are not served: clients that
+    // see v1 use SaslAuthenticate (librdkafka, the Java client,
+    // kafka-python, KafkaJS all do).
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
 ];
 
 /// Our version range for `key`, if we implement it at all.

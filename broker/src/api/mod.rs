@@ -11,6 +11,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer;
+mod sasl;
 mod topics;
 mod transactions;
 mod txn_markers;
@@ -195,6 +196,56 @@ pub struct Session {
     pub listener: Arc<str>,
     /// The inter-broker listener: brokers' own requests are served.
     pub inter_broker: bool,
+    /// Authentication (SASL listeners) and who the connection is.
+    pub auth: std::sync::Mutex<crate::auth::AuthState>,
+}
+
+impl Session {
+    pub fn new(
+        peer: std::net::SocketAddr,
+        listener: Arc<str>,
+        inter_broker: bool,
+        sasl: bool,
+    ) -> Session {
+        use crate::auth::AuthState;
+        Session {
+            peer,
+            listener,
+            inter_broker,
+            auth: std::sync::Mutex::new(if sasl {
+                AuthState::AwaitingHandshake
+            } else {
+                AuthState::NotRequired
+            }),
+        }
+    }
+
+    /// May this connection send `api_key` now? Before a SASL connection
+    /// has authenticated, only ApiVersions and the SASL requests.
+    pub fn admits(&self, api_key: kafka_protocol::messages::ApiKey) -> bool {
+        use kafka_protocol::messages::ApiKey;
+        matches!(
+            api_key,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) || self.lock_auth().admits_requests()
+    }
+
+    /// Did authentication fail (the connection closes after the answer)?
+    pub fn auth_failed(&self) -> bool {
+        matches!(*self.lock_auth(), crate::auth::AuthState::Failed)
+    }
+
+    /// The principal (`User:alice`; `User:ANONYMOUS` without SASL).
+    pub fn principal(&self) -> String {
+        match &*self.lock_auth() {
+            crate::auth::AuthState::Authenticated { principal } => principal.clone(),
+            _ => crate::auth::ANONYMOUS.to_string(),
+        }
+    }
+
+    fn lock_auth(&self) -> std::sync::MutexGuard<'_, crate::auth::AuthState> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Who sent a request, for the handlers that record it (group members).
@@ -257,6 +308,18 @@ async fn handle_whole(
     };
     Some(match req.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(metadata::api_versions()),
+        RequestKind::SaslHandshake(r) => {
+            ResponseKind::SaslHandshake(sasl::handshake(&b.auth, session, r, &b.metrics))
+        }
+        RequestKind::SaslAuthenticate(r) => ResponseKind::SaslAuthenticate(
+            sasl::authenticate(&b.auth, &b.view().image, session, r, &b.metrics).await,
+        ),
+        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+            sasl::alter_user_scram_credentials(&b.admin(), r).await,
+        ),
+        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
+            sasl::describe_user_scram_credentials(&b.admin(), r),
+        ),
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(metadata::metadata(&b.admin(), listener, r, v).await)
         }

@@ -62,7 +62,8 @@ impl From<MetadataError> for TopicError {
             MetadataError::FencedLeaderEpoch(m)
             | MetadataError::InvalidUpdateVersion(m)
             | MetadataError::IneligibleReplica(m)
-            | MetadataError::Plugin(m) => TopicError::Controller(m),
+            | MetadataError::Plugin(m)
+            | MetadataError::ResourceNotFound(m) => TopicError::Controller(m),
         }
     }
 }
