@@ -34,6 +34,8 @@ pub struct Broker {
     pub quorum: Arc<Quorum>,
     /// SASL authentication of connections on SASL listeners.
     pub auth: crate::auth::Authenticator,
+    /// ACL checks.
+    pub authorizer: crate::auth::authorizer::Authorizer,
     pub registration: Registration,
     /// The applied metadata: take `view()` once per request.
     pub views: Arc<Views>,
@@ -154,6 +156,8 @@ impl Broker {
             std::time::Duration::from_millis(args.connection_failed_authentication_delay_ms),
         )?;
         metrics.register(Box::new(auth.attempts.clone()));
+        let authorizer = crate::auth::authorizer::from_args(&args)?;
+        metrics.register(Box::new(authorizer.denied.clone()));
         let broker = Broker {
             groups,
             transactions,
@@ -164,6 +168,7 @@ impl Broker {
             plugins,
             node_id: args.node_id,
             auth,
+            authorizer,
             quorum,
             registration,
             views,

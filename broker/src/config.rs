@@ -80,6 +80,20 @@ pub struct ServeArgs {
         default_value = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
     )]
     pub sasl_enabled_mechanisms: String,
+    /// Turns ACLs on (Kafka's `authorizer.class.name`): one of
+    /// `org.apache.kafka.metadata.authorizer.StandardAuthorizer`,
+    /// `kafka.security.authorizer.AclAuthorizer` or `StandardAuthorizer`,
+    /// all meaning Sluice's authorizer. Empty: everyone may do everything.
+    #[arg(long, env = "SLUICE_AUTHORIZER_CLASS_NAME", default_value = "")]
+    pub authorizer_class_name: String,
+    /// Principals that pass every ACL check (Kafka's `super.users`):
+    /// `User:admin;User:ops`.
+    #[arg(long, env = "SLUICE_SUPER_USERS", default_value = "")]
+    pub super_users: String,
+    /// A resource no ACL mentions is open to everyone (Kafka's
+    /// `allow.everyone.if.no.acl.found`).
+    #[arg(long, env = "SLUICE_ALLOW_EVERYONE_IF_NO_ACL_FOUND", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_everyone_if_no_acl_found: bool,
     /// A failed SASL authentication is answered after this delay, then the
     /// connection closes (Kafka's `connection.failed.authentication.delay.ms`).
     #[arg(
@@ -414,6 +428,7 @@ fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
     sluice_metadata::quorum::parse_peers(&args.peers).context("peers")?;
     crate::listeners::from_args(&args)?;
     crate::listeners::sasl_mechanisms(&args)?;
+    crate::auth::authorizer::from_args(&args)?;
     if args.broker_heartbeat_interval_ms < 10
         || args.broker_session_timeout_ms < 2 * args.broker_heartbeat_interval_ms
     {

@@ -286,3 +286,120 @@ def test_kafka_python_over_sasl_plaintext_with_plain(broker_bin, tmp_path_factor
             KafkaAdminClient(**{**bob, "sasl_plain_password": "wrong"})
     finally:
         cluster.stop()
+
+
+def test_acls_with_confluent_kafka_and_kafka_python(broker_bin, tmp_path_factory):
+    """alice may write and read `allowed` and read group `g-allowed`;
+    everything else is refused, whichever client she uses; admin is a
+    super user."""
+    from confluent_kafka import Consumer, KafkaError, Producer
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        NewTopic,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    cluster = _cluster(
+        broker_bin,
+        tmp_path_factory,
+        ("SASL_PLAINTEXT", "PLAINTEXT"),
+        ("--authorizer-class-name", "StandardAuthorizer", "--super-users", "User:admin"),
+    )
+    try:
+        setup = _create_users(
+            cluster.internal_addr,
+            [("alice", "alice-pw", "SCRAM-SHA-512"), ("admin", "admin-pw", "SCRAM-SHA-512")],
+        )
+        futs = setup.create_topics([NewTopic(t, 1, 3) for t in ("allowed", "other")])
+        for f in futs.values():
+            f.result(timeout=20)
+
+        def acl(rt, name, op):
+            return AclBinding(rt, name, ResourcePatternType.LITERAL, "User:alice", "*", op, AclPermissionType.ALLOW)
+
+        for f in setup.create_acls([
+            acl(ResourceType.TOPIC, "allowed", AclOperation.WRITE),
+            acl(ResourceType.TOPIC, "allowed", AclOperation.READ),
+            acl(ResourceType.GROUP, "g-allowed", AclOperation.READ),
+        ]).values():
+            f.result(timeout=20)
+        _wait_users_everywhere(cluster, ["alice", "admin"])
+
+        def acls_everywhere():
+            from confluent_kafka.admin import AclBindingFilter
+
+            flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                   AclOperation.ANY, AclPermissionType.ANY)
+            for addr in cluster.internal_addr.split(","):
+                a = AdminClient({"bootstrap.servers": addr})
+                if len(a.describe_acls(flt).result(timeout=10)) != 3:
+                    return False
+            return True
+
+        wait_until(acls_everywhere, timeout=20, what="ACLs on every broker")
+        alice = {
+            "bootstrap.servers": cluster.kafka_addr,
+            "security.protocol": "sasl_plaintext",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": "alice",
+            "sasl.password": "alice-pw",
+        }
+        results = {}
+
+        def report(err, msg):
+            results[msg.topic()] = err
+
+        producer = Producer({**alice, "message.timeout.ms": 10000})
+        producer.produce("allowed", value=b"v", on_delivery=report)
+        producer.produce("other", value=b"v", on_delivery=report)
+        producer.flush(20)
+        assert results["allowed"] is None, results
+        assert results["other"] is not None and results["other"].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, results
+
+        ok = Consumer({**alice, "group.id": "g-allowed", "auto.offset.reset": "earliest"})
+        ok.subscribe(["allowed"])
+        got = []
+        wait_until(lambda: got.extend(m for m in ok.consume(1, 0.5) if not m.error()) or got,
+                   timeout=20, what="alice reads the allowed topic")
+        ok.close()
+        refused = Consumer({**alice, "group.id": "g-other", "auto.offset.reset": "earliest"})
+        refused.subscribe(["allowed"])
+        errors = []
+
+        def group_refused():
+            for m in refused.consume(1, 0.5):
+                if m.error():
+                    errors.append(m.error().code())
+            return KafkaError.GROUP_AUTHORIZATION_FAILED in errors
+
+        wait_until(group_refused, timeout=20, what="GROUP_AUTHORIZATION_FAILED for another group")
+        refused.close()
+        listed = AdminClient(alice).list_topics(timeout=10).topics
+        assert "allowed" in listed and "other" not in listed, sorted(listed)
+
+        # kafka-python, same user: the other topic is refused too.
+        from kafka import KafkaProducer
+        from kafka.errors import TopicAuthorizationFailedError
+
+        kp = KafkaProducer(
+            bootstrap_servers=cluster.kafka_addr,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_plain_username="alice",
+            sasl_plain_password="alice-pw",
+            max_block_ms=10000,
+        )
+        kp.send("allowed", b"v").get(timeout=20)
+        with pytest.raises(TopicAuthorizationFailedError):
+            kp.send("other", b"v").get(timeout=20)
+        kp.close()
+
+        # The super user is not limited.
+        admin = {**alice, "sasl.username": "admin", "sasl.password": "admin-pw"}
+        assert "other" in AdminClient(admin).list_topics(timeout=10).topics
+    finally:
+        cluster.stop()

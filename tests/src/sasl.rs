@@ -55,3 +55,68 @@ pub async fn set_password(conn: &Connection, user: &str, password: &str, code: i
     }
     Ok(())
 }
+
+/// Authenticates `conn` (on a SASL listener) as `user` with PLAIN.
+pub async fn login_plain(conn: &Connection, user: &str, password: &str) -> Result<()> {
+    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    let mut hs = SaslHandshakeRequest::default();
+    hs.mechanism = StrBytes::from_static_str("PLAIN");
+    let code = conn.send(&hs, 1, Duration::from_secs(10)).await?.error_code;
+    if code != 0 {
+        bail!("SaslHandshake(PLAIN): error {code}");
+    }
+    let mut auth = SaslAuthenticateRequest::default();
+    auth.auth_bytes = Bytes::from(format!("\0{user}\0{password}").into_bytes());
+    let resp = conn.send(&auth, 2, Duration::from_secs(10)).await?;
+    if resp.error_code != 0 {
+        bail!("SaslAuthenticate({user}): error {}", resp.error_code);
+    }
+    Ok(())
+}
+
+/// One ACL to create: (resource type code, name, pattern code, principal,
+/// operation code, permission code), host `*`.
+pub type Acl<'a> = (i8, &'a str, i8, &'a str, i8, i8);
+
+/// Creates ACLs; fails on any per-ACL error.
+pub async fn create_acls(conn: &Connection, acls: &[Acl<'_>]) -> Result<()> {
+    use kafka_protocol::messages::CreateAclsRequest;
+    use kafka_protocol::messages::create_acls_request::AclCreation;
+    let mut req = CreateAclsRequest::default();
+    for (rt, name, pattern, principal, op, permission) in acls {
+        let mut c = AclCreation::default();
+        c.resource_type = *rt;
+        c.resource_name = StrBytes::from_string(name.to_string());
+        c.resource_pattern_type = *pattern;
+        c.principal = StrBytes::from_string(principal.to_string());
+        c.host = StrBytes::from_static_str("*");
+        c.operation = *op;
+        c.permission_type = *permission;
+        req.creations.push(c);
+    }
+    let resp = conn.send(&req, 3, Duration::from_secs(15)).await?;
+    for (i, r) in resp.results.iter().enumerate() {
+        if r.error_code != 0 {
+            bail!(
+                "CreateAcls #{i}: error {} {:?}",
+                r.error_code,
+                r.error_message.as_ref().map(|m| m.as_str())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's ACL wire codes, for [`Acl`].
+pub mod codes {
+    pub const TOPIC: i8 = 2;
+    pub const GROUP: i8 = 3;
+    pub const CLUSTER: i8 = 4;
+    pub const LITERAL: i8 = 3;
+    pub const PREFIXED: i8 = 4;
+    pub const READ: i8 = 3;
+    pub const WRITE: i8 = 4;
+    pub const DESCRIBE: i8 = 8;
+    pub const DENY: i8 = 2;
+    pub const ALLOW: i8 = 3;
+}

@@ -629,3 +629,265 @@ fn bad_sasl_exchanges_are_refused_and_close_only_their_connection() -> Result<()
     assert_eq!(failures, 2.0);
     Ok(())
 }
+
+const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+const SECURITY_DISABLED: i16 = 54;
+
+/// Topic names in a Metadata answer for every topic.
+async fn listed_topics(conn: &Connection) -> Result<Vec<String>> {
+    let mut req = MetadataRequest::default();
+    req.topics = None;
+    let md = conn.send(&req, 12, WAIT).await?;
+    let mut names: Vec<String> = md
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
+        .filter(|n| !n.starts_with("__"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn fetch_request(topic: &str) -> FetchRequest {
+    let mut req = follower_fetch(topic);
+    req.replica_id = BrokerId(-1);
+    req
+}
+
+#[test]
+fn acls_allow_one_topic_and_group_and_refuse_everything_else() -> Result<()> {
+    use sluice_tests::sasl::codes::*;
+    use sluice_tests::sasl::{create_acls, login_plain};
+    let split = SplitListeners {
+        client: "SASL_PLAINTEXT",
+        internal: "PLAINTEXT",
+    };
+    let acl_args = [
+        "--authorizer-class-name",
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "--super-users",
+        "User:admin",
+    ];
+    let cluster = Cluster::start_split(3, split, &[FAST_FAILOVER, &acl_args].concat())?;
+    let rt = runtime()?;
+    let topics = ["allowed", "other", "pre-data", "pre-secret"];
+    let acls: Vec<sluice_tests::sasl::Acl> = vec![
+        (TOPIC, "allowed", LITERAL, "User:alice", WRITE, ALLOW),
+        (TOPIC, "allowed", LITERAL, "User:alice", READ, ALLOW),
+        (GROUP, "g-allowed", LITERAL, "User:alice", READ, ALLOW),
+        (TOPIC, "pre-", PREFIXED, "User:alice", READ, ALLOW),
+        (TOPIC, "pre-secret", LITERAL, "User:alice", READ, DENY),
+    ];
+    rt.block_on(async {
+        // Set-up on the inter-broker listener (trusted).
+        let internal = Connection::connect(cluster.internal_addr(0), "setup", WAIT).await?;
+        set_password(&internal, "alice", "alice-pw", SCRAM_SHA_512).await?;
+        set_password(&internal, "admin", "admin-pw", SCRAM_SHA_512).await?;
+        let admin: AdminClient<DefaultClientContext> =
+            config(&cluster.internal_bootstrap(), &[]).create()?;
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(3)))
+            .collect();
+        for r in admin.create_topics(&new, &admin_opts()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e:?}"))?;
+        }
+        create_acls(&internal, &acls).await?;
+        // Every broker has the users and the ACLs.
+        for id in 0..3 {
+            let c = Connection::connect(cluster.internal_addr(id), "setup", WAIT).await?;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let listed = c.send(&describe_all_acls(), 3, WAIT).await?;
+                let n: usize = listed.resources.iter().map(|r| r.acls.len()).sum();
+                if n == acls.len() && described(&c).await?.len() == 2 {
+                    break;
+                }
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "broker {id}: {n} ACLs"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+
+    // A real client as alice: the allowed topic and group work.
+    let alice = [
+        ("security.protocol", "sasl_plaintext"),
+        ("sasl.mechanism", "PLAIN"),
+        ("sasl.username", "alice"),
+        ("sasl.password", "alice-pw"),
+    ];
+    rt.block_on(async {
+        let producer: FutureProducer = config(&cluster.bootstrap(), &alice)
+            .set("acks", "all")
+            .set("message.timeout.ms", "10000")
+            .create()?;
+        let ok = producer
+            .send(FutureRecord::to("allowed").key("k").payload("v"), WAIT)
+            .await;
+        ensure!(ok.is_ok(), "produce to the allowed topic: {ok:?}");
+        let denied = producer
+            .send(FutureRecord::to("other").key("k").payload("v"), WAIT)
+            .await;
+        let Err((e, _)) = denied else {
+            bail!("produce to another topic was accepted");
+        };
+        ensure!(
+            e.to_string().contains("authoriz"),
+            "produce to another topic failed with {e}"
+        );
+        let consumer: StreamConsumer = config(&cluster.bootstrap(), &alice)
+            .set("group.id", "g-allowed")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        consumer.subscribe(&["allowed"])?;
+        let msg = tokio::time::timeout(WAIT, consumer.recv()).await??;
+        use rdkafka::Message;
+        ensure!(msg.payload() == Some(&b"v"[..]));
+        consumer.commit_message(&msg, CommitMode::Sync)?;
+        anyhow::Ok(())
+    })?;
+
+    // The same user, request by request.
+    rt.block_on(async {
+        let conn = Connection::connect(cluster.addr(1), "alice", WAIT).await?;
+        login_plain(&conn, "alice", "alice-pw").await?;
+        // Metadata shows what alice may describe: READ/WRITE imply
+        // DESCRIBE; a DENY of READ does not deny DESCRIBE.
+        assert_eq!(
+            listed_topics(&conn).await?,
+            ["allowed", "pre-data", "pre-secret"]
+        );
+        let fetch_code = |topic: &'static str| {
+            let conn = &conn;
+            async move {
+                let r = conn.send(&fetch_request(topic), 12, WAIT).await?;
+                anyhow::Ok(r.responses[0].partitions[0].error_code)
+            }
+        };
+        assert_ne!(
+            fetch_code("pre-data").await?,
+            TOPIC_AUTHORIZATION_FAILED,
+            "prefixed ALLOW"
+        );
+        assert_eq!(
+            fetch_code("pre-secret").await?,
+            TOPIC_AUTHORIZATION_FAILED,
+            "DENY wins"
+        );
+        assert_eq!(
+            fetch_code("other").await?,
+            TOPIC_AUTHORIZATION_FAILED,
+            "no ACL"
+        );
+        // Creating topics, joining other groups, changing ACLs: refused.
+        let mut create = kafka_protocol::messages::CreateTopicsRequest::default();
+        let mut t = kafka_protocol::messages::create_topics_request::CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_static_str("alice-new"));
+        t.num_partitions = 1;
+        t.replication_factor = 1;
+        create.topics.push(t);
+        let created = conn.send(&create, 7, WAIT).await?;
+        assert_eq!(created.topics[0].error_code, TOPIC_AUTHORIZATION_FAILED);
+        let mut join = kafka_protocol::messages::JoinGroupRequest::default();
+        join.group_id = kafka_protocol::messages::GroupId(StrBytes::from_static_str("g-other"));
+        join.session_timeout_ms = 10_000;
+        join.rebalance_timeout_ms = 10_000;
+        join.protocol_type = StrBytes::from_static_str("consumer");
+        let joined = conn.send(&join, 5, WAIT).await?;
+        assert_eq!(joined.error_code, GROUP_AUTHORIZATION_FAILED);
+        let acl_change = create_acls(
+            &conn,
+            &[(TOPIC, "other", LITERAL, "User:alice", WRITE, ALLOW)],
+        )
+        .await;
+        ensure!(
+            acl_change
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("error 31")),
+            "alice changed ACLs: {acl_change:?}"
+        );
+        // The super user may do anything.
+        let admin = Connection::connect(cluster.addr(2), "admin", WAIT).await?;
+        login_plain(&admin, "admin", "admin-pw").await?;
+        assert_eq!(
+            listed_topics(&admin).await?,
+            ["allowed", "other", "pre-data", "pre-secret"]
+        );
+        assert_ne!(
+            admin
+                .send(&fetch_request("other"), 12, WAIT)
+                .await?
+                .responses[0]
+                .partitions[0]
+                .error_code,
+            TOPIC_AUTHORIZATION_FAILED
+        );
+        // Deleting alice's READ on `allowed` takes it away everywhere.
+        let mut delete = kafka_protocol::messages::DeleteAclsRequest::default();
+        let mut f = kafka_protocol::messages::delete_acls_request::DeleteAclsFilter::default();
+        f.resource_type_filter = TOPIC;
+        f.resource_name_filter = Some(StrBytes::from_static_str("allowed"));
+        f.pattern_type_filter = LITERAL;
+        f.principal_filter = Some(StrBytes::from_static_str("User:alice"));
+        f.host_filter = None;
+        f.operation = READ;
+        f.permission_type = ALLOW;
+        delete.filters.push(f);
+        let deleted = admin.send(&delete, 3, WAIT).await?;
+        assert_eq!(deleted.filter_results[0].matching_acls.len(), 1);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while fetch_code("allowed").await? != TOPIC_AUTHORIZATION_FAILED {
+            ensure!(tokio::time::Instant::now() < deadline, "READ still allowed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    let denied: f64 = (0..3)
+        .map(|id| {
+            cluster
+                .metric(
+                    id,
+                    r#"sluice_authorization_denied_total{operation="Read",resource_type="Topic"}"#,
+                )
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(denied >= 3.0, "{denied}");
+    Ok(())
+}
+
+fn describe_all_acls() -> kafka_protocol::messages::DescribeAclsRequest {
+    let mut req = kafka_protocol::messages::DescribeAclsRequest::default();
+    req.resource_type_filter = 1;
+    req.resource_name_filter = None;
+    req.principal_filter = None;
+    req.host_filter = None;
+    req.pattern_type_filter = 1;
+    req.operation = 1;
+    req.permission_type = 1;
+    req
+}
+
+#[test]
+fn acl_apis_without_an_authorizer_say_security_disabled() -> Result<()> {
+    let cluster = Cluster::start(1, &[])?;
+    runtime()?.block_on(async {
+        let conn = Connection::connect(cluster.addr(0), "t", WAIT).await?;
+        let described = conn.send(&describe_all_acls(), 3, WAIT).await?;
+        assert_eq!(described.error_code, SECURITY_DISABLED);
+        let created =
+            sluice_tests::sasl::create_acls(&conn, &[(2, "t", 3, "User:alice", 3, 3)]).await;
+        ensure!(
+            created
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("error 54")),
+            "{created:?}"
+        );
+        anyhow::Ok(())
+    })
+}

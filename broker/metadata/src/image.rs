@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::acl::{AclBinding, AclFilter};
 use crate::plugins::PluginKind;
 use crate::plugins::VersionInfo;
 use crate::scram::{ScramCredential, ScramMechanism};
@@ -43,6 +44,9 @@ pub struct MetadataImage {
     /// SCRAM credentials by user, then mechanism.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
+    /// Access control lists.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub acls: std::collections::BTreeSet<AclBinding>,
 }
 
 /// A plugin's version history and the module of its current version.
@@ -267,6 +271,14 @@ pub enum Command {
         user: String,
         mechanism: ScramMechanism,
     },
+    /// Adds ACLs (validated by the proposer); ones already there stay.
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
+    /// Removes every ACL each filter matches.
+    DeleteAcls {
+        filters: Vec<AclFilter>,
+    },
 }
 
 /// What an applied command produced.
@@ -282,6 +294,10 @@ pub enum Applied {
     },
     PluginVersion {
         version: u32,
+    },
+    /// The ACLs each filter of a DeleteAcls removed.
+    AclsDeleted {
+        deleted: Vec<Vec<AclBinding>>,
     },
     /// Committed but changed nothing (e.g. a fence for an incarnation that
     /// already restarted).
@@ -552,6 +568,24 @@ impl MetadataImage {
                     self.scram_credentials.remove(user);
                 }
                 Ok(Applied::Done)
+            }
+            Command::CreateAcls { acls } => {
+                self.acls.extend(acls.iter().cloned());
+                Ok(Applied::Done)
+            }
+            Command::DeleteAcls { filters } => {
+                let deleted = filters
+                    .iter()
+                    .map(|f| {
+                        let gone: Vec<AclBinding> =
+                            self.acls.iter().filter(|b| f.matches(b)).cloned().collect();
+                        for b in &gone {
+                            self.acls.remove(b);
+                        }
+                        gone
+                    })
+                    .collect();
+                Ok(Applied::AclsDeleted { deleted })
             }
             Command::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;

@@ -9,6 +9,7 @@
 //! Nothing here touches partition data: the broker services apply the
 //! image (opening logs, taking leader and follower roles).
 
+pub mod acl;
 pub mod controller;
 pub mod image;
 pub mod plugins;

@@ -2,6 +2,8 @@
 //! decoded request to its handler and returns the response body (or `None`
 //! where Kafka sends nothing back, i.e. Produce with acks=0).
 
+mod acls;
+pub mod authorize;
 mod configs;
 mod fetch;
 mod groups;
@@ -274,10 +276,30 @@ pub async fn handle<'a>(
         header,
         body,
     } = req;
+    let authz = authorize::Authz {
+        authorizer: &broker.authorizer,
+        image: broker.view().image.clone(),
+        caller: crate::auth::authorizer::Caller {
+            principal: session.principal(),
+            host: session.peer.ip().to_string(),
+            trusted: session.inter_broker,
+        },
+        auto_create: broker.args.auto_create_topics,
+    };
+    let (body, fix) = match authorize::check(&authz, body, version) {
+        authorize::Checked::Answer(resp) => return Box::pin(std::future::ready(Some(resp))),
+        authorize::Checked::Serve(body, fix) => (body, fix),
+    };
     let req = match body {
         RequestKind::Produce(r) => {
             let pending = produce::produce(broker.writes(), session.listener.clone(), r).await;
-            return Box::pin(async move { pending.await.map(ResponseKind::Produce) });
+            return Box::pin(async move {
+                pending.await.map(|r| {
+                    let mut resp = ResponseKind::Produce(r);
+                    fix.apply(&authz, &mut resp);
+                    resp
+                })
+            });
         }
         body => DecodedRequest {
             api_key,
@@ -286,12 +308,17 @@ pub async fn handle<'a>(
             body,
         },
     };
-    Box::pin(std::future::ready(handle_whole(broker, session, req).await))
+    let mut resp = handle_whole(broker, session, &authz, req).await;
+    if let Some(r) = resp.as_mut() {
+        fix.apply(&authz, r);
+    }
+    Box::pin(std::future::ready(resp))
 }
 
 async fn handle_whole(
     broker: &Arc<Broker>,
     session: &Session,
+    authz: &authorize::Authz<'_>,
     req: DecodedRequest,
 ) -> Option<ResponseKind> {
     let v = req.version;
@@ -317,6 +344,15 @@ async fn handle_whole(
         RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
             sasl::alter_user_scram_credentials(&b.admin(), r).await,
         ),
+        RequestKind::CreateAcls(r) => {
+            ResponseKind::CreateAcls(acls::create_acls(&b.admin(), authz, r).await)
+        }
+        RequestKind::DescribeAcls(r) => {
+            ResponseKind::DescribeAcls(acls::describe_acls(&b.admin(), authz, r))
+        }
+        RequestKind::DeleteAcls(r) => {
+            ResponseKind::DeleteAcls(acls::delete_acls(&b.admin(), authz, r).await)
+        }
         RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
             sasl::describe_user_scram_credentials(&b.admin(), r),
         ),

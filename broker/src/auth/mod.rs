@@ -6,6 +6,7 @@
 //! wrong, after a delay (Kafka's `connection.failed.authentication.delay.ms`),
 //! and are counted.
 
+pub mod authorizer;
 pub mod scram;
 
 use std::sync::Mutex;
