@@ -270,7 +270,50 @@ pub fn from_args(args: &ServeArgs) -> anyhow::Result<Vec<ListenerSpec>> {
             args.ssl_endpoint_identification_algorithm
         );
     }
+    if !args.authorizer_class_name.trim().is_empty() {
+        check_trusted_listener(args, &specs)?;
+    }
     Ok(specs)
+}
+
+/// With ACLs on, connections on the inter-broker listener are trusted
+/// (they act as super users), so only brokers (and tools run beside them)
+/// may be able to open one: refuse settings where clients could.
+fn check_trusted_listener(args: &ServeArgs, specs: &[ListenerSpec]) -> anyhow::Result<()> {
+    let Some(ib) = specs.iter().find(|s| s.inter_broker) else {
+        return Ok(());
+    };
+    if specs.len() == 1 {
+        bail!(
+            "with authorizer-class-name set, clients need a listener of their own: the inter-broker listener '{}' is trusted (its connections pass every ACL check); add one with --listeners",
+            ib.name
+        );
+    }
+    let loopback = ib
+        .bind
+        .rsplit_once(':')
+        .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
+        .is_some_and(|host| {
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+    if ib.protocol == SecurityProtocol::Plaintext && !loopback {
+        bail!(
+            "with authorizer-class-name set, the inter-broker listener '{}' ({}) is trusted (its connections pass every ACL check) and PLAINTEXT lets anyone who reaches it in: make it SSL (brokers then authenticate with certificates) or bind it to a loopback address",
+            ib.name,
+            ib.bind
+        );
+    }
+    if ib.protocol.uses_tls() && args.ssl_client_auth != "none" {
+        bail!(
+            "with authorizer-class-name set, ssl-client-auth={} would accept client certificates from the same truststore as the trusted inter-broker listener '{}', letting their holders pass every ACL check there; leave ssl-client-auth at none (per-listener truststores are not supported yet)",
+            args.ssl_client_auth,
+            ib.name
+        );
+    }
+    Ok(())
 }
 
 /// A TLS listener's server side: its certificate, and whose client
@@ -467,6 +510,35 @@ mod tests {
         assert!(err(&["--ssl-client-auth", "maybe"]).contains("none, requested or required"));
         assert!(err(&["--listeners", "SASL_PLAINTEXT://:1"]).contains("must be PLAINTEXT or SSL"));
         assert!(err(&["--sasl-enabled-mechanisms", "GSSAPI"]).contains("is not one of"));
+        // ACLs on: the trusted inter-broker listener must be out of clients' reach.
+        let acl = ["--authorizer-class-name", "StandardAuthorizer"];
+        assert!(err(&acl).contains("clients need a listener of their own"));
+        let open = [
+            &acl[..],
+            &[
+                "--listeners",
+                "C://:1,I://0.0.0.0:2",
+                "--listener-security-protocol-map",
+                "C:SASL_PLAINTEXT,I:PLAINTEXT",
+                "--inter-broker-listener-name",
+                "I",
+            ],
+        ]
+        .concat();
+        assert!(err(&open).contains("PLAINTEXT lets anyone"));
+        let loopback = [
+            &acl[..],
+            &[
+                "--listeners",
+                "C://:1,I://127.0.0.1:2",
+                "--listener-security-protocol-map",
+                "C:SASL_PLAINTEXT,I:PLAINTEXT",
+                "--inter-broker-listener-name",
+                "I",
+            ],
+        ]
+        .concat();
+        assert!(specs(&loopback).is_ok());
         assert!(err(&["--ssl-client-auth", "required"]).contains("ssl-truststore-location"));
         assert!(
             err(&[

@@ -161,6 +161,7 @@ async fn accepted_connection(
         endpoint.name.clone(),
         endpoint.inter_broker,
         endpoint.sasl,
+        node.max_request_bytes,
     );
     let Some(tls) = &endpoint.tls else {
         let (rd, wr) = stream.into_split();
@@ -200,7 +201,11 @@ where
     // Capacity 1: the reader holds at most one frame the connection has not
     // taken yet; `PIPELINE` and `PIPELINE_BYTES` bound the rest.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let _reader = AbortOnDrop(tokio::spawn(read_frames(rd, node.max_request_bytes, tx)));
+    let _reader = AbortOnDrop(tokio::spawn(read_frames(
+        rd,
+        session.frame_limit.clone(),
+        tx,
+    )));
     let mut pending: FuturesOrdered<BoxFuture<'_, (usize, Reply)>> = FuturesOrdered::new();
     let mut in_flight_bytes = 0usize;
     let mut reading = true;
@@ -394,6 +399,9 @@ async fn dispatch<'a>(
         Some(refusal) => Box::pin(std::future::ready(Some(refusal))),
         None => api::handle(broker, session, request).await,
     };
+    // A failed SASL exchange closes the connection after its own answer
+    // (decided now: the SASL handlers run in the ordered part).
+    let sasl_failed = session.auth_failed();
     Box::pin(async move {
         let response = pending.await;
         let api_name = format!("{api_key:?}");
@@ -412,7 +420,7 @@ async fn dispatch<'a>(
         };
         match protocol::encode_response_chunks(api_key, version, correlation_id, &body) {
             // A failed SASL exchange: the answer, then the connection closes.
-            Ok(chunks) if session.auth_failed() => Reply::Last(
+            Ok(chunks) if sasl_failed => Reply::Last(
                 chunks,
                 "sasl_authentication_failed",
                 format!(
@@ -438,7 +446,7 @@ async fn dispatch<'a>(
 /// producer's steady stream of 1 MB requests is read without copies).
 async fn read_frames<R: AsyncRead + Unpin>(
     mut rd: R,
-    max: usize,
+    limit: Arc<std::sync::atomic::AtomicUsize>,
     tx: tokio::sync::mpsc::Sender<Incoming>,
 ) {
     let mut buf = BytesMut::new();
@@ -450,11 +458,14 @@ async fn read_frames<R: AsyncRead + Unpin>(
             Ok(false) | Err(_) => return,
         }
         let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let max = limit.load(std::sync::atomic::Ordering::Relaxed);
         if len < 0 || len as usize > max {
             let _ = tx
                 .send(Incoming::Refused(
                     "bad_frame_length",
-                    format!("frame length {len} is outside 0..={max} (max-request-bytes)"),
+                    format!(
+                        "frame length {len} is outside 0..={max} (max-request-bytes; 512 KiB before SASL authentication)"
+                    ),
                 ))
                 .await;
             return;

@@ -586,6 +586,13 @@ fn bad_sasl_exchanges_are_refused_and_close_only_their_connection() -> Result<()
         // A request before authenticating.
         let c = open().await?;
         assert!(closed(&c).await);
+        // A frame over 512 KiB before authenticating (Kafka's
+        // sasl.server.max.receive.size): closed unread.
+        let c = open().await?;
+        let big = c
+            .send_raw(18, 3, 2, Bytes::from(vec![0u8; 600 * 1024]), WAIT)
+            .await;
+        assert!(big.is_err(), "a 600 KiB frame before SASL was read");
         // SaslAuthenticate before SaslHandshake.
         let c = open().await?;
         assert!(sasl_authenticate(&c, b"\0alice\0pw").await.is_err() || closed(&c).await);
@@ -631,6 +638,7 @@ fn bad_sasl_exchanges_are_refused_and_close_only_their_connection() -> Result<()
 }
 
 const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+const UNKNOWN_TOPIC_ID: i16 = 100;
 const SECURITY_DISABLED: i16 = 54;
 
 /// Topic names in a Metadata answer for every topic.
@@ -811,6 +819,48 @@ fn acls_allow_one_topic_and_group_and_refuse_everything_else() -> Result<()> {
                 .is_err_and(|e| e.to_string().contains("error 31")),
             "alice changed ACLs: {acl_change:?}"
         );
+        // Metadata v0's "all topics" (an empty list) is filtered too.
+        let mut all_v0 = MetadataRequest::default();
+        all_v0.topics = Some(Vec::new());
+        let v0 = conn.send(&all_v0, 0, WAIT).await?;
+        ensure!(
+            v0.topics
+                .iter()
+                .all(|t| t.name.as_ref().is_some_and(|n| n.as_str() != "other")),
+            "v0 metadata shows a topic alice may not describe"
+        );
+        // Topics named by id: no DELETE, no deletion (UNKNOWN_TOPIC_ID for
+        // a topic she may not even describe).
+        let mut by_name = MetadataRequest::default();
+        by_name.topics = None;
+        let ids: std::collections::BTreeMap<String, uuid::Uuid> =
+            Connection::connect(cluster.internal_addr(0), "setup", WAIT)
+                .await?
+                .send(&by_name, 12, WAIT)
+                .await?
+                .topics
+                .iter()
+                .filter_map(|t| Some((t.name.as_ref()?.to_string(), t.topic_id)))
+                .collect();
+        let mut delete_ids = kafka_protocol::messages::DeleteTopicsRequest::default();
+        for name in ["allowed", "other"] {
+            let mut t =
+                kafka_protocol::messages::delete_topics_request::DeleteTopicState::default();
+            t.name = None;
+            t.topic_id = ids[name];
+            delete_ids.topics.push(t);
+        }
+        delete_ids.timeout_ms = 10_000;
+        let deleted = conn.send(&delete_ids, 6, WAIT).await?;
+        let code_of = |name: &str| {
+            deleted
+                .responses
+                .iter()
+                .find(|r| r.topic_id == ids[name])
+                .map(|r| r.error_code)
+        };
+        assert_eq!(code_of("allowed"), Some(TOPIC_AUTHORIZATION_FAILED));
+        assert_eq!(code_of("other"), Some(UNKNOWN_TOPIC_ID));
         // The super user may do anything.
         let admin = Connection::connect(cluster.addr(2), "admin", WAIT).await?;
         login_plain(&admin, "admin", "admin-pw").await?;

@@ -45,6 +45,31 @@ impl Authz<'_> {
         self.allows(op, ResourceType::Cluster, CLUSTER)
     }
 
+    /// `allows` without counting a denial: for listings that only filter
+    /// what the caller sees (Kafka's `logIfDenied = false`).
+    fn may(&self, op: Operation, rt: ResourceType, name: &str) -> bool {
+        self.authorizer
+            .decide(&self.image, &self.caller, op, rt, name)
+    }
+
+    /// The topic a topic id names, if it exists.
+    fn topic_named_by(&self, id: &uuid::Uuid) -> Option<&str> {
+        self.image
+            .topics
+            .values()
+            .find(|t| t.id == *id)
+            .map(|t| t.name.as_str())
+    }
+
+    /// The cluster's authorized operations: none without DESCRIBE (Kafka).
+    fn cluster_operations(&self) -> i32 {
+        if self.may(Operation::Describe, ResourceType::Cluster, CLUSTER) {
+            self.operations(ResourceType::Cluster, CLUSTER)
+        } else {
+            0
+        }
+    }
+
     pub fn operations(&self, rt: ResourceType, name: &str) -> i32 {
         self.authorizer
             .authorized_operations(&self.image, &self.caller, rt, name)
@@ -67,12 +92,17 @@ pub enum Fix {
     LeaderEpoch(Denied),
     Metadata {
         denied: Vec<TopicName>,
+        /// Asked for by id: answered UNKNOWN_TOPIC_ID, as Kafka does.
+        denied_ids: Vec<uuid::Uuid>,
         listing_all: bool,
         topic_ops: bool,
         cluster_ops: bool,
     },
     CreateTopics(Vec<TopicName>),
-    DeleteTopics(Vec<TopicName>, i16),
+    DeleteTopics {
+        names: Vec<TopicName>,
+        ids: Vec<(uuid::Uuid, i16)>,
+    },
     CreatePartitions(Vec<TopicName>),
     OffsetCommit(Denied),
     TxnOffsetCommit(Denied),
@@ -92,6 +122,7 @@ pub enum Fix {
     AlterConfigs(Vec<(i8, String)>),
     IncrementalAlterConfigs(Vec<(i8, String)>),
     DescribeCluster(bool),
+    ListTransactions,
 }
 
 /// What happens to a request after the checks.
@@ -179,13 +210,19 @@ pub fn check(a: &Authz, req: RequestKind, version: i16) -> Checked {
             )
         }
         RequestKind::Metadata(mut r) => {
-            let listing_all = r.topics.is_none();
+            // Null asks for every topic; so does an empty list in v0.
+            let listing_all = r.topics.is_none()
+                || (version == 0 && r.topics.as_ref().is_some_and(Vec::is_empty));
             let mut denied = Vec::new();
-            if let Some(topics) = &mut r.topics {
+            let mut denied_ids = Vec::new();
+            if let Some(topics) = r.topics.as_mut().filter(|_| !listing_all) {
                 let exists = |n: &str| a.image.topics.contains_key(n);
                 let creates = r.allow_auto_topic_creation && a.auto_create;
-                denied = split(topics, |t| match &t.name {
-                    None => true,
+                let refused = split(topics, |t| match &t.name {
+                    // By id (v10+): the topic it names must be describable.
+                    None => a
+                        .topic_named_by(&t.topic_id)
+                        .is_some_and(|n| a.topic(Describe, n)),
                     // An unknown topic the client may create is created
                     // only with CREATE; without DESCRIBE it is not shown.
                     Some(n) if !exists(n.as_str()) && creates => {
@@ -193,13 +230,17 @@ pub fn check(a: &Authz, req: RequestKind, version: i16) -> Checked {
                             && (a.cluster(Create) || a.topic(Create, n.as_str()))
                     }
                     Some(n) => a.topic(Describe, n.as_str()),
-                })
-                .into_iter()
-                .filter_map(|t| t.name)
-                .collect();
+                });
+                for t in refused {
+                    match t.name {
+                        Some(n) => denied.push(n),
+                        None => denied_ids.push(t.topic_id),
+                    }
+                }
             }
             let fix = Fix::Metadata {
                 denied,
+                denied_ids,
                 listing_all,
                 topic_ops: r.include_topic_authorized_operations,
                 cluster_ops: r.include_cluster_authorized_operations,
@@ -218,18 +259,38 @@ pub fn check(a: &Authz, req: RequestKind, version: i16) -> Checked {
             Checked::Serve(RequestKind::CreateTopics(r), Fix::CreateTopics(denied))
         }
         RequestKind::DeleteTopics(mut r) => {
-            let mut denied: Vec<TopicName> =
-                split(&mut r.topic_names, |n| a.topic(Delete, n.as_str()));
-            denied.extend(
-                split(&mut r.topics, |t| {
-                    t.name.as_ref().is_none_or(|n| a.topic(Delete, n.as_str()))
-                })
-                .into_iter()
-                .filter_map(|t| t.name),
-            );
+            let names: Vec<TopicName> = split(&mut r.topic_names, |n| a.topic(Delete, n.as_str()));
+            let mut ids = Vec::new();
+            let mut names_v6 = Vec::new();
+            for t in split(&mut r.topics, |t| match &t.name {
+                Some(n) => a.topic(Delete, n.as_str()),
+                // By id (v6): the topic it names must be deletable.
+                None => a
+                    .topic_named_by(&t.topic_id)
+                    .is_some_and(|n| a.topic(Delete, n)),
+            }) {
+                match t.name {
+                    Some(n) => names_v6.push(n),
+                    None => {
+                        // Kafka: an id the caller may not even describe
+                        // is unknown to it.
+                        let visible = a
+                            .topic_named_by(&t.topic_id)
+                            .is_some_and(|n| a.may(Describe, ResourceType::Topic, n));
+                        let e = if visible {
+                            TOPIC_DENIED
+                        } else {
+                            ResponseError::UnknownTopicId
+                        };
+                        ids.push((t.topic_id, code(e)));
+                    }
+                }
+            }
+            let mut names = names;
+            names.extend(names_v6);
             Checked::Serve(
                 RequestKind::DeleteTopics(r),
-                Fix::DeleteTopics(denied, code(TOPIC_DENIED)),
+                Fix::DeleteTopics { names, ids },
             )
         }
         RequestKind::CreatePartitions(mut r) => {
@@ -561,7 +622,7 @@ pub fn check(a: &Authz, req: RequestKind, version: i16) -> Checked {
             Checked::Answer(ResponseKind::AddPartitionsToTxn(resp))
         }
         RequestKind::ListTransactions(r) => {
-            Checked::Serve(RequestKind::ListTransactions(r), Fix::None)
+            Checked::Serve(RequestKind::ListTransactions(r), Fix::ListTransactions)
         }
         RequestKind::DescribeTransactions(r)
             if r.transactional_ids
@@ -615,12 +676,9 @@ pub fn check(a: &Authz, req: RequestKind, version: i16) -> Checked {
                 .collect();
             Checked::Answer(ResponseKind::DescribeProducers(resp))
         }
+        // Kafka answers DescribeCluster to anyone (authorized operations
+        // 0 without DESCRIBE on the cluster).
         RequestKind::DescribeCluster(r) => {
-            if !a.cluster(Describe) {
-                let mut resp = DescribeClusterResponse::default();
-                resp.error_code = code(CLUSTER_DENIED);
-                return Checked::Answer(ResponseKind::DescribeCluster(resp));
-            }
             let ops = r.include_cluster_authorized_operations;
             Checked::Serve(RequestKind::DescribeCluster(r), Fix::DescribeCluster(ops))
         }
@@ -793,6 +851,7 @@ impl Fix {
             (
                 Fix::Metadata {
                     denied,
+                    denied_ids,
                     listing_all,
                     topic_ops,
                     cluster_ops,
@@ -803,8 +862,15 @@ impl Fix {
                     r.topics.retain(|t| {
                         t.name
                             .as_ref()
-                            .is_some_and(|n| a.topic(Describe, n.as_str()))
+                            .is_some_and(|n| a.may(Describe, ResourceType::Topic, n.as_str()))
                     });
+                }
+                for id in denied_ids {
+                    let mut t = metadata_response::MetadataResponseTopic::default();
+                    t.topic_id = id;
+                    t.error_code = code(ResponseError::UnknownTopicId);
+                    t.topic_authorized_operations = i32::MIN;
+                    r.topics.push(t);
                 }
                 for name in denied {
                     let mut t = metadata_response::MetadataResponseTopic::default();
@@ -824,7 +890,7 @@ impl Fix {
                     }
                 }
                 if cluster_ops {
-                    r.cluster_authorized_operations = a.operations(ResourceType::Cluster, CLUSTER);
+                    r.cluster_authorized_operations = a.cluster_operations();
                 }
             }
             (Fix::CreateTopics(denied), ResponseKind::CreateTopics(r)) => {
@@ -837,10 +903,17 @@ impl Fix {
                     r.topics.push(t);
                 }
             }
-            (Fix::DeleteTopics(denied, error), ResponseKind::DeleteTopics(r)) => {
-                for name in denied {
+            (Fix::DeleteTopics { names, ids }, ResponseKind::DeleteTopics(r)) => {
+                for name in names {
                     let mut t = delete_topics_response::DeletableTopicResult::default();
                     t.name = Some(name);
+                    t.error_code = code(TOPIC_DENIED);
+                    r.responses.push(t);
+                }
+                for (id, error) in ids {
+                    let mut t = delete_topics_response::DeletableTopicResult::default();
+                    t.name = None;
+                    t.topic_id = id;
                     t.error_code = error;
                     r.responses.push(t);
                 }
@@ -930,8 +1003,9 @@ impl Fix {
                 }
             }
             (Fix::ListGroups, ResponseKind::ListGroups(r)) => {
-                if !a.cluster(Describe) {
-                    r.groups.retain(|g| a.group(Describe, g.group_id.as_str()));
+                if !a.may(Describe, ResourceType::Cluster, CLUSTER) {
+                    r.groups
+                        .retain(|g| a.may(Describe, ResourceType::Group, g.group_id.as_str()));
                 }
             }
             (Fix::DeleteGroups(denied), ResponseKind::DeleteGroups(r)) => {
@@ -972,8 +1046,17 @@ impl Fix {
             }
             (Fix::DescribeCluster(ops), ResponseKind::DescribeCluster(r)) => {
                 if ops {
-                    r.cluster_authorized_operations = a.operations(ResourceType::Cluster, CLUSTER);
+                    r.cluster_authorized_operations = a.cluster_operations();
                 }
+            }
+            (Fix::ListTransactions, ResponseKind::ListTransactions(r)) => {
+                r.transaction_states.retain(|t| {
+                    a.may(
+                        Describe,
+                        ResourceType::TransactionalId,
+                        t.transactional_id.as_str(),
+                    )
+                });
             }
             (fix, resp) => {
                 tracing::error!(

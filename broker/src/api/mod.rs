@@ -200,7 +200,14 @@ pub struct Session {
     pub inter_broker: bool,
     /// Authentication (SASL listeners) and who the connection is.
     pub auth: std::sync::Mutex<crate::auth::AuthState>,
+    /// Largest frame the connection's reader accepts: small until a SASL
+    /// connection has authenticated (Kafka's sasl.server.max.receive.size).
+    pub frame_limit: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Largest frame before SASL authentication (Kafka's
+/// `sasl.server.max.receive.size` default).
+pub const UNAUTHENTICATED_FRAME_LIMIT: usize = 512 * 1024;
 
 impl Session {
     pub fn new(
@@ -208,12 +215,19 @@ impl Session {
         listener: Arc<str>,
         inter_broker: bool,
         sasl: bool,
+        max_request_bytes: usize,
     ) -> Session {
         use crate::auth::AuthState;
+        let limit = if sasl {
+            max_request_bytes.min(UNAUTHENTICATED_FRAME_LIMIT)
+        } else {
+            max_request_bytes
+        };
         Session {
             peer,
             listener,
             inter_broker,
+            frame_limit: Arc::new(std::sync::atomic::AtomicUsize::new(limit)),
             auth: std::sync::Mutex::new(if sasl {
                 AuthState::AwaitingHandshake
             } else {
@@ -281,7 +295,8 @@ pub async fn handle<'a>(
         image: broker.view().image.clone(),
         caller: crate::auth::authorizer::Caller {
             principal: session.principal(),
-            host: session.peer.ip().to_string(),
+            // IPv4 clients of an IPv6 socket as a.b.c.d, as ACLs name them.
+            host: session.peer.ip().to_canonical().to_string(),
             trusted: session.inter_broker,
         },
         auto_create: broker.args.auto_create_topics,
@@ -338,9 +353,16 @@ async fn handle_whole(
         RequestKind::SaslHandshake(r) => {
             ResponseKind::SaslHandshake(sasl::handshake(&b.auth, session, r, &b.metrics))
         }
-        RequestKind::SaslAuthenticate(r) => ResponseKind::SaslAuthenticate(
-            sasl::authenticate(&b.auth, &b.view().image, session, r, &b.metrics).await,
-        ),
+        RequestKind::SaslAuthenticate(r) => ResponseKind::SaslAuthenticate({
+            let resp = sasl::authenticate(&b.auth, &b.view().image, session, r, &b.metrics).await;
+            if session.lock_auth().admits_requests() {
+                session.frame_limit.store(
+                    b.args.max_request_bytes,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            resp
+        }),
         RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
             sasl::alter_user_scram_credentials(&b.admin(), r).await,
         ),

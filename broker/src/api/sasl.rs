@@ -77,7 +77,10 @@ pub async fn authenticate(
             .with_label_values(&[&session.listener, name, result])
             .inc();
     };
-    match auth.authenticate(&session.auth, image, &req.auth_bytes) {
+    // PBKDF2 (PLAIN) costs milliseconds: off the async workers.
+    let outcome =
+        tokio::task::block_in_place(|| auth.authenticate(&session.auth, image, &req.auth_bytes));
+    match outcome {
         Outcome::Continue(bytes) => resp.auth_bytes = bytes.into(),
         Outcome::Done { principal, bytes } => {
             count("success");

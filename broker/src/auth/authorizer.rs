@@ -70,7 +70,8 @@ impl Authorizer {
         ok
     }
 
-    fn decide(
+    /// The decision, not counted (see `allows`).
+    pub fn decide(
         &self,
         image: &MetadataImage,
         caller: &Caller,

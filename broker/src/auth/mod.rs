@@ -159,7 +159,7 @@ impl Authenticator {
     ) -> Outcome {
         let mechanism = server.mechanism();
         let lookup = |user: &str| find_credential(image, user, mechanism);
-        let fake = |user: &str| self.fake_credential(user);
+        let fake = |user: &str| self.fake_credential(image, mechanism, user);
         match server.step(token, lookup, fake, &self.nonce()) {
             Ok(Step::Continue(bytes)) => {
                 *state = AuthState::Scram(server);
@@ -210,24 +210,37 @@ impl Authenticator {
             Some(_) => failed("wrong password"),
             None => {
                 // As long as a real check, so timing does not tell.
-                let fake = self.fake_credential(user);
+                let fake = self.fake_credential(image, ScramMechanism::Sha512, user);
                 let _ = scram::password_matches(ScramMechanism::Sha512, &fake, password);
                 failed(&format!("unknown user '{user}'"))
             }
         }
     }
 
-    /// A stable made-up credential for a user that does not exist.
-    fn fake_credential(&self, user: &str) -> ScramCredential {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.secret);
+    /// A stable made-up credential for a user that does not exist, shaped
+    /// like the real ones of that mechanism (iterations, salt length), so
+    /// neither the server-first message nor the time spent tells.
+    fn fake_credential(
+        &self,
+        image: &MetadataImage,
+        mechanism: ScramMechanism,
+        user: &str,
+    ) -> ScramCredential {
+        let like = image
+            .scram_credentials
+            .values()
+            .find_map(|m| m.get(&mechanism));
+        let iterations = like.map_or(ScramMechanism::MIN_ITERATIONS, |c| c.iterations);
+        let salt_len = like.map_or(16, |c| c.salt.len()).clamp(1, 64);
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, &self.secret);
         let tag = ring::hmac::sign(&key, user.as_bytes());
-        let mut random = vec![0u8; 64];
+        let mut random = vec![0u8; 128];
         let _ = self.rng.fill(&mut random);
         ScramCredential {
-            salt: tag.as_ref()[..16].to_vec(),
-            stored_key: random[..32].to_vec(),
-            server_key: random[32..].to_vec(),
-            iterations: ScramMechanism::MIN_ITERATIONS,
+            salt: tag.as_ref()[..salt_len].to_vec(),
+            stored_key: random[..64].to_vec(),
+            server_key: random[64..].to_vec(),
+            iterations,
         }
     }
 
