@@ -36,6 +36,8 @@ pub struct Broker {
     pub auth: crate::auth::Authenticator,
     /// ACL checks.
     pub authorizer: crate::auth::authorizer::Authorizer,
+    /// Bearer tokens of the HTTP admin API (None: open).
+    pub admin_tokens: Option<crate::admin::auth::AdminTokens>,
     pub registration: Registration,
     /// The applied metadata: take `view()` once per request.
     pub views: Arc<Views>,
@@ -158,6 +160,11 @@ impl Broker {
         metrics.register(Box::new(auth.attempts.clone()));
         let authorizer = crate::auth::authorizer::from_args(&args)?;
         metrics.register(Box::new(authorizer.denied.clone()));
+        let admin_tokens = args
+            .admin_auth_tokens_file
+            .as_deref()
+            .map(crate::admin::auth::AdminTokens::load)
+            .transpose()?;
         let broker = Broker {
             groups,
             transactions,
@@ -169,6 +176,7 @@ impl Broker {
             node_id: args.node_id,
             auth,
             authorizer,
+            admin_tokens,
             quorum,
             registration,
             views,

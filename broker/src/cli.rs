@@ -35,20 +35,18 @@ pub enum PluginCommand {
 }
 
 /// Runs a plugin command against the admin API at `admin` (host:port).
-pub fn run(admin: &str, cmd: PluginCommand) -> anyhow::Result<()> {
+pub fn run(admin: &str, token: Option<&str>, cmd: PluginCommand) -> anyhow::Result<()> {
+    let request = |method: &str, path: &str, body: &[u8]| request(admin, token, method, path, body);
     let (status, body) = match cmd {
         PluginCommand::Upload { name, kind, file } => {
             let wasm =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let query = kind.map(|k| format!("?kind={k}")).unwrap_or_default();
-            request(admin, "POST", &format!("/v1/plugins/{name}{query}"), &wasm)?
+            request("POST", &format!("/v1/plugins/{name}{query}"), &wasm)?
         }
-        PluginCommand::List => request(admin, "GET", "/v1/plugins", &[])?,
-        PluginCommand::Describe { name } => {
-            request(admin, "GET", &format!("/v1/plugins/{name}"), &[])?
-        }
+        PluginCommand::List => request("GET", "/v1/plugins", &[])?,
+        PluginCommand::Describe { name } => request("GET", &format!("/v1/plugins/{name}"), &[])?,
         PluginCommand::Delete { name, force } => request(
-            admin,
             "DELETE",
             &format!(
                 "/v1/plugins/{name}{}",
@@ -73,12 +71,24 @@ pub fn run(admin: &str, cmd: PluginCommand) -> anyhow::Result<()> {
     }
 }
 
-fn request(admin: &str, method: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+fn request(
+    admin: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    if token.is_some_and(|t| t.contains(['\r', '\n'])) {
+        bail!("the admin token must be one line");
+    }
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut stream = TcpStream::connect(admin)
         .with_context(|| format!("connecting to the broker's admin API at {admin}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;

@@ -94,6 +94,12 @@ pub struct ServeArgs {
     /// `allow.everyone.if.no.acl.found`).
     #[arg(long, env = "SLUICE_ALLOW_EVERYONE_IF_NO_ACL_FOUND", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_everyone_if_no_acl_found: bool,
+    /// File of `principal token` lines (`User:ops 9f2c...`): the HTTP admin
+    /// API then needs `Authorization: Bearer <token>` on everything but
+    /// /healthz and /readyz (401 without), and plugin changes an ACL when
+    /// the authorizer is on (403 without).
+    #[arg(long, env = "SLUICE_ADMIN_AUTH_TOKENS_FILE")]
+    pub admin_auth_tokens_file: Option<PathBuf>,
     /// A failed SASL authentication is answered after this delay, then the
     /// connection closes (Kafka's `connection.failed.authentication.delay.ms`).
     #[arg(
@@ -429,6 +435,9 @@ fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
     crate::listeners::from_args(&args)?;
     crate::listeners::sasl_mechanisms(&args)?;
     crate::auth::authorizer::from_args(&args)?;
+    if let Some(path) = &args.admin_auth_tokens_file {
+        crate::admin::auth::AdminTokens::load(path)?;
+    }
     if args.broker_heartbeat_interval_ms < 10
         || args.broker_session_timeout_ms < 2 * args.broker_heartbeat_interval_ms
     {

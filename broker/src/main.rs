@@ -52,6 +52,15 @@ enum Command {
             global = true
         )]
         admin: String,
+        /// Bearer token for an admin API that requires one
+        /// (`--admin-auth-tokens-file` on the broker).
+        #[arg(
+            long,
+            env = "SLUICE_ADMIN_TOKEN",
+            global = true,
+            hide_env_values = true
+        )]
+        token: Option<String>,
         #[command(subcommand)]
         command: PluginCommand,
     },
@@ -70,7 +79,11 @@ fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
-        Command::Plugin { admin, command } => cli::run(&admin, command),
+        Command::Plugin {
+            admin,
+            token,
+            command,
+        } => cli::run(&admin, token.as_deref(), command),
         Command::Serve(_) => {
             let sub = matches
                 .subcommand_matches("serve")

@@ -969,6 +969,20 @@ pub fn http_delete(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
 }
 
 fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse> {
+    http_as(addr, method, path, None, body)
+}
+
+/// An admin API request with `Authorization: Bearer <token>` when given.
+pub fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<HttpResponse> {
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot connect to admin listener {addr}"))?;
     stream
@@ -976,7 +990,7 @@ fn http_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resu
         .context("cannot set read timeout")?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\nAccept: */*\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .context("cannot send HTTP request")?;

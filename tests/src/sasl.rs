@@ -116,6 +116,7 @@ pub mod codes {
     pub const PREFIXED: i8 = 4;
     pub const READ: i8 = 3;
     pub const WRITE: i8 = 4;
+    pub const ALTER: i8 = 7;
     pub const DESCRIBE: i8 = 8;
     pub const DENY: i8 = 2;
     pub const ALLOW: i8 = 3;

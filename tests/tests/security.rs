@@ -941,3 +941,123 @@ fn acl_apis_without_an_authorizer_say_security_disabled() -> Result<()> {
         anyhow::Ok(())
     })
 }
+
+#[test]
+fn the_admin_api_wants_a_token_and_plugin_changes_an_acl() -> Result<()> {
+    use sluice_tests::http_as;
+    use sluice_tests::sasl::codes::*;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("admin-tokens");
+    let ops = "ops-token-0123456789abcdef";
+    let viewer = "viewer-token-0123456789abcdef";
+    std::fs::write(
+        &tokens,
+        format!("# principal token\nUser:ops {ops}\nUser:viewer {viewer}\n"),
+    )?;
+    let tokens = tokens.to_string_lossy().to_string();
+    let split = SplitListeners {
+        client: "SASL_PLAINTEXT",
+        internal: "PLAINTEXT",
+    };
+    let cluster = Cluster::start_split(
+        1,
+        split,
+        &[
+            "--authorizer-class-name",
+            "StandardAuthorizer",
+            "--admin-auth-tokens-file",
+            &tokens,
+        ],
+    )?;
+    let admin = cluster.brokers[0].admin_addr();
+    // Probes stay open; everything else needs a token.
+    assert_eq!(http_as(admin, "GET", "/healthz", None, b"")?.status, 200);
+    assert_eq!(http_as(admin, "GET", "/readyz", None, b"")?.status, 200);
+    for path in ["/metrics", "/v1/plugins"] {
+        assert_eq!(
+            http_as(admin, "GET", path, None, b"")?.status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            http_as(admin, "GET", path, Some("wrong-token-0123456789"), b"")?.status,
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        http_as(admin, "GET", "/metrics", Some(viewer), b"")?.status,
+        200
+    );
+    // Plugins: DESCRIBE to read, ALTER to change, as ACLs on the cluster.
+    let wasm = sluice_tests::example_plugin("keep_filter.wasm")?;
+    let upload = "/v1/plugins/keep?kind=filter";
+    assert_eq!(
+        http_as(admin, "POST", upload, Some(ops), &wasm)?.status,
+        403
+    );
+    assert_eq!(
+        http_as(admin, "GET", "/v1/plugins", Some(viewer), b"")?.status,
+        403
+    );
+    runtime()?.block_on(async {
+        let internal = Connection::connect(cluster.internal_addr(0), "setup", WAIT).await?;
+        sluice_tests::sasl::create_acls(
+            &internal,
+            &[
+                (CLUSTER, "kafka-cluster", LITERAL, "User:ops", ALTER, ALLOW),
+                (
+                    CLUSTER,
+                    "kafka-cluster",
+                    LITERAL,
+                    "User:viewer",
+                    DESCRIBE,
+                    ALLOW,
+                ),
+            ],
+        )
+        .await
+    })?;
+    let uploaded = http_as(admin, "POST", upload, Some(ops), &wasm)?;
+    ensure!(
+        uploaded.status / 100 == 2,
+        "{} {}",
+        uploaded.status,
+        uploaded.body
+    );
+    let listed = http_as(admin, "GET", "/v1/plugins", Some(viewer), b"")?;
+    ensure!(
+        listed.status == 200 && listed.body.contains("keep"),
+        "{}",
+        listed.body
+    );
+    assert_eq!(
+        http_as(admin, "DELETE", "/v1/plugins/keep", Some(viewer), b"")?.status,
+        403
+    );
+    // The CLI takes the token.
+    let cli = |token: Option<&str>| -> Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(sluice_tests::broker_binary()?);
+        cmd.args(["plugin", "list", "--admin", &admin.to_string()]);
+        cmd.env_remove("SLUICE_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        Ok(cmd.output()?)
+    };
+    let with = cli(Some(viewer))?;
+    ensure!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    ensure!(String::from_utf8_lossy(&with.stdout).contains("keep"));
+    let without = cli(None)?;
+    ensure!(!without.status.success());
+    ensure!(
+        String::from_utf8_lossy(&without.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    Ok(())
+}

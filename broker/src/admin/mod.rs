@@ -2,8 +2,10 @@
 //! `/readyz` (200 once logs are recovered and the Kafka listener is up, and
 //! while disk writes work; otherwise 503 with the reason), and the plugin
 //! registry under `/v1/plugins` (see `plugins`). While the broker starts,
-//! `serve_starting` answers `/healthz` and `/readyz` alone.
+//! `serve_starting` answers `/healthz` and `/readyz` alone. Who may call
+//! what: `auth`.
 
+pub mod auth;
 mod plugins;
 
 use std::sync::Arc;
@@ -33,6 +35,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         )
         .layer(axum::extract::DefaultBodyLimit::max(
             sluice_plugin_host::registry::MAX_MODULE_BYTES + 1024,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            auth::authenticate,
         ))
         .with_state(broker)
 }

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::auth::{AdminPrincipal, refusal};
 use crate::broker::Broker;
+use sluice_metadata::acl::Operation;
 use sluice_metadata::image::{Command, MetadataError, Wasm};
 use sluice_plugin_host::{PluginKind, RegistryError, VersionInfo};
 use sluice_storage::now_ms;
@@ -66,7 +68,13 @@ fn view(b: &Broker, name: &str, versions: Vec<VersionInfo>) -> PluginView {
     }
 }
 
-pub async fn list(State(b): State<Arc<Broker>>) -> Response {
+pub async fn list(
+    State(b): State<Arc<Broker>>,
+    Extension(who): Extension<AdminPrincipal>,
+) -> Response {
+    if let Some(refused) = refusal(&b, &who, Operation::Describe) {
+        return refused;
+    }
     let all: Vec<PluginView> = b
         .plugins
         .registry
@@ -77,7 +85,14 @@ pub async fn list(State(b): State<Arc<Broker>>) -> Response {
     Json(all).into_response()
 }
 
-pub async fn describe(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+pub async fn describe(
+    State(b): State<Arc<Broker>>,
+    Extension(who): Extension<AdminPrincipal>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(refused) = refusal(&b, &who, Operation::Describe) {
+        return refused;
+    }
     match b.plugins.registry.versions(&name) {
         Some(v) => Json(view(&b, &name, v)).into_response(),
         None => error(
@@ -89,10 +104,14 @@ pub async fn describe(State(b): State<Arc<Broker>>, Path(name): Path<String>) ->
 
 pub async fn upload(
     State(b): State<Arc<Broker>>,
+    Extension(who): Extension<AdminPrincipal>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = refusal(&b, &who, Operation::Alter) {
+        return refused;
+    }
     let kind = match q.get("kind").map(|k| k.parse::<PluginKind>()) {
         Some(Ok(k)) => k,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
@@ -182,9 +201,13 @@ const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn delete(
     State(b): State<Arc<Broker>>,
+    Extension(who): Extension<AdminPrincipal>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(refused) = refusal(&b, &who, Operation::Alter) {
+        return refused;
+    }
     let force = q.get("force").is_some_and(|v| v == "true" || v == "1");
     if b.plugins.registry.versions(&name).is_none() {
         return error(
