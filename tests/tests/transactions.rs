@@ -934,6 +934,23 @@ fn recovery(e: &rdkafka::error::KafkaError) -> Recovery {
     }
 }
 
+/// Restarts the nemesis' victim once its time down is over.
+fn restart_due(
+    cluster: &mut Cluster,
+    down: &mut Option<(usize, tokio::time::Instant)>,
+    next_kill: &mut tokio::time::Instant,
+) -> Result<()> {
+    let now = tokio::time::Instant::now();
+    if let Some((v, until)) = *down
+        && now >= until
+    {
+        cluster.restart(v)?;
+        *down = None;
+        *next_kill = now + Duration::from_secs(2);
+    }
+    Ok(())
+}
+
 /// Consume-transform-produce while a random broker is SIGKILLed every few
 /// seconds (the transaction coordinator, the group coordinator and
 /// partition leaders among them) and restarted: every input record's
@@ -1003,12 +1020,8 @@ async fn consume_transform_produce_is_exactly_once_while_brokers_are_killed() ->
             "{committed_total} of {records} committed before the deadline ({kills} kills, {aborts} aborts)"
         );
         let now = tokio::time::Instant::now();
+        restart_due(&mut cluster, &mut down, &mut next_kill)?;
         match down {
-            Some((v, until)) if now >= until => {
-                cluster.restart(v)?;
-                down = None;
-                next_kill = now + Duration::from_secs(2);
-            }
             None if now >= next_kill && kills < 8 => {
                 victim = (victim + 1) % 3;
                 cluster.kill(victim);
@@ -1070,6 +1083,11 @@ async fn consume_transform_produce_is_exactly_once_while_brokers_are_killed() ->
         match attempt {
             Ok(()) => {}
             Err(e) => {
+                // A victim whose time is up comes back before recovery, not
+                // only at the top of the loop: librdkafka can keep its
+                // transaction coordinator pointed at a killed broker until
+                // that broker returns, and these calls block meanwhile.
+                restart_due(&mut cluster, &mut down, &mut next_kill)?;
                 match recovery(&e) {
                     Recovery::NewProducer => {
                         new_producers += 1;
@@ -1079,6 +1097,7 @@ async fn consume_transform_produce_is_exactly_once_while_brokers_are_killed() ->
                         aborts += 1;
                         if let Err(e) = tokio::task::block_in_place(|| p.abort_transaction(WAIT)) {
                             eprintln!("abort failed ({e}); a new producer instance");
+                            restart_due(&mut cluster, &mut down, &mut next_kill)?;
                             new_producers += 1;
                             p = transactional(&cluster, &id, "60000")?;
                         }
