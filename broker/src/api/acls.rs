@@ -19,7 +19,6 @@ use kafka_protocol::protocol::StrBytes;
 use super::authorize::Authz;
 use super::services::Admin;
 use super::{error_code, str_bytes};
-use crate::cluster::topics::PROPOSE_TIMEOUT;
 use sluice_metadata::acl::{
     AclBinding, AclFilter, CLUSTER_NAME, Operation, PatternFilter, PatternType, Permission,
     ResourceType,
@@ -117,20 +116,18 @@ fn filter(
 }
 
 /// None when the request may proceed; else the error for every part.
-fn refusal(authz: &Authz, op: Operation) -> Option<(ResponseError, String)> {
-    if !authz.authorizer.enabled {
+fn refusal(b: &Admin, authz: Option<&Authz>, op: Operation) -> Option<(ResponseError, String)> {
+    if !b.authorizer_enabled {
         return Some((
             ResponseError::SecurityDisabled,
             "No authorizer is configured (authorizer-class-name)".into(),
         ));
     }
-    if !authz.authorizer.allows(
-        &authz.image,
-        &authz.caller,
-        op,
-        ResourceType::Cluster,
-        CLUSTER_NAME,
-    ) {
+    // No `Authz`: the trusted inter-broker listener.
+    if authz.is_some_and(|a| {
+        !a.authorizer
+            .allows(&a.image, &a.caller, op, ResourceType::Cluster, CLUSTER_NAME)
+    }) {
         return Some((
             ResponseError::ClusterAuthorizationFailed,
             format!("{op:?} on the cluster is needed"),
@@ -141,11 +138,11 @@ fn refusal(authz: &Authz, op: Operation) -> Option<(ResponseError, String)> {
 
 pub async fn create_acls(
     b: &Admin<'_>,
-    authz: &Authz<'_>,
+    authz: Option<&Authz<'_>>,
     req: CreateAclsRequest,
 ) -> CreateAclsResponse {
     let mut resp = CreateAclsResponse::default();
-    if let Some((e, message)) = refusal(authz, Operation::Alter) {
+    if let Some((e, message)) = refusal(b, authz, Operation::Alter) {
         let code = error_code(b.metrics, e);
         resp.results = req
             .creations
@@ -167,20 +164,10 @@ pub async fn create_acls(
     let committed = if valid.is_empty() {
         Ok(())
     } else {
-        match b
-            .quorum
-            .propose_indexed(Command::CreateAcls { acls: valid }, PROPOSE_TIMEOUT)
+        super::change_metadata(b, Command::CreateAcls { acls: valid })
             .await
-        {
-            Ok(p) => match p.result {
-                Ok(_) => {
-                    let _ = super::committed(b.views, p.index).await;
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        }
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     for p in parsed {
         let mut r = AclCreationResult::default();
@@ -202,11 +189,11 @@ pub async fn create_acls(
 
 pub fn describe_acls(
     b: &Admin<'_>,
-    authz: &Authz<'_>,
+    authz: Option<&Authz<'_>>,
     req: DescribeAclsRequest,
 ) -> DescribeAclsResponse {
     let mut resp = DescribeAclsResponse::default();
-    if let Some((e, message)) = refusal(authz, Operation::Describe) {
+    if let Some((e, message)) = refusal(b, authz, Operation::Describe) {
         resp.error_code = error_code(b.metrics, e);
         resp.error_message = Some(str_bytes(message));
         return resp;
@@ -261,11 +248,11 @@ pub fn describe_acls(
 
 pub async fn delete_acls(
     b: &Admin<'_>,
-    authz: &Authz<'_>,
+    authz: Option<&Authz<'_>>,
     req: DeleteAclsRequest,
 ) -> DeleteAclsResponse {
     let mut resp = DeleteAclsResponse::default();
-    let whole = refusal(authz, Operation::Alter);
+    let whole = refusal(b, authz, Operation::Alter);
     let parsed: Vec<Result<AclFilter, String>> = req
         .filters
         .iter()
@@ -288,19 +275,9 @@ pub async fn delete_acls(
     let outcome: Result<Vec<Vec<AclBinding>>, (ResponseError, String)> = match whole {
         Some(refused) => Err(refused),
         None if valid.is_empty() => Ok(Vec::new()),
-        None => match b
-            .quorum
-            .propose_indexed(Command::DeleteAcls { filters: valid }, PROPOSE_TIMEOUT)
-            .await
-        {
-            Ok(p) => match p.result {
-                Ok(Applied::AclsDeleted { deleted }) => {
-                    let _ = super::committed(b.views, p.index).await;
-                    Ok(deleted)
-                }
-                Ok(other) => Err((ResponseError::UnknownServerError, format!("{other:?}"))),
-                Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
-            },
+        None => match super::change_metadata(b, Command::DeleteAcls { filters: valid }).await {
+            Ok(Applied::AclsDeleted { deleted }) => Ok(deleted),
+            Ok(other) => Err((ResponseError::UnknownServerError, format!("{other:?}"))),
             Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
         },
     };

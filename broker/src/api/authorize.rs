@@ -74,10 +74,6 @@ impl Authz<'_> {
         self.authorizer
             .authorized_operations(&self.image, &self.caller, rt, name)
     }
-
-    fn active(&self) -> bool {
-        self.authorizer.enabled && !self.caller.trusted
-    }
 }
 
 /// Topics (with their partitions) left out of a request, for the response.
@@ -125,6 +121,17 @@ pub enum Fix {
     ListTransactions,
 }
 
+/// A Fetch partition answered with `error` instead of records.
+pub fn refused_fetch(partition: i32, error: i16) -> fetch_response::PartitionData {
+    let mut pd = fetch_response::PartitionData::default();
+    pd.partition_index = partition;
+    pd.error_code = error;
+    pd.high_watermark = -1;
+    pd.last_stable_offset = -1;
+    pd.log_start_offset = -1;
+    pd
+}
+
 /// What happens to a request after the checks.
 pub enum Checked {
     Serve(RequestKind, Fix),
@@ -151,11 +158,13 @@ fn split<T>(items: &mut Vec<T>, keep: impl Fn(&T) -> bool) -> Vec<T> {
     denied
 }
 
-pub fn check(a: &Authz, req: RequestKind, version: i16) -> Checked {
+/// `a` is `None` where nothing is checked (no authorizer, or the trusted
+/// inter-broker listener).
+pub fn check(a: Option<&Authz>, req: RequestKind, version: i16) -> Checked {
     use Operation::*;
-    if !a.active() {
+    let Some(a) = a else {
         return Checked::Serve(req, Fix::None);
-    }
+    };
     match req {
         RequestKind::Produce(mut r) => {
             if let Some(id) = &r.transactional_id
@@ -768,8 +777,10 @@ fn add_partitions_denied(
 
 impl Fix {
     /// Puts the refused parts back into the handler's response.
-    pub fn apply(self, a: &Authz, resp: &mut ResponseKind) {
+    /// `a` is `None` only with `Fix::None` (nothing was checked).
+    pub fn apply(self, a: Option<&Authz>, resp: &mut ResponseKind) {
         use Operation::*;
+        let Some(a) = a else { return };
         match (self, resp) {
             (Fix::None, _) => {}
             (Fix::Produce(denied, error), ResponseKind::Produce(r)) => {
@@ -797,15 +808,7 @@ impl Fix {
                     t.topic = name;
                     t.partitions = partitions
                         .into_iter()
-                        .map(|p| {
-                            let mut pd = fetch_response::PartitionData::default();
-                            pd.partition_index = p;
-                            pd.error_code = code(TOPIC_DENIED);
-                            pd.high_watermark = -1;
-                            pd.last_stable_offset = -1;
-                            pd.log_start_offset = -1;
-                            pd
-                        })
+                        .map(|p| refused_fetch(p, code(TOPIC_DENIED)))
                         .collect();
                     r.responses.push(t);
                 }

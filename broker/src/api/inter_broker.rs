@@ -8,9 +8,7 @@
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::AddPartitionsToTxnResponse;
-use kafka_protocol::messages::fetch_response::{
-    FetchResponse, FetchableTopicResponse, PartitionData,
-};
+use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse};
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
     WriteTxnMarkersResponse,
@@ -43,15 +41,11 @@ pub fn refusal(
                 let mut tr = FetchableTopicResponse::default();
                 tr.topic = t.topic.clone();
                 tr.topic_id = t.topic_id;
-                for p in &t.partitions {
-                    let mut pd = PartitionData::default();
-                    pd.partition_index = p.partition;
-                    pd.error_code = code;
-                    pd.high_watermark = -1;
-                    pd.last_stable_offset = -1;
-                    pd.log_start_offset = -1;
-                    tr.partitions.push(pd);
-                }
+                tr.partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| super::authorize::refused_fetch(p.partition, code))
+                    .collect();
                 resp.responses.push(tr);
             }
             ("FollowerFetch", ResponseKind::Fetch(resp))

@@ -81,6 +81,8 @@ pub mod services {
         pub topics: &'a TopicRegistry,
         pub plugins: &'a PluginHost,
         pub metrics: &'a Metrics,
+        /// Whether ACLs are on (the ACL APIs answer SECURITY_DISABLED if not).
+        pub authorizer_enabled: bool,
     }
 
     /// The consumer-group APIs.
@@ -148,6 +150,7 @@ pub mod services {
                 topics: &self.topics,
                 plugins: &self.plugins,
                 metrics: &self.metrics,
+                authorizer_enabled: self.authorizer.enabled,
             }
         }
 
@@ -189,6 +192,41 @@ pub(crate) async fn committed(
             "committed change {index} was not applied here within {PROPOSE_TIMEOUT:?}"
         ))
     })
+}
+
+/// Why a change to the replicated metadata did not happen.
+pub(crate) enum ChangeFailed {
+    /// No controller took it (none elected, unreachable, timed out).
+    Unavailable(String),
+    /// The controller's state machine refused it.
+    Refused(sluice_metadata::image::MetadataError),
+}
+
+/// Proposes `command` to the controller quorum and, once committed, waits
+/// until this broker's view has applied it, so a read right after sees it.
+pub(crate) async fn change_metadata(
+    b: &services::Admin<'_>,
+    command: sluice_metadata::image::Command,
+) -> Result<sluice_metadata::image::Applied, ChangeFailed> {
+    use crate::cluster::topics::PROPOSE_TIMEOUT;
+    let proposed = b
+        .quorum
+        .propose_indexed(command, PROPOSE_TIMEOUT)
+        .await
+        .map_err(|e| ChangeFailed::Unavailable(e.to_string()))?;
+    let applied = proposed.result.map_err(ChangeFailed::Refused)?;
+    // Committed either way; a slow local apply only delays reading it.
+    let _ = committed(b.views, proposed.index).await;
+    Ok(applied)
+}
+
+impl std::fmt::Display for ChangeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeFailed::Unavailable(m) => f.write_str(m),
+            ChangeFailed::Refused(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// Where a connection's requests come from: the client's address and the
@@ -290,18 +328,21 @@ pub async fn handle<'a>(
         header,
         body,
     } = req;
-    let authz = authorize::Authz {
+    // Built only where something is checked: with the authorizer off, or
+    // for the trusted inter-broker listener (replication's hot path),
+    // requests pay nothing for it.
+    let authz = (broker.authorizer.enabled && !session.inter_broker).then(|| authorize::Authz {
         authorizer: &broker.authorizer,
         image: broker.view().image.clone(),
         caller: crate::auth::authorizer::Caller {
             principal: session.principal(),
             // IPv4 clients of an IPv6 socket as a.b.c.d, as ACLs name them.
             host: session.peer.ip().to_canonical().to_string(),
-            trusted: session.inter_broker,
+            trusted: false,
         },
         auto_create: broker.args.auto_create_topics,
-    };
-    let (body, fix) = match authorize::check(&authz, body, version) {
+    });
+    let (body, fix) = match authorize::check(authz.as_ref(), body, version) {
         authorize::Checked::Answer(resp) => return Box::pin(std::future::ready(Some(resp))),
         authorize::Checked::Serve(body, fix) => (body, fix),
     };
@@ -311,7 +352,7 @@ pub async fn handle<'a>(
             return Box::pin(async move {
                 pending.await.map(|r| {
                     let mut resp = ResponseKind::Produce(r);
-                    fix.apply(&authz, &mut resp);
+                    fix.apply(authz.as_ref(), &mut resp);
                     resp
                 })
             });
@@ -323,9 +364,9 @@ pub async fn handle<'a>(
             body,
         },
     };
-    let mut resp = handle_whole(broker, session, &authz, req).await;
+    let mut resp = handle_whole(broker, session, authz.as_ref(), req).await;
     if let Some(r) = resp.as_mut() {
-        fix.apply(&authz, r);
+        fix.apply(authz.as_ref(), r);
     }
     Box::pin(std::future::ready(resp))
 }
@@ -333,7 +374,7 @@ pub async fn handle<'a>(
 async fn handle_whole(
     broker: &Arc<Broker>,
     session: &Session,
-    authz: &authorize::Authz<'_>,
+    authz: Option<&authorize::Authz<'_>>,
     req: DecodedRequest,
 ) -> Option<ResponseKind> {
     let v = req.version;

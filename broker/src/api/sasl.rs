@@ -17,9 +17,8 @@ use kafka_protocol::messages::{
 };
 
 use super::services::Admin;
-use super::{Session, error_code, str_bytes};
+use super::{ChangeFailed, Session, error_code, str_bytes};
 use crate::auth::{AuthState, Authenticator, Mechanism, Outcome};
-use crate::cluster::topics::PROPOSE_TIMEOUT;
 use sluice_metadata::image::{Command, MetadataError};
 use sluice_metadata::scram::ScramMechanism;
 
@@ -227,18 +226,15 @@ async fn apply(
                 mechanism,
             },
         };
-        match b.quorum.propose_indexed(command, PROPOSE_TIMEOUT).await {
-            Ok(p) => match p.result {
-                Ok(_) => {
-                    // Read-your-writes: a Describe right after sees it.
-                    let _ = super::committed(b.views, p.index).await;
-                }
-                Err(MetadataError::ResourceNotFound(m)) => {
-                    return Err((ResponseError::ResourceNotFound, m));
-                }
-                Err(e) => return Err((ResponseError::UnknownServerError, e.to_string())),
-            },
-            Err(e) => return Err((ResponseError::NotController, e.to_string())),
+        match super::change_metadata(b, command).await {
+            Ok(_) => {}
+            Err(ChangeFailed::Refused(MetadataError::ResourceNotFound(m))) => {
+                return Err((ResponseError::ResourceNotFound, m));
+            }
+            Err(ChangeFailed::Refused(e)) => {
+                return Err((ResponseError::UnknownServerError, e.to_string()));
+            }
+            Err(ChangeFailed::Unavailable(m)) => return Err((ResponseError::NotController, m)),
         }
     }
     Ok(())
