@@ -61,6 +61,15 @@ pub struct ServeArgs {
     /// it changes.
     #[arg(long, env = "SLUICE_SSL_KEYSTORE_LOCATION")]
     pub ssl_keystore_location: Option<PathBuf>,
+    /// PEM file with the private key, when the keystore file holds only
+    /// the certificate chain (Kubernetes TLS Secrets and cert-manager keep
+    /// them apart: `tls.key`, `tls.crt`). Re-read when it changes.
+    #[arg(
+        long,
+        env = "SLUICE_SSL_KEYSTORE_KEY_LOCATION",
+        requires = "ssl_keystore_location"
+    )]
+    pub ssl_keystore_key_location: Option<PathBuf>,
     /// PEM file of the CA certificates that client certificates (and peer
     /// brokers' certificates) must chain to. Re-read when it changes.
     #[arg(long, env = "SLUICE_SSL_TRUSTSTORE_LOCATION")]
@@ -293,6 +302,15 @@ pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9092);
 
 impl ServeArgs {
+    /// The keystore files (`ssl-keystore-location`, plus
+    /// `ssl-keystore-key-location` when the key is kept apart).
+    pub fn keystore(&self) -> Option<sluice_client::tls::KeystoreFiles> {
+        Some(sluice_client::tls::KeystoreFiles {
+            chain: self.ssl_keystore_location.clone()?,
+            key: self.ssl_keystore_key_location.clone(),
+        })
+    }
+
     /// The single listener's address (`--listen` or its default).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.unwrap_or(DEFAULT_LISTEN)

@@ -8,13 +8,13 @@
 //! settings; `crate::server` serves them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
 use crate::config::ServeArgs;
-use sluice_client::tls::{self, ClientTls, Reloading, TlsError, Transport};
+use sluice_client::tls::{self, ClientTls, KeystoreFiles, Reloading, TlsError, Transport};
 
 /// Kafka's security protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,10 +333,7 @@ pub fn server_tls(args: &ServeArgs, spec: &ListenerSpec) -> anyhow::Result<Optio
     if !spec.protocol.uses_tls() {
         return Ok(None);
     }
-    let keystore = args
-        .ssl_keystore_location
-        .clone()
-        .context("ssl-keystore-location")?;
+    let keystore = args.keystore().context("ssl-keystore-location")?;
     let truststore = args.ssl_truststore_location.clone();
     let auth = if spec.inter_broker {
         ClientAuth::Required
@@ -347,7 +344,7 @@ pub fn server_tls(args: &ServeArgs, spec: &ListenerSpec) -> anyhow::Result<Optio
             _ => ClientAuth::None,
         }
     };
-    let mut files = vec![keystore.clone()];
+    let mut files = keystore.paths();
     files.extend(truststore.clone());
     let build = move || build_server_config(&keystore, truststore.as_ref(), auth);
     let reloading = Reloading::new(files, build)
@@ -356,7 +353,7 @@ pub fn server_tls(args: &ServeArgs, spec: &ListenerSpec) -> anyhow::Result<Optio
 }
 
 fn build_server_config(
-    keystore: &Path,
+    keystore: &KeystoreFiles,
     truststore: Option<&PathBuf>,
     auth: ClientAuth,
 ) -> Result<rustls::ServerConfig, TlsError> {
@@ -384,7 +381,7 @@ fn build_server_config(
     };
     let mut config = builder
         .with_single_cert(id.chain, id.key)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", keystore.display())))?;
+        .map_err(|e| TlsError::Config(format!("{}: {e}", keystore.chain.display())))?;
     // Kafka speaks no ALPN; clients that offer some still connect.
     config.alpn_protocols.clear();
     Ok(config)
@@ -405,7 +402,7 @@ pub fn peer_transport(args: &ServeArgs, specs: &[ListenerSpec]) -> anyhow::Resul
         .context("ssl-truststore-location")?;
     Ok(Transport::tls(ClientTls {
         truststore,
-        keystore: args.ssl_keystore_location.clone(),
+        keystore: args.keystore(),
         verify_hostname: args.ssl_endpoint_identification_algorithm == "https",
     })?)
 }

@@ -23,6 +23,8 @@ const MAX_BODY: usize = 8 << 20;
 pub struct BrokerAdmin {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
+    /// Bearer token (brokers with `admin-auth-tokens-file`).
+    token: Option<String>,
 }
 
 fn kind_name(k: &PluginKind) -> &'static str {
@@ -39,7 +41,13 @@ impl BrokerAdmin {
         BrokerAdmin {
             client: Client::builder(TokioExecutor::new()).build_http(),
             base: base.trim_end_matches('/').to_string(),
+            token: None,
         }
+    }
+
+    pub fn with_token(mut self, token: Option<String>) -> BrokerAdmin {
+        self.token = token;
+        self
     }
 
     async fn call(
@@ -49,10 +57,14 @@ impl BrokerAdmin {
         body: Vec<u8>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         let url = format!("{}{path}", self.base);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method.clone())
             .uri(&url)
-            .header(http::header::CONTENT_TYPE, "application/wasm")
+            .header(http::header::CONTENT_TYPE, "application/wasm");
+        if let Some(token) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
             .body(Full::new(Bytes::from(body)))
             .with_context(|| format!("bad admin URL {url}"))?;
         let exchange = async {

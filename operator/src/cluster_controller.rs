@@ -5,17 +5,19 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 
-use crate::broker_admin::BrokerAdmin;
 use crate::cluster_objects::{CONFIG_HASH_ANNOTATION, ClusterObjects};
 use crate::cluster_plan::{self, Action, Observed, ObservedPod};
-use crate::context::{self, Context};
+use crate::context::{self, BrokerAccess, Context};
 use crate::crd::Cluster;
 use crate::error::{Error, Result};
 use crate::kube_writes;
@@ -57,11 +59,17 @@ fn observe_pod(p: &Pod) -> Option<ObservedPod> {
 
 /// Under-replicated partitions summed over the ready brokers (each counts
 /// the partitions it leads); `None` if any broker cannot be asked.
-async fn under_replicated(ctx: &Context, c: &Cluster, pods: &[ObservedPod]) -> Option<u64> {
+async fn under_replicated(
+    ctx: &Context,
+    c: &Cluster,
+    access: Option<&BrokerAccess>,
+    pods: &[ObservedPod],
+) -> Option<u64> {
     let mut total = 0.0;
     for p in pods.iter().filter(|p| p.ready) {
         let url = ctx.endpoints.broker_admin(c, p.ordinal)?;
-        match BrokerAdmin::new(&url)
+        match access?
+            .admin_api(&url)
             .gauge("sluice_cluster", "value=\"under_replicated_partitions\"")
             .await
         {
@@ -105,9 +113,19 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
         .iter()
         .filter_map(observe_pod)
         .collect();
-    let under = under_replicated(ctx, c, &pods).await;
-    let replicas = match current_brokers {
-        Some(_) => match crate::topic_controller::connect(ctx, c).await {
+    // Before the first apply there are no brokers (nor, with
+    // authorization, the credentials Secret) to ask.
+    let access = match current_brokers {
+        Some(_) => ctx
+            .access(c)
+            .await
+            .inspect_err(|e| tracing::info!(error = %e, "cannot reach the brokers"))
+            .ok(),
+        None => None,
+    };
+    let under = under_replicated(ctx, c, access.as_ref(), &pods).await;
+    let replicas = match &access {
+        Some(a) => match a.kafka_admin().await {
             Ok(mut a) => a.replica_summary().await.ok(),
             Err(_) => None,
         },
@@ -127,6 +145,7 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
     let mut rolling = false;
     for action in cluster_plan::plan(&observed) {
         match action {
+            Action::EnsureCredentials => ensure_credentials(ctx, c).await?,
             Action::Apply(objects) => apply_objects(ctx, &ns, *objects).await?,
             Action::DeletePod { ordinal } => {
                 rolling = true;
@@ -183,4 +202,45 @@ async fn apply_objects(ctx: &Context, ns: &str, o: ClusterObjects) -> Result<()>
         kube_writes::apply_if_changed(&api, &sm.name_any(), &sm).await?;
     }
     Ok(())
+}
+
+/// Creates the Cluster's credentials Secret (random tokens for the operator
+/// and for metrics scrapes, and the brokers' tokens file listing them)
+/// unless it exists: tokens are made once and never rotated by a
+/// reconcile. Owned by the Cluster, so it goes with it.
+async fn ensure_credentials(ctx: &Context, c: &Cluster) -> Result<()> {
+    use crate::cluster_objects::{
+        ADMIN_TOKENS_KEY, METRICS_PRINCIPAL, METRICS_TOKEN_KEY, OPERATOR_PRINCIPAL,
+        OPERATOR_TOKEN_KEY, credentials_secret_name,
+    };
+    let ns = c.namespace().unwrap_or_default();
+    let name = credentials_secret_name(&c.name_any());
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let operator = context::random_token()?;
+    let metrics = context::random_token()?;
+    let tokens = format!(
+        "# Made by sluice-operator: principal token\n{OPERATOR_PRINCIPAL} {operator}\n{METRICS_PRINCIPAL} {metrics}\n"
+    );
+    let secret = Secret {
+        metadata: crate::cluster_objects::owned_meta(c, name),
+        data: Some(
+            [
+                (ADMIN_TOKENS_KEY, tokens),
+                (OPERATOR_TOKEN_KEY, operator),
+                (METRICS_TOKEN_KEY, metrics),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        // Made meanwhile by another reconcile: that one stands.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        other => other.map(|_| ()).map_err(Error::from),
+    }
 }

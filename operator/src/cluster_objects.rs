@@ -12,15 +12,22 @@
 //! their per-pod DNS names (the controller quorum and replication run on
 //! the Kafka port). The quorum's voters are fixed when the cluster first
 //! starts: growing a running cluster's quorum is not supported yet.
+//!
+//! Security (`listeners`, `tls`, `authorization`): the Kafka port becomes
+//! the `INTERNAL` listener (mutual TLS with the `tls` Secret's certificate
+//! when there is one), each client listener gets its port, and with
+//! authorization the brokers require the tokens of the operator's
+//! credentials Secret on their admin API (see `OPERATOR_PRINCIPAL`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -29,7 +36,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::crd::Cluster;
+use crate::crd::{Cluster, ListenerAuthentication};
 
 /// Time a broker pod gets between SIGTERM and SIGKILL: covers the broker's
 /// controlled shutdown (moving its leaderships, then answering the
@@ -45,6 +52,29 @@ const CONFIG_FILE: &str = "sluice.yaml";
 /// Pod-template annotation carrying the digest of the broker config: a
 /// config change is a template change, which the controller rolls.
 pub const CONFIG_HASH_ANNOTATION: &str = "sluice.dev/config-hash";
+/// The brokers' own listener (replication, the controller quorum, the
+/// operator's Kafka requests) on `KAFKA_PORT`.
+pub const INTERNAL_LISTENER: &str = "INTERNAL";
+/// Where the `tls` Secret is mounted (not under the read-only config
+/// volume: a mount point cannot be made inside it).
+const TLS_DIR: &str = "/etc/sluice-tls";
+const CREDENTIALS_DIR: &str = "/etc/sluice-credentials";
+/// The principal the operator's admin-API token stands for: a super user.
+pub const OPERATOR_PRINCIPAL: &str = "User:sluice-operator";
+/// The principal of the metrics token (a ServiceMonitor's scrapes).
+pub const METRICS_PRINCIPAL: &str = "User:sluice-metrics";
+/// Keys of the credentials Secret the operator makes for a Cluster with
+/// authorization: the brokers' `admin-auth-tokens-file`, and the two
+/// tokens it lists.
+pub const ADMIN_TOKENS_KEY: &str = "admin-tokens";
+pub const OPERATOR_TOKEN_KEY: &str = "operator-token";
+pub const METRICS_TOKEN_KEY: &str = "metrics-token";
+const STANDARD_AUTHORIZER: &str = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
+
+/// The Secret with the operator's admin-API tokens for `cluster`.
+pub fn credentials_secret_name(cluster: &str) -> String {
+    format!("{cluster}-operator-credentials")
+}
 
 /// Every object of one Cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,7 +140,8 @@ fn owner(c: &Cluster) -> OwnerReference {
     }
 }
 
-fn meta(c: &Cluster, name: String) -> ObjectMeta {
+/// Metadata of an object `c` owns (deleted with it).
+pub fn owned_meta(c: &Cluster, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: c.metadata.namespace.clone(),
@@ -170,27 +201,38 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
     let name = c.metadata.name.clone().unwrap_or_default();
     let ns = c.metadata.namespace.clone().unwrap_or_default();
     let config = config_file(c);
-    let config_hash = format!("{:x}", Sha256::digest(config.as_bytes()));
+    // The settings a broker reads at start: its config file and the
+    // security settings (environment, mounted Secrets). Not the broker
+    // count: scaling does not restart the brokers already there.
+    let security = serde_json::to_string(&(
+        &c.spec.listeners,
+        &c.spec.tls,
+        &c.spec.sasl_mechanisms,
+        &c.spec.authorization,
+    ))
+    .unwrap_or_default();
+    // Default security hashes as before it existed: an operator upgrade
+    // does not restart every broker.
+    let hashed = if secured(c) || c.spec.authorization.is_some() {
+        format!("{config}\0{security}")
+    } else {
+        config.clone()
+    };
+    let config_hash = format!("{:x}", Sha256::digest(hashed.as_bytes()));
     let selector = LabelSelector {
         match_labels: Some(selector_labels(&name)),
         ..Default::default()
     };
-    let ports = vec![
-        ServicePort {
-            name: Some("kafka".into()),
-            port: KAFKA_PORT,
-            target_port: Some(IntOrString::String("kafka".into())),
+    let ports: Vec<ServicePort> = named_ports(c)
+        .into_iter()
+        .map(|(port_name, port)| ServicePort {
+            name: Some(port_name.clone()),
+            port,
+            target_port: Some(IntOrString::String(port_name)),
             protocol: Some("TCP".into()),
             ..Default::default()
-        },
-        ServicePort {
-            name: Some("admin".into()),
-            port: ADMIN_PORT,
-            target_port: Some(IntOrString::String("admin".into())),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        },
-    ];
+        })
+        .collect();
     let container = Container {
         name: "broker".into(),
         image: Some(c.spec.image.clone()),
@@ -199,58 +241,61 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
         ]),
-        env: Some(vec![
-            env_from_field("POD_NAME", "metadata.name"),
-            // The id is the pod's ordinal: from the pod-index label where
-            // the API server sets it (1.28+; empty before), else from the
-            // host name, the pod's name (`demo-2`).
-            env("SLUICE_NODE_ID_FROM_HOSTNAME", "true"),
-            env_from_field(
-                "SLUICE_POD_INDEX",
-                "metadata.labels['apps.kubernetes.io/pod-index']",
-            ),
-            env("SLUICE_LISTEN", &format!("0.0.0.0:{KAFKA_PORT}")),
-            env("SLUICE_ADMIN_LISTEN", &format!("0.0.0.0:{ADMIN_PORT}")),
-            env(
-                "SLUICE_ADVERTISED_LISTEN",
-                &format!("$(POD_NAME).{}.{ns}.svc:{KAFKA_PORT}", headless_name(&name)),
-            ),
-            env("SLUICE_DATA_DIR", DATA_DIR),
-            env("SLUICE_PEERS", &peers(c.spec.brokers, &name, &ns)),
-        ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("kafka".into()),
-                container_port: KAFKA_PORT,
-                // Explicit: server-side apply keys container ports by
-                // port and protocol, and some API servers refuse a port
-                // whose protocol is left to the default.
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: ADMIN_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
+        env: Some(
+            vec![
+                env_from_field("POD_NAME", "metadata.name"),
+                // The id is the pod's ordinal: from the pod-index label where
+                // the API server sets it (1.28+; empty before), else from the
+                // host name, the pod's name (`demo-2`).
+                env("SLUICE_NODE_ID_FROM_HOSTNAME", "true"),
+                env_from_field(
+                    "SLUICE_POD_INDEX",
+                    "metadata.labels['apps.kubernetes.io/pod-index']",
+                ),
+                env("SLUICE_ADMIN_LISTEN", &format!("0.0.0.0:{ADMIN_PORT}")),
+                env("SLUICE_DATA_DIR", DATA_DIR),
+                env("SLUICE_PEERS", &peers(c.spec.brokers, &name, &ns)),
+            ]
+            .into_iter()
+            .chain(listener_env(c, &name, &ns))
+            .chain(security_env(c))
+            .collect(),
+        ),
+        ports: Some(
+            named_ports(c)
+                .into_iter()
+                .map(|(port_name, port)| ContainerPort {
+                    name: Some(port_name),
+                    container_port: port,
+                    // Explicit: server-side apply keys container ports by
+                    // port and protocol, and some API servers refuse a port
+                    // whose protocol is left to the default.
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         readiness_probe: Some(http_probe("/readyz", 5)),
         liveness_probe: Some(http_probe("/healthz", 10)),
         resources: c.spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: DATA_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [("data", DATA_DIR, false), ("config", CONFIG_DIR, true)]
+                .into_iter()
+                .chain(c.spec.tls.as_ref().map(|_| ("tls", TLS_DIR, true)))
+                .chain(
+                    c.spec
+                        .authorization
+                        .as_ref()
+                        .map(|_| ("credentials", CREDENTIALS_DIR, true)),
+                )
+                .map(|(volume, path, read_only)| VolumeMount {
+                    name: volume.into(),
+                    mount_path: path.into(),
+                    read_only: read_only.then_some(true),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         security_context: Some(SecurityContext {
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
@@ -269,7 +314,7 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
     };
     template_meta.annotations = Some([(CONFIG_HASH_ANNOTATION.to_string(), config_hash)].into());
     let statefulset = StatefulSet {
-        metadata: meta(c, name.clone()),
+        metadata: owned_meta(c, name.clone()),
         spec: Some(StatefulSetSpec {
             replicas: Some(c.spec.brokers),
             service_name: Some(headless_name(&name)),
@@ -290,14 +335,7 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
                         fs_group: Some(65532),
                         ..Default::default()
                     }),
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: format!("{name}-config"),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(volumes(c, &name)),
                     ..Default::default()
                 }),
             },
@@ -324,24 +362,31 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
         ..Default::default()
     };
     let service_monitor = c.spec.service_monitor.then(|| {
+        let mut endpoint = json!({ "port": "admin", "path": "/metrics" });
+        if c.spec.authorization.is_some() {
+            endpoint["bearerTokenSecret"] = json!({
+                "name": credentials_secret_name(&name),
+                "key": METRICS_TOKEN_KEY,
+            });
+        }
         json!({
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "ServiceMonitor",
-            "metadata": serde_json::to_value(meta(c, name.clone())).unwrap_or(Value::Null),
+            "metadata": serde_json::to_value(owned_meta(c, name.clone())).unwrap_or(Value::Null),
             "spec": {
                 "selector": { "matchLabels": selector_labels(&name) },
-                "endpoints": [{ "port": "admin", "path": "/metrics" }],
+                "endpoints": [endpoint],
             },
         })
     });
     ClusterObjects {
         config: ConfigMap {
-            metadata: meta(c, format!("{name}-config")),
+            metadata: owned_meta(c, format!("{name}-config")),
             data: Some([(CONFIG_FILE.to_string(), config)].into()),
             ..Default::default()
         },
         headless: Service {
-            metadata: meta(c, headless_name(&name)),
+            metadata: owned_meta(c, headless_name(&name)),
             spec: Some(ServiceSpec {
                 cluster_ip: Some("None".into()),
                 publish_not_ready_addresses: Some(true),
@@ -352,7 +397,7 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
             ..Default::default()
         },
         bootstrap: Service {
-            metadata: meta(c, bootstrap_name(&name)),
+            metadata: owned_meta(c, bootstrap_name(&name)),
             spec: Some(ServiceSpec {
                 selector: Some(selector_labels(&name)),
                 ports: Some(ports),
@@ -362,7 +407,7 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
         },
         statefulset,
         pdb: PodDisruptionBudget {
-            metadata: meta(c, name.clone()),
+            metadata: owned_meta(c, name.clone()),
             spec: Some(PodDisruptionBudgetSpec {
                 max_unavailable: Some(IntOrString::Int(1)),
                 selector: Some(selector),
@@ -380,4 +425,158 @@ pub fn peers(brokers: i32, name: &str, ns: &str) -> String {
         .map(|i| format!("{i}@{}:{KAFKA_PORT}", broker_host(name, ns, i)))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Container and Service ports by name: `kafka` (the `INTERNAL`
+/// listener), `admin`, and each client listener's (its name in lower case).
+fn named_ports(c: &Cluster) -> Vec<(String, i32)> {
+    [
+        ("kafka".to_string(), KAFKA_PORT),
+        ("admin".to_string(), ADMIN_PORT),
+    ]
+    .into_iter()
+    .chain(
+        c.spec
+            .listeners
+            .iter()
+            .map(|l| (port_name(&l.name), l.port)),
+    )
+    .collect()
+}
+
+/// A listener's port name: lower case, `_` as `-` (an IANA service name).
+pub fn port_name(listener: &str) -> String {
+    listener.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Whether the cluster uses more than the one PLAINTEXT listener.
+fn secured(c: &Cluster) -> bool {
+    !c.spec.listeners.is_empty() || c.spec.tls.is_some()
+}
+
+/// The listener settings: one PLAINTEXT listener (`--listen`) by default,
+/// else `INTERNAL` plus the client listeners, Kafka's way.
+fn listener_env(c: &Cluster, name: &str, ns: &str) -> Vec<EnvVar> {
+    let host = format!("$(POD_NAME).{}.{ns}.svc", headless_name(name));
+    if !secured(c) {
+        return vec![
+            env("SLUICE_LISTEN", &format!("0.0.0.0:{KAFKA_PORT}")),
+            env("SLUICE_ADVERTISED_LISTEN", &format!("{host}:{KAFKA_PORT}")),
+        ];
+    }
+    let internal = if c.spec.tls.is_some() {
+        "SSL"
+    } else {
+        "PLAINTEXT"
+    };
+    let all: Vec<(&str, i32, &str)> = std::iter::once((INTERNAL_LISTENER, KAFKA_PORT, internal))
+        .chain(c.spec.listeners.iter().map(|l| {
+            let protocol = match (l.tls, l.authentication) {
+                (false, ListenerAuthentication::None) => "PLAINTEXT",
+                (true, ListenerAuthentication::None) => "SSL",
+                (false, ListenerAuthentication::Sasl) => "SASL_PLAINTEXT",
+                (true, ListenerAuthentication::Sasl) => "SASL_SSL",
+            };
+            (l.name.as_str(), l.port, protocol)
+        }))
+        .collect();
+    let join =
+        |f: &dyn Fn(&(&str, i32, &str)) -> String| all.iter().map(f).collect::<Vec<_>>().join(",");
+    vec![
+        env(
+            "SLUICE_LISTENERS",
+            &join(&|(n, port, _)| format!("{n}://0.0.0.0:{port}")),
+        ),
+        env(
+            "SLUICE_ADVERTISED_LISTENERS",
+            &join(&|(n, port, _)| format!("{n}://{host}:{port}")),
+        ),
+        env(
+            "SLUICE_LISTENER_SECURITY_PROTOCOL_MAP",
+            &join(&|(n, _, protocol)| format!("{n}:{protocol}")),
+        ),
+        env("SLUICE_INTER_BROKER_LISTENER_NAME", INTERNAL_LISTENER),
+    ]
+}
+
+/// TLS files, SASL mechanisms, the authorizer and the admin API's tokens.
+fn security_env(c: &Cluster) -> Vec<EnvVar> {
+    let mut out = Vec::new();
+    if c.spec.tls.is_some() {
+        out.push(env(
+            "SLUICE_SSL_KEYSTORE_LOCATION",
+            &format!("{TLS_DIR}/tls.crt"),
+        ));
+        out.push(env(
+            "SLUICE_SSL_KEYSTORE_KEY_LOCATION",
+            &format!("{TLS_DIR}/tls.key"),
+        ));
+        out.push(env(
+            "SLUICE_SSL_TRUSTSTORE_LOCATION",
+            &format!("{TLS_DIR}/ca.crt"),
+        ));
+    }
+    if c.spec
+        .listeners
+        .iter()
+        .any(|l| l.authentication == ListenerAuthentication::Sasl)
+    {
+        let mechanisms: Vec<&str> = c.spec.sasl_mechanisms.iter().map(|m| m.name()).collect();
+        out.push(env("SLUICE_SASL_ENABLED_MECHANISMS", &mechanisms.join(",")));
+    }
+    if let Some(a) = &c.spec.authorization {
+        let supers: Vec<&str> = std::iter::once(OPERATOR_PRINCIPAL)
+            .chain(a.super_users.iter().map(String::as_str))
+            .collect();
+        out.push(env("SLUICE_AUTHORIZER_CLASS_NAME", STANDARD_AUTHORIZER));
+        out.push(env("SLUICE_SUPER_USERS", &supers.join(";")));
+        out.push(env(
+            "SLUICE_ADMIN_AUTH_TOKENS_FILE",
+            &format!("{CREDENTIALS_DIR}/{ADMIN_TOKENS_KEY}"),
+        ));
+    }
+    out
+}
+
+fn volumes(c: &Cluster, name: &str) -> Vec<Volume> {
+    let secret = |volume: &str, secret: String, keys: &[&str]| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath {
+                        key: (*k).into(),
+                        path: (*k).into(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::iter::once(Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: format!("{name}-config"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .chain(c.spec.tls.as_ref().map(|t| {
+        secret(
+            "tls",
+            t.secret_name.clone(),
+            &["tls.crt", "tls.key", "ca.crt"],
+        )
+    }))
+    .chain(c.spec.authorization.as_ref().map(|_| {
+        secret(
+            "credentials",
+            credentials_secret_name(name),
+            &[ADMIN_TOKENS_KEY],
+        )
+    }))
+    .collect()
 }

@@ -39,6 +39,9 @@ pub struct Observed<'a> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Make the Secret with the operator's admin-API tokens if it does not
+    /// exist (authorization on; the brokers mount it, so it comes first).
+    EnsureCredentials,
     /// Server-side apply of every object (with the allowed broker count).
     Apply(Box<ClusterObjects>),
     /// Restart one broker (the StatefulSet recreates it from the new template).
@@ -93,6 +96,36 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     let ns = c.metadata.namespace.clone().unwrap_or_default();
     let mut actions = Vec::new();
     let mut conditions = Vec::new();
+
+    if let Some(why) = c.spec.security_problem() {
+        // Nothing is applied: brokers started from it would not start.
+        let status = ClusterStatus {
+            conditions: vec![Condition::new(
+                prev,
+                o.now,
+                generation,
+                "Ready",
+                false,
+                "InvalidSpec",
+                why.clone(),
+            )],
+            observed_generation: generation,
+            ready_brokers: prev.map_or(0, |s| s.ready_brokers),
+            bootstrap: cluster_objects::bootstrap_address(&name, &ns),
+        };
+        if prev != Some(&status) {
+            actions.push(Action::Event {
+                warning: true,
+                reason: "InvalidSpec".into(),
+                message: why,
+            });
+            actions.push(Action::UpdateStatus(status));
+        }
+        return actions;
+    }
+    if c.spec.authorization.is_some() {
+        actions.push(Action::EnsureCredentials);
+    }
 
     let refusal = scale_down_refusal(o);
     let allowed = match (&refusal, o.current_brokers) {

@@ -1,5 +1,5 @@
 //! The custom resources of API group `sluice.dev`, version `v1alpha1`:
-//! `Cluster` (broker pods), `Topic` and `Plugin`. The YAML under
+//! `Cluster` (broker pods), `Topic`, `Plugin` and `User`. The YAML under
 //! `charts/sluice/crds/` is generated from these types (`sluice-operator
 //! crd`) and a test fails when the two drift apart.
 
@@ -99,6 +99,14 @@ pub struct ClusterRef {
 /// Service, the broker config, a PodDisruptionBudget and, if asked, a
 /// ServiceMonitor.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.authorization) || (has(self.tls) && has(self.listeners) && size(self.listeners) > 0)",
+     "message": "authorization needs tls and a client listener"},
+    {"rule": "!has(self.listeners) || self.listeners.all(l, !l.tls || has(self.tls))",
+     "message": "a tls listener needs spec.tls"},
+    {"rule": "!has(self.listeners) || self.listeners.all(a, self.listeners.exists_one(b, b.name == a.name) && self.listeners.exists_one(b, b.port == a.port))",
+     "message": "listener names and ports must be unique"},
+]))]
 #[kube(
     group = "sluice.dev",
     version = "v1alpha1",
@@ -137,6 +145,145 @@ pub struct ClusterSpec {
     /// Create a ServiceMonitor (monitoring.coreos.com/v1) for the brokers.
     #[serde(default)]
     pub service_monitor: bool,
+    /// Client listeners besides the brokers' own one (`INTERNAL`, port
+    /// 9092: replication and the controller quorum, also open to clients
+    /// unless `authorization` is set). Each is a Kafka listener of the same
+    /// name on every broker, advertised under the broker's DNS name and
+    /// served by the bootstrap Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub listeners: Vec<ClusterListener>,
+    /// TLS for the brokers: their certificate and key from a Secret. The
+    /// `INTERNAL` listener becomes mutual TLS (brokers and this operator
+    /// authenticate with the Secret's certificate), and `tls` listeners
+    /// use it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+    /// SASL mechanisms SASL listeners offer (`sasl-enabled-mechanisms`).
+    #[serde(default = "default_sasl_mechanisms")]
+    pub sasl_mechanisms: Vec<SaslMechanism>,
+    /// ACLs on (Kafka's StandardAuthorizer): clients may do only what
+    /// `User` resources (or CreateAcls) allow them. Needs `tls` and a
+    /// client listener: the `INTERNAL` listener is then the brokers' and
+    /// the operator's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// A Kafka listener for clients.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(self.name in ['INTERNAL', 'KAFKA', 'ADMIN'])", "message": "INTERNAL, KAFKA and ADMIN are taken (the brokers' own listener and port names)"},
+    {"rule": "self.port != 9092 && self.port != 9644", "message": "ports 9092 (INTERNAL) and 9644 (admin) are taken"},
+]))]
+pub struct ClusterListener {
+    /// Listener name (Kafka's: upper case), e.g. `CLIENTS`; in lower case
+    /// (`_` as `-`) it names the Service and container port, so at most 15
+    /// characters.
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
+    )]
+    pub name: String,
+    /// Port on every broker and on the bootstrap Service.
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+    /// Encrypt with the cluster's `tls` certificate (SSL / SASL_SSL).
+    #[serde(default)]
+    pub tls: bool,
+    /// How clients authenticate.
+    #[serde(default)]
+    pub authentication: ListenerAuthentication,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerAuthentication {
+    /// Anonymous clients (`User:ANONYMOUS`).
+    #[default]
+    None,
+    /// SASL with `saslMechanisms`; users are `User` resources.
+    Sasl,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterTls {
+    /// A `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and `ca.crt`,
+    /// as cert-manager writes it. The certificate must name
+    /// `*.<cluster>-brokers.<namespace>.svc` and
+    /// `<cluster>-bootstrap.<namespace>.svc` and allow server and client
+    /// authentication (brokers present it to one another). A renewed
+    /// Secret is picked up without a restart.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SaslMechanism {
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+}
+
+fn default_sasl_mechanisms() -> Vec<SaslMechanism> {
+    vec![SaslMechanism::ScramSha512]
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// Principals allowed everything (`super.users`), e.g. `User:admin`.
+    /// The operator's own principal, `User:sluice-operator`, always is.
+    #[serde(default)]
+    pub super_users: Vec<String>,
+}
+
+impl ClusterSpec {
+    /// What the API server's validation rules check, checked again here
+    /// (API servers before 1.25 do not evaluate them): `None` if the
+    /// security settings hang together.
+    pub fn security_problem(&self) -> Option<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut ports = std::collections::BTreeSet::new();
+        for l in &self.listeners {
+            if ["INTERNAL", "KAFKA", "ADMIN"].contains(&l.name.as_str()) || !names.insert(&l.name) {
+                return Some(format!("listener name {} is taken", l.name));
+            }
+            if [9092, 9644].contains(&l.port) || !ports.insert(l.port) {
+                return Some(format!("listener port {} is taken", l.port));
+            }
+            if l.tls && self.tls.is_none() {
+                return Some(format!("listener {} uses tls: set spec.tls", l.name));
+            }
+        }
+        if self.authorization.is_some() && (self.tls.is_none() || self.listeners.is_empty()) {
+            return Some("authorization needs spec.tls (brokers and the operator authenticate with it on INTERNAL) and a client listener".into());
+        }
+        if self.sasl_mechanisms.is_empty()
+            && self
+                .listeners
+                .iter()
+                .any(|l| l.authentication == ListenerAuthentication::Sasl)
+        {
+            return Some("a SASL listener needs at least one of saslMechanisms".into());
+        }
+        None
+    }
 }
 
 /// The broker image of this operator's release (never `:latest`: a pinned
@@ -288,6 +435,176 @@ pub struct TopicStatus {
     pub managed_config_keys: Vec<String>,
 }
 
+// ------------------------------------------------------------------- User
+
+/// A Kafka user of a `Cluster`, as Strimzi's `KafkaUser`: SCRAM credentials
+/// whose password comes from a Secret, and the ACLs of its principal
+/// (`User:<name>`). The resource owns every ACL of that principal: ACLs
+/// made for it by other means are deleted. Deleting the resource deletes
+/// the credentials and the ACLs.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "User",
+    namespaced,
+    status = "UserStatus",
+    shortname = "su",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster.name"),
+    printcolumn(name = "Principal", type_ = "string", json_path = ".status.principal"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.userName) == has(oldSelf.userName)").message("userName cannot be added or removed"))]
+pub struct UserSpec {
+    /// The `Cluster` the user belongs to. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("cluster is immutable"))]
+    pub cluster: ClusterRef,
+    /// Kafka user name, if not the resource's name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-zA-Z0-9._@-]+$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("userName is immutable"))]
+    pub user_name: Option<String>,
+    /// SCRAM credentials; without them the user has ACLs only (e.g. one
+    /// that authenticates some other way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<UserAuthentication>,
+    /// The principal's ACLs, all of them.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub acls: Vec<AclRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAuthentication {
+    #[serde(rename = "type")]
+    pub type_: ScramType,
+    /// Where the password is: a key of a Secret in the namespace. A new
+    /// password in the Secret is applied on the next reconcile.
+    pub password: PasswordSource,
+    /// PBKDF2 iterations (Kafka accepts 4096 to 16384).
+    #[serde(default = "default_iterations")]
+    #[schemars(range(min = 4096, max = 16384))]
+    pub iterations: i32,
+}
+
+fn default_iterations() -> i32 {
+    4096
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSource {
+    pub secret_key_ref: KeyRef,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ScramType {
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// One ACL rule: `operations` on `resource` from `host`, allowed or denied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AclRule {
+    pub resource: AclResource,
+    #[schemars(length(min = 1))]
+    pub operations: Vec<AclOperation>,
+    /// Client address the rule applies to; `*` is any.
+    #[serde(default = "any_host")]
+    pub host: String,
+    #[serde(default, rename = "type")]
+    pub type_: AclPermission,
+}
+
+fn any_host() -> String {
+    "*".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AclResource {
+    #[serde(rename = "type")]
+    pub type_: AclResourceType,
+    /// Resource name (`*` for all; the cluster's is `kafka-cluster`).
+    #[serde(default = "any_host")]
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+    #[serde(default)]
+    pub pattern_type: AclPatternType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AclResourceType {
+    Topic,
+    Group,
+    Cluster,
+    TransactionalId,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AclPatternType {
+    #[default]
+    Literal,
+    Prefixed,
+}
+
+/// Kafka's ACL operations.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AclOperation {
+    All,
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+    ClusterAction,
+    DescribeConfigs,
+    AlterConfigs,
+    IdempotentWrite,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AclPermission {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// `User:<name>`, what ACLs and `super.users` call this user.
+    #[serde(default)]
+    pub principal: String,
+    /// Which password the brokers have: `<uid>/<resourceVersion>` of the
+    /// Secret it was read from, with the mechanism and iterations, so an
+    /// unchanged password is not sent again.
+    #[serde(default)]
+    pub credential_source: String,
+}
+
 // ----------------------------------------------------------------- Plugin
 
 /// A WebAssembly plugin uploaded to a `Cluster`'s admin API.
@@ -426,6 +743,12 @@ impl Conditions for TopicStatus {
     }
 }
 
+impl Conditions for UserStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
 impl Conditions for PluginStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
@@ -434,8 +757,15 @@ impl Conditions for PluginStatus {
 
 /// Every CRD as (file name, YAML), in a fixed order. The file name is the
 /// CRD's own name, e.g. `topics.sluice.dev.yaml`.
+/// Every kind's CRD.
+pub fn all_crds()
+-> [k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition; 4]
+{
+    [Cluster::crd(), Topic::crd(), Plugin::crd(), User::crd()]
+}
+
 pub fn crd_files() -> anyhow::Result<Vec<(String, String)>> {
-    [Cluster::crd(), Topic::crd(), Plugin::crd()]
+    all_crds()
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

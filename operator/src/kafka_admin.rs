@@ -8,27 +8,37 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use kafka_protocol::messages::alter_user_scram_credentials_request::{
+    ScramCredentialDeletion, ScramCredentialUpsertion,
+};
+use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsTopic,
 };
 use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
+use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    MetadataRequest, MetadataResponse, TopicName,
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, BrokerId,
+    CreateAclsRequest, CreateAclsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeAclsRequest, DescribeAclsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, DescribeUserScramCredentialsRequest,
+    DescribeUserScramCredentialsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
-use sluice_client::Connection;
+use sluice_client::{Connection, Transport};
 
 use crate::topic_plan::ObservedTopic;
+use crate::user_plan::{Acl, Credential, Password};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const RESOURCE_TOPIC: i8 = 2;
@@ -36,6 +46,8 @@ const RESOURCE_TOPIC: i8 = 2;
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
+/// ACL filters' ANY (resource type, pattern type, operation, permission).
+const ACL_ANY: i8 = 1;
 
 pub struct KafkaAdmin {
     conn: Connection,
@@ -63,8 +75,13 @@ fn check(what: &str, code: i16, message: Option<&StrBytes>) -> anyhow::Result<()
 }
 
 impl KafkaAdmin {
+    /// Over plain TCP.
     pub async fn connect(bootstrap: &str) -> anyhow::Result<KafkaAdmin> {
-        let conn = Connection::connect(bootstrap, "sluice-operator", TIMEOUT)
+        Self::open(bootstrap, &Transport::Plain).await
+    }
+
+    pub async fn open(bootstrap: &str, transport: &Transport) -> anyhow::Result<KafkaAdmin> {
+        let conn = Connection::open(bootstrap, "sluice-operator", TIMEOUT, transport)
             .await
             .with_context(|| format!("cannot connect to {bootstrap}"))?;
         Ok(KafkaAdmin { conn })
@@ -291,6 +308,194 @@ impl KafkaAdmin {
                     r.error_message.as_ref(),
                 )?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// The users and ACLs a `User` resource manages.
+impl KafkaAdmin {
+    /// The SCRAM credentials (mechanism, iterations) the brokers hold for
+    /// `user`.
+    pub async fn scram_credentials(&mut self, user: &str) -> anyhow::Result<Vec<Credential>> {
+        let mut name = UserName::default();
+        name.name = str_bytes(user);
+        let mut req = DescribeUserScramCredentialsRequest::default();
+        req.users = Some(vec![name]);
+        let resp: DescribeUserScramCredentialsResponse = self.call(0, &req).await?;
+        check(
+            "describing SCRAM users",
+            resp.error_code,
+            resp.error_message.as_ref(),
+        )?;
+        let mut out = Vec::new();
+        for r in &resp.results {
+            if r.error_code == kafka_protocol::ResponseError::ResourceNotFound.code() {
+                continue;
+            }
+            check(
+                &format!("SCRAM credentials of {user}"),
+                r.error_code,
+                r.error_message.as_ref(),
+            )?;
+            out.extend(
+                r.credential_infos
+                    .iter()
+                    .map(|c| (c.mechanism, c.iterations)),
+            );
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Sets `user`'s credential for `mechanism` (Kafka's codes: 1
+    /// SCRAM-SHA-256, 2 SCRAM-SHA-512): a fresh random salt, and the
+    /// password salted here (PBKDF2), so only the salted form travels.
+    pub async fn upsert_scram_credential(
+        &mut self,
+        user: &str,
+        mechanism: i8,
+        iterations: i32,
+        password: &Password,
+    ) -> anyhow::Result<()> {
+        let (algorithm, len) = match mechanism {
+            1 => (ring::pbkdf2::PBKDF2_HMAC_SHA256, 32),
+            2 => (ring::pbkdf2::PBKDF2_HMAC_SHA512, 64),
+            other => bail!("unknown SCRAM mechanism {other}"),
+        };
+        let rounds = std::num::NonZeroU32::new(u32::try_from(iterations)?)
+            .context("iterations must be positive")?;
+        let salt = crate::context::random_bytes::<32>().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut salted = vec![0u8; len];
+        ring::pbkdf2::derive(algorithm, rounds, &salt, &password.0, &mut salted);
+        let mut up = ScramCredentialUpsertion::default();
+        up.name = str_bytes(user);
+        up.mechanism = mechanism;
+        up.iterations = iterations;
+        up.salt = bytes::Bytes::copy_from_slice(&salt);
+        up.salted_password = bytes::Bytes::from(salted);
+        let mut req = AlterUserScramCredentialsRequest::default();
+        req.upsertions = vec![up];
+        self.alter_scram(user, req).await
+    }
+
+    pub async fn delete_scram_credential(
+        &mut self,
+        user: &str,
+        mechanism: i8,
+    ) -> anyhow::Result<()> {
+        let mut del = ScramCredentialDeletion::default();
+        del.name = str_bytes(user);
+        del.mechanism = mechanism;
+        let mut req = AlterUserScramCredentialsRequest::default();
+        req.deletions = vec![del];
+        self.alter_scram(user, req).await
+    }
+
+    async fn alter_scram(
+        &mut self,
+        user: &str,
+        req: AlterUserScramCredentialsRequest,
+    ) -> anyhow::Result<()> {
+        let resp: AlterUserScramCredentialsResponse = self.call(0, &req).await?;
+        for r in &resp.results {
+            let gone = r.error_code == kafka_protocol::ResponseError::ResourceNotFound.code();
+            if !gone {
+                check(
+                    &format!("SCRAM credentials of {user}"),
+                    r.error_code,
+                    r.error_message.as_ref(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every ACL of `principal`.
+    pub async fn acls_of(&mut self, principal: &str) -> anyhow::Result<Vec<Acl>> {
+        let mut req = DescribeAclsRequest::default();
+        req.resource_type_filter = ACL_ANY;
+        req.resource_name_filter = None;
+        req.pattern_type_filter = ACL_ANY;
+        req.principal_filter = Some(str_bytes(principal));
+        req.host_filter = None;
+        req.operation = ACL_ANY;
+        req.permission_type = ACL_ANY;
+        let resp: DescribeAclsResponse = self.call(2, &req).await?;
+        check(
+            "describing ACLs",
+            resp.error_code,
+            resp.error_message.as_ref(),
+        )?;
+        let mut out: Vec<Acl> = resp
+            .resources
+            .iter()
+            .flat_map(|r| {
+                r.acls.iter().map(move |a| Acl {
+                    resource_type: r.resource_type,
+                    name: r.resource_name.to_string(),
+                    pattern_type: r.pattern_type,
+                    host: a.host.to_string(),
+                    operation: a.operation,
+                    permission: a.permission_type,
+                })
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn create_acls(&mut self, principal: &str, acls: &[Acl]) -> anyhow::Result<()> {
+        let mut req = CreateAclsRequest::default();
+        req.creations = acls
+            .iter()
+            .map(|a| {
+                let mut c = AclCreation::default();
+                c.resource_type = a.resource_type;
+                c.resource_name = str_bytes(&a.name);
+                c.resource_pattern_type = a.pattern_type;
+                c.principal = str_bytes(principal);
+                c.host = str_bytes(&a.host);
+                c.operation = a.operation;
+                c.permission_type = a.permission;
+                c
+            })
+            .collect();
+        let resp: CreateAclsResponse = self.call(2, &req).await?;
+        for r in &resp.results {
+            check(
+                &format!("creating ACLs of {principal}"),
+                r.error_code,
+                r.error_message.as_ref(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Deletes exactly these ACLs (each filter matches one binding).
+    pub async fn delete_acls(&mut self, principal: &str, acls: &[Acl]) -> anyhow::Result<()> {
+        let mut req = DeleteAclsRequest::default();
+        req.filters = acls
+            .iter()
+            .map(|a| {
+                let mut f = DeleteAclsFilter::default();
+                f.resource_type_filter = a.resource_type;
+                f.resource_name_filter = Some(str_bytes(&a.name));
+                f.pattern_type_filter = a.pattern_type;
+                f.principal_filter = Some(str_bytes(principal));
+                f.host_filter = Some(str_bytes(&a.host));
+                f.operation = a.operation;
+                f.permission_type = a.permission;
+                f
+            })
+            .collect();
+        let resp: DeleteAclsResponse = self.call(2, &req).await?;
+        for r in &resp.filter_results {
+            check(
+                &format!("deleting ACLs of {principal}"),
+                r.error_code,
+                r.error_message.as_ref(),
+            )?;
         }
         Ok(())
     }

@@ -18,3 +18,5 @@ pub mod plugin_plan;
 pub mod run;
 pub mod topic_controller;
 pub mod topic_plan;
+pub mod user_controller;
+pub mod user_plan;

@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the Cluster, Topic and Plugin controllers.
+    /// Run the Cluster, Topic, Plugin and User controllers.
     Run {
         /// Address of `/metrics` and `/healthz`.
         #[arg(long, env = "SLUICE_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
@@ -58,7 +58,7 @@ enum Command {
         #[arg(long, env = "SLUICE_OPERATOR_RESYNC_SECONDS", default_value_t = 60)]
         resync_seconds: u64,
     },
-    /// Remove the operator's finalizers from every Topic and Plugin (the
+    /// Remove the operator's finalizers from every Topic, Plugin and User (the
     /// chart runs this before `helm uninstall` removes the operator).
     ReleaseFinalizers {
         /// Only these namespaces, comma-separated (default: all).

@@ -11,7 +11,6 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 
-use crate::broker_admin::BrokerAdmin;
 use crate::context::{self, Context};
 use crate::crd::{Condition, KeyRef, Plugin, PluginSource, PluginStatus};
 use crate::error::{Error, Result};
@@ -87,9 +86,10 @@ async fn reconcile_inner(p: &Plugin, ctx: &Context) -> Result<Requeue> {
     let name = p.name_any();
     let now = context::now();
     let cluster = live_cluster(ctx, &ns, &p.spec.cluster.name).await?;
-    let admin = cluster
-        .as_ref()
-        .map(|c| BrokerAdmin::new(&ctx.endpoints.admin(c)));
+    let admin = match &cluster {
+        Some(c) => Some(ctx.access(c).await?.admin_api(&ctx.endpoints.admin(c))),
+        None => None,
+    };
     let registered = match &admin {
         Some(a) => a.plugin(&name).await.map_err(Error::Broker)?,
         None => None,

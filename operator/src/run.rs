@@ -1,6 +1,6 @@
 //! `sluice-operator run`: the HTTP endpoint (`/metrics`, `/healthz`), leader
 //! election on a Lease so two replicas can run (only the holder
-//! reconciles), and the three controllers.
+//! reconciles), and the four controllers.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use crate::crd::{Cluster, Topic};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::topic_plan::UNMANAGED_ANNOTATION;
-use crate::{cluster_controller, plugin_controller, topic_controller};
+use crate::{cluster_controller, plugin_controller, topic_controller, user_controller};
 
 pub struct Options {
     /// Address of `/metrics` and `/healthz`.
@@ -128,6 +128,12 @@ fn plugins(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
         .for_each(log_result("plugin"))
 }
 
+fn users(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
+    filtered(&ctx.client, ns, predicates::generation)
+        .run(user_controller::reconcile, error_policy, ctx)
+        .for_each(log_result("user"))
+}
+
 fn clusters(ctx: Arc<Context>, ns: &Option<String>) -> impl Future<Output = ()> {
     let brokers = watcher::Config::default().labels("app.kubernetes.io/component=broker");
     filtered(&ctx.client, ns, predicates::generation)
@@ -158,13 +164,14 @@ pub async fn watch_namespaces(ctx: Arc<Context>, namespaces: &[String]) -> anyho
     futures::future::select_all(sets).await.0
 }
 
-/// The three controllers of one namespace (or all), until one stops.
+/// The four controllers of one namespace (or all), until one stops.
 pub async fn controllers(ctx: Arc<Context>, namespace: Option<String>) -> anyhow::Error {
     let ns = &namespace;
     tokio::select! {
         _ = clusters(ctx.clone(), ns) => anyhow::anyhow!("the Cluster controller stopped"),
         _ = topics(ctx.clone(), ns) => anyhow::anyhow!("the Topic controller stopped"),
         _ = plugins(ctx.clone(), ns) => anyhow::anyhow!("the Plugin controller stopped"),
+        _ = users(ctx.clone(), ns) => anyhow::anyhow!("the User controller stopped"),
     }
 }
 
@@ -188,10 +195,9 @@ async fn serve_http(listen: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result
 /// them (Helm installs a chart's `crds/` once and never upgrades them).
 pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::CustomResourceExt;
     use kube::api::{Patch, PatchParams};
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in [Cluster::crd(), Topic::crd(), crate::crd::Plugin::crd()] {
+    for crd in crate::crd::all_crds() {
         let name = crd.name_any();
         api.patch(
             &name,
@@ -224,7 +230,9 @@ async fn release_in(client: &kube::Client, namespace: &Option<String>) -> anyhow
     let plugins =
         release_kind::<crate::crd::Plugin>(client, namespace, crate::plugin_plan::FINALIZER)
             .await?;
-    Ok(topics + plugins)
+    let users =
+        release_kind::<crate::crd::User>(client, namespace, crate::user_plan::FINALIZER).await?;
+    Ok(topics + plugins + users)
 }
 
 /// Removes `finalizer` from every `K` that has it; returns how many.

@@ -26,7 +26,9 @@ pub async fn live_cluster(ctx: &Context, ns: &str, name: &str) -> Result<Option<
 }
 
 pub async fn connect(ctx: &Context, cluster: &Cluster) -> Result<KafkaAdmin> {
-    KafkaAdmin::connect(&ctx.endpoints.kafka(cluster))
+    ctx.access(cluster)
+        .await?
+        .kafka_admin()
         .await
         .map_err(Error::Broker)
 }

@@ -71,6 +71,20 @@ const ALL_ON: &[&str] = &[
     "--set",
     "cluster.resources.requests.cpu=500m",
     "--set",
+    "cluster.listeners[0].name=CLIENTS",
+    "--set",
+    "cluster.listeners[0].port=9093",
+    "--set",
+    "cluster.listeners[0].tls=true",
+    "--set",
+    "cluster.listeners[0].authentication=sasl",
+    "--set",
+    "cluster.tls.secretName=sluice-tls",
+    "--set",
+    "cluster.saslMechanisms={SCRAM-SHA-512,SCRAM-SHA-256}",
+    "--set",
+    "cluster.authorization.superUsers={User:admin}",
+    "--set",
     "watchNamespaces={data,logs}",
     "--set",
     "leaderElection.enabled=false",
@@ -192,6 +206,19 @@ fn every_optional_feature_renders_valid_manifests() {
     for k in ["Cluster", "ConfigMap", "ServiceMonitor"] {
         assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
     }
+    let cluster: sluice_operator::crd::Cluster = serde_json::from_value(
+        docs.iter()
+            .find(|d| d["kind"] == "Cluster")
+            .expect("cluster")
+            .clone(),
+    )
+    .expect("a Cluster");
+    assert_eq!(cluster.spec.security_problem(), None);
+    assert_eq!(cluster.spec.listeners[0].port, 9093);
+    assert_eq!(
+        cluster.spec.authorization.map(|a| a.super_users),
+        Some(vec!["User:admin".to_string()])
+    );
     let deployment = docs
         .iter()
         .find(|d| d["kind"] == "Deployment")

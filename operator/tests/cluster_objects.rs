@@ -3,7 +3,7 @@
 //! showing up as a pod-template change.
 
 use sluice_operator::cluster_objects::{CONFIG_HASH_ANNOTATION, bootstrap_address, desired};
-use sluice_operator::crd::{Cluster, ClusterSpec, Storage};
+use sluice_operator::crd::{Cluster, ClusterSpec, SaslMechanism, Storage};
 
 fn cluster(brokers: i32, monitor: bool) -> Cluster {
     let mut c = Cluster::new(
@@ -18,6 +18,10 @@ fn cluster(brokers: i32, monitor: bool) -> Cluster {
             },
             resources: None,
             service_monitor: monitor,
+            listeners: Vec::new(),
+            tls: None,
+            sasl_mechanisms: vec![SaslMechanism::ScramSha512],
+            authorization: None,
         },
     );
     c.metadata.namespace = Some("data".into());

@@ -5,7 +5,7 @@
 
 use sluice_operator::cluster_objects::{CONFIG_HASH_ANNOTATION, desired};
 use sluice_operator::cluster_plan::{Action, Observed, ObservedPod, plan};
-use sluice_operator::crd::{Cluster, ClusterSpec};
+use sluice_operator::crd::{Cluster, ClusterSpec, SaslMechanism};
 
 const NOW: &str = "2026-11-21T20:00:00Z";
 
@@ -19,6 +19,10 @@ fn cluster(brokers: i32) -> Cluster {
             storage: Default::default(),
             resources: None,
             service_monitor: false,
+            listeners: Vec::new(),
+            tls: None,
+            sasl_mechanisms: vec![SaslMechanism::ScramSha512],
+            authorization: None,
         },
     );
     c.metadata.namespace = Some("data".into());

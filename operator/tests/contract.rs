@@ -667,11 +667,7 @@ async fn install_crds_updates_the_crds_helm_installed() {
     let api = FakeApiServer::start().await;
     let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
     // Helm's crds/ put them there first; the operator may only update them.
-    for crd in [
-        <sluice_operator::crd::Cluster as kube::CustomResourceExt>::crd(),
-        <Topic as kube::CustomResourceExt>::crd(),
-        <Plugin as kube::CustomResourceExt>::crd(),
-    ] {
+    for crd in sluice_operator::crd::all_crds() {
         api.create(crds, serde_json::to_value(crd).expect("crd"));
     }
     api.take_requests();
@@ -679,7 +675,7 @@ async fn install_crds_updates_the_crds_helm_installed() {
         .await
         .expect("apply CRDs");
     let writes = api.take_writes();
-    assert_eq!(writes.len(), 3);
+    assert_eq!(writes.len(), 4, "Cluster, Topic, Plugin, User");
     writes.iter().for_each(assert_apply);
 }
 
@@ -777,15 +773,500 @@ async fn release_finalizers_lets_resources_go_without_the_operator() {
     api.edit(&topics(), "held", |o| {
         o["metadata"]["finalizers"] = json!(["example.com/keep", "sluice.dev/topic"])
     });
+    api.create(
+        &format!("{NS}/users"),
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "User",
+            "metadata": { "name": "alice", "finalizers": ["sluice.dev/user"] },
+            "spec": { "cluster": { "name": "demo" } },
+        }),
+    );
     api.take_requests();
     let released = sluice_operator::run::release_finalizers(&api.client(), &[])
         .await
         .expect("release");
-    assert_eq!(released, 1);
+    assert_eq!(released, 2);
     assert_eq!(
         api.get(&topics(), "held").expect("t")["metadata"]["finalizers"],
         json!(["example.com/keep"]),
         "only ours"
     );
-    assert_eq!(api.take_writes().len(), 1);
+    assert_eq!(
+        api.get(&format!("{NS}/users"), "alice").expect("u")["metadata"]["finalizers"],
+        json!([])
+    );
+    assert_eq!(api.take_writes().len(), 2);
+}
+
+// ------------------------------------------------ a secured Cluster, Users
+
+/// A Cluster with TLS, a SASL client listener and authorization.
+fn secured_cluster_cr(api: &FakeApiServer) {
+    api.create(
+        &format!("{NS}/clusters"),
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Cluster",
+            "metadata": { "name": "demo" },
+            "spec": {
+                "brokers": 1, "image": "sluice:test",
+                "listeners": [{ "name": "CLIENT", "port": 9093, "authentication": "sasl" }],
+                "tls": { "secretName": "demo-tls" },
+                "saslMechanisms": ["SCRAM-SHA-512", "PLAIN"],
+                "authorization": { "superUsers": ["User:admin"] },
+            },
+        }),
+    );
+}
+
+fn secret(api: &FakeApiServer, name: &str, data: &[(&str, &[u8])]) {
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(b64(v))))
+        .collect();
+    api.create(
+        "/api/v1/namespaces/ns/secrets",
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "data": data }),
+    );
+}
+
+fn secret_value(api: &FakeApiServer, name: &str, key: &str) -> String {
+    let s = api
+        .get("/api/v1/namespaces/ns/secrets", name)
+        .expect("secret");
+    let text = s["data"][key].as_str().expect("key");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64");
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+fn env_of(sts: &Value) -> std::collections::BTreeMap<String, String> {
+    sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_secured_cluster_gets_its_credentials_secret_once_and_mounts_its_secrets() {
+    let api = FakeApiServer::start().await;
+    // Nothing listens there: before the first apply nothing is asked.
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        Arc::new(Metrics::new().expect("metrics")),
+        Endpoints::Fixed {
+            kafka: "127.0.0.1:1".into(),
+            admin: vec!["http://127.0.0.1:1".into()],
+        },
+        Duration::from_secs(60),
+        Some("contract-test".into()),
+    ));
+    secured_cluster_cr(&api);
+    let core = "/api/v1/namespaces/ns";
+    reconcile_cluster(&api, &ctx).await;
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("POST {core}/secrets"),
+            format!("PATCH {core}/configmaps/demo-config (apply)"),
+            format!("PATCH {core}/services/demo-brokers (apply)"),
+            format!("PATCH {core}/services/demo-bootstrap (apply)"),
+            "PATCH /apis/apps/v1/namespaces/ns/statefulsets/demo (apply)".to_string(),
+            "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo (apply)".to_string(),
+            format!("PATCH {NS}/clusters/demo/status (apply)"),
+        ],
+        "the credentials Secret first: the brokers mount it"
+    );
+    let made = &writes[0].body;
+    assert_eq!(made["metadata"]["name"], "demo-operator-credentials");
+    assert_eq!(made["metadata"]["ownerReferences"][0]["kind"], "Cluster");
+    let token = secret_value(&api, "demo-operator-credentials", "operator-token");
+    assert_eq!(token.len(), 64, "32 random bytes as hex");
+    let tokens = secret_value(&api, "demo-operator-credentials", "admin-tokens");
+    assert!(tokens.contains(&format!("User:sluice-operator {token}")));
+
+    let sts = api
+        .get("/apis/apps/v1/namespaces/ns/statefulsets", "demo")
+        .expect("sts");
+    let env = env_of(&sts);
+    let host = "$(POD_NAME).demo-brokers.ns.svc";
+    assert_eq!(
+        env["SLUICE_LISTENERS"],
+        "INTERNAL://0.0.0.0:9092,CLIENT://0.0.0.0:9093"
+    );
+    assert_eq!(
+        env["SLUICE_ADVERTISED_LISTENERS"],
+        format!("INTERNAL://{host}:9092,CLIENT://{host}:9093")
+    );
+    assert_eq!(
+        env["SLUICE_LISTENER_SECURITY_PROTOCOL_MAP"],
+        "INTERNAL:SSL,CLIENT:SASL_PLAINTEXT"
+    );
+    assert_eq!(env["SLUICE_INTER_BROKER_LISTENER_NAME"], "INTERNAL");
+    assert_eq!(env["SLUICE_SASL_ENABLED_MECHANISMS"], "SCRAM-SHA-512,PLAIN");
+    assert_eq!(env["SLUICE_SUPER_USERS"], "User:sluice-operator;User:admin");
+    assert!(!env.contains_key("SLUICE_LISTEN"));
+    let volumes = &sts["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(volumes[1]["secret"]["secretName"], "demo-tls");
+    assert_eq!(
+        volumes[2]["secret"]["secretName"],
+        "demo-operator-credentials"
+    );
+    let service = api
+        .get(&format!("{core}/services"), "demo-bootstrap")
+        .expect("service");
+    let ports: Vec<&str> = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(ports, ["kafka", "admin", "client"]);
+
+    // The StatefulSet exists now, so the brokers are asked (and are not
+    // there); the Secret is kept, not made again.
+    reconcile_cluster(&api, &ctx).await;
+    assert_eq!(
+        summaries(&api.take_writes()),
+        Vec::<String>::new(),
+        "converged: zero writes"
+    );
+    assert_eq!(
+        secret_value(&api, "demo-operator-credentials", "operator-token"),
+        token
+    );
+
+    // Authorization without TLS is refused before anything is applied.
+    api.edit(&format!("{NS}/clusters"), "demo", |c| {
+        c["spec"]["tls"] = Value::Null;
+        c["spec"]["listeners"][0]["tls"] = json!(true);
+    });
+    reconcile_cluster(&api, &ctx).await;
+    let writes = api.take_writes();
+    assert_eq!(
+        summaries(&writes),
+        vec![
+            format!("POST {EVENTS}"),
+            format!("PATCH {NS}/clusters/demo/status (apply)"),
+        ]
+    );
+    let status = &api.get(&format!("{NS}/clusters"), "demo").expect("cluster")["status"];
+    assert_eq!(status["conditions"][0]["reason"], "InvalidSpec");
+}
+
+/// The one-broker stand-in for a secured `Cluster`: an SSL `INTERNAL`
+/// listener (mutual TLS with the `demo-tls` Secret's certificate) and a
+/// SASL_PLAINTEXT client listener, ACLs on, and the admin API requiring
+/// the tokens of the credentials Secret the Cluster controller made.
+struct SecuredSetup {
+    cluster: sluice_tests::cluster::Cluster,
+    api: FakeApiServer,
+    ctx: Arc<Context>,
+    _pki: sluice_tests::tls::TestPki,
+    _tokens: tempfile::NamedTempFile,
+}
+
+async fn secured_setup() -> SecuredSetup {
+    use sluice_tests::cluster::{Cluster as Brokers, SplitListeners};
+    let pki = sluice_tests::tls::TestPki::generate().expect("pki");
+    let api = FakeApiServer::start().await;
+    secured_cluster_cr(&api);
+    let read = |p: &std::path::Path| std::fs::read(p).expect("pem");
+    secret(
+        &api,
+        "demo-tls",
+        &[
+            ("ca.crt", &read(&pki.ca)),
+            ("tls.crt", &read(&pki.broker_cert)),
+            ("tls.key", &read(&pki.broker_key)),
+        ],
+    );
+    // The Cluster controller makes the credentials Secret.
+    let placeholder = Arc::new(Context::new(
+        api.client(),
+        Arc::new(Metrics::new().expect("metrics")),
+        Endpoints::Fixed {
+            kafka: "127.0.0.1:1".into(),
+            admin: Vec::new(),
+        },
+        Duration::from_secs(60),
+        None,
+    ));
+    reconcile_cluster(&api, &placeholder).await;
+    let tokens = tempfile::NamedTempFile::new().expect("tokens file");
+    std::fs::write(
+        tokens.path(),
+        secret_value(&api, "demo-operator-credentials", "admin-tokens"),
+    )
+    .expect("write tokens");
+    let s = |p: &std::path::Path| p.to_string_lossy().to_string();
+    let (chain, key, ca, tokens_path) = (
+        s(&pki.broker_cert),
+        s(&pki.broker_key),
+        s(&pki.ca),
+        s(tokens.path()),
+    );
+    let args = [
+        "--ssl-keystore-location",
+        chain.as_str(),
+        "--ssl-keystore-key-location",
+        key.as_str(),
+        "--ssl-truststore-location",
+        ca.as_str(),
+        "--sasl-enabled-mechanisms",
+        "SCRAM-SHA-512,PLAIN",
+        "--authorizer-class-name",
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "--super-users",
+        "User:sluice-operator;User:admin",
+        "--admin-auth-tokens-file",
+        tokens_path.as_str(),
+    ];
+    let split = SplitListeners {
+        client: "SASL_PLAINTEXT",
+        internal: "SSL",
+    };
+    // Blocking is fine: nothing asks the fake API server meanwhile.
+    let cluster = Brokers::start_split(1, split, &args).expect("broker");
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        Arc::new(Metrics::new().expect("metrics")),
+        Endpoints::Fixed {
+            kafka: cluster.internal_addr(0).to_string(),
+            admin: vec![cluster.admin_url(0)],
+        },
+        Duration::from_secs(60),
+        Some("contract-test".into()),
+    ));
+    api.take_requests();
+    SecuredSetup {
+        cluster,
+        api,
+        ctx,
+        _pki: pki,
+        _tokens: tokens,
+    }
+}
+
+async fn reconcile_user(api: &FakeApiServer, ctx: &Arc<Context>, name: &str) {
+    let u: sluice_operator::crd::User =
+        serde_json::from_value(api.get(&format!("{NS}/users"), name).expect("user"))
+            .expect("decode");
+    sluice_operator::user_controller::reconcile(Arc::new(u), ctx.clone())
+        .await
+        .expect("reconcile");
+}
+
+/// Whether `user` can log in with `password` on the SASL listener.
+async fn logs_in(addr: &str, user: &str, password: &str) -> bool {
+    let conn = sluice_client::Connection::connect(addr, "contract-test", Duration::from_secs(10))
+        .await
+        .expect("connect");
+    sluice_tests::sasl::login_plain(&conn, user, password)
+        .await
+        .is_ok()
+}
+
+/// Produces one record as `user` over SASL/SCRAM-SHA-512 with librdkafka;
+/// the error code name if refused.
+async fn produce_as(
+    bootstrap: &str,
+    user: &str,
+    password: &str,
+    topic: &str,
+) -> Result<(), String> {
+    use sluice_tests::rdkafka::producer::{FutureProducer, FutureRecord};
+    let mut config = sluice_tests::producer_config(bootstrap);
+    config
+        .set("security.protocol", "sasl_plaintext")
+        .set("sasl.mechanisms", "SCRAM-SHA-512")
+        .set("sasl.username", user)
+        .set("sasl.password", password)
+        .set("message.timeout.ms", "10000");
+    let producer: FutureProducer = config.create().map_err(|e| e.to_string())?;
+    producer
+        .send(
+            FutureRecord::<str, str>::to(topic).payload("x"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn a_user_gets_scram_credentials_and_acls_through_mutual_tls_and_loses_them_on_delete() {
+    let SecuredSetup {
+        cluster, api, ctx, ..
+    } = secured_setup().await;
+    let users = format!("{NS}/users");
+    let client_addr = cluster.addr(0).to_string();
+    let mut admin = ctx
+        .access(
+            &serde_json::from_value(api.get(&format!("{NS}/clusters"), "demo").expect("c"))
+                .expect("decode"),
+        )
+        .await
+        .expect("access")
+        .kafka_admin()
+        .await
+        .expect("the operator reaches INTERNAL over mutual TLS");
+    // The operator is trusted there: it makes the topics the test uses.
+    let (orders, other) = (
+        sluice_tests::unique_name("orders"),
+        sluice_tests::unique_name("other"),
+    );
+    for t in [&orders, &other] {
+        admin
+            .create_topic(t, &[vec![0]], &Default::default())
+            .await
+            .expect("topic");
+    }
+    secret(&api, "alice-password", &[("password", b"first-secret")]);
+    api.create(
+        &users,
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "User",
+            "metadata": { "name": "alice" },
+            "spec": {
+                "cluster": { "name": "demo" },
+                "authentication": {
+                    "type": "scram-sha-512",
+                    "password": { "secretKeyRef": { "name": "alice-password", "key": "password" } },
+                },
+                "acls": [
+                    { "resource": { "type": "topic", "name": orders },
+                      "operations": ["Write", "Describe"] },
+                    { "resource": { "type": "group", "name": "billing", "patternType": "prefixed" },
+                      "operations": ["Read"] },
+                ],
+            },
+        }),
+    );
+    api.take_requests();
+    reconcile_user(&api, &ctx, "alice").await;
+    let reqs = api.take_requests();
+    assert_eq!(
+        summaries(&reqs),
+        vec![
+            format!("GET {NS}/clusters/demo"),
+            "GET /api/v1/namespaces/ns/secrets/demo-tls".to_string(),
+            "GET /api/v1/namespaces/ns/secrets/demo-operator-credentials".to_string(),
+            "GET /api/v1/namespaces/ns/secrets/alice-password".to_string(),
+            format!("PATCH {users}/alice (json-patch)"),
+            format!("PATCH {users}/alice/status (apply)"),
+        ]
+    );
+    let status = &api.get(&users, "alice").expect("user")["status"];
+    assert_eq!(status["principal"], "User:alice");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(
+        admin.scram_credentials("alice").await.expect("describe"),
+        vec![(2, 4096)]
+    );
+    assert_eq!(admin.acls_of("User:alice").await.expect("acls").len(), 3);
+    assert!(logs_in(&client_addr, "alice", "first-secret").await);
+    assert!(!logs_in(&client_addr, "alice", "wrong").await);
+    produce_as(&cluster.bootstrap(), "alice", "first-secret", &orders)
+        .await
+        .expect("alice writes orders");
+    let refused = produce_as(&cluster.bootstrap(), "alice", "first-secret", &other).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("TopicAuthorizationFailed")),
+        "{refused:?}"
+    );
+
+    // Converged: nothing written, to Kubernetes or (same credentials and
+    // ACLs after) to the brokers.
+    reconcile_user(&api, &ctx, "alice").await;
+    assert_eq!(summaries(&api.take_writes()), Vec::<String>::new());
+    assert!(logs_in(&client_addr, "alice", "first-secret").await);
+
+    // A new password in the Secret replaces the old one.
+    api.edit("/api/v1/namespaces/ns/secrets", "alice-password", |s| {
+        s["data"]["password"] = json!(base64::engine::general_purpose::STANDARD.encode("second"))
+    });
+    reconcile_user(&api, &ctx, "alice").await;
+    assert!(logs_in(&client_addr, "alice", "second").await);
+    assert!(!logs_in(&client_addr, "alice", "first-secret").await);
+
+    // An ACL made by other means for the principal is the resource's to
+    // remove; a rule taken out of the spec goes too.
+    let stray = sluice_operator::user_plan::Acl {
+        resource_type: 2,
+        name: other.clone(),
+        pattern_type: 3,
+        host: "*".into(),
+        operation: 3,
+        permission: 3,
+    };
+    admin
+        .create_acls("User:alice", std::slice::from_ref(&stray))
+        .await
+        .expect("stray ACL");
+    api.edit(&users, "alice", |u| {
+        u["spec"]["acls"][0]["operations"] = json!(["Describe"])
+    });
+    reconcile_user(&api, &ctx, "alice").await;
+    let left = admin.acls_of("User:alice").await.expect("acls");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&stray));
+    let refused = produce_as(&cluster.bootstrap(), "alice", "second", &orders).await;
+    assert!(refused.is_err(), "Write was taken away");
+
+    // Deleting the resource deletes the credentials and the ACLs.
+    kubectl_delete::<sluice_operator::crd::User>(&api, "alice").await;
+    reconcile_user(&api, &ctx, "alice").await;
+    assert!(api.get(&users, "alice").is_none(), "finalizer released");
+    assert!(!logs_in(&client_addr, "alice", "second").await);
+    assert_eq!(admin.acls_of("User:alice").await.expect("acls"), vec![]);
+    assert_eq!(
+        admin.scram_credentials("alice").await.expect("scram"),
+        vec![]
+    );
+}
+
+#[tokio::test]
+async fn plugins_reach_brokers_that_require_the_operators_admin_token() {
+    let SecuredSetup {
+        cluster, api, ctx, ..
+    } = secured_setup().await;
+    let wasm = example_wasm("stamp_header.wasm");
+    api.create(
+        &format!("{NS}/plugins"),
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Plugin",
+            "metadata": { "name": "stamp" },
+            "spec": {
+                "cluster": { "name": "demo" }, "kind": "interceptor",
+                "source": { "inline": base64::engine::general_purpose::STANDARD.encode(&wasm) },
+            },
+        }),
+    );
+    reconcile_plugin(&api, &ctx, "stamp").await;
+    let anonymous = sluice_operator::broker_admin::BrokerAdmin::new(&cluster.admin_url(0));
+    let refused = anonymous.plugin("stamp").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("401")),
+        "{refused:?}"
+    );
+    let token = secret_value(&api, "demo-operator-credentials", "operator-token");
+    let registered = anonymous
+        .with_token(Some(token))
+        .plugin("stamp")
+        .await
+        .expect("describe with the operator's token")
+        .expect("uploaded");
+    assert_eq!(
+        registered.sha256,
+        sluice_operator::plugin_plan::digest(&wasm)
+    );
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Deserialize;
 use sluice_operator::crd::{Cluster, Plugin, Topic, crd_files};
 
 fn repo() -> PathBuf {
@@ -53,6 +54,38 @@ fn examples_are_valid_resources() {
     // Applying the folder gives a topic whose plugins all exist.
     let bound: Vec<&String> = t.spec.plugins.names().collect();
     assert_eq!(bound, vec![p.metadata.name.as_ref().expect("name")]);
+}
+
+#[test]
+fn secure_examples_are_valid_resources() {
+    let dir = repo().join("operator/examples/secure");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("example");
+    let c: Cluster = serde_yaml::from_str(&read("cluster.yaml")).expect("Cluster");
+    assert_eq!(c.spec.security_problem(), None);
+    let tls = c.spec.tls.as_ref().expect("tls");
+    // The certificate example writes the Secret the Cluster names, and
+    // names the hosts the brokers and the operator connect to.
+    let certs = read("certificate.yaml");
+    assert!(certs.contains(&format!("secretName: {}", tls.secret_name)));
+    assert!(certs.contains("\"*.secure-brokers.sluice.svc\""));
+    assert!(certs.contains("secure-bootstrap.sluice.svc"));
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&read("user.yaml"))
+        .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
+        .collect();
+    let u: sluice_operator::crd::User = serde_yaml::from_value(docs[1].clone()).expect("User");
+    assert_eq!(u.spec.cluster.name, "secure");
+    let secret = &u
+        .spec
+        .authentication
+        .as_ref()
+        .expect("scram")
+        .password
+        .secret_key_ref;
+    assert_eq!(
+        docs[0]["metadata"]["name"].as_str(),
+        Some(secret.name.as_str())
+    );
+    assert_eq!(sluice_operator::user_plan::desired_acls(&u).len(), 4);
 }
 
 /// The schema carries the validation the API server enforces: bounds and

@@ -241,6 +241,11 @@ impl Cluster {
 
     /// Uploads a plugin through broker 0's admin API and waits until every
     /// broker has installed it (the registry is cluster metadata).
+    /// Base URL of broker `id`'s admin API.
+    pub fn admin_url(&self, id: usize) -> String {
+        self.brokers[id].admin_url()
+    }
+
     pub fn upload_plugin(&self, name: &str, kind: &str, module: &[u8]) -> Result<()> {
         let r = crate::http_post(
             self.brokers[0].admin_addr(),

@@ -21,6 +21,10 @@ pub struct TestPki {
     pub ca: PathBuf,
     /// The broker's key and certificate chain (PEM).
     pub broker_keystore: PathBuf,
+    /// The same chain and key in two files, as Kubernetes TLS Secrets keep
+    /// them (`tls.crt`, `tls.key`).
+    pub broker_cert: PathBuf,
+    pub broker_key: PathBuf,
     /// A client's certificate (PEM) and key (PEM), for librdkafka's
     /// `ssl.certificate.location` / `ssl.key.location`.
     pub client_cert: PathBuf,
@@ -77,6 +81,8 @@ impl TestPki {
         Ok(TestPki {
             ca: write("ca.pem", &ca_cert.pem())?,
             broker_keystore: write("broker.pem", &format!("{broker_key}{broker_cert}"))?,
+            broker_cert: write("broker.crt", &broker_cert)?,
+            broker_key: write("broker.key", &broker_key)?,
             client_keystore: write("client.pem", &format!("{client_key}{client_cert}"))?,
             client_cert: write("client.crt", &client_cert)?,
             client_key: write("client.key", &client_key)?,

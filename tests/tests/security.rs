@@ -267,12 +267,17 @@ fn brokers_own_requests_are_served_only_on_the_inter_broker_listener() -> Result
 
 /// Three brokers whose client listener is of protocol `client` and whose
 /// inter-broker listener is SSL (mutual: `pki`'s CA signs every party).
+/// The key and the chain are in two files, as a Kubernetes TLS Secret
+/// mounts them.
 fn mtls_cluster(pki: &TestPki, client: &'static str) -> Result<Cluster> {
-    let keystore = pki.broker_keystore.to_string_lossy().to_string();
+    let chain = pki.broker_cert.to_string_lossy().to_string();
+    let key = pki.broker_key.to_string_lossy().to_string();
     let truststore = pki.ca.to_string_lossy().to_string();
     let ssl = [
         "--ssl-keystore-location",
-        keystore.as_str(),
+        chain.as_str(),
+        "--ssl-keystore-key-location",
+        key.as_str(),
         "--ssl-truststore-location",
         truststore.as_str(),
     ];
@@ -348,7 +353,9 @@ fn tls_for_clients_and_mutual_tls_between_brokers() -> Result<()> {
     rt.block_on(async {
         let transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
             truststore: pki.ca.clone(),
-            keystore: Some(pki.broker_keystore.clone()),
+            keystore: Some(sluice_client::tls::KeystoreFiles::combined(
+                &pki.broker_keystore,
+            )),
             verify_hostname: true,
         })?;
         let conn = Connection::open(cluster.internal_addr(0), "peer", WAIT, &transport).await?;
@@ -473,7 +480,9 @@ fn scram_and_plain_users_over_sasl_ssl_on_a_cluster() -> Result<()> {
     // from the cluster's CA, as Kafka's admin tools on a broker listener.
     let admin_tls = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
         truststore: pki.ca.clone(),
-        keystore: Some(pki.client_keystore.clone()),
+        keystore: Some(sluice_client::tls::KeystoreFiles::combined(
+            &pki.client_keystore,
+        )),
         verify_hostname: true,
     })?;
     rt.block_on(async {

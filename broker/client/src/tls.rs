@@ -37,37 +37,94 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A PEM keystore: the private key and the certificate chain (leaf first),
-/// both in one file as Kafka's `ssl.keystore.type=PEM` keeps them.
+/// A private key and its certificate chain (leaf first).
 pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
 }
 
-pub fn load_identity(path: &Path) -> Result<Identity, TlsError> {
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
-    if chain.is_empty() {
-        return Err(file_error(path, "no CERTIFICATE in the keystore"));
+/// Where a PEM keystore is: one file holding the key and the chain, as
+/// Kafka's `ssl.keystore.type=PEM` keeps them, or the chain in one file
+/// and the key in another, as Kubernetes TLS Secrets (and cert-manager)
+/// keep them (`tls.crt`, `tls.key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeystoreFiles {
+    pub chain: PathBuf,
+    pub key: Option<PathBuf>,
+}
+
+impl KeystoreFiles {
+    /// Key and chain in one file.
+    pub fn combined(path: impl Into<PathBuf>) -> KeystoreFiles {
+        KeystoreFiles {
+            chain: path.into(),
+            key: None,
+        }
     }
-    let key = PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| file_error(path, format!("no usable PRIVATE KEY in the keystore ({e})")))?;
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        std::iter::once(self.chain.clone())
+            .chain(self.key.clone())
+            .collect()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| file_error(path, e))
+}
+
+pub fn load_identity(files: &KeystoreFiles) -> Result<Identity, TlsError> {
+    let chain = read(&files.chain)?;
+    let key_path = files.key.as_deref().unwrap_or(&files.chain);
+    let key = match &files.key {
+        Some(path) => read(path)?,
+        None => chain.clone(),
+    };
+    let chain =
+        certificates(&chain).map_err(|e| file_error(&files.chain, format!("keystore: {e}")))?;
+    let key = private_key(&key).map_err(|e| file_error(key_path, format!("keystore: {e}")))?;
     Ok(Identity { chain, key })
+}
+
+impl Identity {
+    /// From PEM text (the chain and the key may be the same text).
+    pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<Identity, TlsError> {
+        Ok(Identity {
+            chain: certificates(chain).map_err(TlsError::Config)?,
+            key: private_key(key).map_err(TlsError::Config)?,
+        })
+    }
+}
+
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE in it".into());
+    }
+    Ok(certs)
+}
+
+fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no usable PRIVATE KEY in it ({e})"))
 }
 
 /// A PEM truststore: the CA certificates peers' certificates must chain to.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    roots_from_pem(&read(path)?).map_err(|e| match e {
+        TlsError::Config(detail) => file_error(path, format!("truststore: {detail}")),
+        other => other,
+    })
+}
+
+/// CA certificates from PEM text.
+pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
-        let cert = cert.map_err(|e| file_error(path, e))?;
+    for cert in certificates(pem).map_err(TlsError::Config)? {
         roots
             .add(cert)
-            .map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(file_error(path, "no CERTIFICATE in the truststore"));
+            .map_err(|e| TlsError::Config(format!("not a usable CA certificate: {e}")))?;
     }
     Ok(roots)
 }
@@ -148,35 +205,45 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 /// `ssl.endpoint.identification.algorithm`, `https` by default).
 pub struct ClientTls {
     pub truststore: PathBuf,
-    pub keystore: Option<PathBuf>,
+    pub keystore: Option<KeystoreFiles>,
     pub verify_hostname: bool,
 }
 
 impl ClientTls {
     fn build(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let roots = Arc::new(load_roots(&self.truststore)?);
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+        let identity = self.keystore.as_ref().map(load_identity).transpose()?;
+        client_config(
+            load_roots(&self.truststore)?,
+            identity,
+            self.verify_hostname,
+        )
+    }
+}
+
+fn client_config(
+    roots: RootCertStore,
+    identity: Option<Identity>,
+    verify_hostname: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = Arc::new(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if verify_hostname {
+        builder.with_root_certificates(roots)
+    } else {
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = if self.verify_hostname {
-            builder.with_root_certificates(roots)
-        } else {
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyHostName(inner)))
-        };
-        match &self.keystore {
-            Some(path) => {
-                let id = load_identity(path)?;
-                builder
-                    .with_client_auth_cert(id.chain, id.key)
-                    .map_err(|e| file_error(path, e))
-            }
-            None => Ok(builder.with_no_client_auth()),
-        }
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyHostName(inner)))
+    };
+    match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain, id.key)
+            .map_err(|e| TlsError::Config(format!("client certificate: {e}"))),
+        None => Ok(builder.with_no_client_auth()),
     }
 }
 
@@ -249,8 +316,25 @@ impl Transport {
     /// A TLS transport from PEM files, re-read when they change.
     pub fn tls(settings: ClientTls) -> Result<Transport, TlsError> {
         let mut files = vec![settings.truststore.clone()];
-        files.extend(settings.keystore.clone());
+        files.extend(settings.keystore.iter().flat_map(KeystoreFiles::paths));
         let reloading = Reloading::new(files, move || settings.build())?;
         Ok(Transport::Tls(Arc::new(reloading)))
+    }
+
+    /// A TLS transport from PEM text held in memory (e.g. read from a
+    /// Kubernetes Secret): the CA certificates to trust and, for mutual
+    /// TLS, this client's certificate chain and key.
+    pub fn tls_from_pem(
+        ca: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+        verify_hostname: bool,
+    ) -> Result<Transport, TlsError> {
+        let roots = roots_from_pem(ca)?;
+        let identity = identity
+            .map(|(chain, key)| Identity::from_pem(chain, key))
+            .transpose()?;
+        let config = client_config(roots, identity, verify_hostname)?;
+        let fixed = Reloading::new(Vec::new(), move || Ok(config.clone()))?;
+        Ok(Transport::Tls(Arc::new(fixed)))
     }
 }
