@@ -271,15 +271,17 @@ pub fn from_args(args: &ServeArgs) -> anyhow::Result<Vec<ListenerSpec>> {
         );
     }
     if !args.authorizer_class_name.trim().is_empty() {
-        check_trusted_listener(args, &specs)?;
+        check_trusted_listener(&specs)?;
     }
     Ok(specs)
 }
 
 /// With ACLs on, connections on the inter-broker listener are trusted
 /// (they act as super users), so only brokers (and tools run beside them)
-/// may be able to open one: refuse settings where clients could.
-fn check_trusted_listener(args: &ServeArgs, specs: &[ListenerSpec]) -> anyhow::Result<()> {
+/// may be able to open one: refuse settings where clients could. (On an
+/// SSL inter-broker listener, `inter_broker_principals` also checks who
+/// the certificate names.)
+fn check_trusted_listener(specs: &[ListenerSpec]) -> anyhow::Result<()> {
     let Some(ib) = specs.iter().find(|s| s.inter_broker) else {
         return Ok(());
     };
@@ -306,14 +308,34 @@ fn check_trusted_listener(args: &ServeArgs, specs: &[ListenerSpec]) -> anyhow::R
             ib.bind
         );
     }
-    if ib.protocol.uses_tls() && args.ssl_client_auth != "none" {
-        bail!(
-            "with authorizer-class-name set, ssl-client-auth={} would accept client certificates from the same truststore as the trusted inter-broker listener '{}', letting their holders pass every ACL check there; leave ssl-client-auth at none (per-listener truststores are not supported yet)",
-            args.ssl_client_auth,
-            ib.name
-        );
-    }
     Ok(())
+}
+
+/// On an SSL inter-broker listener with ACLs on, the certificate
+/// principals let in: this broker's own (from its keystore: brokers that
+/// share a certificate, as a Kubernetes Secret does, know each other) and
+/// the super users (brokers with certificates of their own are listed
+/// there, as Kafka requires). A certificate that merely chains to the
+/// truststore is not enough to be trusted. `None`: no such check.
+pub fn inter_broker_principals(
+    args: &ServeArgs,
+    spec: &ListenerSpec,
+) -> anyhow::Result<Option<std::collections::BTreeSet<String>>> {
+    if !spec.inter_broker
+        || !spec.protocol.uses_tls()
+        || args.authorizer_class_name.trim().is_empty()
+    {
+        return Ok(None);
+    }
+    let identity = tls::load_identity(&args.keystore().context("ssl-keystore-location")?)?;
+    let own = identity
+        .chain
+        .first()
+        .and_then(|c| crate::auth::certificate::principal(c))
+        .context("the keystore's certificate has no readable subject")?;
+    let mut principals = crate::auth::authorizer::parse_super_users(&args.super_users)?;
+    principals.insert(own);
+    Ok(Some(principals))
 }
 
 /// A TLS listener's server side: its certificate, and whose client

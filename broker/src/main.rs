@@ -199,6 +199,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             inter_broker: spec.inter_broker,
             tls,
             sasl: spec.protocol.uses_sasl(),
+            peer_principals: listeners::inter_broker_principals(&args, spec)?,
         });
         // The first listener is `kafka=` (scripts read it); with several,
         // each is also listed by name at the end.

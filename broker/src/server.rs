@@ -70,6 +70,9 @@ pub struct ListenerContext {
     pub tls: Option<ServerTls>,
     /// Connections authenticate with SASL before anything else.
     pub sasl: bool,
+    /// The only client-certificate principals let in (the inter-broker
+    /// listener with ACLs on: see `listeners::inter_broker_principals`).
+    pub peer_principals: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Longest a client may take to finish the TLS handshake.
@@ -180,6 +183,34 @@ async fn accepted_connection(
     };
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
+            let principal = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| crate::auth::certificate::principal(cert));
+            if let Some(allowed) = &endpoint.peer_principals
+                && !principal.as_ref().is_some_and(|p| allowed.contains(p))
+            {
+                node.connections
+                    .metrics
+                    .inter_broker_refused
+                    .with_label_values(&[&endpoint.name, "UntrustedCertificate"])
+                    .inc();
+                node.connections.closed_for_bad_input(
+                    peer,
+                    "untrusted_certificate",
+                    &format!(
+                        "{} is neither this broker's certificate nor a super user",
+                        principal.as_deref().unwrap_or("an unreadable certificate")
+                    ),
+                );
+                return Ok(());
+            }
+            if let Some(p) = principal.filter(|_| !endpoint.sasl) {
+                // SSL (not SASL_SSL): the certificate says who this is.
+                session.authenticated_as(p);
+            }
             let (rd, wr) = tokio::io::split(tls);
             connection(node, &session, rd, wr).await
         }

@@ -270,6 +270,10 @@ fn brokers_own_requests_are_served_only_on_the_inter_broker_listener() -> Result
 /// The key and the chain are in two files, as a Kubernetes TLS Secret
 /// mounts them.
 fn mtls_cluster(pki: &TestPki, client: &'static str) -> Result<Cluster> {
+    mtls_cluster_with(pki, client, &[])
+}
+
+fn mtls_cluster_with(pki: &TestPki, client: &'static str, extra: &[&str]) -> Result<Cluster> {
     let chain = pki.broker_cert.to_string_lossy().to_string();
     let key = pki.broker_key.to_string_lossy().to_string();
     let truststore = pki.ca.to_string_lossy().to_string();
@@ -285,7 +289,7 @@ fn mtls_cluster(pki: &TestPki, client: &'static str) -> Result<Cluster> {
         client,
         internal: "SSL",
     };
-    Cluster::start_split(3, split, &[FAST_FAILOVER, &ssl].concat())
+    Cluster::start_split(3, split, &[FAST_FAILOVER, &ssl, extra].concat())
 }
 
 #[test]
@@ -431,6 +435,139 @@ fn client_certificates_when_the_listener_requires_them() -> Result<()> {
         ("ssl.ca.location", truststore.as_str()),
     ];
     assert!(sluice_tests::tls::check_connects(&cluster.bootstrap(), &without).is_err());
+    Ok(())
+}
+
+/// With ACLs on and client certificates required: a client certificate
+/// names the principal (`User:CN=client`, Kafka's default mapping), which
+/// ACLs then govern; the same certificate does not get it into the
+/// trusted inter-broker listener, where only the brokers' own certificate
+/// (and super users) are let in.
+#[test]
+fn certificate_principals_meet_acls_and_only_brokers_pass_the_inter_broker_listener() -> Result<()>
+{
+    use sluice_tests::sasl::{codes as c, create_acls};
+    let pki = TestPki::generate()?;
+    let ca = pki.ca.to_string_lossy().to_string();
+    let cluster = mtls_cluster_with(
+        &pki,
+        "SSL",
+        &[
+            "--ssl-client-auth",
+            "required",
+            "--authorizer-class-name",
+            "StandardAuthorizer",
+        ],
+    )?;
+    let rt = runtime()?;
+    let transport = |keystore: &std::path::Path| {
+        sluice_client::Transport::tls(sluice_client::tls::ClientTls {
+            truststore: pki.ca.clone(),
+            keystore: Some(sluice_client::tls::KeystoreFiles::combined(keystore)),
+            verify_hostname: true,
+        })
+    };
+    let (allowed, other) = (unique_name("cert-allowed"), unique_name("cert-other"));
+    // An operator on the inter-broker listener with the brokers'
+    // certificate: trusted; it makes the topics and the client's ACLs.
+    rt.block_on(async {
+        let conn = Connection::open(
+            cluster.internal_addr(0),
+            "ops",
+            WAIT,
+            &transport(&pki.broker_keystore)?,
+        )
+        .await?;
+        let mut create = kafka_protocol::messages::CreateTopicsRequest::default();
+        for name in [&allowed, &other] {
+            let mut t = kafka_protocol::messages::create_topics_request::CreatableTopic::default();
+            t.name = TopicName(StrBytes::from_string(name.clone()));
+            t.num_partitions = 1;
+            t.replication_factor = 3;
+            create.topics.push(t);
+        }
+        create.timeout_ms = 30_000;
+        let created = conn.send(&create, 7, WAIT).await?;
+        ensure!(
+            created.topics.iter().all(|t| t.error_code == 0),
+            "create topics: {:?}",
+            created
+                .topics
+                .iter()
+                .map(|t| t.error_code)
+                .collect::<Vec<_>>()
+        );
+        create_acls(
+            &conn,
+            &[
+                (
+                    c::TOPIC,
+                    &allowed,
+                    c::LITERAL,
+                    "User:CN=client",
+                    c::WRITE,
+                    c::ALLOW,
+                ),
+                (
+                    c::TOPIC,
+                    &allowed,
+                    c::LITERAL,
+                    "User:CN=client",
+                    c::DESCRIBE,
+                    c::ALLOW,
+                ),
+            ],
+        )
+        .await
+    })?;
+    let cert = pki.client_cert.to_string_lossy().to_string();
+    let key = pki.client_key.to_string_lossy().to_string();
+    let client = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+        ("ssl.certificate.location", cert.as_str()),
+        ("ssl.key.location", key.as_str()),
+    ];
+    let produce = |topic: &str| {
+        rt.block_on(async {
+            let producer: FutureProducer = config(&cluster.bootstrap(), &client)
+                .set("message.timeout.ms", "10000")
+                .create()?;
+            let delivered = producer
+                .send(FutureRecord::<str, str>::to(topic).payload("x"), WAIT)
+                .await;
+            anyhow::Ok(delivered.map(|_| ()).map_err(|(e, _)| format!("{e:?}")))
+        })
+    };
+    produce(&allowed)?.map_err(|e| anyhow::anyhow!("User:CN=client may write: {e}"))?;
+    let refused = produce(&other)?;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("TopicAuthorizationFailed")),
+        "{refused:?}"
+    );
+    // The client's certificate chains to the same CA, but the inter-broker
+    // listener does not let it in.
+    let sneaking = rt.block_on(async {
+        let conn = Connection::open(
+            cluster.internal_addr(0),
+            "sneak",
+            WAIT,
+            &transport(&pki.client_keystore)?,
+        )
+        .await?;
+        conn.send_raw(32_101, 0, 0, Bytes::from_static(b"{}"), WAIT)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    assert!(sneaking.is_err(), "{sneaking:?}");
+    cluster.wait_until("the untrusted certificate counted", WAIT, |c| {
+        Ok(c.metric(
+            0,
+            r#"sluice_listener_inter_broker_requests_refused_total{listener="INTERNAL",request="UntrustedCertificate"}"#,
+        )? >= 1.0)
+    })?;
     Ok(())
 }
 

@@ -297,6 +297,11 @@ impl Session {
         }
     }
 
+    /// Who the connection is, from its client certificate.
+    pub fn authenticated_as(&self, principal: String) {
+        *self.lock_auth() = crate::auth::AuthState::Authenticated { principal };
+    }
+
     fn lock_auth(&self) -> std::sync::MutexGuard<'_, crate::auth::AuthState> {
         self.auth.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -171,7 +171,7 @@ pub fn from_args(args: &crate::config::ServeArgs) -> anyhow::Result<Authorizer> 
 }
 
 /// Kafka's `super.users`: `User:a;User:b`.
-fn parse_super_users(s: &str) -> anyhow::Result<BTreeSet<String>> {
+pub(crate) fn parse_super_users(s: &str) -> anyhow::Result<BTreeSet<String>> {
     s.split(';')
         .map(str::trim)
         .filter(|p| !p.is_empty())

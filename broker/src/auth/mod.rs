@@ -7,6 +7,7 @@
 //! and are counted.
 
 pub mod authorizer;
+pub mod certificate;
 pub mod scram;
 
 use std::sync::Mutex;
