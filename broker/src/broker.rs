@@ -37,7 +37,7 @@ pub struct Broker {
     /// ACL checks.
     pub authorizer: crate::auth::authorizer::Authorizer,
     /// Bearer tokens of the HTTP admin API (None: open).
-    pub admin_tokens: Option<crate::admin::auth::AdminTokens>,
+    pub admin_tokens: Option<sluice_client::tls::Reloading<crate::admin::auth::AdminTokens>>,
     pub registration: Registration,
     /// The applied metadata: take `view()` once per request.
     pub views: Arc<Views>,
@@ -163,7 +163,7 @@ impl Broker {
         let admin_tokens = args
             .admin_auth_tokens_file
             .as_deref()
-            .map(crate::admin::auth::AdminTokens::load)
+            .map(crate::admin::auth::AdminTokens::reloading)
             .transpose()?;
         let broker = Broker {
             groups,

@@ -64,11 +64,7 @@ pub struct ServeArgs {
     /// PEM file with the private key, when the keystore file holds only
     /// the certificate chain (Kubernetes TLS Secrets and cert-manager keep
     /// them apart: `tls.key`, `tls.crt`). Re-read when it changes.
-    #[arg(
-        long,
-        env = "SLUICE_SSL_KEYSTORE_KEY_LOCATION",
-        requires = "ssl_keystore_location"
-    )]
+    #[arg(long, env = "SLUICE_SSL_KEYSTORE_KEY_LOCATION")]
     pub ssl_keystore_key_location: Option<PathBuf>,
     /// PEM file of the CA certificates that client certificates (and peer
     /// brokers' certificates) must chain to. Re-read when it changes.
@@ -450,6 +446,9 @@ fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!("node-id must be >= 0, got {}", args.node_id);
     }
     sluice_metadata::quorum::parse_peers(&args.peers).context("peers")?;
+    if args.ssl_keystore_key_location.is_some() && args.ssl_keystore_location.is_none() {
+        bail!("ssl-keystore-key-location needs ssl-keystore-location (the certificate chain)");
+    }
     crate::listeners::from_args(&args)?;
     crate::listeners::sasl_mechanisms(&args)?;
     crate::auth::authorizer::from_args(&args)?;

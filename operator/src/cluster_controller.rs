@@ -15,9 +15,10 @@ use kube::api::{
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 
+use crate::broker_admin::BrokerAdmin;
 use crate::cluster_objects::{CONFIG_HASH_ANNOTATION, ClusterObjects};
 use crate::cluster_plan::{self, Action, Observed, ObservedPod};
-use crate::context::{self, BrokerAccess, Context};
+use crate::context::{self, Context};
 use crate::crd::Cluster;
 use crate::error::{Error, Result};
 use crate::kube_writes;
@@ -62,14 +63,14 @@ fn observe_pod(p: &Pod) -> Option<ObservedPod> {
 async fn under_replicated(
     ctx: &Context,
     c: &Cluster,
-    access: Option<&BrokerAccess>,
+    token: Option<String>,
     pods: &[ObservedPod],
 ) -> Option<u64> {
     let mut total = 0.0;
     for p in pods.iter().filter(|p| p.ready) {
         let url = ctx.endpoints.broker_admin(c, p.ordinal)?;
-        match access?
-            .admin_api(&url)
+        match BrokerAdmin::new(&url)
+            .with_token(token.clone())
             .gauge("sluice_cluster", "value=\"under_replicated_partitions\"")
             .await
         {
@@ -115,21 +116,25 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
         .collect();
     // Before the first apply there are no brokers (nor, with
     // authorization, the credentials Secret) to ask.
-    let access = match current_brokers {
-        Some(_) => ctx
-            .access(c)
-            .await
-            .inspect_err(|e| tracing::info!(error = %e, "cannot reach the brokers"))
-            .ok(),
-        None => None,
-    };
-    let under = under_replicated(ctx, c, access.as_ref(), &pods).await;
-    let replicas = match &access {
-        Some(a) => match a.kafka_admin().await {
-            Ok(mut a) => a.replica_summary().await.ok(),
-            Err(_) => None,
-        },
-        None => None,
+    let (under, replicas) = match current_brokers {
+        Some(_) => {
+            let under = match ctx.admin_token(c).await {
+                Ok(token) => under_replicated(ctx, c, token, &pods).await,
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot ask the brokers' admin API");
+                    None
+                }
+            };
+            let replicas = match ctx.kafka_admin(c).await {
+                Ok(mut a) => a.replica_summary().await.ok(),
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot reach the brokers");
+                    None
+                }
+            };
+            (under, replicas)
+        }
+        None => (None, None),
     };
     let observed = Observed {
         cluster: c,

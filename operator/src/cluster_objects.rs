@@ -96,8 +96,18 @@ pub fn bootstrap_name(cluster: &str) -> String {
     format!("{cluster}-bootstrap")
 }
 
-/// The bootstrap address clients (and the operator) use.
-pub fn bootstrap_address(cluster: &str, namespace: &str) -> String {
+/// The bootstrap address clients use: the first client listener's port,
+/// or the Kafka port when there is none.
+pub fn bootstrap_address(c: &Cluster) -> String {
+    let name = c.metadata.name.clone().unwrap_or_default();
+    let ns = c.metadata.namespace.clone().unwrap_or_default();
+    let port = c.spec.listeners.first().map_or(KAFKA_PORT, |l| l.port);
+    format!("{}.{ns}.svc:{port}", bootstrap_name(&name))
+}
+
+/// The operator's Kafka address for a cluster: the `INTERNAL` listener
+/// behind the bootstrap Service.
+pub fn internal_bootstrap_address(cluster: &str, namespace: &str) -> String {
     format!("{}.{namespace}.svc:{KAFKA_PORT}", bootstrap_name(cluster))
 }
 
@@ -552,6 +562,8 @@ fn volumes(c: &Cluster, name: &str) -> Vec<Volume> {
                     })
                     .collect(),
             ),
+            // Owner and group (the pod's fsGroup) only: keys and tokens.
+            default_mode: Some(0o440),
             ..Default::default()
         }),
         ..Default::default()

@@ -92,8 +92,6 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     let c = o.cluster;
     let generation = c.metadata.generation.unwrap_or(0);
     let prev = c.status.as_ref();
-    let name = c.metadata.name.clone().unwrap_or_default();
-    let ns = c.metadata.namespace.clone().unwrap_or_default();
     let mut actions = Vec::new();
     let mut conditions = Vec::new();
 
@@ -111,7 +109,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
             )],
             observed_generation: generation,
             ready_brokers: prev.map_or(0, |s| s.ready_brokers),
-            bootstrap: cluster_objects::bootstrap_address(&name, &ns),
+            bootstrap: cluster_objects::bootstrap_address(c),
         };
         if prev != Some(&status) {
             actions.push(Action::Event {
@@ -235,7 +233,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         conditions,
         observed_generation: generation,
         ready_brokers: ready,
-        bootstrap: cluster_objects::bootstrap_address(&name, &ns),
+        bootstrap: cluster_objects::bootstrap_address(c),
     };
     if prev != Some(&status) {
         actions.push(Action::UpdateStatus(status));

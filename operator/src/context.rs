@@ -8,8 +8,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::broker_admin::BrokerAdmin;
 use crate::cluster_objects::{self, ADMIN_PORT};
 use crate::crd::Cluster;
+use crate::kafka_admin::KafkaAdmin;
 use crate::metrics::Metrics;
 
 /// The field manager of every server-side apply the operator sends.
@@ -31,7 +33,9 @@ impl Endpoints {
     /// `host:port` for Kafka admin requests.
     pub fn kafka(&self, c: &Cluster) -> String {
         match self {
-            Endpoints::ServiceDns => cluster_objects::bootstrap_address(&name(c), &namespace(c)),
+            Endpoints::ServiceDns => {
+                cluster_objects::internal_bootstrap_address(&name(c), &namespace(c))
+            }
             Endpoints::Fixed { kafka, .. } => kafka.clone(),
         }
     }
@@ -70,28 +74,6 @@ fn namespace(c: &Cluster) -> String {
     c.metadata.namespace.clone().unwrap_or_default()
 }
 
-/// How the operator talks to one Cluster's brokers: where, over what, and
-/// with which admin-API token (authorization on).
-pub struct BrokerAccess {
-    /// `host:port` of the `INTERNAL` listener, for Kafka admin requests.
-    pub kafka: String,
-    /// Mutual TLS with the `tls` Secret's certificate when the cluster has
-    /// one (the `INTERNAL` listener requires it), else plain TCP.
-    pub transport: sluice_client::Transport,
-    pub admin_token: Option<String>,
-}
-
-impl BrokerAccess {
-    pub async fn kafka_admin(&self) -> anyhow::Result<crate::kafka_admin::KafkaAdmin> {
-        crate::kafka_admin::KafkaAdmin::open(&self.kafka, &self.transport).await
-    }
-
-    /// The admin API at `base` (a URL from `Endpoints`) with this token.
-    pub fn admin_api(&self, base: &str) -> crate::broker_admin::BrokerAdmin {
-        crate::broker_admin::BrokerAdmin::new(base).with_token(self.admin_token.clone())
-    }
-}
-
 /// `key` of a Secret's data, or why it cannot be had (the user's to fix).
 fn secret_key(secret: &Secret, key: &str) -> crate::error::Result<Vec<u8>> {
     secret
@@ -119,24 +101,22 @@ pub struct Context {
 }
 
 impl Context {
-    /// How to reach `c`'s brokers, reading the Secrets its security
-    /// settings name.
-    pub async fn access(&self, c: &Cluster) -> crate::error::Result<BrokerAccess> {
+    async fn secret(&self, c: &Cluster, name: &str) -> crate::error::Result<Secret> {
+        Api::<Secret>::namespaced(self.client.clone(), &namespace(c))
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| crate::error::Error::Invalid(format!("Secret {name} does not exist")))
+    }
+
+    /// A Kafka admin connection to `c`'s `INTERNAL` listener: mutual TLS
+    /// with the `tls` Secret's certificate when the cluster has one (the
+    /// listener then requires it), else plain TCP.
+    pub async fn kafka_admin(&self, c: &Cluster) -> crate::error::Result<KafkaAdmin> {
         use crate::error::Error;
-        let secrets = Api::<Secret>::namespaced(self.client.clone(), &namespace(c));
-        let get = |secret_name: String| {
-            let secrets = secrets.clone();
-            async move {
-                secrets
-                    .get_opt(&secret_name)
-                    .await?
-                    .ok_or_else(|| Error::Invalid(format!("Secret {secret_name} does not exist")))
-            }
-        };
         let transport = match &c.spec.tls {
             None => sluice_client::Transport::Plain,
             Some(tls) => {
-                let secret = get(tls.secret_name.clone()).await?;
+                let secret = self.secret(c, &tls.secret_name).await?;
                 let (ca, chain, key) = (
                     secret_key(&secret, "ca.crt")?,
                     secret_key(&secret, "tls.crt")?,
@@ -146,19 +126,27 @@ impl Context {
                     .map_err(|e| Error::Invalid(format!("Secret {}: {e}", tls.secret_name)))?
             }
         };
-        let admin_token = match &c.spec.authorization {
-            None => None,
-            Some(_) => {
-                let name = cluster_objects::credentials_secret_name(&name(c));
-                let token = secret_key(&get(name).await?, cluster_objects::OPERATOR_TOKEN_KEY)?;
-                Some(String::from_utf8_lossy(&token).trim().to_string())
-            }
-        };
-        Ok(BrokerAccess {
-            kafka: self.endpoints.kafka(c),
-            transport,
-            admin_token,
-        })
+        KafkaAdmin::open(&self.endpoints.kafka(c), &transport)
+            .await
+            .map_err(Error::Broker)
+    }
+
+    /// The operator's admin-API token for `c` (authorization on), from the
+    /// credentials Secret the Cluster controller makes.
+    pub async fn admin_token(&self, c: &Cluster) -> crate::error::Result<Option<String>> {
+        if c.spec.authorization.is_none() {
+            return Ok(None);
+        }
+        let secret = self
+            .secret(c, &cluster_objects::credentials_secret_name(&name(c)))
+            .await?;
+        let token = secret_key(&secret, cluster_objects::OPERATOR_TOKEN_KEY)?;
+        Ok(Some(String::from_utf8_lossy(&token).trim().to_string()))
+    }
+
+    /// The admin API of any of `c`'s brokers, with the operator's token.
+    pub async fn admin_api(&self, c: &Cluster) -> crate::error::Result<BrokerAdmin> {
+        Ok(BrokerAdmin::new(&self.endpoints.admin(c)).with_token(self.admin_token(c).await?))
     }
 
     pub fn new(

@@ -74,6 +74,28 @@ impl Condition {
     }
 }
 
+/// The name of the oldest other live object in `all` that `rival` accepts
+/// (one managing the same thing as `obj`), if it is older than `obj`
+/// (creation time, then name): the one that keeps managing it.
+pub fn older_claimant<K: kube::Resource>(
+    obj: &K,
+    all: &[K],
+    rival: impl Fn(&K) -> bool,
+) -> Option<String> {
+    let key = |x: &K| {
+        (
+            x.meta().creation_timestamp.clone(),
+            x.meta().name.clone().unwrap_or_default(),
+        )
+    };
+    all.iter()
+        .filter(|o| o.meta().uid != obj.meta().uid && o.meta().deletion_timestamp.is_none())
+        .filter(|o| rival(o))
+        .filter(|o| key(o) < key(obj))
+        .min_by_key(|o| key(o))
+        .and_then(|o| o.meta().name.clone())
+}
+
 /// Whether `meta` lists `finalizer`.
 pub fn has_finalizer(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -102,6 +124,8 @@ pub struct ClusterRef {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.authorization) || (has(self.tls) && has(self.listeners) && size(self.listeners) > 0)",
      "message": "authorization needs tls and a client listener"},
+    {"rule": "has(self.tls) == has(oldSelf.tls)",
+     "message": "tls cannot be turned on or off on a running cluster (during the roll, brokers on the old and the new INTERNAL listener could not reach each other); make a new Cluster"},
     {"rule": "!has(self.listeners) || self.listeners.all(l, !l.tls || has(self.tls))",
      "message": "a tls listener needs spec.tls"},
     {"rule": "!has(self.listeners) || self.listeners.all(a, self.listeners.exists_one(b, b.name == a.name) && self.listeners.exists_one(b, b.port == a.port))",
@@ -146,8 +170,9 @@ pub struct ClusterSpec {
     #[serde(default)]
     pub service_monitor: bool,
     /// Client listeners besides the brokers' own one (`INTERNAL`, port
-    /// 9092: replication and the controller quorum, also open to clients
-    /// unless `authorization` is set). Each is a Kafka listener of the same
+    /// 9092: replication, the controller quorum and the operator; open to
+    /// clients too unless `tls` is set, which makes it mutual TLS with the
+    /// brokers' certificate). Each is a Kafka listener of the same
     /// name on every broker, advertised under the broker's DNS name and
     /// served by the bootstrap Service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -247,17 +272,62 @@ fn default_sasl_mechanisms() -> Vec<SaslMechanism> {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Authorization {
-    /// Principals allowed everything (`super.users`), e.g. `User:admin`.
-    /// The operator's own principal, `User:sluice-operator`, always is.
+    /// Principals allowed everything (`super.users`), e.g. `User:admin`
+    /// or `User:CN=ops,O=Acme` (a client certificate's). The operator's own
+    /// principal, `User:sluice-operator`, always is.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z]+:[^;]+$")))]
     pub super_users: Vec<String>,
 }
+
+/// Broker settings the operator derives itself; a `config` key naming one
+/// would contradict it (and could keep brokers from starting).
+const OPERATOR_SET_KEYS: &[&str] = &[
+    "listen",
+    "advertised-listen",
+    "admin-listen",
+    "listeners",
+    "advertised-listeners",
+    "listener-security-protocol-map",
+    "inter-broker-listener-name",
+    "ssl-keystore-location",
+    "ssl-keystore-key-location",
+    "ssl-truststore-location",
+    "ssl-client-auth",
+    "sasl-enabled-mechanisms",
+    "authorizer-class-name",
+    "super-users",
+    "admin-auth-tokens-file",
+    "node-id",
+    "node-id-from-hostname",
+    "peers",
+    "data-dir",
+];
 
 impl ClusterSpec {
     /// What the API server's validation rules check, checked again here
     /// (API servers before 1.25 do not evaluate them): `None` if the
     /// security settings hang together.
     pub fn security_problem(&self) -> Option<String> {
+        if let Some(key) = self
+            .config
+            .keys()
+            .find(|k| OPERATOR_SET_KEYS.contains(&k.as_str()))
+        {
+            return Some(format!(
+                "config key {key} is set by the operator (from listeners, tls, authorization and the pod)"
+            ));
+        }
+        for user in self.authorization.iter().flat_map(|a| &a.super_users) {
+            let kind_and_name = user
+                .split_once(':')
+                .is_some_and(|(kind, name)| !kind.is_empty() && !name.is_empty());
+            if !kind_and_name || user.contains(';') {
+                return Some(format!(
+                    "super user {user:?} is not a principal like User:admin"
+                ));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut ports = std::collections::BTreeSet::new();
         for l in &self.listeners {
@@ -525,6 +595,7 @@ pub struct AclRule {
     pub operations: Vec<AclOperation>,
     /// Client address the rule applies to; `*` is any.
     #[serde(default = "any_host")]
+    #[schemars(length(min = 1, max = 255))]
     pub host: String,
     #[serde(default, rename = "type")]
     pub type_: AclPermission,

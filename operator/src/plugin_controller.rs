@@ -87,7 +87,7 @@ async fn reconcile_inner(p: &Plugin, ctx: &Context) -> Result<Requeue> {
     let now = context::now();
     let cluster = live_cluster(ctx, &ns, &p.spec.cluster.name).await?;
     let admin = match &cluster {
-        Some(c) => Some(ctx.access(c).await?.admin_api(&ctx.endpoints.admin(c))),
+        Some(c) => Some(ctx.admin_api(c).await?),
         None => None,
     };
     let registered = match &admin {

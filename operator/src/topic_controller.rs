@@ -26,29 +26,17 @@ pub async fn live_cluster(ctx: &Context, ns: &str, name: &str) -> Result<Option<
 }
 
 pub async fn connect(ctx: &Context, cluster: &Cluster) -> Result<KafkaAdmin> {
-    ctx.access(cluster)
-        .await?
-        .kafka_admin()
-        .await
-        .map_err(Error::Broker)
+    ctx.kafka_admin(cluster).await
 }
 
-/// The name of the oldest other live Topic of the same cluster that names
-/// the same Kafka topic, if it is older than `t` (creation time, then name).
+/// The oldest other live, managed Topic of the same cluster naming the
+/// same Kafka topic, if older than `t`.
 fn older_claimant(t: &Topic, all: &[Topic]) -> Option<String> {
-    let key = |x: &Topic| {
-        (
-            x.meta().creation_timestamp.clone(),
-            x.metadata.name.clone().unwrap_or_default(),
-        )
-    };
-    all.iter()
-        .filter(|o| o.metadata.uid != t.metadata.uid)
-        .filter(|o| o.metadata.deletion_timestamp.is_none() && !topic_plan::unmanaged(o))
-        .filter(|o| o.spec.cluster == t.spec.cluster && kafka_name(o) == kafka_name(t))
-        .filter(|o| key(o) < key(t))
-        .min_by_key(|o| key(o))
-        .and_then(|o| o.metadata.name.clone())
+    crate::crd::older_claimant(t, all, |o| {
+        !topic_plan::unmanaged(o)
+            && o.spec.cluster == t.spec.cluster
+            && kafka_name(o) == kafka_name(t)
+    })
 }
 
 /// The strictest limits of the plugins `t` binds (missing plugins add none).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action as Requeue;
 
 use crate::context::{self, Context};
@@ -64,16 +64,27 @@ async fn reconcile_inner(u: &User, ctx: &Context) -> Result<Requeue> {
     let cluster = live_cluster(ctx, &ns, &u.spec.cluster.name).await?;
     let user = user_plan::user_name(u);
     let principal = user_plan::principal(u);
+    let all = api.list(&ListParams::default()).await?.items;
+    let older_claimant = crate::crd::older_claimant(u, &all, |o| {
+        o.spec.cluster == u.spec.cluster && user_plan::user_name(o) == user
+    });
+    let authorization = cluster
+        .as_ref()
+        .is_some_and(|c| c.spec.authorization.is_some());
     let (mut admin, mut credentials, mut acls) = (None, Vec::new(), Vec::new());
-    if let Some(c) = &cluster {
+    if let Some(c) = cluster.as_ref().filter(|_| older_claimant.is_none()) {
         let mut a = connect(ctx, c).await?;
         credentials = a.scram_credentials(&user).await.map_err(Error::Broker)?;
-        acls = a.acls_of(&principal).await.map_err(Error::Broker)?;
+        if authorization {
+            acls = a.acls_of(&principal).await.map_err(Error::Broker)?;
+        }
         admin = Some(a);
     }
     let observed = Observed {
         user: u,
         cluster_exists: cluster.is_some(),
+        authorization,
+        older_claimant,
         password: password(ctx, &ns, u).await?,
         credentials,
         acls,

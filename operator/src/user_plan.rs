@@ -44,6 +44,11 @@ impl std::fmt::Debug for Password {
 pub struct Observed<'a> {
     pub user: &'a User,
     pub cluster_exists: bool,
+    /// The Cluster has `authorization` (ACLs exist there).
+    pub authorization: bool,
+    /// Name of an older User resource that manages the same Kafka user of
+    /// the same Cluster: this one then touches nothing.
+    pub older_claimant: Option<String>,
     /// With `authentication`: the password and `<uid>/<resourceVersion>`
     /// of its Secret, or why it cannot be read.
     pub password: Option<Result<(Password, String), String>>,
@@ -163,7 +168,8 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     let finalized = has_finalizer(&u.metadata, FINALIZER);
     if deleting {
         if finalized {
-            if o.cluster_exists {
+            // A resource in conflict never owned the user: nothing to undo.
+            if o.cluster_exists && o.older_claimant.is_none() {
                 actions.extend(o.credentials.iter().map(|(mechanism, _)| {
                     Action::DeleteCredential {
                         user: user.clone(),
@@ -194,11 +200,33 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
             "ClusterNotFound",
             format!("Cluster {} does not exist", u.spec.cluster.name),
         );
+    } else if let Some(older) = &o.older_claimant {
+        ready = (
+            false,
+            "ResourceConflict",
+            format!("User {older} already manages {principal}; this one changes nothing"),
+        );
     } else {
         if !finalized {
             actions.push(Action::AddFinalizer);
         }
-        let wanted = desired_acls(u);
+        // Without authorization the brokers keep no ACLs (and refuse the
+        // ACL APIs): the spec's rules wait, said in the status.
+        let wanted = if o.authorization {
+            desired_acls(u)
+        } else {
+            Vec::new()
+        };
+        if !o.authorization && !u.spec.acls.is_empty() {
+            ready = (
+                false,
+                "AuthorizationOff",
+                format!(
+                    "Cluster {} has no authorization: the ACLs are not applied",
+                    u.spec.cluster.name
+                ),
+            );
+        }
         let create: Vec<Acl> = wanted
             .iter()
             .filter(|a| !o.acls.contains(a))

@@ -83,6 +83,8 @@ const ALL_ON: &[&str] = &[
     "--set",
     "cluster.saslMechanisms={SCRAM-SHA-512,SCRAM-SHA-256}",
     "--set",
+    "cluster.authorization.enabled=true",
+    "--set",
     "cluster.authorization.superUsers={User:admin}",
     "--set",
     "watchNamespaces={data,logs}",

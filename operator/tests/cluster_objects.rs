@@ -59,7 +59,7 @@ fn objects_are_wired_and_owned() {
     assert_eq!(headless.publish_not_ready_addresses, Some(true));
     assert_eq!(o.bootstrap.metadata.name.as_deref(), Some("demo-bootstrap"));
     assert_eq!(
-        bootstrap_address("demo", "data"),
+        bootstrap_address(&cluster(3, false)),
         "demo-bootstrap.data.svc:9092"
     );
     let pdb = o.pdb.spec.as_ref().expect("spec");

@@ -241,3 +241,57 @@ fn a_config_change_rolls_one_healthy_broker_at_a_time() {
         Some(("True".into(), "BrokersReady".into()))
     );
 }
+
+#[test]
+fn contradictory_security_settings_apply_nothing() {
+    use sluice_operator::crd::{
+        Authorization, ClusterListener, ClusterTls, ListenerAuthentication,
+    };
+    let listener = ClusterListener {
+        name: "CLIENTS".into(),
+        port: 9093,
+        tls: true,
+        authentication: ListenerAuthentication::Sasl,
+    };
+    let secured = |f: &dyn Fn(&mut Cluster)| {
+        let mut c = cluster(3);
+        c.spec.listeners = vec![listener.clone()];
+        c.spec.tls = Some(ClusterTls {
+            secret_name: "tls".into(),
+        });
+        c.spec.authorization = Some(Authorization::default());
+        f(&mut c);
+        c
+    };
+    assert_eq!(secured(&|_| {}).spec.security_problem(), None);
+    for (why, c) in [
+        ("no tls", secured(&|c| c.spec.tls = None)),
+        ("no listener", secured(&|c| c.spec.listeners.clear())),
+        (
+            "operator's key",
+            secured(&|c| {
+                c.spec.config.insert("listeners".into(), "X://:1".into());
+            }),
+        ),
+        (
+            "bad super user",
+            secured(&|c| {
+                c.spec.authorization = Some(Authorization {
+                    super_users: vec!["admin".into()],
+                })
+            }),
+        ),
+        ("port taken", secured(&|c| c.spec.listeners[0].port = 9644)),
+    ] {
+        let a = plan(&observe(&c, Some(3), pods(3, &hash_of(&c))));
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Apply(_))),
+            "{why}: {a:?}"
+        );
+        assert!(
+            a.iter().any(|x| matches!(x, Action::UpdateStatus(s)
+                if s.conditions[0].reason == "InvalidSpec")),
+            "{why}: {a:?}"
+        );
+    }
+}

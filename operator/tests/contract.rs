@@ -926,6 +926,11 @@ async fn a_secured_cluster_gets_its_credentials_secret_once_and_mounts_its_secre
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(ports, ["kafka", "admin", "client"]);
+    let status = &api.get(&format!("{NS}/clusters"), "demo").expect("cluster")["status"];
+    assert_eq!(
+        status["bootstrap"], "demo-bootstrap.ns.svc:9093",
+        "clients are pointed at their listener, not INTERNAL"
+    );
 
     // The StatefulSet exists now, so the brokers are asked (and are not
     // there); the Secret is kept, not made again.
@@ -1106,13 +1111,10 @@ async fn a_user_gets_scram_credentials_and_acls_through_mutual_tls_and_loses_the
     let users = format!("{NS}/users");
     let client_addr = cluster.addr(0).to_string();
     let mut admin = ctx
-        .access(
+        .kafka_admin(
             &serde_json::from_value(api.get(&format!("{NS}/clusters"), "demo").expect("c"))
                 .expect("decode"),
         )
-        .await
-        .expect("access")
-        .kafka_admin()
         .await
         .expect("the operator reaches INTERNAL over mutual TLS");
     // The operator is trusted there: it makes the topics the test uses.
@@ -1154,8 +1156,8 @@ async fn a_user_gets_scram_credentials_and_acls_through_mutual_tls_and_loses_the
         summaries(&reqs),
         vec![
             format!("GET {NS}/clusters/demo"),
+            format!("GET {users}"),
             "GET /api/v1/namespaces/ns/secrets/demo-tls".to_string(),
-            "GET /api/v1/namespaces/ns/secrets/demo-operator-credentials".to_string(),
             "GET /api/v1/namespaces/ns/secrets/alice-password".to_string(),
             format!("PATCH {users}/alice (json-patch)"),
             format!("PATCH {users}/alice/status (apply)"),
@@ -1269,4 +1271,36 @@ async fn plugins_reach_brokers_that_require_the_operators_admin_token() {
         registered.sha256,
         sluice_operator::plugin_plan::digest(&wasm)
     );
+}
+
+#[tokio::test]
+async fn a_user_on_a_cluster_without_authorization_gets_credentials_and_a_condition() {
+    let (broker, api, ctx) = setup().await;
+    secret(&api, "bob-password", &[("password", b"bob-secret")]);
+    api.create(
+        &format!("{NS}/users"),
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "User",
+            "metadata": { "name": "bob" },
+            "spec": {
+                "cluster": { "name": "demo" },
+                "authentication": {
+                    "type": "scram-sha-256",
+                    "password": { "secretKeyRef": { "name": "bob-password", "key": "password" } },
+                },
+                "acls": [{ "resource": { "type": "topic", "name": "t" }, "operations": ["Read"] }],
+            },
+        }),
+    );
+    // No DescribeAcls (the brokers would answer SECURITY_DISABLED).
+    reconcile_user(&api, &ctx, "bob").await;
+    let mut admin = KafkaAdmin::connect(&broker.bootstrap())
+        .await
+        .expect("admin");
+    assert_eq!(
+        admin.scram_credentials("bob").await.expect("describe"),
+        vec![(1, 4096)]
+    );
+    let status = &api.get(&format!("{NS}/users"), "bob").expect("user")["status"];
+    assert_eq!(status["conditions"][0]["reason"], "AuthorizationOff");
 }

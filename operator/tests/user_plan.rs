@@ -52,6 +52,8 @@ fn observed<'a>(u: &'a User, credentials: Vec<(i8, i32)>, acls: Vec<Acl>) -> Obs
     Observed {
         user: u,
         cluster_exists: true,
+        authorization: true,
+        older_claimant: None,
         password: Some(Ok((Password(b"pw".to_vec()), "uid/1".into()))),
         credentials,
         acls,
@@ -228,4 +230,38 @@ fn delete_removes_credentials_and_acls_then_the_finalizer() {
     let mut gone = observed(&u, vec![], vec![]);
     gone.cluster_exists = false;
     assert_eq!(plan(&gone), vec![Action::RemoveFinalizer]);
+}
+
+#[test]
+fn without_authorization_acls_wait_and_credentials_still_apply() {
+    let u = user(true);
+    let mut o = observed(&u, vec![], vec![]);
+    o.authorization = false;
+    let a = plan(&o);
+    assert!(
+        matches!(writes(&a)[..], [Action::UpsertCredential { .. }]),
+        "{a:?}"
+    );
+    let Some(Action::UpdateStatus(s)) = a.last() else {
+        panic!("status: {a:?}");
+    };
+    assert_eq!(s.conditions[0].reason, "AuthorizationOff");
+}
+
+#[test]
+fn a_younger_user_naming_the_same_principal_changes_nothing_even_when_deleted() {
+    let u = user(true);
+    let mut o = observed(&u, vec![(2, 4096)], vec![]);
+    o.older_claimant = Some("alice-original".into());
+    let a = plan(&o);
+    assert!(writes(&a).is_empty(), "{a:?}");
+    let Some(Action::UpdateStatus(s)) = a.last() else {
+        panic!("status: {a:?}");
+    };
+    assert_eq!(s.conditions[0].reason, "ResourceConflict");
+    let mut deleted = user(true);
+    deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    let mut o = observed(&deleted, vec![(2, 4096)], desired_acls(&deleted));
+    o.older_claimant = Some("alice-original".into());
+    assert_eq!(plan(&o), vec![Action::RemoveFinalizer]);
 }

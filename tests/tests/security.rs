@@ -1205,5 +1205,16 @@ fn the_admin_api_wants_a_token_and_plugin_changes_an_acl() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&without.stderr)
     );
+    // A rewritten tokens file (a renewed Kubernetes Secret) is read again
+    // without a restart: the new token works, the dropped one stops.
+    let renewed = "renewed-token-0123456789abcdef";
+    std::fs::write(&tokens, format!("User:viewer {renewed}\n"))?;
+    cluster.wait_until("the renewed token accepted", WAIT, |_| {
+        Ok(http_as(admin, "GET", "/metrics", Some(renewed), b"")?.status == 200)
+    })?;
+    assert_eq!(
+        http_as(admin, "GET", "/metrics", Some(viewer), b"")?.status,
+        401
+    );
     Ok(())
 }

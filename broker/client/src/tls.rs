@@ -129,7 +129,7 @@ pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Something built from files (a TLS configuration), built again when one
+/// Something built from files (a TLS configuration, a tokens file), built again when one
 /// of the files changes, so certificates are renewed without a restart. A
 /// rebuild that fails (a half-written file) keeps the previous value and
 /// says why; the next look tries again.
@@ -179,12 +179,12 @@ impl<T> Reloading<T> {
         if now != state.stamps {
             match (self.build)() {
                 Ok(v) => {
-                    tracing::info!(files = ?self.files, "TLS files changed: reloaded");
+                    tracing::info!(files = ?self.files, "files changed: reloaded");
                     state.value = Arc::new(v);
                     state.stamps = now;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "TLS files changed but cannot be loaded; keeping the previous certificates");
+                    tracing::error!(files = ?self.files, error = %e, "files changed but cannot be loaded; keeping what was loaded before");
                 }
             }
         }

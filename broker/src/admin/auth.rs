@@ -5,6 +5,7 @@
 //! Plugin changes then need ALTER on the cluster and plugin reads
 //! DESCRIBE, checked by the broker's authorizer like any Kafka request
 //! (403 when refused; everything is allowed while the authorizer is off).
+//! The tokens file is read again when it changes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -58,6 +59,21 @@ impl AdminTokens {
         Ok(AdminTokens { entries })
     }
 
+    /// The tokens of `path`, read again when the file changes (a renewed
+    /// Kubernetes Secret): a file that does not load keeps the previous
+    /// tokens and is logged.
+    pub fn reloading(path: &Path) -> anyhow::Result<sluice_client::tls::Reloading<AdminTokens>> {
+        let file = path.to_path_buf();
+        let load = move || {
+            AdminTokens::load(&file)
+                .map_err(|e| sluice_client::tls::TlsError::Config(format!("{e:#}")))
+        };
+        Ok(sluice_client::tls::Reloading::new(
+            vec![path.to_path_buf()],
+            load,
+        )?)
+    }
+
     fn principal(&self, token: &[u8]) -> Option<&str> {
         // Compared in constant time, every entry looked at.
         let mut found = None;
@@ -89,6 +105,7 @@ pub async fn authenticate(State(b): State<Arc<Broker>>, mut req: Request, next: 
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim);
+            let tokens = tokens.current();
             match presented.and_then(|t| tokens.principal(t.as_bytes())) {
                 Some(p) => p.to_string(),
                 None => {
