@@ -1,10 +1,11 @@
 //! `sluice-broker plugin ...`: the plugin commands of the CLI, talking to a
-//! running broker's HTTP admin API. A minimal HTTP/1.1 client over a plain
-//! TCP stream is enough for these few local calls.
+//! running broker's HTTP admin API. A minimal HTTP/1.1 client over a TCP
+//! stream (TLS with `--ca`) is enough for these few calls.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -34,9 +35,25 @@ pub enum PluginCommand {
     },
 }
 
-/// Runs a plugin command against the admin API at `admin` (host:port).
-pub fn run(admin: &str, token: Option<&str>, cmd: PluginCommand) -> anyhow::Result<()> {
-    let request = |method: &str, path: &str, body: &[u8]| request(admin, token, method, path, body);
+/// Runs a plugin command against the admin API at `admin` (host:port),
+/// over TLS when `ca` names the CA certificates to check the broker with.
+pub fn run(
+    admin: &str,
+    token: Option<&str>,
+    ca: Option<&Path>,
+    cmd: PluginCommand,
+) -> anyhow::Result<()> {
+    let tls = ca
+        .map(|path| -> anyhow::Result<_> {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(Arc::new(sluice_client::tls::client_config_from_pem(
+                &pem, None, true,
+            )?))
+        })
+        .transpose()?;
+    let request = |method: &str, path: &str, body: &[u8]| {
+        request(admin, token, tls.clone(), method, path, body)
+    };
     let (status, body) = match cmd {
         PluginCommand::Upload { name, kind, file } => {
             let wasm =
@@ -74,6 +91,7 @@ pub fn run(admin: &str, token: Option<&str>, cmd: PluginCommand) -> anyhow::Resu
 fn request(
     admin: &str,
     token: Option<&str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     method: &str,
     path: &str,
     body: &[u8],
@@ -84,9 +102,23 @@ fn request(
     let authorization = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let mut stream = TcpStream::connect(admin)
+    let tcp = TcpStream::connect(admin)
         .with_context(|| format!("connecting to the broker's admin API at {admin}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let host = admin
+                .rsplit_once(':')
+                .map_or(admin, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .with_context(|| format!("{host} is not a host name or address"))?;
+            let conn = rustls::ClientConnection::new(config, name)?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -112,6 +144,10 @@ fn request(
     }
     Ok((status, payload))
 }
+
+/// A byte stream to the admin API: TCP, or TLS over it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -105,6 +105,16 @@ pub struct ServeArgs {
     /// the authorizer is on (403 without).
     #[arg(long, env = "SLUICE_ADMIN_AUTH_TOKENS_FILE")]
     pub admin_auth_tokens_file: Option<PathBuf>,
+    /// Serve the HTTP admin API (and `/metrics`, `/healthz`, `/readyz`)
+    /// over TLS with the broker's keystore (`ssl-keystore-location`).
+    #[arg(long, env = "SLUICE_ADMIN_TLS")]
+    pub admin_tls: bool,
+    /// Client certificates on the TLS admin API: none, requested or
+    /// required (from `ssl-truststore-location`). A certificate's principal
+    /// authenticates the caller as a token does. (Kubernetes probes
+    /// present none: `required` fails them.)
+    #[arg(long, env = "SLUICE_ADMIN_SSL_CLIENT_AUTH", default_value = "none")]
+    pub admin_ssl_client_auth: String,
     /// A failed SASL authentication is answered after this delay, then the
     /// connection closes (Kafka's `connection.failed.authentication.delay.ms`).
     #[arg(
@@ -450,6 +460,7 @@ fn validate(mut args: ServeArgs) -> anyhow::Result<ServeArgs> {
         bail!("ssl-keystore-key-location needs ssl-keystore-location (the certificate chain)");
     }
     crate::listeners::from_args(&args)?;
+    crate::listeners::admin_tls(&args)?;
     crate::listeners::sasl_mechanisms(&args)?;
     crate::auth::authorizer::from_args(&args)?;
     if let Some(path) = &args.admin_auth_tokens_file {

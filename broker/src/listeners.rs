@@ -351,27 +351,59 @@ enum ClientAuth {
     Required,
 }
 
+fn client_auth(setting: &str) -> ClientAuth {
+    match setting {
+        "required" => ClientAuth::Required,
+        "requested" => ClientAuth::Requested,
+        _ => ClientAuth::None,
+    }
+}
+
 pub fn server_tls(args: &ServeArgs, spec: &ListenerSpec) -> anyhow::Result<Option<ServerTls>> {
     if !spec.protocol.uses_tls() {
         return Ok(None);
     }
-    let keystore = args.keystore().context("ssl-keystore-location")?;
-    let truststore = args.ssl_truststore_location.clone();
     let auth = if spec.inter_broker {
         ClientAuth::Required
     } else {
-        match args.ssl_client_auth.as_str() {
-            "required" => ClientAuth::Required,
-            "requested" => ClientAuth::Requested,
-            _ => ClientAuth::None,
-        }
+        client_auth(&args.ssl_client_auth)
     };
+    let tls = reloading_server_tls(args, auth)
+        .with_context(|| format!("TLS for listener '{}'", spec.name))?;
+    Ok(Some(tls))
+}
+
+/// The admin API's TLS (`--admin-tls`): the broker's keystore, and client
+/// certificates per `--admin-ssl-client-auth`.
+pub fn admin_tls(args: &ServeArgs) -> anyhow::Result<Option<ServerTls>> {
+    let auth = match args.admin_ssl_client_auth.as_str() {
+        "none" | "requested" | "required" => client_auth(&args.admin_ssl_client_auth),
+        other => bail!("admin-ssl-client-auth must be none, requested or required, not '{other}'"),
+    };
+    if !args.admin_tls {
+        if auth != ClientAuth::None {
+            bail!("admin-ssl-client-auth needs admin-tls");
+        }
+        return Ok(None);
+    }
+    if auth != ClientAuth::None && args.ssl_truststore_location.is_none() {
+        bail!(
+            "admin-ssl-client-auth needs ssl-truststore-location (whose client certificates to accept)"
+        );
+    }
+    let tls = reloading_server_tls(args, auth).context("TLS for the admin API")?;
+    Ok(Some(tls))
+}
+
+fn reloading_server_tls(args: &ServeArgs, auth: ClientAuth) -> anyhow::Result<ServerTls> {
+    let keystore = args.keystore().context(
+        "TLS needs ssl-keystore-location (a PEM file with the private key and certificate chain)",
+    )?;
+    let truststore = args.ssl_truststore_location.clone();
     let mut files = keystore.paths();
     files.extend(truststore.clone());
     let build = move || build_server_config(&keystore, truststore.as_ref(), auth);
-    let reloading = Reloading::new(files, build)
-        .with_context(|| format!("TLS for listener '{}'", spec.name))?;
-    Ok(Some(Arc::new(reloading)))
+    Ok(Arc::new(Reloading::new(files, build)?))
 }
 
 fn build_server_config(

@@ -61,6 +61,11 @@ enum Command {
             hide_env_values = true
         )]
         token: Option<String>,
+        /// CA certificates (PEM) of an admin API served over TLS
+        /// (`--admin-tls` on the broker): connect with TLS, checking the
+        /// broker's certificate against them.
+        #[arg(long, env = "SLUICE_ADMIN_CA", global = true)]
+        ca: Option<std::path::PathBuf>,
         #[command(subcommand)]
         command: PluginCommand,
     },
@@ -82,8 +87,9 @@ fn main() -> anyhow::Result<()> {
         Command::Plugin {
             admin,
             token,
+            ca,
             command,
-        } => cli::run(&admin, token.as_deref(), command),
+        } => cli::run(&admin, token.as_deref(), ca.as_deref(), command),
         Command::Serve(_) => {
             let sub = matches
                 .subcommand_matches("serve")
@@ -121,8 +127,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let phase: admin::StartupPhase =
         Arc::new(std::sync::Mutex::new("opening the controller quorum"));
     let (opened, opened_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_tls = listeners::admin_tls(&args)?;
     let starting = tokio::spawn(admin::serve_starting(
         starting_admin,
+        admin_tls.clone(),
         phase.clone(),
         async move {
             let _ = opened_rx.await;
@@ -262,7 +270,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Ok(Err(e)) = starting.await {
         tracing::warn!(error = %e, "startup admin server stopped");
     }
-    tokio::spawn(admin_serve(broker.clone(), admin_listener));
+    tokio::spawn(admin_serve(broker.clone(), admin_listener, admin_tls));
     tokio::spawn(maintenance::flusher(broker.clone()));
     tokio::spawn(maintenance::retention(broker.clone()));
     tokio::spawn(maintenance::scrubber(broker.clone()));
@@ -311,8 +319,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn admin_serve(broker: Arc<Broker>, listener: TcpListener) {
-    if let Err(e) = admin::serve(broker, listener).await {
+async fn admin_serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    tls: Option<listeners::ServerTls>,
+) {
+    if let Err(e) = admin::serve(broker, listener, tls).await {
         tracing::error!(error = %e, "admin server stopped");
     }
 }

@@ -20,8 +20,14 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 8 << 20;
 
 #[derive(Clone)]
+enum HttpClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+#[derive(Clone)]
 pub struct BrokerAdmin {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     base: String,
     /// Bearer token (brokers with `admin-auth-tokens-file`).
     token: Option<String>,
@@ -39,10 +45,26 @@ impl BrokerAdmin {
     /// `base` is e.g. `http://demo-bootstrap.ns.svc:9644`.
     pub fn new(base: &str) -> BrokerAdmin {
         BrokerAdmin {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: HttpClient::Plain(Client::builder(TokioExecutor::new()).build_http()),
             base: base.trim_end_matches('/').to_string(),
             token: None,
         }
+    }
+
+    /// `base` is an `https://` URL of an admin API served over TLS
+    /// (`--admin-tls`), whose certificate chains to `ca` (PEM).
+    pub fn with_tls(base: &str, ca: &[u8]) -> anyhow::Result<BrokerAdmin> {
+        let config = sluice_client::tls::client_config_from_pem(ca, None, true)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(BrokerAdmin {
+            client: HttpClient::Tls(Client::builder(TokioExecutor::new()).build(https)),
+            base: base.trim_end_matches('/').to_string(),
+            token: None,
+        })
     }
 
     pub fn with_token(mut self, token: Option<String>) -> BrokerAdmin {
@@ -68,7 +90,10 @@ impl BrokerAdmin {
             .body(Full::new(Bytes::from(body)))
             .with_context(|| format!("bad admin URL {url}"))?;
         let exchange = async {
-            let resp = self.client.request(req).await?;
+            let resp = match &self.client {
+                HttpClient::Plain(c) => c.request(req).await?,
+                HttpClient::Tls(c) => c.request(req).await?,
+            };
             let status = resp.status();
             let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
                 .collect()

@@ -15,7 +15,6 @@ use kube::api::{
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
 
-use crate::broker_admin::BrokerAdmin;
 use crate::cluster_objects::{CONFIG_HASH_ANNOTATION, ClusterObjects};
 use crate::cluster_plan::{self, Action, Observed, ObservedPod};
 use crate::context::{self, Context};
@@ -60,17 +59,18 @@ fn observe_pod(p: &Pod) -> Option<ObservedPod> {
 
 /// Under-replicated partitions summed over the ready brokers (each counts
 /// the partitions it leads); `None` if any broker cannot be asked.
-async fn under_replicated(
-    ctx: &Context,
-    c: &Cluster,
-    token: Option<String>,
-    pods: &[ObservedPod],
-) -> Option<u64> {
+async fn under_replicated(ctx: &Context, c: &Cluster, pods: &[ObservedPod]) -> Option<u64> {
     let mut total = 0.0;
     for p in pods.iter().filter(|p| p.ready) {
         let url = ctx.endpoints.broker_admin(c, p.ordinal)?;
-        match BrokerAdmin::new(&url)
-            .with_token(token.clone())
+        let admin = match ctx.admin_api_at(c, &url).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(error = %e, "cannot ask the brokers' admin API");
+                return None;
+            }
+        };
+        match admin
             .gauge("sluice_cluster", "value=\"under_replicated_partitions\"")
             .await
         {
@@ -118,13 +118,7 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
     // authorization, the credentials Secret) to ask.
     let (under, replicas) = match current_brokers {
         Some(_) => {
-            let under = match ctx.admin_token(c).await {
-                Ok(token) => under_replicated(ctx, c, token, &pods).await,
-                Err(e) => {
-                    tracing::info!(error = %e, "cannot ask the brokers' admin API");
-                    None
-                }
-            };
+            let under = under_replicated(ctx, c, &pods).await;
             let replicas = match ctx.kafka_admin(c).await {
                 Ok(mut a) => a.replica_summary().await.ok(),
                 Err(e) => {

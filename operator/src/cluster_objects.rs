@@ -183,11 +183,14 @@ fn env_from_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn http_probe(path: &str, period: i32) -> Probe {
+/// A probe of the admin port: HTTPS when the brokers serve it with TLS
+/// (the kubelet does not check the certificate).
+fn http_probe(c: &Cluster, path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("admin".into()),
+            scheme: c.spec.tls.as_ref().map(|_| "HTTPS".to_string()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -285,8 +288,8 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
                 })
                 .collect(),
         ),
-        readiness_probe: Some(http_probe("/readyz", 5)),
-        liveness_probe: Some(http_probe("/healthz", 10)),
+        readiness_probe: Some(http_probe(c, "/readyz", 5)),
+        liveness_probe: Some(http_probe(c, "/healthz", 10)),
         resources: c.spec.resources.clone(),
         volume_mounts: Some(
             [("data", DATA_DIR, false), ("config", CONFIG_DIR, true)]
@@ -373,6 +376,15 @@ pub fn desired(c: &Cluster) -> ClusterObjects {
     };
     let service_monitor = c.spec.service_monitor.then(|| {
         let mut endpoint = json!({ "port": "admin", "path": "/metrics" });
+        if let Some(tls) = &c.spec.tls {
+            // Scraped by pod address: the certificate is checked for the
+            // bootstrap Service's name, which it carries.
+            endpoint["scheme"] = json!("https");
+            endpoint["tlsConfig"] = json!({
+                "ca": { "secret": { "name": tls.secret_name, "key": "ca.crt" } },
+                "serverName": format!("{}.{ns}.svc", bootstrap_name(&name)),
+            });
+        }
         if c.spec.authorization.is_some() {
             endpoint["bearerTokenSecret"] = json!({
                 "name": credentials_secret_name(&name),
@@ -525,6 +537,8 @@ fn security_env(c: &Cluster) -> Vec<EnvVar> {
             "SLUICE_SSL_TRUSTSTORE_LOCATION",
             &format!("{TLS_DIR}/ca.crt"),
         ));
+        // The admin API (plugin uploads, tokens, metrics) over TLS too.
+        out.push(env("SLUICE_ADMIN_TLS", "true"));
     }
     if c.spec
         .listeners

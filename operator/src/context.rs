@@ -44,7 +44,8 @@ impl Endpoints {
     pub fn admin(&self, c: &Cluster) -> String {
         match self {
             Endpoints::ServiceDns => format!(
-                "http://{}.{}.svc:{ADMIN_PORT}",
+                "{}://{}.{}.svc:{ADMIN_PORT}",
+                admin_scheme(c),
                 cluster_objects::bootstrap_name(&name(c)),
                 namespace(c)
             ),
@@ -56,13 +57,23 @@ impl Endpoints {
     pub fn broker_admin(&self, c: &Cluster, ordinal: i32) -> Option<String> {
         match self {
             Endpoints::ServiceDns => Some(format!(
-                "http://{}:{ADMIN_PORT}",
+                "{}://{}:{ADMIN_PORT}",
+                admin_scheme(c),
                 cluster_objects::broker_host(&name(c), &namespace(c), ordinal)
             )),
             Endpoints::Fixed { admin, .. } => usize::try_from(ordinal)
                 .ok()
                 .and_then(|i| admin.get(i).cloned()),
         }
+    }
+}
+
+/// The brokers serve their admin API over TLS when the cluster has `tls`.
+fn admin_scheme(c: &Cluster) -> &'static str {
+    if c.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
     }
 }
 
@@ -146,7 +157,23 @@ impl Context {
 
     /// The admin API of any of `c`'s brokers, with the operator's token.
     pub async fn admin_api(&self, c: &Cluster) -> crate::error::Result<BrokerAdmin> {
-        Ok(BrokerAdmin::new(&self.endpoints.admin(c)).with_token(self.admin_token(c).await?))
+        self.admin_api_at(c, &self.endpoints.admin(c)).await
+    }
+
+    /// The admin API at `base` (one of `c`'s brokers): over TLS checked
+    /// against the `tls` Secret's CA when the cluster has one (its brokers
+    /// then serve it with `--admin-tls`), with the operator's token.
+    pub async fn admin_api_at(&self, c: &Cluster, base: &str) -> crate::error::Result<BrokerAdmin> {
+        let admin = match &c.spec.tls {
+            None => BrokerAdmin::new(base),
+            Some(tls) => {
+                let secret = self.secret(c, &tls.secret_name).await?;
+                BrokerAdmin::with_tls(base, &secret_key(&secret, "ca.crt")?).map_err(|e| {
+                    crate::error::Error::Invalid(format!("Secret {}: {e:#}", tls.secret_name))
+                })?
+            }
+        };
+        Ok(admin.with_token(self.admin_token(c).await?))
     }
 
     pub fn new(

@@ -910,6 +910,11 @@ async fn a_secured_cluster_gets_its_credentials_secret_once_and_mounts_its_secre
     assert_eq!(env["SLUICE_SASL_ENABLED_MECHANISMS"], "SCRAM-SHA-512,PLAIN");
     assert_eq!(env["SLUICE_SUPER_USERS"], "User:sluice-operator;User:admin");
     assert!(!env.contains_key("SLUICE_LISTEN"));
+    assert_eq!(env["SLUICE_ADMIN_TLS"], "true");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+        "HTTPS"
+    );
     let volumes = &sts["spec"]["template"]["spec"]["volumes"];
     assert_eq!(volumes[1]["secret"]["secretName"], "demo-tls");
     assert_eq!(
@@ -1030,6 +1035,7 @@ async fn secured_setup() -> SecuredSetup {
         "User:sluice-operator;User:admin",
         "--admin-auth-tokens-file",
         tokens_path.as_str(),
+        "--admin-tls",
     ];
     let split = SplitListeners {
         client: "SASL_PLAINTEXT",
@@ -1042,7 +1048,7 @@ async fn secured_setup() -> SecuredSetup {
         Arc::new(Metrics::new().expect("metrics")),
         Endpoints::Fixed {
             kafka: cluster.internal_addr(0).to_string(),
-            admin: vec![cluster.admin_url(0)],
+            admin: vec![https(&cluster)],
         },
         Duration::from_secs(60),
         Some("contract-test".into()),
@@ -1055,6 +1061,11 @@ async fn secured_setup() -> SecuredSetup {
         _pki: pki,
         _tokens: tokens,
     }
+}
+
+/// The broker's admin API URL: served over TLS (`--admin-tls`).
+fn https(cluster: &sluice_tests::cluster::Cluster) -> String {
+    cluster.admin_url(0).replacen("http://", "https://", 1)
 }
 
 async fn reconcile_user(api: &FakeApiServer, ctx: &Arc<Context>, name: &str) {
@@ -1252,7 +1263,10 @@ async fn plugins_reach_brokers_that_require_the_operators_admin_token() {
         }),
     );
     reconcile_plugin(&api, &ctx, "stamp").await;
-    let anonymous = sluice_operator::broker_admin::BrokerAdmin::new(&cluster.admin_url(0));
+    let ca = secret_value(&api, "demo-tls", "ca.crt");
+    let anonymous =
+        sluice_operator::broker_admin::BrokerAdmin::with_tls(&https(&cluster), ca.as_bytes())
+            .expect("https client");
     let refused = anonymous.plugin("stamp").await;
     assert!(
         refused

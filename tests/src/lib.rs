@@ -980,14 +980,32 @@ pub fn http_as(
     token: Option<&str>,
     body: &[u8],
 ) -> Result<HttpResponse> {
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    let stream = admin_stream(addr)?;
+    http_exchange(stream, addr, method, path, token, body)
+}
+
+/// A TCP connection to an admin listener, with a read timeout.
+pub fn admin_stream(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot connect to admin listener {addr}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .context("cannot set read timeout")?;
+    Ok(stream)
+}
+
+/// One HTTP/1.1 request on `stream` (plain TCP or TLS), read to the end.
+pub fn http_exchange(
+    mut stream: impl Read + Write,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<HttpResponse> {
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\nAccept: */*\r\nContent-Length: {}\r\n\r\n",

@@ -4,7 +4,7 @@
 //! keystore (private key and chain in one file, as `--ssl-keystore-location`
 //! takes it), and a client certificate for mutual TLS.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -104,4 +104,31 @@ pub fn check_connects(bootstrap: &str, security: &[(&str, &str)]) -> Result<()> 
         .fetch_metadata(None, Duration::from_secs(5))
         .map(|_| ())
         .context("metadata")
+}
+
+/// One HTTPS request to an admin API served with `--admin-tls`, trusting
+/// `pki`'s CA and presenting `client` (certificate, key PEM files) if given.
+pub fn https_as(
+    addr: std::net::SocketAddr,
+    pki: &TestPki,
+    client: Option<(&Path, &Path)>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<crate::HttpResponse> {
+    let ca = std::fs::read(&pki.ca)?;
+    let identity = client
+        .map(|(cert, key)| -> Result<(Vec<u8>, Vec<u8>)> {
+            Ok((std::fs::read(cert)?, std::fs::read(key)?))
+        })
+        .transpose()?;
+    let config = sluice_client::tls::client_config_from_pem(
+        &ca,
+        identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        true,
+    )?;
+    let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string())?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let stream = rustls::StreamOwned::new(conn, crate::admin_stream(addr)?);
+    crate::http_exchange(stream, addr, method, path, token, b"")
 }

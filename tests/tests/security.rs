@@ -1218,3 +1218,132 @@ fn the_admin_api_wants_a_token_and_plugin_changes_an_acl() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--admin-tls`: the admin API (probes and `/metrics` included) is HTTPS
+/// with the broker's certificate; a client certificate (with
+/// `--admin-ssl-client-auth requested`) names the caller as a token does;
+/// the CLI connects with `--ca`.
+#[test]
+fn the_admin_api_over_tls_with_tokens_or_client_certificates() -> Result<()> {
+    use sluice_tests::sasl::codes::*;
+    use sluice_tests::tls::https_as;
+    let pki = TestPki::generate()?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("admin-tokens");
+    let ops = "ops-token-0123456789abcdef";
+    std::fs::write(&tokens, format!("User:ops {ops}\n"))?;
+    let s = |p: &std::path::Path| p.to_string_lossy().to_string();
+    let (chain, key, ca, tokens) = (
+        s(&pki.broker_cert),
+        s(&pki.broker_key),
+        s(&pki.ca),
+        s(&tokens),
+    );
+    let split = SplitListeners {
+        client: "SASL_PLAINTEXT",
+        internal: "PLAINTEXT",
+    };
+    let cluster = Cluster::start_split(
+        1,
+        split,
+        &[
+            "--authorizer-class-name",
+            "StandardAuthorizer",
+            "--admin-auth-tokens-file",
+            &tokens,
+            "--admin-tls",
+            "--admin-ssl-client-auth",
+            "requested",
+            "--ssl-keystore-location",
+            &chain,
+            "--ssl-keystore-key-location",
+            &key,
+            "--ssl-truststore-location",
+            &ca,
+        ],
+    )?;
+    let admin = cluster.brokers[0].admin_addr();
+    // Plain HTTP gets no HTTP answer.
+    let plain = sluice_tests::http_as(admin, "GET", "/healthz", None, b"");
+    assert!(plain.as_ref().is_err(), "{:?}", plain.map(|r| r.status));
+    assert_eq!(
+        https_as(admin, &pki, None, "GET", "/readyz", None)?.status,
+        200
+    );
+    assert_eq!(
+        https_as(admin, &pki, None, "GET", "/metrics", None)?.status,
+        401
+    );
+    assert_eq!(
+        https_as(admin, &pki, None, "GET", "/metrics", Some(ops))?.status,
+        200
+    );
+    // The client certificate is `User:CN=client`: authenticated, and
+    // authorized once an ACL says so.
+    let client = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
+    assert_eq!(
+        https_as(admin, &pki, client, "GET", "/metrics", None)?.status,
+        200
+    );
+    assert_eq!(
+        https_as(admin, &pki, client, "GET", "/v1/plugins", None)?.status,
+        403
+    );
+    runtime()?.block_on(async {
+        let internal = Connection::connect(cluster.internal_addr(0), "setup", WAIT).await?;
+        sluice_tests::sasl::create_acls(
+            &internal,
+            &[
+                (
+                    CLUSTER,
+                    "kafka-cluster",
+                    LITERAL,
+                    "User:CN=client",
+                    DESCRIBE,
+                    ALLOW,
+                ),
+                (
+                    CLUSTER,
+                    "kafka-cluster",
+                    LITERAL,
+                    "User:ops",
+                    DESCRIBE,
+                    ALLOW,
+                ),
+            ],
+        )
+        .await
+    })?;
+    assert_eq!(
+        https_as(admin, &pki, client, "GET", "/v1/plugins", None)?.status,
+        200
+    );
+    // The CLI over TLS.
+    let cli = |ca: Option<&str>| -> Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(sluice_tests::broker_binary()?);
+        cmd.args([
+            "plugin",
+            "list",
+            "--admin",
+            &admin.to_string(),
+            "--token",
+            ops,
+        ]);
+        cmd.env_remove("SLUICE_ADMIN_CA");
+        if let Some(ca) = ca {
+            cmd.args(["--ca", ca]);
+        }
+        Ok(cmd.output()?)
+    };
+    let with = cli(Some(&ca))?;
+    ensure!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    ensure!(
+        !cli(None)?.status.success(),
+        "plain HTTP to a TLS admin API"
+    );
+    Ok(())
+}

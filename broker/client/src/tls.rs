@@ -329,12 +329,24 @@ impl Transport {
         identity: Option<(&[u8], &[u8])>,
         verify_hostname: bool,
     ) -> Result<Transport, TlsError> {
-        let roots = roots_from_pem(ca)?;
-        let identity = identity
-            .map(|(chain, key)| Identity::from_pem(chain, key))
-            .transpose()?;
-        let config = client_config(roots, identity, verify_hostname)?;
+        let config = client_config_from_pem(ca, identity, verify_hostname)?;
         let fixed = Reloading::new(Vec::new(), move || Ok(config.clone()))?;
         Ok(Transport::Tls(Arc::new(fixed)))
     }
 }
+
+/// A client TLS configuration from PEM text: the CA certificates to trust
+/// and, for mutual TLS, a certificate chain and key (for HTTPS clients of
+/// the admin API as much as for Kafka connections).
+pub fn client_config_from_pem(
+    ca: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+    verify_hostname: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let identity = identity
+        .map(|(chain, key)| Identity::from_pem(chain, key))
+        .transpose()?;
+    client_config(roots_from_pem(ca)?, identity, verify_hostname)
+}
+
+impl Transport {}

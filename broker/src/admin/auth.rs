@@ -88,6 +88,11 @@ impl AdminTokens {
     }
 }
 
+/// The principal of the admin connection's verified client certificate,
+/// if it presented one (a request extension set by the TLS server).
+#[derive(Clone)]
+pub struct CertificatePrincipal(pub Option<String>);
+
 /// The admin caller's principal (a request extension).
 #[derive(Clone)]
 pub struct AdminPrincipal(pub String);
@@ -95,10 +100,16 @@ pub struct AdminPrincipal(pub String);
 /// Middleware: authenticates the caller (see the module docs).
 pub async fn authenticate(State(b): State<Arc<Broker>>, mut req: Request, next: Next) -> Response {
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
-    let principal = match &b.admin_tokens {
+    let certificate = req
+        .extensions()
+        .get::<CertificatePrincipal>()
+        .and_then(|c| c.0.clone());
+    let principal = match (&b.admin_tokens, certificate) {
         _ if probe => ANONYMOUS.to_string(),
-        None => ANONYMOUS.to_string(),
-        Some(tokens) => {
+        // A client certificate the TLS layer verified says who this is.
+        (_, Some(principal)) => principal,
+        (None, None) => ANONYMOUS.to_string(),
+        (Some(tokens), None) => {
             let presented = req
                 .headers()
                 .get(header::AUTHORIZATION)

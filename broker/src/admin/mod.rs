@@ -19,6 +19,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::listeners::ServerTls;
 
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
@@ -43,8 +44,73 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(broker)).await
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+) -> std::io::Result<()> {
+    serve_app(listener, router(broker), tls, std::future::pending()).await
+}
+
+/// Longest a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` resolves: plain HTTP, or
+/// HTTPS with `tls`, where a client certificate's principal goes with each
+/// request (`auth::CertificatePrincipal`).
+async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<ServerTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on.
+                    tracing::warn!(error = %e, "admin API: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "admin API: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let principal = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| crate::auth::certificate::principal(cert));
+            let app = app.layer(axum::Extension(auth::CertificatePrincipal(principal)));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "admin API connection ended");
+            }
+        });
+    }
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
@@ -96,6 +162,7 @@ pub type StartupPhase = Arc<std::sync::Mutex<&'static str>>;
 /// full disk waits for space rather than failing).
 pub async fn serve_starting(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     phase: StartupPhase,
     opened: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -112,7 +179,5 @@ pub async fn serve_starting(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(opened)
-        .await
+    serve_app(listener, app, tls, opened).await
 }
