@@ -156,6 +156,8 @@ impl Broker {
         let auth = crate::auth::Authenticator::new(
             crate::listeners::sasl_mechanisms(&args)?,
             std::time::Duration::from_millis(args.connection_failed_authentication_delay_ms),
+            (args.connections_max_reauth_ms > 0)
+                .then(|| std::time::Duration::from_millis(args.connections_max_reauth_ms)),
         )?;
         metrics.register(Box::new(auth.attempts.clone()));
         let authorizer = crate::auth::authorizer::from_args(&args)?;

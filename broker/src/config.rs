@@ -220,6 +220,12 @@ pub struct ServeArgs {
         default_value_t = 600_000
     )]
     pub connections_max_idle_ms: u64,
+    /// SASL sessions last this long (Kafka's connections.max.reauth.ms,
+    /// KIP-368): clients re-authenticate on the same connection before
+    /// then, and a connection that has not sends nothing but
+    /// re-authentication after it. 0: sessions never expire.
+    #[arg(long, env = "SLUICE_CONNECTIONS_MAX_REAUTH_MS", default_value_t = 0)]
+    pub connections_max_reauth_ms: u64,
     /// Create unknown topics when a client asks for their metadata (Kafka's default).
     #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_create_topics: bool,

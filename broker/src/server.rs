@@ -414,12 +414,17 @@ async fn dispatch<'a>(
     };
     let api_key = request.api_key;
     if !session.admits(api_key) {
+        let (reason, when) = if session.sasl_session_expired() {
+            (
+                "sasl_session_expired",
+                "after the SASL session expired without re-authentication (connections-max-reauth-ms)",
+            )
+        } else {
+            ("sasl_authentication_required", "before SASL authentication")
+        };
         return ready(Reply::Close(
-            "sasl_authentication_required",
-            format!(
-                "{api_key:?} before SASL authentication on listener {}",
-                session.listener
-            ),
+            reason,
+            format!("{api_key:?} {when} on listener {}", session.listener),
         ));
     }
     let version = request.version;

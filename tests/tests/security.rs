@@ -783,6 +783,60 @@ fn bad_sasl_exchanges_are_refused_and_close_only_their_connection() -> Result<()
     Ok(())
 }
 
+/// SaslHandshake(PLAIN) and SaslAuthenticate v1: (error code, session
+/// lifetime in ms).
+async fn plain_login(conn: &Connection, token: &[u8]) -> Result<(i16, i64)> {
+    let mut hs = SaslHandshakeRequest::default();
+    hs.mechanism = StrBytes::from_static_str("PLAIN");
+    ensure!(conn.send(&hs, 1, WAIT).await?.error_code == 0, "handshake");
+    let mut req = SaslAuthenticateRequest::default();
+    req.auth_bytes = Bytes::copy_from_slice(token);
+    let resp = conn.send(&req, 1, WAIT).await?;
+    Ok((resp.error_code, resp.session_lifetime_ms))
+}
+
+/// KIP-368: with `--connections-max-reauth-ms` a SASL session has a
+/// lifetime (told in SaslAuthenticate v1+); the client renews it on the
+/// same connection, as the same principal; a connection that lets it
+/// expire gets nothing but re-authentication (anything else closes it).
+#[test]
+fn sasl_sessions_expire_and_are_renewed_on_the_same_connection() -> Result<()> {
+    let split = SplitListeners {
+        client: "SASL_PLAINTEXT",
+        internal: "PLAINTEXT",
+    };
+    let lifetime = Duration::from_millis(1500);
+    let ms = lifetime.as_millis().to_string();
+    let cluster = Cluster::start_split(1, split, &["--connections-max-reauth-ms", &ms])?;
+    let client = cluster.addr(0).to_string();
+    runtime()?.block_on(async {
+        let admin = Connection::connect(cluster.internal_addr(0), "admin", WAIT).await?;
+        set_password(&admin, "alice", "pw", SCRAM_SHA_512).await?;
+        set_password(&admin, "bob", "pw", SCRAM_SHA_512).await?;
+        let login = plain_login;
+        // Renewed before it runs out: the connection keeps working.
+        let renewing = Connection::connect(&client, "renewing", WAIT).await?;
+        assert_eq!(
+            login(&renewing, b"\0alice\0pw").await?,
+            (0, lifetime.as_millis() as i64)
+        );
+        // Let a second connection's session run out.
+        let lapsing = Connection::connect(&client, "lapsing", WAIT).await?;
+        assert_eq!(login(&lapsing, b"\0alice\0pw").await?.0, 0);
+        tokio::time::sleep(lifetime / 2).await;
+        assert_eq!(login(&renewing, b"\0alice\0pw").await?.0, 0);
+        tokio::time::sleep(lifetime * 3 / 4).await;
+        assert!(!closed(&renewing).await, "renewed in time");
+        assert!(closed(&lapsing).await, "expired and not renewed");
+        // Re-authenticating as someone else fails and closes.
+        let (code, _) = login(&renewing, b"\0bob\0pw").await?;
+        assert_eq!(code, SASL_AUTHENTICATION_FAILED);
+        assert!(closed(&renewing).await);
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
 const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 const UNKNOWN_TOPIC_ID: i16 = 100;
 const SECURITY_DISABLED: i16 = 54;

@@ -138,6 +138,11 @@ fn broker_configs(b: &Admin<'_>) -> Vec<(&'static str, String, ConfigType)> {
             b.settings.data_dir.display().to_string(),
             ConfigType::String,
         ),
+        (
+            "connections.max.reauth.ms",
+            b.settings.connections_max_reauth_ms.to_string(),
+            ConfigType::Long,
+        ),
     ]
 }
 

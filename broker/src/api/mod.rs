@@ -241,6 +241,11 @@ pub struct Session {
     /// Largest frame the connection's reader accepts: small until a SASL
     /// connection has authenticated (Kafka's sasl.server.max.receive.size).
     pub frame_limit: Arc<std::sync::atomic::AtomicUsize>,
+    /// A SASL listener's connection.
+    pub sasl: bool,
+    /// Who the connection authenticated as with SASL, and how: a
+    /// re-authentication (KIP-368) must keep both.
+    pub sasl_identity: std::sync::Mutex<Option<(String, crate::auth::Mechanism)>>,
 }
 
 /// Largest frame before SASL authentication (Kafka's
@@ -266,6 +271,8 @@ impl Session {
             listener,
             inter_broker,
             frame_limit: Arc::new(std::sync::atomic::AtomicUsize::new(limit)),
+            sasl,
+            sasl_identity: std::sync::Mutex::new(None),
             auth: std::sync::Mutex::new(if sasl {
                 AuthState::AwaitingHandshake
             } else {
@@ -292,14 +299,63 @@ impl Session {
     /// The principal (`User:alice`; `User:ANONYMOUS` without SASL).
     pub fn principal(&self) -> String {
         match &*self.lock_auth() {
-            crate::auth::AuthState::Authenticated { principal } => principal.clone(),
+            crate::auth::AuthState::Authenticated { principal, .. } => principal.clone(),
             _ => crate::auth::ANONYMOUS.to_string(),
         }
     }
 
     /// Who the connection is, from its client certificate.
     pub fn authenticated_as(&self, principal: String) {
-        *self.lock_auth() = crate::auth::AuthState::Authenticated { principal };
+        *self.lock_auth() = crate::auth::AuthState::Authenticated {
+            principal,
+            expires: None,
+        };
+    }
+
+    /// A SASL exchange succeeded as `principal` with `mechanism`: the
+    /// session lasts `lifetime` (KIP-368). A re-authentication must name
+    /// the principal the connection had (Kafka's rule); otherwise the
+    /// connection fails and the reason is returned.
+    pub fn sasl_authenticated(
+        &self,
+        principal: String,
+        mechanism: crate::auth::Mechanism,
+        lifetime: Option<std::time::Duration>,
+    ) -> Result<(), String> {
+        use crate::auth::AuthState;
+        let mut identity = self.sasl_identity.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((previous, _)) = identity.as_ref()
+            && *previous != principal
+        {
+            *self.lock_auth() = AuthState::Failed;
+            return Err(format!(
+                "cannot change principals during re-authentication from {previous} to {principal}"
+            ));
+        }
+        *identity = Some((principal.clone(), mechanism));
+        *self.lock_auth() = AuthState::Authenticated {
+            principal,
+            expires: lifetime.map(|l| std::time::Instant::now() + l),
+        };
+        Ok(())
+    }
+
+    /// The mechanism of the connection's SASL session, once it has one.
+    pub fn sasl_mechanism(&self) -> Option<crate::auth::Mechanism> {
+        self.sasl_identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, m)| *m)
+    }
+
+    /// Did the connection's SASL session expire without re-authentication?
+    pub fn sasl_session_expired(&self) -> bool {
+        matches!(
+            &*self.lock_auth(),
+            crate::auth::AuthState::Authenticated { expires: Some(e), .. }
+                if std::time::Instant::now() >= *e
+        )
     }
 
     fn lock_auth(&self) -> std::sync::MutexGuard<'_, crate::auth::AuthState> {

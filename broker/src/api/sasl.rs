@@ -30,13 +30,24 @@ pub fn handshake(
 ) -> SaslHandshakeResponse {
     let mut resp = SaslHandshakeResponse::default();
     resp.mechanisms = auth.enabled_names().into_iter().map(str_bytes).collect();
+    let previous = session.sasl_mechanism();
     let mut state = session.auth.lock().unwrap_or_else(|e| e.into_inner());
-    if !matches!(*state, AuthState::AwaitingHandshake) {
+    // A SASL session with a lifetime may be renewed on the same connection
+    // (KIP-368), with the same mechanism.
+    let reauthentication = matches!(*state, AuthState::Authenticated { .. })
+        && session.sasl
+        && auth.session_lifetime.is_some();
+    if !matches!(*state, AuthState::AwaitingHandshake) && !reauthentication {
         // Kafka's answer on a listener without SASL, or after the exchange.
         resp.error_code = error_code(metrics, ResponseError::IllegalSaslState);
         return resp;
     }
     match Mechanism::parse(req.mechanism.as_str()).filter(|m| auth.mechanisms.contains(m)) {
+        Some(m) if reauthentication && previous != Some(m) => {
+            tracing::info!(peer = %session.peer, mechanism = %req.mechanism.as_str(), "re-authentication with another SASL mechanism; closing");
+            resp.error_code = error_code(metrics, ResponseError::IllegalSaslState);
+            *state = AuthState::Failed;
+        }
         Some(m) => *state = AuthState::Handshaken(m),
         None => {
             tracing::info!(peer = %session.peer, mechanism = %req.mechanism.as_str(), "SASL mechanism not enabled; closing");
@@ -82,9 +93,28 @@ pub async fn authenticate(
     match outcome {
         Outcome::Continue(bytes) => resp.auth_bytes = bytes.into(),
         Outcome::Done { principal, bytes } => {
-            count("success");
-            tracing::debug!(peer = %session.peer, %principal, mechanism = name, "authenticated");
-            resp.auth_bytes = bytes.into();
+            let session_started = match mechanism {
+                Some(m) => session.sasl_authenticated(principal.clone(), m, auth.session_lifetime),
+                None => Err("no mechanism".to_string()),
+            };
+            match session_started {
+                Ok(()) => {
+                    count("success");
+                    tracing::debug!(peer = %session.peer, %principal, mechanism = name, "authenticated");
+                    resp.auth_bytes = bytes.into();
+                    // Only v1+ carries it: the client re-authenticates
+                    // before it runs out (KIP-368).
+                    resp.session_lifetime_ms = auth
+                        .session_lifetime
+                        .map_or(0, |l| i64::try_from(l.as_millis()).unwrap_or(i64::MAX));
+                }
+                Err(detail) => {
+                    count("failure");
+                    tracing::info!(peer = %session.peer, listener = %session.listener, reason = %detail, "SASL re-authentication refused; closing");
+                    resp.error_code = error_code(metrics, ResponseError::SaslAuthenticationFailed);
+                    resp.error_message = Some(str_bytes(detail));
+                }
+            }
         }
         Outcome::Failed { detail } => {
             count("failure");

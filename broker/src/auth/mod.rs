@@ -58,6 +58,9 @@ pub enum AuthState {
     Scram(ScramServer),
     Authenticated {
         principal: String,
+        /// When a SASL session ends unless the client re-authenticates
+        /// (KIP-368); `None`: never.
+        expires: Option<std::time::Instant>,
     },
     /// Failed: the connection closes after the answer.
     Failed,
@@ -66,10 +69,13 @@ pub enum AuthState {
 impl AuthState {
     /// May this connection send requests other than the SASL ones?
     pub fn admits_requests(&self) -> bool {
-        matches!(
-            self,
-            AuthState::NotRequired | AuthState::Authenticated { .. }
-        )
+        match self {
+            AuthState::NotRequired => true,
+            AuthState::Authenticated { expires, .. } => {
+                expires.is_none_or(|e| std::time::Instant::now() < e)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -79,6 +85,9 @@ impl AuthState {
 pub struct Authenticator {
     pub mechanisms: Vec<Mechanism>,
     pub failure_delay: Duration,
+    /// How long a SASL session lasts before the client must re-authenticate
+    /// (KIP-368's connections.max.reauth.ms); `None`: forever.
+    pub session_lifetime: Option<Duration>,
     pub attempts: IntCounterVec,
     secret: [u8; 32],
     rng: ring::rand::SystemRandom,
@@ -98,6 +107,7 @@ impl Authenticator {
     pub fn new(
         mechanisms: Vec<Mechanism>,
         failure_delay: Duration,
+        session_lifetime: Option<Duration>,
     ) -> anyhow::Result<Authenticator> {
         let rng = ring::rand::SystemRandom::new();
         let mut secret = [0u8; 32];
@@ -106,6 +116,7 @@ impl Authenticator {
         Ok(Authenticator {
             mechanisms,
             failure_delay,
+            session_lifetime,
             attempts: IntCounterVec::new(
                 Opts::new(
                     "sluice_sasl_authentications_total",
@@ -144,8 +155,10 @@ impl Authenticator {
             },
         };
         if let Outcome::Done { principal, .. } = &outcome {
+            // The session's expiry is set by `Session::sasl_authenticated`.
             *state = AuthState::Authenticated {
                 principal: principal.clone(),
+                expires: None,
             };
         }
         outcome
