@@ -1870,20 +1870,53 @@ fn tls_main(args: &Args) -> Result<()> {
     };
     let cluster =
         Cluster::start_split(args.brokers, split, &["--ssl-keystore-location", &keystore])?;
+    // A second cluster alike whose client listener is SASL_SSL, with one
+    // SCRAM-SHA-512 user.
+    let sasl_split = SplitListeners {
+        client: "SASL_SSL",
+        internal: "PLAINTEXT",
+    };
+    let sasl_cluster = Cluster::start_split(
+        args.brokers,
+        sasl_split,
+        &["--ssl-keystore-location", &keystore],
+    )?;
     let plain = base_config(&cluster.internal_bootstrap());
     let mut tls = base_config(&cluster.bootstrap());
     tls.set("security.protocol", "ssl")
         .set("ssl.ca.location", &ca);
+    let mut sasl = base_config(&sasl_cluster.bootstrap());
+    sasl.set("security.protocol", "sasl_ssl")
+        .set("ssl.ca.location", &ca)
+        .set("sasl.mechanism", "SCRAM-SHA-512")
+        .set("sasl.username", "bench")
+        .set("sasl.password", "bench-secret");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    runtime.block_on(async {
+        let admin = sluice_client::Connection::connect(
+            sasl_cluster.internal_addr(0),
+            "sluice-bench",
+            Duration::from_secs(10),
+        )
+        .await?;
+        sluice_tests::sasl::set_password(
+            &admin,
+            "bench",
+            "bench-secret",
+            sluice_tests::sasl::SCRAM_SHA_512,
+        )
+        .await
+    })?;
     let rf = args.brokers.min(3) as i32;
-    let mut rates: [[Vec<f64>; 2]; 2] = Default::default();
+    let mut rates: [[Vec<f64>; 3]; 2] = Default::default();
     for round in 0..TLS_ROUNDS {
         for (i, (label, client, bootstrap)) in [
             ("PLAINTEXT", &plain, cluster.internal_bootstrap()),
             ("SSL", &tls, cluster.internal_bootstrap()),
+            ("SASL_SSL", &sasl, sasl_cluster.internal_bootstrap()),
         ]
         .into_iter()
         .enumerate()
@@ -1916,38 +1949,61 @@ fn tls_main(args: &Args) -> Result<()> {
         keystore: None,
         verify_hostname: true,
     })?;
-    let plain_connect =
-        runtime.block_on(connect_times(cluster.internal_addr(0), &plain_transport))?;
-    let tls_connect = runtime.block_on(connect_times(cluster.addr(0), &tls_transport))?;
+    let plain_connect = runtime.block_on(connect_times(
+        cluster.internal_addr(0),
+        &plain_transport,
+        None,
+    ))?;
+    let tls_connect = runtime.block_on(connect_times(cluster.addr(0), &tls_transport, None))?;
+    let sasl_connect = runtime.block_on(connect_times(
+        sasl_cluster.addr(0),
+        &tls_transport,
+        Some(("bench", "bench-secret")),
+    ))?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     println!();
-    println!("| | PLAINTEXT rec/s | SSL rec/s | SSL / PLAINTEXT |");
-    println!("|---|---:|---:|---:|");
-    for (what, pair) in ["produce", "consume"].iter().zip(rates.iter_mut()) {
-        let [p, t] = pair;
-        let (p, t) = (median(p), median(t));
-        println!("| {what} | {p:.0} | {t:.0} | {:.2} |", t / p);
+    println!(
+        "| | PLAINTEXT rec/s | SSL rec/s | SASL_SSL rec/s | SSL / PLAINTEXT | SASL_SSL / PLAINTEXT |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (what, rates) in ["produce", "consume"].iter().zip(rates.iter_mut()) {
+        let [p, t, s] = rates;
+        let (p, t, s) = (median(p), median(t), median(s));
+        println!(
+            "| {what} | {p:.0} | {t:.0} | {s:.0} | {:.2} | {:.2} |",
+            t / p,
+            s / p
+        );
     }
     println!();
-    println!("| connection set-up (connect, handshake, one ApiVersions) | PLAINTEXT ms | SSL ms |");
-    println!("|---|---:|---:|");
+    println!(
+        "| connection set-up (connect, handshakes, one ApiVersions) | PLAINTEXT ms | SSL ms | SASL_SSL (PLAIN login) ms |"
+    );
+    println!("|---|---:|---:|---:|");
     for q in [0.5, 0.99] {
+        let ms = |h: &Histogram<u64>| h.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "| p{} | {:.3} | {:.3} |",
+            "| p{} | {:.3} | {:.3} | {:.3} |",
             q * 100.0,
-            plain_connect.value_at_quantile(q) as f64 / 1000.0,
-            tls_connect.value_at_quantile(q) as f64 / 1000.0
+            ms(&plain_connect),
+            ms(&tls_connect),
+            ms(&sasl_connect)
         );
     }
     Ok(())
 }
 
 /// Opens `CONNECTS` connections one after another, each until its first
-/// answer (ApiVersions), in microseconds.
-async fn connect_times(addr: &str, transport: &sluice_client::Transport) -> Result<Histogram<u64>> {
+/// answer (ApiVersions), in microseconds; with `login`, a SASL PLAIN login
+/// (user, password) first.
+async fn connect_times(
+    addr: &str,
+    transport: &sluice_client::Transport,
+    login: Option<(&str, &str)>,
+) -> Result<Histogram<u64>> {
     use kafka_protocol::messages::ApiVersionsRequest;
     let mut h = Histogram::<u64>::new(3)?;
     for _ in 0..CONNECTS {
@@ -1959,6 +2015,9 @@ async fn connect_times(addr: &str, transport: &sluice_client::Transport) -> Resu
             transport,
         )
         .await?;
+        if let Some((user, password)) = login {
+            sluice_tests::sasl::login_plain(&conn, user, password).await?;
+        }
         conn.send(&ApiVersionsRequest::default(), 0, Duration::from_secs(10))
             .await?;
         h.record(start.elapsed().as_micros() as u64)?;
