@@ -81,16 +81,25 @@ pub fn tenant_partition(tenant: &str, partitions: i32) -> i32 {
 
 /// acks=all, idempotent, and patient enough to ride through failovers.
 pub fn idempotent_producer(bootstrap: &str) -> Result<Arc<FutureProducer>> {
+    idempotent_producer_with(bootstrap, &[])
+}
+
+/// [`idempotent_producer`] with client settings added (security).
+pub fn idempotent_producer_with(
+    bootstrap: &str,
+    client: &[(&str, &str)],
+) -> Result<Arc<FutureProducer>> {
+    let settings = [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+        ("message.timeout.ms", "60000"),
+        ("request.timeout.ms", "5000"),
+        ("retry.backoff.ms", "100"),
+    ];
     Ok(Arc::new(future_producer(
         bootstrap,
-        &[
-            ("acks", "all"),
-            ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
-            ("message.timeout.ms", "60000"),
-            ("request.timeout.ms", "5000"),
-            ("retry.backoff.ms", "100"),
-        ],
+        &[&settings[..], client].concat(),
     )?))
 }
 
@@ -154,10 +163,21 @@ impl Load {
     /// Writes ids `<p>-<seq>` round-robin over `partitions` partitions of
     /// `topic` (values from `value`) until stopped.
     pub fn start(bootstrap: &str, topic: &str, partitions: i32, value: ValueOf) -> Result<Load> {
+        Self::start_with(bootstrap, &[], topic, partitions, value)
+    }
+
+    /// [`Load::start`] with client settings added (security).
+    pub fn start_with(
+        bootstrap: &str,
+        client: &[(&str, &str)],
+        topic: &str,
+        partitions: i32,
+        value: ValueOf,
+    ) -> Result<Load> {
         let history = Arc::new(Mutex::new(History::default()));
         let gaps = Arc::new(Mutex::new(AckGaps::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let producer = idempotent_producer(bootstrap)?;
+        let producer = idempotent_producer_with(bootstrap, client)?;
         let (h, g, s, topic) = (
             history.clone(),
             gaps.clone(),
@@ -263,7 +283,18 @@ pub async fn read_all(
     partitions: i32,
     id: fn(&str) -> String,
 ) -> Result<Vec<Read>> {
-    let consumer = stream_consumer(bootstrap, &[])?;
+    read_all_with(bootstrap, &[], topic, partitions, id).await
+}
+
+/// [`read_all`] with client settings added (security).
+pub async fn read_all_with(
+    bootstrap: &str,
+    client: &[(&str, &str)],
+    topic: &str,
+    partitions: i32,
+    id: fn(&str) -> String,
+) -> Result<Vec<Read>> {
+    let consumer = stream_consumer(bootstrap, client)?;
     let parts: Vec<(&str, i32, Offset)> = (0..partitions)
         .map(|p| (topic, p, Offset::Beginning))
         .collect();

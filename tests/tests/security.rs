@@ -571,6 +571,123 @@ fn certificate_principals_meet_acls_and_only_brokers_pass_the_inter_broker_liste
     Ok(())
 }
 
+/// Security under faults: a SASL_SSL (SCRAM) user whose ACLs allow one
+/// topic writes with an idempotent acks=all producer while partition
+/// leaders are SIGKILLed and restarted on a 3-broker cluster whose
+/// brokers replicate over mutual TLS; every acknowledged record is read
+/// back exactly once, in order (history checker).
+#[test]
+fn acknowledged_records_survive_leader_kills_over_sasl_ssl_with_acls() -> Result<()> {
+    use sluice_tests::load::{Load, plain, read_all_with};
+    use sluice_tests::sasl::{codes as c, create_acls};
+    let pki = TestPki::generate()?;
+    let ca = pki.ca.to_string_lossy().to_string();
+    let mut cluster = mtls_cluster_with(
+        &pki,
+        "SASL_SSL",
+        &["--authorizer-class-name", "StandardAuthorizer"],
+    )?;
+    let topic = unique_name("secure-faults");
+    let rt = runtime()?;
+    // Set up on the inter-broker listener with the brokers' certificate.
+    rt.block_on(async {
+        let transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
+            truststore: pki.ca.clone(),
+            keystore: Some(sluice_client::tls::KeystoreFiles::combined(
+                &pki.broker_keystore,
+            )),
+            verify_hostname: true,
+        })?;
+        let conn = Connection::open(cluster.internal_addr(0), "ops", WAIT, &transport).await?;
+        set_password(&conn, "writer", "writer-secret", SCRAM_SHA_512).await?;
+        let mut create = kafka_protocol::messages::CreateTopicsRequest::default();
+        let mut t = kafka_protocol::messages::create_topics_request::CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.clone()));
+        t.num_partitions = 3;
+        t.replication_factor = 3;
+        let mut min_isr =
+            kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default();
+        min_isr.name = StrBytes::from_static_str("min.insync.replicas");
+        min_isr.value = Some(StrBytes::from_static_str("2"));
+        t.configs.push(min_isr);
+        create.topics.push(t);
+        create.timeout_ms = 30_000;
+        let created = conn.send(&create, 7, WAIT).await?;
+        ensure!(created.topics[0].error_code == 0, "create topic");
+        const IDEMPOTENT_WRITE: i8 = 12;
+        create_acls(
+            &conn,
+            &[
+                (
+                    c::TOPIC,
+                    &topic,
+                    c::LITERAL,
+                    "User:writer",
+                    c::WRITE,
+                    c::ALLOW,
+                ),
+                (
+                    c::TOPIC,
+                    &topic,
+                    c::LITERAL,
+                    "User:writer",
+                    c::READ,
+                    c::ALLOW,
+                ),
+                (c::GROUP, "*", c::LITERAL, "User:writer", c::READ, c::ALLOW),
+                (
+                    c::CLUSTER,
+                    "kafka-cluster",
+                    c::LITERAL,
+                    "User:writer",
+                    IDEMPOTENT_WRITE,
+                    c::ALLOW,
+                ),
+            ],
+        )
+        .await
+    })?;
+    let security = sasl_ssl(&ca, "SCRAM-SHA-512", "writer", "writer-secret");
+    let bootstrap = cluster.bootstrap();
+    let leader_of = |p: i32| -> Result<usize> {
+        let admin: AdminClient<DefaultClientContext> = config(&bootstrap, &security).create()?;
+        let md = admin.inner().fetch_metadata(Some(&topic), WAIT)?;
+        let leader = md
+            .topics()
+            .first()
+            .and_then(|t| t.partitions().iter().find(|x| x.id() == p))
+            .map(|x| x.leader())
+            .context("partition in metadata")?;
+        Ok(usize::try_from(leader)?)
+    };
+    let load =
+        rt.block_on(async { Load::start_with(&cluster.bootstrap(), &security, &topic, 3, plain) })?;
+    std::thread::sleep(Duration::from_secs(2));
+    for p in [0, 1] {
+        let victim = leader_of(p)?;
+        cluster.kill(victim);
+        std::thread::sleep(Duration::from_secs(3));
+        cluster.restart(victim)?;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let history = rt.block_on(load.stop())?;
+    let reads = rt.block_on(read_all_with(
+        &cluster.bootstrap(),
+        &security,
+        &topic,
+        3,
+        plain,
+    ))?;
+    let report = history.check(&reads);
+    ensure!(report.is_clean(), "{report:?}");
+    ensure!(
+        history.acked_count() > 100,
+        "only {} records acknowledged",
+        history.acked_count()
+    );
+    Ok(())
+}
+
 /// librdkafka settings for a SASL_SSL user.
 fn sasl_ssl<'a>(
     ca: &'a str,
