@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// required (Kafka's `ssl.client.auth`).
     #[arg(long, env = "SLUICE_SSL_CLIENT_AUTH", default_value = "none")]
     pub ssl_client_auth: String,
+    /// TLS versions the broker's TLS servers accept (Kafka's
+    /// `ssl.enabled.protocols`): TLSv1.2, TLSv1.3.
+    #[arg(
+        long,
+        env = "SLUICE_SSL_ENABLED_PROTOCOLS",
+        default_value = "TLSv1.2,TLSv1.3"
+    )]
+    pub ssl_enabled_protocols: String,
     /// SASL mechanisms SASL listeners offer (Kafka's
     /// `sasl.enabled.mechanisms`): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
     /// Users are the SCRAM credentials AlterUserScramCredentials manages;

@@ -253,6 +253,7 @@ pub fn from_args(args: &ServeArgs) -> anyhow::Result<Vec<ListenerSpec>> {
             args.ssl_client_auth
         );
     }
+    tls_versions(&args.ssl_enabled_protocols)?;
     if matches!(args.ssl_client_auth.as_str(), "requested" | "required")
         && args.ssl_truststore_location.is_none()
     {
@@ -395,14 +396,35 @@ pub fn admin_tls(args: &ServeArgs) -> anyhow::Result<Option<ServerTls>> {
     Ok(Some(tls))
 }
 
+/// Kafka's `ssl.enabled.protocols` as rustls versions.
+fn tls_versions(setting: &str) -> anyhow::Result<Vec<&'static rustls::SupportedProtocolVersion>> {
+    let versions = setting
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| match v {
+            "TLSv1.2" => Ok(&rustls::version::TLS12),
+            "TLSv1.3" => Ok(&rustls::version::TLS13),
+            other => Err(anyhow::anyhow!(
+                "ssl-enabled-protocols: '{other}' is not TLSv1.2 or TLSv1.3"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if versions.is_empty() {
+        bail!("ssl-enabled-protocols names no TLS version");
+    }
+    Ok(versions)
+}
+
 fn reloading_server_tls(args: &ServeArgs, auth: ClientAuth) -> anyhow::Result<ServerTls> {
     let keystore = args.keystore().context(
         "TLS needs ssl-keystore-location (a PEM file with the private key and certificate chain)",
     )?;
     let truststore = args.ssl_truststore_location.clone();
+    let versions = tls_versions(&args.ssl_enabled_protocols)?;
     let mut files = keystore.paths();
     files.extend(truststore.clone());
-    let build = move || build_server_config(&keystore, truststore.as_ref(), auth);
+    let build = move || build_server_config(&keystore, truststore.as_ref(), auth, &versions);
     Ok(Arc::new(Reloading::new(files, build)?))
 }
 
@@ -410,10 +432,11 @@ fn build_server_config(
     keystore: &KeystoreFiles,
     truststore: Option<&PathBuf>,
     auth: ClientAuth,
+    versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<rustls::ServerConfig, TlsError> {
     let id = tls::load_identity(keystore)?;
     let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match (auth, truststore) {
         (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
@@ -426,11 +449,10 @@ fn build_server_config(
             } else {
                 verifier
             };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|e| TlsError::Config(e.to_string()))?,
-            )
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(Arc::new(KafkaClientVerifier(verifier)))
         }
     };
     let mut config = builder
@@ -439,6 +461,71 @@ fn build_server_config(
     // Kafka speaks no ALPN; clients that offer some still connect.
     config.alpn_protocols.clear();
     Ok(config)
+}
+
+/// Client certificates answered as Kafka's brokers (Java's TLS) answer
+/// them: a refused certificate (not from the truststore's CAs, expired,
+/// ...) gets the bad_certificate alert (42) rather than rustls' specific
+/// ones (unknown_ca, certificate_expired), and no CA names are hinted, so
+/// a client offers its certificate and is told it is bad, where it would
+/// otherwise withhold it and hear TLS 1.3's certificate_required (116)
+/// that Java does not send. librdkafka's ssl_verify test checks for 42.
+/// The precise reason is logged here.
+#[derive(Debug)]
+struct KafkaClientVerifier(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for KafkaClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        self.0
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| match e {
+                Error::InvalidCertificate(why) => {
+                    tracing::info!(reason = %why, "client certificate refused");
+                    Error::InvalidCertificate(CertificateError::BadEncoding)
+                }
+                other => other,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// How this broker connects to its peers' inter-broker listener: TLS with
@@ -559,6 +646,7 @@ mod tests {
                 .contains("unknown security protocol")
         );
         assert!(err(&["--ssl-client-auth", "maybe"]).contains("none, requested or required"));
+        assert!(err(&["--ssl-enabled-protocols", "TLSv1.1"]).contains("is not TLSv1.2 or TLSv1.3"));
         assert!(err(&["--listeners", "SASL_PLAINTEXT://:1"]).contains("must be PLAINTEXT or SSL"));
         assert!(err(&["--sasl-enabled-mechanisms", "GSSAPI"]).contains("is not one of"));
         // ACLs on: the trusted inter-broker listener must be out of clients' reach.
