@@ -181,7 +181,8 @@ async fn accepted_connection(
             .closed_for_bad_input(peer, "tls_handshake", &detail);
         Ok(())
     };
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake = acceptor.accept(stream).into_fallible();
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(tls)) => {
             let principal = tls
                 .get_ref()
@@ -214,12 +215,34 @@ async fn accepted_connection(
             let (rd, wr) = tokio::io::split(tls);
             connection(node, &session, rd, wr).await
         }
-        Ok(Err(e)) => failed(format!("TLS handshake failed: {e}")),
+        Ok(Err((e, tcp))) => {
+            close_after_alert(tcp).await;
+            failed(format!("TLS handshake failed: {e}"))
+        }
         Err(_) => failed(format!(
             "TLS handshake not finished within {}s",
             TLS_HANDSHAKE_TIMEOUT.as_secs()
         )),
     }
+}
+
+/// After a refused TLS handshake (its alert already sent): closes this
+/// side and reads what the client still sends, for a moment, so that the
+/// client gets a FIN after the alert and reads why it was refused. Closing
+/// with its unread bytes (the rest of its handshake flight) in the receive
+/// buffer would send a reset instead, which can make it lose the alert.
+async fn close_after_alert(mut tcp: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
 }
 
 async fn connection<R, W>(node: &Listener, session: &Session, rd: R, wr: W) -> std::io::Result<()>
