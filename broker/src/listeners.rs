@@ -173,6 +173,7 @@ pub fn from_args(args: &ServeArgs) -> anyhow::Result<Vec<ListenerSpec>> {
                 if !endpoints.iter().any(|(n, _, _)| *n == name) {
                     bail!("advertised-listeners: '{name}' is not one of the listeners");
                 }
+                refuse_unroutable("advertised-listeners", &host)?;
                 advertised.insert(name, (host, port));
             }
         }
@@ -183,6 +184,7 @@ pub fn from_args(args: &ServeArgs) -> anyhow::Result<Vec<ListenerSpec>> {
             let port: u16 = port
                 .parse()
                 .with_context(|| format!("advertised-listen port '{port}'"))?;
+            refuse_unroutable("advertised-listen", host)?;
             let first = &endpoints[0].0;
             advertised.insert(first.clone(), (host.to_string(), port));
         }
@@ -275,6 +277,21 @@ pub fn from_args(args: &ServeArgs) -> anyhow::Result<Vec<ListenerSpec>> {
         check_trusted_listener(&specs)?;
     }
     Ok(specs)
+}
+
+/// Kafka's rule: clients cannot connect to the meta-address a server binds
+/// to reach every interface, so it is never advertised.
+fn refuse_unroutable(setting: &str, host: &str) -> anyhow::Result<()> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        bail!(
+            "{setting} cannot use the nonroutable meta-address {host}: use a routable address or host name"
+        );
+    }
+    Ok(())
 }
 
 /// With ACLs on, connections on the inter-broker listener are trusted
@@ -647,6 +664,16 @@ mod tests {
         );
         assert!(err(&["--ssl-client-auth", "maybe"]).contains("none, requested or required"));
         assert!(err(&["--ssl-enabled-protocols", "TLSv1.1"]).contains("is not TLSv1.2 or TLSv1.3"));
+        assert!(err(&["--advertised-listen", "0.0.0.0:9092"]).contains("nonroutable"));
+        assert!(
+            err(&[
+                "--listeners",
+                "PLAINTEXT://:1",
+                "--advertised-listeners",
+                "PLAINTEXT://[::]:1"
+            ])
+            .contains("nonroutable")
+        );
         assert!(err(&["--listeners", "SASL_PLAINTEXT://:1"]).contains("must be PLAINTEXT or SSL"));
         assert!(err(&["--sasl-enabled-mechanisms", "GSSAPI"]).contains("is not one of"));
         // ACLs on: the trusted inter-broker listener must be out of clients' reach.

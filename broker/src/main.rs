@@ -138,12 +138,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(maintenance::disk_probe(args.data_dir.clone()));
     // What clients on each listener are told: its advertised address, else
-    // the bound one (port 0 advertised: the bound port).
+    // the bound one (port 0 advertised: the bound port); a listener bound
+    // to every interface advertises this host's name, as Kafka does, not
+    // the unroutable 0.0.0.0.
     let advertised: BTreeMap<String, Endpoint> = bound
         .iter()
         .map(|(spec, addr, _, _)| {
             let (host, port) = match &spec.advertised {
                 Some((h, p)) => (h.clone(), if *p == 0 { addr.port() } else { *p }),
+                None if addr.ip().is_unspecified() => (
+                    sluice_broker::config::host_name()
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|| "localhost".to_string()),
+                    addr.port(),
+                ),
                 None => (addr.ip().to_string(), addr.port()),
             };
             let port = i32::from(port);
