@@ -455,7 +455,7 @@ async fn dispatch<'a>(
     let started = Instant::now();
     let refused = &node.connections.metrics.inter_broker_refused;
     let pending = match api::inter_broker::refusal(session, &request, &broker.metrics, refused) {
-        Some(refusal) => Box::pin(std::future::ready(Some(refusal))),
+        Some(refusal) => Box::pin(std::future::ready(api::Answer::Respond(refusal))),
         None => api::handle(broker, session, request).await,
     };
     // A failed SASL exchange closes the connection after its own answer
@@ -474,8 +474,10 @@ async fn dispatch<'a>(
             .request_seconds
             .with_label_values(&[&api_name])
             .observe(started.elapsed().as_secs_f64());
-        let Some(body) = response else {
-            return Reply::Nothing;
+        let body = match response {
+            api::Answer::Respond(body) => body,
+            api::Answer::Nothing => return Reply::Nothing,
+            api::Answer::Close(detail) => return Reply::Close("acks0_produce_error", detail),
         };
         match protocol::encode_response_chunks(api_key, version, correlation_id, &body) {
             // A failed SASL exchange: the answer, then the connection closes.

@@ -312,3 +312,49 @@ async fn connection_limits_and_idle_timeout_are_enforced() {
         "a connection after the idle ones closed is admitted"
     );
 }
+
+/// A Produce frame (v8, header v1) for one empty partition of `topic`.
+fn produce_frame(topic: &str, acks: i16) -> Vec<u8> {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let mut header = RequestHeader::default();
+    header.request_api_key = ApiKey::Produce as i16;
+    header.request_api_version = 8;
+    header.correlation_id = 7;
+    header.client_id = Some(StrBytes::from_static_str("acks0"));
+    let mut part = PartitionProduceData::default();
+    part.index = 0;
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partition_data = vec![part];
+    let mut req = ProduceRequest::default();
+    req.acks = acks;
+    req.timeout_ms = 5000;
+    req.topic_data = vec![t];
+    let mut body = BytesMut::new();
+    header.encode(&mut body, 1).expect("header");
+    req.encode(&mut body, 8).expect("produce");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// An acks=0 client reads no answer, so a produce that fails closes its
+/// connection (as Kafka does: the client then refreshes its metadata); with
+/// acks=1 the same failure is answered and the connection stays.
+#[tokio::test]
+async fn a_failed_acks_0_produce_closes_the_connection() {
+    let (broker, _topic) = setup().await;
+    let missing = unique_name("no-such-topic");
+    let wait = Duration::from_secs(3);
+    assert_eq!(
+        send_garbage(&broker, &produce_frame(&missing, 0), false, wait),
+        Outcome::Closed
+    );
+    assert!(matches!(
+        send_garbage(&broker, &produce_frame(&missing, 1), false, wait),
+        Outcome::Replied(_)
+    ));
+}

@@ -371,7 +371,27 @@ pub struct RequestContext {
 
 /// The rest of a request after its ordered part ran: resolves to the
 /// response (`None` where Kafka sends nothing back).
-pub type Completion<'a> = BoxFuture<'a, Option<ResponseKind>>;
+pub type Completion<'a> = BoxFuture<'a, Answer>;
+
+/// How a request is answered.
+// By value, as `Option<ResponseKind>` was: boxing the response would
+// allocate once more per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Answer {
+    Respond(ResponseKind),
+    /// Nothing is sent back (an acks=0 produce that went well).
+    Nothing,
+    /// The connection closes, saying why in the log: an acks=0 produce
+    /// with an error (Kafka closes the connection, the only way an acks=0
+    /// client learns to refresh its metadata).
+    Close(String),
+}
+
+impl From<Option<ResponseKind>> for Answer {
+    fn from(r: Option<ResponseKind>) -> Answer {
+        r.map_or(Answer::Nothing, Answer::Respond)
+    }
+}
 
 /// Runs the part of a request that must happen in the connection's order
 /// (for Produce: validating and appending every batch) and returns what
@@ -403,19 +423,34 @@ pub async fn handle<'a>(
         },
         auto_create: broker.args.auto_create_topics,
     });
+    // acks=0: the client reads no answer; an error closes the connection.
+    let fire_and_forget = matches!(&body, RequestKind::Produce(r) if r.acks == 0);
     let (body, fix) = match authorize::check(authz.as_ref(), body, version) {
-        authorize::Checked::Answer(resp) => return Box::pin(std::future::ready(Some(resp))),
+        authorize::Checked::Answer(_) if fire_and_forget => {
+            return Box::pin(std::future::ready(Answer::Close(
+                "an acks=0 produce was refused".into(),
+            )));
+        }
+        authorize::Checked::Answer(resp) => {
+            return Box::pin(std::future::ready(Answer::Respond(resp)));
+        }
         authorize::Checked::Serve(body, fix) => (body, fix),
     };
     let req = match body {
         RequestKind::Produce(r) => {
             let pending = produce::produce(broker.writes(), session.listener.clone(), r).await;
             return Box::pin(async move {
-                pending.await.map(|r| {
-                    let mut resp = ResponseKind::Produce(r);
-                    fix.apply(authz.as_ref(), &mut resp);
-                    resp
-                })
+                let mut resp = ResponseKind::Produce(pending.await);
+                fix.apply(authz.as_ref(), &mut resp);
+                if !fire_and_forget {
+                    return Answer::Respond(resp);
+                }
+                match produce::first_error(&resp) {
+                    Some(error) => Answer::Close(format!(
+                        "an acks=0 produce failed ({error}); Kafka closes the connection so the client refreshes its metadata"
+                    )),
+                    None => Answer::Nothing,
+                }
             });
         }
         body => DecodedRequest {
@@ -429,7 +464,7 @@ pub async fn handle<'a>(
     if let Some(r) = resp.as_mut() {
         fix.apply(authz.as_ref(), r);
     }
-    Box::pin(std::future::ready(resp))
+    Box::pin(std::future::ready(resp.into()))
 }
 
 async fn handle_whole(

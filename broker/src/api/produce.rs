@@ -42,7 +42,7 @@ pub async fn produce<'a>(
     w: Writes<'a>,
     listener: std::sync::Arc<str>,
     mut req: ProduceRequest,
-) -> BoxFuture<'a, Option<ProduceResponse>> {
+) -> BoxFuture<'a, ProduceResponse> {
     let b = &w;
     let view = b.views.current();
     let acks = Acks::from_wire(req.acks);
@@ -74,9 +74,26 @@ pub async fn produce<'a>(
     Box::pin(async move {
         let b = &w;
         let outcomes = join_all(staged.into_iter().map(|s| s.finish(b, deadline))).await;
-        let resp = respond(b, Some(&listener), &req, outcomes);
-        (acks != Some(Acks::None)).then_some(resp)
+        // Answered whatever the acks: the caller sends nothing back for
+        // acks=0 unless something failed.
+        respond(b, Some(&listener), &req, outcomes)
     })
+}
+
+/// The first partition error of a produce answer, by name.
+pub fn first_error(resp: &kafka_protocol::messages::ResponseKind) -> Option<String> {
+    let kafka_protocol::messages::ResponseKind::Produce(r) = resp else {
+        return None;
+    };
+    r.responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter().map(move |p| (t, p)))
+        .find(|(_, p)| p.error_code != 0)
+        .map(|(t, p)| {
+            let name = ResponseError::try_from_code(p.error_code)
+                .map_or_else(|| format!("error {}", p.error_code), |e| format!("{e:?}"));
+            format!("{name} on {}-{}", t.name.as_str(), p.index)
+        })
 }
 
 /// Every partition's batch, in request order; the request keeps only the
