@@ -1259,6 +1259,23 @@ fn acl_apis_without_an_authorizer_say_security_disabled() -> Result<()> {
     })
 }
 
+/// One broker with ACLs on, a SASL client listener and a PLAINTEXT
+/// inter-broker one, whose admin API takes the tokens in `tokens`.
+fn admin_token_broker(tokens: &std::path::Path, extra: &[&str]) -> Result<Cluster> {
+    let tokens = tokens.to_string_lossy().to_string();
+    let split = SplitListeners {
+        client: "SASL_PLAINTEXT",
+        internal: "PLAINTEXT",
+    };
+    let args = [
+        "--authorizer-class-name",
+        "StandardAuthorizer",
+        "--admin-auth-tokens-file",
+        tokens.as_str(),
+    ];
+    Cluster::start_split(1, split, &[&args[..], extra].concat())
+}
+
 #[test]
 fn the_admin_api_wants_a_token_and_plugin_changes_an_acl() -> Result<()> {
     use sluice_tests::http_as;
@@ -1271,21 +1288,7 @@ fn the_admin_api_wants_a_token_and_plugin_changes_an_acl() -> Result<()> {
         &tokens,
         format!("# principal token\nUser:ops {ops}\nUser:viewer {viewer}\n"),
     )?;
-    let tokens = tokens.to_string_lossy().to_string();
-    let split = SplitListeners {
-        client: "SASL_PLAINTEXT",
-        internal: "PLAINTEXT",
-    };
-    let cluster = Cluster::start_split(
-        1,
-        split,
-        &[
-            "--authorizer-class-name",
-            "StandardAuthorizer",
-            "--admin-auth-tokens-file",
-            &tokens,
-        ],
-    )?;
+    let cluster = admin_token_broker(&tokens, &[])?;
     let admin = cluster.brokers[0].admin_addr();
     // Probes stay open; everything else needs a token.
     assert_eq!(http_as(admin, "GET", "/healthz", None, b"")?.status, 200);
@@ -1404,24 +1407,10 @@ fn the_admin_api_over_tls_with_tokens_or_client_certificates() -> Result<()> {
     let ops = "ops-token-0123456789abcdef";
     std::fs::write(&tokens, format!("User:ops {ops}\n"))?;
     let s = |p: &std::path::Path| p.to_string_lossy().to_string();
-    let (chain, key, ca, tokens) = (
-        s(&pki.broker_cert),
-        s(&pki.broker_key),
-        s(&pki.ca),
-        s(&tokens),
-    );
-    let split = SplitListeners {
-        client: "SASL_PLAINTEXT",
-        internal: "PLAINTEXT",
-    };
-    let cluster = Cluster::start_split(
-        1,
-        split,
+    let (chain, key, ca) = (s(&pki.broker_cert), s(&pki.broker_key), s(&pki.ca));
+    let cluster = admin_token_broker(
+        &tokens,
         &[
-            "--authorizer-class-name",
-            "StandardAuthorizer",
-            "--admin-auth-tokens-file",
-            &tokens,
             "--admin-tls",
             "--admin-ssl-client-auth",
             "requested",
