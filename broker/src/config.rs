@@ -401,7 +401,6 @@ pub fn node_id_from(pod_index: Option<&str>, host_name: Option<&str>) -> anyhow:
 
 /// This machine's host name: `HOSTNAME` (container runtimes set it to the
 /// pod's name), else the kernel's.
-/// This machine's host name (a pod's name in Kubernetes).
 pub fn host_name() -> Option<String> {
     std::env::var("HOSTNAME")
         .ok()

@@ -146,18 +146,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(|(spec, addr, _, _)| {
             let (host, port) = match &spec.advertised {
                 Some((h, p)) => (h.clone(), if *p == 0 { addr.port() } else { *p }),
-                None if addr.ip().is_unspecified() => (
-                    sluice_broker::config::host_name()
+                None if addr.ip().is_unspecified() => {
+                    let host = sluice_broker::config::host_name()
                         .map(|h| h.trim().to_string())
-                        .unwrap_or_else(|| "localhost".to_string()),
-                    addr.port(),
-                ),
+                        .filter(|h| !h.is_empty())
+                        .with_context(|| {
+                            format!(
+                                "listener {} is bound to every interface and this host has no name to advertise: set advertised-listeners",
+                                spec.name
+                            )
+                        })?;
+                    (host, addr.port())
+                }
                 None => (addr.ip().to_string(), addr.port()),
             };
             let port = i32::from(port);
-            (spec.name.clone(), Endpoint { host, port })
+            Ok((spec.name.clone(), Endpoint { host, port }))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let inter_broker = specs
         .iter()
         .find(|s| s.inter_broker)

@@ -298,6 +298,8 @@ const OPERATOR_SET_KEYS: &[&str] = &[
     "authorizer-class-name",
     "super-users",
     "admin-auth-tokens-file",
+    "admin-tls",
+    "admin-ssl-client-auth",
     "node-id",
     "node-id-from-hostname",
     "peers",

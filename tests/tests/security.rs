@@ -1405,7 +1405,13 @@ fn the_admin_api_over_tls_with_tokens_or_client_certificates() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let tokens = dir.path().join("admin-tokens");
     let ops = "ops-token-0123456789abcdef";
-    std::fs::write(&tokens, format!("User:ops {ops}\n"))?;
+    // The client certificate's principal is one the admin API knows (it
+    // has a token, unused here); the broker's certificate, from the same
+    // CA, names one it does not.
+    std::fs::write(
+        &tokens,
+        format!("User:ops {ops}\nUser:CN=client client-token-0123456789abcdef\n"),
+    )?;
     let s = |p: &std::path::Path| p.to_string_lossy().to_string();
     let (chain, key, ca) = (s(&pki.broker_cert), s(&pki.broker_key), s(&pki.ca));
     let cluster = admin_token_broker(
@@ -1437,6 +1443,13 @@ fn the_admin_api_over_tls_with_tokens_or_client_certificates() -> Result<()> {
     assert_eq!(
         https_as(admin, &pki, None, "GET", "/metrics", Some(ops))?.status,
         200
+    );
+    // A certificate from the truststore's CA is not enough: its principal
+    // must be one the admin API knows.
+    let stranger = Some((pki.broker_cert.as_path(), pki.broker_key.as_path()));
+    assert_eq!(
+        https_as(admin, &pki, stranger, "GET", "/metrics", None)?.status,
+        401
     );
     // The client certificate is `User:CN=client`: authenticated, and
     // authorized once an ACL says so.

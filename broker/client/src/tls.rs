@@ -348,5 +348,3 @@ pub fn client_config_from_pem(
         .transpose()?;
     client_config(roots_from_pem(ca)?, identity, verify_hostname)
 }
-
-impl Transport {}

@@ -74,6 +74,11 @@ impl AdminTokens {
         )?)
     }
 
+    /// Whether some token stands for `principal`.
+    fn names(&self, principal: &str) -> bool {
+        self.entries.iter().any(|(_, p)| p == principal)
+    }
+
     fn principal(&self, token: &[u8]) -> Option<&str> {
         // Compared in constant time, every entry looked at.
         let mut found = None;
@@ -106,10 +111,18 @@ pub async fn authenticate(State(b): State<Arc<Broker>>, mut req: Request, next: 
         .and_then(|c| c.0.clone());
     let principal = match (&b.admin_tokens, certificate) {
         _ if probe => ANONYMOUS.to_string(),
-        // A client certificate the TLS layer verified says who this is.
-        (_, Some(principal)) => principal,
+        // A client certificate the TLS layer verified says who this is,
+        // if that principal is one the admin API knows (a token's or a
+        // super user): the truststore also signs Kafka clients'
+        // certificates, which alone must not open the admin API.
+        (Some(tokens), Some(principal))
+            if tokens.current().names(&principal) || b.authorizer.is_super_user(&principal) =>
+        {
+            principal
+        }
+        (None, Some(principal)) => principal,
         (None, None) => ANONYMOUS.to_string(),
-        (Some(tokens), None) => {
+        (Some(tokens), _) => {
             let presented = req
                 .headers()
                 .get(header::AUTHORIZATION)

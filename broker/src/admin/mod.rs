@@ -70,9 +70,16 @@ async fn serve_app(
             .await;
     };
     tokio::pin!(shutdown);
+    // Told to every connection at shutdown: each finishes the request in
+    // progress and closes (a keep-alive client then reconnects to whatever
+    // serves the port next), as axum's graceful shutdown does.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                let _ = stopping.send(true);
+                return Ok(());
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -85,6 +92,7 @@ async fn serve_app(
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let app = app.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -103,10 +111,29 @@ async fn serve_app(
                 .and_then(|cert| crate::auth::certificate::principal(cert));
             let app = app.layer(axum::Extension(auth::CertificatePrincipal(principal)));
             let service = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
+            let conn = hyper::server::conn::http1::Builder::new()
+                // A client that goes quiet before sending its headers is
+                // not kept.
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let stopped = async {
+                // Stopping, or the sender gone: either way, wind down.
+                let _ = stop.wait_for(|stopping| *stopping).await.map(|_| ());
+            };
+            let ended = tokio::select! {
+                ended = conn.as_mut() => Some(ended),
+                () = stopped => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "admin API connection ended");
             }
         });

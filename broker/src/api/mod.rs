@@ -324,13 +324,23 @@ impl Session {
     ) -> Result<(), String> {
         use crate::auth::AuthState;
         let mut identity = self.sasl_identity.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((previous, _)) = identity.as_ref()
-            && *previous != principal
-        {
-            *self.lock_auth() = AuthState::Failed;
-            return Err(format!(
-                "cannot change principals during re-authentication from {previous} to {principal}"
-            ));
+        if let Some((previous, previous_mechanism)) = identity.as_ref() {
+            let refusal = if *previous != principal {
+                Some(format!(
+                    "cannot change principals during re-authentication from {previous} to {principal}"
+                ))
+            } else if *previous_mechanism != mechanism {
+                Some(format!(
+                    "re-authentication must use the same SASL mechanism ({})",
+                    previous_mechanism.name()
+                ))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                *self.lock_auth() = AuthState::Failed;
+                return Err(refusal);
+            }
         }
         *identity = Some((principal.clone(), mechanism));
         *self.lock_auth() = AuthState::Authenticated {
@@ -340,13 +350,9 @@ impl Session {
         Ok(())
     }
 
-    /// The mechanism of the connection's SASL session, once it has one.
-    pub fn sasl_mechanism(&self) -> Option<crate::auth::Mechanism> {
-        self.sasl_identity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(_, m)| *m)
+    /// The SASL exchange failed: the connection closes after the answer.
+    pub fn sasl_failed(&self) {
+        *self.lock_auth() = crate::auth::AuthState::Failed;
     }
 
     /// Did the connection's SASL session expire without re-authentication?

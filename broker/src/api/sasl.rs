@@ -30,10 +30,10 @@ pub fn handshake(
 ) -> SaslHandshakeResponse {
     let mut resp = SaslHandshakeResponse::default();
     resp.mechanisms = auth.enabled_names().into_iter().map(str_bytes).collect();
-    let previous = session.sasl_mechanism();
     let mut state = session.auth.lock().unwrap_or_else(|e| e.into_inner());
     // A SASL session with a lifetime may be renewed on the same connection
-    // (KIP-368), with the same mechanism.
+    // (KIP-368), with the same mechanism and principal (checked when it
+    // completes, as Kafka does).
     let reauthentication = matches!(*state, AuthState::Authenticated { .. })
         && session.sasl
         && auth.session_lifetime.is_some();
@@ -43,11 +43,6 @@ pub fn handshake(
         return resp;
     }
     match Mechanism::parse(req.mechanism.as_str()).filter(|m| auth.mechanisms.contains(m)) {
-        Some(m) if reauthentication && previous != Some(m) => {
-            tracing::info!(peer = %session.peer, mechanism = %req.mechanism.as_str(), "re-authentication with another SASL mechanism; closing");
-            resp.error_code = error_code(metrics, ResponseError::IllegalSaslState);
-            *state = AuthState::Failed;
-        }
         Some(m) => *state = AuthState::Handshaken(m),
         None => {
             tracing::info!(peer = %session.peer, mechanism = %req.mechanism.as_str(), "SASL mechanism not enabled; closing");
@@ -95,7 +90,10 @@ pub async fn authenticate(
         Outcome::Done { principal, bytes } => {
             let session_started = match mechanism {
                 Some(m) => session.sasl_authenticated(principal.clone(), m, auth.session_lifetime),
-                None => Err("no mechanism".to_string()),
+                None => {
+                    session.sasl_failed();
+                    Err("no mechanism".to_string())
+                }
             };
             match session_started {
                 Ok(()) => {
