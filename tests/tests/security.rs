@@ -937,14 +937,25 @@ fn sasl_sessions_expire_and_are_renewed_on_the_same_connection() -> Result<()> {
             login(&renewing, b"\0alice\0pw").await?,
             (0, lifetime.as_millis() as i64)
         );
-        // Let a second connection's session run out.
+        // Let two more connections' sessions run out.
         let lapsing = Connection::connect(&client, "lapsing", WAIT).await?;
         assert_eq!(login(&lapsing, b"\0alice\0pw").await?.0, 0);
+        let lapsing_quietly = Connection::connect(&client, "lapsing", WAIT).await?;
+        assert_eq!(login(&lapsing_quietly, b"\0alice\0pw").await?.0, 0);
         tokio::time::sleep(lifetime / 2).await;
         assert_eq!(login(&renewing, b"\0alice\0pw").await?.0, 0);
         tokio::time::sleep(lifetime * 3 / 4).await;
         assert!(!closed(&renewing).await, "renewed in time");
         assert!(closed(&lapsing).await, "expired and not renewed");
+        // Even ApiVersions: after expiry only a re-authentication is heard.
+        let versions = lapsing_quietly
+            .send(
+                &kafka_protocol::messages::ApiVersionsRequest::default(),
+                3,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(versions.is_err(), "ApiVersions answered after expiry");
         // Re-authenticating as someone else fails and closes.
         let (code, _) = login(&renewing, b"\0bob\0pw").await?;
         assert_eq!(code, SASL_AUTHENTICATION_FAILED);

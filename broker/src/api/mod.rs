@@ -282,13 +282,16 @@ impl Session {
     }
 
     /// May this connection send `api_key` now? Before a SASL connection
-    /// has authenticated, only ApiVersions and the SASL requests.
+    /// has authenticated, only ApiVersions and the SASL requests; once its
+    /// session has expired, only the SaslHandshake that starts a
+    /// re-authentication (Kafka closes on anything else).
     pub fn admits(&self, api_key: kafka_protocol::messages::ApiKey) -> bool {
         use kafka_protocol::messages::ApiKey;
-        matches!(
-            api_key,
-            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
-        ) || self.lock_auth().admits_requests()
+        match api_key {
+            ApiKey::SaslHandshake => true,
+            ApiKey::ApiVersions | ApiKey::SaslAuthenticate => !self.sasl_session_expired(),
+            _ => self.lock_auth().admits_requests(),
+        }
     }
 
     /// Did authentication fail (the connection closes after the answer)?
