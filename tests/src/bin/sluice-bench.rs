@@ -1934,6 +1934,18 @@ fn tls_main(args: &Args) -> Result<()> {
                 eprintln!("warning: {label}: {} records failed delivery", p.failed);
             }
             let c = consume(args, client, &topic)?;
+            // Nine topics of `--records` records, three times over on
+            // three brokers, would fill a small disk: each goes when done.
+            runtime.block_on(async {
+                let admin = sluice_tests::admin_client(&bootstrap)?;
+                for r in admin
+                    .delete_topics(&[&topic], &sluice_tests::admin_opts())
+                    .await?
+                {
+                    r.map_err(|(n, e)| anyhow::anyhow!("delete {n}: {e:?}"))?;
+                }
+                anyhow::Ok(())
+            })?;
             let produce_rps = rate(p.acked as f64, p.elapsed);
             let consume_rps = rate(c.records as f64, c.elapsed);
             println!(
