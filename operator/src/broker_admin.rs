@@ -67,6 +67,15 @@ impl BrokerAdmin {
         })
     }
 
+    /// The same client (connections, TLS, token) for another broker's
+    /// admin API.
+    pub fn at(&self, base: &str) -> BrokerAdmin {
+        BrokerAdmin {
+            base: base.trim_end_matches('/').to_string(),
+            ..self.clone()
+        }
+    }
+
     pub fn with_token(mut self, token: Option<String>) -> BrokerAdmin {
         self.token = token;
         self

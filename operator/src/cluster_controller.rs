@@ -61,16 +61,18 @@ fn observe_pod(p: &Pod) -> Option<ObservedPod> {
 /// the partitions it leads); `None` if any broker cannot be asked.
 async fn under_replicated(ctx: &Context, c: &Cluster, pods: &[ObservedPod]) -> Option<u64> {
     let mut total = 0.0;
+    // The Secrets (CA, token) are read once for all the brokers.
+    let admin = match ctx.admin_api(c).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(error = %e, "cannot ask the brokers' admin API");
+            return None;
+        }
+    };
     for p in pods.iter().filter(|p| p.ready) {
         let url = ctx.endpoints.broker_admin(c, p.ordinal)?;
-        let admin = match ctx.admin_api_at(c, &url).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::info!(error = %e, "cannot ask the brokers' admin API");
-                return None;
-            }
-        };
         match admin
+            .at(&url)
             .gauge("sluice_cluster", "value=\"under_replicated_partitions\"")
             .await
         {

@@ -155,15 +155,13 @@ impl Context {
         Ok(Some(String::from_utf8_lossy(&token).trim().to_string()))
     }
 
-    /// The admin API of any of `c`'s brokers, with the operator's token.
+    /// The admin API of any of `c`'s brokers (`BrokerAdmin::at` for a
+    /// given one): over TLS checked against the `tls` Secret's CA when the
+    /// cluster has one (its brokers then serve it with `--admin-tls`),
+    /// with the operator's token.
     pub async fn admin_api(&self, c: &Cluster) -> crate::error::Result<BrokerAdmin> {
-        self.admin_api_at(c, &self.endpoints.admin(c)).await
-    }
-
-    /// The admin API at `base` (one of `c`'s brokers): over TLS checked
-    /// against the `tls` Secret's CA when the cluster has one (its brokers
-    /// then serve it with `--admin-tls`), with the operator's token.
-    pub async fn admin_api_at(&self, c: &Cluster, base: &str) -> crate::error::Result<BrokerAdmin> {
+        let base = self.endpoints.admin(c);
+        let base = base.as_str();
         let admin = match &c.spec.tls {
             None => BrokerAdmin::new(base),
             Some(tls) => {
