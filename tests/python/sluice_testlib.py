@@ -324,7 +324,27 @@ def ck_create_topic(bootstrap: str, name: str, partitions: int = 1, config=None,
         operation_timeout=timeout,
     )
     futs[name].result(timeout=timeout)
+    wait_topic_everywhere(bootstrap, name, partitions, timeout)
     return name
+
+
+def wait_topic_everywhere(bootstrap: str, name: str, partitions: int, timeout: float = 15.0):
+    """Waits until every broker of `bootstrap` lists `name` with its
+    partitions. CreateTopics answers once the controller has committed the
+    topic; the other brokers learn it a moment later (as in Kafka), and a
+    consumer asking one of them first reports the subscribed topic as not
+    available."""
+    deadline = time.monotonic() + timeout
+    for addr in bootstrap.split(","):
+        admin = ck_admin(addr)
+        while True:
+            md = admin.list_topics(topic=name, timeout=5)
+            t = md.topics.get(name)
+            if t is not None and t.error is None and len(t.partitions) == partitions:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} not known to {addr} within {timeout}s")
+            time.sleep(0.05)
 
 
 def ck_producer(bootstrap: str, **extra):
