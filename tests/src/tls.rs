@@ -91,6 +91,20 @@ impl TestPki {
     }
 }
 
+impl TestPki {
+    /// A client transport (Sluice's own client) trusting this CA and
+    /// presenting `keystore` (key and chain in one file) if given.
+    pub fn transport(&self, keystore: Option<&Path>) -> Result<sluice_client::Transport> {
+        Ok(sluice_client::Transport::tls(
+            sluice_client::tls::ClientTls {
+                truststore: self.ca.clone(),
+                keystore: keystore.map(sluice_client::tls::KeystoreFiles::combined),
+                verify_hostname: true,
+            },
+        )?)
+    }
+}
+
 /// Fails unless a client with these settings gets metadata from `bootstrap`
 /// within a few seconds (blocking).
 pub fn check_connects(bootstrap: &str, security: &[(&str, &str)]) -> Result<()> {

@@ -331,11 +331,7 @@ fn tls_for_clients_and_mutual_tls_between_brokers() -> Result<()> {
     // The inter-broker listener requires a client certificate: a TLS
     // client without one (a client trusting the CA) is turned away.
     let no_cert = rt.block_on(async {
-        let transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
-            truststore: pki.ca.clone(),
-            keystore: None,
-            verify_hostname: true,
-        })?;
+        let transport = pki.transport(None)?;
         let conn = Connection::open(cluster.internal_addr(0), "anon", WAIT, &transport).await?;
         conn.send_raw(32_101, 0, 0, Bytes::from_static(b"{}"), WAIT)
             .await
@@ -355,13 +351,7 @@ fn tls_for_clients_and_mutual_tls_between_brokers() -> Result<()> {
     })?;
     // With the broker's certificate (as a peer broker), it is served.
     rt.block_on(async {
-        let transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
-            truststore: pki.ca.clone(),
-            keystore: Some(sluice_client::tls::KeystoreFiles::combined(
-                &pki.broker_keystore,
-            )),
-            verify_hostname: true,
-        })?;
+        let transport = pki.transport(Some(&pki.broker_keystore))?;
         let conn = Connection::open(cluster.internal_addr(0), "peer", WAIT, &transport).await?;
         let fetch = conn.send(&follower_fetch("absent"), 12, WAIT).await?;
         ensure!(fetch.responses.len() == 1, "{fetch:?}");
@@ -460,13 +450,7 @@ fn certificate_principals_meet_acls_and_only_brokers_pass_the_inter_broker_liste
         ],
     )?;
     let rt = runtime()?;
-    let transport = |keystore: &std::path::Path| {
-        sluice_client::Transport::tls(sluice_client::tls::ClientTls {
-            truststore: pki.ca.clone(),
-            keystore: Some(sluice_client::tls::KeystoreFiles::combined(keystore)),
-            verify_hostname: true,
-        })
-    };
+    let transport = |keystore: &std::path::Path| pki.transport(Some(keystore));
     let (allowed, other) = (unique_name("cert-allowed"), unique_name("cert-other"));
     // An operator on the inter-broker listener with the brokers'
     // certificate: trusted; it makes the topics and the client's ACLs.
@@ -591,13 +575,7 @@ fn acknowledged_records_survive_leader_kills_over_sasl_ssl_with_acls() -> Result
     let rt = runtime()?;
     // Set up on the inter-broker listener with the brokers' certificate.
     rt.block_on(async {
-        let transport = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
-            truststore: pki.ca.clone(),
-            keystore: Some(sluice_client::tls::KeystoreFiles::combined(
-                &pki.broker_keystore,
-            )),
-            verify_hostname: true,
-        })?;
+        let transport = pki.transport(Some(&pki.broker_keystore))?;
         let conn = Connection::open(cluster.internal_addr(0), "ops", WAIT, &transport).await?;
         set_password(&conn, "writer", "writer-secret", SCRAM_SHA_512).await?;
         let mut create = kafka_protocol::messages::CreateTopicsRequest::default();
@@ -732,13 +710,7 @@ fn scram_and_plain_users_over_sasl_ssl_on_a_cluster() -> Result<()> {
     let rt = runtime()?;
     // Users are made over the inter-broker listener with a certificate
     // from the cluster's CA, as Kafka's admin tools on a broker listener.
-    let admin_tls = sluice_client::Transport::tls(sluice_client::tls::ClientTls {
-        truststore: pki.ca.clone(),
-        keystore: Some(sluice_client::tls::KeystoreFiles::combined(
-            &pki.client_keystore,
-        )),
-        verify_hostname: true,
-    })?;
+    let admin_tls = pki.transport(Some(&pki.client_keystore))?;
     rt.block_on(async {
         let conn = Connection::open(cluster.internal_addr(0), "admin", WAIT, &admin_tls).await?;
         set_password(&conn, "alice", "alice-secret", SCRAM_SHA_512).await?;
