@@ -1912,6 +1912,9 @@ fn tls_main(args: &Args) -> Result<()> {
     })?;
     let rf = args.brokers.min(3) as i32;
     let mut rates: [[Vec<f64>; 3]; 2] = Default::default();
+    // The brokers' own CPU per record in each phase: what TLS costs the
+    // broker, apart from what it costs the client sharing these cores.
+    let mut broker_cpu_us: [[Vec<f64>; 3]; 2] = Default::default();
     for round in 0..TLS_ROUNDS {
         for (i, (label, client, bootstrap)) in [
             ("PLAINTEXT", &plain, cluster.internal_bootstrap()),
@@ -1929,11 +1932,19 @@ fn tls_main(args: &Args) -> Result<()> {
                 rf,
                 &[],
             ))?;
+            let serving: Vec<&Broker> = if i == 2 {
+                sasl_cluster.brokers.iter().collect()
+            } else {
+                cluster.brokers.iter().collect()
+            };
+            let cpu_at_start = brokers_cpu(&serving)?;
             let p = produce(args, client, &topic)?;
             if p.failed > 0 {
                 eprintln!("warning: {label}: {} records failed delivery", p.failed);
             }
+            let cpu_produced = brokers_cpu(&serving)?;
             let c = consume(args, client, &topic)?;
+            let cpu_consumed = brokers_cpu(&serving)?;
             // Nine topics of `--records` records, three times over on
             // three brokers, would fill a small disk: each goes when done.
             runtime.block_on(async {
@@ -1953,6 +1964,16 @@ fn tls_main(args: &Args) -> Result<()> {
             );
             rates[0][i].push(produce_rps);
             rates[1][i].push(consume_rps);
+            let per_record =
+                |cpu: Duration, records: u64| cpu.as_secs_f64() * 1e6 / records.max(1) as f64;
+            broker_cpu_us[0][i].push(per_record(
+                cpu_produced.saturating_sub(cpu_at_start),
+                p.acked,
+            ));
+            broker_cpu_us[1][i].push(per_record(
+                cpu_consumed.saturating_sub(cpu_produced),
+                c.records,
+            ));
         }
     }
     let plain_transport = sluice_client::Transport::Plain;
@@ -1988,6 +2009,22 @@ fn tls_main(args: &Args) -> Result<()> {
             "| {what} | {p:.0} | {t:.0} | {s:.0} | {:.2} | {:.2} |",
             t / p,
             s / p
+        );
+    }
+    println!();
+    println!(
+        "| brokers' CPU µs per record | PLAINTEXT | SSL | SASL_SSL | PLAINTEXT / SSL | PLAINTEXT / SASL_SSL |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (what, costs) in ["produce", "consume"].iter().zip(broker_cpu_us.iter_mut()) {
+        let [p, t, s] = costs;
+        let (p, t, s) = (median(p), median(t), median(s));
+        // Inverted, so that like the throughput ratios it reads as the
+        // share of PLAINTEXT's records the same broker CPU serves.
+        println!(
+            "| {what} | {p:.2} | {t:.2} | {s:.2} | {:.2} | {:.2} |",
+            p / t.max(1e-9),
+            p / s.max(1e-9)
         );
     }
     println!();
