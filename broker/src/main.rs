@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_broker::broker::Broker;
-use sluice_broker::cli::{self, PluginCommand};
+use sluice_broker::cli::kafka::{ClusterCommand, Connect, TopicCommand};
+use sluice_broker::cli::{self, CliError, PluginCommand};
 use sluice_broker::config::{self, ServeArgs};
 use sluice_broker::connections::{ConnectionLimits, Connections};
 use sluice_broker::{admin, listeners, liveness, maintenance, replication, server};
@@ -69,6 +70,20 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Create, list, describe, alter and delete topics (over a Kafka listener).
+    Topic {
+        #[command(flatten)]
+        connect: Connect,
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// The cluster's brokers, controller and partition health (over a Kafka listener).
+    Cluster {
+        #[command(flatten)]
+        connect: Connect,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,7 +104,13 @@ fn main() -> anyhow::Result<()> {
             token,
             ca,
             command,
-        } => cli::run(&admin, token.as_deref(), ca.as_deref(), command),
+        } => cli::plugin::run(&admin, token.as_deref(), ca.as_deref(), command),
+        Command::Topic { connect, command } => {
+            run_cli(|| async move { cli::kafka::topic(&connect, command).await })
+        }
+        Command::Cluster { connect, command } => {
+            run_cli(|| async move { cli::kafka::cluster(&connect, command).await })
+        }
         Command::Serve(_) => {
             let sub = matches
                 .subcommand_matches("serve")
@@ -99,6 +120,25 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(serve(args))
+        }
+    }
+}
+
+/// Runs a CLI command on a small runtime; on failure prints the error and
+/// exits with its status (1: refused, 3: unreachable).
+fn run_cli<F, Fut>(command: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(command()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("error: {:#}", e.error);
+            std::process::exit(e.status as i32)
         }
     }
 }

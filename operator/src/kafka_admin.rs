@@ -1,60 +1,38 @@
 //! The operator's Kafka admin client: the handful of admin APIs the Topic
-//! controller needs, over one connection of Sluice's internal client
-//! (`sluice-client`, messages encoded by `kafka-protocol`).
+//! and User controllers need, over one connection of Sluice's internal
+//! client (topics through `sluice_client::admin`, shared with the CLI;
+//! SCRAM credentials and ACLs here, messages encoded by `kafka-protocol`).
 //! No librdkafka in the operator image, and every request and answer is
 //! typed. Errors carry the broker's error code and message.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::alter_user_scram_credentials_request::{
     ScramCredentialDeletion, ScramCredentialUpsertion,
 };
 use kafka_protocol::messages::create_acls_request::AclCreation;
-use kafka_protocol::messages::create_partitions_request::{
-    CreatePartitionsAssignment, CreatePartitionsTopic,
-};
-use kafka_protocol::messages::create_topics_request::{
-    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
-};
 use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
-use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
-use kafka_protocol::messages::incremental_alter_configs_request::{
-    AlterConfigsResource, AlterableConfig,
-};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, BrokerId,
-    CreateAclsRequest, CreateAclsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteAclsRequest, DeleteAclsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeAclsRequest, DescribeAclsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, DescribeUserScramCredentialsRequest,
-    DescribeUserScramCredentialsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, MetadataRequest, MetadataResponse, TopicName,
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, CreateAclsRequest,
+    CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
+    DescribeAclsResponse, DescribeUserScramCredentialsRequest,
+    DescribeUserScramCredentialsResponse,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
-use sluice_client::{Connection, Transport};
+use sluice_client::Transport;
+use sluice_client::admin::{Admin, NewTopic, TIMEOUT};
 
 use crate::topic_plan::ObservedTopic;
 use crate::user_plan::{Acl, Credential, Password};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-const RESOURCE_TOPIC: i8 = 2;
-/// DescribeConfigs `config_source` of a per-topic override.
-const SOURCE_DYNAMIC_TOPIC: i8 = 1;
-const OP_SET: i8 = 0;
-const OP_DELETE: i8 = 1;
 /// ACL filters' ANY (resource type, pattern type, operation, permission).
 const ACL_ANY: i8 = 1;
 
 pub struct KafkaAdmin {
-    conn: Connection,
-}
-
-fn topic_name(name: &str) -> TopicName {
-    TopicName(StrBytes::from_string(name.to_string()))
+    admin: Admin,
 }
 
 fn str_bytes(s: &str) -> StrBytes {
@@ -66,10 +44,9 @@ fn check(what: &str, code: i16, message: Option<&StrBytes>) -> anyhow::Result<()
     if code == 0 {
         return Ok(());
     }
-    let name = kafka_protocol::ResponseError::try_from_code(code)
-        .map_or_else(|| format!("error {code}"), |e| format!("{e:?}"));
     bail!(
-        "{what}: {name}{}",
+        "{what}: {}{}",
+        sluice_client::admin::error_name(code),
         message.map(|m| format!(": {m}")).unwrap_or_default()
     )
 }
@@ -81,15 +58,16 @@ impl KafkaAdmin {
     }
 
     pub async fn open(bootstrap: &str, transport: &Transport) -> anyhow::Result<KafkaAdmin> {
-        let conn = Connection::open(bootstrap, "sluice-operator", TIMEOUT, transport)
+        let admin = Admin::open(bootstrap, "sluice-operator", transport)
             .await
             .with_context(|| format!("cannot connect to {bootstrap}"))?;
-        Ok(KafkaAdmin { conn })
+        Ok(KafkaAdmin { admin })
     }
 
     /// One request on the connection, answered by its typed response.
     async fn call<R: Request>(&self, version: i16, request: &R) -> anyhow::Result<R::Response> {
-        self.conn
+        self.admin
+            .connection()
             .send(request, version, TIMEOUT)
             .await
             .with_context(|| format!("API key {} v{version}", R::KEY))
@@ -97,26 +75,19 @@ impl KafkaAdmin {
 
     /// Broker ids of the cluster, sorted.
     pub async fn broker_ids(&mut self) -> anyhow::Result<Vec<i32>> {
-        let mut req = MetadataRequest::default();
-        req.topics = Some(Vec::new());
-        let resp: MetadataResponse = self.call(9, &req).await?;
-        let mut ids: Vec<i32> = resp.brokers.iter().map(|b| b.node_id.0).collect();
-        ids.sort_unstable();
-        Ok(ids)
+        let view = self.admin.cluster(Some(&[])).await?;
+        Ok(view.brokers.iter().map(|b| b.id).collect())
     }
 
     /// Over every topic: the largest replication factor, and the broker ids
     /// that hold at least one replica (what a scale-down must not remove).
     pub async fn replica_summary(&mut self) -> anyhow::Result<(i32, Vec<i32>)> {
-        let mut req = MetadataRequest::default();
-        req.topics = None;
-        req.allow_auto_topic_creation = false;
-        let resp: MetadataResponse = self.call(9, &req).await?;
+        let view = self.admin.cluster(None).await?;
         let mut max_rf = 0;
         let mut holders = std::collections::BTreeSet::new();
-        for p in resp.topics.iter().flat_map(|t| &t.partitions) {
-            max_rf = max_rf.max(p.replica_nodes.len() as i32);
-            holders.extend(p.replica_nodes.iter().map(|b| b.0));
+        for p in view.topics.iter().flat_map(|t| &t.partitions) {
+            max_rf = max_rf.max(p.replicas.len() as i32);
+            holders.extend(p.replicas.iter().copied());
         }
         Ok((max_rf, holders.into_iter().collect()))
     }
@@ -124,54 +95,18 @@ impl KafkaAdmin {
     /// The topic's replica assignment and per-topic config overrides, or
     /// `None` if it does not exist.
     pub async fn describe_topic(&mut self, name: &str) -> anyhow::Result<Option<ObservedTopic>> {
-        let mut t = MetadataRequestTopic::default();
-        t.name = Some(topic_name(name));
-        let mut req = MetadataRequest::default();
-        req.topics = Some(vec![t]);
-        req.allow_auto_topic_creation = false;
-        let resp: MetadataResponse = self.call(9, &req).await?;
-        let Some(topic) = resp
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == name))
-        else {
+        let Some(topic) = self.admin.topic(name).await? else {
             return Ok(None);
         };
-        if topic.error_code == kafka_protocol::ResponseError::UnknownTopicOrPartition.code() {
-            return Ok(None);
-        }
-        check(&format!("metadata of {name}"), topic.error_code, None)?;
-        let mut partitions: Vec<_> = topic.partitions.iter().collect();
-        partitions.sort_by_key(|p| p.partition_index);
-        let assignment = partitions
-            .iter()
-            .map(|p| p.replica_nodes.iter().map(|b| b.0).collect())
+        let assignment = topic.partitions.into_iter().map(|p| p.replicas).collect();
+        let configs = self
+            .admin
+            .topic_configs(name)
+            .await?
+            .into_iter()
+            .filter(|c| c.is_override)
+            .map(|c| (c.name, c.value.unwrap_or_default()))
             .collect();
-
-        let mut res = DescribeConfigsResource::default();
-        res.resource_type = RESOURCE_TOPIC;
-        res.resource_name = str_bytes(name);
-        // Null asks for every key (an empty list would ask for none).
-        res.configuration_keys = None;
-        let mut req = DescribeConfigsRequest::default();
-        req.resources = vec![res];
-        let resp: DescribeConfigsResponse = self.call(4, &req).await?;
-        let mut configs = BTreeMap::new();
-        for r in &resp.results {
-            check(
-                &format!("configs of {name}"),
-                r.error_code,
-                r.error_message.as_ref(),
-            )?;
-            for c in &r.configs {
-                if c.config_source == SOURCE_DYNAMIC_TOPIC {
-                    configs.insert(
-                        c.name.to_string(),
-                        c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
-                    );
-                }
-            }
-        }
         Ok(Some(ObservedTopic {
             assignment,
             configs,
@@ -186,41 +121,13 @@ impl KafkaAdmin {
         assignment: &[Vec<i32>],
         configs: &BTreeMap<String, String>,
     ) -> anyhow::Result<()> {
-        let mut t = CreatableTopic::default();
-        t.name = topic_name(name);
-        t.num_partitions = -1;
-        t.replication_factor = -1;
-        t.assignments = assignment
-            .iter()
-            .enumerate()
-            .map(|(i, replicas)| {
-                let mut a = CreatableReplicaAssignment::default();
-                a.partition_index = i as i32;
-                a.broker_ids = replicas.iter().map(|b| BrokerId(*b)).collect();
-                a
-            })
-            .collect();
-        t.configs = configs
-            .iter()
-            .map(|(k, v)| {
-                let mut c = CreatableTopicConfig::default();
-                c.name = str_bytes(k);
-                c.value = Some(str_bytes(v));
-                c
-            })
-            .collect();
-        let mut req = CreateTopicsRequest::default();
-        req.topics = vec![t];
-        req.timeout_ms = TIMEOUT.as_millis() as i32;
-        let resp: CreateTopicsResponse = self.call(5, &req).await?;
-        for t in &resp.topics {
-            check(
-                &format!("creating {name}"),
-                t.error_code,
-                t.error_message.as_ref(),
-            )?;
-        }
-        Ok(())
+        let topic = NewTopic {
+            name: name.to_string(),
+            assignment: assignment.to_vec(),
+            configs: configs.clone(),
+            ..NewTopic::default()
+        };
+        Ok(self.admin.create_topic(&topic, false).await?)
     }
 
     /// Grows a topic to `total` partitions; `assignment` covers the new ones.
@@ -230,31 +137,10 @@ impl KafkaAdmin {
         total: i32,
         assignment: &[Vec<i32>],
     ) -> anyhow::Result<()> {
-        let mut t = CreatePartitionsTopic::default();
-        t.name = topic_name(name);
-        t.count = total;
-        t.assignments = Some(
-            assignment
-                .iter()
-                .map(|replicas| {
-                    let mut a = CreatePartitionsAssignment::default();
-                    a.broker_ids = replicas.iter().map(|b| BrokerId(*b)).collect();
-                    a
-                })
-                .collect(),
-        );
-        let mut req = CreatePartitionsRequest::default();
-        req.topics = vec![t];
-        req.timeout_ms = TIMEOUT.as_millis() as i32;
-        let resp: CreatePartitionsResponse = self.call(2, &req).await?;
-        for r in &resp.results {
-            check(
-                &format!("adding partitions to {name}"),
-                r.error_code,
-                r.error_message.as_ref(),
-            )?;
-        }
-        Ok(())
+        Ok(self
+            .admin
+            .create_partitions(name, total, assignment)
+            .await?)
     }
 
     /// Sets `set` and deletes `delete` (IncrementalAlterConfigs: other keys
@@ -265,51 +151,15 @@ impl KafkaAdmin {
         set: &BTreeMap<String, String>,
         delete: &[String],
     ) -> anyhow::Result<()> {
-        let op = |k: &str, op: i8, v: Option<&String>| {
-            let mut c = AlterableConfig::default();
-            c.name = str_bytes(k);
-            c.config_operation = op;
-            c.value = v.map(|v| str_bytes(v));
-            c
-        };
-        let mut res = AlterConfigsResource::default();
-        res.resource_type = RESOURCE_TOPIC;
-        res.resource_name = str_bytes(name);
-        res.configs = set
-            .iter()
-            .map(|(k, v)| op(k, OP_SET, Some(v)))
-            .chain(delete.iter().map(|k| op(k, OP_DELETE, None)))
-            .collect();
-        let mut req = IncrementalAlterConfigsRequest::default();
-        req.resources = vec![res];
-        let resp: IncrementalAlterConfigsResponse = self.call(1, &req).await?;
-        for r in &resp.responses {
-            check(
-                &format!("configs of {name}"),
-                r.error_code,
-                r.error_message.as_ref(),
-            )?;
-        }
-        Ok(())
+        Ok(self.admin.alter_topic_configs(name, set, delete).await?)
     }
 
+    /// Deletes a topic; one already gone is fine.
     pub async fn delete_topic(&mut self, name: &str) -> anyhow::Result<()> {
-        let mut req = DeleteTopicsRequest::default();
-        req.topic_names = vec![topic_name(name)];
-        req.timeout_ms = TIMEOUT.as_millis() as i32;
-        let resp: DeleteTopicsResponse = self.call(4, &req).await?;
-        for r in &resp.responses {
-            let gone =
-                r.error_code == kafka_protocol::ResponseError::UnknownTopicOrPartition.code();
-            if !gone {
-                check(
-                    &format!("deleting {name}"),
-                    r.error_code,
-                    r.error_message.as_ref(),
-                )?;
-            }
+        match self.admin.delete_topic(name).await {
+            Err(e) if e.code() == Some(ResponseError::UnknownTopicOrPartition.code()) => Ok(()),
+            r => Ok(r?),
         }
-        Ok(())
     }
 }
 

@@ -1,0 +1,642 @@
+//! `sluice-broker topic ...` and `sluice-broker cluster ...`: topic and
+//! cluster administration over a Kafka listener, through the same admin
+//! client as the operator (`sluice_client::admin`), so any Kafka listener
+//! (PLAINTEXT, or SSL with `--tls-ca`) serves them and the broker's ACLs
+//! apply.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use sluice_client::Transport;
+use sluice_client::admin::{Admin, ClusterView, NewTopic, TopicView};
+use sluice_client::tls::{ClientTls, KeystoreFiles};
+use sluice_metadata::plugins::keys;
+
+use super::{CliError, ExitStatus, Output, print_table};
+
+/// How to reach the cluster, shared by `topic` and `cluster`.
+#[derive(Debug, Args)]
+pub struct Connect {
+    /// Brokers to bootstrap from (host:port, comma-separated); the first
+    /// that answers serves the command.
+    #[arg(
+        short = 'b',
+        long,
+        env = "SLUICE_BROKERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub brokers: String,
+    /// `table` for people, `json` for scripts.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+    /// CA certificates (PEM) of an SSL listener: connect with TLS and
+    /// check the broker's certificate against them.
+    #[arg(long, env = "SLUICE_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for a listener that wants one; its
+    /// key in `--tls-key` or in the same file.
+    #[arg(long, env = "SLUICE_TLS_CERT", global = true, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SLUICE_TLS_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions (default: the broker's num.partitions).
+        #[arg(short = 'p', long, default_value_t = -1, allow_negative_numbers = true)]
+        partitions: i32,
+        /// Replication factor (default: the broker's default.replication.factor).
+        #[arg(short = 'r', long, default_value_t = -1, allow_negative_numbers = true)]
+        replicas: i16,
+        #[command(flatten)]
+        configs: ConfigFlags,
+        /// Check that the broker would create it, without creating it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List topics with their partition count and replication factor.
+    List {
+        /// Include internal topics (__consumer_offsets, ...).
+        #[arg(long)]
+        internal: bool,
+    },
+    /// Show a topic's partitions (leader, replicas, in-sync replicas) and
+    /// its config overrides.
+    Describe {
+        name: String,
+        /// Every config, not only the topic's overrides.
+        #[arg(long)]
+        all_configs: bool,
+    },
+    /// Change a topic: add partitions, set or delete configs, bind plugins.
+    Alter {
+        name: String,
+        /// Grow the topic to this many partitions.
+        #[arg(short = 'p', long)]
+        partitions: Option<i32>,
+        #[command(flatten)]
+        configs: ConfigFlags,
+        /// Remove a config override (repeatable): the default applies again.
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Delete a topic and its records.
+    Delete { name: String },
+}
+
+/// Topic configs as flags: `-c key=value`, and the plugin bindings by name.
+#[derive(Debug, Args)]
+pub struct ConfigFlags {
+    /// A topic config (repeatable), e.g. `-c retention.ms=3600000`.
+    #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+    configs: Vec<(String, String)>,
+    /// Partitioner plugin routing every record of the topic (sluice.partitioner).
+    #[arg(long, value_name = "PLUGIN")]
+    partitioner: Option<String>,
+    /// Interceptor plugin on produce, in order (repeatable; sluice.interceptors).
+    #[arg(long = "interceptor", value_name = "PLUGIN")]
+    interceptors: Vec<String>,
+    /// Filter plugin on produce (repeatable; sluice.filters).
+    #[arg(long = "filter", value_name = "PLUGIN")]
+    filters: Vec<String>,
+    /// Filter plugin on fetch (repeatable; sluice.fetch.filters).
+    #[arg(long = "fetch-filter", value_name = "PLUGIN")]
+    fetch_filters: Vec<String>,
+}
+
+impl ConfigFlags {
+    /// The configs to set; a plugin flag and a `-c` for the same key
+    /// conflict.
+    fn to_map(&self) -> Result<BTreeMap<String, String>, CliError> {
+        let mut map = BTreeMap::new();
+        for (k, v) in &self.configs {
+            if map.insert(k.clone(), v.clone()).is_some() {
+                return Err(CliError::refused(anyhow!("config {k} given twice")));
+            }
+        }
+        let bindings = [
+            (
+                keys::PARTITIONER,
+                self.partitioner.iter().cloned().collect(),
+            ),
+            (keys::INTERCEPTORS, self.interceptors.clone()),
+            (keys::FILTERS, self.filters.clone()),
+            (keys::FETCH_FILTERS, self.fetch_filters.clone()),
+        ];
+        for (key, plugins) in bindings {
+            let plugins: Vec<String> = plugins;
+            if plugins.is_empty() {
+                continue;
+            }
+            if map.insert(key.to_string(), plugins.join(",")).is_some() {
+                return Err(CliError::refused(anyhow!(
+                    "{key} is given both as -c and as a plugin flag"
+                )));
+            }
+        }
+        Ok(map)
+    }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Cluster id, brokers, the controller, and partitions that are
+    /// under-replicated or without a leader. Exits 1 when any partition
+    /// has no leader.
+    Status,
+}
+
+impl Connect {
+    fn transport(&self) -> Result<Transport, CliError> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(Transport::Plain);
+        };
+        let keystore = self.tls_cert.as_ref().map(|chain| KeystoreFiles {
+            chain: chain.clone(),
+            key: self.tls_key.clone(),
+        });
+        Transport::tls(ClientTls {
+            truststore: ca.clone(),
+            keystore,
+            verify_hostname: true,
+        })
+        .map_err(CliError::refused)
+    }
+
+    /// The first broker of `--brokers` that accepts a connection.
+    async fn admin(&self) -> Result<Admin, CliError> {
+        let transport = self.transport()?;
+        let mut failures = Vec::new();
+        for addr in self
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Admin::open(addr, "sluice-cli", &transport).await {
+                Ok(admin) => return Ok(admin),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(CliError {
+            status: ExitStatus::Unreachable,
+            error: anyhow!(
+                "no broker reachable at {}: {}",
+                self.brokers,
+                if failures.is_empty() {
+                    "no address given".to_string()
+                } else {
+                    failures.join("; ")
+                }
+            ),
+        })
+    }
+}
+
+/// Runs a `topic` command; what it prints goes to stdout.
+pub async fn topic(connect: &Connect, cmd: TopicCommand) -> Result<(), CliError> {
+    if let TopicCommand::Alter {
+        partitions: None,
+        configs,
+        delete,
+        ..
+    } = &cmd
+        && configs.to_map()?.is_empty()
+        && delete.is_empty()
+    {
+        return Err(CliError::refused(anyhow!(
+            "nothing to change: give --partitions, -c KEY=VALUE, a plugin flag or --delete-config"
+        )));
+    }
+    let admin = connect.admin().await?;
+    let json = connect.output == Output::Json;
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replicas,
+            configs,
+            dry_run,
+        } => {
+            let topic = NewTopic {
+                name: name.clone(),
+                partitions,
+                replication_factor: replicas,
+                assignment: Vec::new(),
+                configs: configs.to_map()?,
+            };
+            admin.create_topic(&topic, dry_run).await?;
+            let shown = if dry_run {
+                None
+            } else {
+                admin.topic(&name).await?
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "name": name,
+                        "created": !dry_run,
+                        "partitions": shown.as_ref().map(|t| t.partitions.len()),
+                        "replication_factor": shown.as_ref().map(replication_factor),
+                    })
+                );
+            } else if dry_run {
+                println!("topic {name} would be created");
+            } else {
+                let (p, rf) = shown
+                    .as_ref()
+                    .map(|t| (t.partitions.len(), replication_factor(t)))
+                    .unwrap_or_default();
+                println!("created topic {name} ({p} partitions, replication factor {rf})");
+            }
+        }
+        TopicCommand::List { internal } => {
+            let view = admin.cluster(None).await?;
+            let topics: Vec<&TopicView> = view
+                .topics
+                .iter()
+                .filter(|t| internal || !t.internal)
+                .collect();
+            if json {
+                let list: Vec<_> = topics
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "name": t.name,
+                            "internal": t.internal,
+                            "partitions": t.partitions.len(),
+                            "replication_factor": replication_factor(t),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                let rows: Vec<Vec<String>> = topics
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.partitions.len().to_string(),
+                            replication_factor(t).to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NAME", "PARTITIONS", "REPLICAS"], &rows);
+            }
+        }
+        TopicCommand::Describe { name, all_configs } => {
+            let topic = admin.topic(&name).await?.ok_or_else(|| {
+                CliError::refused(anyhow!(
+                    "topic {name} does not exist (UNKNOWN_TOPIC_OR_PARTITION)"
+                ))
+            })?;
+            let configs: Vec<_> = admin
+                .topic_configs(&name)
+                .await?
+                .into_iter()
+                .filter(|c| all_configs || c.is_override)
+                .collect();
+            if json {
+                let partitions: Vec<_> = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "partition": p.index,
+                            "leader": p.leader,
+                            "leader_epoch": p.leader_epoch,
+                            "replicas": p.replicas,
+                            "isr": p.isr,
+                            "offline": p.offline,
+                            "error": (p.error_code != 0).then(|| sluice_client::admin::error_name(p.error_code)),
+                        })
+                    })
+                    .collect();
+                let configs: serde_json::Map<String, serde_json::Value> = configs
+                    .iter()
+                    .map(|c| {
+                        let value = if c.sensitive { None } else { c.value.clone() };
+                        (c.name.clone(), json!(value))
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "name": topic.name,
+                        "internal": topic.internal,
+                        "replication_factor": replication_factor(&topic),
+                        "partitions": partitions,
+                        "configs": configs,
+                    })
+                );
+            } else {
+                println!("NAME        {}", topic.name);
+                println!("PARTITIONS  {}", topic.partitions.len());
+                println!("REPLICAS    {}", replication_factor(&topic));
+                println!();
+                let rows: Vec<Vec<String>> = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.index.to_string(),
+                            leader(p.leader),
+                            p.leader_epoch.to_string(),
+                            ids(&p.replicas),
+                            ids(&p.isr),
+                            ids(&p.offline),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "PARTITION",
+                        "LEADER",
+                        "EPOCH",
+                        "REPLICAS",
+                        "IN-SYNC",
+                        "OFFLINE",
+                    ],
+                    &rows,
+                );
+                println!();
+                let rows: Vec<Vec<String>> = configs
+                    .iter()
+                    .map(|c| {
+                        let value = if c.sensitive {
+                            "(sensitive)".to_string()
+                        } else {
+                            c.value.clone().unwrap_or_default()
+                        };
+                        let source = if c.is_override { "topic" } else { "default" };
+                        vec![c.name.clone(), value, source.to_string()]
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!("no config overrides (--all-configs shows every config)");
+                } else {
+                    print_table(&["CONFIG", "VALUE", "SOURCE"], &rows);
+                }
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            partitions,
+            configs,
+            delete,
+        } => {
+            // Configs first: they are what a typo makes the broker refuse,
+            // and then nothing has changed.
+            let set = configs.to_map()?;
+            if !set.is_empty() || !delete.is_empty() {
+                admin.alter_topic_configs(&name, &set, &delete).await?;
+            }
+            if let Some(total) = partitions {
+                admin.create_partitions(&name, total, &[]).await?;
+            }
+            if json {
+                println!("{}", json!({ "name": name, "altered": true }));
+            } else {
+                println!("altered topic {name}");
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            if json {
+                println!("{}", json!({ "name": name, "deleted": true }));
+            } else {
+                println!("deleted topic {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `cluster` command.
+pub async fn cluster(connect: &Connect, cmd: ClusterCommand) -> Result<(), CliError> {
+    let admin = connect.admin().await?;
+    match cmd {
+        ClusterCommand::Status => {
+            let view = admin.cluster(None).await?;
+            let status = Status::of(&view);
+            if connect.output == Output::Json {
+                println!("{}", status.json(&view));
+            } else {
+                status.print(&view);
+            }
+            if !status.leaderless.is_empty() {
+                return Err(CliError::refused(anyhow!(
+                    "{} partition(s) without a leader",
+                    status.leaderless.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `cluster status` derives from one broker's metadata.
+struct Status {
+    partitions: usize,
+    /// (topic, partition, replicas, in-sync)
+    under_replicated: Vec<(String, i32, Vec<i32>, Vec<i32>)>,
+    leaderless: Vec<(String, i32)>,
+}
+
+impl Status {
+    fn of(view: &ClusterView) -> Status {
+        let mut status = Status {
+            partitions: 0,
+            under_replicated: Vec::new(),
+            leaderless: Vec::new(),
+        };
+        for t in &view.topics {
+            for p in &t.partitions {
+                status.partitions += 1;
+                if p.leader < 0 {
+                    status.leaderless.push((t.name.clone(), p.index));
+                }
+                if p.under_replicated() {
+                    status.under_replicated.push((
+                        t.name.clone(),
+                        p.index,
+                        p.replicas.clone(),
+                        p.isr.clone(),
+                    ));
+                }
+            }
+        }
+        status
+    }
+
+    fn json(&self, view: &ClusterView) -> serde_json::Value {
+        json!({
+            "cluster_id": view.cluster_id,
+            "controller": view.controller_id,
+            "brokers": view.brokers.iter().map(|b| json!({
+                "id": b.id, "host": b.host, "port": b.port, "rack": b.rack,
+            })).collect::<Vec<_>>(),
+            "topics": view.topics.len(),
+            "partitions": self.partitions,
+            "under_replicated": self.under_replicated.iter().map(|(t, p, r, isr)| json!({
+                "topic": t, "partition": p, "replicas": r, "isr": isr,
+            })).collect::<Vec<_>>(),
+            "leaderless": self.leaderless.iter().map(|(t, p)| json!({
+                "topic": t, "partition": p,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn print(&self, view: &ClusterView) {
+        println!(
+            "CLUSTER     {}",
+            view.cluster_id.as_deref().unwrap_or("(none)")
+        );
+        println!("CONTROLLER  {}", leader(view.controller_id));
+        println!(
+            "TOPICS      {} ({} partitions, {} under-replicated, {} without a leader)",
+            view.topics.len(),
+            self.partitions,
+            self.under_replicated.len(),
+            self.leaderless.len()
+        );
+        println!();
+        let rows: Vec<Vec<String>> = view
+            .brokers
+            .iter()
+            .map(|b| {
+                vec![
+                    b.id.to_string(),
+                    format!("{}:{}", b.host, b.port),
+                    b.rack.clone().unwrap_or_default(),
+                    if b.id == view.controller_id {
+                        "yes"
+                    } else {
+                        ""
+                    }
+                    .to_string(),
+                ]
+            })
+            .collect();
+        print_table(&["BROKER", "ADDRESS", "RACK", "CONTROLLER"], &rows);
+        if !self.under_replicated.is_empty() || !self.leaderless.is_empty() {
+            println!();
+            let mut rows: Vec<Vec<String>> = self
+                .under_replicated
+                .iter()
+                .map(|(t, p, r, isr)| {
+                    vec![
+                        t.clone(),
+                        p.to_string(),
+                        ids(r),
+                        ids(isr),
+                        "under-replicated".into(),
+                    ]
+                })
+                .collect();
+            rows.extend(self.leaderless.iter().map(|(t, p)| {
+                vec![
+                    t.clone(),
+                    p.to_string(),
+                    String::new(),
+                    String::new(),
+                    "no leader".into(),
+                ]
+            }));
+            print_table(
+                &["TOPIC", "PARTITION", "REPLICAS", "IN-SYNC", "PROBLEM"],
+                &rows,
+            );
+        }
+    }
+}
+
+/// A topic's replication factor: its partitions' largest replica count.
+fn replication_factor(t: &TopicView) -> usize {
+    t.partitions
+        .iter()
+        .map(|p| p.replicas.len())
+        .max()
+        .unwrap_or(0)
+}
+
+fn ids(ids: &[i32]) -> String {
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn leader(id: i32) -> String {
+    if id < 0 {
+        "none".to_string()
+    } else {
+        id.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_split_at_the_first_equals() {
+        assert_eq!(
+            key_value("sluice.view.of=a=b"),
+            Ok(("sluice.view.of".into(), "a=b".into()))
+        );
+        assert!(key_value("retention.ms").is_err());
+        assert!(key_value("=1").is_err());
+    }
+
+    #[test]
+    fn plugin_flags_become_binding_configs() {
+        let flags = ConfigFlags {
+            configs: vec![("retention.ms".into(), "1000".into())],
+            partitioner: Some("tenant-router".into()),
+            interceptors: vec!["stamp".into(), "redact".into()],
+            filters: vec![],
+            fetch_filters: vec!["half".into()],
+        };
+        let map = flags.to_map().map_err(|e| e.error).unwrap_or_default();
+        assert_eq!(
+            map.get("sluice.partitioner").map(String::as_str),
+            Some("tenant-router")
+        );
+        assert_eq!(
+            map.get("sluice.interceptors").map(String::as_str),
+            Some("stamp,redact")
+        );
+        assert_eq!(
+            map.get("sluice.fetch.filters").map(String::as_str),
+            Some("half")
+        );
+        assert!(!map.contains_key("sluice.filters"));
+        assert_eq!(map.get("retention.ms").map(String::as_str), Some("1000"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let flags = ConfigFlags {
+            configs: vec![("sluice.partitioner".into(), "a".into())],
+            partitioner: Some("b".into()),
+            interceptors: vec![],
+            filters: vec![],
+            fetch_filters: vec![],
+        };
+        assert!(flags.to_map().is_err());
+    }
+}

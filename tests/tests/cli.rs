@@ -1,0 +1,333 @@
+//! The `sluice-broker topic` and `cluster` commands against a real 3-broker
+//! cluster, run as a user runs them (the binary, its stdout, stderr and
+//! exit status): creating, listing, describing, altering and deleting
+//! topics with plugin bindings as flags, cluster health through a broker
+//! kill, and the error paths (unknown topic, invalid config, bad flag,
+//! unreachable broker) with their exit codes (1 refused, 2 usage, 3
+//! unreachable).
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use sluice_tests::cluster::{Cluster, FAST_FAILOVER};
+use sluice_tests::{example_plugin, unique_name};
+
+/// Runs `sluice-broker ARGS` against `brokers`.
+fn cli(brokers: &str, args: &[&str]) -> Result<Output> {
+    let mut cmd = std::process::Command::new(sluice_tests::broker_binary()?);
+    cmd.args(args).env("SLUICE_BROKERS", brokers);
+    Ok(cmd.output()?)
+}
+
+/// Runs a command that must succeed and parses its `--output json`.
+fn json(brokers: &str, args: &[&str]) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = cli(brokers, &all)?;
+    ensure!(
+        out.status.success(),
+        "{args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{args:?}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// `cluster status --output json` until `done` holds (brokers learn of a
+/// kill from the controller's fencing, not at once).
+fn status_until(brokers: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli(brokers, &["cluster", "status", "--output", "json"])?;
+        if let Ok(status) = serde_json::from_slice::<Value>(&out.stdout)
+            && done(&status)
+        {
+            return Ok(status);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "cluster status never matched; last: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn topics_are_managed_from_the_command_line_on_three_brokers() -> Result<()> {
+    let cluster = Cluster::start(3, FAST_FAILOVER)?;
+    let b = cluster.bootstrap();
+    cluster.upload_plugin(
+        "tenant-router",
+        "partitioner",
+        &example_plugin("tenant_router.wasm")?,
+    )?;
+    cluster.upload_plugin(
+        "stamp",
+        "interceptor",
+        &example_plugin("stamp_header.wasm")?,
+    )?;
+    let topic = unique_name("cli");
+
+    let out = cli(
+        &b,
+        &[
+            "topic",
+            "create",
+            &topic,
+            "-p",
+            "6",
+            "-r",
+            "3",
+            "-c",
+            "retention.ms=3600000",
+            "--partitioner",
+            "tenant-router",
+            "--interceptor",
+            "stamp",
+        ],
+    )?;
+    ensure!(out.status.success(), "create: {}", stderr(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "created topic {topic} (6 partitions, replication factor 3)"
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Any broker describes it the same way: six partitions on three
+    // replicas each, every broker leading some, the bindings as configs.
+    let described = json(cluster.addr(2), &["topic", "describe", &topic])?;
+    let partitions = described["partitions"].as_array().context("partitions")?;
+    ensure!(partitions.len() == 6, "{described}");
+    for p in partitions {
+        let replicas = p["replicas"].as_array().context("replicas")?;
+        ensure!(replicas.len() == 3, "{p}");
+        ensure!(replicas.contains(&p["leader"]), "{p}");
+    }
+    ensure!(
+        described["configs"]["sluice.partitioner"] == "tenant-router",
+        "{described}"
+    );
+    ensure!(
+        described["configs"]["sluice.interceptors"] == "stamp",
+        "{described}"
+    );
+    ensure!(
+        described["configs"]["retention.ms"] == "3600000",
+        "{described}"
+    );
+
+    let listed = json(&b, &["topic", "list"])?;
+    let row = listed
+        .as_array()
+        .context("list")?
+        .iter()
+        .find(|t| t["name"] == topic.as_str())
+        .context("topic not listed")?;
+    ensure!(
+        row["partitions"] == 6 && row["replication_factor"] == 3,
+        "{row}"
+    );
+    // Internal topics only with --internal.
+    ensure!(
+        !listed
+            .as_array()
+            .context("list")?
+            .iter()
+            .any(|t| t["internal"] == true),
+        "{listed}"
+    );
+
+    // Alter: more partitions, a config removed, a binding dropped.
+    let out = cli(
+        &b,
+        &[
+            "topic",
+            "alter",
+            &topic,
+            "-p",
+            "8",
+            "--delete-config",
+            "retention.ms",
+            "--delete-config",
+            "sluice.interceptors",
+        ],
+    )?;
+    ensure!(out.status.success(), "alter: {}", stderr(&out));
+    let described = json(&b, &["topic", "describe", &topic])?;
+    ensure!(
+        described["partitions"].as_array().map(Vec::len) == Some(8),
+        "{described}"
+    );
+    ensure!(
+        described["configs"].get("retention.ms").is_none(),
+        "{described}"
+    );
+    ensure!(
+        described["configs"].get("sluice.interceptors").is_none(),
+        "{described}"
+    );
+    ensure!(
+        described["configs"]["sluice.partitioner"] == "tenant-router",
+        "{described}"
+    );
+
+    // Refusals exit 1 with the broker's reason.
+    let again = cli(&b, &["topic", "create", &topic])?;
+    ensure!(again.status.code() == Some(1), "{again:?}");
+    ensure!(
+        stderr(&again).contains("TOPIC_ALREADY_EXISTS"),
+        "{}",
+        stderr(&again)
+    );
+    let unbound = cli(
+        &b,
+        &["topic", "create", &unique_name("cli"), "--filter", "nosuch"],
+    )?;
+    ensure!(unbound.status.code() == Some(1), "{unbound:?}");
+    ensure!(
+        stderr(&unbound).contains("'nosuch' is not uploaded"),
+        "{}",
+        stderr(&unbound)
+    );
+    let invalid = cli(&b, &["topic", "alter", &topic, "-c", "retention.ms=soon"])?;
+    ensure!(invalid.status.code() == Some(1), "{invalid:?}");
+    ensure!(
+        stderr(&invalid).contains("INVALID_CONFIG"),
+        "{}",
+        stderr(&invalid)
+    );
+    let dry = cli(
+        &b,
+        &[
+            "topic",
+            "create",
+            &unique_name("cli"),
+            "-r",
+            "4",
+            "--dry-run",
+        ],
+    )?;
+    ensure!(
+        dry.status.code() == Some(1),
+        "a 4-replica topic on 3 brokers: {dry:?}"
+    );
+    ensure!(
+        stderr(&dry).contains("INVALID_REPLICATION_FACTOR"),
+        "{}",
+        stderr(&dry)
+    );
+
+    let out = cli(&b, &["topic", "delete", &topic])?;
+    ensure!(out.status.success(), "delete: {}", stderr(&out));
+    let gone = cli(&b, &["topic", "describe", &topic])?;
+    ensure!(gone.status.code() == Some(1), "{gone:?}");
+    ensure!(
+        stderr(&gone).contains("UNKNOWN_TOPIC_OR_PARTITION"),
+        "{}",
+        stderr(&gone)
+    );
+    let gone = cli(&b, &["topic", "delete", &topic])?;
+    ensure!(gone.status.code() == Some(1), "{gone:?}");
+    ensure!(
+        stderr(&gone).contains("UNKNOWN_TOPIC_OR_PARTITION"),
+        "{}",
+        stderr(&gone)
+    );
+    Ok(())
+}
+
+#[test]
+fn cluster_status_follows_a_broker_kill() -> Result<()> {
+    let mut cluster = Cluster::start(3, FAST_FAILOVER)?;
+    let b = cluster.bootstrap();
+    let topic = unique_name("cli-status");
+    let out = cli(&b, &["topic", "create", &topic, "-p", "3", "-r", "3"])?;
+    ensure!(out.status.success(), "create: {}", stderr(&out));
+
+    let under = |s: &Value| {
+        s["under_replicated"]
+            .as_array()
+            .map(|u| u.iter().filter(|p| p["topic"] == topic.as_str()).count())
+            .unwrap_or(usize::MAX)
+    };
+    let healthy = status_until(&b, |s| {
+        s["brokers"].as_array().map(Vec::len) == Some(3) && under(s) == 0
+    })?;
+    ensure!(healthy["cluster_id"].is_string(), "{healthy}");
+    let controller = healthy["controller"].as_i64().context("controller")?;
+    ensure!((0..3).contains(&controller), "{healthy}");
+
+    // Broker 2 dies: once the controller fences it, its replicas leave
+    // every ISR; every partition still has a leader.
+    cluster.kill(2);
+    let live = format!("{},{}", cluster.addr(0), cluster.addr(1));
+    let degraded = status_until(&live, |s| under(s) == 3)?;
+    ensure!(
+        degraded["leaderless"].as_array().is_some_and(Vec::is_empty),
+        "{degraded}"
+    );
+    let table = cli(&live, &["cluster", "status"])?;
+    ensure!(table.status.success(), "{table:?}");
+    ensure!(
+        String::from_utf8_lossy(&table.stdout).contains("under-replicated"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+
+    cluster.restart(2)?;
+    status_until(&b, |s| {
+        s["brokers"].as_array().map(Vec::len) == Some(3) && under(s) == 0
+    })?;
+    Ok(())
+}
+
+#[test]
+fn usage_and_connection_errors_have_their_own_exit_codes() -> Result<()> {
+    // Nothing listens on port 1.
+    let unreachable = cli("127.0.0.1:1", &["topic", "list"])?;
+    ensure!(unreachable.status.code() == Some(3), "{unreachable:?}");
+    ensure!(
+        stderr(&unreachable).contains("no broker reachable at 127.0.0.1:1"),
+        "{}",
+        stderr(&unreachable)
+    );
+    let bad_flag = cli(
+        "127.0.0.1:1",
+        &["topic", "create", "t", "--partitions", "many"],
+    )?;
+    ensure!(bad_flag.status.code() == Some(2), "{bad_flag:?}");
+    ensure!(
+        stderr(&bad_flag).contains("--partitions"),
+        "{}",
+        stderr(&bad_flag)
+    );
+    let bad_config = cli(
+        "127.0.0.1:1",
+        &["topic", "create", "t", "-c", "retention.ms"],
+    )?;
+    ensure!(bad_config.status.code() == Some(2), "{bad_config:?}");
+    ensure!(
+        stderr(&bad_config).contains("KEY=VALUE"),
+        "{}",
+        stderr(&bad_config)
+    );
+    let nothing = cli("127.0.0.1:1", &["topic", "alter", "t"])?;
+    ensure!(nothing.status.code() == Some(1), "{nothing:?}");
+    ensure!(
+        stderr(&nothing).contains("nothing to change"),
+        "{}",
+        stderr(&nothing)
+    );
+    Ok(())
+}
