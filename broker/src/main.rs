@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_broker::broker::Broker;
-use sluice_broker::cli::kafka::{ClusterCommand, Connect, TopicCommand};
+use sluice_broker::cli::kafka::{ClusterCommand, Connect, GroupCommand, TopicCommand};
 use sluice_broker::cli::{self, CliError, PluginCommand};
 use sluice_broker::config::{self, ServeArgs};
 use sluice_broker::connections::{ConnectionLimits, Connections};
@@ -77,6 +77,13 @@ enum Command {
         #[command(subcommand)]
         command: TopicCommand,
     },
+    /// List consumer groups; describe one with its lag (over a Kafka listener).
+    Group {
+        #[command(flatten)]
+        connect: Connect,
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
     /// The cluster's brokers, controller and partition health (over a Kafka listener).
     Cluster {
         #[command(flatten)]
@@ -107,6 +114,9 @@ fn main() -> anyhow::Result<()> {
         } => cli::plugin::run(&admin, token.as_deref(), ca.as_deref(), command),
         Command::Topic { connect, command } => {
             run_cli(|| async move { cli::kafka::topic(&connect, command).await })
+        }
+        Command::Group { connect, command } => {
+            run_cli(|| async move { cli::kafka::group(&connect, command).await })
         }
         Command::Cluster { connect, command } => {
             run_cli(|| async move { cli::kafka::cluster(&connect, command).await })

@@ -331,3 +331,142 @@ fn usage_and_connection_errors_have_their_own_exit_codes() -> Result<()> {
     );
     Ok(())
 }
+
+/// Sends `n` records to `partition` and waits for their acknowledgements.
+async fn produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    n: usize,
+) -> Result<()> {
+    for i in 0..n {
+        let value = format!("record-{partition}-{i}");
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), _>::to(topic)
+                    .partition(partition)
+                    .payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `group describe` until `done` holds (commits and rebalances land a
+/// moment after the client's call returns).
+fn describe_until(brokers: &str, group: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli(brokers, &["group", "describe", group, "--output", "json"])?;
+        if let Ok(described) = serde_json::from_slice::<Value>(&out.stdout)
+            && done(&described)
+        {
+            return Ok(described);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "group describe never matched; last: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_show_members_and_lag_through_a_coordinator_kill() -> Result<()> {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let mut cluster = Cluster::start(3, FAST_FAILOVER)?;
+    let b = cluster.bootstrap();
+    let topic = unique_name("cli-lag");
+    let out = cli(&b, &["topic", "create", &topic, "-p", "3", "-r", "3"])?;
+    ensure!(out.status.success(), "create: {}", stderr(&out));
+    let producer = sluice_tests::future_producer(&b, &[])?;
+    for p in 0..3 {
+        produce(&producer, &topic, p, 10).await?;
+    }
+
+    let group = unique_name("cli-group");
+    let consumer = sluice_tests::stream_consumer(&b, &[("group.id", &group)])?;
+    consumer.subscribe(&[&topic])?;
+    sluice_tests::consume_n(&consumer, 30, Duration::from_secs(60)).await?;
+    let mut positions = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        positions.add_partition_offset(&topic, p, rdkafka::Offset::Offset(10))?;
+    }
+    consumer.commit(&positions, CommitMode::Sync)?;
+
+    let listed = json(&b, &["group", "list"])?;
+    ensure!(
+        listed
+            .as_array()
+            .context("list")?
+            .iter()
+            .any(|g| g["group"] == group.as_str()),
+        "{listed}"
+    );
+    // Every partition committed at its end, owned by the one member.
+    let caught_up = |d: &Value| {
+        d["partitions"].as_array().is_some_and(|ps| {
+            ps.len() == 3
+                && ps.iter().all(|p| {
+                    p["committed"] == 10
+                        && p["log_end"] == 10
+                        && p["lag"] == 0
+                        && p["member"].is_string()
+                })
+        }) && d["members"].as_array().map(Vec::len) == Some(1)
+    };
+    let described = describe_until(&b, &group, caught_up)?;
+    ensure!(
+        described["state"] == "Stable" && described["total_lag"] == 0,
+        "{described}"
+    );
+
+    // Five more records on partition 0: lag 5 there and in total.
+    produce(&producer, &topic, 0, 5).await?;
+    let lagging = |d: &Value| {
+        d["total_lag"] == 5
+            && d["partitions"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["partition"] == 0 && p["lag"] == 5 && p["log_end"] == 15)
+            })
+    };
+    describe_until(&b, &group, lagging)?;
+    let table = cli(&b, &["group", "describe", &group])?;
+    ensure!(table.status.success(), "{table:?}");
+    ensure!(
+        String::from_utf8_lossy(&table.stdout).contains("TOTAL LAG    5"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+
+    // The consumer leaves and the coordinator dies: the next coordinator
+    // still has the committed offsets, and the lag is the same.
+    drop(consumer);
+    let coordinator = described["coordinator"].as_i64().context("coordinator")? as usize;
+    cluster.kill(coordinator);
+    let live: Vec<&str> = (0..3)
+        .filter(|i| *i != coordinator)
+        .map(|i| cluster.addr(i))
+        .collect();
+    let live = live.join(",");
+    let moved = describe_until(&live, &group, |d| {
+        lagging(d) && d["coordinator"].as_i64() != Some(coordinator as i64)
+    })?;
+    ensure!(
+        moved["members"].as_array().is_some_and(Vec::is_empty),
+        "{moved}"
+    );
+
+    let unknown = cli(&live, &["group", "describe", "no-such-group"])?;
+    ensure!(unknown.status.code() == Some(1), "{unknown:?}");
+    ensure!(
+        stderr(&unknown).contains("does not exist"),
+        "{}",
+        stderr(&unknown)
+    );
+    Ok(())
+}

@@ -18,14 +18,18 @@ use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    MetadataRequest, MetadataResponse, TopicName,
+    BrokerId, ConsumerProtocolAssignment, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetFetchRequest,
+    OffsetFetchResponse, TopicName,
 };
-use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 
 use crate::{ClientError, Connection, Transport};
 
@@ -179,6 +183,74 @@ pub struct NewTopic {
 
 pub struct Admin {
     conn: Connection,
+    /// For connections to other brokers (group coordinators, leaders).
+    client_id: String,
+    transport: Transport,
+}
+
+/// A group as ListGroups lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    /// `consumer` for Kafka consumers, empty for a group that only
+    /// commits offsets.
+    pub protocol_type: String,
+    /// Stable, PreparingRebalance, CompletingRebalance, Empty, Dead.
+    pub state: String,
+}
+
+/// Every broker's groups; brokers that could not be asked are named.
+#[derive(Debug, Clone, Default)]
+pub struct GroupListings {
+    /// Sorted by id.
+    pub groups: Vec<GroupListing>,
+    /// (broker id, why) for each broker that did not answer.
+    pub unanswered: Vec<(i32, String)>,
+}
+
+/// A consumer group: members, what each is assigned, and per partition
+/// the committed offset, the log end and the lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: String,
+    pub protocol_type: String,
+    /// The assignor (`range`, `cooperative-sticky`, ...).
+    pub protocol: String,
+    pub coordinator: i32,
+    pub members: Vec<GroupMember>,
+    /// Sorted by topic and partition.
+    pub partitions: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    /// (topic, partitions) from the consumer protocol's assignment.
+    pub assignment: Vec<(String, Vec<i32>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// None when the group committed nothing for the partition.
+    pub committed: Option<i64>,
+    /// The partition's high watermark (what a read_uncommitted consumer
+    /// can reach); None when its leader could not be asked.
+    pub log_end: Option<i64>,
+    /// The member it is assigned to, if any.
+    pub member_id: Option<String>,
+}
+
+impl PartitionLag {
+    /// Records between the committed offset and the log end.
+    pub fn lag(&self) -> Option<i64> {
+        Some((self.log_end? - self.committed?).max(0))
+    }
 }
 
 impl Admin {
@@ -189,7 +261,16 @@ impl Admin {
         transport: &Transport,
     ) -> Result<Admin, AdminError> {
         let conn = Connection::open(bootstrap, client_id, TIMEOUT, transport).await?;
-        Ok(Admin { conn })
+        Ok(Admin {
+            conn,
+            client_id: client_id.to_string(),
+            transport: transport.clone(),
+        })
+    }
+
+    /// Another broker, over the same transport.
+    async fn broker(&self, host: &str, port: i32) -> Result<Admin, AdminError> {
+        Admin::open(&format!("{host}:{port}"), &self.client_id, &self.transport).await
     }
 
     pub fn addr(&self) -> &str {
@@ -439,6 +520,235 @@ impl Admin {
             )?;
         }
         Ok(())
+    }
+}
+
+impl Admin {
+    /// Every group of the cluster: each broker lists the groups it
+    /// coordinates, so every broker is asked (as Kafka's admin client does).
+    pub async fn list_groups(&self) -> Result<GroupListings, AdminError> {
+        let view = self.cluster(Some(&[])).await?;
+        let mut listings = GroupListings::default();
+        for b in &view.brokers {
+            let answer = async {
+                let admin = self.broker(&b.host, b.port).await?;
+                let resp: ListGroupsResponse = admin.call(4, &ListGroupsRequest::default()).await?;
+                check(
+                    || format!("listing groups on broker {}", b.id),
+                    resp.error_code,
+                    None,
+                )?;
+                Ok::<_, AdminError>(resp)
+            };
+            match answer.await {
+                Ok(resp) => listings
+                    .groups
+                    .extend(resp.groups.iter().map(|g| GroupListing {
+                        group_id: g.group_id.to_string(),
+                        protocol_type: g.protocol_type.to_string(),
+                        state: g.group_state.to_string(),
+                    })),
+                Err(e) => listings.unanswered.push((b.id, e.to_string())),
+            }
+        }
+        listings.groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        listings.groups.dedup_by(|a, b| a.group_id == b.group_id);
+        Ok(listings)
+    }
+
+    /// One group, from its coordinator, with its lag. `None` when the group
+    /// does not exist (no members and no committed offsets).
+    pub async fn describe_group(
+        &self,
+        group: &str,
+    ) -> Result<Option<GroupDescription>, AdminError> {
+        let mut find = FindCoordinatorRequest::default();
+        find.key = str_bytes(group);
+        find.key_type = 0;
+        let found: FindCoordinatorResponse = self.call(3, &find).await?;
+        check(
+            || format!("finding the coordinator of group {group}"),
+            found.error_code,
+            found.error_message.as_ref(),
+        )?;
+        let coordinator = self.broker(&found.host, found.port).await?;
+
+        let mut describe = DescribeGroupsRequest::default();
+        describe.groups = vec![GroupId(str_bytes(group))];
+        let described: DescribeGroupsResponse = coordinator.call(5, &describe).await?;
+        let g = described.groups.first().ok_or_else(|| AdminError::Broker {
+            what: format!("describing group {group}"),
+            code: ResponseError::UnknownServerError.code(),
+            message: Some("no group in the answer".to_string()),
+        })?;
+        check(
+            || format!("describing group {group}"),
+            g.error_code,
+            g.error_message.as_ref(),
+        )?;
+        let consumer = g.protocol_type.as_str() == "consumer";
+        let members: Vec<GroupMember> = g
+            .members
+            .iter()
+            .map(|m| GroupMember {
+                member_id: m.member_id.to_string(),
+                group_instance_id: m.group_instance_id.as_ref().map(|i| i.to_string()),
+                client_id: m.client_id.to_string(),
+                client_host: m.client_host.to_string(),
+                assignment: if consumer {
+                    consumer_assignment(&m.member_assignment)
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+
+        let mut fetch = OffsetFetchRequest::default();
+        fetch.group_id = GroupId(str_bytes(group));
+        fetch.topics = None; // every partition the group committed
+        let fetched: OffsetFetchResponse = coordinator.call(7, &fetch).await?;
+        check(
+            || format!("committed offsets of group {group}"),
+            fetched.error_code,
+            None,
+        )?;
+        let mut committed: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
+        for t in &fetched.topics {
+            for p in &t.partitions {
+                let offset =
+                    (p.error_code == 0 && p.committed_offset >= 0).then_some(p.committed_offset);
+                committed.insert((t.name.to_string(), p.partition_index), offset);
+            }
+        }
+        // Assigned partitions count even before their first commit.
+        for m in &members {
+            for (topic, partitions) in &m.assignment {
+                for p in partitions {
+                    committed.entry((topic.clone(), *p)).or_insert(None);
+                }
+            }
+        }
+        if g.group_state.as_str() == "Dead" && committed.is_empty() {
+            return Ok(None);
+        }
+        let ends = self.log_ends(committed.keys()).await?;
+        let owner = |topic: &str, partition: i32| {
+            members
+                .iter()
+                .find(|m| {
+                    m.assignment
+                        .iter()
+                        .any(|(t, ps)| t == topic && ps.contains(&partition))
+                })
+                .map(|m| m.member_id.clone())
+        };
+        let partitions = committed
+            .into_iter()
+            .map(|((topic, partition), committed)| PartitionLag {
+                log_end: ends.get(&(topic.clone(), partition)).copied(),
+                member_id: owner(&topic, partition),
+                topic,
+                partition,
+                committed,
+            })
+            .collect();
+        Ok(Some(GroupDescription {
+            group_id: group.to_string(),
+            state: g.group_state.to_string(),
+            protocol_type: g.protocol_type.to_string(),
+            protocol: g.protocol_data.to_string(),
+            coordinator: found.node_id.0,
+            members,
+            partitions,
+        }))
+    }
+
+    /// The high watermark of each partition, asked of its leader;
+    /// partitions whose leader is unknown or unreachable are left out.
+    async fn log_ends<'a>(
+        &self,
+        partitions: impl Iterator<Item = &'a (String, i32)>,
+    ) -> Result<BTreeMap<(String, i32), i64>, AdminError> {
+        let wanted: Vec<&(String, i32)> = partitions.collect();
+        let mut topics: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+        topics.dedup();
+        let view = self.cluster(Some(&topics)).await?;
+        // leader -> topic -> partitions
+        let mut by_leader: BTreeMap<i32, BTreeMap<&str, Vec<i32>>> = BTreeMap::new();
+        for (topic, partition) in &wanted {
+            let leader = view
+                .topics
+                .iter()
+                .find(|t| &t.name == topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.index == *partition))
+                .map(|p| p.leader);
+            if let Some(leader) = leader.filter(|l| *l >= 0) {
+                by_leader
+                    .entry(leader)
+                    .or_default()
+                    .entry(topic.as_str())
+                    .or_default()
+                    .push(*partition);
+            }
+        }
+        let mut ends = BTreeMap::new();
+        for (leader, topics) in by_leader {
+            let Some(b) = view.brokers.iter().find(|b| b.id == leader) else {
+                continue;
+            };
+            let Ok(admin) = self.broker(&b.host, b.port).await else {
+                continue;
+            };
+            let mut req = ListOffsetsRequest::default();
+            req.replica_id = BrokerId(-1);
+            req.topics = topics
+                .iter()
+                .map(|(topic, partitions)| {
+                    let mut t = ListOffsetsTopic::default();
+                    t.name = topic_name(topic);
+                    t.partitions = partitions
+                        .iter()
+                        .map(|p| {
+                            let mut lp = ListOffsetsPartition::default();
+                            lp.partition_index = *p;
+                            lp.current_leader_epoch = -1;
+                            lp.timestamp = -1; // latest
+                            lp
+                        })
+                        .collect();
+                    t
+                })
+                .collect();
+            let Ok(resp) = admin.call::<ListOffsetsRequest>(5, &req).await else {
+                continue;
+            };
+            let resp: ListOffsetsResponse = resp;
+            for t in &resp.topics {
+                for p in t.partitions.iter().filter(|p| p.error_code == 0) {
+                    ends.insert((t.name.to_string(), p.partition_index), p.offset);
+                }
+            }
+        }
+        Ok(ends)
+    }
+}
+
+/// A consumer-protocol assignment (version, then the struct), as
+/// (topic, partitions); empty when it cannot be read.
+fn consumer_assignment(bytes: &bytes::Bytes) -> Vec<(String, Vec<i32>)> {
+    use bytes::Buf;
+    let mut buf = bytes.clone();
+    if buf.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = buf.get_i16();
+    match ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3)) {
+        Ok(a) => a
+            .assigned_partitions
+            .iter()
+            .map(|tp| (tp.topic.to_string(), tp.partitions.clone()))
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `sluice-broker topic ...` and `sluice-broker cluster ...`: topic and
-//! cluster administration over a Kafka listener, through the same admin
+//! `sluice-broker topic ...`, `group ...` and `cluster ...`: topic, group
+//! and cluster administration over a Kafka listener, through the same admin
 //! client as the operator (`sluice_client::admin`), so any Kafka listener
 //! (PLAINTEXT, or SSL with `--tls-ca`) serves them and the broker's ACLs
 //! apply.
@@ -151,6 +151,15 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got '{s}'")),
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List every consumer group of the cluster with its state.
+    List,
+    /// Show a group's members and, per partition, the committed offset,
+    /// the log end and the lag.
+    Describe { group: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -422,6 +431,135 @@ pub async fn topic(connect: &Connect, cmd: TopicCommand) -> Result<(), CliError>
                 println!("{}", json!({ "name": name, "deleted": true }));
             } else {
                 println!("deleted topic {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `group` command.
+pub async fn group(connect: &Connect, cmd: GroupCommand) -> Result<(), CliError> {
+    let admin = connect.admin().await?;
+    let json = connect.output == Output::Json;
+    match cmd {
+        GroupCommand::List => {
+            let listings = admin.list_groups().await?;
+            for (broker, why) in &listings.unanswered {
+                eprintln!("warning: broker {broker} did not list its groups: {why}");
+            }
+            if json {
+                let list: Vec<_> = listings
+                    .groups
+                    .iter()
+                    .map(|g| json!({"group": g.group_id, "protocol_type": g.protocol_type, "state": g.state}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                let rows: Vec<Vec<String>> = listings
+                    .groups
+                    .iter()
+                    .map(|g| vec![g.group_id.clone(), g.state.clone(), g.protocol_type.clone()])
+                    .collect();
+                print_table(&["GROUP", "STATE", "PROTOCOL"], &rows);
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let Some(g) = admin.describe_group(&group).await? else {
+                return Err(CliError::refused(anyhow!(
+                    "group {group} does not exist (no members, no committed offsets)"
+                )));
+            };
+            let member =
+                |id: &Option<String>| g.members.iter().find(|m| Some(&m.member_id) == id.as_ref());
+            let total_lag: i64 = g.partitions.iter().filter_map(|p| p.lag()).sum();
+            if json {
+                let partitions: Vec<_> = g
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "topic": p.topic,
+                            "partition": p.partition,
+                            "committed": p.committed,
+                            "log_end": p.log_end,
+                            "lag": p.lag(),
+                            "member": p.member_id,
+                        })
+                    })
+                    .collect();
+                let members: Vec<_> = g
+                    .members
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "member": m.member_id,
+                            "group_instance_id": m.group_instance_id,
+                            "client_id": m.client_id,
+                            "host": m.client_host,
+                            "assignment": m.assignment.iter().map(|(t, ps)| json!({"topic": t, "partitions": ps})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "group": g.group_id,
+                        "state": g.state,
+                        "protocol_type": g.protocol_type,
+                        "assignor": g.protocol,
+                        "coordinator": g.coordinator,
+                        "members": members,
+                        "partitions": partitions,
+                        "total_lag": total_lag,
+                    })
+                );
+            } else {
+                println!("GROUP        {}", g.group_id);
+                println!("STATE        {}", g.state);
+                println!(
+                    "ASSIGNOR     {}",
+                    if g.protocol.is_empty() {
+                        "-"
+                    } else {
+                        &g.protocol
+                    }
+                );
+                println!("COORDINATOR  {}", g.coordinator);
+                println!("MEMBERS      {}", g.members.len());
+                println!("TOTAL LAG    {total_lag}");
+                println!();
+                let shown = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+                let rows: Vec<Vec<String>> = g
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let m = member(&p.member_id);
+                        vec![
+                            p.topic.clone(),
+                            p.partition.to_string(),
+                            shown(p.committed),
+                            shown(p.log_end),
+                            shown(p.lag()),
+                            m.map(|m| m.member_id.clone()).unwrap_or_else(|| "-".into()),
+                            m.map(|m| m.client_id.clone()).unwrap_or_else(|| "-".into()),
+                            m.map(|m| m.client_host.clone())
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "TOPIC",
+                        "PARTITION",
+                        "COMMITTED",
+                        "LOG-END",
+                        "LAG",
+                        "MEMBER",
+                        "CLIENT-ID",
+                        "HOST",
+                    ],
+                    &rows,
+                );
             }
         }
     }
