@@ -94,24 +94,34 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    // The broker logs at info; the CLI's commands only warn, so that their
+    // output is what they print.
+    let default_filter = match cli.command {
+        // openraft logs every failed heartbeat to a stopped peer at ERROR;
+        // the broker reports controller changes itself.
+        Command::Serve(_) => "info,openraft=off",
+        _ => "warn,openraft=off",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                // openraft logs every failed heartbeat to a stopped peer
-                // at ERROR; the broker reports controller changes itself.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
         Command::Plugin {
             admin,
             token,
             ca,
             command,
-        } => cli::plugin::run(&admin, token.as_deref(), ca.as_deref(), command),
+        } => {
+            run_cli(
+                || async move { cli::plugin::run(&admin, token.as_deref(), ca.as_deref(), command) },
+            )
+        }
         Command::Topic { connect, command } => {
             run_cli(|| async move { cli::kafka::topic(&connect, command).await })
         }

@@ -470,3 +470,194 @@ async fn groups_show_members_and_lag_through_a_coordinator_kill() -> Result<()> 
     );
     Ok(())
 }
+
+/// `plugin test` on `module` with `records` (JSON lines) as input.
+fn plugin_test(
+    module: &std::path::Path,
+    kind: &str,
+    records: &[&str],
+    extra: &[&str],
+) -> Result<Output> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("records.jsonl");
+    std::fs::write(&input, records.join("\n"))?;
+    let mut args = vec![
+        "plugin".to_string(),
+        "test".to_string(),
+        module.display().to_string(),
+        "--kind".to_string(),
+        kind.to_string(),
+        "--input".to_string(),
+        input.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // No broker: nothing listens at the address it would use.
+    cli("127.0.0.1:1", &args)
+}
+
+fn example(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
+        .join(file)
+}
+
+fn misbehaving(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/fixtures")
+        .join(format!("{name}.wat"))
+}
+
+fn parsed(out: &Output) -> Result<Value> {
+    ensure!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        stderr(out)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[test]
+fn plugin_test_shows_what_the_broker_would_do_without_a_broker() -> Result<()> {
+    use sluice_tests::load::tenant_partition;
+    // The partitioner: each tenant where the broker would put it, on the
+    // partition count given.
+    let records = [
+        r#"{"key":"1","value":"{\"tenant\":\"acme\",\"email\":\"a@acme.com\"}"}"#,
+        r#"{"key":"2","value":"{\"tenant\":\"globex\",\"email\":\"b@globex.com\"}"}"#,
+        r#"{"key":"3","value":"{\"tenant\":\"initech\"}","headers":{"keep":"false"}}"#,
+        r#"{"key":"4","value":"{\"level\":\"debug\"}"}"#,
+    ];
+    let routed = parsed(&plugin_test(
+        &example("tenant_router.wasm"),
+        "partitioner",
+        &records,
+        &["--partitions", "12", "-o", "json"],
+    )?)?;
+    let routed = routed.as_array().context("array")?;
+    ensure!(routed.len() == 4, "{routed:?}");
+    for (i, tenant) in [(0, "acme"), (1, "globex"), (2, "initech")] {
+        ensure!(
+            routed[i]["partition"] == tenant_partition(tenant, 12),
+            "{tenant}: {}",
+            routed[i]
+        );
+    }
+
+    // The interceptor: rewritten records, as the broker would store them.
+    let redacted = parsed(&plugin_test(
+        &example("redact.wasm"),
+        "interceptor",
+        &records,
+        &["-o", "json"],
+    )?)?;
+    ensure!(redacted[0]["verdict"] == "keep", "{redacted}");
+    let value = redacted[0]["record"]["value"].as_str().context("value")?;
+    ensure!(
+        !value.contains("a@acme.com") && value.contains("acme"),
+        "{value}"
+    );
+
+    // The filter: kept and dropped.
+    let filtered = parsed(&plugin_test(
+        &example("keep_filter.wasm"),
+        "filter",
+        &records,
+        &["-o", "json"],
+    )?)?;
+    let kept: Vec<bool> = filtered
+        .as_array()
+        .context("array")?
+        .iter()
+        .map(|r| r["kept"] == true)
+        .collect();
+    ensure!(kept == [true, true, false, false], "{filtered}");
+    let table = plugin_test(&example("keep_filter.wasm"), "filter", &records, &[])?;
+    ensure!(
+        String::from_utf8_lossy(&table.stdout).contains("dropped"),
+        "{table:?}"
+    );
+
+    // A rejecting interceptor: its reason, and what that does to a batch.
+    let guarded = plugin_test(
+        &example("size_guard.wasm"),
+        "interceptor",
+        &[
+            r#"{"value":"small","headers":{"schema":"v1"}}"#,
+            &format!(
+                r#"{{"value":"{}","headers":{{"schema":"v1"}}}}"#,
+                "x".repeat(2000)
+            ),
+        ],
+        &[],
+    )?;
+    ensure!(guarded.status.success(), "{guarded:?}");
+    let shown = String::from_utf8_lossy(&guarded.stdout);
+    ensure!(
+        shown.contains("value of 2000 bytes exceeds the 1024-byte limit")
+            && shown.contains("record 1 is rejected")
+            && shown.contains("POLICY_VIOLATION"),
+        "{shown}"
+    );
+    Ok(())
+}
+
+#[test]
+fn plugin_test_reports_misbehaving_modules_as_the_broker_would() -> Result<()> {
+    let records = [r#"{"key":"k","value":"v"}"#];
+    for (fixture, expected) in [
+        ("trap", "trapped"),
+        ("spin", "execution deadline"),
+        ("membomb", "memory limit"),
+        ("recurse", "call stack exhausted"),
+        ("huge-output", "over the"),
+    ] {
+        let out = plugin_test(&misbehaving(fixture), "partitioner", &records, &[])?;
+        ensure!(out.status.code() == Some(1), "{fixture}: {out:?}");
+        ensure!(
+            stderr(&out).contains(expected) && stderr(&out).contains("would fail"),
+            "{fixture}: {}",
+            stderr(&out)
+        );
+    }
+    // A module the broker would not accept at all.
+    let refused = plugin_test(&misbehaving("bad-import"), "partitioner", &records, &[])?;
+    ensure!(refused.status.code() == Some(1), "{refused:?}");
+    ensure!(
+        stderr(&refused).contains("would refuse this module"),
+        "{}",
+        stderr(&refused)
+    );
+    // The sandbox limits come from the same settings as a topic's.
+    let tight = plugin_test(
+        &example("tenant_router.wasm"),
+        "partitioner",
+        &records,
+        &["--memory-bytes", "65536"],
+    )?;
+    ensure!(tight.status.code() == Some(1), "{tight:?}");
+    ensure!(stderr(&tight).contains("memory"), "{}", stderr(&tight));
+    // Input it cannot read.
+    let bad = plugin_test(
+        &example("tenant_router.wasm"),
+        "partitioner",
+        &[r#"{"value":"x","partition":2}"#],
+        &[],
+    )?;
+    ensure!(bad.status.code() == Some(1), "{bad:?}");
+    ensure!(
+        stderr(&bad).contains("line 1: unknown field 'partition'"),
+        "{}",
+        stderr(&bad)
+    );
+    let wrong_kind = plugin_test(&example("tenant_router.wasm"), "router", &records, &[])?;
+    ensure!(wrong_kind.status.code() == Some(1), "{wrong_kind:?}");
+    ensure!(
+        stderr(&wrong_kind).contains("unknown plugin kind"),
+        "{}",
+        stderr(&wrong_kind)
+    );
+    Ok(())
+}

@@ -142,6 +142,19 @@ impl Bindings {
     }
 }
 
+/// An interceptor's answer, copied out: the guest's output buffer is gone
+/// after the call.
+fn owned_verdicts(out: &[u8]) -> Result<Vec<Verdict<'static>>, String> {
+    let verdicts = wire::decode_verdicts(out).map_err(|e| e.to_string())?;
+    Ok(verdicts
+        .into_iter()
+        .map(|v| match v {
+            Verdict::Keep(r) => Verdict::Keep(r.into_owned()),
+            Verdict::Reject(reason) => Verdict::Reject(reason),
+        })
+        .collect())
+}
+
 /// Records encoded in the wire format directly into guest memory.
 struct RecordsInput<'s, 'r>(&'s [Record<'r>]);
 
@@ -171,6 +184,20 @@ pub enum Outcome<'a> {
     Failed { plugin: String, error: String },
     /// A plugin failed under the `dead-letter` policy: store the original.
     DeadLetter { plugin: String, error: String },
+}
+
+/// One plugin's decision for each record of a batch, as a topic binding
+/// would use it (`sluice-broker plugin test`).
+#[derive(Debug)]
+pub enum Trial {
+    /// A partitioner's target for each record, already reduced modulo the
+    /// partition count as the broker does.
+    Partitions(Vec<i32>),
+    /// An interceptor's verdict on each record: the (possibly rewritten)
+    /// record, or a rejection with its reason.
+    Verdicts(Vec<Verdict<'static>>),
+    /// A filter's keep (true) or drop for each record.
+    Keep(Vec<bool>),
 }
 
 pub struct PluginHost {
@@ -215,17 +242,7 @@ impl PluginHost {
                 0,
                 b,
                 metrics,
-                // The output buffer is gone after the call: keep owned copies.
-                |out| {
-                    let verdicts = wire::decode_verdicts(out).map_err(|e| e.to_string())?;
-                    Ok(verdicts
-                        .into_iter()
-                        .map(|v| match v {
-                            Verdict::Keep(r) => Verdict::Keep(r.into_owned()),
-                            Verdict::Reject(reason) => Verdict::Reject(reason),
-                        })
-                        .collect::<Vec<Verdict<'static>>>())
-                },
+                owned_verdicts,
             ) {
                 Ok(verdicts) if verdicts.len() == records.len() => {
                     let mut kept = Vec::with_capacity(verdicts.len());
@@ -352,6 +369,77 @@ impl PluginHost {
             grouped.entry(p).or_default().push(r);
         }
         Outcome::Routed(grouped.into_iter().collect())
+    }
+
+    /// Calls plugin `name` once on `records` under `bindings`' sandbox and
+    /// reads its answer as `apply` would; an answer of the wrong length is
+    /// an error, as it fails a produce.
+    pub fn trial(
+        &self,
+        name: &str,
+        records: &[Record<'_>],
+        partitions: i32,
+        bindings: &Bindings,
+    ) -> Result<Trial, String> {
+        const BINDING: &str = "plugin-test";
+        let kind = self
+            .registry
+            .kind(name)
+            .ok_or_else(|| format!("plugin '{name}' is not uploaded"))?;
+        let n = records.len();
+        let counted = |what: &str, got: usize| {
+            if got == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "plugin '{name}' returned {got} {what} for {n} records"
+                ))
+            }
+        };
+        let metrics = &self.metrics;
+        match kind {
+            PluginKind::Partitioner => {
+                let targets = self.call(
+                    BINDING,
+                    name,
+                    kind,
+                    records,
+                    partitions as u32,
+                    bindings,
+                    metrics,
+                    |out| wire::decode_partitions(out).map_err(|e| e.to_string()),
+                )?;
+                counted("partitions", targets.len())?;
+                Ok(Trial::Partitions(
+                    targets
+                        .into_iter()
+                        .map(|x| (x % partitions.max(1) as u32) as i32)
+                        .collect(),
+                ))
+            }
+            PluginKind::Interceptor => {
+                let verdicts = self.call(
+                    BINDING,
+                    name,
+                    kind,
+                    records,
+                    0,
+                    bindings,
+                    metrics,
+                    owned_verdicts,
+                )?;
+                counted("verdicts", verdicts.len())?;
+                Ok(Trial::Verdicts(verdicts))
+            }
+            PluginKind::Filter => {
+                let keep =
+                    self.call(BINDING, name, kind, records, 0, bindings, metrics, |out| {
+                        wire::decode_keep(out).map_err(|e| e.to_string())
+                    })?;
+                counted("decisions", keep.len())?;
+                Ok(Trial::Keep(keep))
+            }
+        }
     }
 
     /// Fetch-side filtering of whole stored batches for a view. Batches whose

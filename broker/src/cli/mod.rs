@@ -5,6 +5,7 @@
 
 pub mod kafka;
 pub mod plugin;
+pub mod plugin_test;
 
 pub use plugin::PluginCommand;
 

@@ -1,6 +1,7 @@
 //! `sluice-broker plugin ...`: the plugin commands of the CLI, talking to a
 //! running broker's HTTP admin API. A minimal HTTP/1.1 client over a TCP
-//! stream (TLS with `--ca`) is enough for these few calls.
+//! stream (TLS with `--ca`) is enough for these few calls. `plugin test`
+//! runs a module locally (`plugin_test`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+
+use super::{CliError, ExitStatus};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -33,45 +36,56 @@ pub enum PluginCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Run a module on sample records locally, without a broker, and show
+    /// what the broker would do with each (partition, rewritten record or
+    /// rejection, kept or dropped).
+    Test(super::plugin_test::TestArgs),
 }
 
 /// Runs a plugin command against the admin API at `admin` (host:port),
-/// over TLS when `ca` names the CA certificates to check the broker with.
+/// over TLS when `ca` names the CA certificates to check the broker with;
+/// `test` runs locally instead.
 pub fn run(
     admin: &str,
     token: Option<&str>,
     ca: Option<&Path>,
     cmd: PluginCommand,
-) -> anyhow::Result<()> {
-    let tls = ca
-        .map(|path| -> anyhow::Result<_> {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Ok(Arc::new(sluice_client::tls::client_config_from_pem(
-                &pem, None, true,
-            )?))
-        })
-        .transpose()?;
-    let request = |method: &str, path: &str, body: &[u8]| {
-        request(admin, token, tls.clone(), method, path, body)
+) -> Result<(), CliError> {
+    let read = |file: &Path| {
+        std::fs::read(file)
+            .with_context(|| format!("reading {}", file.display()))
+            .map_err(CliError::refused)
     };
-    let (status, body) = match cmd {
+    let (method, path, body) = match cmd {
+        PluginCommand::Test(args) => return super::plugin_test::run(args),
         PluginCommand::Upload { name, kind, file } => {
-            let wasm =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let query = kind.map(|k| format!("?kind={k}")).unwrap_or_default();
-            request("POST", &format!("/v1/plugins/{name}{query}"), &wasm)?
+            ("POST", format!("/v1/plugins/{name}{query}"), read(&file)?)
         }
-        PluginCommand::List => request("GET", "/v1/plugins", &[])?,
-        PluginCommand::Describe { name } => request("GET", &format!("/v1/plugins/{name}"), &[])?,
-        PluginCommand::Delete { name, force } => request(
+        PluginCommand::List => ("GET", "/v1/plugins".to_string(), Vec::new()),
+        PluginCommand::Describe { name } => ("GET", format!("/v1/plugins/{name}"), Vec::new()),
+        PluginCommand::Delete { name, force } => (
             "DELETE",
-            &format!(
+            format!(
                 "/v1/plugins/{name}{}",
                 if force { "?force=true" } else { "" }
             ),
-            &[],
-        )?,
+            Vec::new(),
+        ),
     };
+    let tls = ca
+        .map(|path| -> Result<_, CliError> {
+            let pem = read(path)?;
+            let config = sluice_client::tls::client_config_from_pem(&pem, None, true)
+                .map_err(CliError::refused)?;
+            Ok(Arc::new(config))
+        })
+        .transpose()?;
+    let (status, body) =
+        request(admin, token, tls, method, &path, &body).map_err(|error| CliError {
+            status: ExitStatus::Unreachable,
+            error,
+        })?;
     let text = String::from_utf8_lossy(&body);
     // Pretty-print JSON answers; show anything else as it came.
     let shown = serde_json::from_slice::<serde_json::Value>(&body)
@@ -84,7 +98,9 @@ pub fn run(
         }
         Ok(())
     } else {
-        bail!("broker answered {status}: {shown}")
+        Err(CliError::refused(anyhow::anyhow!(
+            "broker answered {status}: {shown}"
+        )))
     }
 }
 
