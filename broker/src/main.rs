@@ -102,6 +102,11 @@ fn main() -> anyhow::Result<()> {
         // openraft logs every failed heartbeat to a stopped peer at ERROR;
         // the broker reports controller changes itself.
         Command::Serve(_) => "info,openraft=off",
+        // What the plugin under test logs is what its author looks for.
+        Command::Plugin {
+            command: PluginCommand::Test(_),
+            ..
+        } => "warn,sluice_plugin_host::host=debug",
         _ => "warn,openraft=off",
     };
     tracing_subscriber::fmt()
@@ -145,7 +150,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs a CLI command on a small runtime; on failure prints the error and
-/// exits with its status (1: refused, 3: unreachable).
+/// exits with its status (1: refused, 3: unreachable, 4: no answer in time).
 fn run_cli<F, Fut>(command: F) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut,

@@ -127,7 +127,8 @@ impl KafkaAdmin {
             configs: configs.clone(),
             ..NewTopic::default()
         };
-        Ok(self.admin.create_topic(&topic, false).await?)
+        self.admin.create_topic(&topic, false).await?;
+        Ok(())
     }
 
     /// Grows a topic to `total` partitions; `assignment` covers the new ones.
@@ -139,7 +140,7 @@ impl KafkaAdmin {
     ) -> anyhow::Result<()> {
         Ok(self
             .admin
-            .create_partitions(name, total, assignment)
+            .create_partitions(name, total, assignment, false)
             .await?)
     }
 
@@ -151,7 +152,10 @@ impl KafkaAdmin {
         set: &BTreeMap<String, String>,
         delete: &[String],
     ) -> anyhow::Result<()> {
-        Ok(self.admin.alter_topic_configs(name, set, delete).await?)
+        Ok(self
+            .admin
+            .alter_topic_configs(name, set, delete, false)
+            .await?)
     }
 
     /// Deletes a topic; one already gone is fine.

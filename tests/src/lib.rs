@@ -586,10 +586,15 @@ fn parse_ready_line(line: &str) -> Result<(SocketAddr, SocketAddr)> {
 
 /// An example plugin built from the SDK (`scripts/build-plugins`).
 pub fn example_plugin(file: &str) -> Result<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
-        .join(file);
+    let path = example_plugin_path(file);
     fs::read(&path).with_context(|| format!("{} (run scripts/build-plugins)", path.display()))
+}
+
+/// Where `scripts/build-plugins` puts example plugin `file`.
+pub fn example_plugin_path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
+        .join(file)
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);

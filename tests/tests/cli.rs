@@ -40,6 +40,18 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// `attempt` until it succeeds, for up to a minute.
+fn until<T>(attempt: impl Fn() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
 /// `cluster status --output json` until `done` holds (brokers learn of a
 /// kill from the controller's fencing, not at once).
 fn status_until(brokers: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
@@ -105,8 +117,10 @@ fn topics_are_managed_from_the_command_line_on_three_brokers() -> Result<()> {
     );
 
     // Any broker describes it the same way: six partitions on three
-    // replicas each, every broker leading some, the bindings as configs.
-    let described = json(cluster.addr(2), &["topic", "describe", &topic])?;
+    // replicas each, every broker leading some, the bindings as configs
+    // (the other brokers learn of the topic a moment after the one that
+    // created it answered, as in Kafka).
+    let described = until(|| json(cluster.addr(2), &["topic", "describe", &topic]))?;
     let partitions = described["partitions"].as_array().context("partitions")?;
     ensure!(partitions.len() == 6, "{described}");
     for p in partitions {
@@ -180,6 +194,36 @@ fn topics_are_managed_from_the_command_line_on_three_brokers() -> Result<()> {
     ensure!(
         described["configs"]["sluice.partitioner"] == "tenant-router",
         "{described}"
+    );
+
+    // A refused alter changes nothing: fewer partitions than today is
+    // refused, and the config given with it is not set either.
+    let shrink = cli(
+        &b,
+        &[
+            "topic",
+            "alter",
+            &topic,
+            "-p",
+            "2",
+            "-c",
+            "retention.ms=5000",
+        ],
+    )?;
+    ensure!(shrink.status.code() == Some(1), "{shrink:?}");
+    ensure!(
+        stderr(&shrink).contains("INVALID_PARTITIONS"),
+        "{}",
+        stderr(&shrink)
+    );
+    let unchanged = json(&b, &["topic", "describe", &topic])?;
+    ensure!(
+        unchanged["configs"].get("retention.ms").is_none(),
+        "{unchanged}"
+    );
+    ensure!(
+        unchanged["partitions"].as_array().map(Vec::len) == Some(8),
+        "{unchanged}"
     );
 
     // Refusals exit 1 with the broker's reason.
@@ -461,13 +505,17 @@ async fn groups_show_members_and_lag_through_a_coordinator_kill() -> Result<()> 
         "{moved}"
     );
 
-    let unknown = cli(&live, &["group", "describe", "no-such-group"])?;
-    ensure!(unknown.status.code() == Some(1), "{unknown:?}");
-    ensure!(
-        stderr(&unknown).contains("does not exist"),
-        "{}",
-        stderr(&unknown)
-    );
+    // (Its offsets partition may still be moving to a new leader.)
+    until(|| {
+        let unknown = cli(&live, &["group", "describe", "no-such-group"])?;
+        ensure!(unknown.status.code() == Some(1), "{unknown:?}");
+        ensure!(
+            stderr(&unknown).contains("does not exist"),
+            "{}",
+            stderr(&unknown)
+        );
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -497,9 +545,7 @@ fn plugin_test(
 }
 
 fn example(file: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
-        .join(file)
+    sluice_tests::example_plugin_path(file)
 }
 
 fn misbehaving(name: &str) -> std::path::PathBuf {

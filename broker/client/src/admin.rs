@@ -33,9 +33,16 @@ use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 
 use crate::{ClientError, Connection, Transport};
 
-/// How long one admin request may take (topic creation waits for the
-/// controller to commit it).
+/// The `timeout_ms` admin requests give the broker (topic creation waits
+/// for the controller to commit it).
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client waits for an answer: longer than `TIMEOUT`, so that
+/// a broker that uses all of it still answers (with its own error) before
+/// the client gives up not knowing the outcome.
+const ANSWER_WAIT: Duration = Duration::from_secs(65);
+/// How long `describe_group` keeps asking while the group's coordinator
+/// moves or loads (as Kafka's admin client retries).
+const COORDINATOR_WAIT: Duration = Duration::from_secs(30);
 const RESOURCE_TOPIC: i8 = 2;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
@@ -283,7 +290,7 @@ impl Admin {
     }
 
     async fn call<R: Request>(&self, version: i16, request: &R) -> Result<R::Response, AdminError> {
-        Ok(self.conn.send(request, version, TIMEOUT).await?)
+        Ok(self.conn.send(request, version, ANSWER_WAIT).await?)
     }
 
     /// Brokers, controller and topics (`topics`: those, or every topic for
@@ -384,12 +391,14 @@ impl Admin {
         Ok(entries)
     }
 
-    /// Creates a topic (`validate_only`: checks it without creating it).
+    /// Creates a topic (`validate_only`: checks it without creating it);
+    /// returns its partition count and replication factor as the broker
+    /// chose them.
     pub async fn create_topic(
         &self,
         topic: &NewTopic,
         validate_only: bool,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(i32, i16), AdminError> {
         let mut t = CreatableTopic::default();
         t.name = topic_name(&topic.name);
         if topic.assignment.is_empty() {
@@ -425,14 +434,16 @@ impl Admin {
         req.timeout_ms = TIMEOUT.as_millis() as i32;
         req.validate_only = validate_only;
         let resp: CreateTopicsResponse = self.call(5, &req).await?;
+        let mut created = (-1, -1);
         for t in &resp.topics {
             check(
                 || format!("creating topic {}", topic.name),
                 t.error_code,
                 t.error_message.as_ref(),
             )?;
+            created = (t.num_partitions, t.replication_factor);
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Grows a topic to `total` partitions; `assignment` (empty: the
@@ -442,6 +453,7 @@ impl Admin {
         name: &str,
         total: i32,
         assignment: &[Vec<i32>],
+        validate_only: bool,
     ) -> Result<(), AdminError> {
         let mut t = CreatePartitionsTopic::default();
         t.name = topic_name(name);
@@ -459,6 +471,7 @@ impl Admin {
         let mut req = CreatePartitionsRequest::default();
         req.topics = vec![t];
         req.timeout_ms = TIMEOUT.as_millis() as i32;
+        req.validate_only = validate_only;
         let resp: CreatePartitionsResponse = self.call(2, &req).await?;
         for r in &resp.results {
             check(
@@ -477,6 +490,7 @@ impl Admin {
         name: &str,
         set: &BTreeMap<String, String>,
         delete: &[String],
+        validate_only: bool,
     ) -> Result<(), AdminError> {
         let op = |k: &str, op: i8, v: Option<&String>| {
             let mut c = AlterableConfig::default();
@@ -495,6 +509,7 @@ impl Admin {
             .collect();
         let mut req = IncrementalAlterConfigsRequest::default();
         req.resources = vec![res];
+        req.validate_only = validate_only;
         let resp: IncrementalAlterConfigsResponse = self.call(1, &req).await?;
         for r in &resp.responses {
             check(
@@ -557,8 +572,32 @@ impl Admin {
     }
 
     /// One group, from its coordinator, with its lag. `None` when the group
-    /// does not exist (no members and no committed offsets).
+    /// does not exist (no members and no committed offsets). While the
+    /// coordinator moves or loads the group (after a failover), asks again
+    /// for up to `COORDINATOR_WAIT`, as Kafka's admin client does.
     pub async fn describe_group(
+        &self,
+        group: &str,
+    ) -> Result<Option<GroupDescription>, AdminError> {
+        let retriable = [
+            ResponseError::CoordinatorNotAvailable.code(),
+            ResponseError::NotCoordinator.code(),
+            ResponseError::CoordinatorLoadInProgress.code(),
+        ];
+        let deadline = tokio::time::Instant::now() + COORDINATOR_WAIT;
+        loop {
+            match self.describe_group_once(group).await {
+                Err(AdminError::Broker { code, .. })
+                    if retriable.contains(&code) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn describe_group_once(
         &self,
         group: &str,
     ) -> Result<Option<GroupDescription>, AdminError> {

@@ -50,10 +50,10 @@ pub enum TopicCommand {
     /// Create a topic.
     Create {
         name: String,
-        /// Number of partitions (default: the broker's num.partitions).
+        /// Number of partitions (default: the broker's, `--default-partitions`).
         #[arg(short = 'p', long, default_value_t = -1, allow_negative_numbers = true)]
         partitions: i32,
-        /// Replication factor (default: the broker's default.replication.factor).
+        /// Replication factor (default: 1, as Kafka's default.replication.factor).
         #[arg(short = 'r', long, default_value_t = -1, allow_negative_numbers = true)]
         replicas: i16,
         #[command(flatten)]
@@ -249,30 +249,23 @@ pub async fn topic(connect: &Connect, cmd: TopicCommand) -> Result<(), CliError>
                 assignment: Vec::new(),
                 configs: configs.to_map()?,
             };
-            admin.create_topic(&topic, dry_run).await?;
-            let shown = if dry_run {
-                None
-            } else {
-                admin.topic(&name).await?
-            };
+            let (partitions, rf) = admin.create_topic(&topic, dry_run).await?;
             if json {
                 println!(
                     "{}",
                     json!({
                         "name": name,
                         "created": !dry_run,
-                        "partitions": shown.as_ref().map(|t| t.partitions.len()),
-                        "replication_factor": shown.as_ref().map(replication_factor),
+                        "partitions": partitions,
+                        "replication_factor": rf,
                     })
                 );
             } else if dry_run {
-                println!("topic {name} would be created");
+                println!(
+                    "topic {name} would be created ({partitions} partitions, replication factor {rf})"
+                );
             } else {
-                let (p, rf) = shown
-                    .as_ref()
-                    .map(|t| (t.partitions.len(), replication_factor(t)))
-                    .unwrap_or_default();
-                println!("created topic {name} ({p} partitions, replication factor {rf})");
+                println!("created topic {name} ({partitions} partitions, replication factor {rf})");
             }
         }
         TopicCommand::List { internal } => {
@@ -410,14 +403,22 @@ pub async fn topic(connect: &Connect, cmd: TopicCommand) -> Result<(), CliError>
             configs,
             delete,
         } => {
-            // Configs first: they are what a typo makes the broker refuse,
-            // and then nothing has changed.
+            // Both changes are validated before either is made, so that a
+            // refusal (a bad value, fewer partitions than today) changes
+            // nothing.
             let set = configs.to_map()?;
-            if !set.is_empty() || !delete.is_empty() {
-                admin.alter_topic_configs(&name, &set, &delete).await?;
-            }
-            if let Some(total) = partitions {
-                admin.create_partitions(&name, total, &[]).await?;
+            let configs_change = !set.is_empty() || !delete.is_empty();
+            for validate_only in [true, false] {
+                if configs_change {
+                    admin
+                        .alter_topic_configs(&name, &set, &delete, validate_only)
+                        .await?;
+                }
+                if let Some(total) = partitions {
+                    admin
+                        .create_partitions(&name, total, &[], validate_only)
+                        .await?;
+                }
             }
             if json {
                 println!("{}", json!({ "name": name, "altered": true }));
@@ -462,6 +463,15 @@ pub async fn group(connect: &Connect, cmd: GroupCommand) -> Result<(), CliError>
                     .collect();
                 print_table(&["GROUP", "STATE", "PROTOCOL"], &rows);
             }
+            if !listings.unanswered.is_empty() {
+                return Err(CliError {
+                    status: ExitStatus::Unreachable,
+                    error: anyhow!(
+                        "the list is incomplete: {} broker(s) did not answer",
+                        listings.unanswered.len()
+                    ),
+                });
+            }
         }
         GroupCommand::Describe { group } => {
             let Some(g) = admin.describe_group(&group).await? else {
@@ -472,6 +482,18 @@ pub async fn group(connect: &Connect, cmd: GroupCommand) -> Result<(), CliError>
             let member =
                 |id: &Option<String>| g.members.iter().find(|m| Some(&m.member_id) == id.as_ref());
             let total_lag: i64 = g.partitions.iter().filter_map(|p| p.lag()).sum();
+            let unknown_ends: Vec<String> = g
+                .partitions
+                .iter()
+                .filter(|p| p.log_end.is_none())
+                .map(|p| format!("{}-{}", p.topic, p.partition))
+                .collect();
+            if !unknown_ends.is_empty() {
+                eprintln!(
+                    "warning: no log end (leader unknown or unreachable) for {}; the total lag leaves them out",
+                    unknown_ends.join(", ")
+                );
+            }
             if json {
                 let partitions: Vec<_> = g
                     .partitions
@@ -511,6 +533,7 @@ pub async fn group(connect: &Connect, cmd: GroupCommand) -> Result<(), CliError>
                         "members": members,
                         "partitions": partitions,
                         "total_lag": total_lag,
+                        "total_lag_complete": unknown_ends.is_empty(),
                     })
                 );
             } else {

@@ -18,6 +18,9 @@ pub enum ExitStatus {
     Refused = 1,
     /// No broker could be reached (or the connection failed).
     Unreachable = 3,
+    /// The broker did not answer in time: what was asked may or may not
+    /// have been done.
+    NoAnswer = 4,
 }
 
 /// A command's failure: the message printed, and the exit status.
@@ -38,9 +41,12 @@ impl CliError {
 
 impl From<sluice_client::admin::AdminError> for CliError {
     fn from(e: sluice_client::admin::AdminError) -> CliError {
+        use sluice_client::ClientError;
+        use sluice_client::admin::AdminError;
         let status = match e {
-            sluice_client::admin::AdminError::Broker { .. } => ExitStatus::Refused,
-            sluice_client::admin::AdminError::Client(_) => ExitStatus::Unreachable,
+            AdminError::Broker { .. } => ExitStatus::Refused,
+            AdminError::Client(ClientError::Timeout { .. }) => ExitStatus::NoAnswer,
+            AdminError::Client(_) => ExitStatus::Unreachable,
         };
         CliError {
             status,

@@ -7,7 +7,8 @@
 //!
 //! Input: one JSON object per line, `{"key": "...", "value": "...",
 //! "headers": {"name": "value"}, "timestamp": 1700000000000}`, every field
-//! optional (null key or value: none).
+//! optional (null key or value: none); headers may also be a list of
+//! `[name, value]` pairs (ordered, names may repeat).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -101,7 +102,22 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
                 other => (k.clone(), Some(other.to_string().into_bytes())),
             })
             .collect(),
-        Some(_) => return Err("headers must be an object of name: value".into()),
+        // Pairs keep their order and may repeat a name, as Kafka headers do.
+        Some(Value::Array(pairs)) => pairs
+            .iter()
+            .map(|pair| match pair.as_array().map(Vec::as_slice) {
+                Some([Value::String(k), Value::Null]) => Ok((k.clone(), None)),
+                Some([Value::String(k), Value::String(v)]) => {
+                    Ok((k.clone(), Some(v.as_bytes().to_vec())))
+                }
+                _ => Err("headers as a list must be [name, value] pairs".to_string()),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(
+                "headers must be an object of name: value, or a list of [name, value]".into(),
+            );
+        }
     };
     let timestamp = match obj.get("timestamp") {
         None | Some(Value::Null) => 0,
@@ -337,6 +353,11 @@ mod tests {
             Ok(())
         });
         assert!(s.is_ok(), "{s:?}");
+        let pairs = parse_sample(r#"{"headers":[["a","1"],["a","2"],["b",null]]}"#);
+        assert!(pairs.is_ok_and(
+            |s| s.headers.len() == 3 && s.headers[1].1.as_deref() == Some(b"2".as_slice())
+        ));
+        assert!(parse_sample(r#"{"headers":[["a"]]}"#).is_err());
         assert!(parse_sample(r#"{"value":"x","partition":1}"#).is_err());
         assert!(parse_sample(r#"{"timestamp":"soon"}"#).is_err());
         assert!(parse_sample("[1]").is_err());
