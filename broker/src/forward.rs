@@ -4,8 +4,8 @@
 //! private inter-broker request, a Produce body under its own API key, see
 //! `protocol::FORWARDED_PRODUCE_API_KEY`, that the leader stores as is,
 //! through its leader write path, without running the topic's plugins
-//! again) and the transaction requests: a coordinator's WriteTxnMarkers,
-//! a router's AddPartitionsToTxn.
+//! again), the transaction requests (a coordinator's WriteTxnMarkers, a
+//! router's AddPartitionsToTxn) and DescribeQuorum for the quorum leader.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,10 @@ pub struct Forwarded {
     pub log_append_time: i64,
 }
 
+/// The client id of every request a `Forwarder` sends (`<prefix><node id>`):
+/// how a broker tells a request another broker forwarded.
+pub const CLIENT_ID_PREFIX: &str = "sluice-forward-";
+
 pub struct Forwarder {
     pool: Pool,
 }
@@ -44,7 +48,7 @@ impl Forwarder {
     pub fn new(node_id: i32, quorum: Arc<Quorum>) -> Forwarder {
         Forwarder {
             pool: Pool::new(
-                format!("sluice-forward-{node_id}"),
+                format!("{CLIENT_ID_PREFIX}{node_id}"),
                 quorum.peer_resolver(),
                 Duration::from_secs(3),
             )
@@ -150,12 +154,12 @@ impl Forwarder {
             .collect()
     }
 
-    /// Sends a transaction request to `broker`: a coordinator's
-    /// WriteTxnMarkers to the leader of their partitions (version 1), or a
-    /// partition leader's AddPartitionsToTxn to the transaction's
-    /// coordinator (version 4, the inter-broker form). A broker that cannot be reached is
-    /// an error (the caller retries).
-    pub async fn transaction_request<R: Request>(
+    /// Sends a request to `broker`: a coordinator's WriteTxnMarkers to the
+    /// leader of their partitions (version 1), a partition leader's
+    /// AddPartitionsToTxn to the transaction's coordinator (version 4, the
+    /// inter-broker form), a DescribeQuorum to the quorum's leader. A
+    /// broker that cannot be reached is an error (the caller retries).
+    pub async fn request<R: Request>(
         &self,
         broker: i32,
         req: &R,

@@ -312,11 +312,43 @@ fn cluster_status_follows_a_broker_kill() -> Result<()> {
     let controller = healthy["controller"].as_i64().context("controller")?;
     ensure!((0..3).contains(&controller), "{healthy}");
 
+    // The controller quorum, asked of each broker alone: the two that do
+    // not lead it forward DescribeQuorum to the one that does, so all
+    // three name the same leader, in the same epoch, with three voters.
+    let caught_up = |s: &Value| {
+        let q = &s["quorum"];
+        let ends: Vec<i64> = q["voters"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|m| m["log_end"].as_i64()).collect())
+            .unwrap_or_default();
+        ends.len() == 3 && ends.iter().all(|e| *e > 0 && *e == ends[0])
+    };
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let s = status_until(cluster.addr(i), caught_up)?;
+        seen.push((s["quorum"]["leader"].clone(), s["quorum"]["epoch"].clone()));
+    }
+    ensure!(
+        seen.iter().all(|l| *l == seen[0]),
+        "brokers disagree on the quorum: {seen:?}"
+    );
+    let quorum_leader = seen[0].0.as_i64().context("quorum leader")?;
+    ensure!((0..3).contains(&quorum_leader), "{seen:?}");
+    let table = cli(&b, &["cluster", "status"])?;
+    ensure!(
+        String::from_utf8_lossy(&table.stdout)
+            .contains(&format!("QUORUM      leader {quorum_leader}")),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+
     // Broker 2 dies: once the controller fences it, its replicas leave
     // every ISR; every partition still has a leader.
     cluster.kill(2);
     let live = format!("{},{}", cluster.addr(0), cluster.addr(1));
-    let degraded = status_until(&live, |s| under(s) == 3)?;
+    let degraded = status_until(&live, |s| {
+        under(s) == 3 && s["quorum"]["leader"].as_i64().is_some_and(|l| l != 2)
+    })?;
     ensure!(
         degraded["leaderless"].as_array().is_some_and(Vec::is_empty),
         "{degraded}"

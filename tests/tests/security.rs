@@ -240,6 +240,12 @@ fn brokers_own_requests_are_served_only_on_the_inter_broker_listener() -> Result
             fetch.responses[0].partitions[0].error_code,
             TOPIC_AUTHORIZATION_FAILED
         );
+        let quorum = internal.send(&describe_quorum(), 1, WAIT).await?;
+        assert_eq!(quorum.error_code, 0);
+        assert!(
+            quorum.topics[0].partitions[0].leader_id.0 >= 0,
+            "{quorum:?}"
+        );
         anyhow::Ok(())
     })?;
     for (request, n) in [("FollowerFetch", 1.0), ("WriteTxnMarkers", 1.0)] {
@@ -531,6 +537,37 @@ fn certificate_principals_meet_acls_and_only_brokers_pass_the_inter_broker_liste
             .is_err_and(|e| e.contains("TopicAuthorizationFailed")),
         "{refused:?}"
     );
+    // DescribeQuorum needs Describe on the cluster, which the client's
+    // principal lacks and the brokers' own certificate has.
+    rt.block_on(async {
+        let client = Connection::open(
+            cluster.addr(1),
+            "client",
+            WAIT,
+            &transport(&pki.client_keystore)?,
+        )
+        .await?;
+        let denied = client.send(&describe_quorum(), 1, WAIT).await?;
+        ensure!(
+            denied.error_code == CLUSTER_AUTHORIZATION_FAILED,
+            "{denied:?}"
+        );
+        let ops = Connection::open(
+            cluster.internal_addr(1),
+            "ops",
+            WAIT,
+            &transport(&pki.broker_keystore)?,
+        )
+        .await?;
+        let described = ops.send(&describe_quorum(), 1, WAIT).await?;
+        ensure!(described.error_code == 0, "{described:?}");
+        let p = &described.topics[0].partitions[0];
+        ensure!(
+            p.error_code == 0 && p.current_voters.len() == 3,
+            "{described:?}"
+        );
+        anyhow::Ok(())
+    })?;
     // The client's certificate chains to the same CA, but the inter-broker
     // listener does not let it in.
     let sneaking = rt.block_on(async {
@@ -680,6 +717,17 @@ fn sasl_ssl<'a>(
         ("sasl.username", user),
         ("sasl.password", password),
     ]
+}
+
+/// DescribeQuorum for the metadata log, as kafka-metadata-quorum sends it.
+fn describe_quorum() -> kafka_protocol::messages::DescribeQuorumRequest {
+    use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+    let mut topic = TopicData::default();
+    topic.topic_name = kafka_protocol::messages::TopicName("__cluster_metadata".into());
+    topic.partitions = vec![PartitionData::default()];
+    let mut req = kafka_protocol::messages::DescribeQuorumRequest::default();
+    req.topics = vec![topic];
+    req
 }
 
 /// (user, [(mechanism code, iterations)]) as broker `conn` describes them.

@@ -24,10 +24,10 @@ use kafka_protocol::messages::{
     BrokerId, ConsumerProtocolAssignment, CreatePartitionsRequest, CreatePartitionsResponse,
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetFetchRequest,
-    OffsetFetchResponse, TopicName,
+    DescribeQuorumRequest, DescribeQuorumResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupId, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 
@@ -174,6 +174,28 @@ pub struct ConfigEntry {
 
 /// DescribeConfigs `config_source` of a per-topic override.
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+
+/// The controller quorum, as its leader describes it (DescribeQuorum).
+/// Offsets are the metadata log's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumView {
+    pub leader: i32,
+    pub epoch: i32,
+    pub high_watermark: i64,
+    pub voters: Vec<QuorumMember>,
+    /// Members that replicate the log without voting.
+    pub observers: Vec<QuorumMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumMember {
+    pub id: i32,
+    /// -1 when the leader does not know it.
+    pub log_end: i64,
+    /// When it last had the leader's whole log (ms since the epoch), -1
+    /// when unknown.
+    pub last_caught_up_ms: i64,
+}
 
 /// A topic to create.
 #[derive(Debug, Clone, Default)]
@@ -353,6 +375,58 @@ impl Admin {
             controller_id: resp.controller_id.0,
             brokers,
             topics: views,
+        })
+    }
+
+    /// The controller quorum (any broker forwards the request to its
+    /// leader).
+    pub async fn quorum(&self) -> Result<QuorumView, AdminError> {
+        use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
+        let mut partition = PartitionData::default();
+        partition.partition_index = 0;
+        let mut topic = TopicData::default();
+        topic.topic_name = topic_name("__cluster_metadata");
+        topic.partitions = vec![partition];
+        let mut req = DescribeQuorumRequest::default();
+        req.topics = vec![topic];
+        let resp: DescribeQuorumResponse = self.call(1, &req).await?;
+        check(
+            || "describing the controller quorum".to_string(),
+            resp.error_code,
+            resp.error_message.as_ref(),
+        )?;
+        let p = resp
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .next()
+            .ok_or_else(|| AdminError::Broker {
+                what: "describing the controller quorum".to_string(),
+                code: ResponseError::UnknownServerError.code(),
+                message: Some("no partition in the answer".to_string()),
+            })?;
+        check(
+            || "describing the controller quorum".to_string(),
+            p.error_code,
+            p.error_message.as_ref(),
+        )?;
+        let members =
+            |states: &[kafka_protocol::messages::describe_quorum_response::ReplicaState]| {
+                states
+                    .iter()
+                    .map(|r| QuorumMember {
+                        id: r.replica_id.0,
+                        log_end: r.log_end_offset,
+                        last_caught_up_ms: r.last_caught_up_timestamp,
+                    })
+                    .collect()
+            };
+        Ok(QuorumView {
+            leader: p.leader_id.0,
+            epoch: p.leader_epoch,
+            high_watermark: p.high_watermark,
+            voters: members(&p.current_voters),
+            observers: members(&p.observers),
         })
     }
 

@@ -710,6 +710,11 @@ pub fn check(a: Option<&Authz>, req: RequestKind, version: i16) -> Checked {
                 .collect();
             Checked::Answer(ResponseKind::AlterUserScramCredentials(resp))
         }
+        RequestKind::DescribeQuorum(_) if !a.cluster(Describe) => {
+            let mut resp = DescribeQuorumResponse::default();
+            resp.error_code = code(CLUSTER_DENIED);
+            Checked::Answer(ResponseKind::DescribeQuorum(resp))
+        }
         RequestKind::DescribeUserScramCredentials(_) if !a.cluster(Describe) => {
             let mut resp = DescribeUserScramCredentialsResponse::default();
             resp.error_code = code(CLUSTER_DENIED);

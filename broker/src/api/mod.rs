@@ -13,6 +13,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer;
+mod quorum;
 mod sasl;
 mod topics;
 mod transactions;
@@ -530,6 +531,16 @@ async fn handle_whole(
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(&b.admin(), listener, r))
         }
+        RequestKind::DescribeQuorum(r) => ResponseKind::DescribeQuorum(
+            quorum::describe_quorum(
+                &b.quorum,
+                &b.forwarder,
+                r,
+                v,
+                ctx.client_id.starts_with(crate::forward::CLIENT_ID_PREFIX),
+            )
+            .await,
+        ),
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(&b.reads(), r).await),
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(leader_epoch::offset_for_leader_epoch(&b.reads(), r))

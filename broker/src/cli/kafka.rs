@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use sluice_client::Transport;
-use sluice_client::admin::{Admin, ClusterView, NewTopic, TopicView};
+use sluice_client::admin::{Admin, ClusterView, NewTopic, QuorumMember, QuorumView, TopicView};
 use sluice_client::tls::{ClientTls, KeystoreFiles};
 use sluice_metadata::plugins::keys;
 
@@ -164,7 +164,8 @@ pub enum GroupCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Cluster id, brokers, the controller, and partitions that are
+    /// Cluster id, brokers, the controller, the controller quorum (leader,
+    /// epoch, each voter's log end), and partitions that are
     /// under-replicated or without a leader. Exits 1 when any partition
     /// has no leader.
     Status,
@@ -595,11 +596,18 @@ pub async fn cluster(connect: &Connect, cmd: ClusterCommand) -> Result<(), CliEr
     match cmd {
         ClusterCommand::Status => {
             let view = admin.cluster(None).await?;
+            let quorum = match admin.quorum().await {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    eprintln!("warning: the controller quorum could not be described: {e}");
+                    None
+                }
+            };
             let status = Status::of(&view);
             if connect.output == Output::Json {
-                println!("{}", status.json(&view));
+                println!("{}", status.json(&view, quorum.as_ref()));
             } else {
-                status.print(&view);
+                status.print(&view, quorum.as_ref());
             }
             if !status.leaderless.is_empty() {
                 return Err(CliError::refused(anyhow!(
@@ -646,8 +654,16 @@ impl Status {
         status
     }
 
-    fn json(&self, view: &ClusterView) -> serde_json::Value {
+    fn json(&self, view: &ClusterView, quorum: Option<&QuorumView>) -> serde_json::Value {
+        let member = |m: &QuorumMember| json!({"id": m.id, "log_end": m.log_end, "last_caught_up_ms": m.last_caught_up_ms});
         json!({
+            "quorum": quorum.map(|q| json!({
+                "leader": q.leader,
+                "epoch": q.epoch,
+                "high_watermark": q.high_watermark,
+                "voters": q.voters.iter().map(member).collect::<Vec<_>>(),
+                "observers": q.observers.iter().map(member).collect::<Vec<_>>(),
+            })),
             "cluster_id": view.cluster_id,
             "controller": view.controller_id,
             "brokers": view.brokers.iter().map(|b| json!({
@@ -664,7 +680,7 @@ impl Status {
         })
     }
 
-    fn print(&self, view: &ClusterView) {
+    fn print(&self, view: &ClusterView, quorum: Option<&QuorumView>) {
         println!(
             "CLUSTER     {}",
             view.cluster_id.as_deref().unwrap_or("(none)")
@@ -696,6 +712,38 @@ impl Status {
             })
             .collect();
         print_table(&["BROKER", "ADDRESS", "RACK", "CONTROLLER"], &rows);
+        if let Some(q) = quorum {
+            println!();
+            println!(
+                "QUORUM      leader {}, epoch {}, high watermark {}",
+                q.leader, q.epoch, q.high_watermark
+            );
+            let leader_end = q
+                .voters
+                .iter()
+                .find(|m| m.id == q.leader)
+                .map_or(-1, |m| m.log_end);
+            let rows: Vec<Vec<String>> = q
+                .voters
+                .iter()
+                .map(|m| ("voter", m))
+                .chain(q.observers.iter().map(|m| ("observer", m)))
+                .map(|(role, m)| {
+                    let behind = if m.log_end < 0 || leader_end < 0 {
+                        "unknown".to_string()
+                    } else {
+                        (leader_end - m.log_end).max(0).to_string()
+                    };
+                    vec![
+                        m.id.to_string(),
+                        role.to_string(),
+                        m.log_end.to_string(),
+                        behind,
+                    ]
+                })
+                .collect();
+            print_table(&["MEMBER", "ROLE", "LOG-END", "BEHIND"], &rows);
+        }
         if !self.under_replicated.is_empty() || !self.leaderless.is_empty() {
             println!();
             let mut rows: Vec<Vec<String>> = self

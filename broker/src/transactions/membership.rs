@@ -173,7 +173,7 @@ impl Membership<'_> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         let resp = self
             .forwarder
-            .transaction_request(coordinator, &req, 4, timeout)
+            .request(coordinator, &req, 4, timeout)
             .await
             .map_err(|message| {
                 tracing::info!(transactional_id = id, coordinator, %message, "transaction coordinator not reached");

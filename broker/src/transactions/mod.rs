@@ -713,7 +713,7 @@ impl TxnCoordinator {
         let resp = match self
             .services
             .forwarder
-            .transaction_request(leader, &req, 1, MARKER_TIMEOUT)
+            .request(leader, &req, 1, MARKER_TIMEOUT)
             .await
         {
             Ok(r) => r,

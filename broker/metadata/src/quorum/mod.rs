@@ -482,11 +482,57 @@ impl Quorum {
         self.raft.metrics().borrow().clone()
     }
 
+    /// The quorum as this node sees it, in log indexes (for DescribeQuorum).
+    pub fn status(&self) -> QuorumStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let matched = |id: &u64| -> Option<Option<u64>> {
+            if *id == m.id {
+                return Some(m.last_log_index);
+            }
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .map(|l| l.map(|l| l.index))
+        };
+        QuorumStatus {
+            node_id: m.id as i32,
+            leader: m.current_leader.map(|l| l as i32),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            voters: membership
+                .voter_ids()
+                .map(|id| (id as i32, matched(&id)))
+                .collect(),
+            learners: membership
+                .learner_ids()
+                .map(|id| (id as i32, matched(&id)))
+                .collect(),
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "quorum did not shut down cleanly");
         }
     }
+}
+
+/// The quorum as one node sees it (`Quorum::status`). Indexes are the
+/// metadata log's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumStatus {
+    pub node_id: i32,
+    pub leader: Option<i32>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// (id, last index known to be replicated there): known for this node
+    /// always, for the others only on the leader (`None` when unknown,
+    /// `Some(None)` when nothing is replicated yet).
+    pub voters: Vec<(i32, Option<Option<u64>>)>,
+    pub learners: Vec<(i32, Option<Option<u64>>)>,
 }
 
 /// Parses `--peers` (`id@host:port,...`) into voter addresses.
