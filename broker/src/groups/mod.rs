@@ -753,9 +753,36 @@ impl GroupCoordinator {
             m.rebalance_timeout = rebalance;
             m.heartbeat_deadline = now + session;
             let is_leader = group.leader.as_deref() == Some(member_id.as_str());
-            if group.state == GroupState::Stable && unchanged && !is_leader {
-                // A follower re-sending the same metadata: nothing changes.
+            // As Kafka's coordinator: the same metadata again while the
+            // group awaits its assignment (the member missed its JoinGroup
+            // answer, e.g. a client-side timeout), or from a follower of a
+            // stable group, gets the current generation back instead of a
+            // new rebalance. (Rebalancing there made a member that kept
+            // rejoining restart the group every few hundred ms, and the
+            // other member never got an assignment.)
+            let current = unchanged
+                && match group.state {
+                    GroupState::CompletingRebalance => true,
+                    GroupState::Stable => !is_leader,
+                    _ => false,
+                };
+            if current {
                 let protocol = group.protocol.clone().unwrap_or_default();
+                let members = if is_leader {
+                    group
+                        .members
+                        .values()
+                        .map(|m| {
+                            (
+                                m.id.clone(),
+                                m.instance_id.clone(),
+                                m.metadata_for(&protocol),
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let _ = tx.send(JoinOutcome {
                     error: None,
                     generation: group.generation,
@@ -763,7 +790,7 @@ impl GroupCoordinator {
                     protocol_name: Some(protocol),
                     leader: group.leader.clone().unwrap_or_default(),
                     member_id,
-                    members: Vec::new(),
+                    members,
                 });
                 return Ok((rx, persist));
             }
@@ -774,7 +801,16 @@ impl GroupCoordinator {
                 ));
             }
             if group.state != GroupState::PreparingRebalance {
-                group.prepare_rebalance(delay, "member rejoined");
+                let why = format!(
+                    "member {member_id} rejoined ({}{})",
+                    if unchanged {
+                        "same metadata"
+                    } else {
+                        "new metadata"
+                    },
+                    if is_leader { ", the leader" } else { "" }
+                );
+                group.prepare_rebalance(delay, &why);
             }
             group.maybe_complete_join(now);
             return Ok((rx, persist));
@@ -1550,6 +1586,94 @@ mod tests {
         assert_eq!(
             c.heartbeat("g", 2, "nobody", None),
             Some(ResponseError::UnknownMemberId)
+        );
+    }
+
+    /// A member that rejoins with the same metadata while the group awaits
+    /// its assignment (it missed its JoinGroup answer) gets the current
+    /// generation back, the leader with every member's metadata, and the
+    /// group completes; different metadata starts a new rebalance. As
+    /// Kafka's coordinator does.
+    #[tokio::test]
+    async fn rejoining_with_the_same_metadata_while_awaiting_assignment_keeps_the_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = coordinator(dir.path(), 0);
+        let a = join_new(&c, None, 10_000).await;
+        c.sync(
+            "g",
+            1,
+            &a.member_id,
+            None,
+            vec![(a.member_id.clone(), Bytes::from_static(b"p0"))],
+        )
+        .await;
+        let c2 = c.clone();
+        let b_task = tokio::spawn(async move { join_new(&c2, None, 10_000).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let a2 = c.join(join_req(&a.member_id, None, 10_000)).await;
+        let b = b_task.await.expect("join task");
+        assert_eq!((a2.generation, b.generation), (2, 2));
+        assert_eq!(
+            c.describe("g").expect("group").state,
+            GroupState::CompletingRebalance
+        );
+        // Both rejoin with what they sent before: same generation, no
+        // rebalance; the leader gets the members again.
+        // (Answered at once: a new rebalance would hold the first until the
+        // other rejoined.)
+        let at_once = |member: &str| {
+            let join = c.join(join_req(member, None, 10_000));
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), join)
+                    .await
+                    .expect("a rejoin with the same metadata is answered at once")
+            }
+        };
+        let b_again = at_once(&b.member_id).await;
+        let a_again = at_once(&a.member_id).await;
+        assert_eq!((b_again.error, b_again.generation), (None, 2));
+        assert!(b_again.members.is_empty());
+        assert_eq!((a_again.error, a_again.generation), (None, 2));
+        assert_eq!(a_again.members.len(), 2);
+        assert_eq!(
+            c.describe("g").expect("group").state,
+            GroupState::CompletingRebalance
+        );
+        let c3 = c.clone();
+        let bid = b.member_id.clone();
+        let follower = tokio::spawn(async move { c3.sync("g", 2, &bid, None, vec![]).await });
+        let leader = c
+            .sync(
+                "g",
+                2,
+                &a.member_id,
+                None,
+                vec![
+                    (a.member_id.clone(), Bytes::from_static(b"A")),
+                    (b.member_id.clone(), Bytes::from_static(b"B")),
+                ],
+            )
+            .await;
+        assert_eq!(leader.assignment, Bytes::from_static(b"A"));
+        assert_eq!(
+            follower.await.expect("sync").assignment,
+            Bytes::from_static(b"B")
+        );
+        assert_eq!(c.describe("g").expect("group").state, GroupState::Stable);
+        // New metadata (another subscription) does start a rebalance.
+        let mut changed = join_req(&b.member_id, None, 10_000);
+        changed.protocols = vec![("range".into(), Bytes::from_static(b"other"))];
+        let c4 = c.clone();
+        let b_task = tokio::spawn(async move { c4.join(changed).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            c.describe("g").expect("group").state,
+            GroupState::PreparingRebalance
+        );
+        let a3 = c.join(join_req(&a.member_id, None, 10_000)).await;
+        assert_eq!(
+            (a3.generation, b_task.await.expect("join").generation),
+            (3, 3)
         );
     }
 
