@@ -66,14 +66,41 @@ fn peers_arg(addrs: &[String]) -> String {
 /// Launches every member, then waits for each: none is ready before a
 /// quorum of them runs.
 fn launch_all(brokers: &mut [Broker]) -> Result<()> {
-    let launches = brokers
+    let mut pending = brokers
         .iter_mut()
-        .map(Broker::launch)
+        .map(|b| b.launch().map(Some))
         .collect::<Result<Vec<_>>>()?;
-    for (b, l) in brokers.iter_mut().zip(launches) {
-        b.await_ready(l)?;
+    for i in 0..brokers.len() {
+        let launch = pending[i].take().context("broker launched")?;
+        if let Err(e) = brokers[i].await_ready(launch) {
+            // A member waits for all to register before it is ready, so
+            // the one that exited on its own (a port taken meanwhile by
+            // another test's process, say) is what explains the failure.
+            let mut why = format!("broker {i}: {e:#}");
+            for (j, rest) in pending.iter_mut().enumerate().skip(i + 1) {
+                if let Some(mut launch) = rest.take() {
+                    if let Ok(Some(status)) = launch.child.try_wait() {
+                        why.push_str(&format!(
+                            "\n---- broker {j} had exited with {status} ----\n{}",
+                            brokers[j].log_excerpt()
+                        ));
+                    }
+                    let _ = launch.child.kill();
+                    let _ = launch.child.wait();
+                }
+            }
+            bail!(why);
+        }
     }
     Ok(())
+}
+
+/// Whether a failed cluster start was a member losing its reserved port
+/// (ports are reserved by binding port 0 and released for the broker to
+/// bind; a parallel test can take one in between).
+fn lost_a_port(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("Address already in use") || text.contains("AddrInUse")
 }
 
 impl Cluster {
@@ -117,6 +144,40 @@ impl Cluster {
         split: Option<SplitListeners>,
         extra_args: &[&str],
     ) -> Result<Cluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start_members(dir.path(), n, split, extra_args) {
+                Ok((brokers, addrs, internal_addrs)) => {
+                    return Ok(Cluster {
+                        brokers,
+                        addrs,
+                        internal_addrs,
+                        _dir: dir,
+                    });
+                }
+                Err(e) if attempt < 3 && lost_a_port(&e) => {
+                    eprintln!(
+                        "cluster start: a member lost its port, starting again on new ones: {e:#}"
+                    );
+                    for i in 0..n {
+                        let _ = std::fs::remove_dir_all(dir.path().join(format!("broker-{i}")));
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of `start_members`: the brokers, their addresses and
+    /// their inter-broker addresses.
+    #[allow(clippy::type_complexity, reason = "a private step of start_members")]
+    fn try_start_members(
+        dir: &std::path::Path,
+        n: usize,
+        split: Option<SplitListeners>,
+        extra_args: &[&str],
+    ) -> Result<(Vec<Broker>, Vec<String>, Vec<String>)> {
         let ports = reserve_ports(if split.is_some() { 2 * n } else { n })?;
         let addr = |p: &u16| format!("127.0.0.1:{p}");
         let addrs: Vec<String> = ports[..n].iter().map(addr).collect();
@@ -143,18 +204,13 @@ impl Cluster {
             }
             args.extend_from_slice(extra_args);
             brokers.push(Broker::new_member(
-                &dir.path().join(format!("broker-{i}")),
+                &dir.join(format!("broker-{i}")),
                 addr,
                 &args,
             )?);
         }
         launch_all(&mut brokers)?;
-        Ok(Cluster {
-            brokers,
-            addrs,
-            internal_addrs,
-            _dir: dir,
-        })
+        Ok((brokers, addrs, internal_addrs))
     }
 
     /// Every member's inter-broker listener address (for clients that may
