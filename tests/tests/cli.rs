@@ -55,17 +55,25 @@ fn until<T>(attempt: impl Fn() -> Result<T>) -> Result<T> {
 /// `cluster status --output json` until `done` holds (brokers learn of a
 /// kill from the controller's fencing, not at once).
 fn status_until(brokers: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+    json_until(brokers, &["cluster", "status"], done)
+}
+
+/// `ARGS --output json` until its answer satisfies `done`, for up to a
+/// minute; the error names the last answer.
+fn json_until(brokers: &str, args: &[&str], done: impl Fn(&Value) -> bool) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = cli(brokers, &["cluster", "status", "--output", "json"])?;
-        if let Ok(status) = serde_json::from_slice::<Value>(&out.stdout)
-            && done(&status)
+        let out = cli(brokers, &all)?;
+        if let Ok(answer) = serde_json::from_slice::<Value>(&out.stdout)
+            && done(&answer)
         {
-            return Ok(status);
+            return Ok(answer);
         }
         ensure!(
             Instant::now() < deadline,
-            "cluster status never matched; last: {} {}",
+            "{args:?} never matched; last: {} {}",
             String::from_utf8_lossy(&out.stdout),
             stderr(&out)
         );
@@ -433,22 +441,7 @@ async fn produce(
 /// `group describe` until `done` holds (commits and rebalances land a
 /// moment after the client's call returns).
 fn describe_until(brokers: &str, group: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = cli(brokers, &["group", "describe", group, "--output", "json"])?;
-        if let Ok(described) = serde_json::from_slice::<Value>(&out.stdout)
-            && done(&described)
-        {
-            return Ok(described);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "group describe never matched; last: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    json_until(brokers, &["group", "describe", group], done)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

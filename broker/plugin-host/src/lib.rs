@@ -142,6 +142,15 @@ impl Bindings {
     }
 }
 
+/// A partitioner's answer as partitions of the topic: any number the
+/// plugin returns, modulo the partition count.
+fn in_range(targets: Vec<u32>, partitions: i32) -> Vec<i32> {
+    targets
+        .into_iter()
+        .map(|x| (x % partitions.max(1) as u32) as i32)
+        .collect()
+}
+
 /// An interceptor's answer, copied out: the guest's output buffer is gone
 /// after the call.
 fn owned_verdicts(out: &[u8]) -> Result<Vec<Verdict<'static>>, String> {
@@ -338,9 +347,7 @@ impl PluginHost {
                 ) {
                     Ok(p) if p.len() == records.len() => {
                         metrics.records(name, binding, "out", p.len() as u64);
-                        p.into_iter()
-                            .map(|x| (x % partitions.max(1) as u32) as i32)
-                            .collect()
+                        in_range(p, partitions)
                     }
                     Ok(p) => {
                         metrics.error(name, binding, "bad_output");
@@ -410,12 +417,7 @@ impl PluginHost {
                     |out| wire::decode_partitions(out).map_err(|e| e.to_string()),
                 )?;
                 counted("partitions", targets.len())?;
-                Ok(Trial::Partitions(
-                    targets
-                        .into_iter()
-                        .map(|x| (x % partitions.max(1) as u32) as i32)
-                        .collect(),
-                ))
+                Ok(Trial::Partitions(in_range(targets, partitions)))
             }
             PluginKind::Interceptor => {
                 let verdicts = self.call(
