@@ -86,6 +86,7 @@ impl Broker {
             ReplicationConfig {
                 lag_time_max: std::time::Duration::from_millis(args.replica_lag_time_max_ms),
                 fetch_max_wait: std::time::Duration::from_millis(args.replica_fetch_wait_max_ms),
+                adding_replicas_rate: args.follower_replication_throttled_rate,
             },
             quorum.clone(),
         ));

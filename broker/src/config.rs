@@ -171,6 +171,13 @@ pub struct ServeArgs {
     /// Longest a follower's fetch waits at the leader for new records.
     #[arg(long, env = "SLUICE_REPLICA_FETCH_WAIT_MAX_MS", default_value_t = 500)]
     pub replica_fetch_wait_max_ms: u64,
+    /// Bytes per second this broker fetches, all together, for replicas a
+    /// reassignment is adding here (Kafka's
+    /// follower.replication.throttled.rate, which kafka-reassign-partitions
+    /// applies to the moving replicas); unset: no limit. Followers already
+    /// in place are never throttled.
+    #[arg(long, env = "SLUICE_FOLLOWER_REPLICATION_THROTTLED_RATE", value_parser = clap::value_parser!(u64).range(1..))]
+    pub follower_replication_throttled_rate: Option<u64>,
     /// Move leadership back to each partition's preferred (first) replica once
     /// it is in sync again (Kafka's auto.leader.rebalance.enable).
     #[arg(long, env = "SLUICE_AUTO_LEADER_REBALANCE_ENABLE", default_value_t = true, action = clap::ArgAction::Set)]

@@ -250,9 +250,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let mut voters = quorum::parse_peers(&args.peers)?;
-    voters
+    let own_addr = voters
         .entry(args.node_id)
-        .or_insert_with(|| format!("{}:{}", registration.host, registration.port));
+        .or_insert_with(|| format!("{}:{}", registration.host, registration.port))
+        .clone();
     let quorum = Arc::new(
         Quorum::start(QuorumConfig {
             node_id: args.node_id,
@@ -301,6 +302,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let session = Duration::from_millis(args.broker_session_timeout_ms);
     *phase.lock().unwrap_or_else(|e| e.into_inner()) =
         "joining the cluster (registering with the controller quorum, opening partitions)";
+    if quorum.is_joining() {
+        // Reached at the address this broker gave itself in `--peers` (or
+        // its inter-broker listener's).
+        let addr = own_addr.clone();
+        let q = quorum.clone();
+        tokio::spawn(async move { q.join(addr).await });
+    }
     let broker = Arc::new(Broker::open(args, quorum.clone(), registration.clone()).await?);
     for c in connections.metrics.collectors() {
         broker.metrics.register(c);
@@ -313,6 +321,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     tokio::spawn(liveness::watch_quorum_contact(broker.clone(), session));
     tokio::spawn(controller::fence_loop(quorum.clone(), session, heartbeat));
+    tokio::spawn(controller::membership_loop(quorum.clone()));
     tokio::spawn(controller::controller_watch(quorum.clone()));
     tokio::spawn(maintenance::metadata_sync(broker.clone()));
     let views = broker.views.clone();

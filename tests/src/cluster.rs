@@ -31,7 +31,10 @@ pub struct Cluster {
     addrs: Vec<String>,
     /// The inter-broker listener's addresses (`--peers`).
     internal_addrs: Vec<String>,
-    _dir: TempDir,
+    /// The members' arguments besides their own (for `add_broker`);
+    /// `None` for clusters with split listeners.
+    shared_args: Option<Vec<String>>,
+    dir: TempDir,
 }
 
 /// Security protocols of a cluster whose clients and brokers use separate
@@ -152,7 +155,10 @@ impl Cluster {
                         brokers,
                         addrs,
                         internal_addrs,
-                        _dir: dir,
+                        shared_args: split
+                            .is_none()
+                            .then(|| extra_args.iter().map(|a| a.to_string()).collect()),
+                        dir,
                     });
                 }
                 Err(e) if attempt < 3 && lost_a_port(&e) => {
@@ -211,6 +217,44 @@ impl Cluster {
         }
         launch_all(&mut brokers)?;
         Ok((brokers, addrs, internal_addrs))
+    }
+
+    /// Starts one more broker, id `brokers.len()`, on an empty data dir the
+    /// way a scaled-up StatefulSet's new pod starts: `--peers` names every
+    /// member and itself, and it joins the running quorum. Returns its id.
+    pub fn add_broker(&mut self) -> Result<usize> {
+        let shared = self
+            .shared_args
+            .clone()
+            .context("add_broker is for clusters with one listener")?;
+        let id = self.brokers.len();
+        let mut last = None;
+        for _ in 0..3 {
+            let addr = format!("127.0.0.1:{}", reserve_ports(1)?[0]);
+            let mut addrs = self.internal_addrs.clone();
+            addrs.push(addr.clone());
+            let peers = peers_arg(&addrs);
+            let node = id.to_string();
+            let mut args = vec!["--node-id", node.as_str(), "--peers", peers.as_str()];
+            args.extend(shared.iter().map(String::as_str));
+            let data = self.dir.path().join(format!("broker-{id}"));
+            let mut broker = Broker::new_member(&data, &addr, &args)?;
+            let launch = broker.launch()?;
+            match broker.await_ready(launch) {
+                Ok(()) => {
+                    self.brokers.push(broker);
+                    self.addrs.push(addr.clone());
+                    self.internal_addrs.push(addr);
+                    return Ok(id);
+                }
+                Err(e) if lost_a_port(&e) => {
+                    let _ = std::fs::remove_dir_all(&data);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e.context(format!("adding broker {id}"))),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no port")))
     }
 
     /// Every member's inter-broker listener address (for clients that may
@@ -395,7 +439,10 @@ impl PartitionableCluster {
                 brokers,
                 internal_addrs: addrs.clone(),
                 addrs,
-                _dir: dir,
+                // Proxied or namespaced addresses: add_broker cannot
+                // build a member's the same way.
+                shared_args: None,
+                dir,
             },
             links,
         })
@@ -651,7 +698,10 @@ impl NetnsCluster {
                 brokers,
                 internal_addrs: addrs.clone(),
                 addrs,
-                _dir: dir,
+                // Proxied or namespaced addresses: add_broker cannot
+                // build a member's the same way.
+                shared_args: None,
+                dir,
             },
             net,
         })

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice_tests::cluster::{Cluster, FAST_FAILOVER};
 use sluice_tests::{example_plugin, unique_name};
 
@@ -734,5 +734,77 @@ fn plugin_test_reports_misbehaving_modules_as_the_broker_would() -> Result<()> {
         "{}",
         stderr(&wrong_kind)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_move_between_brokers_from_the_command_line() -> Result<()> {
+    let cluster = Cluster::start(3, FAST_FAILOVER)?;
+    let b = cluster.bootstrap();
+    let topic = unique_name("cli-move");
+    let out = cli(&b, &["topic", "create", &topic, "-p", "2", "-r", "2"])?;
+    ensure!(out.status.success(), "create: {}", stderr(&out));
+    let producer = sluice_tests::future_producer(&b, &[])?;
+    produce(&producer, &topic, 0, 20).await?;
+
+    let moved = cli(
+        &b,
+        &[
+            "topic",
+            "move",
+            &topic,
+            "--partition",
+            "0,1",
+            "--replicas",
+            "2,1",
+        ],
+    )?;
+    ensure!(moved.status.success(), "move: {}", stderr(&moved));
+    json_until(&b, &["topic", "describe", &topic], |d| {
+        d["partitions"].as_array().is_some_and(|ps| {
+            ps.len() == 2
+                && ps.iter().all(|p| {
+                    p["replicas"] == json!([2, 1]) && p["isr"].as_array().map(Vec::len) == Some(2)
+                })
+        })
+    })?;
+    ensure!(json(&b, &["topic", "moves"])? == json!([]));
+    let table = cli(&b, &["topic", "moves", &topic])?;
+    ensure!(
+        table.status.success() && String::from_utf8_lossy(&table.stdout).contains("REMOVING"),
+        "{table:?}"
+    );
+
+    // Nothing to cancel; an unknown broker; no target at all.
+    let cancel = cli(
+        &b,
+        &["topic", "move", &topic, "--partition", "0", "--cancel"],
+    )?;
+    ensure!(cancel.status.code() == Some(1), "{cancel:?}");
+    ensure!(
+        stderr(&cancel).contains("NO_REASSIGNMENT_IN_PROGRESS"),
+        "{}",
+        stderr(&cancel)
+    );
+    let unknown = cli(
+        &b,
+        &[
+            "topic",
+            "move",
+            &topic,
+            "--partition",
+            "0",
+            "--replicas",
+            "0,9",
+        ],
+    )?;
+    ensure!(unknown.status.code() == Some(1), "{unknown:?}");
+    ensure!(
+        stderr(&unknown).contains("INVALID_REPLICA_ASSIGNMENT"),
+        "{}",
+        stderr(&unknown)
+    );
+    let no_target = cli(&b, &["topic", "move", &topic, "--partition", "0"])?;
+    ensure!(no_target.status.code() == Some(2), "{no_target:?}");
     Ok(())
 }

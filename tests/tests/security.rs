@@ -10,12 +10,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeUserScramCredentialsRequest, FetchRequest, MetadataRequest, ProducerId,
+    AlterPartitionReassignmentsRequest, BrokerId, DescribeUserScramCredentialsRequest,
+    FetchRequest, ListPartitionReassignmentsRequest, MetadataRequest, ProducerId,
     SaslAuthenticateRequest, SaslHandshakeRequest, TopicName, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -565,6 +569,31 @@ fn certificate_principals_meet_acls_and_only_brokers_pass_the_inter_broker_liste
         ensure!(
             p.error_code == 0 && p.current_voters.len() == 3,
             "{described:?}"
+        );
+        // Moving replicas needs Alter on the cluster, listing the moves
+        // Describe: refused for the client, served for the brokers' own.
+        let listing = ListPartitionReassignmentsRequest::default();
+        let listed = client.send(&listing, 0, WAIT).await?;
+        ensure!(
+            listed.error_code == CLUSTER_AUTHORIZATION_FAILED,
+            "{listed:?}"
+        );
+        let listed = ops.send(&listing, 0, WAIT).await?;
+        ensure!(
+            listed.error_code == 0 && listed.topics.is_empty(),
+            "{listed:?}"
+        );
+        let mut moving = AlterPartitionReassignmentsRequest::default();
+        let mut t = ReassignableTopic::default();
+        t.name = TopicName(StrBytes::from_static_str("anything"));
+        let mut part = ReassignablePartition::default();
+        part.replicas = Some(vec![BrokerId(0)]);
+        t.partitions = vec![part];
+        moving.topics = vec![t];
+        let refused = client.send(&moving, 1, WAIT).await?;
+        ensure!(
+            refused.error_code == CLUSTER_AUTHORIZATION_FAILED,
+            "{refused:?}"
         );
         anyhow::Ok(())
     })?;

@@ -1,6 +1,7 @@
 //! Topic administration over the Kafka protocol, as an admin client does
 //! it: the cluster's metadata, topic configs, and creating, growing,
-//! reconfiguring and deleting topics. One [`Admin`] is one connection to
+//! reconfiguring and deleting topics, and moving their replicas
+//! (partition reassignments, KIP-455). One [`Admin`] is one connection to
 //! one broker (any broker answers these: metadata from its view, writes
 //! forwarded to the controller). Used by the operator and the CLI.
 
@@ -8,6 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsTopic,
 };
@@ -19,15 +23,22 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::list_partition_reassignments_request::ListPartitionReassignmentsTopics;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    BrokerId, ConsumerProtocolAssignment, CreatePartitionsRequest, CreatePartitionsResponse,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
+    ConsumerProtocolAssignment, CreatePartitionsRequest, CreatePartitionsResponse,
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     DescribeQuorumRequest, DescribeQuorumResponse, FindCoordinatorRequest, FindCoordinatorResponse,
     GroupId, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListGroupsRequest,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetFetchRequest, OffsetFetchResponse, TopicName,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse, MetadataRequest, MetadataResponse, OffsetFetchRequest,
+    OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::messages::{
+    RemoveRaftVoterRequest, RemoveRaftVoterResponse, UnregisterBrokerRequest,
+    UnregisterBrokerResponse,
 };
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 
@@ -46,6 +57,56 @@ const COORDINATOR_WAIT: Duration = Duration::from_secs(30);
 const RESOURCE_TOPIC: i8 = 2;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
+
+/// The moves that give every partition of `view` (internal topics too)
+/// the cluster's placement over `brokers`: replica j of partition i on
+/// broker (i + j) mod n of the sorted list, the replication factor kept
+/// (at most n). Partitions already placed so are left alone. For a
+/// cluster with no move under way (a moving partition lists more
+/// replicas than its replication factor).
+pub fn placement_moves(
+    view: &ClusterView,
+    brokers: &[i32],
+) -> Result<Vec<PartitionMove>, sluice_placement::PlacementError> {
+    let mut moves = Vec::new();
+    for t in &view.topics {
+        let Some(rf) = t.partitions.iter().map(|p| p.replicas.len()).min() else {
+            continue;
+        };
+        let target =
+            sluice_placement::assign(brokers, 0, t.partitions.len(), rf.min(brokers.len()))?;
+        for (p, want) in t.partitions.iter().zip(target) {
+            if p.replicas != want {
+                moves.push(PartitionMove {
+                    topic: t.name.clone(),
+                    partition: p.index,
+                    target: Some(want),
+                });
+            }
+        }
+    }
+    Ok(moves)
+}
+
+/// A partition to move onto `target` replicas (preferred leader first),
+/// or with `None` whose move to cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMove {
+    pub topic: String,
+    pub partition: i32,
+    pub target: Option<Vec<i32>>,
+}
+
+/// A partition's move under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassignment {
+    pub topic: String,
+    pub partition: i32,
+    /// Target replicas, then those being removed.
+    pub replicas: Vec<i32>,
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -593,6 +654,121 @@ impl Admin {
             )?;
         }
         Ok(())
+    }
+
+    /// Starts moving each `(topic, partition)` onto its target replicas,
+    /// or with `None` cancels its move (AlterPartitionReassignments). The
+    /// broker answers once the change is committed; the move itself goes
+    /// on until the new replicas are in sync (`list_reassignments`).
+    /// Every partition is tried; the first refusal is the error.
+    pub async fn alter_reassignments(&self, moves: &[PartitionMove]) -> Result<(), AdminError> {
+        let mut topics: BTreeMap<&str, Vec<ReassignablePartition>> = BTreeMap::new();
+        for m in moves {
+            let mut p = ReassignablePartition::default();
+            p.partition_index = m.partition;
+            p.replicas = m
+                .target
+                .as_ref()
+                .map(|t| t.iter().map(|b| BrokerId(*b)).collect());
+            topics.entry(&m.topic).or_default().push(p);
+        }
+        let mut req = AlterPartitionReassignmentsRequest::default();
+        req.timeout_ms = TIMEOUT.as_millis() as i32;
+        req.topics = topics
+            .into_iter()
+            .map(|(name, partitions)| {
+                let mut t = ReassignableTopic::default();
+                t.name = topic_name(name);
+                t.partitions = partitions;
+                t
+            })
+            .collect();
+        let resp: AlterPartitionReassignmentsResponse = self.call(0, &req).await?;
+        check(
+            || "reassigning partitions".to_string(),
+            resp.error_code,
+            resp.error_message.as_ref(),
+        )?;
+        for t in &resp.responses {
+            for p in &t.partitions {
+                check(
+                    || format!("reassigning {}-{}", t.name.as_str(), p.partition_index),
+                    p.error_code,
+                    p.error_message.as_ref(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The moves under way (all topics' with `None`).
+    pub async fn list_reassignments(
+        &self,
+        topics: Option<&[&str]>,
+    ) -> Result<Vec<Reassignment>, AdminError> {
+        let mut req = ListPartitionReassignmentsRequest::default();
+        req.timeout_ms = TIMEOUT.as_millis() as i32;
+        if let Some(names) = topics {
+            let view = self.cluster(Some(names)).await?;
+            req.topics = Some(
+                view.topics
+                    .iter()
+                    .map(|t| {
+                        let mut x = ListPartitionReassignmentsTopics::default();
+                        x.name = topic_name(&t.name);
+                        x.partition_indexes = t.partitions.iter().map(|p| p.index).collect();
+                        x
+                    })
+                    .collect(),
+            );
+        }
+        let resp: ListPartitionReassignmentsResponse = self.call(0, &req).await?;
+        check(
+            || "listing partition reassignments".to_string(),
+            resp.error_code,
+            resp.error_message.as_ref(),
+        )?;
+        let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect();
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(move |p| Reassignment {
+                    topic: t.name.to_string(),
+                    partition: p.partition_index,
+                    replicas: ids(&p.replicas),
+                    adding: ids(&p.adding_replicas),
+                    removing: ids(&p.removing_replicas),
+                })
+            })
+            .collect())
+    }
+
+    /// Takes broker `id` out of the controller quorum (RemoveRaftVoter);
+    /// done when the change is committed.
+    pub async fn remove_voter(&self, id: i32) -> Result<(), AdminError> {
+        let mut req = RemoveRaftVoterRequest::default();
+        req.cluster_id = None;
+        req.voter_id = id;
+        let resp: RemoveRaftVoterResponse = self.call(0, &req).await?;
+        check(
+            || format!("removing broker {id} from the controller quorum"),
+            resp.error_code,
+            resp.error_message.as_ref(),
+        )
+    }
+
+    /// Removes a stopped broker that holds no replica from the cluster's
+    /// metadata (UnregisterBroker).
+    pub async fn unregister_broker(&self, id: i32) -> Result<(), AdminError> {
+        let mut req = UnregisterBrokerRequest::default();
+        req.broker_id = BrokerId(id);
+        let resp: UnregisterBrokerResponse = self.call(0, &req).await?;
+        check(
+            || format!("unregistering broker {id}"),
+            resp.error_code,
+            resp.error_message.as_ref(),
+        )
     }
 
     /// Deletes a topic; an unknown topic is an error (UNKNOWN_TOPIC_OR_PARTITION).

@@ -176,6 +176,20 @@ pub async fn fence_loop(quorum: Arc<Quorum>, session_timeout: Duration, heartbea
     }
 }
 
+/// On the controller: promotes learners (brokers that joined a running
+/// quorum) to voters once they have caught up with the metadata log.
+pub async fn membership_loop(quorum: Arc<Quorum>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // A learner within this many entries of the log end has caught up
+        // (the log grows while it is promoted; openraft makes the change
+        // safe whatever the lag, this keeps it from taking long).
+        quorum.promote_caught_up_learners(64).await;
+    }
+}
+
 /// Does `host:port` actively refuse a TCP connection? (A timeout or a name
 /// that does not resolve proves nothing.)
 async fn listener_refuses(host: &str, port: i32, wait: Duration) -> bool {

@@ -176,6 +176,38 @@ pub struct PartitionImage {
     /// Bumped on every change of this partition (leader or ISR), so a
     /// leader's ISR update based on a stale view is refused.
     pub partition_epoch: i32,
+    /// A reassignment in progress (KIP-455): replicas being added (in
+    /// `replicas`, catching up; the move completes when all of the target
+    /// is in the ISR) and being removed (in `replicas` until then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<i32>,
+}
+
+impl PartitionImage {
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas the partition will have once its reassignment is
+    /// done (its replicas when none is in progress).
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing.contains(r))
+            .collect()
+    }
+
+    /// The replicas it had before its reassignment began.
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.adding.contains(r))
+            .collect()
+    }
 }
 
 /// A change to the image, as committed in the quorum log.
@@ -203,6 +235,12 @@ pub enum Command {
     FenceBroker {
         id: i32,
         incarnation: Uuid,
+    },
+    /// A broker leaves the cluster for good (scale-down; Kafka's
+    /// UnregisterBroker): refused while it is live or still holds a
+    /// replica, so nothing is lost with it.
+    UnregisterBroker {
+        id: i32,
     },
     /// This incarnation is stopping (SIGTERM): move its leaderships to
     /// other in-sync replicas and take it out of every ISR, without an
@@ -237,6 +275,16 @@ pub enum Command {
         leader_epoch: i32,
         partition_epoch: i32,
         isr: Vec<i32>,
+    },
+    /// Starts moving a partition onto `target` replicas (KIP-455), or with
+    /// `None` cancels the move in progress. New replicas catch up as
+    /// followers; the move completes once every target replica is in the
+    /// ISR (see `alter_isr`), leadership moving inside the ISR, so no
+    /// acknowledged record is lost.
+    ReassignPartition {
+        topic: String,
+        partition: i32,
+        target: Option<Vec<i32>>,
     },
     /// Moves leadership to `leader`, which must be a live ISR member
     /// (preferred-leader election).
@@ -330,6 +378,8 @@ pub enum MetadataError {
     Plugin(String),
     #[error("{0}")]
     ResourceNotFound(String),
+    #[error("{0}")]
+    NoReassignmentInProgress(String),
 }
 
 pub type CommandResult = Result<Applied, MetadataError>;
@@ -394,6 +444,38 @@ impl MetadataImage {
                     },
                 );
                 self.elect_leaderless(*id);
+                Ok(Applied::Done)
+            }
+            Command::UnregisterBroker { id } => {
+                let Some(b) = self.brokers.get(id) else {
+                    return Err(MetadataError::UnknownBroker(format!(
+                        "broker {id} is not registered"
+                    )));
+                };
+                if b.eligible() {
+                    return Err(MetadataError::IneligibleReplica(format!(
+                        "broker {id} is running; stop it before unregistering it"
+                    )));
+                }
+                let held: Vec<String> = self
+                    .topics
+                    .values()
+                    .flat_map(|t| {
+                        t.partitions
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, p)| p.replicas.contains(id))
+                            .map(move |(i, _)| format!("{}-{i}", t.name))
+                    })
+                    .take(5)
+                    .collect();
+                if !held.is_empty() {
+                    return Err(MetadataError::InvalidReplicaAssignment(format!(
+                        "broker {id} still holds replicas (e.g. {}); move them off first",
+                        held.join(", ")
+                    )));
+                }
+                self.brokers.remove(id);
                 Ok(Applied::Done)
             }
             Command::FenceBroker { id, incarnation } => match self.brokers.get(id) {
@@ -482,6 +564,11 @@ impl MetadataImage {
                 *partition_epoch,
                 isr,
             ),
+            Command::ReassignPartition {
+                topic,
+                partition,
+                target,
+            } => self.reassign(topic, *partition, target.as_deref()),
             Command::ElectLeader {
                 topic,
                 partition,
@@ -629,6 +716,8 @@ impl MetadataImage {
             leader,
             leader_epoch: 0,
             partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
         }
     }
 
@@ -699,7 +788,117 @@ impl MetadataImage {
             .filter(|r| sorted.contains(r))
             .collect();
         p.partition_epoch += 1;
+        self.complete_reassignment(topic, partition);
         Ok(Applied::Done)
+    }
+
+    /// Starts, replaces or (`target` None) cancels partition `partition`'s
+    /// reassignment, as Kafka's controller does: the replicas become the
+    /// target followed by the current replicas not in it (removing), the
+    /// target's brokers not among the original replicas are adding. A new
+    /// target while a move is in progress starts from the current (union)
+    /// replicas.
+    fn reassign(&mut self, topic: &str, partition: i32, target: Option<&[i32]>) -> CommandResult {
+        let known: Vec<i32> = self.brokers.keys().copied().collect();
+        let p = self.partition_mut(topic, partition)?;
+        match target {
+            None => {
+                if !p.reassigning() {
+                    return Err(MetadataError::NoReassignmentInProgress(format!(
+                        "{topic}-{partition} has no reassignment in progress"
+                    )));
+                }
+                let original = p.original_replicas();
+                let isr: Vec<i32> = original
+                    .iter()
+                    .copied()
+                    .filter(|r| p.isr.contains(r))
+                    .collect();
+                if isr.is_empty() {
+                    return Err(MetadataError::InvalidReplicaAssignment(format!(
+                        "cancelling {topic}-{partition}'s reassignment would leave none of its original replicas {original:?} in sync (ISR {:?}); move it onward instead",
+                        p.isr
+                    )));
+                }
+                p.replicas = original;
+                p.isr = isr;
+                p.adding.clear();
+                p.removing.clear();
+                p.partition_epoch += 1;
+            }
+            Some(target) => {
+                sluice_placement::validate(&[target.to_vec()], &known)
+                    .map_err(|e| MetadataError::InvalidReplicaAssignment(e.0))?;
+                let removing: Vec<i32> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| !target.contains(r))
+                    .collect();
+                // Still adding if an earlier target added it.
+                let original = p.original_replicas();
+                let adding: Vec<i32> = target
+                    .iter()
+                    .copied()
+                    .filter(|r| !original.contains(r))
+                    .collect();
+                let replicas: Vec<i32> = target.iter().chain(&removing).copied().collect();
+                if replicas == p.replicas && adding == p.adding && removing == p.removing {
+                    return Ok(Applied::Ignored {
+                        reason: format!("{topic}-{partition} already has replicas {target:?}"),
+                    });
+                }
+                p.replicas = replicas;
+                p.adding = adding;
+                p.removing = removing;
+                p.partition_epoch += 1;
+            }
+        }
+        self.complete_reassignment(topic, partition);
+        self.elect_in_replicas(topic, partition);
+        Ok(Applied::Done)
+    }
+
+    /// Finishes a reassignment whose target replicas are all in the ISR:
+    /// the removed replicas leave, and a leader among them hands over to
+    /// the first in-sync target replica that is live.
+    fn complete_reassignment(&mut self, topic: &str, partition: i32) {
+        let Ok(p) = self.partition_mut(topic, partition) else {
+            return;
+        };
+        if !p.reassigning() {
+            return;
+        }
+        let target = p.target_replicas();
+        if !target.iter().all(|r| p.isr.contains(r)) {
+            return;
+        }
+        p.isr.retain(|r| target.contains(r));
+        p.replicas = target;
+        p.adding.clear();
+        p.removing.clear();
+        p.partition_epoch += 1;
+        self.elect_in_replicas(topic, partition);
+    }
+
+    /// A leader that is no longer a replica (its reassignment moved it off)
+    /// hands over to the first live ISR member, in replica order.
+    fn elect_in_replicas(&mut self, topic: &str, partition: i32) {
+        let live = self.live_brokers();
+        let Ok(p) = self.partition_mut(topic, partition) else {
+            return;
+        };
+        if p.leader == NO_LEADER || p.replicas.contains(&p.leader) {
+            return;
+        }
+        p.leader = p
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| p.isr.contains(r) && live.contains(r))
+            .unwrap_or(NO_LEADER);
+        p.leader_epoch += 1;
+        p.partition_epoch += 1;
     }
 
     /// Takes a broker out of every ISR and leadership, electing a new
@@ -1099,5 +1298,166 @@ mod tests {
         let b = image.apply(&Command::AllocateProducerIds { count: 1000 });
         assert_eq!(a, Ok(Applied::ProducerIds { first: 0 }));
         assert_eq!(b, Ok(Applied::ProducerIds { first: 1000 }));
+    }
+
+    fn reassign(image: &mut MetadataImage, target: Option<Vec<i32>>) -> CommandResult {
+        image.apply(&Command::ReassignPartition {
+            topic: "t".into(),
+            partition: 0,
+            target,
+        })
+    }
+
+    /// The leader's ISR change, from what the image says now.
+    fn set_isr(image: &mut MetadataImage, isr: Vec<i32>) -> CommandResult {
+        let p = image.partition("t", 0).expect("p0").clone();
+        image.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr,
+        })
+    }
+
+    #[test]
+    fn a_reassignment_completes_when_the_target_is_in_sync_and_moves_the_leader_inside_the_isr() {
+        let (mut image, _) = three_brokers();
+        register(&mut image, 3);
+        create(&mut image, "t", vec![vec![0, 1]]);
+        assert_eq!(reassign(&mut image, Some(vec![2, 3])), Ok(Applied::Done));
+        let p = image.partition("t", 0).expect("p0").clone();
+        assert_eq!(p.replicas, vec![2, 3, 0, 1], "target first, then removing");
+        assert_eq!(
+            (p.adding.clone(), p.removing.clone()),
+            (vec![2, 3], vec![0, 1])
+        );
+        assert_eq!(
+            (p.leader, p.isr.clone()),
+            (0, vec![0, 1]),
+            "nothing moves yet"
+        );
+        assert_eq!(p.target_replicas(), vec![2, 3]);
+        assert_eq!(p.original_replicas(), vec![0, 1]);
+
+        // One new replica in sync: still moving.
+        set_isr(&mut image, vec![0, 1, 2]).expect("expand");
+        assert!(image.partition("t", 0).expect("p0").reassigning());
+        // Both: done, the removed replicas leave and 2 leads in a new epoch.
+        set_isr(&mut image, vec![0, 1, 2, 3]).expect("expand");
+        let done = image.partition("t", 0).expect("p0");
+        assert_eq!(done.replicas, vec![2, 3]);
+        assert_eq!(done.isr, vec![2, 3]);
+        assert_eq!((done.leader, done.leader_epoch), (2, p.leader_epoch + 1));
+        assert!(!done.reassigning());
+        assert!(done.partition_epoch > p.partition_epoch);
+    }
+
+    #[test]
+    fn shrinking_a_partition_completes_at_once_and_a_kept_leader_stays() {
+        let (mut image, _) = three_brokers();
+        create(&mut image, "t", vec![vec![0, 1, 2]]);
+        assert_eq!(reassign(&mut image, Some(vec![1, 0])), Ok(Applied::Done));
+        let p = image.partition("t", 0).expect("p0");
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![1, 0], vec![0, 1])
+        );
+        assert_eq!(
+            (p.leader, p.leader_epoch),
+            (0, 0),
+            "the leader is a target replica"
+        );
+        assert!(!p.reassigning());
+        // The same target again changes nothing.
+        assert!(matches!(
+            reassign(&mut image, Some(vec![1, 0])),
+            Ok(Applied::Ignored { .. })
+        ));
+    }
+
+    #[test]
+    fn cancelling_returns_to_the_original_replicas_and_bad_targets_are_refused() {
+        let (mut image, _) = three_brokers();
+        create(&mut image, "t", vec![vec![0, 1]]);
+        assert!(matches!(
+            reassign(&mut image, None),
+            Err(MetadataError::NoReassignmentInProgress(_))
+        ));
+        for bad in [vec![], vec![1, 1], vec![0, 9]] {
+            assert!(
+                matches!(
+                    reassign(&mut image, Some(bad.clone())),
+                    Err(MetadataError::InvalidReplicaAssignment(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        reassign(&mut image, Some(vec![1, 2])).expect("start");
+        // A new target replaces the move: 1 is now removing too, 2 is
+        // still being added.
+        reassign(&mut image, Some(vec![2, 0])).expect("replace");
+        let p = image.partition("t", 0).expect("p0");
+        assert_eq!(p.replicas, vec![2, 0, 1]);
+        assert_eq!((p.adding.clone(), p.removing.clone()), (vec![2], vec![1]));
+        // Back to a target already in sync: done at once.
+        reassign(&mut image, Some(vec![0, 1])).expect("replace");
+        let p = image.partition("t", 0).expect("p0");
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone()),
+            (vec![0, 1], vec![0, 1])
+        );
+        assert!(!p.reassigning(), "its target was already in sync");
+
+        reassign(&mut image, Some(vec![1, 2])).expect("start again");
+        assert_eq!(reassign(&mut image, None), Ok(Applied::Done));
+        let p = image.partition("t", 0).expect("p0");
+        // In the moving order (target first), as Kafka's revert leaves it.
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![1, 0], vec![1, 0], 0)
+        );
+        assert!(!p.reassigning());
+    }
+
+    #[test]
+    fn a_broker_is_unregistered_only_when_stopped_and_empty() {
+        let (mut image, inc) = three_brokers();
+        create(&mut image, "t", vec![vec![0, 1]]);
+        let unregister =
+            |image: &mut MetadataImage, id| image.apply(&Command::UnregisterBroker { id });
+        assert!(
+            matches!(
+                unregister(&mut image, 2),
+                Err(MetadataError::IneligibleReplica(_))
+            ),
+            "live"
+        );
+        fence(&mut image, 1, inc[1]);
+        assert!(
+            matches!(
+                unregister(&mut image, 1),
+                Err(MetadataError::InvalidReplicaAssignment(_))
+            ),
+            "holds t-0"
+        );
+        fence(&mut image, 2, inc[2]);
+        assert_eq!(unregister(&mut image, 2), Ok(Applied::Done));
+        assert!(!image.brokers.contains_key(&2));
+        assert!(matches!(
+            unregister(&mut image, 2),
+            Err(MetadataError::UnknownBroker(_))
+        ));
+    }
+
+    #[test]
+    fn images_without_reassignment_fields_still_load() {
+        let (mut image, _) = three_brokers();
+        create(&mut image, "t", vec![vec![0, 1]]);
+        let json = serde_json::to_string(image.partition("t", 0).expect("p0")).expect("json");
+        assert!(!json.contains("adding"), "{json}");
+        let back: PartitionImage = serde_json::from_str(&json).expect("parse");
+        assert_eq!(&back, image.partition("t", 0).expect("p0"));
     }
 }

@@ -715,6 +715,29 @@ pub fn check(a: Option<&Authz>, req: RequestKind, version: i16) -> Checked {
             resp.error_code = code(CLUSTER_DENIED);
             Checked::Answer(ResponseKind::DescribeQuorum(resp))
         }
+        RequestKind::AlterPartitionReassignments(_) if !a.cluster(Alter) => {
+            let mut resp = AlterPartitionReassignmentsResponse::default();
+            resp.error_code = code(CLUSTER_DENIED);
+            resp.error_message = Some(super::str_bytes(
+                "moving replicas needs Alter on the cluster",
+            ));
+            Checked::Answer(ResponseKind::AlterPartitionReassignments(resp))
+        }
+        RequestKind::RemoveRaftVoter(_) if !a.cluster(Alter) => {
+            let mut resp = RemoveRaftVoterResponse::default();
+            resp.error_code = code(CLUSTER_DENIED);
+            Checked::Answer(ResponseKind::RemoveRaftVoter(resp))
+        }
+        RequestKind::UnregisterBroker(_) if !a.cluster(Alter) => {
+            let mut resp = UnregisterBrokerResponse::default();
+            resp.error_code = code(CLUSTER_DENIED);
+            Checked::Answer(ResponseKind::UnregisterBroker(resp))
+        }
+        RequestKind::ListPartitionReassignments(_) if !a.cluster(Describe) => {
+            let mut resp = ListPartitionReassignmentsResponse::default();
+            resp.error_code = code(CLUSTER_DENIED);
+            Checked::Answer(ResponseKind::ListPartitionReassignments(resp))
+        }
         RequestKind::DescribeUserScramCredentials(_) if !a.cluster(Describe) => {
             let mut resp = DescribeUserScramCredentialsResponse::default();
             resp.error_code = code(CLUSTER_DENIED);

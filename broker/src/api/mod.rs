@@ -14,6 +14,7 @@ mod metadata;
 mod produce;
 mod producer;
 mod quorum;
+mod reassign;
 mod sasl;
 mod topics;
 mod transactions;
@@ -540,6 +541,18 @@ async fn handle_whole(
                 ctx.client_id.starts_with(crate::forward::CLIENT_ID_PREFIX),
             )
             .await,
+        ),
+        RequestKind::RemoveRaftVoter(r) => {
+            ResponseKind::RemoveRaftVoter(quorum::remove_raft_voter(&b.quorum, r).await)
+        }
+        RequestKind::UnregisterBroker(r) => {
+            ResponseKind::UnregisterBroker(quorum::unregister_broker(&b.quorum, r).await)
+        }
+        RequestKind::AlterPartitionReassignments(r) => ResponseKind::AlterPartitionReassignments(
+            reassign::alter_partition_reassignments(&b.admin(), r).await,
+        ),
+        RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
+            reassign::list_partition_reassignments(&b.admin(), r),
         ),
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(&b.reads(), r).await),
         RequestKind::OffsetForLeaderEpoch(r) => {

@@ -4,16 +4,23 @@
 //! status` show. The quorum's leader answers from its Raft state; any other
 //! broker forwards the request to it, as Kafka's brokers forward it to the
 //! active controller. Offsets are Raft log indexes (the metadata log).
+//!
+//! Also the scale-down pair: RemoveRaftVoter (KIP-853, API 81) takes a
+//! broker out of the controller quorum, UnregisterBroker (API 64) takes a
+//! stopped broker that holds no replica out of the metadata. (Joining is
+//! automatic: see `sluice_metadata::quorum`.)
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_quorum_response::{PartitionData, ReplicaState, TopicData};
 use kafka_protocol::messages::{
-    BrokerId, DescribeQuorumRequest, DescribeQuorumResponse, TopicName,
+    BrokerId, DescribeQuorumRequest, DescribeQuorumResponse, RemoveRaftVoterRequest,
+    RemoveRaftVoterResponse, TopicName, UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 
-use sluice_metadata::quorum::{Quorum, QuorumStatus};
+use sluice_metadata::image::{Command, MetadataError};
+use sluice_metadata::quorum::{ProposeError, Quorum, QuorumStatus, VoterChange};
 
 use crate::forward::Forwarder;
 
@@ -104,5 +111,83 @@ fn response(partition: PartitionData) -> DescribeQuorumResponse {
     topic.partitions = vec![partition];
     let mut resp = DescribeQuorumResponse::default();
     resp.topics = vec![topic];
+    resp
+}
+
+/// How long a membership change or unregistration may take.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn remove_raft_voter(
+    quorum: &Quorum,
+    req: RemoveRaftVoterRequest,
+) -> RemoveRaftVoterResponse {
+    let mut resp = RemoveRaftVoterResponse::default();
+    if let Err((e, message)) = remove_voter(quorum, &req).await {
+        resp.error_code = e.code();
+        resp.error_message = Some(super::str_bytes(message));
+    }
+    resp
+}
+
+async fn remove_voter(
+    quorum: &Quorum,
+    req: &RemoveRaftVoterRequest,
+) -> Result<(), (ResponseError, String)> {
+    let ours = quorum.image().cluster_id.clone().unwrap_or_default();
+    if let Some(theirs) = req
+        .cluster_id
+        .as_ref()
+        .filter(|c| !c.is_empty() && c.as_str() != ours)
+    {
+        return Err((
+            ResponseError::InconsistentClusterId,
+            format!("cluster id {theirs} is not this cluster's ({ours})"),
+        ));
+    }
+    let node = req.voter_id;
+    let members = quorum.members();
+    if !members.voters.contains(&node) && !members.learners.contains(&node) {
+        return Err((
+            ResponseError::VoterNotFound,
+            format!(
+                "broker {node} is not in the controller quorum (voters {:?})",
+                members.voters
+            ),
+        ));
+    }
+    match quorum
+        .change_voters(VoterChange::Remove { node }, CHANGE_TIMEOUT)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(node, "removed from the controller quorum");
+            Ok(())
+        }
+        Err(ProposeError::Refused(m)) => Err((ResponseError::InvalidRequest, m)),
+        Err(e @ ProposeError::Timeout(_)) => Err((ResponseError::RequestTimedOut, e.to_string())),
+        Err(e) => Err((ResponseError::NotController, e.to_string())),
+    }
+}
+
+pub async fn unregister_broker(
+    quorum: &Quorum,
+    req: UnregisterBrokerRequest,
+) -> UnregisterBrokerResponse {
+    let mut resp = UnregisterBrokerResponse::default();
+    let id = req.broker_id.0;
+    let refusal = match quorum
+        .propose(Command::UnregisterBroker { id }, CHANGE_TIMEOUT)
+        .await
+    {
+        Ok(Ok(_)) => {
+            tracing::info!(broker = id, "broker unregistered");
+            return resp;
+        }
+        Ok(Err(MetadataError::UnknownBroker(m))) => (ResponseError::BrokerIdNotRegistered, m),
+        Ok(Err(e)) => (ResponseError::InvalidRequest, e.to_string()),
+        Err(e) => (ResponseError::RequestTimedOut, e.to_string()),
+    };
+    resp.error_code = refusal.0.code();
+    resp.error_message = Some(super::str_bytes(refusal.1));
     resp
 }

@@ -11,7 +11,9 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use sluice_client::Transport;
-use sluice_client::admin::{Admin, ClusterView, NewTopic, QuorumMember, QuorumView, TopicView};
+use sluice_client::admin::{
+    Admin, ClusterView, NewTopic, PartitionMove, QuorumMember, QuorumView, TopicView,
+};
 use sluice_client::tls::{ClientTls, KeystoreFiles};
 use sluice_metadata::plugins::keys;
 
@@ -76,6 +78,28 @@ pub enum TopicCommand {
         #[arg(long)]
         all_configs: bool,
     },
+    /// Move partitions onto other brokers (AlterPartitionReassignments):
+    /// the new replicas catch up in the background and the old ones leave
+    /// once they are in sync; `topic moves` lists the moves under way.
+    Move {
+        name: String,
+        /// The partitions to move (repeatable or comma-separated).
+        #[arg(long = "partition", value_delimiter = ',', required = true)]
+        partitions: Vec<i32>,
+        /// The brokers to hold them, preferred leader first (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "cancel",
+            conflicts_with = "cancel"
+        )]
+        replicas: Vec<i32>,
+        /// Cancel their moves under way instead (back to the old replicas).
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// List the partition moves under way (of the named topics, or all).
+    Moves { names: Vec<String> },
     /// Change a topic: add partitions, set or delete configs, bind plugins.
     Alter {
         name: String,
@@ -425,6 +449,69 @@ pub async fn topic(connect: &Connect, cmd: TopicCommand) -> Result<(), CliError>
                 println!("{}", json!({ "name": name, "altered": true }));
             } else {
                 println!("altered topic {name}");
+            }
+        }
+        TopicCommand::Move {
+            name,
+            partitions,
+            replicas,
+            cancel,
+        } => {
+            let target = (!cancel).then_some(replicas);
+            let moves: Vec<PartitionMove> = partitions
+                .iter()
+                .map(|p| PartitionMove {
+                    topic: name.clone(),
+                    partition: *p,
+                    target: target.clone(),
+                })
+                .collect();
+            admin.alter_reassignments(&moves).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "name": name, "partitions": partitions, "replicas": target })
+                );
+            } else if let Some(t) = &target {
+                println!("moving {name} partitions {partitions:?} to brokers {t:?}");
+            } else {
+                println!("cancelled the moves of {name} partitions {partitions:?}");
+            }
+        }
+        TopicCommand::Moves { names } => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let moves = admin
+                .list_reassignments((!names.is_empty()).then_some(&names[..]))
+                .await?;
+            if json {
+                let rows: Vec<_> = moves
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "topic": m.topic, "partition": m.partition, "replicas": m.replicas,
+                            "adding": m.adding, "removing": m.removing,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                let ids = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+                let rows: Vec<Vec<String>> = moves
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.topic.clone(),
+                            m.partition.to_string(),
+                            ids(&m.replicas),
+                            ids(&m.adding),
+                            ids(&m.removing),
+                        ]
+                    })
+                    .collect();
+                super::print_table(
+                    &["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"],
+                    &rows,
+                );
             }
         }
         TopicCommand::Delete { name } => {

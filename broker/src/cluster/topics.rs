@@ -63,7 +63,8 @@ impl From<MetadataError> for TopicError {
             | MetadataError::InvalidUpdateVersion(m)
             | MetadataError::IneligibleReplica(m)
             | MetadataError::Plugin(m)
-            | MetadataError::ResourceNotFound(m) => TopicError::Controller(m),
+            | MetadataError::ResourceNotFound(m)
+            | MetadataError::NoReassignmentInProgress(m) => TopicError::Controller(m),
         }
     }
 }
@@ -199,12 +200,14 @@ impl TopicRegistry {
 
     /// Brings the local topics in line with `image`: opens logs of
     /// partitions newly placed here, applies config changes, and moves
-    /// deleted topics' partitions aside. A partition whose log cannot be
+    /// aside the partitions of deleted topics and those a reassignment
+    /// moved off this broker. A partition whose log cannot be
     /// opened is logged and left out (`None`); the rest still apply.
     /// Called by the applier only, for every applied image in order.
     pub fn materialize(&self, image: &MetadataImage) -> Arc<BTreeMap<String, Arc<Topic>>> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let mut next: BTreeMap<String, Arc<Topic>> = BTreeMap::new();
+        let mut moved_off: Vec<Arc<PartitionLog>> = Vec::new();
         for meta in image.topics.values().filter(|t| t.view_of().is_none()) {
             let existing = current.get(&meta.name).filter(|t| t.meta.id == meta.id);
             let config = log_config(&meta.configs);
@@ -212,7 +215,12 @@ impl TopicRegistry {
             for (i, p) in meta.partitions.iter().enumerate() {
                 let have = existing.and_then(|t| t.partitions.get(i).cloned().flatten());
                 let log = match (have, p.replicas.contains(&self.node_id)) {
-                    (Some(log), _) => Some(log),
+                    (Some(log), true) => Some(log),
+                    (Some(log), false) => {
+                        tracing::info!(topic = %meta.name, partition = i, replicas = ?p.replicas, "replica moved off this broker; removing its log");
+                        moved_off.push(log);
+                        None
+                    }
                     (None, true) => match self.open_partition(meta, i, config.clone()) {
                         Ok(log) => Some(Arc::new(log)),
                         Err(e) => {
@@ -266,7 +274,11 @@ impl TopicRegistry {
         *current = next.clone();
         drop(current);
         for topic in gone {
-            self.move_aside(&topic);
+            self.move_aside(topic.partitions.iter().flatten(), topic.meta.id);
+        }
+        for log in &moved_off {
+            // Unique: the same replica may come and go more than once.
+            self.move_aside(std::iter::once(log), Uuid::new_v4());
         }
         next
     }
@@ -446,16 +458,15 @@ impl TopicRegistry {
         Ok((topic.id, index))
     }
 
-    /// Renames a deleted topic's partitions aside (atomic, so a crash
-    /// never resurrects half a topic), then removes them in the background.
-    fn move_aside(&self, topic: &Topic) {
+    /// Renames partition logs aside (atomic, so a crash never resurrects
+    /// half a topic), then removes them in the background. `tag` makes the
+    /// names unique (the topic id for a deleted topic).
+    fn move_aside<'a>(&self, logs: impl Iterator<Item = &'a Arc<PartitionLog>>, tag: Uuid) {
         let mut doomed = Vec::new();
-        for p in topic.partitions.iter().flatten() {
-            let target = self.data_dir.join(format!(
-                "{}.{}{DELETED_SUFFIX}",
-                p.name(),
-                topic.meta.id.simple()
-            ));
+        for p in logs {
+            let target =
+                self.data_dir
+                    .join(format!("{}.{}{DELETED_SUFFIX}", p.name(), tag.simple()));
             match fs::rename(p.dir(), &target) {
                 Ok(()) => doomed.push(target),
                 Err(e) => {

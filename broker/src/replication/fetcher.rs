@@ -1,11 +1,13 @@
 //! Follower side: one fetcher task per leader broker, fetching every
 //! partition this broker follows from that leader over one connection,
 //! with ordinary Kafka requests (Fetch with our replica id, and
-//! OffsetForLeaderEpoch to find where a divergent tail starts).
+//! OffsetForLeaderEpoch to find where a divergent tail starts). Replicas
+//! a reassignment is adding here share one byte-rate budget (`Throttle`),
+//! so moving partitions does not starve the brokers' normal traffic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -40,14 +42,71 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The leader holds a fetch up to its max wait; allow that plus slack.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A partition to follow, as the metadata says.
+pub struct Target {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub log: Arc<PartitionLog>,
+    /// A reassignment is adding this replica: its fetching is throttled.
+    pub throttled: bool,
+}
+
 /// A partition this broker follows.
 #[derive(Clone)]
 struct Follow {
     leader: i32,
     leader_epoch: i32,
     log: Arc<PartitionLog>,
+    throttled: bool,
     /// Divergent tail already cut for this leader epoch.
     truncated: bool,
+}
+
+/// A token bucket of bytes per second, shared by every fetcher task, for
+/// the throttled replicas: they are fetched only while it is not in debt,
+/// and what they fetched is charged after the answer (a fetch may overdraw
+/// it; the next ones wait until it is paid back, so the average holds).
+struct Throttle {
+    rate: f64,
+    /// (bytes available, when last refilled); at most one second's worth.
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Throttle {
+        Throttle {
+            rate: rate as f64,
+            bucket: Mutex::new((rate as f64, Instant::now())),
+        }
+    }
+
+    fn refill(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        b.0 = (b.0 + self.rate * now.duration_since(b.1).as_secs_f64()).min(self.rate);
+        b.1 = now;
+        b
+    }
+
+    /// How long until throttled replicas may fetch again (zero: now).
+    fn wait(&self) -> Duration {
+        let available = self.refill().0;
+        if available > 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((-available + 1.0) / self.rate)
+        }
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.refill().0 -= bytes as f64;
+    }
+
+    /// Per-partition fetch size for a throttled replica: a quarter
+    /// second's worth, so one answer does not overdraw much.
+    fn partition_max_bytes(&self) -> i32 {
+        (self.rate / 4.0).clamp(64.0 * 1024.0, PARTITION_MAX_BYTES as f64) as i32
+    }
 }
 
 pub struct FetcherPool {
@@ -56,39 +115,51 @@ pub struct FetcherPool {
     max_wait: Duration,
     follows: Arc<Mutex<HashMap<TopicPartition, Follow>>>,
     tasks: Mutex<HashMap<i32, Arc<Notify>>>,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl FetcherPool {
-    pub fn new(node_id: i32, quorum: Arc<Quorum>, max_wait: Duration) -> FetcherPool {
+    /// `adding_rate`: bytes per second for all replicas being added here
+    /// (`None`: unlimited).
+    pub fn new(
+        node_id: i32,
+        quorum: Arc<Quorum>,
+        max_wait: Duration,
+        adding_rate: Option<u64>,
+    ) -> FetcherPool {
         FetcherPool {
             node_id,
             quorum,
             max_wait,
             follows: Arc::new(Mutex::new(HashMap::new())),
             tasks: Mutex::new(HashMap::new()),
+            throttle: adding_rate.map(|r| Arc::new(Throttle::new(r))),
         }
     }
 
-    /// Replaces what is followed: (leader, leader epoch, log) per partition.
-    /// A new leader or epoch means truncating again before fetching.
-    pub fn set_targets(&self, targets: HashMap<TopicPartition, (i32, i32, Arc<PartitionLog>)>) {
+    /// Replaces what is followed. A new leader or epoch means truncating
+    /// again before fetching.
+    pub fn set_targets(&self, targets: HashMap<TopicPartition, Target>) {
         let mut follows = self.follows.lock().unwrap_or_else(|e| e.into_inner());
         follows.retain(|tp, _| targets.contains_key(tp));
-        for (tp, (leader, leader_epoch, log)) in targets {
-            let same = follows
-                .get(&tp)
-                .is_some_and(|f| f.leader == leader && f.leader_epoch == leader_epoch);
-            if !same {
-                tracing::info!(topic = %tp.0, partition = tp.1, leader, epoch = leader_epoch, "following partition");
-                follows.insert(
-                    tp,
-                    Follow {
-                        leader,
-                        leader_epoch,
-                        log,
-                        truncated: false,
-                    },
-                );
+        for (tp, t) in targets {
+            match follows.get_mut(&tp) {
+                Some(f) if f.leader == t.leader && f.leader_epoch == t.leader_epoch => {
+                    f.throttled = t.throttled;
+                }
+                _ => {
+                    tracing::info!(topic = %tp.0, partition = tp.1, leader = t.leader, epoch = t.leader_epoch, throttled = t.throttled, "following partition");
+                    follows.insert(
+                        tp,
+                        Follow {
+                            leader: t.leader,
+                            leader_epoch: t.leader_epoch,
+                            log: t.log,
+                            throttled: t.throttled,
+                            truncated: false,
+                        },
+                    );
+                }
             }
         }
         let leaders: Vec<i32> = follows.values().map(|f| f.leader).collect();
@@ -104,6 +175,7 @@ impl FetcherPool {
                     follows: self.follows.clone(),
                     max_wait: self.max_wait,
                     wake: wake.clone(),
+                    throttle: self.throttle.clone(),
                 };
                 tokio::spawn(task.run());
                 wake
@@ -122,6 +194,7 @@ struct FetcherTask {
     follows: Arc<Mutex<HashMap<TopicPartition, Follow>>>,
     max_wait: Duration,
     wake: Arc<Notify>,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl FetcherTask {
@@ -176,7 +249,19 @@ impl FetcherTask {
             }
             let Some(c) = conn.as_ref() else { continue };
             let result = match parts.iter().filter(|(_, f)| !f.truncated).count() {
-                0 => self.fetch(c, &parts).await,
+                0 => {
+                    // Throttled replicas sit out while the budget is in debt.
+                    let wait = self.throttle.as_ref().map_or(Duration::ZERO, |t| t.wait());
+                    let parts: Vec<_> = parts
+                        .into_iter()
+                        .filter(|(_, f)| !f.throttled || wait.is_zero())
+                        .collect();
+                    if parts.is_empty() {
+                        let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+                        continue;
+                    }
+                    self.fetch(c, &parts).await
+                }
                 _ => self.truncate(c, &parts).await,
             };
             if result.is_ok() {
@@ -289,7 +374,10 @@ impl FetcherTask {
             p.fetch_offset = f.log.log_end_offset();
             p.last_fetched_epoch = -1;
             p.log_start_offset = f.log.log_start_offset();
-            p.partition_max_bytes = PARTITION_MAX_BYTES;
+            p.partition_max_bytes = match (&self.throttle, f.throttled) {
+                (Some(t), true) => t.partition_max_bytes(),
+                _ => PARTITION_MAX_BYTES,
+            };
             by_topic.entry(tp.0.as_str()).or_default().push(p);
         }
         let mut req = FetchRequest::default();
@@ -349,6 +437,9 @@ impl FetcherTask {
                     }
                 }
                 let log = f.log.clone();
+                if let (Some(t), true, Some(records)) = (&self.throttle, f.throttled, &p.records) {
+                    t.charge(records.len());
+                }
                 if let Some(records) = p.records.filter(|r| !r.is_empty()) {
                     let appended =
                         tokio::task::spawn_blocking(move || log.append_replica(&records)).await;
@@ -426,7 +517,30 @@ pub(crate) fn truncation_target(
 
 #[cfg(test)]
 mod tests {
-    use super::{Truncation, truncation_target};
+    use super::{PARTITION_MAX_BYTES, Throttle, Truncation, truncation_target};
+    use std::time::Duration;
+
+    #[test]
+    fn the_throttle_lets_its_rate_through_on_average() {
+        let t = Throttle::new(1_000_000);
+        assert_eq!(t.wait(), Duration::ZERO, "a full second's budget at start");
+        // Two seconds' worth fetched at once: about a second of debt.
+        t.charge(2_000_000);
+        let wait = t.wait();
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_millis(1010),
+            "{wait:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(t.wait() < wait, "paid back over time");
+        // Fetch sizes: a quarter second's worth, within bounds.
+        assert_eq!(t.partition_max_bytes(), 250_000);
+        assert_eq!(Throttle::new(1).partition_max_bytes(), 64 * 1024);
+        assert_eq!(
+            Throttle::new(u64::MAX / 2).partition_max_bytes(),
+            PARTITION_MAX_BYTES
+        );
+    }
 
     /// A follower's epoch cache as (epoch, start offset) pairs, answering
     /// like `EpochCache::end_offset_for`.

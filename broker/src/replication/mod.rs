@@ -31,7 +31,7 @@ use sluice_metadata::image::{Command, MetadataImage, PartitionImage};
 use sluice_metadata::quorum::Quorum;
 use sluice_storage::{LeaderTerm, PartitionLog};
 
-pub use fetcher::FetcherPool;
+pub use fetcher::{FetcherPool, Target};
 pub use write::{Acks, Appended, Staged, WriteError};
 
 /// KIP-320: a request naming a leader epoch (`-1`: none) must match the
@@ -57,6 +57,9 @@ pub struct ReplicationConfig {
     pub lag_time_max: Duration,
     /// Longest a follower's fetch waits at the leader for new data.
     pub fetch_max_wait: Duration,
+    /// Bytes per second for fetching replicas a reassignment is adding
+    /// here; `None`: unlimited.
+    pub adding_replicas_rate: Option<u64>,
 }
 
 /// What the leader knows of one follower.
@@ -184,7 +187,12 @@ impl ReplicaManager {
         ReplicaManager {
             stats: ReplicationStats::default(),
             node_id,
-            fetchers: FetcherPool::new(node_id, quorum.clone(), config.fetch_max_wait),
+            fetchers: FetcherPool::new(
+                node_id,
+                quorum.clone(),
+                config.fetch_max_wait,
+                config.adding_replicas_rate,
+            ),
             config,
             quorum,
         }
@@ -296,7 +304,12 @@ impl ReplicaManager {
                     if state.leader >= 0 && state.replicas.contains(&self.node_id) {
                         follows.insert(
                             (t.name.clone(), i as i32),
-                            (state.leader, state.leader_epoch, log),
+                            Target {
+                                leader: state.leader,
+                                leader_epoch: state.leader_epoch,
+                                log,
+                                throttled: state.adding.contains(&self.node_id),
+                            },
                         );
                     }
                 }

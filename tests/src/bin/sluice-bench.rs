@@ -67,6 +67,10 @@ enum Mode {
     Transactions,
     /// Produce/consume over TLS vs PLAINTEXT, and connection set-up time.
     Tls,
+    /// Partition reassignment speed on 3 brokers: MB/s of moving one
+    /// partition's replica onto a broker that lacks it, unthrottled and
+    /// with `--throttle-mb` (follower.replication.throttled.rate).
+    Reassign,
 }
 
 /// Which producer drives the produce phase.
@@ -125,6 +129,9 @@ struct Args {
     /// Transactions mode: rounds over all scenarios (medians reported).
     #[arg(long, default_value_t = 3)]
     transaction_rounds: usize,
+    /// Reassign mode: the throttled run's rate, MB/s.
+    #[arg(long, default_value_t = 20)]
+    throttle_mb: u64,
     /// Broker to benchmark; if absent, a sluice-broker is spawned.
     #[arg(long)]
     bootstrap: Option<String>,
@@ -468,6 +475,9 @@ fn main() -> Result<()> {
     }
     if args.mode == Mode::Tls {
         return tls_main(&args);
+    }
+    if args.mode == Mode::Reassign {
+        return reassign_main(&args);
     }
     if args.partitions < 1 || args.records == 0 || args.record_size == 0 {
         bail!("--partitions, --records and --record-size must be positive");
@@ -2072,4 +2082,94 @@ async fn connect_times(
         h.record(start.elapsed().as_micros() as u64)?;
     }
     Ok(h)
+}
+
+/// Reassign mode: one partition (replicas [0, 1]) filled with `--records`
+/// records, then moved to [0, 2]: the time from the AlterPartitionReassignments
+/// answer until no move is listed, as MB/s of the partition's stored bytes;
+/// once on a cluster without a throttle and once on one with
+/// `--follower-replication-throttled-rate`.
+fn reassign_main(args: &Args) -> Result<()> {
+    use sluice_client::admin::Admin;
+    use sluice_tests::cluster::Cluster;
+    let argv: Vec<String> = std::env::args().collect();
+    println!("command: {}", argv.join(" "));
+    println!(
+        "settings: mode=reassign brokers=3 records={} record_size={} throttle={} MB/s",
+        args.records, args.record_size, args.throttle_mb
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let throttle = (args.throttle_mb * 1_000_000).to_string();
+    let mut results = Vec::new();
+    for (name, extra) in [
+        ("unthrottled", vec![]),
+        (
+            "throttled",
+            vec!["--follower-replication-throttled-rate", throttle.as_str()],
+        ),
+    ] {
+        let cluster = Cluster::start_in(&cwd, 3, &extra).context("cannot start the cluster")?;
+        let bootstrap = cluster.bootstrap();
+        let topic = format!("sluice-bench-reassign-{}", std::process::id());
+        runtime.block_on(async {
+            use rdkafka::admin::{NewTopic, TopicReplication};
+            let admin = sluice_tests::admin_client(&bootstrap)?;
+            let t = NewTopic::new(&topic, 1, TopicReplication::Fixed(2));
+            for r in admin
+                .create_topics([&t], &sluice_tests::admin_opts())
+                .await?
+            {
+                r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+            }
+            anyhow::Ok(())
+        })?;
+        let mut a = args.clone();
+        a.partitions = 1;
+        a.acks = "all".into();
+        let produced = produce(&a, &base_config(&bootstrap), &topic)?;
+        let bytes: u64 = sluice_tests::segment_files(&cluster.brokers[0].partition_dir(&topic, 0))?
+            .iter()
+            .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let elapsed = runtime.block_on(async {
+            let admin = Admin::open(
+                cluster.addr(0),
+                "sluice-bench",
+                &sluice_client::Transport::Plain,
+            )
+            .await?;
+            let start = Instant::now();
+            admin
+                .alter_reassignments(&[sluice_client::admin::PartitionMove {
+                    topic: topic.clone(),
+                    partition: 0,
+                    target: Some(vec![0, 2]),
+                }])
+                .await?;
+            while !admin.list_reassignments(None).await?.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if start.elapsed() > Duration::from_secs(600) {
+                    bail!("the move did not finish in 10 minutes");
+                }
+            }
+            anyhow::Ok(start.elapsed())
+        })?;
+        let mb_s = rate(bytes as f64 / MB, elapsed);
+        println!(
+            "{name}: {} records acked, {:.1} MB moved in {:.2} s: {mb_s:.1} MB/s",
+            produced.acked,
+            bytes as f64 / MB,
+            elapsed.as_secs_f64()
+        );
+        results.push((name, mb_s));
+    }
+    println!("\n| run | reassignment MB/s |\n|---|---:|");
+    for (name, mb_s) in &results {
+        println!("| {name} | {mb_s:.1} |");
+    }
+    Ok(())
 }

@@ -2,6 +2,13 @@
 //! openraft group whose log holds metadata `Command`s. The Raft leader is
 //! the controller. Brokers read the applied image locally and send changes
 //! through `propose`, which forwards to the controller when needed.
+//!
+//! Membership: brokers starting together on empty disks found the group
+//! with the voters in `--peers`. A broker that starts on an empty disk
+//! when its peers already run a quorum joins it instead (`join`): the
+//! controller adds it as a learner and promotes it to voter once it has
+//! caught up (`promote_caught_up_learners`), one member at a time; a voter
+//! leaves through `change_voters` (`VoterChange::Remove`).
 
 mod contact;
 mod log_store;
@@ -16,13 +23,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Raft, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use sluice_client::{Pool, Resolve, Transport};
 
-pub use self::rpc::{ProposeError, Proposed, QuorumRequest, QuorumResponse};
+pub use self::rpc::{
+    ProposeError, Proposed, QuorumMembers, QuorumRequest, QuorumResponse, VoterChange,
+};
 pub use self::state_machine::MetadataView;
 use crate::image::{Command, CommandResult, MetadataImage};
 
@@ -39,8 +48,8 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone)]
 pub struct QuorumConfig {
     pub node_id: i32,
-    /// Every voter's id and inter-broker listener address, this broker
-    /// included.
+    /// `--peers`: the brokers' ids and inter-broker listener addresses,
+    /// this broker included; the voters when the group is founded.
     pub voters: BTreeMap<i32, String>,
     /// How to connect to the other brokers (TLS on an SSL inter-broker
     /// listener).
@@ -63,7 +72,15 @@ pub struct Quorum {
     node_id: i32,
     raft: Raft<TypeConfig>,
     view: watch::Receiver<MetadataView>,
-    voters: BTreeMap<i32, String>,
+    /// `--peers`: how this broker reaches the others it was told of.
+    peer_addrs: BTreeMap<i32, String>,
+    /// Started on an empty disk beside a running quorum: not a member
+    /// until the controller adds it (see `join`).
+    joining: bool,
+    /// On the controller: when a majority of the voters last acknowledged
+    /// its leadership (see `confirm_majority`).
+    majority_confirmed: tokio::sync::Mutex<Option<Instant>>,
+    heartbeat_interval: Duration,
     /// Persistent connections to the other voters, for heartbeats and
     /// proposals forwarded to the controller (Raft's own traffic has its
     /// connections in `network`).
@@ -111,10 +128,7 @@ impl Quorum {
         }
         .validate()
         .context("quorum timing settings")?;
-        let contact = Arc::new(contact::PeerContact::new(
-            config.node_id,
-            config.voters.len(),
-        ));
+        let contact = Arc::new(contact::PeerContact::new(config.node_id));
         let raft = Raft::new(
             config.node_id as u64,
             Arc::new(raft_config),
@@ -130,20 +144,47 @@ impl Quorum {
         )
         .await
         .context("starting the quorum")?;
+        let mut joining = false;
         if !raft.is_initialized().await.context("quorum state")? {
-            let members: BTreeMap<u64, BasicNode> = config
-                .voters
-                .iter()
-                .map(|(id, addr)| (*id as u64, BasicNode { addr: addr.clone() }))
-                .collect();
-            match raft.initialize(members).await {
-                Ok(()) => {}
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(e).context("initializing the quorum"),
+            match running_quorum(&config).await {
+                Some((peer, members)) => {
+                    let member = members.voters.contains(&config.node_id)
+                        || members.learners.contains(&config.node_id);
+                    tracing::info!(
+                        peer,
+                        voters = ?members.voters,
+                        learners = ?members.learners,
+                        member,
+                        "empty quorum storage and a running quorum: joining it, not founding one"
+                    );
+                    joining = !member;
+                }
+                None => {
+                    let members: BTreeMap<u64, BasicNode> = config
+                        .voters
+                        .iter()
+                        .map(|(id, addr)| (*id as u64, BasicNode { addr: addr.clone() }))
+                        .collect();
+                    match raft.initialize(members).await {
+                        Ok(()) => {}
+                        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                        Err(e) => return Err(e).context("initializing the quorum"),
+                    }
+                }
             }
         }
         let addrs = config.voters.clone();
-        let resolve: Resolve = Arc::new(move |id| addrs.get(&id).cloned());
+        let metrics = raft.metrics();
+        // `--peers` first, then the address a joined member gave.
+        let resolve: Resolve = Arc::new(move |id| {
+            addrs.get(&id).cloned().or_else(|| {
+                let m = metrics.borrow();
+                m.membership_config
+                    .membership()
+                    .get_node(&(id as u64))
+                    .map(|n| n.addr.clone())
+            })
+        });
         Ok(Quorum {
             node_id: config.node_id,
             peers: Pool::new(
@@ -155,7 +196,10 @@ impl Quorum {
             transport: config.transport,
             raft,
             view,
-            voters: config.voters,
+            peer_addrs: config.voters,
+            joining,
+            majority_confirmed: tokio::sync::Mutex::new(None),
+            heartbeat_interval: config.heartbeat_interval,
             heartbeats: Mutex::new(HashMap::new()),
             contact,
             commit_seconds: prometheus::Histogram::with_opts(
@@ -176,20 +220,29 @@ impl Quorum {
         self.node_id
     }
 
-    /// The inter-broker address of voter `id`, from `--peers`.
-    pub fn voter_addr(&self, id: i32) -> Option<String> {
-        self.voters.get(&id).cloned()
+    /// Where broker `id`'s inter-broker listener is reached: its `--peers`
+    /// address, else the one it gave when it joined the quorum, else the
+    /// one it registered.
+    pub fn peer_addr(&self, id: i32) -> Option<String> {
+        self.peer_addrs
+            .get(&id)
+            .cloned()
+            .or_else(|| self.member_addr(id))
+            .or_else(|| {
+                self.image()
+                    .brokers
+                    .get(&id)
+                    .map(|b| format!("{}:{}", b.host, b.port))
+            })
     }
 
-    /// Where broker `id`'s inter-broker listener is reached: its `--peers`
-    /// address, else the one it registered.
-    pub fn peer_addr(&self, id: i32) -> Option<String> {
-        self.voter_addr(id).or_else(|| {
-            self.image()
-                .brokers
-                .get(&id)
-                .map(|b| format!("{}:{}", b.host, b.port))
-        })
+    fn member_addr(&self, id: i32) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&(id as u64))
+            .map(|n| n.addr.clone())
     }
 
     /// A connection pool's way to find peers (see [`Quorum::peer_addr`]).
@@ -203,9 +256,35 @@ impl Quorum {
         &self.transport
     }
 
-    /// The voters' broker ids, sorted.
+    /// The voters' broker ids, sorted (the current membership; the last
+    /// one committed or being committed).
     pub fn voter_ids(&self) -> Vec<i32> {
-        self.voters.keys().copied().collect()
+        self.members().voters
+    }
+
+    /// The quorum's members as this node knows them.
+    pub fn members(&self) -> QuorumMembers {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let mut voters: Vec<i32> = membership.voter_ids().map(|id| id as i32).collect();
+        voters.sort_unstable();
+        let mut learners: Vec<i32> = membership.learner_ids().map(|id| id as i32).collect();
+        learners.sort_unstable();
+        QuorumMembers {
+            initialized: !voters.is_empty(),
+            voters,
+            learners,
+            leader: m.current_leader.map(|l| l as i32),
+        }
+    }
+
+    /// Whether this broker started beside a running quorum and is not yet
+    /// a member of it.
+    pub fn is_joining(&self) -> bool {
+        self.joining && {
+            let m = self.members();
+            !m.voters.contains(&self.node_id) && !m.learners.contains(&self.node_id)
+        }
     }
 
     /// The latest applied metadata.
@@ -353,15 +432,9 @@ impl Quorum {
                 // majority of voters still acknowledges its leadership (a
                 // controller cut off from them believes it leads until it
                 // hears of a newer term).
-                match self.raft.get_read_log_id().await {
-                    Ok(_) => {
-                        self.record_heartbeat(self.node_id, incarnation);
-                        Ok(())
-                    }
-                    Err(e) => Err(ProposeError::Unavailable(format!(
-                        "no majority of the controller quorum acknowledges this controller: {e}"
-                    ))),
-                }
+                self.confirm_majority().await?;
+                self.record_heartbeat(self.node_id, incarnation);
+                Ok(())
             }
             Some(id) => {
                 let request = QuorumRequest::Heartbeat {
@@ -369,7 +442,12 @@ impl Quorum {
                     incarnation,
                 };
                 match self.call_peer(id, &request).await {
-                    Ok(QuorumResponse::Heartbeat(r)) => r,
+                    Ok(QuorumResponse::Heartbeat(r)) => {
+                        if r.is_ok() {
+                            self.contact.confirmed_by_controller();
+                        }
+                        r
+                    }
                     Ok(other) => Err(ProposeError::Unavailable(format!("{other:?}"))),
                     Err(e) => Err(ProposeError::Unavailable(e.to_string())),
                 }
@@ -378,6 +456,25 @@ impl Quorum {
                 node: self.node_id,
                 leader: None,
             }),
+        }
+    }
+
+    /// On the controller: succeeds while a majority of the voters
+    /// acknowledges its leadership, checked at most once per quorum
+    /// heartbeat interval however many brokers ask.
+    async fn confirm_majority(&self) -> Result<(), ProposeError> {
+        let mut last = self.majority_confirmed.lock().await;
+        if last.is_some_and(|at| at.elapsed() < self.heartbeat_interval) {
+            return Ok(());
+        }
+        match self.raft.get_read_log_id().await {
+            Ok(_) => {
+                *last = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => Err(ProposeError::Unavailable(format!(
+                "no majority of the controller quorum acknowledges this controller: {e}"
+            ))),
         }
     }
 
@@ -425,7 +522,7 @@ impl Quorum {
     /// How long since this broker last had a majority of the voters
     /// within reach (see `contact`): a cut-off broker's silence grows.
     pub fn quorum_silence(&self) -> Duration {
-        self.contact.silence()
+        self.contact.silence(&self.voter_ids())
     }
 
     /// Answers one quorum request from a peer.
@@ -435,7 +532,9 @@ impl Quorum {
             QuorumRequest::Vote(r) => r.vote.leader_id().voted_for(),
             QuorumRequest::InstallSnapshot(r) => r.vote.leader_id().voted_for(),
             QuorumRequest::Heartbeat { broker, .. } => u64::try_from(*broker).ok(),
-            QuorumRequest::Propose(_) => None,
+            QuorumRequest::Propose(_) | QuorumRequest::Status | QuorumRequest::ChangeVoters(_) => {
+                None
+            }
         };
         if let Some(peer) = sender.and_then(|id| i32::try_from(id).ok()) {
             self.contact.heard_from(peer);
@@ -455,14 +554,199 @@ impl Quorum {
                 broker,
                 incarnation,
             } => QuorumResponse::Heartbeat(if self.is_controller() {
-                self.record_heartbeat(broker, incarnation);
-                Ok(())
+                // Answered only with a majority behind it: the broker
+                // counts the answer as contact with the quorum.
+                self.confirm_majority().await.map(|()| {
+                    self.record_heartbeat(broker, incarnation);
+                })
             } else {
                 Err(ProposeError::NotController {
                     node: self.node_id,
                     leader: self.controller_id(),
                 })
             }),
+            QuorumRequest::Status => QuorumResponse::Status(self.members()),
+            QuorumRequest::ChangeVoters(change) => {
+                QuorumResponse::ChangeVoters(self.change_voters_local(change).await)
+            }
+        }
+    }
+
+    /// Makes one membership change through the controller, retrying
+    /// through elections until `timeout`. Done when the change is
+    /// committed (a removed voter no longer counts for majorities).
+    pub async fn change_voters(
+        &self,
+        change: VoterChange,
+        timeout: Duration,
+    ) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + timeout;
+        // A broker not yet in the quorum knows no controller: it asks its
+        // peers, which answer with the controller they know.
+        let mut candidates: Vec<i32> = Vec::new();
+        loop {
+            let target = self.controller_id().or_else(|| {
+                if candidates.is_empty() {
+                    candidates = self
+                        .peer_addrs
+                        .keys()
+                        .copied()
+                        .filter(|id| *id != self.node_id)
+                        .collect();
+                }
+                candidates.pop()
+            });
+            let attempt = match target {
+                Some(id) if id == self.node_id => self.change_voters_local(change.clone()).await,
+                Some(id) => match self
+                    .call_peer(id, &QuorumRequest::ChangeVoters(change.clone()))
+                    .await
+                {
+                    Ok(QuorumResponse::ChangeVoters(r)) => r,
+                    Ok(other) => Err(ProposeError::Unavailable(format!(
+                        "broker {id} answered {other:?}"
+                    ))),
+                    Err(e) => Err(ProposeError::Unavailable(format!("broker {id}: {e}"))),
+                },
+                None => Err(ProposeError::NotController {
+                    node: self.node_id,
+                    leader: None,
+                }),
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e @ ProposeError::Refused(_)) => return Err(e),
+                Err(ProposeError::NotController {
+                    leader: Some(l), ..
+                }) if Some(l) != target => candidates.push(l),
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::debug!(error = %e, ?change, "membership change gave up");
+                    return Err(ProposeError::Timeout(timeout));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ?change, "membership change will be retried");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// On the controller: makes `change` (done already counts as done).
+    async fn change_voters_local(&self, change: VoterChange) -> Result<(), ProposeError> {
+        if !self.is_controller() {
+            return Err(ProposeError::NotController {
+                node: self.node_id,
+                leader: self.controller_id(),
+            });
+        }
+        let members = self.members();
+        let id = |node: i32| node as u64;
+        let result = match &change {
+            VoterChange::AddLearner { node, addr } => {
+                if members.voters.contains(node) || members.learners.contains(node) {
+                    return Ok(());
+                }
+                let node_info = BasicNode { addr: addr.clone() };
+                self.raft.add_learner(id(*node), node_info, false).await
+            }
+            VoterChange::Promote { node } => {
+                if members.voters.contains(node) {
+                    return Ok(());
+                }
+                if !members.learners.contains(node) {
+                    return Err(ProposeError::Refused(format!(
+                        "broker {node} is not a member of the controller quorum"
+                    )));
+                }
+                let ids = [id(*node)].into_iter().collect();
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                    .await
+            }
+            VoterChange::Remove { node } => {
+                let ids: std::collections::BTreeSet<u64> = [id(*node)].into_iter().collect();
+                if members.voters.contains(node) {
+                    if members.voters.len() == 1 {
+                        return Err(ProposeError::Refused(format!(
+                            "broker {node} is the controller quorum's only voter"
+                        )));
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(ids), false)
+                        .await
+                } else if members.learners.contains(node) {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                        .await
+                } else {
+                    return Err(ProposeError::Refused(format!(
+                        "broker {node} is not a member of the controller quorum"
+                    )));
+                }
+            }
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!(?change, "controller quorum membership changed");
+                Ok(())
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotController {
+                    node: self.node_id,
+                    leader: f.leader_id.map(|l| l as i32),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ProposeError::Unavailable(format!("{change:?}: {e}")))
+            }
+            Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// For a broker that started beside a running quorum: asks the
+    /// controller to add it (reached at `addr`) until it is a member. Its
+    /// promotion to voter is the controller's (see
+    /// `promote_caught_up_learners`).
+    pub async fn join(&self, addr: String) {
+        while self.is_joining() {
+            let change = VoterChange::AddLearner {
+                node: self.node_id,
+                addr: addr.clone(),
+            };
+            match self.change_voters(change, RPC_TIMEOUT).await {
+                Ok(()) => tracing::info!("joined the controller quorum as a learner"),
+                Err(e) => tracing::warn!(error = %e, "could not join the controller quorum yet"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// On the controller: makes voters of learners that have the whole
+    /// log but for `slack` entries and are registered, live brokers, one at
+    /// a time (each change is committed before the next).
+    pub async fn promote_caught_up_learners(&self, slack: u64) {
+        if !self.is_controller() {
+            return;
+        }
+        let status = self.status();
+        let Some(last) = status.last_log_index else {
+            return;
+        };
+        let image = self.image();
+        for (learner, matched) in status.learners {
+            let caught_up = matched.flatten().is_some_and(|m| m + slack >= last);
+            let live = image.brokers.get(&learner).is_some_and(|b| b.eligible());
+            if !caught_up || !live {
+                continue;
+            }
+            tracing::info!(learner, "promoting a caught-up learner to voter");
+            if let Err(e) = self
+                .change_voters(VoterChange::Promote { node: learner }, RPC_TIMEOUT)
+                .await
+            {
+                tracing::warn!(learner, error = %e, "promotion not committed");
+            }
+            return;
         }
     }
 
@@ -595,3 +879,43 @@ pub async fn single_voter_for_tests(dir: &std::path::Path) -> Arc<Quorum> {
 
 #[cfg(test)]
 mod tests;
+
+/// Asks every other broker in `--peers` (at once, briefly) whether it runs
+/// a quorum; the first that does, with its members. A broker answers only
+/// once its own quorum has started, so brokers starting together on empty
+/// disks all find none and found the group together, while one added to a
+/// running cluster finds it and joins.
+async fn running_quorum(config: &QuorumConfig) -> Option<(i32, QuorumMembers)> {
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, addr) in config
+        .voters
+        .iter()
+        .filter(|(id, _)| **id != config.node_id)
+    {
+        let mut conn = rpc::PeerConnection::new(
+            addr.clone(),
+            format!("sluice-quorum-{}", config.node_id),
+            config.transport.clone(),
+        );
+        let id = *id;
+        asks.spawn(async move {
+            let answer = conn.call(&QuorumRequest::Status, STATUS_TIMEOUT).await;
+            (id, answer)
+        });
+    }
+    while let Some(done) = asks.join_next().await {
+        match done {
+            Ok((id, Ok(QuorumResponse::Status(members)))) if members.initialized => {
+                return Some((id, members));
+            }
+            Ok((id, answer)) => {
+                tracing::debug!(peer = id, ?answer, "peer runs no quorum (yet)");
+            }
+            Err(e) => tracing::debug!(error = %e, "asking a peer failed"),
+        }
+    }
+    None
+}
+
+/// How long a starting broker waits for a peer's `Status`.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);

@@ -37,6 +37,34 @@ pub enum QuorumRequest {
         broker: i32,
         incarnation: Uuid,
     },
+    /// Whether this node's quorum is initialized, and its members: asked
+    /// by a broker starting on an empty disk, which joins an existing
+    /// quorum instead of founding one.
+    Status,
+    /// A change of the quorum's members, for the controller to make.
+    ChangeVoters(VoterChange),
+}
+
+/// A change of the controller quorum's members, one node at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VoterChange {
+    /// A broker new to the quorum (empty disk) joins as a learner, reached
+    /// at `addr` (its inter-broker listener); the controller promotes it
+    /// once it has caught up.
+    AddLearner { node: i32, addr: String },
+    /// A caught-up learner becomes a voter.
+    Promote { node: i32 },
+    /// A voter or learner leaves the quorum.
+    Remove { node: i32 },
+}
+
+/// What `Status` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumMembers {
+    pub initialized: bool,
+    pub voters: Vec<i32>,
+    pub learners: Vec<i32>,
+    pub leader: Option<i32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +74,8 @@ pub enum QuorumResponse {
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Propose(Result<Proposed, ProposeError>),
     Heartbeat(Result<(), ProposeError>),
+    Status(QuorumMembers),
+    ChangeVoters(Result<(), ProposeError>),
     /// The frame could not be decoded.
     BadRequest(String),
 }
@@ -65,6 +95,9 @@ pub enum ProposeError {
     Timeout(Duration),
     #[error("controller quorum unavailable: {0}")]
     Unavailable(String),
+    /// The controller refused the change (e.g. removing the last voter).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Is this frame (without its length prefix) quorum traffic?

@@ -1,0 +1,202 @@
+//! Partition reassignment (KIP-455) on a three-broker cluster, through the
+//! same admin calls (`sluice_client::admin`) the operator and the CLI use:
+//! every replica moved under idempotent acks=all load, checked by the
+//! history checker (nothing lost, duplicated or reordered); a move that
+//! cannot finish is listed and cancelled; bad requests get Kafka's errors.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use rdkafka::admin::{NewTopic, TopicReplication};
+use sluice_client::Transport;
+use sluice_client::admin::{Admin, AdminError, PartitionMove};
+use sluice_tests::cluster::{Cluster, FAST_FAILOVER};
+use sluice_tests::load::{Load, plain, read_all, replicas_identical};
+use sluice_tests::{admin_client, admin_opts, unique_name};
+
+const PARTITIONS: i32 = 6;
+
+fn args() -> Vec<&'static str> {
+    let mut a: Vec<&str> = FAST_FAILOVER.to_vec();
+    a.extend(["--replica-lag-time-max-ms", "3000"]);
+    a
+}
+
+async fn create(cluster: &Cluster, topic: &str, replicas: i32) -> Result<()> {
+    let admin = admin_client(&cluster.bootstrap())?;
+    let t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(replicas))
+        .set("min.insync.replicas", "2");
+    for r in admin.create_topics([&t], &admin_opts()).await? {
+        r.map_err(|(n, e)| anyhow::anyhow!("create {n}: {e:?}"))?;
+    }
+    Ok(())
+}
+
+async fn admin(cluster: &Cluster, via: usize) -> Result<Admin> {
+    Ok(Admin::open(cluster.addr(via), "reassignment-test", &Transport::Plain).await?)
+}
+
+/// Each partition's replicas, from broker `via`'s metadata.
+fn replicas(cluster: &Cluster, via: usize, topic: &str) -> Result<Vec<Vec<i32>>> {
+    let md = cluster.metadata(via, Some(topic))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .context("topic")?;
+    let mut parts: Vec<_> = t.partitions().iter().collect();
+    parts.sort_by_key(|p| p.id());
+    Ok(parts.iter().map(|p| p.replicas().to_vec()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_every_replica_and_leader_under_load_loses_nothing() -> Result<()> {
+    let cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("moving");
+    create(&cluster, &topic, 2).await?;
+    let before = replicas(&cluster, 0, &topic)?;
+    let load = Load::start(&cluster.bootstrap(), &topic, PARTITIONS, plain)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Partition i sits on [i, i+1] (mod 3) and moves to [i+1, i+2]: its
+    // leader leaves, a broker that never had it joins.
+    let target: Vec<Vec<i32>> = (0..PARTITIONS)
+        .map(|i| vec![(i + 1) % 3, (i + 2) % 3])
+        .collect();
+    for (i, r) in before.iter().enumerate() {
+        ensure!(
+            *r == vec![i as i32 % 3, (i as i32 + 1) % 3],
+            "placement {before:?}"
+        );
+    }
+    let moves: Vec<PartitionMove> = target
+        .iter()
+        .enumerate()
+        .map(|(i, t)| PartitionMove {
+            topic: topic.clone(),
+            partition: i as i32,
+            target: Some(t.clone()),
+        })
+        .collect();
+    admin(&cluster, 1)
+        .await?
+        .alter_reassignments(&moves)
+        .await?;
+    cluster.wait_until("every move done", Duration::from_secs(60), |c| {
+        Ok(replicas(c, 2, &topic)? == target)
+    })?;
+    let ongoing = admin(&cluster, 0).await?.list_reassignments(None).await?;
+    ensure!(ongoing.is_empty(), "still moving: {ongoing:?}");
+    // The old replicas' logs are gone; the new ones' are there.
+    for (p, (old, new)) in before.iter().zip(&target).enumerate() {
+        let p = p as i32;
+        for gone in old.iter().filter(|b| !new.contains(b)) {
+            let dir = cluster.brokers[*gone as usize].partition_dir(&topic, p);
+            ensure!(!dir.exists(), "{} still there", dir.display());
+        }
+        for here in new {
+            let dir = cluster.brokers[*here as usize].partition_dir(&topic, p);
+            ensure!(dir.exists(), "{} missing", dir.display());
+        }
+    }
+    let md = cluster.metadata(0, Some(&topic))?;
+    for p in md.topics()[0].partitions() {
+        ensure!(
+            target[p.id() as usize].contains(&p.leader()),
+            "{topic}-{} led by {} outside {:?}",
+            p.id(),
+            p.leader(),
+            target[p.id() as usize]
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let history = load.stop().await?;
+    let reads = read_all(&cluster.bootstrap(), &topic, PARTITIONS, plain).await?;
+    let report = history.check(&reads);
+    eprintln!("history: {report}");
+    if !report.is_clean() {
+        for b in &cluster.brokers {
+            b.dump_log();
+        }
+    }
+    ensure!(report.acked > 500, "the load ran: {report}");
+    ensure!(report.is_clean(), "{report}");
+    replicas_identical(&cluster, &topic, PARTITIONS)
+}
+
+/// The Kafka error code of a refused admin call.
+fn refused(result: Result<(), AdminError>) -> Result<i16> {
+    match result {
+        Err(e) => e.code().context(e.to_string()),
+        Ok(()) => anyhow::bail!("accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_cannot_finish_is_listed_and_cancelled() -> Result<()> {
+    let mut cluster = Cluster::start(3, &args())?;
+    let topic = unique_name("stuck");
+    create(&cluster, &topic, 2).await?;
+    let a = admin(&cluster, 0).await?;
+
+    // Bad requests: Kafka's error codes, nothing changes.
+    let one = |t: &str, p: i32, r: Option<Vec<i32>>| {
+        vec![PartitionMove {
+            topic: t.to_string(),
+            partition: p,
+            target: r,
+        }]
+    };
+    ensure!(refused(a.alter_reassignments(&one("nope", 0, Some(vec![0]))).await)? == 3);
+    ensure!(refused(a.alter_reassignments(&one(&topic, 99, Some(vec![0]))).await)? == 3);
+    ensure!(
+        refused(
+            a.alter_reassignments(&one(&topic, 0, Some(vec![0, 7])))
+                .await
+        )? == 39
+    );
+    ensure!(
+        refused(
+            a.alter_reassignments(&one(&topic, 0, Some(vec![1, 1])))
+                .await
+        )? == 39
+    );
+    ensure!(refused(a.alter_reassignments(&one(&topic, 0, None)).await)? == 85);
+
+    // Partition 0 ([0, 1]) moves to [0, 2] while broker 2 is down: 2 never
+    // catches up, so the move stays listed until it is cancelled.
+    cluster.kill(2);
+    a.alter_reassignments(&one(&topic, 0, Some(vec![0, 2])))
+        .await?;
+    let listed = a.list_reassignments(Some(&[topic.as_str()])).await?;
+    ensure!(listed.len() == 1, "{listed:?}");
+    let m = &listed[0];
+    ensure!(
+        (
+            m.partition,
+            m.replicas.clone(),
+            m.adding.clone(),
+            m.removing.clone()
+        ) == (0, vec![0, 2, 1], vec![2], vec![1]),
+        "{m:?}"
+    );
+    ensure!(replicas(&cluster, 1, &topic)?[0] == vec![0, 2, 1]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(
+        a.list_reassignments(None).await?.len() == 1,
+        "a move to a dead broker finished"
+    );
+
+    a.alter_reassignments(&one(&topic, 0, None)).await?;
+    ensure!(a.list_reassignments(None).await?.is_empty());
+    ensure!(replicas(&cluster, 1, &topic)?[0] == vec![0, 1]);
+    // Broker 2, back, holds nothing of it and the partition stays put.
+    cluster.restart(2)?;
+    cluster.wait_until("broker 2 back in sync", Duration::from_secs(30), |c| {
+        sluice_tests::load::all_in_sync(c, 2, &topic)
+    })?;
+    ensure!(!cluster.brokers[2].partition_dir(&topic, 0).exists());
+    ensure!(replicas(&cluster, 2, &topic)?[0] == vec![0, 1]);
+    Ok(())
+}
