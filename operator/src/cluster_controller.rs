@@ -118,19 +118,29 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
         .collect();
     // Before the first apply there are no brokers (nor, with
     // authorization, the credentials Secret) to ask.
-    let (under, replicas) = match current_brokers {
+    let (under, replicas, placement) = match current_brokers {
         Some(_) => {
             let under = under_replicated(ctx, c, &pods).await;
-            let replicas = match ctx.kafka_admin(c).await {
-                Ok(mut a) => a.replica_summary().await.ok(),
+            let (replicas, placement) = match ctx.kafka_admin(c).await {
+                Ok(mut a) => {
+                    let replicas = a.replica_summary().await.ok();
+                    let placement = match a.placement(c.spec.brokers).await {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            tracing::info!(error = %e, "cannot read the cluster's placement");
+                            None
+                        }
+                    };
+                    (replicas, placement)
+                }
                 Err(e) => {
                     tracing::info!(error = %e, "cannot reach the brokers");
-                    None
+                    (None, None)
                 }
             };
-            (under, replicas)
+            (under, replicas, placement)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let observed = Observed {
         cluster: c,
@@ -140,11 +150,37 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
         max_replication_factor: replicas.as_ref().map_or(0, |r| r.0),
         brokers_with_replicas: replicas.as_ref().map(|r| r.1.clone()).unwrap_or_default(),
         replicas_known: replicas.is_some(),
+        placement,
         now: &now,
     };
     let api = Api::<Cluster>::namespaced(client.clone(), &ns);
-    let mut rolling = false;
+    let mut rolling = cluster_plan::scaling(&observed);
     for action in cluster_plan::plan(&observed) {
+        // Scaling steps: a refusal (a broker not yet fenced, say) is
+        // logged and the step taken again at the next reconcile.
+        let kafka_step = match &action {
+            Action::MoveReplicas(moves) => Some(format!("moving {} partitions", moves.len())),
+            Action::RemoveVoter(id) => Some(format!("removing broker {id} from the quorum")),
+            Action::UnregisterBroker(id) => Some(format!("unregistering broker {id}")),
+            _ => None,
+        };
+        if let Some(what) = kafka_step {
+            rolling = true;
+            let result = match ctx.kafka_admin(c).await {
+                Ok(mut a) => match &action {
+                    Action::MoveReplicas(moves) => a.move_replicas(moves).await,
+                    Action::RemoveVoter(id) => a.remove_voter(*id).await,
+                    Action::UnregisterBroker(id) => a.unregister_broker(*id).await,
+                    _ => Ok(()),
+                },
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            };
+            match result {
+                Ok(()) => tracing::info!(cluster = %name, "{what}"),
+                Err(e) => tracing::warn!(cluster = %name, error = %e, "{what}: not done yet"),
+            }
+            continue;
+        }
         match action {
             Action::EnsureCredentials => ensure_credentials(ctx, c).await?,
             Action::Apply(objects) => apply_objects(ctx, &ns, *objects).await?,
@@ -155,6 +191,7 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
                     .await?;
             }
             Action::UpdateStatus(status) => kube_writes::apply_status(&api, c, &status).await?,
+            Action::MoveReplicas(_) | Action::RemoveVoter(_) | Action::UnregisterBroker(_) => {}
             Action::Event {
                 warning,
                 reason,
@@ -162,7 +199,8 @@ async fn reconcile_inner(c: &Cluster, ctx: &Context) -> Result<Requeue> {
             } => kube_writes::event(ctx, c, warning, &reason, &message).await,
         }
     }
-    // A roll in progress is watched closely; a quiet cluster rarely.
+    // A roll or a scale in progress is watched closely; a quiet cluster
+    // rarely.
     Ok(Requeue::requeue(if rolling {
         std::time::Duration::from_secs(5)
     } else {

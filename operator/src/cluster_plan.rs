@@ -3,6 +3,18 @@
 //! topics placed on them. The objects themselves come from
 //! `cluster_objects`; this decides how many brokers they may have, which
 //! broker to restart next in a rolling change, and the conditions.
+//!
+//! Scaling is a sequence of steps, each taken once the previous one is
+//! seen done, so a reconcile that stops half-way resumes where it was:
+//! down: move every replica off the departing brokers (one batch of
+//! reassignments, then wait), shrink the StatefulSet, then, once their
+//! pods are gone, remove them from the controller quorum and unregister
+//! them; up: grow the StatefulSet (new brokers join the quorum on their
+//! own), then, with `rebalanceOnScaleUp`, once every broker is ready and
+//! a voter, move partitions to the placement over all brokers.
+//! `status.placedBrokers` records the count the partitions are placed for.
+
+use sluice_client::admin::PartitionMove;
 
 use crate::cluster_objects::{self, ClusterObjects};
 use crate::crd::{Cluster, ClusterStatus, Condition};
@@ -34,7 +46,25 @@ pub struct Observed<'a> {
     /// Whether the two fields above come from the brokers; if they could
     /// not be asked, no scale-down is allowed.
     pub replicas_known: bool,
+    /// Membership and moves, from the brokers (`None` if they cannot be
+    /// asked: no scaling step is taken).
+    pub placement: Option<ObservedPlacement>,
     pub now: &'a str,
+}
+
+/// The cluster's membership and partition moves, as the brokers report them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedPlacement {
+    /// Partition moves under way.
+    pub moves_in_progress: usize,
+    /// The moves that would place every partition (internal topics too)
+    /// on brokers `0..spec.brokers` (`sluice_client::admin::placement_moves`);
+    /// empty when placed so.
+    pub moves_to_spec: Vec<PartitionMove>,
+    /// Voters of the controller quorum.
+    pub voters: Vec<i32>,
+    /// Brokers registered in the cluster's metadata.
+    pub registered: Vec<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +78,12 @@ pub enum Action {
     DeletePod {
         ordinal: i32,
     },
+    /// Start these partition reassignments (AlterPartitionReassignments).
+    MoveReplicas(Vec<PartitionMove>),
+    /// Take a departed broker out of the controller quorum (RemoveRaftVoter).
+    RemoveVoter(i32),
+    /// Take a departed broker out of the metadata (UnregisterBroker).
+    UnregisterBroker(i32),
     UpdateStatus(ClusterStatus),
     Event {
         warning: bool,
@@ -74,18 +110,182 @@ fn scale_down_refusal(o: &Observed<'_>) -> Option<String> {
             o.max_replication_factor
         ));
     }
-    let departing: Vec<i32> = o
-        .brokers_with_replicas
+    if o.placement.is_none() && !departing(o).is_empty() {
+        return Some(format!(
+            "cannot scale to {want} brokers: brokers {:?} still hold replicas and the brokers cannot be asked to move them",
+            departing(o)
+        ));
+    }
+    None
+}
+
+/// Brokers at or above `spec.brokers` that still hold replicas.
+fn departing(o: &Observed<'_>) -> Vec<i32> {
+    o.brokers_with_replicas
+        .iter()
+        .copied()
+        .filter(|b| *b >= o.cluster.spec.brokers)
+        .collect()
+}
+
+/// The scaling step to take now, if any: its actions, the StatefulSet's
+/// allowed size, and the `Scaling` condition's reason and message.
+struct Step {
+    actions: Vec<Action>,
+    allowed: i32,
+    progress: Option<(&'static str, String)>,
+    placed: Option<i32>,
+}
+
+fn scaling_step(o: &Observed<'_>, refused: bool) -> Step {
+    let want = o.cluster.spec.brokers;
+    let prev_placed = o.cluster.status.as_ref().and_then(|s| s.placed_brokers);
+    let Some(have) = o.current_brokers else {
+        // First apply: topics will be placed over the brokers it makes.
+        return Step {
+            actions: Vec::new(),
+            allowed: want,
+            progress: None,
+            placed: Some(want),
+        };
+    };
+    let placed = prev_placed.unwrap_or(have);
+    let mut step = Step {
+        actions: Vec::new(),
+        allowed: if refused { have } else { want },
+        progress: None,
+        placed: Some(placed),
+    };
+    if refused {
+        return step;
+    }
+    let Some(p) = &o.placement else {
+        return step;
+    };
+    if want < have {
+        // Down, first step: nothing may leave with the departing brokers.
+        let departing = departing(o);
+        if !departing.is_empty() {
+            step.allowed = have;
+            step.progress = Some(if p.moves_in_progress > 0 {
+                (
+                    "DrainingBrokers",
+                    format!(
+                        "moving replicas off brokers {departing:?}: {} partition moves under way",
+                        p.moves_in_progress
+                    ),
+                )
+            } else {
+                step.actions
+                    .push(Action::MoveReplicas(p.moves_to_spec.clone()));
+                step.actions.push(Action::Event {
+                    warning: false,
+                    reason: "DrainingBrokers".into(),
+                    message: format!(
+                        "moving {} partitions off brokers {departing:?} before scaling to {want}",
+                        p.moves_to_spec.len()
+                    ),
+                });
+                (
+                    "DrainingBrokers",
+                    format!("moving replicas off brokers {departing:?}"),
+                )
+            });
+        } else {
+            step.progress = Some((
+                "RemovingBrokers",
+                format!("stopping brokers {want}..{}", have - 1),
+            ));
+        }
+        return step;
+    }
+    // The StatefulSet has `want` brokers (or is growing to it). Departed
+    // brokers, once their pods are gone, leave the quorum and the metadata.
+    let pods_gone = o.pods.iter().all(|pod| pod.ordinal < want);
+    let leftover_voters: Vec<i32> = p.voters.iter().copied().filter(|v| *v >= want).collect();
+    let leftover: Vec<i32> = p
+        .registered
         .iter()
         .copied()
         .filter(|b| *b >= want)
         .collect();
-    if !departing.is_empty() {
-        return Some(format!(
-            "cannot scale to {want} brokers: brokers {departing:?} still hold replicas"
+    if have == want && (!leftover_voters.is_empty() || !leftover.is_empty()) {
+        if pods_gone {
+            step.actions
+                .extend(leftover_voters.iter().map(|v| Action::RemoveVoter(*v)));
+            step.actions
+                .extend(leftover.iter().map(|b| Action::UnregisterBroker(*b)));
+        }
+        step.progress = Some((
+            "RemovingBrokers",
+            format!(
+                "removing brokers {:?} from the controller quorum and the metadata",
+                leftover_voters
+                    .iter()
+                    .chain(&leftover)
+                    .collect::<std::collections::BTreeSet<_>>()
+            ),
+        ));
+        return step;
+    }
+    if placed == want || have != want {
+        return step;
+    }
+    if want < placed || !o.cluster.spec.rebalance_on_scale_up {
+        // Scaled down (drained already), or new brokers get new topics only.
+        step.placed = Some(want);
+        return step;
+    }
+    // Up: once every broker is ready and a voter, spread the partitions.
+    let ready = o.pods.iter().filter(|p| p.ready && !p.terminating).count() as i32;
+    let voters_all = (0..want).all(|b| p.voters.contains(&b));
+    if ready < want || !voters_all {
+        step.progress = Some((
+            "WaitingForBrokers",
+            format!(
+                "{ready} of {want} brokers ready, voters {:?}; partitions move once all have joined",
+                p.voters
+            ),
+        ));
+    } else if p.moves_in_progress > 0 {
+        step.progress = Some((
+            "MovingReplicas",
+            format!(
+                "{} partition moves onto the new brokers under way",
+                p.moves_in_progress
+            ),
+        ));
+    } else if p.moves_to_spec.is_empty() {
+        step.placed = Some(want);
+    } else {
+        step.actions
+            .push(Action::MoveReplicas(p.moves_to_spec.clone()));
+        step.actions.push(Action::Event {
+            warning: false,
+            reason: "MovingReplicas".into(),
+            message: format!(
+                "moving {} partitions to spread them over {want} brokers",
+                p.moves_to_spec.len()
+            ),
+        });
+        step.progress = Some((
+            "MovingReplicas",
+            format!(
+                "moving {} partitions onto the new brokers",
+                p.moves_to_spec.len()
+            ),
         ));
     }
-    None
+    step
+}
+
+/// Whether a scaling step is under way (the controller then looks again
+/// soon rather than at the next resync).
+pub fn scaling(o: &Observed<'_>) -> bool {
+    o.cluster.spec.security_problem().is_none()
+        && scaling_step(o, scale_down_refusal(o).is_some())
+            .progress
+            .is_some()
 }
 
 pub fn plan(o: &Observed<'_>) -> Vec<Action> {
@@ -110,6 +310,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
             observed_generation: generation,
             ready_brokers: prev.map_or(0, |s| s.ready_brokers),
             bootstrap: cluster_objects::bootstrap_address(c),
+            placed_brokers: prev.and_then(|s| s.placed_brokers),
         };
         if prev != Some(&status) {
             actions.push(Action::Event {
@@ -126,10 +327,8 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     }
 
     let refusal = scale_down_refusal(o);
-    let allowed = match (&refusal, o.current_brokers) {
-        (Some(_), Some(have)) => have,
-        _ => c.spec.brokers,
-    };
+    let step = scaling_step(o, refusal.is_some());
+    let allowed = step.allowed;
     let mut objects = cluster_objects::desired(c);
     if let Some(spec) = objects.statefulset.spec.as_mut() {
         spec.replicas = Some(allowed);
@@ -215,7 +414,14 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
             ),
         ));
     }
-    let all_ready = ready == allowed && !rolling;
+    let scaling = step.progress.is_some();
+    if let Some((reason, message)) = step.progress {
+        conditions.push(Condition::new(
+            prev, o.now, generation, "Scaling", true, reason, message,
+        ));
+    }
+    actions.extend(step.actions);
+    let all_ready = ready == allowed && !rolling && !scaling;
     conditions.push(Condition::new(
         prev,
         o.now,
@@ -224,6 +430,8 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         all_ready,
         if all_ready {
             "BrokersReady"
+        } else if scaling {
+            "Scaling"
         } else {
             "BrokersNotReady"
         },
@@ -234,6 +442,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         observed_generation: generation,
         ready_brokers: ready,
         bootstrap: cluster_objects::bootstrap_address(c),
+        placed_brokers: step.placed,
     };
     if prev != Some(&status) {
         actions.push(Action::UpdateStatus(status));

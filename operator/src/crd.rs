@@ -148,10 +148,18 @@ pub struct ClusterRef {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
-    /// Number of brokers. Scaling down below the largest replication factor
-    /// of the cluster's topics is refused.
+    /// Number of brokers. Scaling down first moves every replica off the
+    /// departing brokers (partition reassignment), then removes them from
+    /// the StatefulSet, the controller quorum and the metadata; below the
+    /// largest replication factor of the cluster's topics it is refused.
+    /// New brokers join the controller quorum on their own.
     #[schemars(range(min = 1, max = 64))]
     pub brokers: i32,
+    /// After a scale-up, move partitions onto the new brokers so that
+    /// replica `j` of partition `i` sits on broker `(i + j) mod n` again
+    /// (internal topics too). Off: new brokers get only new topics.
+    #[serde(default = "default_true")]
+    pub rebalance_on_scale_up: bool,
     /// Broker container image.
     #[serde(default = "default_image")]
     pub image: String,
@@ -361,6 +369,10 @@ impl ClusterSpec {
 /// The broker image of this operator's release (never `:latest`: a pinned
 /// tag is pulled once, works air-gapped, and does not change under a
 /// running cluster).
+fn default_true() -> bool {
+    true
+}
+
 fn default_image() -> String {
     concat!("ghcr.io/sluice/sluice-broker:", env!("CARGO_PKG_VERSION")).to_string()
 }
@@ -402,6 +414,10 @@ pub struct ClusterStatus {
     /// `host:port` a Kafka client bootstraps from.
     #[serde(default)]
     pub bootstrap: String,
+    /// The broker count the partitions were last placed for (a scale is
+    /// done when this equals `spec.brokers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_brokers: Option<i32>,
 }
 
 // ------------------------------------------------------------------ Topic
@@ -498,10 +514,14 @@ pub struct TopicStatus {
     /// The Kafka topic this resource manages.
     #[serde(default)]
     pub topic_name: String,
-    /// Replica assignment sent to the brokers: element `i` lists the broker
-    /// ids of partition `i`, preferred leader first.
+    /// Where the replicas are: element `i` lists the broker ids of
+    /// partition `i`, preferred leader first (for a partition being moved,
+    /// where it is going).
     #[serde(default)]
     pub assignment: Vec<Vec<i32>>,
+    /// Partitions whose replicas are being moved (a reassignment under way).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moving_partitions: Vec<i32>,
     /// Config keys this operator set (the only ones it will ever delete).
     #[serde(default)]
     pub managed_config_keys: Vec<String>,

@@ -92,13 +92,72 @@ impl KafkaAdmin {
         Ok((max_rf, holders.into_iter().collect()))
     }
 
+    /// The controller quorum's voters, the registered brokers, the moves
+    /// under way and those that would place every partition on brokers
+    /// `0..brokers` (what the Cluster controller's scaling steps need).
+    pub async fn placement(
+        &mut self,
+        brokers: i32,
+    ) -> anyhow::Result<crate::cluster_plan::ObservedPlacement> {
+        let view = self.admin.cluster(None).await?;
+        let in_progress = self.admin.list_reassignments(None).await?.len();
+        let quorum = self.admin.quorum().await?;
+        let targets: Vec<i32> = (0..brokers.max(1)).collect();
+        let moves_to_spec = sluice_client::admin::placement_moves(&view, &targets)
+            .map_err(|e| anyhow::anyhow!("placing the partitions on {brokers} brokers: {}", e.0))?;
+        let mut voters: Vec<i32> = quorum.voters.iter().map(|v| v.id).collect();
+        voters.sort_unstable();
+        Ok(crate::cluster_plan::ObservedPlacement {
+            moves_in_progress: in_progress,
+            moves_to_spec,
+            voters,
+            registered: view.brokers.iter().map(|b| b.id).collect(),
+        })
+    }
+
+    /// Starts partition reassignments.
+    pub async fn move_replicas(
+        &mut self,
+        moves: &[sluice_client::admin::PartitionMove],
+    ) -> anyhow::Result<()> {
+        Ok(self.admin.alter_reassignments(moves).await?)
+    }
+
+    /// Takes a broker out of the controller quorum.
+    pub async fn remove_voter(&mut self, id: i32) -> anyhow::Result<()> {
+        Ok(self.admin.remove_voter(id).await?)
+    }
+
+    /// Takes a stopped broker holding no replica out of the metadata.
+    pub async fn unregister_broker(&mut self, id: i32) -> anyhow::Result<()> {
+        Ok(self.admin.unregister_broker(id).await?)
+    }
+
     /// The topic's replica assignment and per-topic config overrides, or
     /// `None` if it does not exist.
     pub async fn describe_topic(&mut self, name: &str) -> anyhow::Result<Option<ObservedTopic>> {
         let Some(topic) = self.admin.topic(name).await? else {
             return Ok(None);
         };
-        let assignment = topic.partitions.into_iter().map(|p| p.replicas).collect();
+        // A partition being moved lists its old and new replicas; the
+        // topic's are where it is going (its replicas less those leaving).
+        let moves = self.admin.list_reassignments(Some(&[name])).await?;
+        let mut moving = Vec::new();
+        let assignment = topic
+            .partitions
+            .into_iter()
+            .map(|p| match moves.iter().find(|m| m.partition == p.index) {
+                Some(m) => {
+                    moving.push(p.index);
+                    m.replicas
+                        .iter()
+                        .copied()
+                        .filter(|r| !m.removing.contains(r))
+                        .collect()
+                }
+                None => p.replicas,
+            })
+            .collect();
         let configs = self
             .admin
             .topic_configs(name)
@@ -109,6 +168,7 @@ impl KafkaAdmin {
             .collect();
         Ok(Some(ObservedTopic {
             assignment,
+            moving,
             configs,
         }))
     }

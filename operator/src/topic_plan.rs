@@ -17,8 +17,11 @@ pub const UNMANAGED_ANNOTATION: &str = "sluice.dev/managed";
 /// The Kafka topic as Metadata and DescribeConfigs report it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedTopic {
-    /// Replica broker ids of each partition, by partition index.
+    /// Replica broker ids of each partition, by partition index; for a
+    /// partition being moved, its target replicas (the ones it keeps).
     pub assignment: Vec<Vec<i32>>,
+    /// Partitions with a reassignment under way.
+    pub moving: Vec<i32>,
     /// Dynamic (non-default) topic configs.
     pub configs: BTreeMap<String, String>,
 }
@@ -136,6 +139,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         observed_generation: generation,
         topic_name: name.clone(),
         assignment: prev.map(|s| s.assignment.clone()).unwrap_or_default(),
+        moving_partitions: Vec::new(),
         managed_config_keys: prev
             .map(|s| s.managed_config_keys.clone())
             .unwrap_or_default(),
@@ -243,6 +247,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
 
     // The topic exists: adopt it and converge what can be converged.
     status.assignment = kafka.assignment.clone();
+    status.moving_partitions = kafka.moving.clone();
     let (have_partitions, have_rf) = (kafka.partitions(), kafka.replication_factor());
     let mut refused = Vec::new();
     if have_rf != rf {

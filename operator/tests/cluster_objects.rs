@@ -10,6 +10,7 @@ fn cluster(brokers: i32, monitor: bool) -> Cluster {
         "demo",
         ClusterSpec {
             brokers,
+            rebalance_on_scale_up: true,
             image: "sluice:test".into(),
             config: [("max-request-bytes".to_string(), "1048576".to_string())].into(),
             storage: Storage {

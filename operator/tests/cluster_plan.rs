@@ -1,11 +1,14 @@
-//! The Cluster planner's table: create, converged, scale up, scale-down
-//! refused (replication factor, departing brokers holding replicas),
-//! scale-down allowed, and a config change rolled one healthy broker at a
-//! time.
+//! The Cluster planner's table: create, converged, scaling up (new
+//! brokers, then partitions spread onto them) and down (departing brokers
+//! drained, the StatefulSet shrunk, then the brokers removed from the
+//! quorum and the metadata), scale-down refused (replication factor,
+//! brokers that cannot be asked), and a config change rolled one healthy
+//! broker at a time.
 
+use sluice_client::admin::PartitionMove;
 use sluice_operator::cluster_objects::{CONFIG_HASH_ANNOTATION, desired};
-use sluice_operator::cluster_plan::{Action, Observed, ObservedPod, plan};
-use sluice_operator::crd::{Cluster, ClusterSpec, SaslMechanism};
+use sluice_operator::cluster_plan::{Action, Observed, ObservedPlacement, ObservedPod, plan};
+use sluice_operator::crd::{Cluster, ClusterSpec, ClusterStatus, SaslMechanism};
 
 const NOW: &str = "2026-11-21T20:00:00Z";
 
@@ -14,6 +17,7 @@ fn cluster(brokers: i32) -> Cluster {
         "demo",
         ClusterSpec {
             brokers,
+            rebalance_on_scale_up: true,
             image: "sluice:test".into(),
             config: Default::default(),
             storage: Default::default(),
@@ -61,8 +65,53 @@ fn observe(c: &Cluster, current: Option<i32>, pods: Vec<ObservedPod>) -> Observe
         max_replication_factor: 1,
         brokers_with_replicas: vec![],
         replicas_known: true,
+        placement: current.map(|n| ObservedPlacement {
+            voters: (0..n).collect(),
+            registered: (0..n).collect(),
+            ..Default::default()
+        }),
         now: NOW,
     }
+}
+
+fn a_move() -> PartitionMove {
+    PartitionMove {
+        topic: "t".into(),
+        partition: 0,
+        target: Some(vec![0, 1]),
+    }
+}
+
+fn moves(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::MoveReplicas(m) => Some(m.len()),
+            _ => None,
+        })
+        .sum()
+}
+
+fn placed(actions: &[Action]) -> Option<i32> {
+    actions.iter().find_map(|a| match a {
+        Action::UpdateStatus(s) => s.placed_brokers,
+        _ => None,
+    })
+}
+
+fn removals(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RemoveVoter(id) => Some(format!("voter {id}")),
+            Action::UnregisterBroker(id) => Some(format!("broker {id}")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn placement<'o>(o: &'o mut Observed<'_>) -> &'o mut ObservedPlacement {
+    o.placement.as_mut().expect("placement observed")
 }
 
 fn replicas(actions: &[Action]) -> i32 {
@@ -141,18 +190,76 @@ fn scale_down_below_replication_factor_is_refused() {
 }
 
 #[test]
-fn scale_down_while_departing_brokers_hold_replicas_is_refused() {
+fn scale_down_drains_the_departing_brokers_then_shrinks_then_removes_them() {
+    let c = cluster(2);
+    let hash = hash_of(&c);
+    // Broker 2 holds a replica: it is moved off first, the size kept.
+    let mut o = observe(&c, Some(3), pods(3, &hash));
+    o.brokers_with_replicas = vec![0, 2];
+    placement(&mut o).moves_to_spec = vec![a_move()];
+    let a = plan(&o);
+    assert_eq!((replicas(&a), moves(&a)), (3, 1));
+    assert_eq!(
+        condition(&a, "Scaling"),
+        Some(("True".into(), "DrainingBrokers".into()))
+    );
+    assert!(condition(&a, "ScaleDownRefused").is_none());
+    assert_eq!(
+        condition(&a, "Ready"),
+        Some(("False".into(), "Scaling".into()))
+    );
+    // Moves under way: wait, start nothing new.
+    placement(&mut o).moves_in_progress = 1;
+    let a = plan(&o);
+    assert_eq!((replicas(&a), moves(&a)), (3, 0));
+    assert_eq!(
+        condition(&a, "Scaling"),
+        Some(("True".into(), "DrainingBrokers".into()))
+    );
+    // Drained: the StatefulSet shrinks.
+    o.brokers_with_replicas = vec![0, 1];
+    placement(&mut o).moves_in_progress = 0;
+    placement(&mut o).moves_to_spec = vec![];
+    let a = plan(&o);
+    assert_eq!((replicas(&a), moves(&a)), (2, 0));
+    assert_eq!(
+        condition(&a, "Scaling"),
+        Some(("True".into(), "RemovingBrokers".into()))
+    );
+    // Pod 2 still there: it stays a voter until it is gone.
+    let mut o = observe(&c, Some(2), pods(3, &hash));
+    o.brokers_with_replicas = vec![0, 1];
+    placement(&mut o).voters = vec![0, 1, 2];
+    placement(&mut o).registered = vec![0, 1, 2];
+    assert_eq!(removals(&plan(&o)), Vec::<String>::new());
+    // Gone: out of the quorum, then out of the metadata.
+    o.pods = pods(2, &hash);
+    let a = plan(&o);
+    assert_eq!(removals(&a), vec!["voter 2", "broker 2"]);
+    assert_eq!(
+        condition(&a, "Scaling"),
+        Some(("True".into(), "RemovingBrokers".into()))
+    );
+    // Done: placed for two brokers, ready.
+    let o = observe(&c, Some(2), pods(2, &hash));
+    let a = plan(&o);
+    assert!(condition(&a, "Scaling").is_none());
+    assert_eq!(placed(&a), Some(2));
+    assert_eq!(
+        condition(&a, "Ready"),
+        Some(("True".into(), "BrokersReady".into()))
+    );
+}
+
+#[test]
+fn scale_down_with_replicas_to_move_is_refused_while_the_brokers_cannot_be_asked() {
     let c = cluster(2);
     let mut o = observe(&c, Some(3), pods(3, &hash_of(&c)));
     o.brokers_with_replicas = vec![0, 2];
+    o.placement = None;
     let a = plan(&o);
-    assert_eq!(replicas(&a), 3);
+    assert_eq!((replicas(&a), moves(&a)), (3, 0));
     assert!(condition(&a, "ScaleDownRefused").is_some());
-
-    o.brokers_with_replicas = vec![0, 1];
-    let a = plan(&o);
-    assert_eq!(replicas(&a), 2, "nothing on broker 2: allowed");
-    assert!(condition(&a, "ScaleDownRefused").is_none());
 }
 
 #[test]
@@ -171,11 +278,57 @@ fn scale_down_is_refused_while_the_brokers_cannot_be_asked() {
 }
 
 #[test]
-fn scale_up_adds_brokers_and_moves_nothing() {
-    let c = cluster(5);
-    let a = plan(&observe(&c, Some(3), pods(3, &hash_of(&c))));
-    assert_eq!(replicas(&a), 5);
+fn scale_up_adds_brokers_then_spreads_the_partitions_onto_them() {
+    let c = placed_for_three(cluster(5));
+    let hash = hash_of(&c);
+    let mut o = observe(&c, Some(3), pods(3, &hash));
+    placement(&mut o).moves_to_spec = vec![a_move()];
+    let a = plan(&o);
+    assert_eq!((replicas(&a), moves(&a)), (5, 0), "brokers first");
     assert_eq!(deleted(&a), Vec::<i32>::new());
+    // Pods up, but broker 4 not yet a voter: wait.
+    let mut o = observe(&c, Some(5), pods(5, &hash));
+    placement(&mut o).voters = vec![0, 1, 2, 3];
+    placement(&mut o).moves_to_spec = vec![a_move()];
+    let a = plan(&o);
+    assert_eq!(moves(&a), 0);
+    assert_eq!(
+        condition(&a, "Scaling"),
+        Some(("True".into(), "WaitingForBrokers".into()))
+    );
+    // Every broker in: the partitions move, once.
+    placement(&mut o).voters = vec![0, 1, 2, 3, 4];
+    let a = plan(&o);
+    assert_eq!(moves(&a), 1);
+    assert_eq!(
+        condition(&a, "Scaling"),
+        Some(("True".into(), "MovingReplicas".into()))
+    );
+    placement(&mut o).moves_in_progress = 1;
+    assert_eq!(moves(&plan(&o)), 0, "under way: nothing new");
+    // Placed: recorded, and nothing moves again.
+    placement(&mut o).moves_in_progress = 0;
+    placement(&mut o).moves_to_spec = vec![];
+    let a = plan(&o);
+    assert_eq!(placed(&a), Some(5));
+    assert!(condition(&a, "Scaling").is_none());
+
+    // Without rebalanceOnScaleUp new brokers get only new topics.
+    let mut manual = placed_for_three(cluster(5));
+    manual.spec.rebalance_on_scale_up = false;
+    let mut o = observe(&manual, Some(5), pods(5, &hash_of(&manual)));
+    placement(&mut o).moves_to_spec = vec![a_move()];
+    let a = plan(&o);
+    assert_eq!((moves(&a), placed(&a)), (0, Some(5)));
+}
+
+/// A cluster whose partitions were placed for three brokers.
+fn placed_for_three(mut c: Cluster) -> Cluster {
+    c.status = Some(ClusterStatus {
+        placed_brokers: Some(3),
+        ..Default::default()
+    });
+    c
 }
 
 #[test]

@@ -586,13 +586,15 @@ async fn cluster_objects_are_applied_once_and_a_config_change_rolls_one_broker()
         "{writes:?}"
     );
 
-    // Scale-down to 2 would drop broker 2, which holds a replica.
+    // Scale-down to 2 would drop broker 2, which holds a replica: it is
+    // to be drained first (here the move cannot be made: brokers 0 and 1
+    // do not exist), and the StatefulSet keeps its size meanwhile.
     api.edit(&format!("{NS}/clusters"), "demo", |c| {
         c["spec"]["brokers"] = json!(2)
     });
     reconcile_cluster(&api, &ctx).await;
     let stored = api.get(&format!("{NS}/clusters"), "demo").expect("c");
-    assert_eq!(condition(&stored, "ScaleDownRefused")["status"], "True");
+    assert_eq!(condition(&stored, "Scaling")["reason"], "DrainingBrokers");
     assert_eq!(
         api.get("/apis/apps/v1/namespaces/ns/statefulsets", "demo")
             .expect("sts")["spec"]["replicas"],
@@ -1317,4 +1319,199 @@ async fn a_user_on_a_cluster_without_authorization_gets_credentials_and_a_condit
     );
     let status = &api.get(&format!("{NS}/users"), "bob").expect("user")["status"];
     assert_eq!(status["conditions"][0]["reason"], "AuthorizationOff");
+}
+
+/// A context whose brokers are `cluster`'s, all of them (the admin API of
+/// ordinal i is broker i's).
+fn cluster_context(api: &FakeApiServer, cluster: &sluice_tests::cluster::Cluster) -> Arc<Context> {
+    Arc::new(Context::new(
+        api.client(),
+        Arc::new(Metrics::new().expect("metrics")),
+        Endpoints::Fixed {
+            kafka: cluster.addr(0).to_string(),
+            admin: cluster.brokers.iter().map(|b| b.admin_url()).collect(),
+        },
+        Duration::from_secs(60),
+        Some("contract-test".into()),
+    ))
+}
+
+/// Reconciles until `done` holds of the stored Cluster (each reconcile
+/// takes one step; the brokers finish moves in between).
+async fn reconcile_until(
+    api: &FakeApiServer,
+    ctx: &Arc<Context>,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        reconcile_cluster(api, ctx).await;
+        let stored = api.get(&format!("{NS}/clusters"), "demo").expect("cluster");
+        if done(&stored) {
+            return stored;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not reached; status {}",
+            stored["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Sorted broker ids that hold a replica, voters, and registered brokers.
+async fn membership(cluster: &sluice_tests::cluster::Cluster) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let admin = sluice_client::admin::Admin::open(
+        cluster.addr(0),
+        "contract-test",
+        &sluice_client::Transport::Plain,
+    )
+    .await
+    .expect("admin");
+    let view = admin.cluster(None).await.expect("cluster");
+    let holders: std::collections::BTreeSet<i32> = view
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .flat_map(|p| p.replicas.iter().copied())
+        .collect();
+    let mut voters: Vec<i32> = admin
+        .quorum()
+        .await
+        .expect("quorum")
+        .voters
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    voters.sort_unstable();
+    (
+        holders.into_iter().collect(),
+        voters,
+        view.brokers.iter().map(|b| b.id).collect(),
+    )
+}
+
+fn replicas_of(api: &FakeApiServer) -> i64 {
+    api.get("/apis/apps/v1/namespaces/ns/statefulsets", "demo")
+        .expect("sts")["spec"]["replicas"]
+        .as_i64()
+        .expect("replicas")
+}
+
+/// Scaling 3 → 5 → 3 against real brokers: the StatefulSet grows, the new
+/// brokers join the quorum, the operator moves partitions onto them; then
+/// it drains brokers 3 and 4, shrinks the StatefulSet only once they hold
+/// nothing, and after their pods are gone removes them from the quorum and
+/// the metadata. Kubernetes writes are the StatefulSet, status and events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_three_to_five_to_three_moves_replicas_then_brokers() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut cluster =
+        sluice_tests::cluster::Cluster::start(3, sluice_tests::cluster::FAST_FAILOVER)
+            .expect("cluster");
+    sluice_tests::create_topic(
+        cluster.addr(0),
+        &sluice_tests::unique_name("spread"),
+        6,
+        &[],
+    )
+    .await
+    .expect("topic");
+    let api = FakeApiServer::start().await;
+    cluster_cr(&api, 3);
+    let ctx = cluster_context(&api, &cluster);
+    reconcile_cluster(&api, &ctx).await;
+    let hash = api
+        .get("/apis/apps/v1/namespaces/ns/statefulsets", "demo")
+        .expect("sts")["spec"]["template"]["metadata"]["annotations"]["sluice.dev/config-hash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    for i in 0..3 {
+        broker_pod(&api, i, &hash);
+    }
+    let stored = reconcile_until(&api, &ctx, "converged on 3", |c| {
+        c["status"]["placedBrokers"] == 3
+    })
+    .await;
+    assert_eq!(condition(&stored, "Ready")["status"], "True");
+    api.take_requests();
+
+    // Up: the StatefulSet first; the brokers the pods would run join.
+    api.edit(&format!("{NS}/clusters"), "demo", |c| {
+        c["spec"]["brokers"] = json!(5)
+    });
+    reconcile_cluster(&api, &ctx).await;
+    assert_eq!(replicas_of(&api), 5);
+    for _ in 0..2 {
+        cluster.add_broker().expect("new broker");
+    }
+    for i in 3..5 {
+        broker_pod(&api, i, &hash);
+    }
+    let ctx = cluster_context(&api, &cluster);
+    let stored = reconcile_until(&api, &ctx, "placed on 5", |c| {
+        c["status"]["placedBrokers"] == 5
+    })
+    .await;
+    assert_eq!(condition(&stored, "Ready")["status"], "True");
+    let (holders, voters, _) = membership(&cluster).await;
+    assert_eq!(voters, vec![0, 1, 2, 3, 4]);
+    assert!(holders.contains(&3) && holders.contains(&4), "{holders:?}");
+
+    // Down: drained before the StatefulSet shrinks.
+    api.edit(&format!("{NS}/clusters"), "demo", |c| {
+        c["spec"]["brokers"] = json!(3)
+    });
+    reconcile_cluster(&api, &ctx).await;
+    let stored = api.get(&format!("{NS}/clusters"), "demo").expect("c");
+    assert_eq!(condition(&stored, "Scaling")["reason"], "DrainingBrokers");
+    assert_eq!(
+        replicas_of(&api),
+        5,
+        "not shrunk while 3 and 4 hold replicas"
+    );
+    reconcile_until(&api, &ctx, "shrunk", |_| replicas_of(&api) == 3).await;
+    let (holders, _, _) = membership(&cluster).await;
+    assert!(
+        !holders.contains(&3) && !holders.contains(&4),
+        "{holders:?}"
+    );
+    // The StatefulSet controller would stop pods 4 and 3 now.
+    let pods = Api::<Pod>::namespaced(api.admin_client(), "ns");
+    for i in [4usize, 3] {
+        cluster.terminate(i).expect("stops");
+        pods.delete(&format!("demo-{i}"), &DeleteParams::default())
+            .await
+            .expect("pod deleted");
+    }
+    let stored = reconcile_until(&api, &ctx, "brokers removed", |c| {
+        c["status"]["placedBrokers"] == 3 && condition(c, "Ready")["status"] == "True"
+    })
+    .await;
+    assert!(
+        stored["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().all(|c| c["type"] != "Scaling")),
+        "{}",
+        stored["status"]
+    );
+    let (holders, voters, registered) = membership(&cluster).await;
+    assert_eq!((voters, registered), (vec![0, 1, 2], vec![0, 1, 2]));
+    assert!(holders.iter().all(|b| *b < 3), "{holders:?}");
+    let writes = summaries(&api.take_writes());
+    assert!(
+        writes.iter().all(|w| w.contains("/statefulsets/demo")
+            || w.contains("/clusters/demo/status")
+            || w.contains("/events")
+            || w.contains("/pods/demo-")),
+        "{writes:#?}"
+    );
+    reconcile_cluster(&api, &ctx).await;
+    assert_eq!(
+        summaries(&api.take_writes()),
+        Vec::<String>::new(),
+        "converged: zero writes"
+    );
 }

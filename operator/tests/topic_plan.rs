@@ -62,6 +62,7 @@ fn observe<'a>(t: &'a Topic, kafka: Option<ObservedTopic>, now: &'a str) -> Obse
 fn kafka(assignment: Vec<Vec<i32>>, pairs: &[(&str, &str)]) -> ObservedTopic {
     ObservedTopic {
         assignment,
+        moving: Vec::new(),
         configs: configs(pairs),
     }
 }
