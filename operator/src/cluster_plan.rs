@@ -162,54 +162,50 @@ fn scaling_step(o: &Observed<'_>, refused: bool) -> Step {
     let Some(p) = &o.placement else {
         return step;
     };
-    if want < have {
-        // Down, first step: nothing may leave with the departing brokers.
-        let departing = departing(o);
-        if !departing.is_empty() {
-            step.allowed = have;
-            step.progress = Some(if p.moves_in_progress > 0 {
-                (
-                    "DrainingBrokers",
-                    format!(
-                        "moving replicas off brokers {departing:?}: {} partition moves under way",
-                        p.moves_in_progress
-                    ),
-                )
-            } else {
-                step.actions
-                    .push(Action::MoveReplicas(p.moves_to_spec.clone()));
-                step.actions.push(Action::Event {
-                    warning: false,
-                    reason: "DrainingBrokers".into(),
-                    message: format!(
-                        "moving {} partitions off brokers {departing:?} before scaling to {want}",
-                        p.moves_to_spec.len()
-                    ),
-                });
-                (
-                    "DrainingBrokers",
-                    format!("moving replicas off brokers {departing:?}"),
-                )
-            });
+    // Down, first: nothing may leave with the departing brokers (also a
+    // topic placed on them after they were drained).
+    let departing = departing(o);
+    if !departing.is_empty() && want <= have {
+        step.allowed = have;
+        step.progress = Some(if p.moves_in_progress > 0 {
+            (
+                "DrainingBrokers",
+                format!(
+                    "moving replicas off brokers {departing:?}: {} partition moves under way",
+                    p.moves_in_progress
+                ),
+            )
         } else {
-            step.progress = Some((
-                "RemovingBrokers",
-                format!("stopping brokers {want}..{}", have - 1),
-            ));
-        }
+            step.actions
+                .push(Action::MoveReplicas(p.moves_to_spec.clone()));
+            step.actions.push(Action::Event {
+                warning: false,
+                reason: "DrainingBrokers".into(),
+                message: format!(
+                    "moving {} partitions off brokers {departing:?} before scaling to {want}",
+                    p.moves_to_spec.len()
+                ),
+            });
+            (
+                "DrainingBrokers",
+                format!("moving replicas off brokers {departing:?}"),
+            )
+        });
         return step;
     }
-    // The StatefulSet has `want` brokers (or is growing to it). Departed
-    // brokers, once their pods are gone, leave the quorum and the metadata.
-    let pods_gone = o.pods.iter().all(|pod| pod.ordinal < want);
-    let leftover_voters: Vec<i32> = p.voters.iter().copied().filter(|v| *v >= want).collect();
+    // Then one broker at a time, so that at most one voter is ever down:
+    // the StatefulSet stops its highest pod; once that pod is gone the
+    // broker leaves the quorum and the metadata; then the next.
+    let pods_gone = o.pods.iter().all(|pod| pod.ordinal < have);
+    let leftover_voters: Vec<i32> = p.voters.iter().copied().filter(|v| *v >= have).collect();
     let leftover: Vec<i32> = p
         .registered
         .iter()
         .copied()
-        .filter(|b| *b >= want)
+        .filter(|b| *b >= have)
         .collect();
-    if have == want && (!leftover_voters.is_empty() || !leftover.is_empty()) {
+    if !leftover_voters.is_empty() || !leftover.is_empty() {
+        step.allowed = have;
         if pods_gone {
             step.actions
                 .extend(leftover_voters.iter().map(|v| Action::RemoveVoter(*v)));
@@ -226,6 +222,11 @@ fn scaling_step(o: &Observed<'_>, refused: bool) -> Step {
                     .collect::<std::collections::BTreeSet<_>>()
             ),
         ));
+        return step;
+    }
+    if want < have {
+        step.allowed = have - 1;
+        step.progress = Some(("RemovingBrokers", format!("stopping broker {}", have - 1)));
         return step;
     }
     if placed == want || have != want {
@@ -329,6 +330,7 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
     let refusal = scale_down_refusal(o);
     let step = scaling_step(o, refusal.is_some());
     let allowed = step.allowed;
+    let scaling = step.progress.is_some();
     let mut objects = cluster_objects::desired(c);
     if let Some(spec) = objects.statefulset.spec.as_mut() {
         spec.replicas = Some(allowed);
@@ -373,10 +375,12 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
         .filter(|p| p.config_hash != desired_hash)
         .collect();
     // A pod not yet recreated counts as down: every pod must be there.
+    // Not while scaling: a restart then could take a second voter down.
     let healthy = ready == allowed
         && o.pods.len() as i32 == allowed
         && o.pods.iter().all(|p| !p.terminating)
-        && o.under_replicated == Some(0);
+        && o.under_replicated == Some(0)
+        && !scaling;
     let rolling = !outdated.is_empty();
     if rolling {
         if healthy {
@@ -414,7 +418,6 @@ pub fn plan(o: &Observed<'_>) -> Vec<Action> {
             ),
         ));
     }
-    let scaling = step.progress.is_some();
     if let Some((reason, message)) = step.progress {
         conditions.push(Condition::new(
             prev, o.now, generation, "Scaling", true, reason, message,

@@ -81,13 +81,22 @@ impl KafkaAdmin {
 
     /// Over every topic: the largest replication factor, and the broker ids
     /// that hold at least one replica (what a scale-down must not remove).
+    /// A partition being moved counts its target replicas for the
+    /// factor, and every replica it still has as held.
     pub async fn replica_summary(&mut self) -> anyhow::Result<(i32, Vec<i32>)> {
+        let moves = self.admin.list_reassignments(None).await?;
         let view = self.admin.cluster(None).await?;
         let mut max_rf = 0;
         let mut holders = std::collections::BTreeSet::new();
-        for p in view.topics.iter().flat_map(|t| &t.partitions) {
-            max_rf = max_rf.max(p.replicas.len() as i32);
-            holders.extend(p.replicas.iter().copied());
+        for t in &view.topics {
+            for p in &t.partitions {
+                let leaving = moves
+                    .iter()
+                    .find(|m| m.topic == t.name && m.partition == p.index)
+                    .map_or(0, |m| m.removing.len());
+                max_rf = max_rf.max((p.replicas.len() - leaving) as i32);
+                holders.extend(p.replicas.iter().copied());
+            }
         }
         Ok((max_rf, holders.into_iter().collect()))
     }
@@ -99,12 +108,20 @@ impl KafkaAdmin {
         &mut self,
         brokers: i32,
     ) -> anyhow::Result<crate::cluster_plan::ObservedPlacement> {
-        let view = self.admin.cluster(None).await?;
+        // Moves first: a view read with none under way has no partition
+        // listing old and new replicas together (which `placement_moves`
+        // would take for the replication factor).
         let in_progress = self.admin.list_reassignments(None).await?.len();
+        let view = self.admin.cluster(None).await?;
         let quorum = self.admin.quorum().await?;
         let targets: Vec<i32> = (0..brokers.max(1)).collect();
-        let moves_to_spec = sluice_client::admin::placement_moves(&view, &targets)
-            .map_err(|e| anyhow::anyhow!("placing the partitions on {brokers} brokers: {}", e.0))?;
+        let moves_to_spec = if in_progress > 0 {
+            Vec::new()
+        } else {
+            sluice_client::admin::placement_moves(&view, &targets).map_err(|e| {
+                anyhow::anyhow!("placing the partitions on {brokers} brokers: {}", e.0)
+            })?
+        };
         let mut voters: Vec<i32> = quorum.voters.iter().map(|v| v.id).collect();
         voters.sort_unstable();
         Ok(crate::cluster_plan::ObservedPlacement {

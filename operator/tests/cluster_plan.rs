@@ -249,6 +249,24 @@ fn scale_down_drains_the_departing_brokers_then_shrinks_then_removes_them() {
         condition(&a, "Ready"),
         Some(("True".into(), "BrokersReady".into()))
     );
+    // 5 -> 3: one broker at a time, never two voters down.
+    let c = cluster(3);
+    let hash = hash_of(&c);
+    let mut o = observe(&c, Some(5), pods(5, &hash));
+    o.brokers_with_replicas = vec![0, 1, 2];
+    assert_eq!(replicas(&plan(&o)), 4, "the highest pod first");
+    let mut o = observe(&c, Some(4), pods(4, &hash));
+    placement(&mut o).voters = vec![0, 1, 2, 3, 4];
+    placement(&mut o).registered = vec![0, 1, 2, 3, 4];
+    let a = plan(&o);
+    assert_eq!(replicas(&a), 4, "broker 4 leaves before 3 stops");
+    assert_eq!(removals(&a), vec!["voter 4", "broker 4"]);
+    // A topic placed on broker 3 after the drain: drained again first.
+    let mut o = observe(&c, Some(4), pods(4, &hash));
+    o.brokers_with_replicas = vec![0, 3];
+    placement(&mut o).moves_to_spec = vec![a_move()];
+    let a = plan(&o);
+    assert_eq!((replicas(&a), moves(&a)), (4, 1));
 }
 
 #[test]

@@ -1472,24 +1472,51 @@ async fn scaling_three_to_five_to_three_moves_replicas_then_brokers() {
         5,
         "not shrunk while 3 and 4 hold replicas"
     );
-    reconcile_until(&api, &ctx, "shrunk", |_| replicas_of(&api) == 3).await;
-    let (holders, _, _) = membership(&cluster).await;
+    reconcile_until(&api, &ctx, "first broker stopped", |_| {
+        replicas_of(&api) == 4
+    })
+    .await;
+    let (holders, voters, _) = membership(&cluster).await;
     assert!(
         !holders.contains(&3) && !holders.contains(&4),
         "{holders:?}"
     );
-    // The StatefulSet controller would stop pods 4 and 3 now.
+    assert_eq!(voters.len(), 5, "no voter removed while its pod runs");
+    // Then one broker at a time: the StatefulSet controller's part (stop
+    // the pods above its size) is played here, the rest is the operator's.
     let pods = Api::<Pod>::namespaced(api.admin_client(), "ns");
-    for i in [4usize, 3] {
-        cluster.terminate(i).expect("stops");
-        pods.delete(&format!("demo-{i}"), &DeleteParams::default())
-            .await
-            .expect("pod deleted");
-    }
-    let stored = reconcile_until(&api, &ctx, "brokers removed", |c| {
-        c["status"]["placedBrokers"] == 3 && condition(c, "Ready")["status"] == "True"
-    })
-    .await;
+    let mut running: i64 = 5;
+    let mut lowest_replicas = 5;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let stored = loop {
+        let size = replicas_of(&api);
+        lowest_replicas = lowest_replicas.min(size);
+        while running > size {
+            running -= 1;
+            let i = running as usize;
+            let (_, voters, _) = membership(&cluster).await;
+            assert!(
+                voters.len() as i64 <= running + 1,
+                "the broker stopped before is out of the quorum: {voters:?}"
+            );
+            cluster.terminate(i).expect("stops");
+            pods.delete(&format!("demo-{i}"), &DeleteParams::default())
+                .await
+                .expect("pod deleted");
+        }
+        reconcile_cluster(&api, &ctx).await;
+        let c = api.get(&format!("{NS}/clusters"), "demo").expect("c");
+        if c["status"]["placedBrokers"] == 3 && condition(&c, "Ready")["status"] == "True" {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "brokers not removed: {}",
+            c["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(lowest_replicas, 3);
     assert!(
         stored["status"]["conditions"]
             .as_array()

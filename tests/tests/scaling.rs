@@ -4,7 +4,8 @@
 //! `placement_moves` + AlterPartitionReassignments give them replicas;
 //! before brokers go, every replica moves off them, then RemoveRaftVoter
 //! and UnregisterBroker take them out. The history checker reads every
-//! acknowledged record back: nothing lost, duplicated or reordered.
+//! acknowledged record back: nothing lost, duplicated or reordered. A
+//! removed broker started again on its old disk joins again.
 
 use std::time::Duration;
 
@@ -146,5 +147,24 @@ async fn three_to_five_to_three_brokers_under_load_loses_nothing() -> Result<()>
     }
     ensure!(report.acked > 1000, "the load ran: {report}");
     ensure!(report.is_clean(), "{report}");
+
+    // Broker 4 back on its old disk (a scale-up onto a retained volume):
+    // its log still calls it a voter, but the running quorum does not, so
+    // it joins again and becomes a voter.
+    cluster.start_again(4)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while voters(&cluster, 0).await? != [0, 1, 2, 4] {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "broker 4 did not rejoin: voters {:?}",
+            voters(&cluster, 0).await?
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let view = admin(&cluster, 0).await?.cluster(None).await?;
+    ensure!(
+        view.brokers.iter().any(|b| b.id == 4),
+        "broker 4 registered again"
+    );
     Ok(())
 }

@@ -452,7 +452,9 @@ impl MetadataImage {
                         "broker {id} is not registered"
                     )));
                 };
-                if b.eligible() {
+                // Fenced: stopped (or cut off) for its session; one still
+                // shutting down would register again.
+                if !b.fenced {
                     return Err(MetadataError::IneligibleReplica(format!(
                         "broker {id} is running; stop it before unregistering it"
                     )));
@@ -829,14 +831,15 @@ impl MetadataImage {
             Some(target) => {
                 sluice_placement::validate(&[target.to_vec()], &known)
                     .map_err(|e| MetadataError::InvalidReplicaAssignment(e.0))?;
-                let removing: Vec<i32> = p
-                    .replicas
+                // From the replicas before any move, as Kafka does: a
+                // replica an earlier target was adding and this one does
+                // not name just goes.
+                let original = p.original_replicas();
+                let removing: Vec<i32> = original
                     .iter()
                     .copied()
                     .filter(|r| !target.contains(r))
                     .collect();
-                // Still adding if an earlier target added it.
-                let original = p.original_replicas();
                 let adding: Vec<i32> = target
                     .iter()
                     .copied()
@@ -848,7 +851,19 @@ impl MetadataImage {
                         reason: format!("{topic}-{partition} already has replicas {target:?}"),
                     });
                 }
+                let isr: Vec<i32> = replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| p.isr.contains(r))
+                    .collect();
+                if isr.is_empty() {
+                    return Err(MetadataError::InvalidReplicaAssignment(format!(
+                        "{topic}-{partition}: none of {replicas:?} is in sync (ISR {:?})",
+                        p.isr
+                    )));
+                }
                 p.replicas = replicas;
+                p.isr = isr;
                 p.adding = adding;
                 p.removing = removing;
                 p.partition_epoch += 1;
@@ -1362,7 +1377,8 @@ mod tests {
         let p = image.partition("t", 0).expect("p0");
         assert_eq!(
             (p.replicas.clone(), p.isr.clone()),
-            (vec![1, 0], vec![0, 1])
+            (vec![1, 0], vec![1, 0]),
+            "the ISR in replica order"
         );
         assert_eq!(
             (p.leader, p.leader_epoch),
@@ -1380,6 +1396,7 @@ mod tests {
     #[test]
     fn cancelling_returns_to_the_original_replicas_and_bad_targets_are_refused() {
         let (mut image, _) = three_brokers();
+        register(&mut image, 3);
         create(&mut image, "t", vec![vec![0, 1]]);
         assert!(matches!(
             reassign(&mut image, None),
@@ -1401,6 +1418,12 @@ mod tests {
         let p = image.partition("t", 0).expect("p0");
         assert_eq!(p.replicas, vec![2, 0, 1]);
         assert_eq!((p.adding.clone(), p.removing.clone()), (vec![2], vec![1]));
+        // Replaced again by one without 2: 2 (being added, never an
+        // original replica) just goes; cancelling returns to [0, 1].
+        reassign(&mut image, Some(vec![3, 0])).expect("replace");
+        let p = image.partition("t", 0).expect("p0");
+        assert_eq!(p.replicas, vec![3, 0, 1]);
+        assert_eq!((p.adding.clone(), p.removing.clone()), (vec![3], vec![1]));
         // Back to a target already in sync: done at once.
         reassign(&mut image, Some(vec![0, 1])).expect("replace");
         let p = image.partition("t", 0).expect("p0");

@@ -146,13 +146,26 @@ async fn remove_voter(
     }
     let node = req.voter_id;
     let members = quorum.members();
-    if !members.voters.contains(&node) && !members.learners.contains(&node) {
+    if !members.voters.contains(&node) {
         return Err((
             ResponseError::VoterNotFound,
             format!(
-                "broker {node} is not in the controller quorum (voters {:?})",
+                "broker {node} is not a voter of the controller quorum (voters {:?})",
                 members.voters
             ),
+        ));
+    }
+    // A running broker taken out of the quorum would keep serving metadata
+    // that no longer moves: stop it first (as a scale-down does).
+    if quorum
+        .image()
+        .brokers
+        .get(&node)
+        .is_some_and(|b| b.eligible())
+    {
+        return Err((
+            ResponseError::InvalidRequest,
+            format!("broker {node} is running; stop it before removing it from the quorum"),
         ));
     }
     match quorum
@@ -164,8 +177,9 @@ async fn remove_voter(
             Ok(())
         }
         Err(ProposeError::Refused(m)) => Err((ResponseError::InvalidRequest, m)),
-        Err(e @ ProposeError::Timeout(_)) => Err((ResponseError::RequestTimedOut, e.to_string())),
-        Err(e) => Err((ResponseError::NotController, e.to_string())),
+        // Another membership change under way, or no controller in time
+        // (KIP-853 answers REQUEST_TIMED_OUT for both).
+        Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
     }
 }
 

@@ -308,7 +308,10 @@ impl ReplicaManager {
                                 leader: state.leader,
                                 leader_epoch: state.leader_epoch,
                                 log,
-                                throttled: state.adding.contains(&self.node_id),
+                                // Kafka throttles only replicas out of sync:
+                                // one in the ISR holds back acks=all.
+                                throttled: state.adding.contains(&self.node_id)
+                                    && !state.isr.contains(&self.node_id),
                             },
                         );
                     }

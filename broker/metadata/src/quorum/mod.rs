@@ -144,35 +144,21 @@ impl Quorum {
         )
         .await
         .context("starting the quorum")?;
-        let mut joining = false;
-        if !raft.is_initialized().await.context("quorum state")? {
+        let joining = if raft.is_initialized().await.context("quorum state")? {
+            // A broker removed from the quorum and started again on its
+            // old disk (a scale-down, then up again) is no member of the
+            // running quorum: it joins again, its log catching up from the
+            // leader.
             match running_quorum(&config).await {
-                Some((peer, members)) => {
-                    let member = members.voters.contains(&config.node_id)
-                        || members.learners.contains(&config.node_id);
-                    tracing::info!(
-                        peer,
-                        voters = ?members.voters,
-                        learners = ?members.learners,
-                        member,
-                        "empty quorum storage and a running quorum: joining it, not founding one"
-                    );
-                    joining = !member;
+                Some((peer, members)) if !members.includes(config.node_id) => {
+                    tracing::info!(peer, voters = ?members.voters, "not a member of the running quorum: joining it again");
+                    true
                 }
-                None => {
-                    let members: BTreeMap<u64, BasicNode> = config
-                        .voters
-                        .iter()
-                        .map(|(id, addr)| (*id as u64, BasicNode { addr: addr.clone() }))
-                        .collect();
-                    match raft.initialize(members).await {
-                        Ok(()) => {}
-                        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                        Err(e) => return Err(e).context("initializing the quorum"),
-                    }
-                }
+                _ => false,
             }
-        }
+        } else {
+            found_or_join(&raft, &config).await?
+        };
         let addrs = config.voters.clone();
         let metrics = raft.metrics();
         // `--peers` first, then the address a joined member gave.
@@ -278,13 +264,10 @@ impl Quorum {
         }
     }
 
-    /// Whether this broker started beside a running quorum and is not yet
-    /// a member of it.
+    /// Whether this broker started beside a running quorum that does not
+    /// list it: it must ask to be added (`join`).
     pub fn is_joining(&self) -> bool {
-        self.joining && {
-            let m = self.members();
-            !m.voters.contains(&self.node_id) && !m.learners.contains(&self.node_id)
-        }
+        self.joining
     }
 
     /// The latest applied metadata.
@@ -553,16 +536,23 @@ impl Quorum {
             QuorumRequest::Heartbeat {
                 broker,
                 incarnation,
-            } => QuorumResponse::Heartbeat(if self.is_controller() {
+            } => QuorumResponse::Heartbeat(if !self.is_controller() {
+                Err(ProposeError::NotController {
+                    node: self.node_id,
+                    leader: self.controller_id(),
+                })
+            } else if !self.members().includes(broker) {
+                // Removed from the quorum: its metadata no longer moves, so
+                // it must not pass for live (it is fenced when its session
+                // runs out).
+                Err(ProposeError::Refused(format!(
+                    "broker {broker} is not a member of the controller quorum"
+                )))
+            } else {
                 // Answered only with a majority behind it: the broker
                 // counts the answer as contact with the quorum.
                 self.confirm_majority().await.map(|()| {
                     self.record_heartbeat(broker, incarnation);
-                })
-            } else {
-                Err(ProposeError::NotController {
-                    node: self.node_id,
-                    leader: self.controller_id(),
                 })
             }),
             QuorumRequest::Status => QuorumResponse::Status(self.members()),
@@ -584,8 +574,9 @@ impl Quorum {
         // A broker not yet in the quorum knows no controller: it asks its
         // peers, which answer with the controller they know.
         let mut candidates: Vec<i32> = Vec::new();
+        let mut hint: Option<i32> = None;
         loop {
-            let target = self.controller_id().or_else(|| {
+            let target = hint.take().or_else(|| self.controller_id()).or_else(|| {
                 if candidates.is_empty() {
                     candidates = self
                         .peer_addrs
@@ -618,7 +609,7 @@ impl Quorum {
                 Err(e @ ProposeError::Refused(_)) => return Err(e),
                 Err(ProposeError::NotController {
                     leader: Some(l), ..
-                }) if Some(l) != target => candidates.push(l),
+                }) if Some(l) != target => hint = Some(l),
                 Err(e) if Instant::now() >= deadline => {
                     tracing::debug!(error = %e, ?change, "membership change gave up");
                     return Err(ProposeError::Timeout(timeout));
@@ -708,13 +699,16 @@ impl Quorum {
     /// promotion to voter is the controller's (see
     /// `promote_caught_up_learners`).
     pub async fn join(&self, addr: String) {
-        while self.is_joining() {
+        loop {
             let change = VoterChange::AddLearner {
                 node: self.node_id,
                 addr: addr.clone(),
             };
             match self.change_voters(change, RPC_TIMEOUT).await {
-                Ok(()) => tracing::info!("joined the controller quorum as a learner"),
+                Ok(()) => {
+                    tracing::info!("joined the controller quorum as a learner");
+                    return;
+                }
                 Err(e) => tracing::warn!(error = %e, "could not join the controller quorum yet"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -880,11 +874,61 @@ pub async fn single_voter_for_tests(dir: &std::path::Path) -> Arc<Quorum> {
 #[cfg(test)]
 mod tests;
 
+/// For a broker whose quorum storage is empty: joins a running quorum if a
+/// peer answers that it runs one (returns whether this broker must still
+/// be added to it), else founds the group with the voters in `--peers` if
+/// it is the lowest of them, else waits for one of those. One founder: two
+/// brokers that each found it (a peer momentarily unreachable) would make
+/// two clusters. A peer answers only once its own quorum has started, so
+/// the others of a new cluster wait for the founder's (a few hundred ms).
+async fn found_or_join(raft: &Raft<TypeConfig>, config: &QuorumConfig) -> anyhow::Result<bool> {
+    let founder = config
+        .voters
+        .keys()
+        .next()
+        .copied()
+        .unwrap_or(config.node_id);
+    let started = Instant::now();
+    let mut last_log = started;
+    loop {
+        if let Some((peer, members)) = running_quorum(config).await {
+            let member = members.includes(config.node_id);
+            tracing::info!(
+                peer,
+                voters = ?members.voters,
+                learners = ?members.learners,
+                member,
+                "empty quorum storage and a running quorum: joining it, not founding one"
+            );
+            return Ok(!member);
+        }
+        if config.node_id == founder {
+            let members: BTreeMap<u64, BasicNode> = config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id as u64, BasicNode { addr: addr.clone() }))
+                .collect();
+            tracing::info!(voters = ?config.voters.keys().collect::<Vec<_>>(), "founding the controller quorum");
+            return match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+                Err(e) => Err(e).context("initializing the quorum"),
+            };
+        }
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = Instant::now();
+            tracing::warn!(
+                founder,
+                waited_s = started.elapsed().as_secs(),
+                "empty quorum storage: waiting for a running quorum among the peers, or for broker {founder} to found one"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Asks every other broker in `--peers` (at once, briefly) whether it runs
-/// a quorum; the first that does, with its members. A broker answers only
-/// once its own quorum has started, so brokers starting together on empty
-/// disks all find none and found the group together, while one added to a
-/// running cluster finds it and joins.
+/// a quorum; the first that does, with its members (an older broker that
+/// does not know the question runs one too: its members are unknown).
 async fn running_quorum(config: &QuorumConfig) -> Option<(i32, QuorumMembers)> {
     let mut asks = tokio::task::JoinSet::new();
     for (id, addr) in config
@@ -907,6 +951,18 @@ async fn running_quorum(config: &QuorumConfig) -> Option<(i32, QuorumMembers)> {
         match done {
             Ok((id, Ok(QuorumResponse::Status(members)))) if members.initialized => {
                 return Some((id, members));
+            }
+            Ok((id, Ok(QuorumResponse::BadRequest(why)))) => {
+                tracing::info!(peer = id, %why, "a peer of an older version runs the quorum");
+                return Some((
+                    id,
+                    QuorumMembers {
+                        initialized: true,
+                        voters: Vec::new(),
+                        learners: Vec::new(),
+                        leader: None,
+                    },
+                ));
             }
             Ok((id, answer)) => {
                 tracing::debug!(peer = id, ?answer, "peer runs no quorum (yet)");

@@ -67,6 +67,13 @@ pub struct QuorumMembers {
     pub leader: Option<i32>,
 }
 
+impl QuorumMembers {
+    /// Whether `node` is a voter or a learner.
+    pub fn includes(&self, node: i32) -> bool {
+        self.voters.contains(&node) || self.learners.contains(&node)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum QuorumResponse {
     AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
