@@ -416,6 +416,27 @@ fn usage_and_connection_errors_have_their_own_exit_codes() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_broker_that_takes_the_connection_but_never_answers_is_skipped() -> Result<()> {
+    // Bound and listening, never read: the kernel completes connections.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let silent = silent.local_addr()?.to_string();
+    let broker = sluice_tests::Broker::start()?;
+    let out = cli(
+        &format!("{silent},{}", broker.bootstrap()),
+        &["topic", "list"],
+    )?;
+    ensure!(out.status.success(), "{}", stderr(&out));
+    let alone = cli(&silent, &["topic", "list"])?;
+    ensure!(alone.status.code() == Some(3), "{alone:?}");
+    ensure!(
+        stderr(&alone).contains("did not answer ApiVersions"),
+        "{}",
+        stderr(&alone)
+    );
+    Ok(())
+}
+
 /// Sends `n` records to `partition` and waits for their acknowledgements.
 async fn produce(
     producer: &rdkafka::producer::FutureProducer,

@@ -803,30 +803,14 @@ impl MetadataImage {
     fn reassign(&mut self, topic: &str, partition: i32, target: Option<&[i32]>) -> CommandResult {
         let known: Vec<i32> = self.brokers.keys().copied().collect();
         let p = self.partition_mut(topic, partition)?;
-        match target {
+        let (replicas, adding, removing) = match target {
             None => {
                 if !p.reassigning() {
                     return Err(MetadataError::NoReassignmentInProgress(format!(
                         "{topic}-{partition} has no reassignment in progress"
                     )));
                 }
-                let original = p.original_replicas();
-                let isr: Vec<i32> = original
-                    .iter()
-                    .copied()
-                    .filter(|r| p.isr.contains(r))
-                    .collect();
-                if isr.is_empty() {
-                    return Err(MetadataError::InvalidReplicaAssignment(format!(
-                        "cancelling {topic}-{partition}'s reassignment would leave none of its original replicas {original:?} in sync (ISR {:?}); move it onward instead",
-                        p.isr
-                    )));
-                }
-                p.replicas = original;
-                p.isr = isr;
-                p.adding.clear();
-                p.removing.clear();
-                p.partition_epoch += 1;
+                (p.original_replicas(), Vec::new(), Vec::new())
             }
             Some(target) => {
                 sluice_placement::validate(&[target.to_vec()], &known)
@@ -851,24 +835,32 @@ impl MetadataImage {
                         reason: format!("{topic}-{partition} already has replicas {target:?}"),
                     });
                 }
-                let isr: Vec<i32> = replicas
-                    .iter()
-                    .copied()
-                    .filter(|r| p.isr.contains(r))
-                    .collect();
-                if isr.is_empty() {
-                    return Err(MetadataError::InvalidReplicaAssignment(format!(
-                        "{topic}-{partition}: none of {replicas:?} is in sync (ISR {:?})",
-                        p.isr
-                    )));
-                }
-                p.replicas = replicas;
-                p.isr = isr;
-                p.adding = adding;
-                p.removing = removing;
-                p.partition_epoch += 1;
+                (replicas, adding, removing)
             }
+        };
+        // The ISR keeps its members that stay replicas, in replica order;
+        // a change that would leave none in sync is refused.
+        let isr: Vec<i32> = replicas
+            .iter()
+            .copied()
+            .filter(|r| p.isr.contains(r))
+            .collect();
+        if isr.is_empty() {
+            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                "{topic}-{partition}: none of {replicas:?} is in sync (ISR {:?}){}",
+                p.isr,
+                if target.is_none() {
+                    "; move it onward instead of cancelling"
+                } else {
+                    ""
+                }
+            )));
         }
+        p.replicas = replicas;
+        p.isr = isr;
+        p.adding = adding;
+        p.removing = removing;
+        p.partition_epoch += 1;
         self.complete_reassignment(topic, partition);
         self.elect_in_replicas(topic, partition);
         Ok(Applied::Done)

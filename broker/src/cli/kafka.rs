@@ -19,6 +19,9 @@ use sluice_metadata::plugins::keys;
 
 use super::{CliError, ExitStatus, Output, print_table};
 
+/// How long a broker has to answer before the next in `--brokers` is tried.
+const ANSWER_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How to reach the cluster, shared by `topic` and `cluster`.
 #[derive(Debug, Args)]
 pub struct Connect {
@@ -212,7 +215,7 @@ impl Connect {
         .map_err(CliError::refused)
     }
 
-    /// The first broker of `--brokers` that accepts a connection.
+    /// The first broker of `--brokers` that answers.
     async fn admin(&self) -> Result<Admin, CliError> {
         let transport = self.transport()?;
         let mut failures = Vec::new();
@@ -222,9 +225,21 @@ impl Connect {
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Admin::open(addr, "sluice-cli", &transport).await {
-                Ok(admin) => return Ok(admin),
-                Err(e) => failures.push(e.to_string()),
+            let admin = match Admin::open(addr, "sluice-cli", &transport).await {
+                Ok(admin) => admin,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            // A broker that takes the connection but does not answer (hung,
+            // or not Kafka) is skipped for the next one, as clients do.
+            let probe = kafka_protocol::messages::ApiVersionsRequest::default();
+            match admin.connection().send(&probe, 0, ANSWER_PROBE).await {
+                Ok(_) => return Ok(admin),
+                Err(e) => failures.push(format!(
+                    "{addr} took the connection but did not answer ApiVersions within {ANSWER_PROBE:?}: {e}"
+                )),
             }
         }
         Err(CliError {

@@ -634,11 +634,23 @@ impl Quorum {
         let id = |node: i32| node as u64;
         let result = match &change {
             VoterChange::AddLearner { node, addr } => {
-                if members.voters.contains(node) || members.learners.contains(node) {
+                let node_info = BasicNode { addr: addr.clone() };
+                if members.voters.contains(node)
+                    || (members.learners.contains(node)
+                        && self.member_addr(*node).as_deref() == Some(addr.as_str()))
+                {
                     return Ok(());
                 }
-                let node_info = BasicNode { addr: addr.clone() };
-                self.raft.add_learner(id(*node), node_info, false).await
+                if members.learners.contains(node) {
+                    // A learner that started again at another address (a
+                    // joining broker that had to take a new port).
+                    let nodes = [(id(*node), node_info)].into_iter().collect();
+                    self.raft
+                        .change_membership(ChangeMembers::SetNodes(nodes), false)
+                        .await
+                } else {
+                    self.raft.add_learner(id(*node), node_info, false).await
+                }
             }
             VoterChange::Promote { node } => {
                 if members.voters.contains(node) {
