@@ -733,6 +733,23 @@ fn acknowledged_records_survive_leader_kills_over_sasl_ssl_with_acls() -> Result
 }
 
 /// librdkafka settings for a SASL_SSL user.
+/// `sluice-broker ARGS` against a SASL_SSL listener: TLS checked with
+/// `ca`, logged in with (mechanism, user, password).
+fn cli_with_sasl(
+    bootstrap: &str,
+    ca: &str,
+    (mechanism, user, password): (&str, &str, &str),
+    args: &[&str],
+) -> Result<std::process::Output> {
+    Ok(std::process::Command::new(sluice_tests::broker_binary()?)
+        .args(args)
+        .args(["--tls-ca", ca, "--sasl-mechanism", mechanism])
+        .args(["--sasl-username", user])
+        .env("SLUICE_BROKERS", bootstrap)
+        .env("SLUICE_SASL_PASSWORD", password)
+        .output()?)
+}
+
 fn sasl_ssl<'a>(
     ca: &'a str,
     mechanism: &'a str,
@@ -828,6 +845,29 @@ fn scram_and_plain_users_over_sasl_ssl_on_a_cluster() -> Result<()> {
         &cluster.bootstrap(),
         &sasl_ssl(&ca, "SCRAM-SHA-256", "bob", "bob-secret"),
     )?;
+    // The command line logs in too, on every broker it asks.
+    for (mechanism, user, password) in [
+        ("SCRAM-SHA-512", "alice", "alice-secret"),
+        ("SCRAM-SHA-256", "bob", "bob-secret"),
+        ("PLAIN", "bob", "bob-secret"),
+    ] {
+        let out = cli_with_sasl(
+            &cluster.bootstrap(),
+            &ca,
+            (mechanism, user, password),
+            &["group", "list"],
+        )?;
+        assert!(out.status.success(), "{mechanism} {user}: {out:?}");
+    }
+    let wrong = cli_with_sasl(
+        &cluster.bootstrap(),
+        &ca,
+        ("SCRAM-SHA-512", "alice", "wrong"),
+        &["topic", "list"],
+    )?;
+    assert_eq!(wrong.status.code(), Some(1), "{wrong:?}");
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("SASL_AUTHENTICATION_FAILED"), "{said}");
     for (mechanism, user, password) in [
         ("SCRAM-SHA-512", "alice", "wrong"),
         ("SCRAM-SHA-512", "carol", "alice-secret"),

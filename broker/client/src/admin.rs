@@ -276,6 +276,7 @@ pub struct Admin {
     /// For connections to other brokers (group coordinators, leaders).
     client_id: String,
     transport: Transport,
+    sasl: Option<crate::sasl::Credentials>,
 }
 
 /// A group as ListGroups lists it.
@@ -355,12 +356,44 @@ impl Admin {
             conn,
             client_id: client_id.to_string(),
             transport: transport.clone(),
+            sasl: None,
         })
     }
 
-    /// Another broker, over the same transport.
+    /// Logs the connection in (a SASL listener), and every connection it
+    /// opens to other brokers later.
+    pub async fn login(&mut self, credentials: crate::sasl::Credentials) -> Result<(), AdminError> {
+        crate::sasl::authenticate(&self.conn, &credentials, TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                crate::sasl::SaslError::Client(c) => AdminError::Client(c),
+                crate::sasl::SaslError::Refused {
+                    what,
+                    code,
+                    message,
+                } => AdminError::Broker {
+                    what,
+                    code,
+                    message,
+                },
+                crate::sasl::SaslError::Scram(m) => AdminError::Broker {
+                    what: "SASL login".to_string(),
+                    code: ResponseError::SaslAuthenticationFailed.code(),
+                    message: Some(m),
+                },
+            })?;
+        self.sasl = Some(credentials);
+        Ok(())
+    }
+
+    /// Another broker, over the same transport, logged in the same way.
     async fn broker(&self, host: &str, port: i32) -> Result<Admin, AdminError> {
-        Admin::open(&format!("{host}:{port}"), &self.client_id, &self.transport).await
+        let mut admin =
+            Admin::open(&format!("{host}:{port}"), &self.client_id, &self.transport).await?;
+        if let Some(c) = &self.sasl {
+            admin.login(c.clone()).await?;
+        }
+        Ok(admin)
     }
 
     pub fn addr(&self) -> &str {

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 pub mod admin;
+pub mod sasl;
 pub mod tls;
 pub use tls::Transport;
 

@@ -14,6 +14,7 @@ use sluice_client::Transport;
 use sluice_client::admin::{
     Admin, ClusterView, NewTopic, PartitionMove, QuorumMember, QuorumView, TopicView,
 };
+use sluice_client::sasl::{Credentials, Mechanism};
 use sluice_client::tls::{ClientTls, KeystoreFiles};
 use sluice_metadata::plugins::keys;
 
@@ -42,6 +43,26 @@ pub struct Connect {
     /// check the broker's certificate against them.
     #[arg(long, env = "SLUICE_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
+    /// SASL mechanism of a SASL listener: PLAIN, SCRAM-SHA-256 or
+    /// SCRAM-SHA-512 (with `--sasl-username`; the password from
+    /// SLUICE_SASL_PASSWORD or `--sasl-password`).
+    #[arg(long, env = "SLUICE_SASL_MECHANISM", global = true, requires = "sasl_username", value_parser = parse_mechanism)]
+    pub sasl_mechanism: Option<Mechanism>,
+    #[arg(
+        long,
+        env = "SLUICE_SASL_USERNAME",
+        global = true,
+        requires = "sasl_mechanism"
+    )]
+    pub sasl_username: Option<String>,
+    /// Prefer SLUICE_SASL_PASSWORD: a flag shows in the process list.
+    #[arg(
+        long,
+        env = "SLUICE_SASL_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<String>,
     /// Client certificate chain (PEM) for a listener that wants one; its
     /// key in `--tls-key` or in the same file.
     #[arg(long, env = "SLUICE_TLS_CERT", global = true, requires = "tls_ca")]
@@ -173,6 +194,12 @@ impl ConfigFlags {
     }
 }
 
+fn parse_mechanism(s: &str) -> Result<Mechanism, String> {
+    Mechanism::parse(s).ok_or_else(|| {
+        format!("unknown SASL mechanism '{s}' (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+    })
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
@@ -235,12 +262,23 @@ impl Connect {
             // A broker that takes the connection but does not answer (hung,
             // or not Kafka) is skipped for the next one, as clients do.
             let probe = kafka_protocol::messages::ApiVersionsRequest::default();
-            match admin.connection().send(&probe, 0, ANSWER_PROBE).await {
-                Ok(_) => return Ok(admin),
-                Err(e) => failures.push(format!(
+            if let Err(e) = admin.connection().send(&probe, 0, ANSWER_PROBE).await {
+                failures.push(format!(
                     "{addr} took the connection but did not answer ApiVersions within {ANSWER_PROBE:?}: {e}"
-                )),
+                ));
+                continue;
             }
+            let mut admin = admin;
+            if let (Some(mechanism), Some(username)) = (self.sasl_mechanism, &self.sasl_username) {
+                let credentials = Credentials {
+                    mechanism,
+                    username: username.clone(),
+                    password: self.sasl_password.clone().unwrap_or_default(),
+                };
+                // Wrong credentials are the answer, not a broker to skip.
+                admin.login(credentials).await?;
+            }
+            return Ok(admin);
         }
         Err(CliError {
             status: ExitStatus::Unreachable,
