@@ -58,19 +58,12 @@ pub async fn set_password(conn: &Connection, user: &str, password: &str, code: i
 
 /// Authenticates `conn` (on a SASL listener) as `user` with PLAIN.
 pub async fn login_plain(conn: &Connection, user: &str, password: &str) -> Result<()> {
-    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
-    let mut hs = SaslHandshakeRequest::default();
-    hs.mechanism = StrBytes::from_static_str("PLAIN");
-    let code = conn.send(&hs, 1, Duration::from_secs(10)).await?.error_code;
-    if code != 0 {
-        bail!("SaslHandshake(PLAIN): error {code}");
-    }
-    let mut auth = SaslAuthenticateRequest::default();
-    auth.auth_bytes = Bytes::from(format!("\0{user}\0{password}").into_bytes());
-    let resp = conn.send(&auth, 2, Duration::from_secs(10)).await?;
-    if resp.error_code != 0 {
-        bail!("SaslAuthenticate({user}): error {}", resp.error_code);
-    }
+    let credentials = sluice_client::sasl::Credentials {
+        mechanism: sluice_client::sasl::Mechanism::Plain,
+        username: user.to_string(),
+        password: password.to_string(),
+    };
+    sluice_client::sasl::authenticate(conn, &credentials, Duration::from_secs(10)).await?;
     Ok(())
 }
 
