@@ -4,6 +4,12 @@
 //! namespace, and checks what the API server itself decides: CEL
 //! immutability, owned objects with owner references, finalizers, status.
 //!
+//! The controllers run as the chart's ServiceAccount would: its rules
+//! (`charts/sluice/files/operator-rules.yaml`, in a Role in the test's
+//! namespace, as the chart makes with `watchNamespaces`) bound to a
+//! ServiceAccount, with a token requested for it (TokenRequest), so an
+//! RBAC denial fails the test; the test itself acts as the admin user.
+//!
 //! Broker pods need an image the cluster can pull (`SLUICE_E2E_IMAGE`) and
 //! brokers the test process can reach: set `SLUICE_E2E_KAFKA` and
 //! `SLUICE_E2E_ADMIN` (e.g. port-forwards to the bootstrap Service) to also
@@ -32,6 +38,88 @@ async fn wait_for<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
         check,
     )
     .await
+}
+
+/// A client authenticated as a ServiceAccount in `ns` that has the chart's
+/// operator rules there (made with the admin `client`).
+async fn chart_service_account_client(client: &kube::Client, ns: &str) -> kube::Client {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    const NAME: &str = "sluice-operator";
+    let rules_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/sluice/files/operator-rules.yaml");
+    let rules: Vec<PolicyRule> = serde_yaml::from_str(
+        &std::fs::read_to_string(&rules_file).expect("the chart's operator rules"),
+    )
+    .expect("rules parse");
+    let meta = || kube::api::ObjectMeta {
+        name: Some(NAME.into()),
+        namespace: Some(ns.into()),
+        ..Default::default()
+    };
+    let post = PostParams::default();
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(
+            &post,
+            &ServiceAccount {
+                metadata: meta(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("ServiceAccount");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(
+            &post,
+            &Role {
+                metadata: meta(),
+                rules: Some(rules),
+            },
+        )
+        .await
+        .expect("Role");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(
+            &post,
+            &RoleBinding {
+                metadata: meta(),
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "Role".into(),
+                    name: NAME.into(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: NAME.into(),
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                }]),
+            },
+        )
+        .await
+        .expect("RoleBinding");
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(NAME, &post, &request)
+        .await
+        .expect("a token for the ServiceAccount")
+        .status
+        .expect("token status")
+        .token;
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config).expect("ServiceAccount client")
 }
 
 #[tokio::test]
@@ -69,8 +157,9 @@ async fn operator_against_a_real_cluster() {
         _ => None,
     };
     let reachable = endpoints.is_some();
+    let operator = chart_service_account_client(&client, &ns).await;
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        operator,
         Arc::new(Metrics::new().expect("metrics")),
         endpoints.unwrap_or(Endpoints::ServiceDns),
         Duration::from_secs(10),
