@@ -1480,6 +1480,32 @@ pub type SharedCoordinator = Arc<GroupCoordinator>;
 mod tests {
     use super::*;
 
+    /// SyncGroup of `generation` from follower `b` and leader `a`, who
+    /// assigns "A" to itself and "B" to `b`: each gets its own.
+    async fn sync_pair(c: &Arc<GroupCoordinator>, generation: i32, a: &str, b: &str) {
+        let c2 = c.clone();
+        let bid = b.to_string();
+        let follower =
+            tokio::spawn(async move { c2.sync("g", generation, &bid, None, vec![]).await });
+        let leader = c
+            .sync(
+                "g",
+                generation,
+                a,
+                None,
+                vec![
+                    (a.to_string(), Bytes::from_static(b"A")),
+                    (b.to_string(), Bytes::from_static(b"B")),
+                ],
+            )
+            .await;
+        assert_eq!(leader.assignment, Bytes::from_static(b"A"));
+        assert_eq!(
+            follower.await.expect("sync").assignment,
+            Bytes::from_static(b"B")
+        );
+    }
+
     fn coordinator(dir: &std::path::Path, delay_ms: u64) -> Arc<GroupCoordinator> {
         let c = GroupCoordinator::open(
             OffsetStore::new(crate::internal_log::LocalLogs::open(dir, 2)),
@@ -1558,26 +1584,7 @@ mod tests {
         );
         assert_eq!(a2.members.len(), 2);
         assert!(b.members.is_empty(), "followers do not get member metadata");
-        let c3 = c.clone();
-        let bid = b.member_id.clone();
-        let follower = tokio::spawn(async move { c3.sync("g", 2, &bid, None, vec![]).await });
-        let leader = c
-            .sync(
-                "g",
-                2,
-                &a.member_id,
-                None,
-                vec![
-                    (a.member_id.clone(), Bytes::from_static(b"A")),
-                    (b.member_id.clone(), Bytes::from_static(b"B")),
-                ],
-            )
-            .await;
-        assert_eq!(leader.assignment, Bytes::from_static(b"A"));
-        assert_eq!(
-            follower.await.expect("sync").assignment,
-            Bytes::from_static(b"B")
-        );
+        sync_pair(&c, 2, &a.member_id, &b.member_id).await;
         assert_eq!(c.heartbeat("g", 2, &b.member_id, None), None);
         assert_eq!(
             c.heartbeat("g", 1, &b.member_id, None),
@@ -1639,26 +1646,7 @@ mod tests {
             c.describe("g").expect("group").state,
             GroupState::CompletingRebalance
         );
-        let c3 = c.clone();
-        let bid = b.member_id.clone();
-        let follower = tokio::spawn(async move { c3.sync("g", 2, &bid, None, vec![]).await });
-        let leader = c
-            .sync(
-                "g",
-                2,
-                &a.member_id,
-                None,
-                vec![
-                    (a.member_id.clone(), Bytes::from_static(b"A")),
-                    (b.member_id.clone(), Bytes::from_static(b"B")),
-                ],
-            )
-            .await;
-        assert_eq!(leader.assignment, Bytes::from_static(b"A"));
-        assert_eq!(
-            follower.await.expect("sync").assignment,
-            Bytes::from_static(b"B")
-        );
+        sync_pair(&c, 2, &a.member_id, &b.member_id).await;
         assert_eq!(c.describe("g").expect("group").state, GroupState::Stable);
         // New metadata (another subscription) does start a rebalance.
         let mut changed = join_req(&b.member_id, None, 10_000);
